@@ -1,0 +1,23 @@
+"""magrpo: train teams of LLM agents to cooperate with Multi-Agent Group Relative Policy Optimization."""
+
+from magrpo.config import ConfigError, MAGRPOConfig
+from magrpo.envs import MultiAgentEnv, RewardFunctionEnv, StepResult
+from magrpo.models import AgentPolicy, ModelError, build_agents
+from magrpo.rewards import RewardError
+from magrpo.trainer import DatasetError, MAGRPOTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentPolicy",
+    "ConfigError",
+    "DatasetError",
+    "MAGRPOConfig",
+    "MAGRPOTrainer",
+    "ModelError",
+    "MultiAgentEnv",
+    "RewardError",
+    "RewardFunctionEnv",
+    "StepResult",
+    "build_agents",
+]

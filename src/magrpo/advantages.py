@@ -1,0 +1,111 @@
+"""Group-relative advantages: no critic, the G siblings of a joint action are its baseline.
+
+Shapes: ``rewards[..., G]`` holds the joint rewards of the G joint actions of one group (one
+dataset item, or one node of a multi-turn tree) on its last axis.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+#: a group whose rewards spread less than this has no signal: its advantages are exactly zero
+STD_EPS = 1e-6
+
+
+def group_advantages(rewards: torch.Tensor, scaling: str = "none") -> torch.Tensor:
+    """A^g = R^g - mean_g'(R^g'), optionally divided by the group's standard deviation.
+
+    The standard deviation is the unbiased one (divisor G - 1), as in TRL. A group whose rewards
+    are all equal gets advantage 0 under both scalings (never NaN).
+    """
+    if rewards.shape[-1] < 2:
+        raise ValueError(f"a group needs at least 2 members for a baseline; got {rewards.shape[-1]}")
+    rewards = rewards.to(torch.float64)
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if scaling == "none":
+        return centred
+    if scaling == "std":
+        std = rewards.std(dim=-1, keepdim=True)
+        flat = std <= STD_EPS
+        return torch.where(flat, torch.zeros_like(centred), centred / torch.where(flat, torch.ones_like(std), std))
+    raise ValueError(f"advantage scaling {scaling!r} is not one of 'none', 'std'")
+
+
+def cross_joint_indices(num_generations: int, num_agents: int) -> torch.Tensor:
+    """All G**N joint actions of cross mode, as a [G**N, N] tensor of completion indices.
+
+    Row j pairs completion ``idx[j, i]`` of agent i; agent 0 varies slowest (row-major order),
+    so ``rewards.view(G, ..., G)`` has agent i on axis i.
+    """
+    grids = torch.meshgrid(*[torch.arange(num_generations)] * num_agents, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=-1)
+
+
+def cross_completion_returns(rewards: torch.Tensor, agent: int, num_agents: int, aggregation: str = "mean") -> torch.Tensor:
+    """Return of each of ``agent``'s G completions in cross mode.
+
+    ``rewards[..., G**N]`` holds one group's joint rewards in :func:`cross_joint_indices` order.
+    Completion g of agent i took part in the G**(N-1) joint actions whose i-th index is g; its
+    return is the mean (or max) of their rewards. Result: ``[..., G]``.
+    """
+    total = rewards.shape[-1]
+    g = round(total ** (1.0 / num_agents))
+    if g**num_agents != total:
+        raise ValueError(f"{total} joint rewards is not G**{num_agents} for any G")
+    grid = rewards.reshape(*rewards.shape[:-1], *([g] * num_agents))
+    lead = rewards.dim() - 1
+    other_axes = [lead + a for a in range(num_agents) if a != agent]
+    if not other_axes:
+        return grid
+    if aggregation == "mean":
+        return grid.mean(dim=other_axes)
+    if aggregation == "max":
+        return grid.amax(dim=other_axes)
+    raise ValueError(f"cross aggregation {aggregation!r} is not one of 'mean', 'max'")
+
+
+def tree_returns(
+    rewards: Sequence[torch.Tensor], children: Sequence[Mapping[tuple[int, int], int]], gamma: float
+) -> list[torch.Tensor]:
+    """Discounted returns of every joint action of a rollout tree.
+
+    ``rewards[t]`` is ``[P_t, J]``: the reward of joint action j of node p at turn t.
+    ``children[t]`` maps (p, j) to the node of turn t + 1 it continues. A joint action that was
+    not continued (finished, or not among the best k) is a leaf: its return is its reward;
+    otherwise return = reward + gamma * mean(returns of the child node's J joint actions).
+    """
+    returns: list[torch.Tensor] = [torch.empty(0)] * len(rewards)
+    for t in reversed(range(len(rewards))):
+        ret = rewards[t].to(torch.float64).clone()
+        if t + 1 < len(rewards):
+            for (p, j), child in children[t].items():
+                ret[p, j] += gamma * returns[t + 1][child].mean()
+        returns[t] = ret
+    return returns
+
+
+def agent_advantages(
+    returns: torch.Tensor,
+    *,
+    agent: int,
+    num_agents: int,
+    joint_mode: str,
+    scaling: str = "none",
+    cross_aggregation: str = "mean",
+) -> torch.Tensor:
+    """Advantages of one agent's completions at one turn, flattened to ``[P * G]`` (row p * G + g).
+
+    ``returns`` is ``[P, J]`` for P nodes. Aligned: joint action g holds completion g of every
+    agent, so every agent's completion g gets the advantage of joint action g. Cross: completion
+    g's return is aggregated over the joint actions it took part in, then centred over the G
+    completions of the same agent at the same node.
+    """
+    if joint_mode == "aligned":
+        per_completion = returns
+    elif joint_mode == "cross":
+        per_completion = cross_completion_returns(returns, agent, num_agents, cross_aggregation)
+    else:
+        raise ValueError(f"joint mode {joint_mode!r} is not one of 'aligned', 'cross'")
+    return group_advantages(per_completion, scaling).reshape(-1)

@@ -1,0 +1,213 @@
+"""MAGRPOConfig: every knob of a run, checked before any compute is spent."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import yaml
+
+if TYPE_CHECKING:
+    from magrpo.plan import RolloutPlan
+
+ADVANTAGE_SCALINGS = ("none", "std")
+LOSS_AGGREGATIONS = ("sequence", "token")
+JOINT_MODES = ("aligned", "cross")
+CROSS_AGGREGATIONS = ("mean", "max")
+EXPANSIONS = ("full", "best-k")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field, the value and what is accepted."""
+
+
+@dataclass
+class MAGRPOConfig:
+    """Configuration of a MAGRPO run, in the shape of TRL's ``GRPOConfig``.
+
+    One training step takes ``batch_size`` dataset items; every agent samples
+    ``num_generations`` (G) completions for each, the joint reward scores the joint actions, and
+    each agent takes one optimiser step on its own completions weighted by the group-relative
+    advantages.
+    """
+
+    # team
+    num_agents: int = 2
+    # sampling
+    num_generations: int = 4
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # optimisation
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    max_steps: int = 10
+    batch_size: int = 1
+    seed: int = 0
+    #: "none": A = R - mean(R); "std": A = (R - mean(R)) / std(R), zero where std(R) == 0
+    advantage_scaling: str = "none"
+    #: "sequence": mean over completions of A * sum_t log p_t (the paper's objective);
+    #: "token": sum over all completion tokens of A * log p_t divided by the number of such tokens
+    loss_aggregation: str = "sequence"
+    #: "aligned": G joint actions, the g-th completion of every agent together;
+    #: "cross": every combination, G ** num_agents joint actions
+    joint_mode: str = "aligned"
+    #: how a completion's return is taken over the joint actions it is part of (cross mode)
+    cross_aggregation: str = "mean"
+    # multi-turn (num_turns = 1 is the single-turn setting)
+    num_turns: int = 1
+    #: return of an inner joint action = reward + discount * mean(returns of its children)
+    discount: float = 0.9
+    #: "full": every unfinished joint action continues; "best-k": only the k best of each node
+    expand: str = "full"
+    expand_k: int = 1
+    #: a joint action whose reward reaches this ends its branch (None: only the env ends branches)
+    early_stop_reward: float | None = None
+    #: refuse a plan that samples more completions per agent per step than this
+    max_planned_generations: int = 4096
+    # LoRA (peft)
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str = "all-linear"
+    # update
+    #: completions per forward/backward pass in the update (gradient accumulation over chunks)
+    update_micro_batch_size: int = 16
+    gradient_checkpointing: bool = False
+    # run directory
+    output_dir: str = "runs/magrpo"
+    logging_steps: int = 1
+    #: every n-th step also writes prompts, completions and rewards to samples.jsonl
+    log_samples_steps: int = 1
+    #: 0 = only the final checkpoint
+    save_steps: int = 0
+    # evaluation
+    eval_temperature: float = 0.0
+    eval_max_items: int | None = None
+    # hardware
+    device: str = "auto"
+    dtype: str = "auto"
+    num_threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        _positive_int(self, "num_agents", 1)
+        _positive_int(self, "num_generations", 2)  # one sample has no group baseline
+        _positive_int(self, "max_new_tokens", 1)
+        _positive_int(self, "max_steps", 0)
+        _positive_int(self, "batch_size", 1)
+        _positive_int(self, "logging_steps", 1)
+        _positive_int(self, "log_samples_steps", 0)
+        _positive_int(self, "save_steps", 0)
+        _positive_int(self, "update_micro_batch_size", 1)
+        _positive_int(self, "lora_r", 1)
+        _positive_int(self, "num_turns", 1)
+        _positive_int(self, "expand_k", 1)
+        _positive_int(self, "max_planned_generations", 1)
+        _number_in(self, "discount", 0.0, 1.0)
+        _choice(self, "expand", EXPANSIONS)
+        if self.eval_max_items is not None:
+            _positive_int(self, "eval_max_items", 1)
+        _number_in(self, "temperature", 0.0, None, low_open=True)
+        _number_in(self, "eval_temperature", 0.0, None)
+        _number_in(self, "top_p", 0.0, 1.0, low_open=True)
+        _number_in(self, "learning_rate", 0.0, None)
+        _number_in(self, "max_grad_norm", 0.0, None, low_open=True)
+        _number_in(self, "weight_decay", 0.0, None)
+        _choice(self, "advantage_scaling", ADVANTAGE_SCALINGS)
+        _choice(self, "loss_aggregation", LOSS_AGGREGATIONS)
+        _choice(self, "joint_mode", JOINT_MODES)
+        _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
+        _choice(self, "dtype", ("auto", "float32", "bfloat16", "float16"))
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device={self.device!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
+        plan = self.plan()
+        if plan.generations_per_agent > self.max_planned_generations:
+            raise ConfigError(
+                f"this plan samples {plan.generations_per_agent} completions per agent per step "
+                f"({plan.describe()}), more than max_planned_generations={self.max_planned_generations}; "
+                "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
+            )
+
+    def plan(self) -> "RolloutPlan":
+        from magrpo.plan import plan_rollout
+
+        return plan_rollout(
+            num_agents=self.num_agents,
+            num_generations=self.num_generations,
+            num_turns=self.num_turns,
+            joint_mode=self.joint_mode,
+            expand=self.expand,
+            expand_k=self.expand_k,
+            batch_size=self.batch_size,
+        )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MAGRPOConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(cls.field_names())}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "MAGRPOConfig":
+        values = load_yaml_mapping(path)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value, not {type(values).__name__}")
+    return values
+
+
+def _positive_int(cfg: MAGRPOConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is not valid; expected an integer >= {minimum}")
+
+
+def _number_in(
+    cfg: MAGRPOConfig, name: str, low: float, high: float | None, *, low_open: bool = False
+) -> None:
+    value = getattr(cfg, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > low if low_open else value >= low
+        if high is not None:
+            ok = ok and value <= high
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{name}={value!r} is not valid; expected a number {bound}")
+
+
+def _choice(cfg: MAGRPOConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")

@@ -1,0 +1,103 @@
+"""The reward-function sugar: a single-turn environment around formatters and a reward function.
+
+``reset`` shows each agent ``formatters[i](item)``; ``step`` ends the episode with the joint
+reward. ``step_many`` scores a whole batch of joint actions in ONE call of the scorer, which is
+what reward functions (and the sandbox pool behind the coding reward) are built for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from magrpo.envs.base import MultiAgentEnv, StepResult
+from magrpo.rewards.validation import RewardError, validate_rewards
+from magrpo.tasks.base import columns_of
+from magrpo.types import Formatter, Observation
+
+#: ``scorer(completions=..., prompts=..., **columns) -> [{"reward": float, ...}]``
+Scorer = Callable[..., list[dict[str, float]]]
+
+
+def scorer_from_reward_funcs(reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None) -> Scorer:
+    """Reward functions -> one scorer: the weighted sum, each function's value kept as a figure."""
+    funcs = list(reward_funcs)
+    weights = list(weights) if weights is not None else [1.0] * len(funcs)
+    if len(weights) != len(funcs):
+        raise ValueError(f"{len(weights)} reward weights for {len(funcs)} reward functions")
+
+    def scorer(*, completions, prompts, **columns) -> list[dict[str, float]]:
+        rows = [{"reward": 0.0} for _ in completions]
+        for func, weight in zip(funcs, weights):
+            values = validate_rewards(func, func(completions=completions, prompts=prompts, **columns), len(completions))
+            name = getattr(func, "__name__", type(func).__name__)
+            for row, value in zip(rows, values):
+                row["reward"] += weight * value
+                if len(funcs) > 1:
+                    row[f"reward/{name}"] = value
+        return rows
+
+    return scorer
+
+
+def validate_scores(scorer: Scorer, rows: Any, expected: int) -> list[dict[str, float]]:
+    if not isinstance(rows, list) or len(rows) != expected:
+        count = len(rows) if hasattr(rows, "__len__") else type(rows).__name__
+        raise RewardError(f"scorer {getattr(scorer, '__name__', scorer)!r} returned {count} rows for {expected} joint actions")
+    validate_rewards(scorer, [row.get("reward") if isinstance(row, dict) else row for row in rows], expected)
+    return rows
+
+
+class RewardFunctionEnv(MultiAgentEnv):
+    def __init__(self, item: Mapping[str, Any], formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str]):
+        if len(formatters) != len(agent_names):
+            raise ValueError(f"{len(formatters)} formatters for {len(agent_names)} agents: give one formatter per agent")
+        self.item = item
+        self.formatters = list(formatters)
+        self.scorer = scorer
+        self.possible_agents = list(agent_names)
+        self.observations: dict[str, Observation] = {}
+
+    def reset(self, seed=None, options=None):
+        self.observations = {name: fmt(self.item) for name, fmt in zip(self.possible_agents, self.formatters)}
+        return dict(self.observations), {name: {} for name in self.possible_agents}
+
+    def branch(self) -> "RewardFunctionEnv":
+        # the item is read-only: share it instead of deep-copying a long text per joint action
+        twin = RewardFunctionEnv(self.item, self.formatters, self.scorer, self.possible_agents)
+        twin.observations = dict(self.observations)
+        return twin
+
+    def step(self, actions: dict[str, str]) -> StepResult:
+        return self.step_many([self], [actions])[0]
+
+    @classmethod
+    def step_many(cls, envs: Sequence["RewardFunctionEnv"], actions: Sequence[dict[str, str]]) -> list[StepResult]:
+        # one scorer call per scorer object (normally exactly one)
+        groups: dict[int, list[int]] = {}
+        for i, env in enumerate(envs):
+            groups.setdefault(id(env.scorer), []).append(i)
+        out: list[StepResult | None] = [None] * len(envs)
+        for indices in groups.values():
+            scorer = envs[indices[0]].scorer
+            names = envs[indices[0]].possible_agents
+            completions = [tuple(actions[i][n] for n in names) for i in indices]
+            prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
+            columns = columns_of([envs[i].item for i in indices])
+            rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
+            for i, row in zip(indices, rows):
+                reward = float(row["reward"])
+                out[i] = StepResult(
+                    observations={n: envs[i].observations[n] for n in names},
+                    rewards={n: reward for n in names},
+                    terminations={n: True for n in names},
+                    truncations={n: False for n in names},
+                    infos={n: dict(row) for n in names},
+                )
+        return out  # type: ignore[return-value]
+
+
+def reward_env_factory(formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str]) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
+    def make(item: Mapping[str, Any]) -> RewardFunctionEnv:
+        return RewardFunctionEnv(item, formatters, scorer, agent_names)
+
+    return make

@@ -1,0 +1,115 @@
+"""Per-agent policy gradient: which tokens count, their log-probabilities, and the loss.
+
+A completion's tokens count up to and including its first end-of-sequence token: the EOS is the
+action that ends the answer and carries gradient like any other token; whatever generation put
+after it (padding, which is often the EOS id itself) never does, and neither does the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Iterable[int]) -> torch.Tensor:
+    """Bool mask [B, L]: True for every token up to and including the first EOS of each row.
+
+    A row without an EOS (cut at max_new_tokens) counts in full.
+    """
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=completion_ids.device, dtype=completion_ids.dtype)
+    is_eos = torch.isin(completion_ids, eos).to(torch.int32)
+    eos_strictly_before = is_eos.cumsum(dim=-1) - is_eos
+    return eos_strictly_before == 0
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded prompt is scored as it was sampled."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def selected_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """log softmax(logits)[token] for each position, in float32, without keeping a
+    full-vocabulary log-softmax of every position: ``logit[token] - logsumexp(logits)``.
+
+    ``chunk_size`` bounds how many positions are converted to float32 at once.
+    """
+    batch, length, _ = logits.shape
+    if chunk_size is None or chunk_size >= length:
+        logits32 = logits.float()
+        return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
+    parts = []
+    for start in range(0, length, chunk_size):
+        part = logits[:, start : start + chunk_size].float()
+        tok = tokens[:, start : start + chunk_size]
+        parts.append(part.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(part, dim=-1))
+    return torch.cat(parts, dim=1)
+
+
+def completion_token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_token_mask: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """log pi(c_t | prompt, c_<t) for every completion token, [B, Lc], in ONE forward pass over
+    the batch. Logits are divided by the sampling temperature (the policy that was sampled).
+
+    Prompts are left-padded ([B, Lp] with ``prompt_mask``), completions right-padded. Only the
+    Lc positions that predict completion tokens are projected to the vocabulary.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.long(), completion_token_mask.long()], dim=1)
+    length = completion_ids.shape[1]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        logits_to_keep=length + 1,
+    )
+    logits = out.logits[:, :-1]  # the logit at position t predicts token t + 1
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selected_token_logprobs(logits, completion_ids, chunk_size)
+
+
+def loss_normaliser(masks: torch.Tensor, aggregation: str) -> float:
+    """The divisor of the summed loss terms over a WHOLE batch (so micro-batches add up exactly):
+    the number of completions ("sequence") or of counted completion tokens ("token")."""
+    if aggregation == "sequence":
+        return float(masks.shape[0])
+    if aggregation == "token":
+        return float(max(int(masks.sum().item()), 1))
+    raise ValueError(f"loss aggregation {aggregation!r} is not one of 'sequence', 'token'")
+
+
+def policy_gradient_loss_sum(token_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """-sum_s A_s * sum_t m_{s,t} log p_{s,t}: the un-normalised REINFORCE loss of a batch.
+
+    Divided by :func:`loss_normaliser` it is the paper's per-agent objective: on-policy, with one
+    update per rollout the importance ratio is exactly 1, so no clipping term is needed.
+    """
+    masked = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
+    return -(advantages.to(masked.dtype) * masked.sum(dim=-1)).sum()
+
+
+def policy_gradient_loss(
+    token_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, aggregation: str = "sequence"
+) -> torch.Tensor:
+    """The normalised per-agent loss of one whole batch (see the module docstring)."""
+    return policy_gradient_loss_sum(token_logprobs, mask, advantages) / loss_normaliser(mask, aggregation)
+
+
+__all__ = [
+    "completion_mask",
+    "completion_token_logprobs",
+    "loss_normaliser",
+    "policy_gradient_loss",
+    "policy_gradient_loss_sum",
+    "position_ids_from_mask",
+    "selected_token_logprobs",
+]

@@ -1,0 +1,50 @@
+"""What a built-in task bundles: its data, one formatter per agent and a scorer.
+
+A scorer does the work of the joint reward once and returns, for each joint action, a dict of
+figures with at least ``"reward"``; the other keys (tests passed, ROUGE, each reward level) are
+averaged by ``magrpo eval``. ``Task.reward_func`` exposes the plain reward-function view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from magrpo.types import Formatter, JointAction, Observation
+
+#: ``scorer(completions=..., prompts=..., **columns) -> [{"reward": float, ...}, ...]``
+Scorer = Callable[..., list[dict[str, float]]]
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    agent_roles: tuple[str, ...]
+    formatters: Sequence[Formatter]
+    scorer: Scorer
+    #: ``load_split("train" | "eval") -> list of items (dicts)``
+    load_split: Callable[[str], list[dict[str, Any]]]
+    #: the dataset columns each item must carry (checked before any compute)
+    required_columns: tuple[str, ...] = ()
+    #: defaults this task prefers over the generic ones (max_new_tokens, ...)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.agent_roles)
+
+    def reward_func(
+        self, *, completions: Sequence[JointAction], prompts: Sequence[tuple[Observation, ...]], **columns: Any
+    ) -> list[float]:
+        return [row["reward"] for row in self.scorer(completions=completions, prompts=prompts, **columns)]
+
+
+def columns_of(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Dataset items -> one keyword list per column, as reward functions receive them."""
+    keys: list[str] = []
+    for item in items:
+        for key in item:
+            if key not in keys:
+                keys.append(key)
+    return {key: [item.get(key) for item in items] for key in keys}

@@ -1,0 +1,424 @@
+"""MAGRPOTrainer: the MAGRPO loop, readable top to bottom.
+
+One step:
+    items      = the next ``batch_size`` dataset items
+    envs       = one environment per item (formatters + reward function, or your own env)
+    turns      = expand_tree(...)            every agent samples G completions per node; joint
+                                             actions step the environment; up to num_turns
+    returns    = tree_returns(rewards)       reward (+ discount * mean of children's returns)
+    advantages = agent_advantages(returns)   centred over the siblings of each node
+    update     = per agent: -sum A * log pi_i(c_i | o_i) / normaliser, AdamW, grad clipping
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from magrpo.advantages import agent_advantages, tree_returns
+from magrpo.config import ConfigError, MAGRPOConfig
+from magrpo.envs.base import MultiAgentEnv
+from magrpo.envs.reward_env import Scorer, reward_env_factory, scorer_from_reward_funcs
+from magrpo.episodes import Turn, default_sampler, expand_tree
+from magrpo.models import AgentPolicy, AgentSpec, build_agents, save_agent
+from magrpo.policy import completion_token_logprobs, loss_normaliser, policy_gradient_loss_sum
+from magrpo.rollout import Rollout
+from magrpo.runlog import RunLog
+from magrpo.types import Formatter
+
+
+class DatasetError(ValueError):
+    """A dataset item that the formatters or the reward cannot use."""
+
+
+EnvFactory = Callable[[Mapping[str, Any]], MultiAgentEnv]
+
+
+class MAGRPOTrainer:
+    """Train a team of LLM agents with one joint reward.
+
+    Args:
+        agents: one entry per agent: ``"default"`` (the bundled model), a model preset name, a
+            local model directory, a Hub id, a loaded ``PreTrainedModel`` or ``(model, tokenizer)``;
+            or already built :class:`AgentPolicy` objects.
+        reward_func: a reward function or a list of them (summed), see :class:`magrpo.types.RewardFunction`.
+        scorer: instead of ``reward_func``, a function returning one dict per joint action with
+            ``"reward"`` and any further figures that :meth:`evaluate` averages.
+        train_dataset / eval_dataset: lists of dicts or ``datasets.Dataset`` objects.
+        formatters: one callable per agent, item -> that agent's observation.
+        env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (multi-turn tasks).
+        args: a :class:`MAGRPOConfig`.
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[AgentSpec | AgentPolicy],
+        reward_func: Callable[..., Sequence[float]] | Sequence[Callable[..., Sequence[float]]] | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        formatters: Sequence[Formatter] | None = None,
+        args: MAGRPOConfig | None = None,
+        *,
+        scorer: Scorer | None = None,
+        env_factory: EnvFactory | None = None,
+        reward_weights: Sequence[float] | None = None,
+    ) -> None:
+        self.args = args or MAGRPOConfig(num_agents=len(agents))
+        if len(agents) != self.args.num_agents:
+            raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
+        self.train_items = _as_items(train_dataset, "train_dataset")
+        self.eval_items = _as_items(eval_dataset, "eval_dataset")
+        self.env_factory = self._build_env_factory(reward_func, scorer, formatters, env_factory, reward_weights)
+        self._formatters = formatters
+        self._check_items(self.train_items, "train_dataset")
+        self._check_items(self.eval_items, "eval_dataset")
+        if self.args.num_threads:
+            torch.set_num_threads(self.args.num_threads)
+        torch.manual_seed(self.args.seed)
+        self.agents = self._build_agents(agents)
+        self.optimizers = [self._make_optimizer(agent) for agent in self.agents]
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._order_rng = random.Random(self.args.seed)
+        self._order: list[int] = []
+
+    # ------------------------------------------------------------------ set-up checks
+    def _build_env_factory(self, reward_func, scorer, formatters, env_factory, reward_weights) -> EnvFactory:
+        n = self.args.num_agents
+        names = [f"agent_{i}" for i in range(n)]
+        if env_factory is not None:
+            if reward_func is not None or scorer is not None:
+                raise ConfigError("give either env_factory or reward_func/scorer, not both")
+            return env_factory
+        if (reward_func is None) == (scorer is None):
+            raise ConfigError("give exactly one of reward_func or scorer (or an env_factory)")
+        if formatters is None or len(formatters) != n:
+            got = "none" if formatters is None else len(formatters)
+            raise ConfigError(f"formatters: {got} given for num_agents={n}; give one formatter per agent")
+        if scorer is None:
+            funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
+            scorer = scorer_from_reward_funcs(funcs, reward_weights)
+        return reward_env_factory(formatters, scorer, names)
+
+    def _check_items(self, items: list[dict[str, Any]], what: str) -> None:
+        """Format every item once now, so a missing field stops the run before any compute."""
+        if not self._formatters:
+            return
+        for index, item in enumerate(items):
+            for agent, fmt in enumerate(self._formatters):
+                try:
+                    fmt(item)
+                except KeyError as exc:
+                    raise DatasetError(
+                        f"{what}[{index}]: the formatter of agent_{agent} needs field {exc.args[0]!r}, "
+                        f"which the item lacks; the item has fields {sorted(item)}"
+                    ) from exc
+
+    def _build_agents(self, agents: Sequence[Any]) -> list[AgentPolicy]:
+        if all(isinstance(a, AgentPolicy) for a in agents):
+            return list(agents)
+        a = self.args
+        return build_agents(
+            agents,
+            device=a.device,
+            dtype=a.dtype,
+            use_lora=a.use_lora,
+            lora_r=a.lora_r,
+            lora_alpha=a.lora_alpha,
+            lora_dropout=a.lora_dropout,
+            lora_target_modules=a.lora_target_modules,
+            gradient_checkpointing=a.gradient_checkpointing,
+        )
+
+    def _make_optimizer(self, agent: AgentPolicy) -> torch.optim.Optimizer:
+        a = self.args
+        return torch.optim.AdamW(
+            agent.trainable_parameters(), lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), weight_decay=a.weight_decay
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, log: RunLog | None = None, progress: bool = True) -> list[dict[str, Any]]:
+        if not self.train_items:
+            raise ConfigError("train_dataset is empty")
+        log = log or RunLog(self.args.output_dir, self.args)
+        with _progress(progress, self.args.max_steps) as bar:
+            try:
+                while self.step < self.args.max_steps:
+                    metrics, samples = self.train_step(self.next_batch())
+                    self.history.append(metrics)
+                    log.metrics(metrics)
+                    if self.args.log_samples_steps and self.step % self.args.log_samples_steps == 0:
+                        log.samples(self.step, samples)
+                    if self.args.save_steps and self.step % self.args.save_steps == 0:
+                        self.save(log.checkpoint_dir(self.step))
+                    bar(metrics)
+            except BaseException:
+                # never lose the work done so far: an interrupted run still leaves its weights
+                if self.step > 0:
+                    self.save(log.checkpoint_dir(self.step, suffix="-interrupted"))
+                raise
+        self.save(log.final_dir())
+        log.plot_rewards(self.history)
+        return self.history
+
+    def next_batch(self) -> list[dict[str, Any]]:
+        """The next batch_size items of a seeded shuffle, reshuffled at every epoch."""
+        batch = []
+        for _ in range(self.args.batch_size):
+            if not self._order:
+                self._order = list(range(len(self.train_items)))
+                self._order_rng.shuffle(self._order)
+            batch.append(self.train_items[self._order.pop()])
+        return batch
+
+    def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        a = self.args
+        torch.manual_seed(a.seed * 1_000_003 + self.step)
+        started = time.perf_counter()
+
+        envs = [self.env_factory(item) for item in items]
+        sampler = default_sampler(
+            num_generations=a.num_generations, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p
+        )
+        turns = expand_tree(
+            self.agents,
+            envs,
+            sample=sampler,
+            joint_mode=a.joint_mode,
+            num_generations=a.num_generations,
+            num_turns=a.num_turns,
+            expand=a.expand,
+            expand_k=a.expand_k,
+            early_stop_reward=a.early_stop_reward,
+        )
+        rollout_seconds = time.perf_counter() - started
+
+        returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], a.discount)
+        update_started = time.perf_counter()
+        agent_metrics = [self.update_agent(i, [t.rollouts[i] for t in turns], returns) for i in range(len(self.agents))]
+        update_seconds = time.perf_counter() - update_started
+
+        self.step += 1
+        metrics = self._step_metrics(turns, agent_metrics, rollout_seconds, update_seconds)
+        return metrics, self._step_samples(turns, returns)
+
+    def update_agent(self, index: int, rollouts: Sequence[Rollout], returns: Sequence[torch.Tensor]) -> dict[str, float]:
+        """One AdamW step of agent ``index`` on its completions of every turn.
+
+        The loss is normalised over the whole step (all turns, all micro-batches), so splitting the
+        batch changes nothing but memory. Completions with advantage exactly 0 contribute exactly 0
+        gradient and are not run through the model.
+        """
+        a = self.args
+        agent = self.agents[index]
+        optimizer = self.optimizers[index]
+        advantages = [
+            agent_advantages(
+                ret,
+                agent=index,
+                num_agents=len(self.agents),
+                joint_mode=a.joint_mode,
+                scaling=a.advantage_scaling,
+                cross_aggregation=a.cross_aggregation,
+            )
+            for ret in returns
+        ]
+        all_masks = torch.cat([_pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts])
+        normaliser = loss_normaliser(all_masks, a.loss_aggregation)
+        params = agent.trainable_parameters()
+        optimizer.zero_grad(set_to_none=False)
+        loss_total = 0.0
+        with agent.active() as model:
+            model.train()
+            for rollout, adv in zip(rollouts, advantages):
+                rows = torch.nonzero(adv != 0).flatten()
+                for chunk in rows.split(a.update_micro_batch_size) if len(rows) else ():
+                    loss = self._chunk_loss(model, rollout, adv, chunk) / normaliser
+                    loss.backward()
+                    loss_total += float(loss.detach())
+            model.eval()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        return {"loss": loss_total, "grad_norm": float(grad_norm)}
+
+    def _chunk_loss(self, model: torch.nn.Module, rollout: Rollout, adv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        device = rollout.completion_ids.device
+        rows_d = rows.to(device)
+        prompt_rows = rows_d // rollout.num_generations
+        prompt_ids, prompt_mask = _trim_left(rollout.prompt_ids[prompt_rows], rollout.prompt_mask[prompt_rows])
+        completion_ids, mask = _trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
+        logprobs = completion_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, self.args.temperature)
+        return policy_gradient_loss_sum(logprobs, mask, adv[rows].to(device=device, dtype=torch.float32))
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
+        """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
+        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``."""
+        items = _as_items(dataset, "dataset") if dataset is not None else self.eval_items
+        limit = max_items or self.args.eval_max_items
+        items = items[:limit] if limit else items
+        if not items:
+            raise ConfigError("no evaluation items: pass eval_dataset or dataset")
+        a = self.args
+        sampler = default_sampler(num_generations=1, max_new_tokens=a.max_new_tokens, temperature=a.eval_temperature, top_p=a.top_p)
+        per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
+        for start in range(0, len(items), batch_size):
+            envs = [self.env_factory(item) for item in items[start : start + batch_size]]
+            turns = expand_tree(self.agents, envs, sample=sampler, joint_mode="aligned", num_generations=1, num_turns=a.num_turns,
+                                early_stop_reward=a.early_stop_reward)
+            for figures, t in zip(_final_figures_per_turn(turns, len(envs), a.num_turns), range(a.num_turns)):
+                per_turn[t].extend(figures)
+        out: dict[str, float] = {"items": float(len(items))}
+        for t, rows in enumerate(per_turn):
+            prefix = "" if t == a.num_turns - 1 else f"turn_{t + 1}/"
+            for key, value in _mean_figures(rows).items():
+                out[prefix + key] = value
+        return out
+
+    # ------------------------------------------------------------------ saving
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Each agent to ``directory/agent_i`` (transformers or peft loads it directly)."""
+        directory = Path(directory or Path(self.args.output_dir) / "final")
+        for agent in self.agents:
+            save_agent(agent, directory / agent.name)
+        (directory / "trainer_state.json").write_text(
+            json.dumps({"step": self.step, "agents": [a.name for a in self.agents]}, indent=2)
+        )
+        return directory
+
+    # ------------------------------------------------------------------ figures
+    def _step_metrics(self, turns: list[Turn], agent_metrics: list[dict[str, float]], rollout_s: float, update_s: float) -> dict[str, Any]:
+        first = turns[0].rewards.flatten()
+        tokens = sum(r.num_completion_tokens for t in turns for r in t.rollouts)
+        metrics: dict[str, Any] = {
+            "step": self.step,
+            "reward_mean": float(first.mean()),
+            "reward_std": float(first.std()) if first.numel() > 1 else 0.0,
+            "reward_min": float(first.min()),
+            "reward_max": float(first.max()),
+        }
+        for t in turns[1:]:
+            metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
+        for agent, m in zip(self.agents, agent_metrics):
+            metrics[f"{agent.name}/loss"] = m["loss"]
+            metrics[f"{agent.name}/grad_norm"] = m["grad_norm"]
+        metrics.update(
+            tokens_generated=tokens,
+            rollout_seconds=rollout_s,
+            update_seconds=update_s,
+            seconds=rollout_s + update_s,
+            tokens_per_second=tokens / rollout_s if rollout_s > 0 else 0.0,
+        )
+        return metrics
+
+    def _step_samples(self, turns: list[Turn], returns: list[torch.Tensor]) -> list[dict[str, Any]]:
+        samples = []
+        for turn, ret in zip(turns, returns):
+            for p in range(turn.num_nodes):
+                for j in range(turn.num_joint):
+                    samples.append(
+                        {
+                            "turn": turn.index + 1,
+                            "node": p,
+                            "prompts": [r.prompts[p] for r in turn.rollouts],
+                            "completions": list(turn.joint_completions(p, j)),
+                            "reward": float(turn.rewards[p, j]),
+                            "return": float(ret[p, j]),
+                        }
+                    )
+        return samples
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_items(dataset: Any, what: str) -> list[dict[str, Any]]:
+    if dataset is None:
+        return []
+    if isinstance(dataset, Mapping):
+        raise DatasetError(f"{what} must be a sequence of items (dicts) or a datasets.Dataset, not a single mapping")
+    items = [dict(item) for item in dataset]
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DatasetError(f"{what}[{index}] is {type(item).__name__}; each item must be a mapping of column -> value")
+    return items
+
+
+def _pad_right(mask: torch.Tensor, length: int) -> torch.Tensor:
+    if mask.shape[1] == length:
+        return mask
+    return torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
+
+
+def _trim_right(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop completion columns that no row of the chunk uses."""
+    used = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+    return ids[:, :used], mask[:, :used]
+
+
+def _trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop left-padding columns that every row of the chunk has."""
+    first = int(mask.any(dim=0).nonzero().min()) if mask.any() else 0
+    return ids[:, first:], mask[:, first:]
+
+
+def _final_figures_per_turn(turns: list[Turn], num_items: int, num_turns: int) -> list[list[dict[str, float]]]:
+    """Per turn, each item's figures as they stand after that turn (a chain that ended earlier
+    carries its last figures forward, so every turn averages over every item)."""
+    current: list[dict[str, float]] = [{} for _ in range(num_items)]
+    root_of = list(range(num_items))
+    out = []
+    for t in range(num_turns):
+        if t < len(turns):
+            turn = turns[t]
+            for node in range(turn.num_nodes):
+                info = next(iter(turn.results[node][0].infos.values()))
+                current[root_of[node]] = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if t + 1 < len(turns):
+                root_of = [root_of[p] for (p, _j) in turns[t + 1].parents or []]
+        out.append([dict(c) for c in current])
+    return out
+
+
+def _mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return {k: sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r)) for k in keys}
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    if not enabled:
+        yield lambda metrics: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]step"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("reward {task.fields[reward]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task("train", total=total, reward="-", tps="-")
+
+        def advance(metrics: dict[str, Any]) -> None:
+            progress.update(
+                task, advance=1, reward=f"{metrics['reward_mean']:+.3f}", tps=f"{metrics['tokens_per_second']:.0f}"
+            )
+
+        yield advance
+
+
+__all__ = ["DatasetError", "MAGRPOTrainer"]

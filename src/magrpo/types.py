@@ -1,0 +1,32 @@
+"""Types shared by every stage of the pipeline.
+
+item (a dataset row, a dict) -> observation (one per agent) -> completion (one per agent)
+-> joint action (a tuple of completions, one per agent) -> joint reward (one float).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+
+#: What one agent sees: a plain string (rendered as one user message with the agent's chat
+#: template) or chat messages ``[{"role": ..., "content": ...}, ...]``.
+Observation = Union[str, list[dict[str, str]]]
+
+#: Turns a dataset item into one agent's observation.
+Formatter = Callable[[Mapping[str, Any]], Observation]
+
+#: One completion per agent, in agent order.
+JointAction = tuple[str, ...]
+
+
+class RewardFunction(Protocol):
+    """A joint reward in the shape TRL users know, for a team.
+
+    Called with ``completions`` (one tuple of strings per joint action, one string per agent),
+    ``prompts`` (the same shape: what each agent saw) and every dataset column as a keyword
+    list aligned with them. Returns one float per joint action.
+    """
+
+    def __call__(
+        self, *, completions: Sequence[JointAction], prompts: Sequence[tuple[Observation, ...]], **columns: Any
+    ) -> Sequence[float]: ...
