@@ -1,0 +1,175 @@
+"""Items (a list of dicts) from users' own data: JSONL / JSON / CSV / Parquet files, or a
+``datasets.Dataset`` / ``DatasetDict`` already in memory.
+
+A task names the columns it needs (``source``, ``reference``, ...); ``column_map`` says which
+of the user's columns holds each one, e.g. ``{"source": "article"}``. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+#: File extensions :func:`load_items` reads, lower-case.
+ACCEPTED_EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """User data that cannot be read, or that lacks a column the task needs."""
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """``"source=article,reference=summary"`` -> ``{"source": "article", "reference": "summary"}``.
+
+    Keys are the task's column names, values the user's. An empty string gives ``{}``.
+    """
+    mapping: dict[str, str] = {}
+    if not text.strip():
+        return mapping
+    for entry in text.split(","):
+        task_col, sep, user_col = entry.partition("=")
+        task_col, user_col = task_col.strip(), user_col.strip()
+        if not sep or not task_col or not user_col:
+            raise DataError(
+                f"malformed column mapping entry {entry.strip()!r} in {text!r}; "
+                "expected TASK_COLUMN=YOUR_COLUMN entries separated by commas, e.g. source=article,reference=summary"
+            )
+        if task_col in mapping:
+            raise DataError(f"column {task_col!r} is mapped twice in {text!r}")
+        mapping[task_col] = user_col
+    return mapping
+
+
+def load_items(
+    source: Any,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    required: Sequence[str] = (),
+    split: str | None = None,
+) -> list[dict[str, Any]]:
+    """Read rows from ``source`` and return them with the task's column names.
+
+    ``source``: a path to a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file, or a
+    ``datasets.Dataset`` / ``DatasetDict``. ``split`` picks one split of a ``DatasetDict`` or of
+    a JSON object of the form ``{"train": [...], "test": [...]}``; a source with a single table
+    ignores it. ``column_map`` maps task column -> user column; mapped user columns are renamed,
+    other columns are kept as they are. ``required`` lists the task columns every row must have.
+    Raises :class:`DataError` with the missing name and the available ones.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        rows = _read_file(Path(source), split)
+        origin = str(source)
+    else:
+        rows = _read_dataset(source, split)
+        origin = type(source).__name__
+    if not rows:
+        raise DataError(f"no rows in {origin}")
+    return _rename(rows, dict(column_map or {}), required, origin)
+
+
+def _read_file(path: Path, split: str | None) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix not in ACCEPTED_EXTENSIONS:
+        raise DataError(
+            f"cannot read {str(path)!r}: unknown file extension {suffix or '(none)'!r}; "
+            f"accepted: {', '.join(ACCEPTED_EXTENSIONS)}"
+        )
+    if not path.is_file():
+        raise DataError(f"data file not found: {str(path)!r}")
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path, split)
+    if suffix == ".csv":
+        # utf-8-sig: spreadsheets often prepend a byte-order mark that would corrupt the first header
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return [dict(row) for row in csv.DictReader(f)]
+    import pyarrow.parquet as pq  # installed with `datasets`; imported late to keep start-up fast
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{str(path)!r} line {number} is not valid JSON: {e.msg}") from None
+            rows.append(_as_row(row, f"{str(path)!r} line {number}"))
+    return rows
+
+
+def _read_json(path: Path, split: str | None) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{str(path)!r} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    if isinstance(data, dict):  # {"train": [...], "test": [...]}
+        data = data[_pick_split(list(data), split, str(path))]
+    if not isinstance(data, list):
+        raise DataError(f"{str(path)!r} must hold a list of objects or an object of split -> list")
+    return [_as_row(row, f"{str(path)!r} row {i}") for i, row in enumerate(data)]
+
+
+def _read_dataset(source: Any, split: str | None) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is part of the `writing` extra
+        datasets = None
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        source = source[_pick_split(list(source), split, "DatasetDict")]
+    if datasets is None or not isinstance(source, datasets.Dataset):
+        raise DataError(
+            f"cannot load items from a {type(source).__name__}; pass a file path "
+            f"({', '.join(ACCEPTED_EXTENSIONS)}) or a datasets.Dataset / DatasetDict"
+        )
+    return source.to_list()
+
+
+def _pick_split(available: list[str], split: str | None, origin: str) -> str:
+    if split is None and len(available) == 1:
+        return available[0]
+    if split is None:
+        raise DataError(f"{origin} has several splits ({', '.join(available)}); choose one with split=")
+    if split not in available:
+        raise DataError(f"{origin} has no split {split!r}; available splits: {', '.join(available) or '(none)'}")
+    return split
+
+
+def _as_row(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is a {type(row).__name__}, expected a JSON object")
+    return row
+
+
+def _rename(
+    rows: list[dict[str, Any]], column_map: dict[str, str], required: Sequence[str], origin: str
+) -> list[dict[str, Any]]:
+    mapped_user_cols = set(column_map.values())
+    out = []
+    for index, row in enumerate(rows):
+        for task_col, user_col in column_map.items():
+            if user_col not in row:
+                raise DataError(
+                    f"{origin} row {index} has no column {user_col!r} (mapped to {task_col!r}); "
+                    f"available columns: {', '.join(row) or '(none)'}"
+                )
+        # Built from the original row so that swaps ({"a": "b", "b": "a"}) work.
+        new = {k: v for k, v in row.items() if k not in mapped_user_cols}
+        new.update({task_col: row[user_col] for task_col, user_col in column_map.items()})
+        missing = [c for c in required if c not in new]
+        if missing:
+            raise DataError(
+                f"{origin} row {index} is missing column {', '.join(map(repr, missing))}; "
+                f"available columns: {', '.join(row) or '(none)'}; "
+                f"map one of yours to it, e.g. {missing[0]}=YOUR_COLUMN"
+            )
+        out.append(new)
+    return out
