@@ -1,0 +1,63 @@
+"""Data types of the sandbox: limits in, per-test outcomes out."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+STATUSES = ("passed", "failed", "error", "timeout", "killed")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one graded program (all have safe defaults)."""
+
+    timeout_s: float = 10.0  # wall clock for the whole program
+    test_timeout_s: float = 3.0  # wall clock per test case
+    cpu_time_s: int = 10  # RLIMIT_CPU, per process (program load, and each test)
+    memory_bytes: int = 1 << 30  # RLIMIT_AS
+    file_size_bytes: int = 1 << 24  # RLIMIT_FSIZE
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 64  # RLIMIT_NPROC, counted for a uid/user namespace private to the run
+    output_bytes: int = 1 << 16  # stdout/stderr kept, each; more is a kill ("output")
+    network: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TestOutcome:
+    test: str  # the test's source text
+    status: str  # "passed" | "failed" | "error" | "timeout" | "killed"
+    message: str = ""  # assertion message, "ExcType: msg", or the limit that killed it
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+@dataclass
+class TestRunResult:
+    outcomes: list[TestOutcome]
+    killed_reason: str | None  # "timeout", "memory", "output", "cpu", "file_size" or None
+    stdout: str
+    stderr: str
+    duration_s: float
+    setup_error: str | None = None  # the program failed to load: every test is "error" with this
+    isolation: str = ""  # tier actually used: "namespaces", "userns" or "none"
+    notes: list[str] = field(default_factory=list)  # isolation that could not be applied
+
+    __test__ = False
+
+    @property
+    def passed(self) -> int:
+        return sum(o.status == "passed" for o in self.outcomes)
+
+    @property
+    def total(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def fraction(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+    @property
+    def all_passed(self) -> bool:
+        return self.total > 0 and self.passed == self.total
