@@ -26,6 +26,7 @@ from magrpo.config import ConfigError, MAGRPOConfig
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import Scorer, reward_env_factory, scorer_from_reward_funcs
 from magrpo.episodes import Turn, default_sampler, expand_tree
+from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, build_agents, save_agent
 from magrpo.policy import completion_token_logprobs, loss_normaliser, policy_gradient_loss_sum
 from magrpo.rollout import Rollout
@@ -52,7 +53,9 @@ class MAGRPOTrainer:
             ``"reward"`` and any further figures that :meth:`evaluate` averages.
         train_dataset / eval_dataset: lists of dicts or ``datasets.Dataset`` objects.
         formatters: one callable per agent, item -> that agent's observation.
-        env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (multi-turn tasks).
+        env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (your own env).
+        feedback: with ``num_turns > 1``, what each agent is told between turns
+            (:mod:`magrpo.feedback`); ``is_solved(score_row)`` ends a branch early.
         args: a :class:`MAGRPOConfig`.
     """
 
@@ -68,13 +71,18 @@ class MAGRPOTrainer:
         scorer: Scorer | None = None,
         env_factory: EnvFactory | None = None,
         reward_weights: Sequence[float] | None = None,
+        feedback: Feedback | None = None,
+        is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
+        agent_roles: Sequence[str] | None = None,
     ) -> None:
         self.args = args or MAGRPOConfig(num_agents=len(agents))
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
         self.train_items = _as_items(train_dataset, "train_dataset")
         self.eval_items = _as_items(eval_dataset, "eval_dataset")
-        self.env_factory = self._build_env_factory(reward_func, scorer, formatters, env_factory, reward_weights)
+        self.env_factory = self._build_env_factory(
+            reward_func, scorer, formatters, env_factory, reward_weights, feedback, is_solved, agent_roles
+        )
         self._formatters = formatters
         self._check_items(self.train_items, "train_dataset")
         self._check_items(self.eval_items, "eval_dataset")
@@ -89,13 +97,20 @@ class MAGRPOTrainer:
         self._order: list[int] = []
 
     # ------------------------------------------------------------------ set-up checks
-    def _build_env_factory(self, reward_func, scorer, formatters, env_factory, reward_weights) -> EnvFactory:
+    def _build_env_factory(
+        self, reward_func, scorer, formatters, env_factory, reward_weights, feedback, is_solved, agent_roles
+    ) -> EnvFactory:
         n = self.args.num_agents
         names = [f"agent_{i}" for i in range(n)]
         if env_factory is not None:
             if reward_func is not None or scorer is not None:
                 raise ConfigError("give either env_factory or reward_func/scorer, not both")
             return env_factory
+        if self.args.num_turns > 1 and feedback is None:
+            raise ConfigError(
+                f"num_turns={self.args.num_turns} needs feedback between turns: pass feedback= "
+                "(ExecutionFeedback, ReviewerFeedback or CallableFeedback) or an env_factory"
+            )
         if (reward_func is None) == (scorer is None):
             raise ConfigError("give exactly one of reward_func or scorer (or an env_factory)")
         if formatters is None or len(formatters) != n:
@@ -104,7 +119,10 @@ class MAGRPOTrainer:
         if scorer is None:
             funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
             scorer = scorer_from_reward_funcs(funcs, reward_weights)
-        return reward_env_factory(formatters, scorer, names)
+        return reward_env_factory(
+            formatters, scorer, names, feedback=feedback if self.args.num_turns > 1 else None,
+            is_solved=is_solved, agent_roles=agent_roles,
+        )
 
     def _check_items(self, items: list[dict[str, Any]], what: str) -> None:
         """Format every item once now, so a missing field stops the run before any compute."""
@@ -147,6 +165,7 @@ class MAGRPOTrainer:
         if not self.train_items:
             raise ConfigError("train_dataset is empty")
         log = log or RunLog(self.args.output_dir, self.args)
+        print(f"plan: {self.args.plan().describe()}", flush=True)
         with _progress(progress, self.args.max_steps) as bar:
             try:
                 while self.step < self.args.max_steps:
@@ -277,10 +296,10 @@ class MAGRPOTrainer:
             for figures, t in zip(_final_figures_per_turn(turns, len(envs), a.num_turns), range(a.num_turns)):
                 per_turn[t].extend(figures)
         out: dict[str, float] = {"items": float(len(items))}
-        for t, rows in enumerate(per_turn):
-            prefix = "" if t == a.num_turns - 1 else f"turn_{t + 1}/"
-            for key, value in _mean_figures(rows).items():
-                out[prefix + key] = value
+        out.update(_mean_figures(per_turn[-1]))  # the team's final answers
+        if a.num_turns > 1:  # what each turn of feedback adds
+            for t, rows in enumerate(per_turn):
+                out.update({f"turn_{t + 1}/{k}": v for k, v in _mean_figures(rows).items()})
         return out
 
     # ------------------------------------------------------------------ saving

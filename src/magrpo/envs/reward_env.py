@@ -1,8 +1,12 @@
-"""The reward-function sugar: a single-turn environment around formatters and a reward function.
+"""The reward-function sugar: an environment around formatters, a scorer and (for several
+turns) a feedback source.
 
-``reset`` shows each agent ``formatters[i](item)``; ``step`` ends the episode with the joint
-reward. ``step_many`` scores a whole batch of joint actions in ONE call of the scorer, which is
-what reward functions (and the sandbox pool behind the coding reward) are built for.
+``reset`` shows each agent ``formatters[i](item)``. Without feedback, ``step`` ends the episode
+with the joint reward. With feedback, each agent's next observation is its history: its previous
+observation, its own answer, then its feedback and a request to revise; the episode ends when
+``is_solved(score_row)`` says so (the trainer's ``num_turns`` caps it). ``step_many`` scores a
+whole batch of joint actions in ONE call of the scorer, which is what reward functions (and the
+sandbox pool behind the coding reward) are built for.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from magrpo.envs.base import MultiAgentEnv, StepResult
+from magrpo.feedback.base import Feedback, FeedbackRequest
 from magrpo.rewards.validation import RewardError, validate_rewards
 from magrpo.tasks.base import columns_of
 from magrpo.types import Formatter, Observation
@@ -47,25 +52,57 @@ def validate_scores(scorer: Scorer, rows: Any, expected: int) -> list[dict[str, 
     return rows
 
 
+REVISE_INSTRUCTION = "Feedback on your last answer:\n{feedback}\n\nWrite your improved answer."
+
+
+def as_messages(observation: Observation) -> list[dict[str, str]]:
+    return [{"role": "user", "content": observation}] if isinstance(observation, str) else list(observation)
+
+
 class RewardFunctionEnv(MultiAgentEnv):
-    def __init__(self, item: Mapping[str, Any], formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str]):
+    def __init__(
+        self,
+        item: Mapping[str, Any],
+        formatters: Sequence[Formatter],
+        scorer: Scorer,
+        agent_names: Sequence[str],
+        *,
+        feedback: Feedback | None = None,
+        is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
+        agent_roles: Sequence[str] | None = None,
+    ):
         if len(formatters) != len(agent_names):
             raise ValueError(f"{len(formatters)} formatters for {len(agent_names)} agents: give one formatter per agent")
         self.item = item
         self.formatters = list(formatters)
         self.scorer = scorer
         self.possible_agents = list(agent_names)
+        self.feedback = feedback
+        self.is_solved = is_solved
+        self.agent_roles = tuple(agent_roles or agent_names)
         self.observations: dict[str, Observation] = {}
+        self.turn = 0
 
     def reset(self, seed=None, options=None):
+        self.turn = 0
         self.observations = {name: fmt(self.item) for name, fmt in zip(self.possible_agents, self.formatters)}
         return dict(self.observations), {name: {} for name in self.possible_agents}
 
     def branch(self) -> "RewardFunctionEnv":
         # the item is read-only: share it instead of deep-copying a long text per joint action
-        twin = RewardFunctionEnv(self.item, self.formatters, self.scorer, self.possible_agents)
+        twin = RewardFunctionEnv(
+            self.item, self.formatters, self.scorer, self.possible_agents,
+            feedback=self.feedback, is_solved=self.is_solved, agent_roles=self.agent_roles,
+        )
         twin.observations = dict(self.observations)
+        twin.turn = self.turn
         return twin
+
+    def _next_observation(self, name: str, answer: str, feedback: str) -> Observation:
+        return as_messages(self.observations[name]) + [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": REVISE_INSTRUCTION.format(feedback=feedback)},
+        ]
 
     def step(self, actions: dict[str, str]) -> StepResult:
         return self.step_many([self], [actions])[0]
@@ -84,20 +121,46 @@ class RewardFunctionEnv(MultiAgentEnv):
             prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
             columns = columns_of([envs[i].item for i in indices])
             rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
-            for i, row in zip(indices, rows):
+            feedback = envs[indices[0]].feedback
+            solved = [feedback is None or bool(envs[i].is_solved and envs[i].is_solved(row)) for i, row in zip(indices, rows)]
+            todo = [k for k, done in enumerate(solved) if not done]
+            texts: dict[int, tuple[str, ...]] = {}
+            if feedback is not None and todo:
+                requests = [
+                    FeedbackRequest(envs[indices[k]].item, completions[k], rows[k], envs[indices[k]].turn + 1, envs[indices[k]].agent_roles)
+                    for k in todo
+                ]
+                texts = dict(zip(todo, feedback(requests)))
+            for k, (i, row) in enumerate(zip(indices, rows)):
+                env = envs[i]
                 reward = float(row["reward"])
+                if k in texts:
+                    env.observations = {
+                        n: env._next_observation(n, actions[i][n], text) for n, text in zip(names, texts[k])
+                    }
+                env.turn += 1
                 out[i] = StepResult(
-                    observations={n: envs[i].observations[n] for n in names},
+                    observations=dict(env.observations),
                     rewards={n: reward for n in names},
-                    terminations={n: True for n in names},
+                    terminations={n: solved[k] for n in names},
                     truncations={n: False for n in names},
                     infos={n: dict(row) for n in names},
                 )
         return out  # type: ignore[return-value]
 
 
-def reward_env_factory(formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str]) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
+def reward_env_factory(
+    formatters: Sequence[Formatter],
+    scorer: Scorer,
+    agent_names: Sequence[str],
+    *,
+    feedback: Feedback | None = None,
+    is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
+    agent_roles: Sequence[str] | None = None,
+) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
     def make(item: Mapping[str, Any]) -> RewardFunctionEnv:
-        return RewardFunctionEnv(item, formatters, scorer, agent_names)
+        return RewardFunctionEnv(
+            item, formatters, scorer, agent_names, feedback=feedback, is_solved=is_solved, agent_roles=agent_roles
+        )
 
     return make

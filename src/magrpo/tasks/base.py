@@ -29,6 +29,10 @@ class Task:
     required_columns: tuple[str, ...] = ()
     #: defaults this task prefers over the generic ones (max_new_tokens, ...)
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    #: multi-turn: a scored joint action that needs no further turn (e.g. all tests pass)
+    is_solved: Callable[[Mapping[str, Any]], bool] | None = None
+    #: multi-turn: the task's own feedback from execution, if it has one
+    execution_feedback: Callable[[], Any] | None = None
 
     @property
     def num_agents(self) -> int:

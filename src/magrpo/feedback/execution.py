@@ -1,0 +1,88 @@
+"""Execution feedback for the coding task: which tests failed and how, plus static checks.
+
+The helper agent hears about ``aux`` (missing, syntax error, never called, result ignored); the
+main agent about the entry point (missing, syntax error) and the failed tests. Both see the test
+summary, since a failure may be either agent's doing.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Sequence
+
+from magrpo.feedback.base import FeedbackRequest
+from magrpo.rewards.coding import CodingScore, extract_code
+
+MAX_FAILURES_SHOWN = 3
+MAX_MESSAGE_CHARS = 160
+
+
+def _syntax_problem(code: str) -> str | None:
+    try:
+        ast.parse(code)
+    except SyntaxError as exc:
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    return None
+
+
+def _short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def test_summary(score: CodingScore) -> str:
+    if score.run is None:
+        return "The tests did not run."
+    run = score.run
+    lines = [f"Tests: {run.passed}/{run.total} passed."]
+    if run.killed_reason:
+        lines.append(f"The program was stopped: {run.killed_reason}.")
+    if run.setup_error:
+        lines.append(f"The program failed to load: {_short(run.setup_error)}")
+    failures = [o for o in run.outcomes if o.status != "passed"]
+    for outcome in failures[:MAX_FAILURES_SHOWN]:
+        detail = f" -> {_short(outcome.message)}" if outcome.message else ""
+        lines.append(f"- {outcome.status}: {_short(outcome.test, 120)}{detail}")
+    if len(failures) > MAX_FAILURES_SHOWN:
+        lines.append(f"- ... and {len(failures) - MAX_FAILURES_SHOWN} more")
+    return "\n".join(lines)
+
+
+class ExecutionFeedback:
+    """Feedback from the sandbox results and static checks of a (helper, main) joint action."""
+
+    def __init__(self, helper_name: str = "aux") -> None:
+        self.helper_name = helper_name
+
+    def __call__(self, requests: Sequence[FeedbackRequest]) -> list[tuple[str, ...]]:
+        return [self.one(r) for r in requests]
+
+    def one(self, request: FeedbackRequest) -> tuple[str, str]:
+        score: CodingScore = request.score["details"]
+        entry = request.item["entry_point"]
+        helper_code, main_code = (extract_code(c) for c in request.completions)
+        helper_notes: list[str] = []
+        main_notes: list[str] = []
+        if f"def {self.helper_name}" not in helper_code:
+            helper_notes.append(f"Your code does not define `{self.helper_name}`.")
+        elif problem := _syntax_problem(helper_code):
+            helper_notes.append(f"Your code has a {problem}.")
+        if f"def {entry}" not in main_code:
+            main_notes.append(f"Your code does not define `{entry}`.")
+        elif problem := _syntax_problem(main_code):
+            main_notes.append(f"Your code has a {problem}.")
+        if score.parses:
+            summary = test_summary(score)
+            helper_notes.append(summary)
+            main_notes.append(summary)
+            if score.helper_usage == "absent":
+                helper_notes.append(f"`{entry}` never calls your `{self.helper_name}`.")
+                main_notes.append(f"Your `{entry}` never calls `{self.helper_name}`.")
+            elif score.helper_usage == "ignored":
+                helper_notes.append(f"`{entry}` calls your `{self.helper_name}` but ignores its result.")
+                main_notes.append(f"Your `{entry}` calls `{self.helper_name}` but ignores its result.")
+        elif score.defined:
+            both = "The combined program does not parse."
+            helper_notes.append(both)
+            main_notes.append(both)
+        return "\n".join(helper_notes), "\n".join(main_notes)
