@@ -12,7 +12,7 @@ class RewardError(ValueError):
 
 
 def _function_name(func: Any) -> str:
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return getattr(func, "__name__", None) or type(func).__name__
 
 
 def validate_rewards(func: Any, rewards: Any, expected: int) -> list[float]:

@@ -1,0 +1,283 @@
+"""The ``magrpo`` command line: train and evaluate teams on the built-in tasks or your own data."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from magrpo.config import ConfigError, MAGRPOConfig, load_yaml_mapping
+from magrpo.tasks import TASKS
+
+console = Console()
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train teams of LLM agents to cooperate with MAGRPO (multi-agent group relative policy optimization).",
+)
+
+TASK_HELP = "Task: " + "; ".join(f"{name} = {desc}" for name, (desc, _) in TASKS.items()) + "."
+MODEL_HELP = (
+    "Model of the agents: 'default' (the bundled SmolLM2-135M-Instruct), 'qwen2.5-coder-0.5b' (opt-in preset), "
+    "a local model directory, or a Hub id. Give it once for every agent, or once per agent."
+)
+
+FEEDBACK_HELP = (
+    "Feedback between turns (with --turns > 1): execution (test results and static checks; the coding task) "
+    "or reviewer (a model behind --reviewer-url; key from $MAGRPO_REVIEWER_API_KEY)."
+)
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed without a traceback."""
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r} is not of the form FIELD=VALUE; fields: {', '.join(MAGRPOConfig.field_names())}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve_config(task_name: str, config_file: Optional[Path], flags: dict[str, Any], overrides: list[str]) -> MAGRPOConfig:
+    """Defaults < the task's preferences < the YAML file < --set pairs < explicit flags."""
+    from magrpo.tasks import get_task
+
+    values: dict[str, Any] = dict(get_task(task_name).config_overrides)
+    if config_file is not None:
+        values.update(load_yaml_mapping(config_file))
+    values.update(_parse_overrides(overrides))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return MAGRPOConfig.from_dict(values)
+
+
+def _model_specs(models: list[str], num_agents: int) -> list[str]:
+    from magrpo.models import resolve_model_source
+
+    models = models or ["default"]
+    if len(models) == 1:
+        models = models * num_agents
+    if len(models) != num_agents:
+        raise UsageError(f"{len(models)} --model values for {num_agents} agents; give one for all or one per agent")
+    for spec in set(models):
+        if spec != "default":
+            resolve_model_source(spec)  # names the choices when nothing matches, before any loading
+    return models
+
+
+def _load_items(task, data: Optional[Path], columns: Optional[str], split: str) -> list[dict[str, Any]]:
+    if data is None:
+        return task.load_split(split)
+    from magrpo.data import load_items, parse_column_map
+
+    return load_items(data, column_map=parse_column_map(columns) if columns else None, required=task.required_columns, split=None)
+
+
+def _results_table(before: dict[str, float] | None, after: dict[str, float]) -> Table:
+    table = Table(title="held-out results", show_lines=False)
+    table.add_column("metric")
+    if before is not None:
+        table.add_column("before", justify="right")
+    table.add_column("after" if before is not None else "value", justify="right")
+    if before is not None:
+        table.add_column("change", justify="right")
+    for key, value in after.items():
+        if key == "items":
+            continue
+        row = [key]
+        if before is not None:
+            b = before.get(key, float("nan"))
+            row += [f"{b:.4f}", f"{value:.4f}", f"{value - b:+.4f}"]
+        else:
+            row.append(f"{value:.4f}")
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    for name, (desc, _) in TASKS.items():
+        console.print(f"[bold]{name}[/]: {desc}")
+
+
+@app.command()
+def train(
+    task: str = typer.Option("coding", help=TASK_HELP),
+    model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP),
+    num_generations: Optional[int] = typer.Option(None, "--num-generations", "-G", help="Completions per agent per item (G)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Dataset items per step."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest completion, in tokens."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
+    joint_mode: Optional[str] = typer.Option(None, "--joint-mode", help="aligned (G joint actions) or cross (G**N)."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Run directory (default runs/TASK-TIMESTAMP)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of MAGRPOConfig fields; flags override it."),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE (repeatable)."),
+    turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode (>1: agents revise after feedback)."),
+    expand: Optional[str] = typer.Option(None, "--expand", help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue)."),
+    expand_k: Optional[int] = typer.Option(None, "--expand-k", help="k of --expand best-k (1: the greedy chain)."),
+    feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
+    reviewer_url: Optional[str] = typer.Option(None, "--reviewer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    reviewer_model: Optional[str] = typer.Option(None, "--reviewer-model", help="Model name sent to the reviewer endpoint."),
+    eval_items: int = typer.Option(8, "--eval-items", help="Held-out items evaluated before and after training (0: skip)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your own training data (JSONL, JSON, CSV or Parquet)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
+) -> None:
+    """Train a team with MAGRPO, evaluating it on held-out items before and after."""
+    try:
+        _train(**locals())
+    except (UsageError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+
+
+def _train(
+    task: str, model: list[str], num_generations, steps, batch_size, max_new_tokens, learning_rate, joint_mode, lora, seed,
+    output_dir, config, set_, turns, expand, expand_k, feedback, reviewer_url, reviewer_model, eval_items, data,
+    eval_data, columns, no_progress,
+) -> None:
+    from magrpo.tasks import get_task
+
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    task_obj = get_task(task)
+    run_dir = output_dir or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    flags = dict(
+        num_agents=task_obj.num_agents, num_generations=num_generations, max_steps=steps, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, use_lora=lora, seed=seed,
+        output_dir=str(run_dir), num_turns=turns, expand=expand, expand_k=expand_k,
+    )
+    cfg = resolve_config(task, config, flags, set_)
+    feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
+    specs = _model_specs(model, cfg.num_agents)
+    train_items = _load_items(task_obj, data, columns, "train")
+    held_out = _load_items(task_obj, eval_data, columns, "eval") if (eval_data or not data) else []
+    held_out = held_out[:eval_items] if eval_items else []
+    console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
+
+    trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
+    from magrpo.runlog import RunLog
+
+    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs})
+    before = trainer.evaluate() if held_out else None
+    if before is not None:
+        log.write_json("eval_before.json", before)
+    trainer.train(log=log, progress=not no_progress)
+    after = trainer.evaluate() if held_out else None
+    if after is not None:
+        log.write_json("eval_after.json", after)
+        console.print(_results_table(before, after))
+    last = trainer.history[-1] if trainer.history else {}
+    console.print(
+        f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
+        f"run files: {run_dir} (config.yaml, metrics.jsonl, samples.jsonl, reward_curve.png, final/agent_*)"
+    )
+
+
+
+
+def _feedback(task_obj, cfg: MAGRPOConfig, kind: str, url: Optional[str], model_name: Optional[str]):
+    if cfg.num_turns == 1:
+        return None
+    if kind == "execution":
+        if task_obj.execution_feedback is None:
+            raise UsageError(f"task {task_obj.name!r} has no execution feedback; use --feedback reviewer")
+        return task_obj.execution_feedback()
+    if kind == "reviewer":
+        from magrpo.feedback import ReviewerClient, ReviewerFeedback
+
+        if not url or not model_name:
+            raise UsageError("--feedback reviewer needs --reviewer-url and --reviewer-model")
+        field = "prompt" if "prompt" in task_obj.required_columns else "source"
+        return ReviewerFeedback(ReviewerClient(url, model_name), task_field=field)
+    raise UsageError(f"--feedback {kind!r} is not one of 'execution', 'reviewer'")
+
+
+def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
+    from magrpo.trainer import MAGRPOTrainer
+
+    return MAGRPOTrainer(
+        agents=specs, scorer=task_obj.scorer, formatters=task_obj.formatters, args=cfg, feedback=feedback_source,
+        is_solved=task_obj.is_solved, agent_roles=task_obj.agent_roles, **datasets,
+    )
+
+
+@app.command("eval")
+def evaluate(
+    task: str = typer.Option("coding", help=TASK_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run's checkpoint directory holding agent_0, agent_1, ..."),
+    model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Ignored with --checkpoint."),
+    eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Evaluate only the first N held-out items."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode; figures are reported per turn."),
+    feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
+    reviewer_url: Optional[str] = typer.Option(None, "--reviewer-url"),
+    reviewer_model: Optional[str] = typer.Option(None, "--reviewer-model"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of MAGRPOConfig fields."),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the figures to this JSON file."),
+) -> None:
+    """Evaluate a trained team (or untrained models) on the held-out split."""
+    try:
+        _evaluate(**locals())
+    except (UsageError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+
+
+def _evaluate(
+    task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
+    data, columns, output,
+) -> None:
+    from magrpo.tasks import get_task
+
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    task_obj = get_task(task)
+    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns}
+    cfg = resolve_config(task, config, flags, set_)
+    feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
+    if checkpoint is not None:
+        dirs = [checkpoint / f"agent_{i}" for i in range(cfg.num_agents)]
+        missing = [str(d) for d in dirs if not d.is_dir()]
+        if missing:
+            raise UsageError(f"checkpoint {str(checkpoint)!r} lacks {missing}; expected one agent_i directory per agent")
+        specs = [str(d) for d in dirs]
+    else:
+        specs = _model_specs(model, cfg.num_agents)
+    items = _load_items(task_obj, data, columns, "eval")
+    trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
+    figures = trainer.evaluate(max_items=eval_items)
+    console.print(_results_table(None, figures))
+    if output:
+        output.write_text(json.dumps(figures, indent=2))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,105 @@
+"""The command line: bad input stops with a clear message; one real training step end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from magrpo.cli import app
+
+runner = CliRunner()
+
+
+def run_cli(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_help_lists_the_tasks():
+    code, out = run_cli("train", "--help")
+    assert code == 0
+    for task in ("coding", "summarize", "expand"):
+        assert task in out
+
+
+def test_unknown_model_path_names_the_value_and_the_choices():
+    code, out = run_cli("train", "--model", "./no/such/model/dir", "--steps", "1")
+    assert code == 2
+    assert "model './no/such/model/dir' is not a known name ('default', 'qwen2.5-coder-0.5b'), an existing directory" in out
+
+
+def test_unknown_task_names_the_choices():
+    code, out = run_cli("train", "--task", "poetry")
+    assert code == 2 and "unknown task 'poetry'; choose one of coding, summarize, expand" in out
+
+
+def test_invalid_config_value_names_the_choices():
+    code, out = run_cli("train", "--joint-mode", "diagonal")
+    assert code == 2 and "joint_mode='diagonal' is not valid; choose one of 'aligned', 'cross'" in out
+    code, out = run_cli("train", "--set", "temperature=-1")
+    assert code == 2 and "temperature=-1 is not valid" in out
+    code, out = run_cli("train", "--set", "temperature")
+    assert code == 2 and "--set 'temperature' is not of the form FIELD=VALUE" in out
+
+
+def test_config_file_with_an_unknown_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("num_generations: 4\nlearnin_rate: 0.1\n")
+    code, out = run_cli("train", "--config", str(path))
+    assert code == 2 and "unknown config field(s) ['learnin_rate']" in out
+
+
+def test_user_data_missing_a_column_names_it_and_the_available_ones(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({"question": "x", "tests": "y"}) + "\n")
+    code, out = run_cli("train", "--data", str(path), "--steps", "1")
+    assert code == 2 and "prompt" in out and "question" in out
+
+
+def test_wrong_number_of_models():
+    code, out = run_cli("train", "--model", "default", "--model", "default", "--model", "default")
+    assert code == 2 and "3 --model values for 2 agents" in out
+
+
+def test_eval_checkpoint_without_agents(tmp_path):
+    code, out = run_cli("eval", "--checkpoint", str(tmp_path))
+    assert code == 2 and "lacks" in out and "agent_0" in out
+
+
+@pytest.mark.slow
+def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
+    exe = Path(sys.executable).with_name("magrpo")
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, COLUMNS="200")
+    out = subprocess.run(
+        [str(exe), "train", "--task", "coding", "--steps", "1", "-G", "2", "--max-new-tokens", "12",
+         "--eval-items", "1", "--output-dir", str(run_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "held-out results" in out.stdout and "pass@1" in out.stdout
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["step"] == 1
+    for key in ("reward_mean", "reward_std", "reward_min", "reward_max", "agent_0/loss", "agent_1/loss", "tokens_generated", "seconds"):
+        assert key in metrics[0]
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and len(samples[0]["completions"]) == 2
+    for name in ("config.yaml", "eval_before.json", "eval_after.json", "reward_curve.png"):
+        assert (run_dir / name).is_file()
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "final" / "agent_1")  # loads directly
+
+    out = subprocess.run(
+        [str(exe), "eval", "--task", "coding", "--checkpoint", str(run_dir / "final"), "--eval-items", "1",
+         "--max-new-tokens", "12", "--output", str(tmp_path / "e.json")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["items"] == 1.0 and {"reward", "tests_passed", "pass@1"} <= set(figures)
