@@ -11,6 +11,7 @@ sandbox pool behind the coding reward) are built for.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 from magrpo.envs.base import MultiAgentEnv, StepResult
@@ -150,17 +151,7 @@ class RewardFunctionEnv(MultiAgentEnv):
 
 
 def reward_env_factory(
-    formatters: Sequence[Formatter],
-    scorer: Scorer,
-    agent_names: Sequence[str],
-    *,
-    feedback: Feedback | None = None,
-    is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
-    agent_roles: Sequence[str] | None = None,
+    formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str], **options: Any
 ) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
-    def make(item: Mapping[str, Any]) -> RewardFunctionEnv:
-        return RewardFunctionEnv(
-            item, formatters, scorer, agent_names, feedback=feedback, is_solved=is_solved, agent_roles=agent_roles
-        )
-
-    return make
+    """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles)."""
+    return functools.partial(RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options)
