@@ -237,6 +237,9 @@ def evaluate(
     set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE."),
     data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
+    latency_items: int = typer.Option(
+        4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
+    ),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the figures to this JSON file."),
 ) -> None:
     """Evaluate a trained team (or untrained models) on the held-out split."""
@@ -248,7 +251,7 @@ def evaluate(
 
 def _evaluate(
     task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
-    data, columns, output,
+    data, columns, latency_items, output,
 ) -> None:
     from magrpo.tasks import get_task
 
@@ -269,6 +272,13 @@ def _evaluate(
     items = _load_items(task_obj, data, columns, "eval")
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     figures = trainer.evaluate(max_items=eval_items)
+    if latency_items and task_obj.single_agent_formatter is not None:
+        from magrpo.efficiency import team_vs_single_latency
+
+        figures.update(team_vs_single_latency(
+            trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:latency_items],
+            max_new_tokens=cfg.max_new_tokens,
+        ))
     console.print(_results_table(None, figures))
     if output:
         output.write_text(json.dumps(figures, indent=2))

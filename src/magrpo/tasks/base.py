@@ -33,6 +33,8 @@ class Task:
     is_solved: Callable[[Mapping[str, Any]], bool] | None = None
     #: multi-turn: the task's own feedback from execution, if it has one
     execution_feedback: Callable[[], Any] | None = None
+    #: one prompt asking a single model for the whole joint answer (the efficiency baseline)
+    single_agent_formatter: Formatter | None = None
 
     @property
     def num_agents(self) -> int:

@@ -142,7 +142,14 @@ def _task(
         load_split=loader,
         required_columns=COLUMNS,
         config_overrides={"max_new_tokens": max_new_tokens},
+        single_agent_formatter=_formatter(_whole_answer_instruction(instructions), source_label),
     )
+
+
+def _whole_answer_instruction(instructions: dict[str, str]) -> str:
+    """One instruction for the single-model baseline: both parts, in order, in one reply."""
+    parts = [f"Part {i}: {text}" for i, text in enumerate(instructions.values(), start=1)]
+    return "Write both parts below, in order, separated by a blank line.\n" + "\n".join(parts)
 
 
 def summarize_task(
