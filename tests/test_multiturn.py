@@ -142,35 +142,42 @@ def test_second_turn_learns_to_use_the_feedback(tiny_agents, tmp_path):
     assert figures["turn_2/reward"] == 1.0 and figures["turn_1/reward"] <= 1 / 3 + 1e-9
 
 
-def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents):
-    """What the update scores at turn 2 is the ids generate produced, in the context it saw."""
-    generated: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for agent in tiny_agents:
-        original = agent.model.generate
+@pytest.mark.parametrize("backend", ["plain", "fast"])
+def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents, backend):
+    """What the update scores at turn 2 is the ids the sampler produced, in the context it saw:
+    the update's log-probs equal the sampling-time log-probs of every sampled token."""
+    at_sampling: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sequences or None, token log-probs)
+    if backend == "plain":
+        for agent in tiny_agents:
+            original = agent.model.generate
 
-        def recording_generate(*args, _original=original, **kwargs):
-            out = _original(*args, **kwargs, output_scores=True, return_dict_in_generate=True)
-            generated.append((out.sequences, torch.stack(out.scores, dim=1)))
-            return out.sequences
+            def recording_generate(*args, _original=original, **kwargs):
+                out = _original(*args, **kwargs, output_scores=True, return_dict_in_generate=True)
+                scores = torch.log_softmax(torch.stack(out.scores, dim=1).float(), -1)
+                at_sampling.append((out.sequences, scores))
+                return out.sequences
 
-        agent.model.generate = recording_generate
-    sampler = default_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, top_p=1.0)
+            agent.model.generate = recording_generate
+    sampler = default_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, top_p=1.0, backend=backend)
     torch.manual_seed(3)
     turns = expand_tree(tiny_agents, [SecretEnv({"secret": "b"})], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2)
     from magrpo.policy import completion_token_logprobs
 
-    calls = iter(generated)
+    calls = iter(at_sampling)
     for turn in turns:
         for agent, rollout in zip(tiny_agents, turn.rollouts):
-            sequences, scores = next(calls)
-            assert torch.equal(rollout.completion_ids, sequences[:, rollout.prompt_ids.shape[1]:])
+            if backend == "plain":
+                sequences, scores = next(calls)
+                assert torch.equal(rollout.completion_ids, sequences[:, rollout.prompt_ids.shape[1]:])
+                sampled = scores.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+            else:
+                sampled = rollout.token_logprobs
             ours = completion_token_logprobs(
                 agent.model, rollout.prompt_ids.repeat_interleave(2, 0), rollout.prompt_mask.repeat_interleave(2, 0),
                 rollout.completion_ids, rollout.completion_mask, temperature=0.9,
             )
-            at_sampling = torch.log_softmax(scores.float(), -1).gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
             m = rollout.completion_mask
-            assert torch.allclose(ours[m], at_sampling[m], atol=1e-5)
+            assert torch.allclose(ours[m], sampled[m], atol=1e-5)
     # the second turn's prompt is the rendered history that holds the first turn's feedback
     assert turns[1].rollouts[0].prompts[0] == "q b"
 

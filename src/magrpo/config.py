@@ -17,6 +17,7 @@ LOSS_AGGREGATIONS = ("sequence", "token")
 JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
+ROLLOUT_BACKENDS = ("fast", "plain")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,9 @@ class MAGRPOConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
+    #: "fast": prefill each prompt once and sample its G completions from the shared cache
+    #: (magrpo.fast_rollout); "plain": transformers' generate. Both sample the same policy.
+    rollout_backend: str = "fast"
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
     update_micro_batch_size: int = 16
@@ -116,6 +120,7 @@ class MAGRPOConfig:
         _positive_int(self, "max_planned_generations", 1)
         _number_in(self, "discount", 0.0, 1.0)
         _choice(self, "expand", EXPANSIONS)
+        _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
         if self.eval_max_items is not None:
             _positive_int(self, "eval_max_items", 1)
         _number_in(self, "temperature", 0.0, None, low_open=True)

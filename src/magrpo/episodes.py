@@ -124,10 +124,17 @@ def _joint_actions_to_expand(rewards: torch.Tensor, finished: torch.Tensor, expa
 
 
 def default_sampler(
-    *, num_generations: int, max_new_tokens: int, temperature: float, top_p: float
+    *, num_generations: int, max_new_tokens: int, temperature: float, top_p: float, backend: str = "fast"
 ) -> SampleFn:
+    if backend == "fast":
+        from magrpo.fast_rollout import sample_completions_fast as sampler
+    elif backend == "plain":
+        sampler = sample_completions
+    else:
+        raise ValueError(f"rollout backend {backend!r} is not one of 'fast', 'plain'")
+
     def sample(agent: AgentPolicy, observations: Sequence[Observation]) -> Rollout:
-        return sample_completions(
+        return sampler(
             agent,
             observations,
             num_generations=num_generations,

@@ -163,6 +163,17 @@ class AgentPolicy:
             self.model.set_adapter(self.adapter)
         yield self.model
 
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[PreTrainedModel]:
+        """The active model in eval mode (no dropout while sampling), its mode restored after."""
+        with self.active() as model:
+            was_training = model.training
+            model.eval()
+            try:
+                yield model
+            finally:
+                model.train(was_training)
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.adapter is None:
             return [p for p in self.model.parameters() if p.requires_grad]

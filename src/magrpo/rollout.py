@@ -86,19 +86,20 @@ def sample_completions(
 ) -> Rollout:
     """All P prompts of one agent in one batched generate call, G samples each."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
+    greedy = temperature == 0.0
     config = generation_config(
         agent,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
-        num_return_sequences=num_generations,
+        # greedy decoding gives G identical rows: decode once, repeat below
+        num_return_sequences=1 if greedy else num_generations,
     )
-    with agent.active() as model:
-        was_training = model.training
-        model.eval()
+    with agent.generating() as model:
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
-        model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
+    if greedy:
+        completion_ids = completion_ids.repeat_interleave(num_generations, dim=0)
     mask = completion_mask(completion_ids, agent.eos_token_ids)
     texts = agent.tokenizer.batch_decode(
         torch.where(mask, completion_ids, torch.full_like(completion_ids, agent.pad_token_id)), skip_special_tokens=True

@@ -203,7 +203,8 @@ class MAGRPOTrainer:
 
         envs = [self.env_factory(item) for item in items]
         sampler = default_sampler(
-            num_generations=a.num_generations, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p
+            num_generations=a.num_generations, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+            backend=a.rollout_backend,
         )
         turns = expand_tree(
             self.agents,
@@ -287,7 +288,10 @@ class MAGRPOTrainer:
         if not items:
             raise ConfigError("no evaluation items: pass eval_dataset or dataset")
         a = self.args
-        sampler = default_sampler(num_generations=1, max_new_tokens=a.max_new_tokens, temperature=a.eval_temperature, top_p=a.top_p)
+        sampler = default_sampler(
+            num_generations=1, max_new_tokens=a.max_new_tokens, temperature=a.eval_temperature, top_p=a.top_p,
+            backend=a.rollout_backend,
+        )
         per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
         for start in range(0, len(items), batch_size):
             envs = [self.env_factory(item) for item in items[start : start + batch_size]]

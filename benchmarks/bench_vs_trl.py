@@ -1,0 +1,352 @@
+"""magrpo against TRL's GRPOTrainer, like for like, on this machine.
+
+    .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout plain|fast|both]
+
+Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32, AdamW lr 1e-5,
+grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at temperature 1
+(top-p 1, no top-k) on HumanEval prompts, and produces the same number of completions per step:
+
+    trl             GRPOTrainer, one policy: P prompts x G completions
+    magrpo-single   MAGRPOTrainer with one agent: P prompts x G completions
+    magrpo-team     MAGRPOTrainer with two agents (helper + main): P/2 prompts x 2 agents x G
+
+so each policy scores groups of G and a step always yields P*G completions. The reward is the same
+cheap function everywhere (closeness of the completion to 200 characters): it varies between
+completions, so no completion gets a zero advantage that one trainer would skip and the other not.
+Each system runs in its own subprocess (clean peak RSS); the first step is warm-up, the figures
+are medians of the others. Ends with one JSON line holding every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+TARGET_CHARS = 200
+SEED = 0
+LEARNING_RATE = 1e-5
+
+
+# ---------------------------------------------------------------------------- shared pieces
+def length_reward(text: str) -> float:
+    return -abs(len(text) - TARGET_CHARS) / TARGET_CHARS
+
+
+def humaneval_items(count: int) -> list[dict[str, Any]]:
+    from magrpo.tasks.coding import load_humaneval
+
+    return load_humaneval("train")[:count]
+
+
+def model_shapes() -> dict[str, Any]:
+    """Parameter counts of the bundled model: the transformer body and the (tied) output layer."""
+    from transformers import AutoConfig
+
+    from magrpo.models import bundled_model_dir
+
+    c = AutoConfig.from_pretrained(bundled_model_dir())
+    head = c.vocab_size * c.hidden_size
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    per_layer = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv + 3 * c.hidden_size * c.intermediate_size
+    return {
+        "body_params": c.num_hidden_layers * per_layer,
+        "head_params": head,
+        "linear_shapes": [(c.hidden_size, c.hidden_size)] * 2
+        + [(kv, c.hidden_size)] * 2
+        + [(c.intermediate_size, c.hidden_size)] * 2
+        + [(c.hidden_size, c.intermediate_size)],
+        "layers": c.num_hidden_layers,
+    }
+
+
+def update_flops(shapes: dict[str, Any], rows: int, prompt_len: int, completion_len: int) -> float:
+    """Forward + backward of one update pass ~ 6 x params x tokens: the body sees every prompt and
+    completion position of the padded batch, the output layer only the completion positions."""
+    return 6.0 * (shapes["body_params"] * rows * (prompt_len + completion_len) + shapes["head_params"] * rows * completion_len)
+
+
+def matmul_gflops(shapes: dict[str, Any], tokens: int, seconds: float = 3.0) -> float:
+    """Forward matmul throughput of the model's own linear shapes, [tokens, in] x [in, out], float32,
+    with this process's threads: what the update could reach if it were nothing but matmuls."""
+    import torch
+
+    weights = [torch.randn(out_f, in_f) for out_f, in_f in shapes["linear_shapes"]]
+    inputs = {in_f: torch.randn(tokens, in_f) for _, in_f in shapes["linear_shapes"]}
+    flops_per_pass = sum(2.0 * tokens * w.shape[0] * w.shape[1] for w in weights)
+    for w in weights:
+        torch.nn.functional.linear(inputs[w.shape[1]], w)
+    passes, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+        passes += 1
+    return passes * flops_per_pass / (time.perf_counter() - started) / 1e9
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------- one system per process
+def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from magrpo.models import bundled_model_dir
+    from magrpo.tasks.coding import main_prompt
+
+    steps: list[dict[str, float]] = []
+    current: dict[str, float] = {}
+
+    def reward(completions: list[Any], **_: Any) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [length_reward(t) for t in texts]
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            current.clear()
+            current["start"] = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            seconds = time.perf_counter() - current.pop("start")
+            steps.append({**current, "seconds": seconds, "update_seconds": seconds - current["rollout_seconds"]})
+
+    source = str(bundled_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    dataset = Dataset.from_list([{"prompt": main_prompt(item)} for item in humaneval_items(args.prompts)])
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
+        per_device_train_batch_size=args.prompts * args.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        seed=SEED,
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
+                          callbacks=[Timer()])
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed(*a: Any, **k: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        out = generate_and_score(*a, **k)
+        current["rollout_seconds"] = time.perf_counter() - started
+        rows, completion_len = out["completion_ids"].shape
+        current["completion_tokens"] = float(out["completion_mask"].sum())
+        current["update_flops"] = update_flops(SHAPES, rows, out["prompt_ids"].shape[1], completion_len)
+        current["update_tokens"] = float(rows * (out["prompt_ids"].shape[1] + completion_len))
+        return out
+
+    trainer._generate_and_score_completions = timed
+    trainer.train()
+    return steps
+
+
+def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
+    from magrpo.config import MAGRPOConfig
+    from magrpo.tasks.coding import helper_prompt, main_prompt
+    from magrpo.trainer import MAGRPOTrainer
+
+    sampled: list[Any] = []
+
+    def reward(*, completions: list[tuple[str, ...]], **_: Any) -> list[float]:
+        return [sum(length_reward(t) for t in joint) / len(joint) for joint in completions]
+
+    agents = 2 if team else 1
+    prompts = args.prompts // 2 if team else args.prompts
+    config = MAGRPOConfig(
+        num_agents=agents,
+        num_generations=args.num_generations,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=LEARNING_RATE,
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        batch_size=prompts,
+        seed=SEED,
+        device="cpu",
+        dtype="float32",
+        update_micro_batch_size=max(16, prompts * args.num_generations),
+        output_dir=tempfile.mkdtemp(prefix="bench-magrpo-"),
+        log_samples_steps=0,
+        rollout_backend=args.rollout,
+    )
+    formatters = [helper_prompt, main_prompt] if team else [main_prompt]
+    trainer = MAGRPOTrainer(["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters,
+                            args=config)
+    update_agent = trainer.update_agent
+
+    def update_and_record(index: int, rollouts: Any, returns: Any) -> Any:
+        sampled.extend(rollouts)  # what each agent's update pass runs over
+        return update_agent(index, rollouts, returns)
+
+    trainer.update_agent = update_and_record
+    steps = []
+    for _ in range(args.steps):
+        sampled.clear()
+        metrics, _ = trainer.train_step(trainer.next_batch())
+        flops = tokens = 0.0
+        for rollout in sampled:  # one update pass per agent over all its rows (micro-batch >= rows)
+            rows = rollout.completion_ids.shape[0]
+            prompt_len = int(rollout.prompt_mask.sum(dim=1).max())
+            completion_len = int(rollout.completion_mask.sum(dim=1).max())
+            flops += update_flops(SHAPES, rows, prompt_len, completion_len)
+            tokens += rows * (prompt_len + completion_len)
+        steps.append({
+            "seconds": metrics["seconds"],
+            "rollout_seconds": metrics["rollout_seconds"],
+            "update_seconds": metrics["update_seconds"],
+            "completion_tokens": float(metrics["tokens_generated"]),
+            "update_flops": flops,
+            "update_tokens": tokens,
+        })
+    return steps
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    steps = run_trl(args) if args.worker == "trl" else run_magrpo(args, team=args.worker == "magrpo-team")
+    wall = time.perf_counter() - started
+    measured = steps[1:] or steps  # the first step is warm-up
+    median = {k: statistics.median(s[k] for s in measured) for k in measured[0]}
+    mean_update_tokens = median["update_tokens"]
+    result = {
+        "system": args.worker,
+        "rollout": args.rollout if args.worker != "trl" else "generate",
+        "steps": len(steps),
+        "sec_per_step": median["seconds"],
+        "rollout_sec": median["rollout_seconds"],
+        "update_sec": median["update_seconds"],
+        "completion_tokens_per_step": median["completion_tokens"],
+        "completion_tok_per_s": sum(s["completion_tokens"] for s in measured) / sum(s["rollout_seconds"] for s in measured),
+        "update_tok_per_s": sum(s["update_tokens"] for s in measured) / sum(s["update_seconds"] for s in measured),
+        "update_gflops": sum(s["update_flops"] for s in measured) / sum(s["update_seconds"] for s in measured) / 1e9,
+        "matmul_gflops": matmul_gflops(SHAPES, tokens=int(mean_update_tokens)),
+        "peak_rss_mib": peak_rss_mib(),
+        "wall_sec": wall,
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------- driver
+def launch(system: str, rollout: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", system, "--rollout", rollout, "--steps", str(args.steps),
+               "--prompts", str(args.prompts), "--num-generations", str(args.num_generations),
+               "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+    env = dict(os.environ)
+    # idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with any other
+    # busy process, spinning threads made every parallel op ~10x slower (see docs/performance.md)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH")]))
+    print(f"... {system} ({rollout})", file=sys.stderr, flush=True)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{system} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    header = f"{'system':15s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} " \
+             f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s}"
+    print(header)
+    for r in results:
+        print(f"{r['system']:15s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
+              f"{r['completion_tok_per_s']:9.1f} {r['update_tok_per_s']:9.0f} {r['update_gflops']:11.1f} "
+              f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f}")
+    trl = next((r for r in results if r["system"] == "trl"), None)
+    ratios = {}
+    if trl:
+        print("\nmagrpo / TRL (time ratios < 1 and throughput ratios > 1 favour magrpo)")
+        for r in results:
+            if r is trl:
+                continue
+            key = f"{r['system']}:{r['rollout']}"
+            ratios[key] = {
+                "sec_per_step": r["sec_per_step"] / trl["sec_per_step"],
+                "completion_tok_per_s": r["completion_tok_per_s"] / trl["completion_tok_per_s"],
+                "update_tok_per_s": r["update_tok_per_s"] / trl["update_tok_per_s"],
+                "peak_rss": r["peak_rss_mib"] / trl["peak_rss_mib"],
+            }
+            q = ratios[key]
+            print(f"  {key:22s} s/step x{q['sec_per_step']:.2f}  gen tok/s x{q['completion_tok_per_s']:.2f}  "
+                  f"update tok/s x{q['update_tok_per_s']:.2f}  peak RSS x{q['peak_rss']:.2f}")
+    return {"results": results, "ratios_vs_trl": ratios}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=3, help="optimiser steps per system (the first is warm-up)")
+    p.add_argument("--quick", action="store_true", help="2 steps, 16-token completions: a smoke run")
+    p.add_argument("--rollout", choices=["plain", "fast", "both"], default="fast", help="magrpo's sampler")
+    p.add_argument("--systems", default="trl,magrpo-team,magrpo-single")
+    p.add_argument("--prompts", type=int, default=2, help="P, prompts per step (even: the team takes P/2)")
+    p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt and policy")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.max_new_tokens = 2, 16
+    if args.prompts % 2:
+        p.error("--prompts must be even (the team of two takes half of them each step)")
+    if args.steps < 2:
+        p.error("--steps must be at least 2 (the first is warm-up)")
+    return args
+
+
+SHAPES: dict[str, Any] = {}
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    SHAPES.update(model_shapes())
+    if ARGS.worker:
+        worker(ARGS)
+    else:
+        rollouts = ["plain", "fast"] if ARGS.rollout == "both" else [ARGS.rollout]
+        runs = []
+        for system in ARGS.systems.split(","):
+            for rollout in (rollouts if system != "trl" else ["plain"]):  # TRL ignores it
+                runs.append(launch(system, rollout, ARGS))
+        summary = report(runs)
+        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads")}
+        summary["config"]["cpu_count"] = os.cpu_count()
+        summary["config"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+        print(json.dumps(summary))
