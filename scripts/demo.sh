@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/magrpo train --task coding --steps 6 --num-generations 4 --max-new-tokens 96 --eval-items 8 \
+exec .venv/bin/magrpo train --task coding --steps 8 --batch-size 2 --num-generations 4 --max-new-tokens 64 --eval-items 8 \
   --output-dir runs/quickstart "$@"

@@ -18,15 +18,18 @@ from magrpo.tasks.base import Task
 TRAIN_PROBLEMS = range(0, 132)
 HELD_OUT_PROBLEMS = range(132, 164)
 
+# The exact reply form in the instructions roughly doubles how often the small default model
+# writes a function of the right name (measured: 4/32 -> 7/32 samples for the helper).
 HELPER_INSTRUCTION = (
     "You are the helper agent of a team of two Python programmers. Your teammate will write the "
-    "function `{entry_point}` below. Write ONE helper function named `aux` that does a useful part "
-    "of the work, so your teammate can call it. Reply with only the code of `aux` in a ```python block."
+    "function `{entry_point}` below. Write a small helper function that does part of the work, so "
+    "your teammate can call it. It MUST be named `aux`. Reply in exactly this form:\n"
+    "```python\ndef aux(...):\n    ...\n```"
 )
 MAIN_INSTRUCTION = (
     "You are the main agent of a team of two Python programmers. Complete the function "
     "`{entry_point}` below. Your teammate provides a helper function `aux` that you may call; do not "
-    "write `aux` yourself. Reply with only the code of `{entry_point}` in a ```python block."
+    "write `aux` yourself. Reply in exactly this form:\n```python\ndef {entry_point}(...):\n    ...\n```"
 )
 
 
@@ -44,12 +47,12 @@ def load_humaneval(split: str) -> list[dict[str, Any]]:
 
 
 def helper_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
-    text = HELPER_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\n```python\n" + item["prompt"].strip() + "\n```"
+    text = HELPER_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
     return [{"role": "user", "content": text}]
 
 
 def main_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
-    text = MAIN_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\n```python\n" + item["prompt"].strip() + "\n```"
+    text = MAIN_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
     return [{"role": "user", "content": text}]
 
 
