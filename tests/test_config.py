@@ -107,3 +107,19 @@ def test_item_missing_a_formatter_field_stops_before_any_compute(tiny_agents):
 def test_one_formatter_per_agent(tiny_agents):
     with pytest.raises(ConfigError, match="formatters: 1 given for num_agents=2; give one formatter per agent"):
         MAGRPOTrainer(agents=tiny_agents, reward_func=reward_of_length(4), train_dataset=[{"q": "q"}], formatters=[str])
+
+
+def test_yaml_style_exponents_are_floats(tmp_path):
+    # YAML reads "2e-5" (no dot) as a string; a float field takes it as a number
+    assert MAGRPOConfig.from_dict({"learning_rate": "2e-5"}).learning_rate == 2e-5
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1e-5\nmax_grad_norm: 5e-1\n")
+    assert MAGRPOConfig.from_yaml(path).max_grad_norm == 0.5
+
+
+def test_a_run_directorys_config_yaml_is_reusable(tmp_path):
+    from magrpo.runlog import RunLog
+
+    cfg = MAGRPOConfig(num_generations=3, learning_rate=3e-6)
+    RunLog(tmp_path, cfg, extra={"task": "coding", "models": ["default", "default"]})
+    assert MAGRPOConfig.from_yaml(tmp_path / "config.yaml") == cfg

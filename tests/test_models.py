@@ -76,3 +76,20 @@ def test_a_directory_without_config_is_refused(tmp_path):
 
 def test_hub_ids_pass_through_unchanged():
     assert resolve_model_source("Qwen/Qwen2.5-Coder-3B-Instruct") == "Qwen/Qwen2.5-Coder-3B-Instruct"
+
+
+def test_a_lora_checkpoint_loads_with_its_adapter_merged(tiny_tokenizer, tmp_path):
+    from magrpo.models import load_model_and_tokenizer
+
+    base = make_tiny_model(len(tiny_tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer.save_pretrained(tmp_path / "base")
+    agents = build_agents([str(tmp_path / "base")] * 2, device="cpu", use_lora=True, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    train_one_step(agents, tmp_path)
+    ids = torch.tensor([[5, 2, 3]])
+    with agents[1].active() as m:
+        expected = m(input_ids=ids).logits
+    save_agent(agents[1], tmp_path / "agent_1")
+    merged, _ = load_model_and_tokenizer(tmp_path / "agent_1", device=torch.device("cpu"), dtype=torch.float32)
+    assert not hasattr(merged, "peft_config")
+    assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)

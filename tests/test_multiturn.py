@@ -188,3 +188,20 @@ def test_more_than_one_turn_needs_feedback(tiny_agents):
     with pytest.raises(ConfigError, match="num_turns=2 needs feedback between turns"):
         MAGRPOTrainer(agents=tiny_agents, reward_func=lambda **k: [0.0], train_dataset=[{"q": "q"}],
                       formatters=[str, str], args=MAGRPOConfig(num_turns=2))
+
+
+def test_feedback_is_asked_only_for_branches_that_continue(tiny_agents, tmp_path):
+    from magrpo.feedback import CallableFeedback
+
+    asked = []
+
+    def feedback(request):
+        asked.append(request.turn)
+        return ("try again", "try again")
+
+    args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path))
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [0.0] * len(completions),
+                            train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args,
+                            feedback=CallableFeedback(feedback))
+    trainer.train(progress=False)
+    assert asked == [1, 1]  # the 2 joint actions of turn 1; none after the last turn

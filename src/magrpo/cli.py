@@ -81,12 +81,29 @@ def _model_specs(models: list[str], num_agents: int) -> list[str]:
     return models
 
 
-def _load_items(task, data: Optional[Path], columns: Optional[str], split: str) -> list[dict[str, Any]]:
+def _explicit_fields(config_file: Optional[Path], overrides: list[str]) -> set[str]:
+    fields = set(_parse_overrides(overrides))
+    if config_file is not None:
+        fields |= set(load_yaml_mapping(config_file))
+    return fields
+
+
+def _path_or_none(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
+def _columns(columns: Optional[str]) -> Optional[dict[str, str]]:
+    from magrpo.data import parse_column_map
+
+    return parse_column_map(columns) if columns else None
+
+
+def _load_items(task, data: Optional[str], column_map: Optional[dict[str, str]], split: str) -> list[dict[str, Any]]:
     if data is None:
         return task.load_split(split)
-    from magrpo.data import load_items, parse_column_map
+    from magrpo.data import load_items
 
-    return load_items(data, column_map=parse_column_map(columns) if columns else None, required=task.required_columns, split=None)
+    return load_items(data, column_map=column_map, required=task.required_columns, split=None)
 
 
 def _results_table(before: dict[str, float] | None, after: dict[str, float]) -> Table:
@@ -161,17 +178,21 @@ def _train(
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
-    run_dir = output_dir or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     flags = dict(
         num_agents=task_obj.num_agents, num_generations=num_generations, max_steps=steps, batch_size=batch_size,
         max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, use_lora=lora, seed=seed,
-        output_dir=str(run_dir), num_turns=turns, expand=expand, expand_k=expand_k,
+        output_dir=_path_or_none(output_dir), num_turns=turns, expand=expand, expand_k=expand_k,
     )
+    flags.update(train_data=_path_or_none(data), eval_data=_path_or_none(eval_data), column_map=_columns(columns))
     cfg = resolve_config(task, config, flags, set_)
+    if "output_dir" not in _explicit_fields(config, set_) and output_dir is None:
+        cfg.output_dir = str(Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(cfg.output_dir)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     specs = _model_specs(model, cfg.num_agents)
-    train_items = _load_items(task_obj, data, columns, "train")
-    held_out = _load_items(task_obj, eval_data, columns, "eval") if (eval_data or not data) else []
+    train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train")
+    own_data_only = cfg.train_data and not cfg.eval_data
+    held_out = [] if own_data_only else _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval")
     held_out = held_out[:eval_items] if eval_items else []
     console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
 
@@ -258,7 +279,8 @@ def _evaluate(
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
-    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns}
+    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns,
+             "eval_data": _path_or_none(data), "column_map": _columns(columns)}
     cfg = resolve_config(task, config, flags, set_)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     if checkpoint is not None:
@@ -267,9 +289,10 @@ def _evaluate(
         if missing:
             raise UsageError(f"checkpoint {str(checkpoint)!r} lacks {missing}; expected one agent_i directory per agent")
         specs = [str(d) for d in dirs]
+        cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
     else:
         specs = _model_specs(model, cfg.num_agents)
-    items = _load_items(task_obj, data, columns, "eval")
+    items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval")
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     figures = trainer.evaluate(max_items=eval_items)
     if latency_items and task_obj.single_agent_formatter is not None:

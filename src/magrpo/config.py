@@ -86,11 +86,16 @@ class MAGRPOConfig:
     gradient_checkpointing: bool = False
     # run directory
     output_dir: str = "runs/magrpo"
-    logging_steps: int = 1
     #: every n-th step also writes prompts, completions and rewards to samples.jsonl
     log_samples_steps: int = 1
     #: 0 = only the final checkpoint
     save_steps: int = 0
+    # your own data for the CLI's built-in tasks (the Python API takes datasets directly)
+    #: JSONL / JSON / CSV / Parquet files; None: the task's own data
+    train_data: str | None = None
+    eval_data: str | None = None
+    #: task column -> your column, e.g. {"source": "article"}
+    column_map: dict[str, str] | None = None
     # evaluation
     eval_temperature: float = 0.0
     eval_max_items: int | None = None
@@ -110,7 +115,6 @@ class MAGRPOConfig:
         _positive_int(self, "max_new_tokens", 1)
         _positive_int(self, "max_steps", 0)
         _positive_int(self, "batch_size", 1)
-        _positive_int(self, "logging_steps", 1)
         _positive_int(self, "log_samples_steps", 0)
         _positive_int(self, "save_steps", 0)
         _positive_int(self, "update_micro_batch_size", 1)
@@ -170,7 +174,7 @@ class MAGRPOConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(cls.field_names())}")
-        return cls(**dict(values))
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "MAGRPOConfig":
@@ -189,7 +193,20 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value, not {type(values).__name__}")
+    if isinstance(values.get("config"), dict):  # a run directory's config.yaml: {config: ..., task: ..., models: ...}
+        values = values["config"]
     return values
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """YAML reads '2e-5' (no dot) as a string: take it as the float its field declares."""
+    declared = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+    if isinstance(value, str) and declared.startswith("float"):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # validation names the field and what it accepts
+    return value
 
 
 def _positive_int(cfg: MAGRPOConfig, name: str, minimum: int) -> None:

@@ -41,7 +41,9 @@ def team_vs_single_latency(
     for item in items:
         torch.set_num_threads(per_agent_threads)
         started = time.perf_counter()
-        with ThreadPoolExecutor(len(agents)) as pool:
+        # agents sharing one model (LoRA) would switch each other's adapter mid-generation
+        shared = len({id(a.model) for a in agents}) < len(agents)
+        with ThreadPoolExecutor(1 if shared else len(agents)) as pool:
             counts = list(pool.map(lambda pair: _generate(pair[0], pair[1](item), max_new_tokens), zip(agents, formatters)))
         team_times.append(time.perf_counter() - started)
         team_tokens += sum(counts)

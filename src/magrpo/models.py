@@ -141,7 +141,13 @@ def load_model_and_tokenizer(
     offline = bool(os.environ.get("HF_HUB_OFFLINE"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
+        if (Path(source) / "adapter_config.json").is_file():
+            # a LoRA checkpoint: its base with the adapter merged in, a plain model from here on
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
     except OSError as exc:
         raise ModelError(f"could not load model {os.fspath(spec)!r} from {source!r}: {exc}") from exc
     return model.to(device), tokenizer

@@ -28,19 +28,22 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def selected_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+def selected_token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """log softmax(logits)[token] for each position, in float32, without keeping a
     full-vocabulary log-softmax of every position: ``logit[token] - logsumexp(logits)``.
 
-    ``chunk_size`` bounds how many positions are converted to float32 at once.
+    ``chunk_size`` bounds how many positions are converted to float32 at once. The division by
+    the temperature happens in float32, so bf16 logits are rounded once, not twice.
     """
     batch, length, _ = logits.shape
     if chunk_size is None or chunk_size >= length:
-        logits32 = logits.float()
+        logits32 = logits.float() / temperature
         return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
     parts = []
     for start in range(0, length, chunk_size):
-        part = logits[:, start : start + chunk_size].float()
+        part = logits[:, start : start + chunk_size].float() / temperature
         tok = tokens[:, start : start + chunk_size]
         parts.append(part.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(part, dim=-1))
     return torch.cat(parts, dim=1)
@@ -72,9 +75,7 @@ def completion_token_logprobs(
         logits_to_keep=length + 1,
     )
     logits = out.logits[:, :-1]  # the logit at position t predicts token t + 1
-    if temperature != 1.0:
-        logits = logits / temperature
-    return selected_token_logprobs(logits, completion_ids, chunk_size)
+    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
 
 
 def loss_normaliser(masks: torch.Tensor, aggregation: str) -> float:

@@ -6,6 +6,7 @@ re-tokenisation of the decoded text.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -74,6 +75,18 @@ def generation_config(
     )
 
 
+@contextlib.contextmanager
+def _bare_generation_defaults(model):
+    """generate() fills every field our config leaves unset from the model's own generation
+    config (a repetition penalty, min_p, ...); hide it so nothing changes the sampled policy."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 @torch.no_grad()
 def sample_completions(
     agent: AgentPolicy,
@@ -95,7 +108,7 @@ def sample_completions(
         # greedy decoding gives G identical rows: decode once, repeat below
         num_return_sequences=1 if greedy else num_generations,
     )
-    with agent.generating() as model:
+    with agent.generating() as model, _bare_generation_defaults(model):
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:

@@ -17,6 +17,8 @@ class RunLog:
         (self.dir / "config.yaml").write_text(_yaml(resolved))
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
+        for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
+            path.unlink(missing_ok=True)
 
     def metrics(self, row: dict[str, Any]) -> None:
         _append_jsonl(self.metrics_path, [row])

@@ -78,6 +78,8 @@ class MAGRPOTrainer:
         self.args = args or MAGRPOConfig(num_agents=len(agents))
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
+        # the names the environments key observations by: those of pre-built agents, else agent_i
+        self._agent_names = [a.name if isinstance(a, AgentPolicy) else f"agent_{i}" for i, a in enumerate(agents)]
         self.train_items = _as_items(train_dataset, "train_dataset")
         self.eval_items = _as_items(eval_dataset, "eval_dataset")
         self.env_factory = self._build_env_factory(
@@ -101,7 +103,7 @@ class MAGRPOTrainer:
         self, reward_func, scorer, formatters, env_factory, reward_weights, feedback, is_solved, agent_roles
     ) -> EnvFactory:
         n = self.args.num_agents
-        names = [f"agent_{i}" for i in range(n)]
+        names = self._agent_names
         if env_factory is not None:
             if reward_func is not None or scorer is not None:
                 raise ConfigError("give either env_factory or reward_func/scorer, not both")
@@ -121,7 +123,7 @@ class MAGRPOTrainer:
             scorer = scorer_from_reward_funcs(funcs, reward_weights)
         return reward_env_factory(
             formatters, scorer, names, feedback=feedback if self.args.num_turns > 1 else None,
-            is_solved=is_solved, agent_roles=agent_roles,
+            is_solved=is_solved, agent_roles=agent_roles, num_turns=self.args.num_turns,
         )
 
     def _check_items(self, items: list[dict[str, Any]], what: str) -> None:
@@ -401,8 +403,10 @@ def _final_figures_per_turn(turns: list[Turn], num_items: int, num_turns: int) -
         if t < len(turns):
             turn = turns[t]
             for node in range(turn.num_nodes):
-                info = next(iter(turn.results[node][0].infos.values()))
-                current[root_of[node]] = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                result = turn.results[node][0]
+                info = next(iter(result.infos.values()), {})
+                figures = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                current[root_of[node]] = {"reward": float(result.joint_reward), **figures}
             if t + 1 < len(turns):
                 root_of = [root_of[p] for (p, _j) in turns[t + 1].parents or []]
         out.append([dict(c) for c in current])

@@ -71,6 +71,7 @@ class RewardFunctionEnv(MultiAgentEnv):
         feedback: Feedback | None = None,
         is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
         agent_roles: Sequence[str] | None = None,
+        num_turns: int | None = None,
     ):
         if len(formatters) != len(agent_names):
             raise ValueError(f"{len(formatters)} formatters for {len(agent_names)} agents: give one formatter per agent")
@@ -81,6 +82,7 @@ class RewardFunctionEnv(MultiAgentEnv):
         self.feedback = feedback
         self.is_solved = is_solved
         self.agent_roles = tuple(agent_roles or agent_names)
+        self.num_turns = num_turns  # no feedback is asked for after the last turn
         self.observations: dict[str, Observation] = {}
         self.turn = 0
 
@@ -93,7 +95,7 @@ class RewardFunctionEnv(MultiAgentEnv):
         # the item is read-only: share it instead of deep-copying a long text per joint action
         twin = RewardFunctionEnv(
             self.item, self.formatters, self.scorer, self.possible_agents,
-            feedback=self.feedback, is_solved=self.is_solved, agent_roles=self.agent_roles,
+            feedback=self.feedback, is_solved=self.is_solved, agent_roles=self.agent_roles, num_turns=self.num_turns,
         )
         twin.observations = dict(self.observations)
         twin.turn = self.turn
@@ -124,7 +126,8 @@ class RewardFunctionEnv(MultiAgentEnv):
             rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
             feedback = envs[indices[0]].feedback
             solved = [feedback is None or bool(envs[i].is_solved and envs[i].is_solved(row)) for i, row in zip(indices, rows)]
-            todo = [k for k, done in enumerate(solved) if not done]
+            last_turn = [envs[i].num_turns is not None and envs[i].turn + 1 >= envs[i].num_turns for i in indices]
+            todo = [k for k, done in enumerate(solved) if not done and not last_turn[k]]
             texts: dict[int, tuple[str, ...]] = {}
             if feedback is not None and todo:
                 requests = [
@@ -153,5 +156,5 @@ class RewardFunctionEnv(MultiAgentEnv):
 def reward_env_factory(
     formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str], **options: Any
 ) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
-    """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles)."""
+    """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles, num_turns)."""
     return functools.partial(RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options)

@@ -11,7 +11,7 @@ import ast
 from typing import Sequence
 
 from magrpo.feedback.base import FeedbackRequest
-from magrpo.rewards.coding import CodingScore, extract_code
+from magrpo.rewards.coding import CodingScore, defines_function, extract_code
 
 MAX_FAILURES_SHOWN = 3
 MAX_MESSAGE_CHARS = 160
@@ -63,11 +63,11 @@ class ExecutionFeedback:
         helper_code, main_code = (extract_code(c) for c in request.completions)
         helper_notes: list[str] = []
         main_notes: list[str] = []
-        if f"def {self.helper_name}" not in helper_code:
+        if not defines_function(helper_code, self.helper_name):
             helper_notes.append(f"Your code does not define `{self.helper_name}`.")
         elif problem := _syntax_problem(helper_code):
             helper_notes.append(f"Your code has a {problem}.")
-        if f"def {entry}" not in main_code:
+        if not defines_function(main_code, entry):
             main_notes.append(f"Your code does not define `{entry}`.")
         elif problem := _syntax_problem(main_code):
             main_notes.append(f"Your code has a {problem}.")
