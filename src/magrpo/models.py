@@ -78,6 +78,7 @@ def convert_gguf(gguf_path: Path, destination: Path) -> Path:
         strip_gguf_quantization(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
         try:
             tmp.rename(destination)
         except OSError:  # another process finished first: keep theirs
