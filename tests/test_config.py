@@ -123,3 +123,17 @@ def test_a_run_directorys_config_yaml_is_reusable(tmp_path):
     cfg = MAGRPOConfig(num_generations=3, learning_rate=3e-6)
     RunLog(tmp_path, cfg, extra={"task": "coding", "models": ["default", "default"]})
     assert MAGRPOConfig.from_yaml(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("adam_beta2", 1.5, "adam_beta2=1.5 is not valid"),
+        ("lora_dropout", -0.1, "lora_dropout=-0.1 is not valid"),
+        ("num_threads", 0, "num_threads=0 is not valid; expected an integer >= 1"),
+        ("early_stop_reward", "high", "early_stop_reward='high' is not valid; expected a number"),
+    ],
+)
+def test_optional_and_optimiser_fields_are_checked_too(field, value, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        MAGRPOConfig(**{field: value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -133,6 +134,14 @@ class MAGRPOConfig:
         _number_in(self, "learning_rate", 0.0, None)
         _number_in(self, "max_grad_norm", 0.0, None, low_open=True)
         _number_in(self, "weight_decay", 0.0, None)
+        _number_in(self, "adam_beta1", 0.0, 1.0)
+        _number_in(self, "adam_beta2", 0.0, 1.0)
+        _number_in(self, "lora_alpha", 0.0, None, low_open=True)
+        _number_in(self, "lora_dropout", 0.0, 1.0)
+        if self.num_threads is not None:
+            _positive_int(self, "num_threads", 1)
+        if self.early_stop_reward is not None:
+            _number_in(self, "early_stop_reward", -math.inf, None)
         _choice(self, "advantage_scaling", ADVANTAGE_SCALINGS)
         _choice(self, "loss_aggregation", LOSS_AGGREGATIONS)
         _choice(self, "joint_mode", JOINT_MODES)
