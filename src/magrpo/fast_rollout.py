@@ -26,7 +26,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types
 
 from magrpo.models import AgentPolicy
 from magrpo.policy import completion_mask, position_ids_from_mask
-from magrpo.rollout import Rollout, tokenize_prompts
+from magrpo.rollout import Rollout, decode_completions, tokenize_prompts
 from magrpo.types import Observation
 
 
@@ -252,7 +252,7 @@ def sample_completions_fast(
             pad_token_id=agent.pad_token_id,
         )
     mask = completion_mask(completion_ids, agent.eos_token_ids)
-    texts = agent.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    texts = decode_completions(agent, completion_ids, mask)
     return SampledRollout(
         prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs=logprobs
     )

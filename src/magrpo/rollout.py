@@ -56,6 +56,12 @@ def tokenize_prompts(agent: AgentPolicy, observations: Sequence[Observation]) ->
     return texts, batch["input_ids"].to(agent.device), batch["attention_mask"].to(agent.device)
 
 
+def decode_completions(agent: AgentPolicy, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """The text of each completion: its counted tokens only (nothing after the first EOS)."""
+    kept = torch.where(mask, completion_ids, torch.full_like(completion_ids, agent.pad_token_id))
+    return agent.tokenizer.batch_decode(kept, skip_special_tokens=True)
+
+
 def generation_config(
     agent: AgentPolicy, *, max_new_tokens: int, temperature: float, top_p: float, num_return_sequences: int
 ) -> GenerationConfig:
@@ -114,7 +120,5 @@ def sample_completions(
     if greedy:
         completion_ids = completion_ids.repeat_interleave(num_generations, dim=0)
     mask = completion_mask(completion_ids, agent.eos_token_ids)
-    texts = agent.tokenizer.batch_decode(
-        torch.where(mask, completion_ids, torch.full_like(completion_ids, agent.pad_token_id)), skip_special_tokens=True
-    )
+    texts = decode_completions(agent, completion_ids, mask)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations)

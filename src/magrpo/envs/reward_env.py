@@ -17,11 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 from magrpo.envs.base import MultiAgentEnv, StepResult
 from magrpo.feedback.base import Feedback, FeedbackRequest
 from magrpo.rewards.validation import RewardError, validate_rewards
-from magrpo.tasks.base import columns_of
+from magrpo.tasks.base import Scorer, columns_of
 from magrpo.types import Formatter, Observation
-
-#: ``scorer(completions=..., prompts=..., **columns) -> [{"reward": float, ...}]``
-Scorer = Callable[..., list[dict[str, float]]]
 
 
 def scorer_from_reward_funcs(reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None) -> Scorer:
