@@ -1,6 +1,7 @@
 """magrpo against TRL's GRPOTrainer, like for like, on this machine.
 
     .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout plain|fast|both]
+                                                [--rollout-dtype same|bfloat16|both]
 
 Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32, AdamW lr 1e-5,
 grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at temperature 1
@@ -10,7 +11,10 @@ grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at t
     magrpo-single   MAGRPOTrainer with one agent: P prompts x G completions
     magrpo-team     MAGRPOTrainer with two agents (helper + main): P/2 prompts x 2 agents x G
 
-so each policy scores groups of G and a step always yields P*G completions. The reward is the same
+so each policy scores groups of G and a step always yields P*G completions. ``--rollout-dtype
+bfloat16`` adds magrpo runs that sample with a bfloat16 copy of the float32 policy (the update
+stays float32, with the truncated importance-sampling correction): a different sampling policy
+from TRL's, so those rows say "+bf16" and are reported apart. The reward is the same
 cheap function everywhere (closeness of the completion to 200 characters): it varies between
 completions, so no completion gets a zero advantage that one trainer would skip and the other not.
 Each system runs in its own subprocess (clean peak RSS); the first step is warm-up, the figures
@@ -197,6 +201,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         output_dir=tempfile.mkdtemp(prefix="bench-magrpo-"),
         log_samples_steps=0,
         rollout_backend=args.rollout,
+        rollout_dtype=args.rollout_dtype,
     )
     formatters = [helper_prompt, main_prompt] if team else [main_prompt]
     trainer = MAGRPOTrainer(["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters,
@@ -226,6 +231,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
             "completion_tokens": float(metrics["tokens_generated"]),
             "update_flops": flops,
             "update_tokens": tokens,
+            "is_weight_mean": statistics.fmean(metrics.get(f"agent_{i}/is_weight_mean", 1.0) for i in range(agents)),
         })
     return steps
 
@@ -244,7 +250,7 @@ def worker(args: argparse.Namespace) -> None:
     mean_update_tokens = median["update_tokens"]
     result = {
         "system": args.worker,
-        "rollout": args.rollout if args.worker != "trl" else "generate",
+        "rollout": (args.rollout + ("+bf16" if args.rollout_dtype == "bfloat16" else "")) if args.worker != "trl" else "generate",
         "steps": len(steps),
         "sec_per_step": median["seconds"],
         "rollout_sec": median["rollout_seconds"],
@@ -257,14 +263,16 @@ def worker(args: argparse.Namespace) -> None:
         "peak_rss_mib": peak_rss_mib(),
         "wall_sec": wall,
         "threads": torch.get_num_threads(),
+        **({"is_weight_mean": median["is_weight_mean"]} if "is_weight_mean" in median else {}),
         "load_avg_1m": os.getloadavg()[0],
     }
     print("RESULT " + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------------------- driver
-def launch(system: str, rollout: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", system, "--rollout", rollout, "--steps", str(args.steps),
+def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", system, "--rollout", rollout, "--rollout-dtype", rollout_dtype,
+               "--steps", str(args.steps),
                "--prompts", str(args.prompts), "--num-generations", str(args.num_generations),
                "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     env = dict(os.environ)
@@ -274,7 +282,7 @@ def launch(system: str, rollout: str, args: argparse.Namespace) -> dict[str, Any
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH")]))
-    print(f"... {system} ({rollout})", file=sys.stderr, flush=True)
+    print(f"... {system} ({rollout}, sampling dtype {rollout_dtype})", file=sys.stderr, flush=True)
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -306,7 +314,7 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "peak_rss": r["peak_rss_mib"] / trl["peak_rss_mib"],
             }
             q = ratios[key]
-            print(f"  {key:22s} s/step x{q['sec_per_step']:.2f}  gen tok/s x{q['completion_tok_per_s']:.2f}  "
+            print(f"  {key:27s} s/step x{q['sec_per_step']:.2f}  gen tok/s x{q['completion_tok_per_s']:.2f}  "
                   f"update tok/s x{q['update_tok_per_s']:.2f}  peak RSS x{q['peak_rss']:.2f}")
     return {"results": results, "ratios_vs_trl": ratios}
 
@@ -316,6 +324,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per system (the first is warm-up)")
     p.add_argument("--quick", action="store_true", help="2 steps, 16-token completions: a smoke run")
     p.add_argument("--rollout", choices=["plain", "fast", "both"], default="fast", help="magrpo's sampler")
+    p.add_argument("--rollout-dtype", choices=["same", "bfloat16", "both"], default="same",
+                   help="magrpo's sampling weights: the float32 policy itself, a bfloat16 copy, or both runs")
     p.add_argument("--systems", default="trl,magrpo-team,magrpo-single")
     p.add_argument("--prompts", type=int, default=2, help="P, prompts per step (even: the team takes P/2)")
     p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt and policy")
@@ -341,12 +351,19 @@ if __name__ == "__main__":
         worker(ARGS)
     else:
         rollouts = ["plain", "fast"] if ARGS.rollout == "both" else [ARGS.rollout]
+        dtypes = ["same", "bfloat16"] if ARGS.rollout_dtype == "both" else [ARGS.rollout_dtype]
         runs = []
         for system in ARGS.systems.split(","):
-            for rollout in (rollouts if system != "trl" else ["plain"]):  # TRL ignores it
-                runs.append(launch(system, rollout, ARGS))
+            if system == "trl":  # TRL ignores both settings
+                runs.append(launch(system, "plain", "same", ARGS))
+                continue
+            for rollout in rollouts:
+                for dtype in dtypes:
+                    if dtype == "bfloat16" and rollout == "plain":
+                        continue  # the bf16 copy needs the fast sampler's log-probs
+                    runs.append(launch(system, rollout, dtype, ARGS))
         summary = report(runs)
-        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads")}
+        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads", "rollout_dtype")}
         summary["config"]["cpu_count"] = os.cpu_count()
         summary["config"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         print(json.dumps(summary))

@@ -1,5 +1,6 @@
 """The proof that the trainer learns: a reward that needs BOTH agents rises from chance to >= 0.9."""
 
+import pytest
 import torch
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer
@@ -10,8 +11,11 @@ def both_agents_right(*, completions, prompts, **_):
     return [float(c0.split()[:1] == ["a"] and c1.split()[:1] == ["b"]) for c0, c1 in completions]
 
 
-def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path):
+@pytest.mark.parametrize("rollout_dtype", ["same", "bfloat16"])
+def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path, rollout_dtype):
+    # "bfloat16": a reduced-precision copy samples, the correction keeps the update on course
     args = MAGRPOConfig(
+        rollout_dtype=rollout_dtype,
         num_generations=8,
         batch_size=4,
         max_new_tokens=3,

@@ -19,6 +19,7 @@ JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
 ROLLOUT_BACKENDS = ("fast", "plain")
+ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,13 @@ class MAGRPOConfig:
     #: "fast": prefill each prompt once and sample its G completions from the shared cache
     #: (magrpo.fast_rollout); "plain": transformers' generate. Both sample the same policy.
     rollout_backend: str = "fast"
+    #: precision of the weights that SAMPLE. "same": the training weights themselves (exactly
+    #: on-policy). "bfloat16" / "float16": a reduced-precision copy, refreshed after every update,
+    #: that decodes faster where reading the weights bounds each token (CPUs, small batches); the
+    #: update then weights each token by min(pi / pi_sampler, rollout_is_cap), the truncated
+    #: importance-sampling correction for the gap between the two (needs the "fast" backend)
+    rollout_dtype: str = "same"
+    rollout_is_cap: float = 3.0
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
     update_micro_batch_size: int = 16
@@ -126,6 +134,13 @@ class MAGRPOConfig:
         _number_in(self, "discount", 0.0, 1.0)
         _choice(self, "expand", EXPANSIONS)
         _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
+        _choice(self, "rollout_dtype", ROLLOUT_DTYPES)
+        _number_in(self, "rollout_is_cap", 1.0, None)
+        if self.rollout_dtype != "same" and self.rollout_backend != "fast":
+            raise ConfigError(
+                f"rollout_dtype={self.rollout_dtype!r} needs rollout_backend='fast' (its sampling-time "
+                f"log-probabilities drive the importance-sampling correction); got rollout_backend={self.rollout_backend!r}"
+            )
         if self.eval_max_items is not None:
             _positive_int(self, "eval_max_items", 1)
         _number_in(self, "temperature", 0.0, None, low_open=True)

@@ -124,8 +124,16 @@ def _joint_actions_to_expand(rewards: torch.Tensor, finished: torch.Tensor, expa
 
 
 def default_sampler(
-    *, num_generations: int, max_new_tokens: int, temperature: float, top_p: float, backend: str = "fast"
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    backend: str = "fast",
+    use_rollout_copy: bool = True,
 ) -> SampleFn:
+    """The sampler of one rollout: ``use_rollout_copy=False`` samples with the training weights
+    even where agents carry a reduced-precision rollout copy (evaluation measures the policy)."""
     if backend == "fast":
         from magrpo.fast_rollout import sample_completions_fast as sampler
     elif backend == "plain":
@@ -141,6 +149,7 @@ def default_sampler(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
+            use_rollout_copy=use_rollout_copy,
         )
 
     return sample

@@ -235,11 +235,12 @@ def sample_completions_fast(
     max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
+    use_rollout_copy: bool = True,
 ) -> SampledRollout:
     """All P prompts of one agent, G samples each: the same result as
     :func:`magrpo.rollout.sample_completions` (token for token when greedy), done faster."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
-    with agent.generating() as model:
+    with agent.generating(use_rollout_copy) as model:
         completion_ids, logprobs = _decode(
             model,
             prompt_ids,

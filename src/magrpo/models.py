@@ -162,6 +162,8 @@ class AgentPolicy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     adapter: str | None = None
+    #: a reduced-precision copy that samples instead of ``model`` (see :func:`attach_rollout_copies`)
+    rollout_model: PreTrainedModel | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[PreTrainedModel]:
@@ -171,8 +173,15 @@ class AgentPolicy:
         yield self.model
 
     @contextlib.contextmanager
-    def generating(self) -> Iterator[PreTrainedModel]:
-        """The active model in eval mode (no dropout while sampling), its mode restored after."""
+    def generating(self, use_rollout_copy: bool = True) -> Iterator[PreTrainedModel]:
+        """The model that samples (the rollout copy if there is one and ``use_rollout_copy``,
+        else the training weights), adapter on, in eval mode (no dropout), its mode restored after."""
+        if use_rollout_copy and self.rollout_model is not None:
+            model = self.rollout_model
+            if self.adapter is not None:
+                model.set_adapter(self.adapter)
+            yield model  # always in eval mode, never trained
+            return
         with self.active() as model:
             was_training = model.training
             model.eval()
@@ -180,6 +189,16 @@ class AgentPolicy:
                 yield model
             finally:
                 model.train(was_training)
+
+    @torch.no_grad()
+    def sync_rollout_model(self) -> None:
+        """Copy this agent's trainable weights into its rollout copy (after every update)."""
+        if self.rollout_model is None:
+            return
+        target = dict(self.rollout_model.named_parameters())
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and (self.adapter is None or f".{self.adapter}." in name):
+                target[name].copy_(param)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.adapter is None:
@@ -278,6 +297,25 @@ def build_agents(
         if agent.tokenizer.pad_token_id is None:
             agent.tokenizer.pad_token = agent.tokenizer.eos_token
     return agents
+
+
+def attach_rollout_copies(agents: Sequence[AgentPolicy], dtype: torch.dtype) -> None:
+    """Give every agent a frozen ``dtype`` copy of its model to sample with.
+
+    Agents sharing one model (LoRA on a shared base) share one copy, adapters included, so the
+    base is held once more, not once per agent. The copies start equal to the training weights
+    rounded to ``dtype``; :meth:`AgentPolicy.sync_rollout_model` keeps them so after each update.
+    """
+    import copy
+
+    copies: dict[int, PreTrainedModel] = {}
+    for agent in agents:
+        if id(agent.model) not in copies:
+            clone = copy.deepcopy(agent.model).to(dtype)
+            clone.requires_grad_(False)
+            clone.eval()
+            copies[id(agent.model)] = clone
+        agent.rollout_model = copies[id(agent.model)]
 
 
 def _share_key(spec: AgentSpec) -> Any:

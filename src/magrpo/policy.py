@@ -88,13 +88,33 @@ def loss_normaliser(masks: torch.Tensor, aggregation: str) -> float:
     raise ValueError(f"loss aggregation {aggregation!r} is not one of 'sequence', 'token'")
 
 
-def policy_gradient_loss_sum(token_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """-sum_s A_s * sum_t m_{s,t} log p_{s,t}: the un-normalised REINFORCE loss of a batch.
+def truncated_importance_weights(
+    token_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """min(pi(t) / pi_sampler(t), cap) per token, as a constant (no gradient flows through it).
+
+    When the completions were sampled by a reduced-precision copy of the policy, this is the
+    truncated importance-sampling correction: the expected gradient is the policy's own, up to
+    the (rare, bounded) truncation.
+    """
+    return torch.exp(token_logprobs.detach() - sampler_logprobs.to(token_logprobs.dtype)).clamp(max=cap)
+
+
+def policy_gradient_loss_sum(
+    token_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """-sum_s A_s * sum_t m_{s,t} w_{s,t} log p_{s,t}: the un-normalised REINFORCE loss of a batch.
 
     Divided by :func:`loss_normaliser` it is the paper's per-agent objective: on-policy, with one
-    update per rollout the importance ratio is exactly 1, so no clipping term is needed.
+    update per rollout the importance ratio is exactly 1, so no clipping term is needed and the
+    token weights w are 1 (``weights=None``). They differ from 1 only when another policy sampled
+    (see :func:`truncated_importance_weights`).
     """
-    masked = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
+    terms = token_logprobs if weights is None else token_logprobs * weights
+    masked = torch.where(mask, terms, torch.zeros_like(terms))
     return -(advantages.to(masked.dtype) * masked.sum(dim=-1)).sum()
 
 
@@ -113,4 +133,5 @@ __all__ = [
     "policy_gradient_loss_sum",
     "position_ids_from_mask",
     "selected_token_logprobs",
+    "truncated_importance_weights",
 ]

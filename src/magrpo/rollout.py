@@ -102,6 +102,7 @@ def sample_completions(
     max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
+    use_rollout_copy: bool = True,
 ) -> Rollout:
     """All P prompts of one agent in one batched generate call, G samples each."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
@@ -114,7 +115,7 @@ def sample_completions(
         # greedy decoding gives G identical rows: decode once, repeat below
         num_return_sequences=1 if greedy else num_generations,
     )
-    with agent.generating() as model, _bare_generation_defaults(model):
+    with agent.generating(use_rollout_copy) as model, _bare_generation_defaults(model):
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:

@@ -27,8 +27,13 @@ from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import Scorer, reward_env_factory, scorer_from_reward_funcs
 from magrpo.episodes import Turn, default_sampler, expand_tree
 from magrpo.feedback.base import Feedback
-from magrpo.models import AgentPolicy, AgentSpec, build_agents, save_agent
-from magrpo.policy import completion_token_logprobs, loss_normaliser, policy_gradient_loss_sum
+from magrpo.models import AgentPolicy, AgentSpec, attach_rollout_copies, build_agents, save_agent
+from magrpo.policy import (
+    completion_token_logprobs,
+    loss_normaliser,
+    policy_gradient_loss_sum,
+    truncated_importance_weights,
+)
 from magrpo.rollout import Rollout
 from magrpo.runlog import RunLog
 from magrpo.types import Formatter
@@ -92,6 +97,7 @@ class MAGRPOTrainer:
             torch.set_num_threads(self.args.num_threads)
         torch.manual_seed(self.args.seed)
         self.agents = self._build_agents(agents)
+        self._attach_rollout_copies()
         self.optimizers = [self._make_optimizer(agent) for agent in self.agents]
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -155,6 +161,15 @@ class MAGRPOTrainer:
             lora_target_modules=a.lora_target_modules,
             gradient_checkpointing=a.gradient_checkpointing,
         )
+
+    def _attach_rollout_copies(self) -> None:
+        """A reduced-precision sampling copy per model when ``rollout_dtype`` asks for one that
+        differs from the training weights' dtype ("same", or the same dtype: no copy, exact)."""
+        if self.args.rollout_dtype == "same":
+            return
+        dtype = getattr(torch, self.args.rollout_dtype)
+        if any(agent.model.dtype != dtype for agent in self.agents):
+            attach_rollout_copies(self.agents, dtype)
 
     def _make_optimizer(self, agent: AgentPolicy) -> torch.optim.Optimizer:
         a = self.args
@@ -256,28 +271,48 @@ class MAGRPOTrainer:
         params = agent.trainable_parameters()
         optimizer.zero_grad(set_to_none=False)
         loss_total = 0.0
+        weights = _WeightTally()
         with agent.active() as model:
             model.train()
             for rollout, adv in zip(rollouts, advantages):
                 rows = torch.nonzero(adv != 0).flatten()
                 for chunk in rows.split(a.update_micro_batch_size) if len(rows) else ():
-                    loss = self._chunk_loss(model, rollout, adv, chunk) / normaliser
+                    loss = self._chunk_loss(agent, model, rollout, adv, chunk, weights) / normaliser
                     loss.backward()
                     loss_total += float(loss.detach())
             model.eval()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
-        return {"loss": loss_total, "grad_norm": float(grad_norm)}
+        agent.sync_rollout_model()
+        return {"loss": loss_total, "grad_norm": float(grad_norm), **weights.figures()}
 
-    def _chunk_loss(self, model: torch.nn.Module, rollout: Rollout, adv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _chunk_loss(
+        self,
+        agent: AgentPolicy,
+        model: torch.nn.Module,
+        rollout: Rollout,
+        adv: torch.Tensor,
+        rows: torch.Tensor,
+        tally: "_WeightTally",
+    ) -> torch.Tensor:
         device = rollout.completion_ids.device
         rows_d = rows.to(device)
         prompt_rows = rows_d // rollout.num_generations
         prompt_ids, prompt_mask = _trim_left(rollout.prompt_ids[prompt_rows], rollout.prompt_mask[prompt_rows])
         completion_ids, mask = _trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
         logprobs = completion_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, self.args.temperature)
-        return policy_gradient_loss_sum(logprobs, mask, adv[rows].to(device=device, dtype=torch.float32))
+        weights = None
+        if agent.rollout_model is not None:  # another precision sampled: correct for the gap
+            if getattr(rollout, "token_logprobs", None) is None:
+                raise ConfigError(
+                    f"agent {agent.name!r} samples with a {self.args.rollout_dtype} copy, but its rollout carries no "
+                    "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
+                )
+            sampler_logprobs = rollout.token_logprobs[rows_d][:, : completion_ids.shape[1]]
+            weights = truncated_importance_weights(logprobs, sampler_logprobs, self.args.rollout_is_cap)
+            tally.add(weights, mask, self.args.rollout_is_cap)
+        return policy_gradient_loss_sum(logprobs, mask, adv[rows].to(device=device, dtype=torch.float32), weights)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -292,7 +327,7 @@ class MAGRPOTrainer:
         a = self.args
         sampler = default_sampler(
             num_generations=1, max_new_tokens=a.max_new_tokens, temperature=a.eval_temperature, top_p=a.top_p,
-            backend=a.rollout_backend,
+            backend=a.rollout_backend, use_rollout_copy=False,
         )
         per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
         for start in range(0, len(items), batch_size):
@@ -335,6 +370,9 @@ class MAGRPOTrainer:
         for agent, m in zip(self.agents, agent_metrics):
             metrics[f"{agent.name}/loss"] = m["loss"]
             metrics[f"{agent.name}/grad_norm"] = m["grad_norm"]
+            for key in ("is_weight_mean", "is_capped_fraction"):
+                if key in m:
+                    metrics[f"{agent.name}/{key}"] = m[key]
         metrics.update(
             tokens_generated=tokens,
             rollout_seconds=rollout_s,
@@ -363,6 +401,23 @@ class MAGRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
+class _WeightTally:
+    """Mean importance weight over the counted tokens of an update, and the share truncated."""
+
+    def __init__(self) -> None:
+        self.total = self.capped = self.tokens = 0.0
+
+    def add(self, weights: torch.Tensor, mask: torch.Tensor, cap: float) -> None:
+        self.total += float(weights[mask].sum())
+        self.capped += float((weights[mask] >= cap).sum())
+        self.tokens += float(mask.sum())
+
+    def figures(self) -> dict[str, float]:
+        if not self.tokens:
+            return {}
+        return {"is_weight_mean": self.total / self.tokens, "is_capped_fraction": self.capped / self.tokens}
+
+
 def _as_items(dataset: Any, what: str) -> list[dict[str, Any]]:
     if dataset is None:
         return []
