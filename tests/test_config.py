@@ -132,6 +132,8 @@ def test_a_run_directorys_config_yaml_is_reusable(tmp_path):
         ("lora_dropout", -0.1, "lora_dropout=-0.1 is not valid"),
         ("num_threads", 0, "num_threads=0 is not valid; expected an integer >= 1"),
         ("early_stop_reward", "high", "early_stop_reward='high' is not valid; expected a number"),
+        ("share_prompt_in_update", "no", "share_prompt_in_update='no' is not valid; expected true or false"),
+        ("use_lora", 1, "use_lora=1 is not valid; expected true or false"),
     ],
 )
 def test_optional_and_optimiser_fields_are_checked_too(field, value, fragment):

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from magrpo.fast_rollout import SampledRollout, draw, new_cache, sample_completions_fast
 from magrpo.models import build_agents
-from magrpo.policy import completion_token_logprobs, selected_token_logprobs
+from magrpo.policy import completion_token_logprobs, selected_token_logprobs, shared_prompt_token_logprobs
 from magrpo.rollout import sample_completions, tokenize_prompts
 from tests.conftest import make_tiny_model
 
@@ -219,3 +219,53 @@ def test_plain_greedy_sampler_repeats_its_single_decode_for_every_generation(tin
     for p in range(2):
         rows = rollout.completion_ids[p * 3 : (p + 1) * 3]
         assert torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2])
+
+
+# ---------------------------------------------------------------------------- (f) one prompt pass per prompt
+def test_shared_prompt_scoring_matches_the_full_pass_in_value_and_gradient(tiny_tokenizer):
+    """Each distinct prompt run once (its keys/values gathered per row) against every row run in
+    full: log-probs within 1e-5, every parameter gradient within 1e-5 of its largest entry."""
+    agent = agent_for(tiny_tokenizer, seed=4, scale=8.0)
+    torch.manual_seed(0)
+    G = 3
+    rollout = sample_completions_fast(agent, PROMPTS, num_generations=G, max_new_tokens=10, temperature=1.0)
+    mask = rollout.completion_mask
+    assert len(set(mask.sum(dim=1).tolist())) > 1
+    # rows of a micro-batch need not cover whole groups: drop a few and shuffle the rest
+    rows = torch.tensor([11, 0, 4, 5, 2, 9, 3, 7])
+    prompts, index = torch.unique(rows // G, return_inverse=True)
+    model = agent.model.train()
+    params = [p for p in model.parameters()]
+    args = (rollout.completion_ids[rows], mask[rows])
+    full = completion_token_logprobs(model, rollout.prompt_ids[rows // G], rollout.prompt_mask[rows // G], *args)
+    shared = shared_prompt_token_logprobs(model, rollout.prompt_ids[prompts], rollout.prompt_mask[prompts], index, *args)
+    m = mask[rows]
+    assert torch.allclose(shared[m], full[m], atol=1e-5)
+    weights = torch.randn(m.shape)  # any linear loss, e.g. advantage-weighted
+    for got, ref in zip(torch.autograd.grad((shared * weights * m).sum(), params),
+                        torch.autograd.grad((full * weights * m).sum(), params)):
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokenizer, tmp_path):
+    """A whole training step (micro-batches that split groups, two agents): the weight change is
+    the same either way. Plain SGD, so the change is the (clipped) gradient itself; AdamW would
+    blow float noise in near-zero gradient entries up to +-lr."""
+    from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from tests.test_learning import both_agents_right
+
+    deltas = []
+    for share in (True, False):
+        agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+        initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
+        args = MAGRPOConfig(num_generations=4, batch_size=3, max_new_tokens=4, max_steps=1, seed=3, update_micro_batch_size=5,
+                            share_prompt_in_update=share, output_dir=str(tmp_path / str(share)), log_samples_steps=0)
+        trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
+                                formatters=[lambda item: item["q"]] * 2, args=args)
+        trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
+        metrics, _ = trainer.train_step(trainer.next_batch())
+        assert metrics["reward_std"] > 0  # some rows carry advantage: there is a gradient to compare
+        deltas.append([p.detach() - p0 for p, p0 in zip((p for a in agents for p in a.model.parameters()), initial)])
+    assert max(d.abs().max().item() for d in deltas[0]) > 1e-3
+    for shared, full in zip(*deltas):
+        assert torch.allclose(shared, full, rtol=1e-4, atol=1e-6)

@@ -92,6 +92,9 @@ class MAGRPOConfig:
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
     update_micro_batch_size: int = 16
+    #: run each distinct prompt through the model once per micro-batch, not once per completion
+    #: (same loss and gradient; not combined with gradient checkpointing, which drops the cache)
+    share_prompt_in_update: bool = True
     gradient_checkpointing: bool = False
     # run directory
     output_dir: str = "runs/magrpo"
@@ -135,6 +138,9 @@ class MAGRPOConfig:
         _choice(self, "expand", EXPANSIONS)
         _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self, "rollout_dtype", ROLLOUT_DTYPES)
+        for flag in ("use_lora", "share_prompt_in_update", "gradient_checkpointing"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag}={getattr(self, flag)!r} is not valid; expected true or false")
         _number_in(self, "rollout_is_cap", 1.0, None)
         if self.rollout_dtype != "same" and self.rollout_backend != "fast":
             raise ConfigError(

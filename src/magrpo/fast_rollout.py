@@ -25,7 +25,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
 from magrpo.models import AgentPolicy
-from magrpo.policy import completion_mask, position_ids_from_mask
+from magrpo.policy import completion_mask, prefill_prompts
 from magrpo.rollout import Rollout, decode_completions, tokenize_prompts
 from magrpo.types import Observation
 
@@ -173,18 +173,11 @@ def _decode(
     device = prompt_ids.device
     prompt_mask = prompt_mask.long()
     cache = new_cache(model, prompt_ids.shape[1] + max_new_tokens)
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids_from_mask(prompt_mask),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    first_logits = prefill_prompts(model, prompt_ids, prompt_mask, cache)
     G = num_generations
     if G > 1:
         cache.batch_repeat_interleave(G)
-    logits = out.logits[:, -1].float().repeat_interleave(G, dim=0)
+    logits = first_logits.float().repeat_interleave(G, dim=0)
     attention = prompt_mask.repeat_interleave(G, dim=0)
     next_position = prompt_mask.sum(dim=-1).repeat_interleave(G, dim=0)
 

@@ -78,6 +78,64 @@ def completion_token_logprobs(
     return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
 
 
+def prefill_prompts(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache) -> torch.Tensor:
+    """Run left-padded prompts [U, Lp] through the model into ``cache``; return the logits of
+    their last position [U, V] (the distribution of the first completion token)."""
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+def shared_prompt_token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_token_mask: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The same [B, Lc] log-probabilities as :func:`completion_token_logprobs`, with each distinct
+    prompt run through the model ONCE, however many of the B completions continue it.
+
+    ``prompt_ids`` [U, Lp] holds the distinct (left-padded) prompts and ``prompt_index`` [B] says
+    which one row b continues. The prompts' keys and values are computed once, with gradient, and
+    gathered per row, so backward adds every row's gradient into its prompt's single pass: the
+    value and the gradient are those of the full pass (up to float rounding) at a fraction of the
+    prompt compute and activation memory when G completions share a prompt.
+
+    Needs a model whose layers return their cache while training (not with gradient checkpointing).
+    """
+    from transformers import DynamicCache
+
+    prompt_mask = prompt_mask.long()
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    first = prefill_prompts(model, prompt_ids, prompt_mask, cache).unsqueeze(1).index_select(0, prompt_index)
+    length = completion_ids.shape[1]
+    if length == 1:
+        return selected_token_logprobs(first, completion_ids, chunk_size, temperature)
+    cache.batch_select_indices(prompt_index)  # differentiable gather: one prompt, many rows
+    row_prompt_mask = prompt_mask.index_select(0, prompt_index)
+    attention_mask = torch.cat([row_prompt_mask, completion_token_mask.long()], dim=1)
+    positions = position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1] :]
+    rest = model(
+        input_ids=completion_ids[:, :-1],  # the last token predicts nothing we score
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    logits = torch.cat([first, rest], dim=1)
+    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
+
+
 def loss_normaliser(masks: torch.Tensor, aggregation: str) -> float:
     """The divisor of the summed loss terms over a WHOLE batch (so micro-batches add up exactly):
     the number of completions ("sequence") or of counted completion tokens ("token")."""
@@ -132,6 +190,8 @@ __all__ = [
     "policy_gradient_loss",
     "policy_gradient_loss_sum",
     "position_ids_from_mask",
+    "prefill_prompts",
     "selected_token_logprobs",
+    "shared_prompt_token_logprobs",
     "truncated_importance_weights",
 ]

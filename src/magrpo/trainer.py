@@ -32,6 +32,7 @@ from magrpo.policy import (
     completion_token_logprobs,
     loss_normaliser,
     policy_gradient_loss_sum,
+    shared_prompt_token_logprobs,
     truncated_importance_weights,
 )
 from magrpo.rollout import Rollout
@@ -298,10 +299,17 @@ class MAGRPOTrainer:
     ) -> torch.Tensor:
         device = rollout.completion_ids.device
         rows_d = rows.to(device)
-        prompt_rows = rows_d // rollout.num_generations
-        prompt_ids, prompt_mask = _trim_left(rollout.prompt_ids[prompt_rows], rollout.prompt_mask[prompt_rows])
+        # the distinct prompts of this chunk, and which one each row continues
+        prompts, prompt_index = torch.unique(rows_d // rollout.num_generations, return_inverse=True)
+        prompt_ids, prompt_mask = _trim_left(rollout.prompt_ids[prompts], rollout.prompt_mask[prompts])
         completion_ids, mask = _trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
-        logprobs = completion_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, self.args.temperature)
+        temperature = self.args.temperature
+        if self.args.share_prompt_in_update and not self.args.gradient_checkpointing and len(prompts) < len(rows_d):
+            logprobs = shared_prompt_token_logprobs(model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature)
+        else:
+            logprobs = completion_token_logprobs(
+                model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature
+            )
         weights = None
         if agent.rollout_model is not None:  # another precision sampled: correct for the gap
             if getattr(rollout, "token_logprobs", None) is None:
