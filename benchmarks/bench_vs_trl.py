@@ -72,10 +72,14 @@ def model_shapes() -> dict[str, Any]:
     }
 
 
-def update_flops(shapes: dict[str, Any], rows: int, prompt_len: int, completion_len: int) -> float:
-    """Forward + backward of one update pass ~ 6 x params x tokens: the body sees every prompt and
-    completion position of the padded batch, the output layer only the completion positions."""
-    return 6.0 * (shapes["body_params"] * rows * (prompt_len + completion_len) + shapes["head_params"] * rows * completion_len)
+def update_flops(shapes: dict[str, Any], rows: int, prompt_len: int, completion_len: int, prompt_rows: int | None = None) -> float:
+    """Forward + backward of one update pass ~ 6 x params x positions actually run: the body sees
+    the prompt positions (``prompt_rows`` prompts: each distinct one once when the update shares
+    prompts, else one per row) and every completion position of the padded batch, the output
+    layer only the completion positions."""
+    prompt_rows = rows if prompt_rows is None else prompt_rows
+    body_positions = prompt_rows * prompt_len + rows * completion_len
+    return 6.0 * (shapes["body_params"] * body_positions + shapes["head_params"] * rows * completion_len)
 
 
 def matmul_gflops(shapes: dict[str, Any], tokens: int, seconds: float = 3.0) -> float:
@@ -222,7 +226,8 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
             rows = rollout.completion_ids.shape[0]
             prompt_len = int(rollout.prompt_mask.sum(dim=1).max())
             completion_len = int(rollout.completion_mask.sum(dim=1).max())
-            flops += update_flops(SHAPES, rows, prompt_len, completion_len)
+            prompt_rows = rollout.num_prompts if config.share_prompt_in_update else rows
+            flops += update_flops(SHAPES, rows, prompt_len, completion_len, prompt_rows)
             tokens += rows * (prompt_len + completion_len)
         steps.append({
             "seconds": metrics["seconds"],

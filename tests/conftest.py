@@ -44,6 +44,11 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(config)
 
 
+def letter_count_reward(*, completions, **_):
+    """A two-agent reward that differs between almost any two samples: every row gets an advantage."""
+    return [float(c0.count("a") - c1.count("b")) for c0, c1 in completions]
+
+
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()

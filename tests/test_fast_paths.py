@@ -252,7 +252,7 @@ def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokeniz
     the same either way. Plain SGD, so the change is the (clipped) gradient itself; AdamW would
     blow float noise in near-zero gradient entries up to +-lr."""
     from magrpo import MAGRPOConfig, MAGRPOTrainer
-    from tests.test_learning import both_agents_right
+    from tests.conftest import letter_count_reward
 
     deltas = []
     for share in (True, False):
@@ -260,7 +260,7 @@ def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokeniz
         initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
         args = MAGRPOConfig(num_generations=4, batch_size=3, max_new_tokens=4, max_steps=1, seed=3, update_micro_batch_size=5,
                             share_prompt_in_update=share, output_dir=str(tmp_path / str(share)), log_samples_steps=0)
-        trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
+        trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
                                 formatters=[lambda item: item["q"]] * 2, args=args)
         trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
         metrics, _ = trainer.train_step(trainer.next_batch())

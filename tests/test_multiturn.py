@@ -44,7 +44,7 @@ class Agent:  # expand_tree only needs a name from an agent when the sampler is 
 def scripted_sampler(num_generations):
     """Completion g at turn t is "x{g}" on the first turn and "y{g}" after."""
 
-    def sample(agent, observations):
+    def sample(agent, observations, generator=None):
         P = len(observations)
         texts = [("x" if obs == "start" else "y") + str(g) for obs in observations for g in range(num_generations)]
         ids = torch.zeros(P * num_generations, 1, dtype=torch.long)

@@ -15,7 +15,7 @@ from magrpo.config import ConfigError
 from magrpo.fast_rollout import sample_completions_fast
 from magrpo.models import attach_rollout_copies, build_agents
 from magrpo.policy import completion_token_logprobs, policy_gradient_loss_sum, truncated_importance_weights
-from tests.conftest import make_tiny_model
+from tests.conftest import letter_count_reward, make_tiny_model
 from tests.test_learning import both_agents_right
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]
@@ -57,7 +57,7 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 def test_the_copy_is_the_training_weights_rounded_once_before_and_after_every_update(tiny_tokenizer, tmp_path):
     agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
-    trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}] * 2,
+    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}] * 2,
                             formatters=[lambda item: item["q"]] * 2, args=_bf16_config(tmp_path))
     before = [_params(a.model) for a in agents]
     for agent in agents:

@@ -89,6 +89,10 @@ class MAGRPOConfig:
     #: importance-sampling correction for the gap between the two (needs the "fast" backend)
     rollout_dtype: str = "same"
     rollout_is_cap: float = 3.0
+    #: agents with their own models sample at the same time, the CPU threads split between them
+    #: (same random draws as one after the other; "fast" backend only; shared-base LoRA agents
+    #: take turns)
+    concurrent_agents: bool = True
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
     update_micro_batch_size: int = 16
@@ -138,7 +142,7 @@ class MAGRPOConfig:
         _choice(self, "expand", EXPANSIONS)
         _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self, "rollout_dtype", ROLLOUT_DTYPES)
-        for flag in ("use_lora", "share_prompt_in_update", "gradient_checkpointing"):
+        for flag in ("use_lora", "share_prompt_in_update", "gradient_checkpointing", "concurrent_agents"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag}={getattr(self, flag)!r} is not valid; expected true or false")
         _number_in(self, "rollout_is_cap", 1.0, None)

@@ -11,7 +11,7 @@ together in one batch per agent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ from magrpo.advantages import cross_joint_indices
 from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
 from magrpo.models import AgentPolicy
 from magrpo.rollout import Rollout, sample_completions
+from magrpo.team_sampling import SampleFn, sample_team
 from magrpo.types import Observation
 
 
@@ -57,9 +58,6 @@ def joint_action_indices(joint_mode: str, num_generations: int, num_agents: int)
     raise ValueError(f"joint mode {joint_mode!r} is not one of 'aligned', 'cross'")
 
 
-SampleFn = Callable[[AgentPolicy, Sequence[Observation]], Rollout]
-
-
 def expand_tree(
     agents: Sequence[AgentPolicy],
     envs: Sequence[MultiAgentEnv],
@@ -71,8 +69,12 @@ def expand_tree(
     expand: str = "full",
     expand_k: int = 1,
     early_stop_reward: float | None = None,
+    concurrent_agents: bool = False,
 ) -> list[Turn]:
-    """Expand every item's tree up to ``num_turns`` turns; returns the turns in order."""
+    """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
+
+    ``sample(agent, observations, generator=...)`` samples one agent's G completions per
+    observation; ``concurrent_agents`` lets agents with their own models sample at once."""
     names = [a.name for a in agents]
     joint_indices = joint_action_indices(joint_mode, num_generations, len(agents))
     nodes: list[MultiAgentEnv] = list(envs)
@@ -80,7 +82,8 @@ def expand_tree(
     parents: list[tuple[int, int]] | None = None
     turns: list[Turn] = []
     for t in range(num_turns):
-        rollouts = [sample(agent, [obs[agent.name] for obs in observations]) for agent in agents]
+        per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
+        rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents)
         branches: list[MultiAgentEnv] = []
         actions: list[dict[str, str]] = []
         for p, env in enumerate(nodes):
@@ -141,7 +144,7 @@ def default_sampler(
     else:
         raise ValueError(f"rollout backend {backend!r} is not one of 'fast', 'plain'")
 
-    def sample(agent: AgentPolicy, observations: Sequence[Observation]) -> Rollout:
+    def sample(agent: AgentPolicy, observations: Sequence[Observation], generator: torch.Generator | None = None) -> Rollout:
         return sampler(
             agent,
             observations,
@@ -150,6 +153,7 @@ def default_sampler(
             temperature=temperature,
             top_p=top_p,
             use_rollout_copy=use_rollout_copy,
+            generator=generator,
         )
 
     return sample

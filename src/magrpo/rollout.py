@@ -93,6 +93,17 @@ def _bare_generation_defaults(model):
         model.generation_config = saved
 
 
+@contextlib.contextmanager
+def _seeded_from(generator: torch.Generator | None, model):
+    if generator is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        yield
+
+
 @torch.no_grad()
 def sample_completions(
     agent: AgentPolicy,
@@ -103,8 +114,12 @@ def sample_completions(
     temperature: float,
     top_p: float = 1.0,
     use_rollout_copy: bool = True,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
-    """All P prompts of one agent in one batched generate call, G samples each."""
+    """All P prompts of one agent in one batched generate call, G samples each.
+
+    ``generate`` draws from torch's global RNG; given a ``generator``, the global RNG is seeded
+    from it for the call and restored after (so never call this from several threads at once)."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
     greedy = temperature == 0.0
     config = generation_config(
@@ -115,7 +130,7 @@ def sample_completions(
         # greedy decoding gives G identical rows: decode once, repeat below
         num_return_sequences=1 if greedy else num_generations,
     )
-    with agent.generating(use_rollout_copy) as model, _bare_generation_defaults(model):
+    with agent.generating(use_rollout_copy) as model, _bare_generation_defaults(model), _seeded_from(generator, model):
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:

@@ -163,6 +163,11 @@ class MAGRPOTrainer:
             gradient_checkpointing=a.gradient_checkpointing,
         )
 
+    @property
+    def _concurrent_agents(self) -> bool:
+        # generate() draws from the one global RNG: only the fast sampler may run in threads
+        return self.args.concurrent_agents and self.args.rollout_backend == "fast"
+
     def _attach_rollout_copies(self) -> None:
         """A reduced-precision sampling copy per model when ``rollout_dtype`` asks for one that
         differs from the training weights' dtype ("same", or the same dtype: no copy, exact)."""
@@ -234,6 +239,7 @@ class MAGRPOTrainer:
             expand=a.expand,
             expand_k=a.expand_k,
             early_stop_reward=a.early_stop_reward,
+            concurrent_agents=self._concurrent_agents,
         )
         rollout_seconds = time.perf_counter() - started
 
@@ -341,7 +347,7 @@ class MAGRPOTrainer:
         for start in range(0, len(items), batch_size):
             envs = [self.env_factory(item) for item in items[start : start + batch_size]]
             turns = expand_tree(self.agents, envs, sample=sampler, joint_mode="aligned", num_generations=1, num_turns=a.num_turns,
-                                early_stop_reward=a.early_stop_reward)
+                                early_stop_reward=a.early_stop_reward, concurrent_agents=self._concurrent_agents)
             for figures, t in zip(_final_figures_per_turn(turns, len(envs), a.num_turns), range(a.num_turns)):
                 per_turn[t].extend(figures)
         out: dict[str, float] = {"items": float(len(items))}
