@@ -58,3 +58,29 @@ def test_same_seed_same_run(tiny_tokenizer, tmp_path):
         runs.append(([h["reward_mean"] for h in history], [p.detach().clone() for a in agents for p in a.model.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_a_step_without_learning_signal_leaves_the_agents_as_they_were(tiny_agents, tmp_path):
+    """After a real step (AdamW now has momentum), a step whose groups all got equal rewards has
+    no gradient: the weights stay bit for bit, where a plain optimiser step would drift them."""
+    from tests.conftest import letter_count_reward
+
+    signal = {"on": True}
+
+    def reward(*, completions, **kw):
+        return letter_count_reward(completions=completions) if signal["on"] else [1.0] * len(completions)
+
+    args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=4, learning_rate=1e-2, max_steps=2, seed=0,
+                        output_dir=str(tmp_path), log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}] * 2,
+                            formatters=[lambda item: item["q"]] * 2, args=args)
+    initial = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
+    trainer.train_step(trainer.next_batch())
+    after_signal = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(initial, after_signal))
+    assert all(p.grad is None for a in tiny_agents for p in a.model.parameters())  # freed between updates
+
+    signal["on"] = False
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    assert metrics["agent_0/grad_norm"] == 0.0 and metrics["agent_1/loss"] == 0.0
+    assert all(torch.equal(a, p) for a, p in zip(after_signal, (p for a in tiny_agents for p in a.model.parameters())))

@@ -257,7 +257,10 @@ class MAGRPOTrainer:
 
         The loss is normalised over the whole step (all turns, all micro-batches), so splitting the
         batch changes nothing but memory. Completions with advantage exactly 0 contribute exactly 0
-        gradient and are not run through the model.
+        gradient and are not run through the model; when every completion has advantage 0 (all
+        rewards of every group equal) there is no gradient and the agent is left as it was (no
+        optimiser step, so no momentum or weight-decay move without a learning signal).
+        Gradients are freed after the step: between updates an agent holds none.
         """
         a = self.args
         agent = self.agents[index]
@@ -276,8 +279,9 @@ class MAGRPOTrainer:
         all_masks = torch.cat([_pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts])
         normaliser = loss_normaliser(all_masks, a.loss_aggregation)
         params = agent.trainable_parameters()
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
+        passes = 0
         weights = _WeightTally()
         with agent.active() as model:
             model.train()
@@ -287,10 +291,13 @@ class MAGRPOTrainer:
                     loss = self._chunk_loss(agent, model, rollout, adv, chunk, weights) / normaliser
                     loss.backward()
                     loss_total += float(loss.detach())
+                    passes += 1
             model.eval()
+        if not passes:
+            return {"loss": 0.0, "grad_norm": 0.0}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         agent.sync_rollout_model()
         return {"loss": loss_total, "grad_norm": float(grad_norm), **weights.figures()}
 
