@@ -284,7 +284,9 @@ def _evaluate(
     cfg = resolve_config(task, config, flags, set_)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     if checkpoint is not None:
-        dirs = [checkpoint / f"agent_{i}" for i in range(cfg.num_agents)]
+        from magrpo.models import agent_name
+
+        dirs = [checkpoint / agent_name(i) for i in range(cfg.num_agents)]
         missing = [str(d) for d in dirs if not d.is_dir()]
         if missing:
             raise UsageError(f"checkpoint {str(checkpoint)!r} lacks {missing}; expected one agent_i directory per agent")

@@ -247,8 +247,10 @@ class AgentPolicy:
         return "\n\n".join(m["content"] for m in messages), False
 
 
-def _agent_names(count: int) -> list[str]:
-    return [f"agent_{i}" for i in range(count)]
+def agent_name(index: int) -> str:
+    """The name of agent ``index``: how environments key its observations and the folder of its
+    checkpoint (``agent_0``, ``agent_1``, ...)."""
+    return f"agent_{index}"
 
 
 def build_agents(
@@ -271,7 +273,7 @@ def build_agents(
     """
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    names = _agent_names(len(specs))
+    names = [agent_name(i) for i in range(len(specs))]
     loaded: dict[Any, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
     agents: list[AgentPolicy] = []
     for name, spec in zip(names, specs):

@@ -12,14 +12,19 @@ from typing import Iterable
 import torch
 
 
+def is_eos(token_ids: torch.Tensor, eos_token_ids: Iterable[int]) -> torch.Tensor:
+    """Bool tensor like ``token_ids``: which tokens are one of the end-of-sequence ids."""
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=token_ids.device, dtype=token_ids.dtype)
+    return torch.isin(token_ids, eos)
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Iterable[int]) -> torch.Tensor:
     """Bool mask [B, L]: True for every token up to and including the first EOS of each row.
 
     A row without an EOS (cut at max_new_tokens) counts in full.
     """
-    eos = torch.tensor(sorted(set(eos_token_ids)), device=completion_ids.device, dtype=completion_ids.dtype)
-    is_eos = torch.isin(completion_ids, eos).to(torch.int32)
-    eos_strictly_before = is_eos.cumsum(dim=-1) - is_eos
+    eos = is_eos(completion_ids, eos_token_ids).to(torch.int32)
+    eos_strictly_before = eos.cumsum(dim=-1) - eos
     return eos_strictly_before == 0
 
 
@@ -186,6 +191,7 @@ def policy_gradient_loss(
 __all__ = [
     "completion_mask",
     "completion_token_logprobs",
+    "is_eos",
     "loss_normaliser",
     "policy_gradient_loss",
     "policy_gradient_loss_sum",

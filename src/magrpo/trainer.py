@@ -27,7 +27,7 @@ from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import Scorer, reward_env_factory, scorer_from_reward_funcs
 from magrpo.episodes import Turn, default_sampler, expand_tree
 from magrpo.feedback.base import Feedback
-from magrpo.models import AgentPolicy, AgentSpec, attach_rollout_copies, build_agents, save_agent
+from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_rollout_copies, build_agents, save_agent
 from magrpo.policy import (
     completion_token_logprobs,
     loss_normaliser,
@@ -85,7 +85,7 @@ class MAGRPOTrainer:
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
         # the names the environments key observations by: those of pre-built agents, else agent_i
-        self._agent_names = [a.name if isinstance(a, AgentPolicy) else f"agent_{i}" for i, a in enumerate(agents)]
+        self._agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]
         self.train_items = _as_items(train_dataset, "train_dataset")
         self.eval_items = _as_items(eval_dataset, "eval_dataset")
         self.env_factory = self._build_env_factory(
