@@ -196,15 +196,18 @@ class AgentPolicy:
         if self.rollout_model is None:
             return
         target = dict(self.rollout_model.named_parameters())
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and (self.adapter is None or f".{self.adapter}." in name):
-                target[name].copy_(param)
+        for name, param in self.named_trainable_parameters():
+            target[name].copy_(param)
+
+    def named_trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """What this agent's optimiser updates: its model's trainable weights, or its own adapter's."""
+        if self.adapter is None:
+            return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        marker = f".{self.adapter}."
+        return [(n, p) for n, p in self.model.named_parameters() if marker in n and "lora_" in n]
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        if self.adapter is None:
-            return [p for p in self.model.parameters() if p.requires_grad]
-        marker = f".{self.adapter}."
-        return [p for n, p in self.model.named_parameters() if marker in n and "lora_" in n]
+        return [p for _, p in self.named_trainable_parameters()]
 
     @property
     def device(self) -> torch.device:
