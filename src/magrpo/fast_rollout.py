@@ -25,7 +25,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
 from magrpo.models import AgentPolicy
-from magrpo.policy import completion_mask, is_eos, prefill_prompts
+from magrpo.policy import completion_mask, eos_tensor, prefill_prompts
 from magrpo.rollout import Rollout, decode_completions, tokenize_prompts
 from magrpo.types import Observation
 
@@ -189,6 +189,7 @@ def _decode(
     tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
     active = torch.arange(rows, device=device)  # original row of each batch row still decoding
+    eos = eos_tensor(eos_token_ids, tokens)
     scale = temperature if temperature > 0.0 else 1.0
     length = 0
     for step in range(max_new_tokens):
@@ -201,7 +202,7 @@ def _decode(
         if step + 1 == max_new_tokens:
             break
         # one host sync per step: which rows go on
-        going = ~is_eos(chosen, eos_token_ids)
+        going = ~torch.isin(chosen, eos)
         if not bool(going.all()):
             if not bool(going.any()):
                 break

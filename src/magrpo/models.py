@@ -177,7 +177,7 @@ class AgentPolicy:
         """The model that samples (the rollout copy if there is one and ``use_rollout_copy``,
         else the training weights), adapter on, in eval mode (no dropout), its mode restored after."""
         if use_rollout_copy and self.rollout_model is not None:
-            model = self.rollout_model
+            model = self.sampling_model
             if self.adapter is not None:
                 model.set_adapter(self.adapter)
             yield model  # always in eval mode, never trained
@@ -189,6 +189,11 @@ class AgentPolicy:
                 yield model
             finally:
                 model.train(was_training)
+
+    @property
+    def sampling_model(self) -> PreTrainedModel:
+        """The model object that samples during training: the rollout copy, else the model."""
+        return self.model if self.rollout_model is None else self.rollout_model
 
     @torch.no_grad()
     def sync_rollout_model(self) -> None:

@@ -12,10 +12,9 @@ from typing import Iterable
 import torch
 
 
-def is_eos(token_ids: torch.Tensor, eos_token_ids: Iterable[int]) -> torch.Tensor:
-    """Bool tensor like ``token_ids``: which tokens are one of the end-of-sequence ids."""
-    eos = torch.tensor(sorted(set(eos_token_ids)), device=token_ids.device, dtype=token_ids.dtype)
-    return torch.isin(token_ids, eos)
+def eos_tensor(eos_token_ids: Iterable[int], like: torch.Tensor) -> torch.Tensor:
+    """The end-of-sequence ids as a tensor on ``like``'s device and dtype, for ``torch.isin``."""
+    return torch.tensor(sorted(set(eos_token_ids)), device=like.device, dtype=like.dtype)
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Iterable[int]) -> torch.Tensor:
@@ -23,7 +22,7 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Iterable[int]) 
 
     A row without an EOS (cut at max_new_tokens) counts in full.
     """
-    eos = is_eos(completion_ids, eos_token_ids).to(torch.int32)
+    eos = torch.isin(completion_ids, eos_tensor(eos_token_ids, completion_ids)).to(torch.int32)
     eos_strictly_before = eos.cumsum(dim=-1) - eos
     return eos_strictly_before == 0
 
@@ -191,7 +190,7 @@ def policy_gradient_loss(
 __all__ = [
     "completion_mask",
     "completion_token_logprobs",
-    "is_eos",
+    "eos_tensor",
     "loss_normaliser",
     "policy_gradient_loss",
     "policy_gradient_loss_sum",

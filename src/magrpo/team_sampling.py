@@ -68,16 +68,13 @@ def sample_team(
 def _groups_by_generating_model(agents: Sequence[AgentPolicy]) -> list[list[int]]:
     groups: dict[int, list[int]] = {}
     for i, agent in enumerate(agents):
-        model = getattr(agent, "rollout_model", None)
-        if model is None:
-            model = getattr(agent, "model", None)
-        groups.setdefault(id(model), []).append(i)
+        # a stand-in agent without a model (a scripted sampler) groups with the other stand-ins
+        groups.setdefault(id(getattr(agent, "sampling_model", None)), []).append(i)
     return list(groups.values())
 
 
 def _sampling_device(agent: AgentPolicy) -> torch.device:
-    model = getattr(agent, "model", None)
-    return next(model.parameters()).device if model is not None else torch.device("cpu")
+    return agent.device if isinstance(agent, AgentPolicy) else torch.device("cpu")
 
 
 __all__ = ["SampleFn", "agent_generators", "sample_team"]
