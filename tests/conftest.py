@@ -44,6 +44,31 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(config)
 
 
+#: prompts of different lengths, so batches are left-padded
+PROMPTS = ["a b c", "q", "a a b b c c q q a", "b"]
+
+
+def peaked_model(tokenizer, seed: int, scale: float):
+    """A tiny random model with its output layer scaled up: random init alone gives nearly uniform
+    distributions (greedy ties, no EOS); ``scale`` sets how peaked they are."""
+    model = make_tiny_model(len(tokenizer), seed=seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    return model
+
+
+def agent_for(tokenizer, seed: int, scale: float = 40.0):
+    """One peaked tiny agent on the CPU."""
+    from magrpo.models import build_agents
+
+    return build_agents([(peaked_model(tokenizer, seed, scale), tokenizer)], device="cpu")[0]
+
+
+def repeat_prompts(rollout, generations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prompt of a rollout repeated once per generation, as the full scoring pass takes them."""
+    return rollout.prompt_ids.repeat_interleave(generations, 0), rollout.prompt_mask.repeat_interleave(generations, 0)
+
+
 def letter_count_reward(*, completions, **_):
     """A two-agent reward that differs between almost any two samples: every row gets an advantage."""
     return [float(c0.count("a") - c1.count("b")) for c0, c1 in completions]

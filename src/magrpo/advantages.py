@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from magrpo.choices import ADVANTAGE_SCALINGS, CROSS_AGGREGATIONS, JOINT_MODES, check_choice
+
 #: a group whose rewards spread less than this has no signal: its advantages are exactly zero
 STD_EPS = 1e-6
 
@@ -20,17 +22,16 @@ def group_advantages(rewards: torch.Tensor, scaling: str = "none") -> torch.Tens
     The standard deviation is the unbiased one (divisor G - 1), as in TRL. A group whose rewards
     are all equal gets advantage 0 under both scalings (never NaN).
     """
+    check_choice("advantage_scaling", scaling, ADVANTAGE_SCALINGS)
     if rewards.shape[-1] < 2:
         raise ValueError(f"a group needs at least 2 members for a baseline; got {rewards.shape[-1]}")
     rewards = rewards.to(torch.float64)
     centred = rewards - rewards.mean(dim=-1, keepdim=True)
     if scaling == "none":
         return centred
-    if scaling == "std":
-        std = rewards.std(dim=-1, keepdim=True)
-        flat = std <= STD_EPS
-        return torch.where(flat, torch.zeros_like(centred), centred / torch.where(flat, torch.ones_like(std), std))
-    raise ValueError(f"advantage scaling {scaling!r} is not one of 'none', 'std'")
+    std = rewards.std(dim=-1, keepdim=True)
+    flat = std <= STD_EPS
+    return torch.where(flat, torch.zeros_like(centred), centred / torch.where(flat, torch.ones_like(std), std))
 
 
 def cross_joint_indices(num_generations: int, num_agents: int) -> torch.Tensor:
@@ -50,6 +51,7 @@ def cross_completion_returns(rewards: torch.Tensor, agent: int, num_agents: int,
     Completion g of agent i took part in the G**(N-1) joint actions whose i-th index is g; its
     return is the mean (or max) of their rewards. Result: ``[..., G]``.
     """
+    check_choice("cross_aggregation", aggregation, CROSS_AGGREGATIONS)
     total = rewards.shape[-1]
     g = round(total ** (1.0 / num_agents))
     if g**num_agents != total:
@@ -61,9 +63,7 @@ def cross_completion_returns(rewards: torch.Tensor, agent: int, num_agents: int,
         return grid
     if aggregation == "mean":
         return grid.mean(dim=other_axes)
-    if aggregation == "max":
-        return grid.amax(dim=other_axes)
-    raise ValueError(f"cross aggregation {aggregation!r} is not one of 'mean', 'max'")
+    return grid.amax(dim=other_axes)
 
 
 def tree_returns(
@@ -102,10 +102,9 @@ def agent_advantages(
     g's return is aggregated over the joint actions it took part in, then centred over the G
     completions of the same agent at the same node.
     """
+    check_choice("joint_mode", joint_mode, JOINT_MODES)
     if joint_mode == "aligned":
         per_completion = returns
-    elif joint_mode == "cross":
-        per_completion = cross_completion_returns(returns, agent, num_agents, cross_aggregation)
     else:
-        raise ValueError(f"joint mode {joint_mode!r} is not one of 'aligned', 'cross'")
+        per_completion = cross_completion_returns(returns, agent, num_agents, cross_aggregation)
     return group_advantages(per_completion, scaling).reshape(-1)

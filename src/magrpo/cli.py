@@ -1,8 +1,13 @@
-"""The ``magrpo`` command line: train and evaluate teams on the built-in tasks or your own data."""
+"""The ``magrpo`` command line: train and evaluate teams on the built-in tasks or your own data.
+
+Only light modules are imported at start-up: torch and transformers load when a command needs a
+model, so ``--help`` and ``magrpo tasks`` answer at once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,8 @@ MODEL_HELP = (
     "Model of the agents: 'default' (the bundled SmolLM2-135M-Instruct), 'qwen2.5-coder-0.5b' (opt-in preset), "
     "a local model directory, or a Hub id. Give it once for every agent, or once per agent."
 )
+
+VERBOSE_HELP = "Also show transformers' own progress bars and messages (loading, converting, saving models)."
 
 FEEDBACK_HELP = (
     "Feedback between turns (with --turns > 1): execution (test results and static checks; the coding task) "
@@ -67,8 +74,13 @@ def resolve_config(task_name: str, config_file: Optional[Path], flags: dict[str,
     return MAGRPOConfig.from_dict(values)
 
 
+def _set_verbose(verbose: bool) -> None:
+    if verbose:
+        os.environ["MAGRPO_VERBOSE"] = "1"
+
+
 def _model_specs(models: list[str], num_agents: int) -> list[str]:
-    from magrpo.models import resolve_model_source
+    from magrpo.models.loading import resolve_model_source
 
     models = models or ["default"]
     if len(models) == 1:
@@ -160,6 +172,7 @@ def train(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Train a team with MAGRPO, evaluating it on held-out items before and after."""
     try:
@@ -171,8 +184,9 @@ def train(
 def _train(
     task: str, model: list[str], num_generations, steps, batch_size, max_new_tokens, learning_rate, joint_mode, lora, seed,
     output_dir, config, set_, turns, expand, expand_k, feedback, reviewer_url, reviewer_model, eval_items, data,
-    eval_data, columns, no_progress,
+    eval_data, columns, no_progress, verbose,
 ) -> None:
+    _set_verbose(verbose)
     from magrpo.tasks import get_task
 
     if task not in TASKS:
@@ -197,7 +211,7 @@ def _train(
     console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
 
     trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
-    from magrpo.runlog import RunLog
+    from magrpo.report import RunLog
 
     log = RunLog(run_dir, cfg, extra={"task": task, "models": specs})
     before = trainer.evaluate() if held_out else None
@@ -215,8 +229,6 @@ def _train(
     )
 
 
-
-
 def _feedback(task_obj, cfg: MAGRPOConfig, kind: str, url: Optional[str], model_name: Optional[str]):
     if cfg.num_turns == 1:
         return None
@@ -229,8 +241,7 @@ def _feedback(task_obj, cfg: MAGRPOConfig, kind: str, url: Optional[str], model_
 
         if not url or not model_name:
             raise UsageError("--feedback reviewer needs --reviewer-url and --reviewer-model")
-        field = "prompt" if "prompt" in task_obj.required_columns else "source"
-        return ReviewerFeedback(ReviewerClient(url, model_name), task_field=field)
+        return ReviewerFeedback(ReviewerClient(url, model_name), task_field=task_obj.task_column)
     raise UsageError(f"--feedback {kind!r} is not one of 'execution', 'reviewer'")
 
 
@@ -262,6 +273,7 @@ def evaluate(
         4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
     ),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the figures to this JSON file."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Evaluate a trained team (or untrained models) on the held-out split."""
     try:
@@ -272,8 +284,9 @@ def evaluate(
 
 def _evaluate(
     task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
-    data, columns, latency_items, output,
+    data, columns, latency_items, output, verbose,
 ) -> None:
+    _set_verbose(verbose)
     from magrpo.tasks import get_task
 
     if task not in TASKS:
@@ -284,7 +297,7 @@ def _evaluate(
     cfg = resolve_config(task, config, flags, set_)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     if checkpoint is not None:
-        from magrpo.models import agent_name
+        from magrpo.models.agent import agent_name
 
         dirs = [checkpoint / agent_name(i) for i in range(cfg.num_agents)]
         missing = [str(d) for d in dirs if not d.is_dir()]
@@ -298,7 +311,7 @@ def _evaluate(
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     figures = trainer.evaluate(max_items=eval_items)
     if latency_items and task_obj.single_agent_formatter is not None:
-        from magrpo.efficiency import team_vs_single_latency
+        from magrpo.eval.latency import team_vs_single_latency
 
         figures.update(team_vs_single_latency(
             trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:latency_items],

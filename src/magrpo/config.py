@@ -6,24 +6,23 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import yaml
 
-if TYPE_CHECKING:
-    from magrpo.plan import RolloutPlan
-
-ADVANTAGE_SCALINGS = ("none", "std")
-LOSS_AGGREGATIONS = ("sequence", "token")
-JOINT_MODES = ("aligned", "cross")
-CROSS_AGGREGATIONS = ("mean", "max")
-EXPANSIONS = ("full", "best-k")
-ROLLOUT_BACKENDS = ("fast", "plain")
-ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field, the value and what is accepted."""
+from magrpo.choices import (
+    ADVANTAGE_SCALINGS,
+    CROSS_AGGREGATIONS,
+    DTYPES,
+    EXPANSIONS,
+    JOINT_MODES,
+    LOSS_AGGREGATIONS,
+    ROLLOUT_BACKENDS,
+    ROLLOUT_DTYPES,
+    check_choice,
+)
+from magrpo.errors import ConfigError
+from magrpo.plan import RolloutPlan, plan_rollout
 
 
 @dataclass
@@ -80,7 +79,7 @@ class MAGRPOConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
     #: "fast": prefill each prompt once and sample its G completions from the shared cache
-    #: (magrpo.fast_rollout); "plain": transformers' generate. Both sample the same policy.
+    #: (magrpo.sampling.fast); "plain": transformers' generate. Both sample the same policy.
     rollout_backend: str = "fast"
     #: precision of the weights that SAMPLE. "same": the training weights themselves (exactly
     #: on-policy). "bfloat16" / "float16": a reduced-precision copy, refreshed after every update,
@@ -171,7 +170,7 @@ class MAGRPOConfig:
         _choice(self, "loss_aggregation", LOSS_AGGREGATIONS)
         _choice(self, "joint_mode", JOINT_MODES)
         _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
-        _choice(self, "dtype", ("auto", "float32", "bfloat16", "float16"))
+        _choice(self, "dtype", DTYPES)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device={self.device!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
         plan = self.plan()
@@ -182,9 +181,8 @@ class MAGRPOConfig:
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
 
-    def plan(self) -> "RolloutPlan":
-        from magrpo.plan import plan_rollout
-
+    def plan(self) -> RolloutPlan:
+        """What one step will cost (generations and joint rewards), before it runs."""
         return plan_rollout(
             num_agents=self.num_agents,
             num_generations=self.num_generations,
@@ -264,6 +262,4 @@ def _number_in(
 
 
 def _choice(cfg: MAGRPOConfig, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+    check_choice(name, getattr(cfg, name), choices)

@@ -1,5 +1,6 @@
-"""Items (a list of dicts) from users' own data: JSONL / JSON / CSV / Parquet files, or a
-``datasets.Dataset`` / ``DatasetDict`` already in memory.
+"""Dataset items (a list of dicts): from users' own files (JSONL / JSON / CSV / Parquet), from a
+``datasets.Dataset`` / ``DatasetDict`` already in memory, or from any sequence of mappings; and
+the column view of a batch of items that reward functions receive.
 
 A task names the columns it needs (``source``, ``reference``, ...); ``column_map`` says which
 of the user's columns holds each one, e.g. ``{"source": "article"}``. Nothing here downloads.
@@ -13,12 +14,35 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from magrpo.errors import DataError
+
 #: File extensions :func:`load_items` reads, lower-case.
 ACCEPTED_EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet")
 
 
-class DataError(ValueError):
-    """User data that cannot be read, or that lacks a column the task needs."""
+def as_items(dataset: Any, what: str) -> list[dict[str, Any]]:
+    """A dataset given to the trainer (a sequence of mappings, a ``datasets.Dataset``, or None)
+    as a list of plain dicts; :class:`DataError` names ``what`` and the offending index."""
+    if dataset is None:
+        return []
+    if isinstance(dataset, Mapping):
+        raise DataError(f"{what} must be a sequence of items (dicts) or a datasets.Dataset, not a single mapping")
+    items = []
+    for index, item in enumerate(dataset):
+        if not isinstance(item, Mapping):
+            raise DataError(f"{what}[{index}] is {type(item).__name__}; each item must be a mapping of column -> value")
+        items.append(dict(item))
+    return items
+
+
+def columns_of(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Dataset items -> one keyword list per column, as reward functions receive them."""
+    keys: list[str] = []
+    for item in items:
+        for key in item:
+            if key not in keys:
+                keys.append(key)
+    return {key: [item.get(key) for item in items] for key in keys}
 
 
 def parse_column_map(text: str) -> dict[str, str]:

@@ -1,47 +1,43 @@
 """MAGRPOTrainer: the MAGRPO loop, readable top to bottom.
 
-One step:
-    items      = the next ``batch_size`` dataset items
-    envs       = one environment per item (formatters + reward function, or your own env)
-    turns      = expand_tree(...)            every agent samples G completions per node; joint
-                                             actions step the environment; up to num_turns
-    returns    = tree_returns(rewards)       reward (+ discount * mean of children's returns)
-    advantages = agent_advantages(returns)   centred over the siblings of each node
-    update     = per agent: -sum A * log pi_i(c_i | o_i) / normaliser, AdamW, grad clipping
+One step (``train_step``), one named function per arrow of the data flow:
+    items      = next_batch()                     the next ``batch_size`` dataset items
+    envs       = env_factory(item)                one environment per item (formatters + reward, or yours)
+    turns      = expand_tree(agents, envs, ...)   every agent samples G completions per node
+                                                  (sample_team); the joint actions step the
+                                                  environment (step_joint_actions): joint rewards
+                                                  and next observations; up to num_turns
+    returns    = tree_returns(rewards)            reward (+ discount * mean of the children's returns)
+    advantages = agent_advantages(returns)        per agent, centred over the siblings of each node
+    update     = update_agent(i, ...)             per agent: -sum A * log pi_i(c_i | o_i) / normaliser,
+                                                  AdamW, gradient clipping
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from magrpo.advantages import agent_advantages, tree_returns
-from magrpo.config import ConfigError, MAGRPOConfig
+from magrpo.config import MAGRPOConfig
+from magrpo.data import as_items
 from magrpo.envs.base import MultiAgentEnv
-from magrpo.envs.reward_env import Scorer, reward_env_factory, scorer_from_reward_funcs
-from magrpo.episodes import Turn, default_sampler, expand_tree
+from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
+from magrpo.errors import ConfigError, DatasetError
+from magrpo.eval.figures import final_figures_per_turn, mean_figures
 from magrpo.feedback.base import Feedback
-from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_rollout_copies, build_agents, save_agent
-from magrpo.policy import (
-    completion_token_logprobs,
-    loss_normaliser,
-    policy_gradient_loss_sum,
-    shared_prompt_token_logprobs,
-    truncated_importance_weights,
-)
-from magrpo.rollout import Rollout
-from magrpo.runlog import RunLog
-from magrpo.types import Formatter
-
-
-class DatasetError(ValueError):
-    """A dataset item that the formatters or the reward cannot use."""
+from magrpo.logprobs import completion_token_logprobs, shared_prompt_token_logprobs
+from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
+from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_sampling_copies, build_agents, save_agent
+from magrpo.report import RunLog, progress_bar
+from magrpo.sampling import Rollout, SampleFn, make_sampler
+from magrpo.tree import Turn, expand_tree
+from magrpo.types import Formatter, Scorer
 
 
 EnvFactory = Callable[[Mapping[str, Any]], MultiAgentEnv]
@@ -86,8 +82,8 @@ class MAGRPOTrainer:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
         # the names the environments key observations by: those of pre-built agents, else agent_i
         self._agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]
-        self.train_items = _as_items(train_dataset, "train_dataset")
-        self.eval_items = _as_items(eval_dataset, "eval_dataset")
+        self.train_items = as_items(train_dataset, "train_dataset")
+        self.eval_items = as_items(eval_dataset, "eval_dataset")
         self.env_factory = self._build_env_factory(
             reward_func, scorer, formatters, env_factory, reward_weights, feedback, is_solved, agent_roles
         )
@@ -98,7 +94,7 @@ class MAGRPOTrainer:
             torch.set_num_threads(self.args.num_threads)
         torch.manual_seed(self.args.seed)
         self.agents = self._build_agents(agents)
-        self._attach_rollout_copies()
+        self._attach_sampling_copies()
         self.optimizers = [self._make_optimizer(agent) for agent in self.agents]
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -168,14 +164,27 @@ class MAGRPOTrainer:
         # generate() draws from the one global RNG: only the fast sampler may run in threads
         return self.args.concurrent_agents and self.args.rollout_backend == "fast"
 
-    def _attach_rollout_copies(self) -> None:
+    def _attach_sampling_copies(self) -> None:
         """A reduced-precision sampling copy per model when ``rollout_dtype`` asks for one that
         differs from the training weights' dtype ("same", or the same dtype: no copy, exact)."""
         if self.args.rollout_dtype == "same":
             return
         dtype = getattr(torch, self.args.rollout_dtype)
         if any(agent.model.dtype != dtype for agent in self.agents):
-            attach_rollout_copies(self.agents, dtype)
+            attach_sampling_copies(self.agents, dtype)
+
+    def _sampler(self, *, training: bool) -> SampleFn:
+        """Training samples G completions at ``temperature`` (with the sampling copy, if any);
+        evaluation one answer at ``eval_temperature`` with the training weights."""
+        a = self.args
+        return make_sampler(
+            num_generations=a.num_generations if training else 1,
+            max_new_tokens=a.max_new_tokens,
+            temperature=a.temperature if training else a.eval_temperature,
+            top_p=a.top_p,
+            backend=a.rollout_backend,
+            use_sampling_copy=training,
+        )
 
     def _make_optimizer(self, agent: AgentPolicy) -> torch.optim.Optimizer:
         a = self.args
@@ -189,7 +198,7 @@ class MAGRPOTrainer:
             raise ConfigError("train_dataset is empty")
         log = log or RunLog(self.args.output_dir, self.args)
         print(f"plan: {self.args.plan().describe()}", flush=True)
-        with _progress(progress, self.args.max_steps) as bar:
+        with progress_bar(progress, self.args.max_steps) as bar:
             try:
                 while self.step < self.args.max_steps:
                     metrics, samples = self.train_step(self.next_batch())
@@ -220,19 +229,16 @@ class MAGRPOTrainer:
         return batch
 
     def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
         a = self.args
         torch.manual_seed(a.seed * 1_000_003 + self.step)
         started = time.perf_counter()
 
         envs = [self.env_factory(item) for item in items]
-        sampler = default_sampler(
-            num_generations=a.num_generations, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-            backend=a.rollout_backend,
-        )
         turns = expand_tree(
             self.agents,
             envs,
-            sample=sampler,
+            sample=self._sampler(training=True),
             joint_mode=a.joint_mode,
             num_generations=a.num_generations,
             num_turns=a.num_turns,
@@ -245,15 +251,25 @@ class MAGRPOTrainer:
 
         returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], a.discount)
         update_started = time.perf_counter()
-        agent_metrics = [self.update_agent(i, [t.rollouts[i] for t in turns], returns) for i in range(len(self.agents))]
+        agent_metrics = []
+        for i in range(len(self.agents)):
+            advantages = [
+                agent_advantages(
+                    ret, agent=i, num_agents=len(self.agents), joint_mode=a.joint_mode,
+                    scaling=a.advantage_scaling, cross_aggregation=a.cross_aggregation,
+                )
+                for ret in returns
+            ]
+            agent_metrics.append(self.update_agent(i, [t.rollouts[i] for t in turns], advantages))
         update_seconds = time.perf_counter() - update_started
 
         self.step += 1
         metrics = self._step_metrics(turns, agent_metrics, rollout_seconds, update_seconds)
         return metrics, self._step_samples(turns, returns)
 
-    def update_agent(self, index: int, rollouts: Sequence[Rollout], returns: Sequence[torch.Tensor]) -> dict[str, float]:
-        """One AdamW step of agent ``index`` on its completions of every turn.
+    def update_agent(self, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]) -> dict[str, float]:
+        """One AdamW step of agent ``index`` on its completions of every turn: ``rollouts[t]`` and
+        ``advantages[t]`` (``[P_t * G]``, row p * G + g) are its samples and their advantages at turn t.
 
         The loss is normalised over the whole step (all turns, all micro-batches), so splitting the
         batch changes nothing but memory. Completions with advantage exactly 0 contribute exactly 0
@@ -265,24 +281,13 @@ class MAGRPOTrainer:
         a = self.args
         agent = self.agents[index]
         optimizer = self.optimizers[index]
-        advantages = [
-            agent_advantages(
-                ret,
-                agent=index,
-                num_agents=len(self.agents),
-                joint_mode=a.joint_mode,
-                scaling=a.advantage_scaling,
-                cross_aggregation=a.cross_aggregation,
-            )
-            for ret in returns
-        ]
         all_masks = torch.cat([_pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts])
         normaliser = loss_normaliser(all_masks, a.loss_aggregation)
         params = agent.trainable_parameters()
         optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         passes = 0
-        weights = _WeightTally()
+        weights = ImportanceWeightTally()
         with agent.active() as model:
             model.train()
             for rollout, adv in zip(rollouts, advantages):
@@ -298,7 +303,7 @@ class MAGRPOTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        agent.sync_rollout_model()
+        agent.sync_sampling_copy()
         return {"loss": loss_total, "grad_norm": float(grad_norm), **weights.figures()}
 
     def _chunk_loss(
@@ -308,7 +313,7 @@ class MAGRPOTrainer:
         rollout: Rollout,
         adv: torch.Tensor,
         rows: torch.Tensor,
-        tally: "_WeightTally",
+        tally: ImportanceWeightTally,
     ) -> torch.Tensor:
         device = rollout.completion_ids.device
         rows_d = rows.to(device)
@@ -324,8 +329,8 @@ class MAGRPOTrainer:
                 model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature
             )
         weights = None
-        if agent.rollout_model is not None:  # another precision sampled: correct for the gap
-            if getattr(rollout, "token_logprobs", None) is None:
+        if agent.sampling_copy is not None:  # another precision sampled: correct for the gap
+            if rollout.token_logprobs is None:
                 raise ConfigError(
                     f"agent {agent.name!r} samples with a {self.args.rollout_dtype} copy, but its rollout carries no "
                     "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
@@ -340,28 +345,25 @@ class MAGRPOTrainer:
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
         figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``."""
-        items = _as_items(dataset, "dataset") if dataset is not None else self.eval_items
+        items = as_items(dataset, "dataset") if dataset is not None else self.eval_items
         limit = max_items or self.args.eval_max_items
         items = items[:limit] if limit else items
         if not items:
             raise ConfigError("no evaluation items: pass eval_dataset or dataset")
         a = self.args
-        sampler = default_sampler(
-            num_generations=1, max_new_tokens=a.max_new_tokens, temperature=a.eval_temperature, top_p=a.top_p,
-            backend=a.rollout_backend, use_rollout_copy=False,
-        )
+        sampler = self._sampler(training=False)
         per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
         for start in range(0, len(items), batch_size):
             envs = [self.env_factory(item) for item in items[start : start + batch_size]]
             turns = expand_tree(self.agents, envs, sample=sampler, joint_mode="aligned", num_generations=1, num_turns=a.num_turns,
                                 early_stop_reward=a.early_stop_reward, concurrent_agents=self._concurrent_agents)
-            for figures, t in zip(_final_figures_per_turn(turns, len(envs), a.num_turns), range(a.num_turns)):
+            for t, figures in enumerate(final_figures_per_turn(turns, len(envs), a.num_turns)):
                 per_turn[t].extend(figures)
         out: dict[str, float] = {"items": float(len(items))}
-        out.update(_mean_figures(per_turn[-1]))  # the team's final answers
+        out.update(mean_figures(per_turn[-1]))  # the team's final answers
         if a.num_turns > 1:  # what each turn of feedback adds
             for t, rows in enumerate(per_turn):
-                out.update({f"turn_{t + 1}/{k}": v for k, v in _mean_figures(rows).items()})
+                out.update({f"turn_{t + 1}/{k}": v for k, v in mean_figures(rows).items()})
         return out
 
     # ------------------------------------------------------------------ saving
@@ -422,35 +424,6 @@ class MAGRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
-class _WeightTally:
-    """Mean importance weight over the counted tokens of an update, and the share truncated."""
-
-    def __init__(self) -> None:
-        self.total = self.capped = self.tokens = 0.0
-
-    def add(self, weights: torch.Tensor, mask: torch.Tensor, cap: float) -> None:
-        self.total += float(weights[mask].sum())
-        self.capped += float((weights[mask] >= cap).sum())
-        self.tokens += float(mask.sum())
-
-    def figures(self) -> dict[str, float]:
-        if not self.tokens:
-            return {}
-        return {"is_weight_mean": self.total / self.tokens, "is_capped_fraction": self.capped / self.tokens}
-
-
-def _as_items(dataset: Any, what: str) -> list[dict[str, Any]]:
-    if dataset is None:
-        return []
-    if isinstance(dataset, Mapping):
-        raise DatasetError(f"{what} must be a sequence of items (dicts) or a datasets.Dataset, not a single mapping")
-    items = [dict(item) for item in dataset]
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise DatasetError(f"{what}[{index}] is {type(item).__name__}; each item must be a mapping of column -> value")
-    return items
-
-
 def _pad_right(mask: torch.Tensor, length: int) -> torch.Tensor:
     if mask.shape[1] == length:
         return mask
@@ -467,61 +440,6 @@ def _trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     """Drop left-padding columns that every row of the chunk has."""
     first = int(mask.any(dim=0).nonzero().min()) if mask.any() else 0
     return ids[:, first:], mask[:, first:]
-
-
-def _final_figures_per_turn(turns: list[Turn], num_items: int, num_turns: int) -> list[list[dict[str, float]]]:
-    """Per turn, each item's figures as they stand after that turn (a chain that ended earlier
-    carries its last figures forward, so every turn averages over every item)."""
-    current: list[dict[str, float]] = [{} for _ in range(num_items)]
-    root_of = list(range(num_items))
-    out = []
-    for t in range(num_turns):
-        if t < len(turns):
-            turn = turns[t]
-            for node in range(turn.num_nodes):
-                result = turn.results[node][0]
-                info = next(iter(result.infos.values()), {})
-                figures = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                current[root_of[node]] = {"reward": float(result.joint_reward), **figures}
-            if t + 1 < len(turns):
-                root_of = [root_of[p] for (p, _j) in turns[t + 1].parents or []]
-        out.append([dict(c) for c in current])
-    return out
-
-
-def _mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    return {k: sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r)) for k in keys}
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
-    if not enabled:
-        yield lambda metrics: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("[bold]step"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("reward {task.fields[reward]}"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as progress:
-        task = progress.add_task("train", total=total, reward="-", tps="-")
-
-        def advance(metrics: dict[str, Any]) -> None:
-            progress.update(
-                task, advance=1, reward=f"{metrics['reward_mean']:+.3f}", tps=f"{metrics['tokens_per_second']:.0f}"
-            )
-
-        yield advance
 
 
 __all__ = ["DatasetError", "MAGRPOTrainer"]

@@ -19,6 +19,11 @@ Formatter = Callable[[Mapping[str, Any]], Observation]
 JointAction = tuple[str, ...]
 
 
+#: ``scorer(completions=..., prompts=..., **columns) -> [{"reward": float, ...}, ...]``: the joint
+#: reward and any further figures (tests passed, ROUGE, ...) of each joint action.
+Scorer = Callable[..., list[dict[str, Any]]]
+
+
 class RewardFunction(Protocol):
     """A joint reward in the shape TRL users know, for a team.
 

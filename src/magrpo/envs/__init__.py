@@ -1,6 +1,10 @@
-"""Environments in the PettingZoo ParallelEnv style: per-agent dicts in, per-agent dicts out."""
+"""Environments in the PettingZoo ParallelEnv style: per-agent dicts in, per-agent dicts out.
+
+``base``: the protocol (:class:`MultiAgentEnv`, :class:`StepResult`); ``reward_env``: the
+reward-function sugar (:class:`RewardFunctionEnv`).
+"""
 
 from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
-from magrpo.envs.reward_env import RewardFunctionEnv, reward_env_factory
+from magrpo.envs.reward_env import RewardFunctionEnv, reward_env_factory, scorer_from_reward_funcs
 
-__all__ = ["MultiAgentEnv", "RewardFunctionEnv", "StepResult", "reward_env_factory", "step_batch"]
+__all__ = ["MultiAgentEnv", "RewardFunctionEnv", "StepResult", "reward_env_factory", "scorer_from_reward_funcs", "step_batch"]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
+from magrpo.data import columns_of
 from magrpo.envs.base import MultiAgentEnv, StepResult
+from magrpo.errors import RewardError
 from magrpo.feedback.base import Feedback, FeedbackRequest
-from magrpo.rewards.validation import RewardError, validate_rewards
-from magrpo.tasks.base import Scorer, columns_of
-from magrpo.types import Formatter, Observation
+from magrpo.rewards.validation import validate_rewards
+from magrpo.types import Formatter, Observation, Scorer
 
 
 def scorer_from_reward_funcs(reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None) -> Scorer:

@@ -6,9 +6,7 @@ import math
 import numbers
 from typing import Any, Sequence
 
-
-class RewardError(ValueError):
-    """A reward function returned something other than one finite number per joint action."""
+from magrpo.errors import RewardError
 
 
 def _function_name(func: Any) -> str:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from magrpo.types import Formatter, JointAction, Observation
-
-#: ``scorer(completions=..., prompts=..., **columns) -> [{"reward": float, ...}, ...]``
-Scorer = Callable[..., list[dict[str, float]]]
+from magrpo.data import columns_of
+from magrpo.types import Formatter, JointAction, Observation, Scorer
 
 
 @dataclass
@@ -29,6 +27,8 @@ class Task:
     required_columns: tuple[str, ...] = ()
     #: defaults this task prefers over the generic ones (max_new_tokens, ...)
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    #: the column holding the task statement itself (what a reviewer reads as "the task")
+    task_column: str = "prompt"
     #: multi-turn: a scored joint action that needs no further turn (e.g. all tests pass)
     is_solved: Callable[[Mapping[str, Any]], bool] | None = None
     #: multi-turn: the task's own feedback from execution, if it has one
@@ -46,11 +46,4 @@ class Task:
         return [row["reward"] for row in self.scorer(completions=completions, prompts=prompts, **columns)]
 
 
-def columns_of(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Dataset items -> one keyword list per column, as reward functions receive them."""
-    keys: list[str] = []
-    for item in items:
-        for key in item:
-            if key not in keys:
-                keys.append(key)
-    return {key: [item.get(key) for item in items] for key in keys}
+__all__ = ["Scorer", "Task", "columns_of"]

@@ -141,6 +141,7 @@ def _task(
         scorer=writing_scorer(cfg),
         load_split=loader,
         required_columns=COLUMNS,
+        task_column="source",
         config_overrides={"max_new_tokens": max_new_tokens},
         single_agent_formatter=_formatter(_whole_answer_instruction(instructions), source_label),
     )

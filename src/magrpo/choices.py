@@ -1,0 +1,37 @@
+"""The accepted values of every choice, in one place: the config checks them when it is built,
+and the functions that take them check against the same tuples."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from magrpo.errors import ConfigError
+
+ADVANTAGE_SCALINGS = ("none", "std")
+LOSS_AGGREGATIONS = ("sequence", "token")
+JOINT_MODES = ("aligned", "cross")
+CROSS_AGGREGATIONS = ("mean", "max")
+EXPANSIONS = ("full", "best-k")
+ROLLOUT_BACKENDS = ("fast", "plain")
+ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` naming both."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+    return value  # type: ignore[return-value]
+
+
+__all__ = [
+    "ADVANTAGE_SCALINGS",
+    "CROSS_AGGREGATIONS",
+    "DTYPES",
+    "EXPANSIONS",
+    "JOINT_MODES",
+    "LOSS_AGGREGATIONS",
+    "ROLLOUT_BACKENDS",
+    "ROLLOUT_DTYPES",
+    "check_choice",
+]

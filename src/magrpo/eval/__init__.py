@@ -1,0 +1,5 @@
+"""Evaluation: the figures of a team's answers per turn, and how long a joint answer takes."""
+
+from magrpo.eval.figures import final_figures_per_turn, mean_figures
+
+__all__ = ["final_figures_per_turn", "mean_figures"]

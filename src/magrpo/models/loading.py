@@ -1,0 +1,208 @@
+"""Loading the agents' models: named models (the bundled default, presets), local directories,
+Hub ids and loaded objects; one shared base with a LoRA adapter per agent; saving an agent."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from magrpo.errors import ModelError
+from magrpo.models.agent import AgentPolicy, agent_name
+from magrpo.models.cache import quiet_library_progress
+from magrpo.models.presets import model_names, named_model_dir
+
+#: what ``agents=[...]`` accepts per agent
+AgentSpec = Union[str, os.PathLike, PreTrainedModel, tuple]
+
+
+def resolve_model_source(spec: str | os.PathLike) -> str:
+    """A string spec -> a directory or Hub id that ``from_pretrained`` takes; errors name the choices."""
+    text = os.fspath(spec)
+    named = named_model_dir(text)
+    if named is not None:
+        return str(named)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelError(f"model directory {text!r} holds no config.json (nor adapter_config.json)")
+        return str(path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
+    if looks_like_hub_id:
+        return text
+    choices = ", ".join(map(repr, model_names()))
+    raise ModelError(
+        f"model {text!r} is not a known name ({choices}), an existing directory, or a Hub id of the form 'org/name'"
+    )
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 matmuls are fast on GPUs; on CPUs without AMX fp32 is both faster and exact
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(
+    spec: str | os.PathLike, *, device: torch.device, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    source = resolve_model_source(spec)
+    offline = bool(os.environ.get("HF_HUB_OFFLINE"))
+    try:
+        with quiet_library_progress():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+            if (Path(source) / "adapter_config.json").is_file():
+                # a LoRA checkpoint: its base with the adapter merged in, a plain model from here on
+                from peft import AutoPeftModelForCausalLM
+
+                model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
+                model = model.merge_and_unload()
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
+    except OSError as exc:
+        raise ModelError(f"could not load model {os.fspath(spec)!r} from {source!r}: {exc}") from exc
+    return model.to(device), tokenizer
+
+
+def build_agents(
+    specs: Sequence[AgentSpec],
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    use_lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+    lora_target_modules: Any = "all-linear",
+    gradient_checkpointing: bool = False,
+) -> list[AgentPolicy]:
+    """One :class:`AgentPolicy` per spec.
+
+    Without LoRA every agent gets its own full copy of its weights (full fine-tuning, as in the
+    paper). With LoRA, agents whose specs name the same model (or pass the same object) share
+    one frozen base in memory, each with its own adapter.
+    """
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    names = [agent_name(i) for i in range(len(specs))]
+    loaded: dict[Any, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+    agents: list[AgentPolicy] = []
+    for name, spec in zip(names, specs):
+        key = _share_key(spec)
+        if use_lora and key in loaded:
+            model, tokenizer = loaded[key]
+        else:
+            model, tokenizer = _materialise(spec, torch_device, torch_dtype, fresh_copy=not use_lora and key in loaded)
+            if use_lora:
+                model = _new_peft_model(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+                loaded[key] = (model, tokenizer)
+            else:
+                loaded.setdefault(key, (model, tokenizer))
+            if gradient_checkpointing:
+                model.gradient_checkpointing_enable()
+                if use_lora:
+                    model.enable_input_require_grads()
+            agents.append(AgentPolicy(name, model, tokenizer, adapter=name if use_lora else None))
+            continue
+        _add_adapter(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+        agents.append(AgentPolicy(name, model, tokenizer, adapter=name))
+    for agent in agents:
+        if agent.tokenizer.pad_token_id is None:
+            agent.tokenizer.pad_token = agent.tokenizer.eos_token
+    return agents
+
+
+def _share_key(spec: AgentSpec) -> Any:
+    if isinstance(spec, (str, os.PathLike)):
+        return ("path", os.fspath(spec))
+    if isinstance(spec, tuple):
+        return ("object", id(spec[0]))
+    return ("object", id(spec))
+
+
+def _materialise(
+    spec: AgentSpec, device: torch.device, dtype: torch.dtype, *, fresh_copy: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if isinstance(spec, (str, os.PathLike)):
+        return load_model_and_tokenizer(spec, device=device, dtype=dtype)
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise ModelError("an agent given as a tuple must be (model, tokenizer)")
+        model, tokenizer = spec
+    elif isinstance(spec, PreTrainedModel):
+        model = spec
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"agent model {type(model).__name__} came without a tokenizer and none loads from "
+                f"{model.name_or_path!r}; pass (model, tokenizer)"
+            ) from exc
+    else:
+        raise ModelError(
+            f"an agent must be 'default', a model directory, a Hub id, a PreTrainedModel or (model, tokenizer); "
+            f"got {type(spec).__name__}"
+        )
+    if fresh_copy:  # the same object listed twice must still give two independent policies
+        model = copy.deepcopy(model)
+    return model.to(device), tokenizer
+
+
+def _lora_config(r: int, alpha: int, dropout: float, targets: Any):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _new_peft_model(model: PreTrainedModel, adapter: str, r: int, alpha: int, dropout: float, targets: Any):
+    from peft import get_peft_model
+
+    return get_peft_model(model, _lora_config(r, alpha, dropout, targets), adapter_name=adapter)
+
+
+def _add_adapter(model: Any, adapter: str, r: int, alpha: int, dropout: float, targets: Any) -> None:
+    model.add_adapter(adapter, _lora_config(r, alpha, dropout, targets))
+
+
+def save_agent(agent: AgentPolicy, directory: str | Path) -> Path:
+    """Save one agent so that transformers (full) or peft (adapter) loads it directly."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with quiet_library_progress():
+        if agent.adapter is None:
+            agent.model.save_pretrained(directory, safe_serialization=True)
+        else:
+            agent.model.save_pretrained(directory, selected_adapters=[agent.adapter], safe_serialization=True)
+    if agent.adapter is not None:
+        # peft nests a non-default adapter in a sub-folder; flatten so PeftModel.from_pretrained(dir) works
+        nested = directory / agent.adapter
+        if nested.is_dir():
+            for item in nested.iterdir():
+                shutil.move(str(item), directory / item.name)
+            nested.rmdir()
+    agent.tokenizer.save_pretrained(directory)
+    return directory
+
+
+__all__ = [
+    "AgentSpec",
+    "build_agents",
+    "load_model_and_tokenizer",
+    "pick_device",
+    "pick_dtype",
+    "resolve_model_source",
+    "save_agent",
+]

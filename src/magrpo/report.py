@@ -1,0 +1,109 @@
+"""What a run shows and leaves behind: the run directory (the resolved config, metrics.jsonl,
+samples.jsonl, checkpoint folders, the reward curve) and the progress bar of a training run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from magrpo.config import MAGRPOConfig
+
+
+class RunLog:
+    def __init__(self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None) -> None:
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"config": config.to_dict(), **(extra or {})}
+        (self.dir / "config.yaml").write_text(_yaml(resolved))
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.samples_path = self.dir / "samples.jsonl"
+        for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
+            path.unlink(missing_ok=True)
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        _append_jsonl(self.metrics_path, [row])
+
+    def samples(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        _append_jsonl(self.samples_path, [{"step": step, **row} for row in rows])
+
+    def write_json(self, name: str, payload: Any) -> Path:
+        path = self.dir / name
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    def checkpoint_dir(self, step: int, suffix: str = "") -> Path:
+        return self.dir / "checkpoints" / f"step-{step}{suffix}"
+
+    def final_dir(self) -> Path:
+        return self.dir / "final"
+
+    def plot_rewards(self, history: Sequence[dict[str, Any]]) -> Path | None:
+        """reward_curve.png: mean joint reward per step with its min-max band."""
+        if not history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [h["step"] for h in history]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.fill_between(steps, [h["reward_min"] for h in history], [h["reward_max"] for h in history], alpha=0.2, label="min-max")
+        ax.plot(steps, [h["reward_mean"] for h in history], marker="o", label="mean joint reward")
+        ax.set_xlabel("step")
+        ax.set_ylabel("joint reward")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = self.dir / "reward_curve.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def _yaml(payload: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(payload, sort_keys=False)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A rich progress bar over ``total`` steps; the yielded function advances it by one step's metrics
+    (step, mean joint reward, completion tokens/s, elapsed and remaining time)."""
+    if not enabled:
+        yield lambda metrics: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]step"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("reward {task.fields[reward]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task("train", total=total, reward="-", tps="-")
+
+        def advance(metrics: dict[str, Any]) -> None:
+            progress.update(
+                task, advance=1, reward=f"{metrics['reward_mean']:+.3f}", tps=f"{metrics['tokens_per_second']:.0f}"
+            )
+
+        yield advance
+
+
+__all__ = ["RunLog", "progress_bar"]

@@ -1,0 +1,56 @@
+"""Sampling: every agent samples G completions for each of its observations.
+
+``rollout`` holds what a sampler returns (:class:`Rollout`) and the text <-> ids steps; ``fast``
+(the default) and ``plain`` (transformers' ``generate``) are the two samplers of one agent, the
+same policy done two ways; ``team`` runs every agent's sampler, one after the other or at the
+same time. :func:`make_sampler` is the one place a run's sampling settings become a sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from magrpo.choices import ROLLOUT_BACKENDS, check_choice
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling.rollout import Rollout
+from magrpo.sampling.team import SampleFn, sample_team
+from magrpo.types import Observation
+
+
+def make_sampler(
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    backend: str = "fast",
+    use_sampling_copy: bool = True,
+) -> SampleFn:
+    """``sample(agent, observations, generator=None) -> Rollout`` with these settings.
+
+    ``use_sampling_copy=False`` samples with the training weights even where agents carry a
+    reduced-precision sampling copy (evaluation measures the policy itself)."""
+    check_choice("rollout_backend", backend, ROLLOUT_BACKENDS)
+    if backend == "fast":
+        from magrpo.sampling.fast import sample_fast as sampler
+    else:
+        from magrpo.sampling.plain import sample_plain as sampler
+
+    def sample(agent: AgentPolicy, observations: Sequence[Observation], generator: torch.Generator | None = None) -> Rollout:
+        return sampler(
+            agent,
+            observations,
+            num_generations=num_generations,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            use_sampling_copy=use_sampling_copy,
+            generator=generator,
+        )
+
+    return sample
+
+
+__all__ = ["Rollout", "SampleFn", "make_sampler", "sample_team"]

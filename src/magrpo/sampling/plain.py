@@ -1,0 +1,96 @@
+"""The plain sampler: transformers' ``generate``, configured to sample exactly the policy the
+loss scores. The reference the fast sampler is tested against."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig
+
+from magrpo.logprobs import completion_mask
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.types import Observation
+
+
+def generation_config(
+    agent: AgentPolicy, *, max_new_tokens: int, temperature: float, top_p: float, num_return_sequences: int
+) -> GenerationConfig:
+    """Exactly the sampling policy the loss scores: no top-k, no repetition penalty, nothing
+    inherited from the model's own generation defaults. temperature 0 means greedy."""
+    greedy = temperature == 0.0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None if greedy else 0,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=agent.eos_token_ids,
+        pad_token_id=agent.pad_token_id,
+        bos_token_id=agent.tokenizer.bos_token_id,
+    )
+
+
+@contextlib.contextmanager
+def _bare_generation_defaults(model):
+    """generate() fills every field our config leaves unset from the model's own generation
+    config (a repetition penalty, min_p, ...); hide it so nothing changes the sampled policy."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+@contextlib.contextmanager
+def _seeded_from(generator: torch.Generator | None, model):
+    if generator is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        yield
+
+
+@torch.no_grad()
+def sample_plain(
+    agent: AgentPolicy,
+    observations: Sequence[Observation],
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    use_sampling_copy: bool = True,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """All P prompts of one agent in one batched generate call, G samples each.
+
+    ``generate`` draws from torch's global RNG; given a ``generator``, the global RNG is seeded
+    from it for the call and restored after (so never call this from several threads at once)."""
+    prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
+    greedy = temperature == 0.0
+    config = generation_config(
+        agent,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        # greedy decoding gives G identical rows: decode once, repeat below
+        num_return_sequences=1 if greedy else num_generations,
+    )
+    with agent.generating(use_sampling_copy) as model, _bare_generation_defaults(model), _seeded_from(generator, model):
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    completion_ids = sequences[:, prompt_ids.shape[1] :]
+    if greedy:
+        completion_ids = completion_ids.repeat_interleave(num_generations, dim=0)
+    mask = completion_mask(completion_ids, agent.eos_token_ids)
+    texts = decode_completions(agent, completion_ids, mask)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations)
+
+
+__all__ = ["generation_config", "sample_plain"]

@@ -1,0 +1,80 @@
+"""Every agent of the team samples its completions: one after the other, or concurrently.
+
+A decode step of a small model on a CPU is bound by per-op overhead and weight traffic, not by
+arithmetic, so one agent's decode uses a second core poorly; two agents decoding at once, one
+core each, finish sooner (measured in docs/performance.md). Agents that generate with the SAME
+model object (LoRA adapters on one shared base) switch adapters on it, so they never run at once.
+
+Randomness does not depend on the schedule: before anything runs, one seed per agent is drawn
+from torch's global RNG in agent order, and each agent samples from its own generator, so
+sequential and concurrent sampling make the same random draws. (With fewer threads per agent a
+matmul may round its last bit differently, which can, rarely, tip a draw to a neighbouring token.)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import torch
+
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling.rollout import Rollout
+from magrpo.types import Observation
+
+#: sample(agent, observations, generator=...) -> that agent's rollout
+SampleFn = Callable[..., Rollout]
+
+
+def agent_generators(agents: Sequence[AgentPolicy]) -> list[torch.Generator]:
+    """One generator per agent, seeded from torch's global RNG in agent order."""
+    seeds = torch.randint(0, 2**62, (len(agents),)).tolist()
+    return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
+
+
+def sample_team(
+    agents: Sequence[AgentPolicy],
+    observations: Sequence[Sequence[Observation]],
+    sample: SampleFn,
+    *,
+    concurrent: bool = False,
+) -> list[Rollout]:
+    """``observations[i]`` are agent i's prompts; returns one rollout per agent, in agent order.
+
+    With ``concurrent``, agents that generate with different model objects run in threads, the
+    intra-op threads split between them; agents sharing a model run one after the other.
+    """
+    generators = agent_generators(agents)
+    jobs = [lambda i=i: sample(agents[i], observations[i], generator=generators[i]) for i in range(len(agents))]
+    groups = _groups_by_generating_model(agents)
+    if not concurrent or len(groups) < 2:
+        return [job() for job in jobs]
+
+    threads_before = torch.get_num_threads()
+    per_group = max(1, threads_before // len(groups))
+
+    def run_group(members: list[int]) -> list[tuple[int, Rollout]]:
+        torch.set_num_threads(per_group)
+        return [(i, jobs[i]()) for i in members]
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="magrpo-agent") as pool:
+            done = [pair for future in [pool.submit(run_group, g) for g in groups] for pair in future.result()]
+    finally:
+        torch.set_num_threads(threads_before)
+    return [rollout for _, rollout in sorted(done, key=lambda pair: pair[0])]
+
+
+def _groups_by_generating_model(agents: Sequence[AgentPolicy]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, agent in enumerate(agents):
+        # a stand-in agent without a model (a scripted sampler) groups with the other stand-ins
+        groups.setdefault(id(getattr(agent, "sampling_model", None)), []).append(i)
+    return list(groups.values())
+
+
+def _sampling_device(agent: AgentPolicy) -> torch.device:
+    return agent.device if isinstance(agent, AgentPolicy) else torch.device("cpu")
+
+
+__all__ = ["SampleFn", "agent_generators", "sample_team"]

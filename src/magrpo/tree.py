@@ -1,0 +1,141 @@
+"""Rollout trees: the joint actions of a step, turn by turn.
+
+Turn 1 starts from one node per dataset item. At every node each agent samples G completions
+from its own observation; the joint actions of a node are either aligned (the g-th completion of
+every agent together, G of them) or cross (every combination, G**N). Each joint action steps its
+own branch of the environment; a branch that is not finished becomes a node of the next turn
+(all of them, or only the best k of each node by reward). All nodes of a turn are sampled
+together in one batch per agent.
+
+One turn reads as the data flow: observations -> ``sample_team`` (one Rollout per agent) ->
+``step_joint_actions`` (joint actions -> joint rewards and next observations) -> the nodes of the
+next turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from magrpo.advantages import cross_joint_indices
+from magrpo.choices import EXPANSIONS, JOINT_MODES, check_choice
+from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling import Rollout, SampleFn, sample_team
+from magrpo.types import Observation
+
+
+@dataclass
+class Turn:
+    """One turn of a step: P nodes, each expanded into J joint actions."""
+
+    index: int  # 0-based turn number
+    rollouts: list[Rollout]  # per agent; row p * G + g
+    joint_indices: torch.Tensor  # [J, N]: completion index of each agent in each joint action
+    rewards: torch.Tensor  # [P, J]
+    finished: torch.Tensor  # [P, J] bool: the branch ended (terminated, truncated or last turn)
+    results: list[list[StepResult]]  # [P][J]
+    #: for nodes of turn > 0: (node, joint action) of the previous turn they continue
+    parents: list[tuple[int, int]] | None
+    #: (node, joint action) of this turn -> node index in the next turn
+    children: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.rewards.shape[0]
+
+    @property
+    def num_joint(self) -> int:
+        return self.rewards.shape[1]
+
+    def joint_completions(self, node: int, joint: int) -> tuple[str, ...]:
+        return tuple(r.completion(node, int(g)) for r, g in zip(self.rollouts, self.joint_indices[joint]))
+
+
+def joint_action_indices(joint_mode: str, num_generations: int, num_agents: int) -> torch.Tensor:
+    """[J, N]: which completion of each agent joint action j takes (J = G aligned, G**N cross)."""
+    check_choice("joint_mode", joint_mode, JOINT_MODES)
+    if joint_mode == "aligned":
+        return torch.arange(num_generations).unsqueeze(1).expand(num_generations, num_agents).clone()
+    return cross_joint_indices(num_generations, num_agents)
+
+
+def step_joint_actions(
+    nodes: Sequence[MultiAgentEnv], rollouts: Sequence[Rollout], names: Sequence[str], joint_indices: torch.Tensor
+) -> tuple[list[list[MultiAgentEnv]], list[list[StepResult]]]:
+    """The joint reward step: every joint action of every node steps its own branch of the node's
+    environment (all of them in one batch). Returns the branches and their results, both
+    ``[P][J]``: node p, joint action j (the joint reward, next observations, whether it ended)."""
+    branches: list[MultiAgentEnv] = []
+    actions: list[dict[str, str]] = []
+    for p, env in enumerate(nodes):
+        for row in joint_indices:
+            branches.append(env.branch())
+            actions.append({n: r.completion(p, int(g)) for n, r, g in zip(names, rollouts, row)})
+    flat = step_batch(branches, actions)
+    J = len(joint_indices)
+    return [branches[p * J : (p + 1) * J] for p in range(len(nodes))], [flat[p * J : (p + 1) * J] for p in range(len(nodes))]
+
+
+def expand_tree(
+    agents: Sequence[AgentPolicy],
+    envs: Sequence[MultiAgentEnv],
+    *,
+    sample: SampleFn,
+    joint_mode: str,
+    num_generations: int,
+    num_turns: int = 1,
+    expand: str = "full",
+    expand_k: int = 1,
+    early_stop_reward: float | None = None,
+    concurrent_agents: bool = False,
+) -> list[Turn]:
+    """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
+
+    ``sample(agent, observations, generator=...)`` samples one agent's G completions per
+    observation; ``concurrent_agents`` lets agents with their own models sample at once."""
+    check_choice("expand", expand, EXPANSIONS)
+    names = [a.name for a in agents]
+    joint_indices = joint_action_indices(joint_mode, num_generations, len(agents))
+    nodes: list[MultiAgentEnv] = list(envs)
+    observations = [env.reset()[0] for env in nodes]
+    parents: list[tuple[int, int]] | None = None
+    turns: list[Turn] = []
+    for t in range(num_turns):
+        per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
+        rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents)
+        branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
+        rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
+        last = t == num_turns - 1
+        finished = torch.tensor(
+            [[last or r.done or (early_stop_reward is not None and r.joint_reward >= early_stop_reward) for r in row] for row in results],
+            dtype=torch.bool,
+        )
+        turn = Turn(t, rollouts, joint_indices, rewards, finished, results, parents)
+        turns.append(turn)
+        if last:
+            break
+        next_nodes, next_obs, next_parents = [], [], []
+        for p in range(len(nodes)):
+            for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k):
+                turn.children[(p, j)] = len(next_nodes)
+                next_nodes.append(branches[p][j])
+                next_obs.append(results[p][j].observations)
+                next_parents.append((p, j))
+        if not next_nodes:
+            break
+        nodes, observations, parents = next_nodes, next_obs, next_parents
+    return turns
+
+
+def _joint_actions_to_expand(rewards: torch.Tensor, finished: torch.Tensor, expand: str, k: int) -> list[int]:
+    open_ = [j for j in range(len(rewards)) if not finished[j]]
+    if expand == "full":
+        return open_
+    # best-k, stable: ties keep the earlier joint action
+    return sorted(sorted(open_, key=lambda j: -float(rewards[j]))[:k])
+
+
+__all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions"]

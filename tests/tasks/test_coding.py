@@ -1,0 +1,34 @@
+"""The coding task: HumanEval's fixed split, each agent's own prompt, and the task scorer end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from magrpo.tasks.coding import HELD_OUT_PROBLEMS, TRAIN_PROBLEMS, coding_task, load_humaneval
+
+
+HELPER = "```python\ndef aux(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n```"
+
+
+def test_humaneval_split_is_fixed_and_disjoint():
+    train, held_out = load_humaneval("train"), load_humaneval("eval")
+    assert (len(train), len(held_out)) == (132, 32) == (len(TRAIN_PROBLEMS), len(HELD_OUT_PROBLEMS))
+    assert train[0]["task_id"] == "HumanEval/0" and held_out[0]["task_id"] == "HumanEval/132"
+
+
+def test_each_agent_sees_the_problem_and_its_own_role_only():
+    task = coding_task()
+    item = load_humaneval("eval")[0]
+    helper_msg, main_msg = (f(item)[0]["content"] for f in task.formatters)
+    assert item["prompt"].strip() in helper_msg and item["prompt"].strip() in main_msg
+    assert "helper agent" in helper_msg and "main agent" not in helper_msg
+    assert "main agent" in main_msg and "helper agent" not in main_msg
+
+
+def test_canonical_solution_as_main_scores_full_tests_through_the_task_scorer():
+    task = coding_task()
+    item = load_humaneval("eval")[0]
+    main = item["prompt"] + item["canonical_solution"]
+    rows = task.scorer(completions=[(HELPER, main)], prompts=[("", "")], **{k: [v] for k, v in item.items()})
+    assert rows[0]["tests_passed"] == 1.0 and rows[0]["pass@1"] == 1.0
+    assert rows[0]["reward"] == pytest.approx(5.0)  # no call to aux: no bonus

@@ -1,0 +1,104 @@
+"""The package's shape: imports flow one way (no cycle between modules), and importing magrpo or
+its command line loads neither torch nor transformers (the CLI's help answers at once)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import magrpo
+
+PACKAGE = Path(magrpo.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(path: Path, modules: set[str]) -> set[str]:
+    """The magrpo modules a module imports when it is imported: module-level statements only
+    (imports inside functions run later, and ``if TYPE_CHECKING:`` blocks never run)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("magrpo"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else node.module)
+    return found - {"magrpo"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: top_level_imports(path, set(files)) for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_between_modules():
+    graph = import_graph()
+    assert {"magrpo.tree", "magrpo.loss", "magrpo.advantages"} <= graph["magrpo.trainer"]  # the graph is read right
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_the_models_package_imports_one_way():
+    graph = import_graph()
+    assert graph["magrpo.models.cache"] & {"magrpo.models.presets", "magrpo.models.loading", "magrpo.models.agent"} == set()
+    assert "magrpo.models.loading" not in graph["magrpo.models.presets"]
+    assert not any(m.startswith("magrpo.models.") for m in graph["magrpo.models.agent"])
+
+
+def test_the_core_does_not_depend_on_the_built_in_tasks():
+    graph = import_graph()
+    core = [m for m in graph if not m.startswith(("magrpo.tasks", "magrpo.cli"))]
+    offenders = {m: sorted(t for t in graph[m] if t.startswith("magrpo.tasks")) for m in core}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+@pytest.mark.parametrize("statement", ["import magrpo", "import magrpo.cli", "from magrpo import MAGRPOConfig"])
+def test_importing_the_package_or_its_cli_loads_no_torch(statement):
+    code = f"{statement}; import sys; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_resolve_lazily():
+    from magrpo.trainer import MAGRPOTrainer
+
+    assert magrpo.MAGRPOTrainer is MAGRPOTrainer
+    assert set(magrpo.__all__) <= set(dir(magrpo))
+    with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
+        magrpo.Trainer  # noqa: B018

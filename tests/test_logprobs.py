@@ -1,0 +1,100 @@
+"""Which completion tokens count, and their log-probabilities: masks, batched and chunked scoring,
+and the shared-prompt pass against the full one down to the gradients."""
+
+from __future__ import annotations
+
+import torch
+
+from magrpo.logprobs import completion_mask, completion_token_logprobs, selected_token_logprobs, shared_prompt_token_logprobs
+from magrpo.sampling.fast import sample_fast
+
+from tests.conftest import PROMPTS, agent_for
+
+
+EOS = 0
+
+
+def test_mask_counts_tokens_up_to_and_including_the_first_eos():
+    ids = torch.tensor([[5, 6, EOS, EOS, EOS], [EOS, 7, 8, 9, 9], [5, 6, 7, 8, 9]])
+    assert completion_mask(ids, [EOS]).tolist() == [
+        [True, True, True, False, False],
+        [True, False, False, False, False],
+        [True, True, True, True, True],  # cut at max_new_tokens: every token counts
+    ]
+
+
+def test_mask_accepts_several_eos_ids():
+    ids = torch.tensor([[5, 3, 6, 0]])
+    assert completion_mask(ids, [0, 3]).tolist() == [[True, True, False, False]]
+
+
+def test_selected_logprobs_match_log_softmax_chunked_or_not():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11)
+    tokens = torch.randint(0, 11, (3, 7))
+    full = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(selected_token_logprobs(logits, tokens), full, atol=1e-6)
+    assert torch.allclose(selected_token_logprobs(logits, tokens, chunk_size=2), full, atol=1e-6)
+
+
+def test_batched_logprobs_with_left_padding_match_unpadded_single_forwards(tiny_agents):
+    model = tiny_agents[0].model
+    prompts = [[5, 2, 3], [4]]  # the second is left-padded by two
+    completions = [[2, 3, EOS], [4, EOS, EOS]]
+    prompt_ids = torch.tensor([[5, 2, 3], [EOS, EOS, 4]])
+    prompt_mask = torch.tensor([[1, 1, 1], [0, 0, 1]])
+    completion_ids = torch.tensor(completions)
+    mask = completion_mask(completion_ids, [EOS])
+    batched = completion_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temperature=0.7)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        n = int(mask[row].sum())
+        seq = torch.tensor([p + c[:n]])
+        logits = model(input_ids=seq).logits[0, len(p) - 1 : len(p) - 1 + n] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c[:n]).unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(batched[row, :n], expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- (c) chunked log-softmax
+def test_chunked_selected_logprobs_match_full_log_softmax_on_a_large_vocabulary():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 37, 5000) * 4
+    tokens = torch.randint(0, 5000, (3, 37))
+    reference = torch.log_softmax(logits.double(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    for chunk in (None, 1, 5, 16, 37, 100):
+        got = selected_token_logprobs(logits, tokens, chunk_size=chunk)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), reference, atol=1e-5), chunk
+
+
+def test_bfloat16_logits_are_scored_in_float32():
+    torch.manual_seed(1)
+    logits = (torch.randn(2, 9, 3000) * 4).bfloat16()
+    tokens = torch.randint(0, 3000, (2, 9))
+    reference = torch.log_softmax(logits.double(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(selected_token_logprobs(logits, tokens, chunk_size=4).double(), reference, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- (f) one prompt pass per prompt
+def test_shared_prompt_scoring_matches_the_full_pass_in_value_and_gradient(tiny_tokenizer):
+    """Each distinct prompt run once (its keys/values gathered per row) against every row run in
+    full: log-probs within 1e-5, every parameter gradient within 1e-5 of its largest entry."""
+    agent = agent_for(tiny_tokenizer, seed=4, scale=8.0)
+    torch.manual_seed(0)
+    G = 3
+    rollout = sample_fast(agent, PROMPTS, num_generations=G, max_new_tokens=10, temperature=1.0)
+    mask = rollout.completion_mask
+    assert len(set(mask.sum(dim=1).tolist())) > 1
+    # rows of a micro-batch need not cover whole groups: drop a few and shuffle the rest
+    rows = torch.tensor([11, 0, 4, 5, 2, 9, 3, 7])
+    prompts, index = torch.unique(rows // G, return_inverse=True)
+    model = agent.model.train()
+    params = [p for p in model.parameters()]
+    args = (rollout.completion_ids[rows], mask[rows])
+    full = completion_token_logprobs(model, rollout.prompt_ids[rows // G], rollout.prompt_mask[rows // G], *args)
+    shared = shared_prompt_token_logprobs(model, rollout.prompt_ids[prompts], rollout.prompt_mask[prompts], index, *args)
+    m = mask[rows]
+    assert torch.allclose(shared[m], full[m], atol=1e-5)
+    weights = torch.randn(m.shape)  # any linear loss, e.g. advantage-weighted
+    for got, ref in zip(torch.autograd.grad((shared * weights * m).sum(), params),
+                        torch.autograd.grad((full * weights * m).sum(), params)):
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()

@@ -1,0 +1,328 @@
+"""The trainer: it learns (a reward that needs BOTH agents rises from chance to >= 0.9, a second
+turn learns to use its feedback), it is reproducible, it scores exactly the sampled token ids, its
+fast paths change nothing, and bad input stops it before any compute."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer, MultiAgentEnv, RewardError, StepResult
+from magrpo.models import build_agents
+from magrpo.sampling import make_sampler
+from magrpo.sampling.fast import sample_fast
+from magrpo.trainer import DatasetError
+from magrpo.tree import expand_tree
+
+from tests.conftest import letter_count_reward, make_tiny_model
+
+
+def both_agents_right(*, completions, prompts, **_):
+    # agent 0 must open with "a" and agent 1 with "b"; either alone earns nothing
+    return [float(c0.split()[:1] == ["a"] and c1.split()[:1] == ["b"]) for c0, c1 in completions]
+
+
+@pytest.mark.parametrize("rollout_dtype", ["same", "bfloat16"])
+def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path, rollout_dtype):
+    # "bfloat16": a reduced-precision copy samples, the correction keeps the update on course
+    args = MAGRPOConfig(
+        rollout_dtype=rollout_dtype,
+        num_generations=8,
+        batch_size=4,
+        max_new_tokens=3,
+        learning_rate=3e-3,
+        max_steps=60,
+        seed=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=both_agents_right,
+        train_dataset=[{"question": "q"}] * 8,
+        eval_dataset=[{"question": "q"}],
+        formatters=[lambda item: item["question"], lambda item: item["question"]],
+        args=args,
+    )
+    history = trainer.train(progress=False)
+    first = sum(h["reward_mean"] for h in history[:3]) / 3
+    last = sum(h["reward_mean"] for h in history[-5:]) / 5
+    print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
+    assert first < 0.2  # chance: about 1/6 * 1/6 for a near-uniform 6-token policy
+    assert last >= 0.9
+    assert trainer.evaluate()["reward"] == 1.0  # greedy decoding now answers as a team
+
+
+def test_same_seed_same_run(tiny_tokenizer, tmp_path):
+    """Seeded and reproducible on CPU: two runs give identical rewards and identical weights."""
+    from magrpo.models import build_agents
+    from tests.conftest import make_tiny_model
+
+    runs = []
+    for k in range(2):
+        agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+        args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=3, learning_rate=3e-3, max_steps=3, seed=7,
+                            output_dir=str(tmp_path / str(k)), log_samples_steps=0)
+        trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"question": "q"}] * 3,
+                                formatters=[lambda item: item["question"]] * 2, args=args)
+        history = trainer.train(progress=False)
+        runs.append(([h["reward_mean"] for h in history], [p.detach().clone() for a in agents for p in a.model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_a_step_without_learning_signal_leaves_the_agents_as_they_were(tiny_agents, tmp_path):
+    """After a real step (AdamW now has momentum), a step whose groups all got equal rewards has
+    no gradient: the weights stay bit for bit, where a plain optimiser step would drift them."""
+    from tests.conftest import letter_count_reward
+
+    signal = {"on": True}
+
+    def reward(*, completions, **kw):
+        return letter_count_reward(completions=completions) if signal["on"] else [1.0] * len(completions)
+
+    args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=4, learning_rate=1e-2, max_steps=2, seed=0,
+                        output_dir=str(tmp_path), log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}] * 2,
+                            formatters=[lambda item: item["q"]] * 2, args=args)
+    initial = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
+    trainer.train_step(trainer.next_batch())
+    after_signal = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(initial, after_signal))
+    assert all(p.grad is None for a in tiny_agents for p in a.model.parameters())  # freed between updates
+
+    signal["on"] = False
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    assert metrics["agent_0/grad_norm"] == 0.0 and metrics["agent_1/loss"] == 0.0
+    assert all(torch.equal(a, p) for a, p in zip(after_signal, (p for a in tiny_agents for p in a.model.parameters())))
+
+
+NAMES = ["agent_0", "agent_1"]
+
+
+class SecretEnv(MultiAgentEnv):
+    """Turn 1 cannot know the secret; its feedback reveals it, so turn 2 can only be solved by
+    reading the feedback. Reward: the fraction of agents whose first word is the secret."""
+
+    possible_agents = NAMES
+
+    def __init__(self, item):
+        self.secret = item["secret"]
+
+    def reset(self, seed=None, options=None):
+        return {n: "q" for n in NAMES}, {n: {} for n in NAMES}
+
+    def step(self, actions):
+        hits = [actions[n].split()[:1] == [self.secret] for n in NAMES]
+        reward = sum(hits) / len(hits)
+        obs = {n: f"q {self.secret}" for n in NAMES}  # the feedback
+        return StepResult(obs, {n: reward for n in NAMES}, {n: False for n in NAMES}, {n: False for n in NAMES}, {n: {"reward": reward} for n in NAMES})
+
+
+def test_second_turn_learns_to_use_the_feedback(tiny_agents, tmp_path):
+    args = MAGRPOConfig(num_generations=4, batch_size=6, max_new_tokens=2, learning_rate=3e-3, max_steps=60,
+                        num_turns=2, discount=0.5, output_dir=str(tmp_path), log_samples_steps=0)
+    items = [{"secret": s} for s in "abc"]
+    trainer = MAGRPOTrainer(agents=tiny_agents, env_factory=SecretEnv, train_dataset=items, eval_dataset=items, args=args)
+    history = trainer.train(progress=False)
+    first = sum(h["turn_2/reward_mean"] for h in history[:3]) / 3
+    last = sum(h["turn_2/reward_mean"] for h in history[-5:]) / 5
+    print(f"turn-2 reward: first 3 steps {first:.3f}, last 5 steps {last:.3f}")
+    assert first < 0.35 and last >= 0.8
+    figures = trainer.evaluate()
+    assert figures["turn_2/reward"] == 1.0 and figures["turn_1/reward"] <= 1 / 3 + 1e-9
+
+
+@pytest.mark.parametrize("backend", ["plain", "fast"])
+def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents, backend):
+    """What the update scores at turn 2 is the ids the sampler produced, in the context it saw:
+    the update's log-probs equal the sampling-time log-probs of every sampled token."""
+    at_sampling: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sequences or None, token log-probs)
+    if backend == "plain":
+        for agent in tiny_agents:
+            original = agent.model.generate
+
+            def recording_generate(*args, _original=original, **kwargs):
+                out = _original(*args, **kwargs, output_scores=True, return_dict_in_generate=True)
+                scores = torch.log_softmax(torch.stack(out.scores, dim=1).float(), -1)
+                at_sampling.append((out.sequences, scores))
+                return out.sequences
+
+            agent.model.generate = recording_generate
+    sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, top_p=1.0, backend=backend)
+    torch.manual_seed(3)
+    turns = expand_tree(tiny_agents, [SecretEnv({"secret": "b"})], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2)
+    from magrpo.logprobs import completion_token_logprobs
+
+    calls = iter(at_sampling)
+    for turn in turns:
+        for agent, rollout in zip(tiny_agents, turn.rollouts):
+            if backend == "plain":
+                sequences, scores = next(calls)
+                assert torch.equal(rollout.completion_ids, sequences[:, rollout.prompt_ids.shape[1]:])
+                sampled = scores.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+            else:
+                sampled = rollout.token_logprobs
+            ours = completion_token_logprobs(
+                agent.model, rollout.prompt_ids.repeat_interleave(2, 0), rollout.prompt_mask.repeat_interleave(2, 0),
+                rollout.completion_ids, rollout.completion_mask, temperature=0.9,
+            )
+            m = rollout.completion_mask
+            assert torch.allclose(ours[m], sampled[m], atol=1e-5)
+    # the second turn's prompt is the rendered history that holds the first turn's feedback
+    assert turns[1].rollouts[0].prompts[0] == "q b"
+
+
+def test_more_than_one_turn_needs_feedback(tiny_agents):
+    from magrpo import ConfigError
+
+    with pytest.raises(ConfigError, match="num_turns=2 needs feedback between turns"):
+        MAGRPOTrainer(agents=tiny_agents, reward_func=lambda **k: [0.0], train_dataset=[{"q": "q"}],
+                      formatters=[str, str], args=MAGRPOConfig(num_turns=2))
+
+
+def test_feedback_is_asked_only_for_branches_that_continue(tiny_agents, tmp_path):
+    from magrpo.feedback import CallableFeedback
+
+    asked = []
+
+    def feedback(request):
+        asked.append(request.turn)
+        return ("try again", "try again")
+
+    args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path))
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [0.0] * len(completions),
+                            train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args,
+                            feedback=CallableFeedback(feedback))
+    trainer.train(progress=False)
+    assert asked == [1, 1]  # the 2 joint actions of turn 1; none after the last turn
+
+
+def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokenizer, tmp_path):
+    """A whole training step (micro-batches that split groups, two agents): the weight change is
+    the same either way. Plain SGD, so the change is the (clipped) gradient itself; AdamW would
+    blow float noise in near-zero gradient entries up to +-lr."""
+    from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from tests.conftest import letter_count_reward
+
+    deltas = []
+    for share in (True, False):
+        agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+        initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
+        args = MAGRPOConfig(num_generations=4, batch_size=3, max_new_tokens=4, max_steps=1, seed=3, update_micro_batch_size=5,
+                            share_prompt_in_update=share, output_dir=str(tmp_path / str(share)), log_samples_steps=0)
+        trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
+                                formatters=[lambda item: item["q"]] * 2, args=args)
+        trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
+        metrics, _ = trainer.train_step(trainer.next_batch())
+        assert metrics["reward_std"] > 0  # some rows carry advantage: there is a gradient to compare
+        deltas.append([p.detach() - p0 for p, p0 in zip((p for a in agents for p in a.model.parameters()), initial)])
+    assert max(d.abs().max().item() for d in deltas[0]) > 1e-3
+    for shared, full in zip(*deltas):
+        assert torch.allclose(shared, full, rtol=1e-4, atol=1e-6)
+
+
+PROMPTS = ["a b c", "q", "a a b b c c q q a"]
+
+
+def _bf16_config(tmp_path, **overrides) -> MAGRPOConfig:
+    values = dict(num_generations=4, batch_size=2, max_new_tokens=4, learning_rate=3e-3, max_steps=1, seed=0,
+                  output_dir=str(tmp_path), log_samples_steps=0, rollout_dtype="bfloat16")
+    values.update(overrides)
+    return MAGRPOConfig(**values)
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_the_copy_is_the_training_weights_rounded_once_before_and_after_every_update(tiny_tokenizer, tmp_path):
+    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}] * 2,
+                            formatters=[lambda item: item["q"]] * 2, args=_bf16_config(tmp_path))
+    before = [_params(a.model) for a in agents]
+    for agent in agents:
+        assert agent.sampling_copy is not None and agent.sampling_copy is not agent.model
+        assert agent.sampling_copy.dtype == torch.bfloat16 and agent.model.dtype == torch.float32
+        for name, p in agent.sampling_copy.named_parameters():
+            assert not p.requires_grad
+            assert torch.equal(p, agent.model.get_parameter(name).detach().to(torch.bfloat16)), name
+
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    for agent, old in zip(agents, before):
+        moved = [n for n, p in agent.model.named_parameters() if not torch.equal(p, old[n])]
+        assert moved  # the update changed the training weights ...
+        for name, p in agent.sampling_copy.named_parameters():  # ... and the copy follows them
+            assert torch.equal(p, agent.model.get_parameter(name).detach().to(torch.bfloat16)), name
+        assert 0.0 < metrics[f"{agent.name}/is_weight_mean"] and 0.0 <= metrics[f"{agent.name}/is_capped_fraction"] <= 1.0
+
+
+def test_evaluation_decodes_with_the_training_weights_not_the_copy(tiny_tokenizer, tmp_path):
+    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+    trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}] * 2,
+                            eval_dataset=[{"q": "q"}] * 2, formatters=[lambda item: item["q"]] * 2,
+                            args=_bf16_config(tmp_path))
+    exact = trainer.evaluate()
+    # give agent 0's copy the weights of an unrelated model: whatever it samples shows whose they are
+    stranger = make_tiny_model(len(tiny_tokenizer), seed=9).to(torch.bfloat16)
+    with torch.no_grad():
+        stranger.lm_head.weight.mul_(8.0)
+    agents[0].sampling_copy.load_state_dict(stranger.state_dict())
+    assert trainer.evaluate() == exact
+    stranger_agent = build_agents([(stranger, tiny_tokenizer)], device="cpu")[0]
+    greedy = dict(num_generations=1, max_new_tokens=6, temperature=0.0)
+    by_copy = sample_fast(agents[0], PROMPTS, **greedy)
+    by_stranger = sample_fast(stranger_agent, PROMPTS, **greedy)
+    by_training_weights = sample_fast(agents[0], PROMPTS, use_sampling_copy=False, **greedy)
+    assert torch.equal(by_copy.completion_ids, by_stranger.completion_ids)
+    assert not torch.equal(by_copy.completion_ids, by_training_weights.completion_ids)
+
+
+def test_no_copy_when_the_rollout_dtype_is_the_training_dtype(tiny_agents, tmp_path):
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}] * 2,
+                            formatters=[lambda item: item["q"]] * 2, args=_bf16_config(tmp_path, rollout_dtype="float32"))
+    assert all(a.sampling_copy is None for a in trainer.agents)
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    assert not any("is_weight" in k for k in metrics)  # exactly on-policy: no correction at all
+    assert math.isfinite(metrics["reward_mean"])
+
+
+def reward_of_length(n):
+    def bad_reward(*, completions, prompts, **_):
+        return [1.0] * n
+
+    return bad_reward
+
+
+def test_wrong_length_reward_stops_training(tiny_agents, tmp_path):
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=reward_of_length(1),
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(max_new_tokens=2, max_steps=1, output_dir=str(tmp_path)),
+    )
+    with pytest.raises(RewardError, match="returned 1 rewards for 4 joint actions"):
+        trainer.train(progress=False)
+
+
+def test_item_missing_a_formatter_field_stops_before_any_compute(tiny_agents):
+    with pytest.raises(DatasetError) as err:
+        MAGRPOTrainer(
+            agents=tiny_agents,
+            reward_func=reward_of_length(4),
+            train_dataset=[{"question": "q"}, {"text": "q"}],
+            formatters=[lambda x: x["question"]] * 2,
+            args=MAGRPOConfig(max_new_tokens=2),
+        )
+    assert str(err.value) == (
+        "train_dataset[1]: the formatter of agent_0 needs field 'question', which the item lacks; "
+        "the item has fields ['text']"
+    )
+
+
+def test_one_formatter_per_agent(tiny_agents):
+    with pytest.raises(ConfigError, match="formatters: 1 given for num_agents=2; give one formatter per agent"):
+        MAGRPOTrainer(agents=tiny_agents, reward_func=reward_of_length(4), train_dataset=[{"q": "q"}], formatters=[str])
