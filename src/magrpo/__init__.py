@@ -23,6 +23,7 @@ _EXPORTS = {
     "ConfigError": "magrpo.errors",
     "DataError": "magrpo.errors",
     "DatasetError": "magrpo.errors",
+    "EnvError": "magrpo.errors",
     "MAGRPOConfig": "magrpo.config",
     "MAGRPOTrainer": "magrpo.trainer",
     "ModelError": "magrpo.errors",
@@ -31,6 +32,7 @@ _EXPORTS = {
     "RewardFunctionEnv": "magrpo.envs.reward_env",
     "StepResult": "magrpo.envs.base",
     "build_agents": "magrpo.models.loading",
+    "check_env": "magrpo.envs.check",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -51,8 +53,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from magrpo.config import MAGRPOConfig
     from magrpo.envs.base import MultiAgentEnv, StepResult
+    from magrpo.envs.check import check_env
     from magrpo.envs.reward_env import RewardFunctionEnv
-    from magrpo.errors import ConfigError, DataError, DatasetError, ModelError, RewardError
+    from magrpo.errors import ConfigError, DataError, DatasetError, EnvError, ModelError, RewardError
     from magrpo.models.agent import AgentPolicy
     from magrpo.models.loading import build_agents
     from magrpo.trainer import MAGRPOTrainer

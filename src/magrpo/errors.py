@@ -24,4 +24,8 @@ class RewardError(ValueError):
     """A reward function returned something other than one finite number per joint action."""
 
 
-__all__ = ["ConfigError", "DataError", "DatasetError", "ModelError", "RewardError"]
+class EnvError(ValueError):
+    """An environment that breaks the :class:`magrpo.envs.MultiAgentEnv` contract."""
+
+
+__all__ = ["ConfigError", "DataError", "DatasetError", "EnvError", "ModelError", "RewardError"]

@@ -27,6 +27,7 @@ from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.config import MAGRPOConfig
 from magrpo.data import as_items
 from magrpo.envs.base import MultiAgentEnv
+from magrpo.envs.check import check_env
 from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.eval.figures import final_figures_per_turn, mean_figures
@@ -196,6 +197,9 @@ class MAGRPOTrainer:
     def train(self, log: RunLog | None = None, progress: bool = True) -> list[dict[str, Any]]:
         if not self.train_items:
             raise ConfigError("train_dataset is empty")
+        # the first item's environment must keep the contract before any compute is spent on it
+        # (every step's results are checked as they come: tree.step_joint_actions)
+        check_env(self.env_factory(self.train_items[0]), self._agent_names, step=False)
         log = log or RunLog(self.args.output_dir, self.args)
         print(f"plan: {self.args.plan().describe()}", flush=True)
         with progress_bar(progress, self.args.max_steps) as bar:

@@ -22,6 +22,7 @@ import torch
 from magrpo.advantages import cross_joint_indices
 from magrpo.choices import EXPANSIONS, JOINT_MODES, check_choice
 from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
+from magrpo.envs.check import check_step_result
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling import Rollout, SampleFn, sample_team
 from magrpo.types import Observation
@@ -74,7 +75,7 @@ def step_joint_actions(
         for row in joint_indices:
             branches.append(env.branch())
             actions.append({n: r.completion(p, int(g)) for n, r, g in zip(names, rollouts, row)})
-    flat = step_batch(branches, actions)
+    flat = [check_step_result(r, names, f"{type(b).__name__}.step()") for b, r in zip(branches, step_batch(branches, actions))]
     J = len(joint_indices)
     return [branches[p * J : (p + 1) * J] for p in range(len(nodes))], [flat[p * J : (p + 1) * J] for p in range(len(nodes))]
 
