@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from magrpo.config import ConfigError, MAGRPOConfig, load_yaml_mapping
+from magrpo.config import MAGRPOConfig, load_yaml_mapping
 from magrpo.tasks import TASKS
 
 console = Console()

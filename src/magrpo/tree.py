@@ -25,7 +25,6 @@ from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
 from magrpo.envs.check import check_step_result
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling import Rollout, SampleFn, sample_team
-from magrpo.types import Observation
 
 
 @dataclass
