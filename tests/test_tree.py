@@ -3,6 +3,7 @@ environments), early termination, cross mode with best-k expansion."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from magrpo import MultiAgentEnv, StepResult
@@ -58,8 +59,9 @@ def aligned_reward(turn, joint, parent):
     return {("x0", "y0"): 0.0, ("x0", "y1"): 2.0, ("x1", "y0"): 4.0, ("x1", "y1"): 8.0}[(parent[0], joint[0])]
 
 
-def returns_and_advantages(turns, gamma, joint_mode):
-    returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], gamma)
+def returns_and_advantages(turns, gamma, joint_mode, num_turns=2):
+    returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], gamma,
+                           solved=[t.solved for t in turns], num_turns=num_turns)
     adv = [[agent_advantages(r, agent=i, num_agents=2, joint_mode=joint_mode).tolist() for i in range(2)] for r in returns]
     return [r.tolist() for r in returns], adv
 
@@ -74,14 +76,65 @@ def test_aligned_tree_returns_and_advantages_with_discount():
     assert adv[1] == [[-1.0, 1.0, -2.0, 2.0]] * 2  # siblings of each node form the groups
 
 
-def test_early_termination_makes_a_leaf():
+def test_early_stop_makes_an_absorbing_leaf():
     turns = expand_tree([Agent(n) for n in NAMES], [ScriptedEnv(aligned_reward)], sample=scripted_sampler(2),
                         joint_mode="aligned", num_generations=2, num_turns=2, early_stop_reward=3.0)
-    assert turns[0].finished.tolist() == [[False, True]]
+    assert turns[0].finished.tolist() == [[False, True]] and turns[0].solved.tolist() == [[False, True]]
     assert [t.rewards.tolist() for t in turns] == [[[1.0, 3.0]], [[0.0, 2.0]]]
     returns, adv = returns_and_advantages(turns, 0.5, "aligned")
-    assert returns[0] == [[1.0 + 0.5 * 1.0, 3.0]]
-    assert adv[0][0] == [-0.75, 0.75]
+    # the early stop keeps its 3.0 for the turn it skips: 3 + 0.5 * 3
+    assert returns[0] == [[1.0 + 0.5 * 1.0, 3.0 + 0.5 * 3.0]]
+    assert adv[0][0] == [-1.5, 1.5]
+
+
+class SolvableEnv(MultiAgentEnv):
+    """A joint action whose first word is "win" solves the item (5.5, terminated); anything else
+    scores 2.0 at turn 1 and 5.5 when revised at turn 2."""
+
+    possible_agents = NAMES
+
+    def __init__(self):
+        self.turn = 0
+
+    def reset(self, seed=None, options=None):
+        return {n: "start" for n in NAMES}, {n: {} for n in NAMES}
+
+    def step(self, actions):
+        self.turn += 1
+        won = actions["agent_0"] == "win"
+        reward = 5.5 if won or self.turn == 2 else 2.0
+        done = won or self.turn == 2
+        return StepResult({n: "revise" for n in NAMES}, {n: reward for n in NAMES}, {n: done for n in NAMES},
+                          {n: False for n in NAMES}, {n: {} for n in NAMES})
+
+
+def test_solving_at_the_first_turn_is_never_worse_than_solving_after_feedback():
+    """G = 4, discount 0.9: one joint action solves at once (5.5); three score 2.0 and their
+    revisions all pass. Without the absorbing rule the early solver would get 5.5 against the
+    others' 2.0 + 0.9 * 5.5 = 6.95, a negative advantage (-1.09)."""
+
+    def sample(agent, observations, generator=None):
+        texts = [("win" if g == 0 else "try") if obs == "start" else "fixed" for obs in observations for g in range(4)]
+        ids = torch.zeros(len(texts), 1, dtype=torch.long)
+        P = len(observations)
+        return Rollout(torch.zeros(P, 1, dtype=torch.long), torch.ones(P, 1), ids, ids == 0, texts, list(map(str, observations)), 4)
+
+    turns = expand_tree([Agent(n) for n in NAMES], [SolvableEnv()], sample=sample, joint_mode="aligned",
+                        num_generations=4, num_turns=2)
+    assert turns[0].rewards.tolist() == [[5.5, 2.0, 2.0, 2.0]] and turns[0].solved.tolist() == [[True, False, False, False]]
+    returns, adv = returns_and_advantages(turns, 0.9, "aligned")
+    assert returns[0] == [[pytest.approx(5.5 * 1.9), pytest.approx(6.95), pytest.approx(6.95), pytest.approx(6.95)]]
+    assert adv[0][0] == pytest.approx([2.625, -0.875, -0.875, -0.875])  # mean 7.825
+
+
+def test_a_truncated_or_dropped_leaf_is_not_absorbing():
+    rewards = [torch.tensor([[4.0, 4.0, 1.0]]), torch.tensor([[0.0, 2.0, 4.0]])]
+    children = [{(0, 2): 0}, {}]
+    solved = [torch.tensor([[True, False, False]]), torch.tensor([[False, False, False]])]
+    # j=0 solved (absorbing: 4 + 0.5 * 4), j=1 a leaf that did not reach its goal, j=2 continued
+    assert tree_returns(rewards, children, 0.5, solved=solved, num_turns=2)[0].tolist() == [[6.0, 4.0, 1.0 + 0.5 * 2.0]]
+    # three turns: a solve at turn 1 skips two (4 * (1 + 0.5 + 0.25))
+    assert tree_returns(rewards, children, 0.5, solved=solved, num_turns=3)[0][0, 0].item() == 7.0
 
 
 def cross_reward(turn, joint, parent):

@@ -67,18 +67,33 @@ def cross_completion_returns(rewards: torch.Tensor, agent: int, num_agents: int,
 
 
 def tree_returns(
-    rewards: Sequence[torch.Tensor], children: Sequence[Mapping[tuple[int, int], int]], gamma: float
+    rewards: Sequence[torch.Tensor],
+    children: Sequence[Mapping[tuple[int, int], int]],
+    gamma: float,
+    *,
+    solved: Sequence[torch.Tensor] | None = None,
+    num_turns: int | None = None,
 ) -> list[torch.Tensor]:
     """Discounted returns of every joint action of a rollout tree.
 
-    ``rewards[t]`` is ``[P_t, J]``: the reward of joint action j of node p at turn t.
-    ``children[t]`` maps (p, j) to the node of turn t + 1 it continues. A joint action that was
-    not continued (finished, or not among the best k) is a leaf: its return is its reward;
-    otherwise return = reward + gamma * mean(returns of the child node's J joint actions).
+    ``rewards[t]`` is ``[P_t, J]``: the reward of joint action j of node p at turn t (0-based).
+    ``children[t]`` maps (p, j) to the node of turn t + 1 it continues: its return is
+    reward + gamma * mean(returns of the child node's J joint actions). A joint action that was
+    not continued is a leaf. A leaf that reached its goal (``solved[t][p, j]``: the environment
+    terminated it, or early_stop_reward) is absorbing: it keeps earning its reward for each of
+    the ``num_turns - 1 - t`` turns it skips, so its return is reward * sum_{k=0}^{num_turns-1-t}
+    gamma^k and solving early is never worth less than solving later. Any other leaf (the last
+    turn, a truncation, a branch best-k did not keep) returns its reward.
     """
+    if solved is not None and num_turns is None:
+        raise ValueError("tree_returns: solved needs num_turns (the turns a solved branch skips)")
     returns: list[torch.Tensor] = [torch.empty(0)] * len(rewards)
     for t in reversed(range(len(rewards))):
         ret = rewards[t].to(torch.float64).clone()
+        if solved is not None:
+            skipped = num_turns - 1 - t
+            carry = sum(gamma**k for k in range(skipped + 1))
+            ret = torch.where(solved[t], ret * carry, ret)
         if t + 1 < len(rewards):
             for (p, j), child in children[t].items():
                 ret[p, j] += gamma * returns[t + 1][child].mean()

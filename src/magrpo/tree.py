@@ -21,8 +21,8 @@ import torch
 
 from magrpo.advantages import cross_joint_indices
 from magrpo.choices import EXPANSIONS, JOINT_MODES, check_choice
-from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
-from magrpo.envs.check import check_step_result
+from magrpo.envs.base import MultiAgentEnv, StepResult, observe_batch, step_batch
+from magrpo.envs.check import check_observations, check_step_result
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling import Rollout, SampleFn, sample_team
 
@@ -36,6 +36,9 @@ class Turn:
     joint_indices: torch.Tensor  # [J, N]: completion index of each agent in each joint action
     rewards: torch.Tensor  # [P, J]
     finished: torch.Tensor  # [P, J] bool: the branch ended (terminated, truncated or last turn)
+    #: [P, J] bool: the branch ended by reaching its goal (terminated by the environment, or its
+    #: reward reached early_stop_reward); absorbing: it keeps its reward for the turns it skips
+    solved: torch.Tensor
     results: list[list[StepResult]]  # [P][J]
     #: for nodes of turn > 0: (node, joint action) of the previous turn they continue
     parents: list[tuple[int, int]] | None
@@ -108,26 +111,32 @@ def expand_tree(
         rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents)
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
-        last = t == num_turns - 1
-        finished = torch.tensor(
-            [[last or r.done or (early_stop_reward is not None and r.joint_reward >= early_stop_reward) for r in row] for row in results],
-            dtype=torch.bool,
+        solved = torch.tensor(
+            [[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool
         )
-        turn = Turn(t, rollouts, joint_indices, rewards, finished, results, parents)
+        last = t == num_turns - 1
+        truncated = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
+        finished = solved | truncated | last
+        turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents)
         turns.append(turn)
         if last:
             break
-        next_nodes, next_obs, next_parents = [], [], []
-        for p in range(len(nodes)):
-            for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k):
-                turn.children[(p, j)] = len(next_nodes)
-                next_nodes.append(branches[p][j])
-                next_obs.append(results[p][j].observations)
-                next_parents.append((p, j))
-        if not next_nodes:
+        continuing = [(p, j) for p in range(len(nodes)) for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k)]
+        if not continuing:
             break
-        nodes, observations, parents = next_nodes, next_obs, next_parents
+        # only the branches that continue are asked for their next observations (feedback)
+        next_nodes = [branches[p][j] for p, j in continuing]
+        next_obs = observe_batch(next_nodes, [results[p][j] for p, j in continuing])
+        for (p, j), env, obs in zip(continuing, next_nodes, next_obs):
+            check_observations(obs, names, f"{type(env).__name__}.observe_many()")
+        turn.children = {pj: k for k, pj in enumerate(continuing)}
+        nodes, observations, parents = next_nodes, next_obs, continuing
     return turns
+
+
+def _reached_goal(result: StepResult, early_stop_reward: float | None) -> bool:
+    terminated = all(result.terminations.values())
+    return terminated or (early_stop_reward is not None and result.joint_reward >= early_stop_reward)
 
 
 def _joint_actions_to_expand(rewards: torch.Tensor, finished: torch.Tensor, expand: str, k: int) -> list[int]:

@@ -5,13 +5,18 @@ One instance is one episode for one dataset item. ``reset`` gives every agent it
 observations, rewards, terminations, truncations and infos. The team is cooperative: every agent
 receives the same joint reward. Multi-turn environments return the next observations (built from
 feedback) and ``terminations`` False until the episode ends.
+
+In a rollout tree the trainer steps many branches at once (``step_many``) and then asks only the
+branches that go on to another turn for their next observations (``observe_many``): an
+environment whose next observation is costly (a reviewer model's feedback) builds it there, so
+branches that end, or that best-k expansion drops, cost nothing.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from magrpo.types import Observation
 
@@ -55,20 +60,37 @@ class MultiAgentEnv(ABC):
     @classmethod
     def step_many(cls, envs: Sequence["MultiAgentEnv"], actions: Sequence[dict[str, str]]) -> list[StepResult]:
         """Step many environments of this class; override to batch the reward (one call to a
-        reward function, one pool of sandboxed programs)."""
+        reward function, one pool of sandboxed programs). The results' observations may be left
+        as they were: the trainer takes next observations from :meth:`observe_many`."""
         return [env.step(a) for env, a in zip(envs, actions)]
 
+    @classmethod
+    def observe_many(cls, envs: Sequence["MultiAgentEnv"], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
+        """The next observations of branches that continue, ``results`` being what their last
+        ``step_many`` returned. The default takes the results' observations; override to build
+        costly observations (feedback) only for the branches that continue."""
+        return [dict(r.observations) for r in results]
 
-def step_batch(envs: Sequence[MultiAgentEnv], actions: Sequence[dict[str, str]]) -> list[StepResult]:
-    """Step a heterogeneous batch: environments of one class are stepped together."""
-    if len(envs) != len(actions):
-        raise ValueError(f"{len(envs)} environments but {len(actions)} joint actions")
-    results: list[StepResult | None] = [None] * len(envs)
+
+def _by_class(envs: Sequence[MultiAgentEnv], others: Sequence[Any], call: Callable[..., list[Any]]) -> list[Any]:
+    """``call(env_class, envs_of_that_class, their_others)`` per class, results back in order."""
+    if len(envs) != len(others):
+        raise ValueError(f"{len(envs)} environments but {len(others)} joint actions or results")
+    out: list[Any] = [None] * len(envs)
     by_class: dict[type, list[int]] = {}
     for index, env in enumerate(envs):
         by_class.setdefault(type(env), []).append(index)
     for env_class, indices in by_class.items():
-        stepped = env_class.step_many([envs[i] for i in indices], [actions[i] for i in indices])
-        for i, result in zip(indices, stepped):
-            results[i] = result
-    return results  # type: ignore[return-value]
+        for i, value in zip(indices, call(env_class, [envs[i] for i in indices], [others[i] for i in indices])):
+            out[i] = value
+    return out
+
+
+def step_batch(envs: Sequence[MultiAgentEnv], actions: Sequence[dict[str, str]]) -> list[StepResult]:
+    """Step a heterogeneous batch: environments of one class are stepped together."""
+    return _by_class(envs, actions, lambda cls, e, a: cls.step_many(e, a))
+
+
+def observe_batch(envs: Sequence[MultiAgentEnv], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
+    """The next observations of a heterogeneous batch of continuing branches, one class at a time."""
+    return _by_class(envs, results, lambda cls, e, r: cls.observe_many(e, r))

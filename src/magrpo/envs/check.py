@@ -4,7 +4,7 @@ In the spirit of PettingZoo's ``parallel_api_test``: reset and step return per-a
 one entry for every agent, observations are strings or chat messages, the reward is one finite
 joint reward that every agent receives, flags are booleans, and ``branch()`` gives siblings that
 do not share state (stepping one changes neither its parent nor another sibling), with
-``step_many`` agreeing with ``step``. Run it on your own environment in its tests.
+``step_many`` then ``observe_many`` agreeing with ``step``. Run it on your own environment in its tests.
 
 The trainer runs the checks that cost nothing on the first item before any compute (``step=False``:
 no reward is computed, no feedback asked for), and :func:`check_step_result` on every result of
@@ -71,11 +71,19 @@ def check_env(
             f"(rewards {result.rewards} vs {sibling.rewards}); stepping a branch must not change its parent or "
             "its siblings (override branch() to copy all mutable state), or, for a random step, pass check_branches=False"
         )
-    batch = type(env).step_many([env.branch(), env.branch()], [dict(actions), dict(actions)])
+    branches = [env.branch(), env.branch()]
+    batch = type(env).step_many(branches, [dict(actions), dict(actions)])
     if not isinstance(batch, list) or len(batch) != 2:
         raise EnvError(f"{where}.step_many() returned {batch!r} for 2 environments; expected a list of 2 results")
+    batch = [check_step_result(stepped, agents, f"{where}.step_many()[{index}]") for index, stepped in enumerate(batch)]
+    if not result.done:  # what the trainer does for a branch that continues
+        observed = type(env).observe_many(branches, batch)
+        if not isinstance(observed, list) or len(observed) != 2:
+            raise EnvError(f"{where}.observe_many() returned {observed!r} for 2 environments; expected a list of 2")
+        for index, obs in enumerate(observed):
+            check_observations(obs, agents, f"{where}.observe_many()[{index}]")
+        batch = [stepped._replace(observations=obs) for stepped, obs in zip(batch, observed)]
     for index, stepped in enumerate(batch):
-        stepped = check_step_result(stepped, agents, f"{where}.step_many()[{index}]")
         if not _same(result, stepped):
             raise EnvError(
                 f"{where}.step_many()[{index}] disagrees with step() on the same joint action "
@@ -139,13 +147,19 @@ def check_step_result(result: Any, agents: Sequence[str], where: str) -> StepRes
         if not isinstance(info, dict):
             raise EnvError(f"{where} infos[{name!r}] is {type(info).__name__}; expected a dict")
     if not result.done:
-        for name, observation in result.observations.items():
-            _check_observation(observation, f"{where} observations[{name!r}]")
+        check_observations(result.observations, agents, where)
     return result
+
+
+def check_observations(observations: Any, agents: Sequence[str], where: str) -> None:
+    """One string or chat-message observation per agent, else :class:`EnvError`."""
+    _check_per_agent(observations, agents, f"{where} observations")
+    for name, observation in observations.items():
+        _check_observation(observation, f"{where} observations[{name!r}]")
 
 
 def _same(a: StepResult, b: StepResult) -> bool:
     return a.rewards == b.rewards and a.observations == b.observations and a.terminations == b.terminations
 
 
-__all__ = ["check_env", "check_step_result"]
+__all__ = ["check_env", "check_observations", "check_step_result"]

@@ -6,7 +6,8 @@ with the joint reward. With feedback, each agent's next observation is its histo
 observation, its own answer, then its feedback and a request to revise; the episode ends when
 ``is_solved(score_row)`` says so (the trainer's ``num_turns`` caps it). ``step_many`` scores a
 whole batch of joint actions in ONE call of the scorer, which is what reward functions (and the
-sandbox pool behind the coding reward) are built for.
+sandbox pool behind the coding reward) are built for; ``observe_many`` asks the feedback source
+once for the branches that continue, and only for them (``step`` does both, for one env).
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ class RewardFunctionEnv(MultiAgentEnv):
         self.num_turns = num_turns  # no feedback is asked for after the last turn
         self.observations: dict[str, Observation] = {}
         self.turn = 0
+        #: what the feedback source would be asked about the last joint action (None: nothing)
+        self.pending: tuple[FeedbackRequest, dict[str, str]] | None = None
 
     def reset(self, seed=None, options=None):
         self.turn = 0
+        self.pending = None
         self.observations = {name: fmt(self.item) for name, fmt in zip(self.possible_agents, self.formatters)}
         return dict(self.observations), {name: {} for name in self.possible_agents}
 
@@ -97,6 +101,7 @@ class RewardFunctionEnv(MultiAgentEnv):
         )
         twin.observations = dict(self.observations)
         twin.turn = self.turn
+        twin.pending = self.pending
         return twin
 
     def _next_observation(self, name: str, answer: str, feedback: str) -> Observation:
@@ -106,11 +111,15 @@ class RewardFunctionEnv(MultiAgentEnv):
         ]
 
     def step(self, actions: dict[str, str]) -> StepResult:
-        return self.step_many([self], [actions])[0]
+        result = self.step_many([self], [actions])[0]
+        if result.done:
+            return result
+        return result._replace(observations=self.observe_many([self], [result])[0])
 
     @classmethod
     def step_many(cls, envs: Sequence["RewardFunctionEnv"], actions: Sequence[dict[str, str]]) -> list[StepResult]:
-        # one scorer call per scorer object (normally exactly one)
+        """Score every joint action (one scorer call per scorer object, normally exactly one); the
+        results' observations are what the agents saw: feedback waits for :meth:`observe_many`."""
         groups: dict[int, list[int]] = {}
         for i, env in enumerate(envs):
             groups.setdefault(id(env.scorer), []).append(i)
@@ -122,33 +131,40 @@ class RewardFunctionEnv(MultiAgentEnv):
             prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
             columns = columns_of([envs[i].item for i in indices])
             rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
-            feedback = envs[indices[0]].feedback
-            solved = [feedback is None or bool(envs[i].is_solved and envs[i].is_solved(row)) for i, row in zip(indices, rows)]
-            last_turn = [envs[i].num_turns is not None and envs[i].turn + 1 >= envs[i].num_turns for i in indices]
-            todo = [k for k, done in enumerate(solved) if not done and not last_turn[k]]
-            texts: dict[int, tuple[str, ...]] = {}
-            if feedback is not None and todo:
-                requests = [
-                    FeedbackRequest(envs[indices[k]].item, completions[k], rows[k], envs[indices[k]].turn + 1, envs[indices[k]].agent_roles)
-                    for k in todo
-                ]
-                texts = dict(zip(todo, feedback(requests)))
-            for k, (i, row) in enumerate(zip(indices, rows)):
+            for i, joint, row in zip(indices, completions, rows):
                 env = envs[i]
-                reward = float(row["reward"])
-                if k in texts:
-                    env.observations = {
-                        n: env._next_observation(n, actions[i][n], text) for n, text in zip(names, texts[k])
-                    }
+                solved = env.feedback is None or bool(env.is_solved and env.is_solved(row))
                 env.turn += 1
+                last_turn = env.num_turns is not None and env.turn >= env.num_turns
+                env.pending = None
+                if not solved and not last_turn:
+                    env.pending = (FeedbackRequest(env.item, joint, row, env.turn, env.agent_roles), dict(actions[i]))
+                reward = float(row["reward"])
                 out[i] = StepResult(
                     observations=dict(env.observations),
                     rewards={n: reward for n in names},
-                    terminations={n: solved[k] for n in names},
+                    terminations={n: solved for n in names},
                     truncations={n: False for n in names},
                     infos={n: dict(row) for n in names},
                 )
         return out  # type: ignore[return-value]
+
+    @classmethod
+    def observe_many(cls, envs: Sequence["RewardFunctionEnv"], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
+        """Each continuing branch's history plus its feedback, asked in one call per feedback source."""
+        groups: dict[int, list[RewardFunctionEnv]] = {}
+        for env in envs:
+            if env.pending is not None:
+                groups.setdefault(id(env.feedback), []).append(env)
+        for waiting in groups.values():
+            texts = waiting[0].feedback([env.pending[0] for env in waiting])
+            for env, per_agent in zip(waiting, texts):
+                answers = env.pending[1]
+                env.observations = {
+                    n: env._next_observation(n, answers[n], text) for n, text in zip(env.possible_agents, per_agent)
+                }
+                env.pending = None
+        return [dict(env.observations) for env in envs]
 
 
 def reward_env_factory(
