@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from magrpo.rewards.coding import CodingRewardConfig, combine_program, extract_code, helper_usage, score_coding_batch
+from magrpo.rewards.coding import (
+    CodingRewardConfig,
+    combine_program,
+    defines_function,
+    extract_code,
+    helper_usage,
+    score_coding_batch,
+)
 
 
 PROBLEM = {
@@ -103,3 +110,42 @@ def test_helper_usage_and_fences():
     assert helper_usage("def f(x):\n    y = aux(x)\n    return y\n", "f") == "used"
     assert helper_usage("def f(x):\n    if aux(x):\n        return 1\n", "f") == "used"
     assert helper_usage("def f(x):\n    return 1\n", "f") == "absent"
+
+
+USELESS_HELPER = "def aux():\n    pass\n"
+CORRECT_ALONE = "def add_all(xs):\n    return sum(xs)\n"
+
+
+@pytest.mark.parametrize(
+    "helper, main, reward, usage",
+    [
+        # the main agent's own nested aux is not the helper: no bonus
+        (USELESS_HELPER, "def add_all(xs):\n    def aux(v):\n        return sum(v)\n    return aux(xs)\n", 5.0, "absent"),
+        # a call in dead code never runs: no bonus
+        (USELESS_HELPER, "def add_all(xs):\n    if False:\n        return aux()\n    return sum(xs)\n", 5.0, "absent"),
+        # called (it runs, and fails) inside a try, its result thrown away: the penalty
+        (USELESS_HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
+        # ... or its result read, but only to decide nothing
+        (USELESS_HELPER, "def add_all(xs):\n    try:\n        r = aux(xs)\n    except Exception:\n        r = None\n    if r:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
+        # a parameter named aux shadows the helper
+        (USELESS_HELPER, "def add_all(xs, aux=sum):\n    return aux(xs)\n", 5.0, "absent"),
+        # the helper runs but its result never reaches the return value
+        (HELPER, "def add_all(xs):\n    total = aux(xs)\n    print(total)\n    return sum(xs)\n", 4.5, "ignored"),
+        # real cooperation: by value, through a variable, through a condition
+        (HELPER, MAIN_USES, 5.5, "used"),
+        (HELPER, "def add_all(xs):\n    out = []\n    out.append(aux(xs))\n    return out[0]\n", 5.5, "used"),
+        (HELPER, "def add_all(xs):\n    if aux(xs) == sum(xs):\n        return sum(xs)\n    raise ValueError\n", 5.5, "used"),
+    ],
+)
+def test_the_cooperation_bonus_pays_only_for_a_helper_that_runs_and_matters(helper, main, reward, usage):
+    s = score(helper, main)
+    assert (s.tests_passed, s.helper_usage, s.reward) == (4, usage, reward)
+
+
+def test_a_def_inside_a_string_or_comment_defines_nothing():
+    fake = 'NOTE = "def aux(xs): return sum(xs)"\n# def aux(xs):\n'
+    s = score(fake, CORRECT_ALONE)
+    assert (s.defined, s.reward) == (False, 0.0)
+    assert defines_function("def aux(x):\n    return (x", "aux")  # unparseable code: read token by token
+    assert not defines_function("s = '''\ndef aux(x):\n", "aux")
+    assert not defines_function("class A:\n    def aux(self):\n        pass\n", "aux")  # not top-level: not in the program

@@ -134,3 +134,57 @@ def test_result_fields():
     assert abs(r.fraction - 2 / 3) < 1e-9 and r.killed_reason is None and r.duration_s > 0
     empty = run_tests("", [], **FAST)
     assert (empty.total, empty.fraction, empty.all_passed) == (0, 0.0, False)
+
+
+LIAR = '''
+class Yes:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return True
+    def __bool__(self): return True
+    def __len__(self): return 1
+    def __contains__(self, item): return True
+    def __lt__(self, other): return True
+    def __abs__(self): return 0
+    def __sub__(self, other): return self
+'''
+CHECK = (
+    "def check(candidate):\n"
+    "    assert candidate(1) == 2\n"                       # __eq__
+    "    assert not (candidate(1) != 2)\n"                  # __ne__
+    "    assert 3 in candidate(1)\n"                        # __contains__
+    "    assert candidate(1)\n"                             # __bool__ / __len__
+    "    assert abs(candidate(1) - 2.5) < 1e-6\n"           # a float tolerance
+)
+
+
+def test_an_object_that_claims_every_comparison_passes_no_test():
+    r = run_tests(LIAR + "def f(x):\n    return Yes()\n", CHECK, entry_point="f", **FAST)
+    assert [o.status for o in r.outcomes] == ["failed"] * 5
+    assert r.outcomes[0].message.startswith("f returned a Yes object; only plain values")
+
+
+def test_subclasses_of_plain_types_and_liars_inside_containers_pass_nothing():
+    code = LIAR + "class I(int):\n    def __eq__(self, o): return True\ndef f(x):\n    return I(2) if x == 1 else [1, Yes()]\n"
+    r = run_tests(code, "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(0) == [1, 2]\n", entry_point="f", **FAST)
+    assert [o.status for o in r.outcomes] == ["failed", "failed"]
+    assert "returned a I object" in r.outcomes[0].message and "returned a list object" in r.outcomes[1].message
+
+
+def test_plain_results_are_graded_as_the_test_means_them():
+    code = "def f(x):\n    return {'k': [1.0000001, (None, b'x')], 's': {1, 2}}\n"
+    check = ("def check(candidate):\n    assert abs(candidate(1)['k'][0] - 1.0) < 1e-6\n"
+             "    assert candidate(1)['s'] == {2, 1}\n    assert candidate(1)['k'][1] == (None, b'x')\n")
+    assert run_tests(code, check, entry_point="f", **FAST).passed == 3
+
+
+def test_strict_results_can_be_switched_off_for_your_own_types():
+    r = run_tests(LIAR + "def f(x):\n    return Yes()\n", "def check(candidate):\n    assert candidate(1) == 2\n",
+                  entry_point="f", strict_results=False, **FAST)
+    assert r.passed == 1
+
+
+def test_calls_of_a_named_function_are_counted_per_test():
+    code = "def aux(x):\n    return x + 1\ndef f(x):\n    if x > 0:\n        return aux(aux(x))\n    return 0\n"
+    r = run_tests(code, "def check(candidate):\n    assert candidate(1) == 3\n    assert candidate(0) == 0\n",
+                  entry_point="f", count_calls="aux", **FAST)
+    assert [(o.status, o.calls) for o in r.outcomes] == [("passed", 2), ("passed", 0)] and r.calls == 2

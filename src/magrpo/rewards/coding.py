@@ -4,13 +4,19 @@ Agent 1 writes a helper function ``aux``; agent 2 writes the task's entry-point 
 may call ``aux``. Levels, each paid only when the one before it pays (defaults of
 :class:`CodingRewardConfig`, maximum 5.5):
 
-1. defined (+1.0): agent 1's text defines ``aux`` and agent 2's defines the entry point.
+1. defined (+1.0): agent 1's code defines a top-level function ``aux`` and agent 2's the entry
+   point, read from the syntax tree (from Python's tokens where a part does not parse), so a
+   ``def aux(`` inside a string or a comment defines nothing.
 2. parses (+1.0): both parts parse, and so does the program combined from them.
 3. tests (+3.0 x fraction): the fraction of the problem's unit tests the program passes, run in
-   the sandbox (:mod:`magrpo.sandbox`), never in this process.
-4. cooperation, when at least one test passes: +0.5 when the entry point calls ``aux`` and every
-   call's result is used; -0.5 when it calls ``aux`` and throws a result away (a bare call
-   statement, or a variable assigned and never read); 0 when it does not call ``aux``.
+   the sandbox (:mod:`magrpo.sandbox`), never in this process. Only plain values count as
+   results: an object whose ``__eq__`` or ``__bool__`` always says yes passes nothing.
+4. cooperation, when at least one test passes and agent 1's ``aux`` really ran while the tests
+   ran (its calls are counted in the sandbox; a nested or shadowing ``aux`` of the main agent,
+   or a call in dead code, is never agent 1's helper running): +0.5 when the entry point uses
+   every call's result and at least one result reaches its return value; -0.5 when it throws a
+   result away (a bare call statement, a variable assigned and never read, a result that never
+   reaches the return value); 0 when the helper did not run.
 
 The combined program is: the problem's own imports, then from agent 1's part its imports and
 every function except the entry point, then from agent 2's part its imports and every function
@@ -21,7 +27,9 @@ can overwrite the other's function or run code at import time.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -51,7 +59,21 @@ def extract_code(text: str) -> str:
 
 
 def defines_function(code: str, name: str) -> bool:
-    return re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.MULTILINE) is not None
+    """``code`` defines a top-level function ``name`` (syntax tree). Code that does not parse is
+    read token by token: a ``def name(`` made of code tokens, not of a string or a comment."""
+    tree = _parse(code)
+    if tree is not None:
+        return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+    names: list[str] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type in (tokenize.NAME, tokenize.OP):
+                names.append(token.string)
+                if names[-3:] == ["def", name, "("]:
+                    return True
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    return False
 
 
 def _parse(code: str) -> ast.Module | None:
@@ -89,12 +111,15 @@ def combine_program(helper_code: str, main_code: str, entry_point: str, problem_
 
 
 def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> str:
-    """"used", "ignored" or "absent": how the entry point treats the helper's results."""
+    """How the entry point treats the helper, read from its syntax tree: "used" (every call's
+    result is used and one reaches the return value), "ignored" (a result is thrown away or never
+    reaches the return value) or "absent" (no call, or the name is the main agent's own: a nested
+    function, a parameter, an assignment or an import of that name inside the entry point)."""
     tree = _parse(main_code)
     if tree is None:
         return "absent"
     func = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None)
-    if func is None:
+    if func is None or _binds_locally(func, helper_name):
         return "absent"
     parents: dict[ast.AST, ast.AST] = {}
     for parent in ast.walk(func):
@@ -113,7 +138,72 @@ def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> 
             names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
             if names and not names & loaded:
                 return "ignored"  # assigned to a variable nobody reads
-    return "used"
+    return "used" if _reaches_return(func, helper_name) else "ignored"
+
+
+def _binds_locally(func: ast.AST, name: str) -> bool:
+    """The entry point makes ``name`` its own (so calls of it never reach agent 1's helper)."""
+    for node in ast.walk(func):
+        if node is not func and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, ast.arg) and node.arg == name:
+            return True
+        if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, (ast.Store, ast.Del)):
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+            return True
+    return False
+
+
+def _reaches_return(func: ast.AST, helper_name: str) -> bool:
+    """Some ``return`` (or ``yield``) of the entry point depends on a call of the helper: through
+    its value, through variables assigned from it (a fixed point over the function's
+    assignments), or through a condition (``if aux(x): return ...``, ``if not aux(x): raise``, a
+    variable set in a branch the helper decides)."""
+
+    def mentions(expr: ast.AST | None, tainted: set[str]) -> bool:
+        if expr is None:
+            return False
+        for n in ast.walk(expr):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name:
+                return True
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in tainted:
+                return True
+        return False
+
+    tainted: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in ast.walk(func):
+            value, targets = None, []
+            if isinstance(node, ast.Assign):
+                value, targets = node.value, node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                value, targets = node.value, [node.target]
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+                value, targets = node.iter, [node.target]
+            elif isinstance(node, ast.NamedExpr):
+                value, targets = node.value, [node.target]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+                # xs.append(aux(x)), d.update(...): the object called on carries the result
+                if any(mentions(arg, tainted) for arg in [*node.args, *[k.value for k in node.keywords]]):
+                    value, targets = node, [node.func.value]
+            elif isinstance(node, (ast.If, ast.While)) and mentions(node.test, tainted):
+                # the helper decides this branch: whatever it returns, raises or sets depends on it
+                inside = [n for part in (node.body, node.orelse) for stmt in part for n in ast.walk(stmt)]
+                if any(isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in inside):
+                    return True
+                value, targets = node.test, [n for n in inside if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+            if value is not None and mentions(value, tainted):
+                for target in targets:
+                    for n in ast.walk(target):
+                        if isinstance(n, ast.Name) and n.id not in tainted:
+                            tainted.add(n.id)
+                            changed = True
+    return any(
+        isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) and mentions(n.value, tainted) for n in ast.walk(func)
+    )
 
 
 @dataclass
@@ -140,6 +230,11 @@ class CodingScore:
             "helper_used": float(self.helper_usage == "used"),
         }
 
+    @property
+    def helper_ran(self) -> bool:
+        """Agent 1's helper was called while the tests ran (counted in the sandbox)."""
+        return self.run is not None and self.run.calls > 0
+
 
 def score_coding_batch(
     completions: Sequence[tuple[str, str]],
@@ -161,12 +256,14 @@ def score_coding_batch(
         scores.append(CodingScore(defined, program is not None, 0, 0, usage, 0.0))
         if program is not None:
             job_of[k] = len(jobs)
-            jobs.append({"code": program, "tests": problem["test"], "entry_point": entry})
+            jobs.append({"code": program, "tests": problem["test"], "entry_point": entry, "count_calls": config.helper_name})
     runs = run_tests_many(jobs, limits=limits) if jobs else []
     for k, score in enumerate(scores):
         if k in job_of:
             run = runs[job_of[k]]
             score.run, score.tests_passed, score.tests_total = run, run.passed, run.total
+            if not score.helper_ran:  # written but never run: dead code, or a name the main agent shadows
+                score.helper_usage = "absent"
         score.reward = level_reward(score, config)
     return scores
 

@@ -53,9 +53,33 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _line(token: str, status: str, reason: str, message: str) -> bytes:
+def _line(token: str, status: str, reason: str, message: str, calls: int = 0) -> bytes:
     msg = binascii.b2a_base64(message.encode("utf-8", "replace")[:_MAX_MSG], newline=False).decode()
-    return f"{token} {status} {reason or '-'} {msg}\n".encode()
+    return f"{token} {status} {reason or '-'} {calls} {msg}\n".encode()
+
+
+def _plain_checker():
+    """``is_plain(value)``: the value is made only of plain types (exactly int, float, complex, str,
+    bytes, bool, None, or list/tuple/dict/set/frozenset of such), so ``==``, ``in``, ``abs`` and
+    truthiness behave as the test means them; an object with its own ``__eq__`` or ``__bool__``
+    (or a subclass of a plain type) is not. Built before the program runs, from pristine builtins."""
+    type_, all_, dict_items = type, all, dict.items
+    scalars = frozenset({int, float, complex, str, bytes, bool, type(None)})
+    sequences = frozenset({list, tuple, set, frozenset})
+
+    def is_plain(value, depth=0) -> bool:
+        kind = type_(value)
+        if kind in scalars:
+            return True
+        if depth > 50:  # deep or cyclic: not a plain answer
+            return False
+        if kind in sequences:
+            return all_(is_plain(v, depth + 1) for v in value)
+        if kind is dict:
+            return all_(is_plain(k, depth + 1) and is_plain(v, depth + 1) for k, v in dict_items(value))
+        return False
+
+    return is_plain
 
 
 def _set_limits(lim: dict, cap_processes: bool) -> None:
@@ -139,6 +163,38 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
     exec_, compile_, AssertionError_, MemoryError_, OSError_ = exec, compile, AssertionError, MemoryError, OSError
     stdout, stderr = sys.stdout, sys.stderr
     lim, tests, tokens, entry = job["limits"], job["tests"], job["tokens"], job["entry_point"]
+    strict, counted = job.get("strict_results", False), job.get("count_calls")
+    is_plain, callable_, type_ = _plain_checker(), callable, type
+
+    def type_name(value) -> str:
+        try:
+            return str(type_(value).__name__)
+        except BaseException:
+            return "<unnamed>"
+
+    def checked(func):
+        """The entry point as the tests see it: a result that is not a plain value fails the test."""
+
+        def call(*args, **kwargs):
+            result = func(*args, **kwargs)
+            if not is_plain(result):
+                raise AssertionError_(
+                    f"{entry} returned a {type_name(result)} object; only plain values (numbers, strings, bytes, "
+                    "None, and lists/tuples/dicts/sets of them) are compared"
+                )
+            return result
+
+        return call
+
+    def counting(func, box):
+        """``func`` counting its calls in ``box[0]`` (how often the tests reached it)."""
+
+        def call(*args, **kwargs):
+            box[0] += 1
+            return func(*args, **kwargs)
+
+        return call
+
     clean_builtins = dict(builtins.__dict__)
     builtin_names = frozenset(clean_builtins)
     loader_pid = getpid()
@@ -226,7 +282,12 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
             glb["__builtins__"] = dict(clean_builtins)
             glb["__name__"] = "__sandbox_test__"
             if entry:
-                glb["candidate"] = ns[entry]
+                glb[entry] = checked(ns[entry]) if strict else ns[entry]
+                glb["candidate"] = glb[entry]
+            calls = [0]
+            if counted and callable_(ns.get(counted)):
+                # in the program's own globals: the entry point's lookups of this name reach the counter
+                ns[counted] = counting(ns[counted], calls)
             try:
                 exec_(compile_(source, f"<test {i}>", "exec", dont_inherit=True), glb)
                 result = ("passed", "", "")
@@ -236,7 +297,7 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
             if getpid() != me:
                 _exit(0)
             flush()
-            write(res_fd, _line(token, result[0], result[1], result[2]))
+            write(res_fd, _line(token, result[0], result[1], result[2], calls[0]))
             _exit(0)
         status = _wait(pid, lim["test_timeout_s"])
         if status is None:

@@ -81,7 +81,7 @@ class _Run:
     limits: SandboxLimits
     tokens: dict[str, int]
     setup_token: str
-    reports: dict[int, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+    reports: dict[int, tuple[str, str, str, int]] = dataclasses.field(default_factory=dict)
     setup: tuple[str, str] | None = None  # (reason, message)
     info: dict = dataclasses.field(default_factory=dict)
     loader_fd: int | None = None
@@ -93,9 +93,9 @@ class _Run:
 
     def on_report_line(self, line: bytes) -> None:
         parts = line.split(b" ")
-        if len(parts) != 4:
+        if len(parts) != 5:
             return  # not ours: the program wrote to the channel; it earns nothing
-        token, status, reason, msg = (p.decode("ascii", "replace") for p in parts)
+        token, status, reason, calls, msg = (p.decode("ascii", "replace") for p in parts)
         try:
             message = binascii.a2b_base64(msg.encode("ascii", "replace"), strict_mode=True).decode("utf-8", "replace")
         except (binascii.Error, ValueError):
@@ -106,7 +106,8 @@ class _Run:
         elif token == self.setup_token and status == "loaded":
             self.loaded = True
         elif token in self.tokens and status in ("passed", "failed", "error", "timeout", "killed"):
-            self.reports.setdefault(self.tokens[token], (status, reason, message))  # first report wins
+            count = int(calls) if calls.isdigit() else 0
+            self.reports.setdefault(self.tokens[token], (status, reason, message, count))  # first report wins
 
     def on_ctl_line(self, line: bytes) -> None:
         msg = ast.literal_eval(line.decode())
@@ -268,8 +269,9 @@ def _terminate(proc: subprocess.Popen, run: _Run, marker: str) -> None:
 def _outcomes(run: _Run, tests: list[tuple[str, str]], exit_code: int | None) -> list[TestOutcome]:
     out = []
     for i, (shown, _) in enumerate(tests):
+        calls = 0
         if i in run.reports:
-            status, _, message = run.reports[i]
+            status, _, message, calls = run.reports[i]
         elif run.killed:
             status = "timeout" if run.killed == "timeout" else "killed"
             message = _kill_message(run.killed, run.limits)
@@ -283,7 +285,7 @@ def _outcomes(run: _Run, tests: list[tuple[str, str]], exit_code: int | None) ->
             status, message = "error", f"program exited (status {code}) while loading"
         else:
             status, message = "error", "test process exited without reporting a result"
-        out.append(TestOutcome(test=shown, status=status, message=message))
+        out.append(TestOutcome(test=shown, status=status, message=message, calls=calls))
     return out
 
 
@@ -301,8 +303,16 @@ def _killed_reason(run: _Run) -> str | None:
 
 
 def run_tests(code: str, tests: Sequence[str] | str, *, entry_point: str | None = None,
-              limits: SandboxLimits | None = None, **limit_overrides) -> TestRunResult:
-    """Run ``code`` in a fresh sandbox, then each test in its own process; grade them."""
+              limits: SandboxLimits | None = None, strict_results: bool = True, count_calls: str | None = None,
+              **limit_overrides) -> TestRunResult:
+    """Run ``code`` in a fresh sandbox, then each test in its own process; grade them.
+
+    ``strict_results``: with an ``entry_point``, a call of it (as ``candidate`` or by name) that
+    returns anything but a plain value (numbers, strings, bytes, None, and lists/tuples/dicts/sets
+    of them, exact types) fails its test, so an object whose ``__eq__`` or ``__bool__`` always
+    says yes earns nothing. ``count_calls``: the name of a function of the program whose calls
+    are counted while each test runs (:attr:`TestOutcome.calls`).
+    """
     lim = dataclasses.replace(limits or SandboxLimits(), **limit_overrides)
     cases = _normalise_tests(tests, entry_point)
     start = time.monotonic()
@@ -313,6 +323,7 @@ def run_tests(code: str, tests: Sequence[str] | str, *, entry_point: str | None 
     res_r, res_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
     job = {"code": code, "tests": [src for _, src in cases], "entry_point": entry_point, "tokens": tokens,
+           "strict_results": bool(strict_results and entry_point), "count_calls": count_calls,
            "setup_token": run.setup_token, "limits": lim.as_dict(), "workdir": workdir, "res_fd": res_w,
            "ctl_fd": ctl_w, "isolation": os.environ.get(_ISOLATION_ENV, "auto"), "needed_paths": _needed_paths(),
            "site_paths": _site_paths()}
@@ -366,7 +377,8 @@ def run_tests_many(jobs: Sequence[dict], *, limits: SandboxLimits | None = None,
                    max_workers: int | None = None) -> list[TestRunResult]:
     """Grade many programs concurrently on a bounded pool; results in job order.
 
-    Each job: ``{"code": ..., "tests": ..., "entry_point": ...}`` (optionally ``"limits"``).
+    Each job: ``{"code": ..., "tests": ..., "entry_point": ...}`` (optionally ``"limits"``,
+    ``"strict_results"`` and ``"count_calls"``, as :func:`run_tests` takes them).
     Threads only wait on pipes; the work happens in the sandbox processes.
     """
     if not jobs:
@@ -375,7 +387,8 @@ def run_tests_many(jobs: Sequence[dict], *, limits: SandboxLimits | None = None,
 
     def one(job: dict) -> TestRunResult:
         return run_tests(job["code"], job["tests"], entry_point=job.get("entry_point"),
-                         limits=job.get("limits", limits))
+                         limits=job.get("limits", limits), strict_results=job.get("strict_results", True),
+                         count_calls=job.get("count_calls"))
 
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         return list(pool.map(one, jobs))

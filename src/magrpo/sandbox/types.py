@@ -29,6 +29,7 @@ class TestOutcome:
     test: str  # the test's source text
     status: str  # "passed" | "failed" | "error" | "timeout" | "killed"
     message: str = ""  # assertion message, "ExcType: msg", or the limit that killed it
+    calls: int = 0  # calls of the run's ``count_calls`` function while this test ran (0 if none reported)
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -53,6 +54,11 @@ class TestRunResult:
     @property
     def total(self) -> int:
         return len(self.outcomes)
+
+    @property
+    def calls(self) -> int:
+        """Calls of the ``count_calls`` function over all tests."""
+        return sum(o.calls for o in self.outcomes)
 
     @property
     def fraction(self) -> float:
