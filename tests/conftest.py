@@ -69,6 +69,24 @@ def repeat_prompts(rollout, generations: int) -> tuple[torch.Tensor, torch.Tenso
     return rollout.prompt_ids.repeat_interleave(generations, 0), rollout.prompt_mask.repeat_interleave(generations, 0)
 
 
+def first_token_probs(agent, prompt: str, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) of the first completion token, from one forward of the training weights."""
+    from magrpo.sampling.rollout import tokenize_prompts
+
+    _, ids, mask = tokenize_prompts(agent, [prompt])
+    with torch.no_grad():
+        logits = agent.model(input_ids=ids, attention_mask=mask).logits[0, -1].double()
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def assert_frequencies(samples: torch.Tensor, probs: torch.Tensor) -> None:
+    """Every token's sampled frequency within 4.5 binomial standard deviations of its probability."""
+    n = samples.numel()
+    freq = torch.bincount(samples, minlength=probs.numel()).double() / n
+    sigma = (probs * (1 - probs) / n).sqrt().clamp(min=1 / n)
+    assert ((freq - probs).abs() <= 4.5 * sigma).all(), (freq, probs)
+
+
 def letter_count_reward(*, completions, **_):
     """A two-agent reward that differs between almost any two samples: every row gets an advantage."""
     return [float(c0.count("a") - c1.count("b")) for c0, c1 in completions]

@@ -24,7 +24,7 @@ def test_help_lists_the_tasks():
     assert code == 0
     for task in ("coding", "summarize", "expand"):
         assert task in out
-    assert "--verbose" in out and "transformers' own progress bars" in out
+    assert "--verbose" in out and "Also show transformers' own" in out
 
 
 def test_unknown_model_path_names_the_value_and_the_choices():

@@ -98,3 +98,30 @@ def test_shared_prompt_scoring_matches_the_full_pass_in_value_and_gradient(tiny_
     for got, ref in zip(torch.autograd.grad((shared * weights * m).sum(), params),
                         torch.autograd.grad((full * weights * m).sum(), params)):
         assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_scoring_mode_turns_dropout_off_keeps_checkpointing_and_restores_modes(tiny_tokenizer):
+    from magrpo.logprobs import scoring_mode
+    from magrpo.models import build_agents
+    from tests.conftest import make_tiny_model
+
+    agent = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer)], device="cpu", use_lora=True,
+                         lora_r=4, lora_dropout=0.9, gradient_checkpointing=True)[0]
+    model = agent.model
+    model.train()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert dropouts and checkpointed
+    ids = torch.tensor([[2, 3, 4]])
+    mask = torch.ones(1, 3, dtype=torch.long)
+    completion = torch.tensor([[5, 2, 0]])
+    cmask = torch.ones(1, 3, dtype=torch.bool)
+    with scoring_mode(model):
+        assert not any(m.training for m in dropouts) and all(m.training for m in checkpointed)
+        first = completion_token_logprobs(model, ids, mask, completion, cmask)
+        second = completion_token_logprobs(model, ids, mask, completion, cmask)
+        assert first.requires_grad and torch.equal(first, second)  # no dropout noise
+    assert all(m.training for m in model.modules())  # restored
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(completion_token_logprobs(model, ids, mask, completion, cmask), first.detach(), atol=1e-6)

@@ -200,6 +200,31 @@ def test_feedback_is_asked_only_for_branches_that_continue(tiny_agents, tmp_path
     assert asked == [1, 1]  # the 2 joint actions of turn 1; none after the last turn
 
 
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"expand": "best-k", "expand_k": 1}, [1]),  # 4 joint actions, only the kept one is asked about
+        ({"expand": "best-k", "expand_k": 2}, [1, 1]),
+        ({"early_stop_reward": 0.0}, []),  # every branch reached the goal: nobody continues
+    ],
+)
+def test_feedback_is_not_asked_for_branches_that_best_k_or_an_early_stop_ends(tiny_agents, tmp_path, config, expected):
+    from magrpo.feedback import CallableFeedback
+
+    asked = []
+
+    def feedback(request):
+        asked.append(request.turn)
+        return ("try again", "try again")
+
+    args = MAGRPOConfig(num_generations=4, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path), **config)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [0.0] * len(completions),
+                            train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args,
+                            feedback=CallableFeedback(feedback))
+    trainer.train(progress=False)
+    assert asked == expected
+
+
 def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokenizer, tmp_path):
     """A whole training step (micro-batches that split groups, two agents): the weight change is
     the same either way. Plain SGD, so the change is the (clipped) gradient itself; AdamW would
@@ -326,3 +351,88 @@ def test_item_missing_a_formatter_field_stops_before_any_compute(tiny_agents):
 def test_one_formatter_per_agent(tiny_agents):
     with pytest.raises(ConfigError, match="formatters: 1 given for num_agents=2; give one formatter per agent"):
         MAGRPOTrainer(agents=tiny_agents, reward_func=reward_of_length(4), train_dataset=[{"q": "q"}], formatters=[str])
+
+
+def test_the_update_scores_the_sampled_policy_with_dropout_off(tiny_tokenizer, tmp_path):
+    base = make_tiny_model(len(tiny_tokenizer), seed=7)
+    agents = build_agents([(base, tiny_tokenizer)] * 2, device="cpu", use_lora=True, lora_r=4, lora_dropout=0.5)
+    seen = []
+    for module in agents[0].model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_pre_hook(lambda mod, args: seen.append((torch.is_grad_enabled(), mod.training)))
+    args = MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=1, output_dir=str(tmp_path), log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    assert any(grad for grad, _ in seen) and metrics["agent_0/grad_norm"] > 0  # the update ran through them
+    assert not any(training for _, training in seen)
+
+
+def paired_reward(c0: str, c1: str) -> float:
+    """A joint reward that tells almost any two joint actions apart, so a mispairing shows."""
+    return len(c0.split()) + 2.5 * c1.count("a") - 0.75 * c0.count("b") + 0.1 * len(c1)
+
+
+def expected_advantages(texts, G, joint_mode, child_means=None, gamma=0.5):
+    """Per agent, the advantage of every row recomputed from the decoded texts alone."""
+    P = len(texts[0]) // G
+    out = [[], []]
+    for p in range(P):
+        rows = [(texts[0][p * G + g], texts[1][p * G + g]) for g in range(G)]
+        if joint_mode == "aligned":
+            ret = [paired_reward(*rows[g]) + (gamma * child_means[p * G + g] if child_means else 0.0) for g in range(G)]
+            for i in range(2):
+                out[i] += [r - sum(ret) / G for r in ret]
+        else:  # cross: completion g of agent i, averaged over every partner completion
+            for i in range(2):
+                ret = []
+                for g in range(G):
+                    mine = texts[i][p * G + g]
+                    partners = [texts[1 - i][p * G + h] for h in range(G)]
+                    pairs = [(mine, o) if i == 0 else (o, mine) for o in partners]
+                    ret.append(sum(paired_reward(*pair) for pair in pairs) / G)
+                out[i] += [r - sum(ret) / G for r in ret]
+    return out
+
+
+def mismatched_rows(captured, G, joint_mode, num_turns):
+    """Rows whose advantage in the update differs from the one recomputed from what was sampled."""
+    texts = [[captured[i][1][t].texts for i in range(2)] for t in range(num_turns)]
+    used = [[captured[i][2][t].tolist() for i in range(2)] for t in range(num_turns)]
+    child_means = None
+    bad = 0
+    for t in reversed(range(num_turns)):
+        want = expected_advantages(texts[t], G, joint_mode, child_means)
+        bad += sum(abs(u - w) > 1e-9 for i in range(2) for u, w in zip(used[t][i], want[i]))
+        # the return each node of this turn passes up to the joint action it continues
+        rewards = [paired_reward(a, b) for a, b in zip(*texts[t])]
+        child_means = [sum(rewards[n * G : (n + 1) * G]) / G for n in range(len(rewards) // G)]
+    return bad
+
+
+@pytest.mark.parametrize("joint_mode, num_turns", [("aligned", 1), ("cross", 1), ("aligned", 2)])
+def test_every_updated_row_carries_the_advantage_of_what_it_sampled(tiny_agents, tmp_path, joint_mode, num_turns):
+    from magrpo.feedback import CallableFeedback
+
+    G = 4
+    args = MAGRPOConfig(num_generations=G, batch_size=2, max_new_tokens=6, max_steps=1, num_turns=num_turns,
+                        joint_mode=joint_mode, discount=0.5, output_dir=str(tmp_path), log_samples_steps=0)
+    feedback = CallableFeedback(lambda request: ("again", "again")) if num_turns > 1 else None
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents, reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
+        train_dataset=[{"q": "q a"}, {"q": "b"}], formatters=[lambda x: x["q"], lambda x: x["q"] + " c"], args=args,
+        feedback=feedback,
+    )
+    captured = []
+    update = trainer.update_agent
+    trainer.update_agent = lambda index, rollouts, advantages: captured.append((index, rollouts, advantages)) or update(index, rollouts, advantages)
+    trainer.train_step(trainer.next_batch())
+    assert [c[0] for c in captured] == [0, 1] and len(captured[0][1]) == num_turns
+    if num_turns > 1:  # full expansion: node k of turn 2 continues row k of turn 1, with that row's answers
+        for i in range(2):
+            first, second = captured[i][1]
+            assert all(first.texts[k] in second.prompts[k] for k in range(len(second.prompts)))
+    assert mismatched_rows(captured, G, joint_mode, num_turns) == 0
+    # the check has teeth: one rolled advantage tensor is caught
+    rolled = [(i, r, [torch.roll(adv[0], 1), *adv[1:]]) for i, r, adv in captured]
+    assert mismatched_rows(rolled, G, joint_mode, num_turns) > 0

@@ -7,7 +7,8 @@ after it (padding, which is often the EOS id itself) never does, and neither doe
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from transformers import DynamicCache
@@ -26,6 +27,23 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Iterable[int]) 
     eos = torch.isin(completion_ids, eos_tensor(eos_token_ids, completion_ids)).to(torch.int32)
     eos_strictly_before = eos.cumsum(dim=-1) - eos
     return eos_strictly_before == 0
+
+
+@contextlib.contextmanager
+def scoring_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model as the update scores it: the policy that sampled, so dropout off (eval mode),
+    except that layers doing gradient checkpointing keep their training flag (transformers
+    checkpoints only in training mode; the flag changes nothing else of theirs). Modes restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.training = True  # this module only: its children (dropouts) stay in eval mode
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -145,6 +163,7 @@ __all__ = [
     "eos_tensor",
     "position_ids_from_mask",
     "prefill_prompts",
+    "scoring_mode",
     "selected_token_logprobs",
     "shared_prompt_token_logprobs",
 ]

@@ -32,7 +32,7 @@ from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.eval.figures import final_figures_per_turn, mean_figures
 from magrpo.feedback.base import Feedback
-from magrpo.logprobs import completion_token_logprobs, shared_prompt_token_logprobs
+from magrpo.logprobs import completion_token_logprobs, scoring_mode, shared_prompt_token_logprobs
 from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_sampling_copies, build_agents, save_agent
 from magrpo.report import RunLog, progress_bar
@@ -253,7 +253,10 @@ class MAGRPOTrainer:
         )
         rollout_seconds = time.perf_counter() - started
 
-        returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], a.discount)
+        returns = tree_returns(
+            [t.rewards for t in turns], [t.children for t in turns], a.discount,
+            solved=[t.solved for t in turns], num_turns=a.num_turns,
+        )
         update_started = time.perf_counter()
         agent_metrics = []
         for i in range(len(self.agents)):
@@ -292,8 +295,8 @@ class MAGRPOTrainer:
         loss_total = 0.0
         passes = 0
         weights = ImportanceWeightTally()
-        with agent.active() as model:
-            model.train()
+        # dropout off: the update scores the policy that sampled (which samples in eval mode)
+        with agent.active() as active, scoring_mode(active) as model:
             for rollout, adv in zip(rollouts, advantages):
                 rows = torch.nonzero(adv != 0).flatten()
                 for chunk in rows.split(a.update_micro_batch_size) if len(rows) else ():
@@ -301,7 +304,6 @@ class MAGRPOTrainer:
                     loss.backward()
                     loss_total += float(loss.detach())
                     passes += 1
-            model.eval()
         if not passes:
             return {"loss": 0.0, "grad_norm": 0.0}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)

@@ -95,3 +95,14 @@ def test_lora_agents_on_one_base_share_one_copy_and_sync_only_their_own_adapter(
     assert changed and all(".agent_0." in n and "lora_" in n for n in changed)
     for name in changed:
         assert torch.equal(copy.get_parameter(name), agents[0].model.get_parameter(name).detach().to(torch.bfloat16))
+
+
+def test_the_sampling_copy_rounds_weights_but_keeps_buffers_in_float32(tiny_tokenizer):
+    agent = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=3), tiny_tokenizer)], device="cpu")[0]
+    attach_sampling_copies([agent], torch.bfloat16)
+    copy_buffers = dict(agent.sampling_copy.named_buffers())
+    float_buffers = {n: b for n, b in agent.model.named_buffers() if b.is_floating_point()}
+    assert any("inv_freq" in n for n in float_buffers)  # the rotary frequencies
+    for name, buffer in float_buffers.items():
+        assert copy_buffers[name].dtype == torch.float32 and torch.equal(copy_buffers[name], buffer)
+    assert all(p.dtype == torch.bfloat16 for p in agent.sampling_copy.parameters())

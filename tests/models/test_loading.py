@@ -49,7 +49,11 @@ def test_lora_agents_share_one_frozen_base_and_save_loadable_adapters(tiny_token
     names0 = {id(p) for p in agents[0].trainable_parameters()}
     names1 = {id(p) for p in agents[1].trainable_parameters()}
     assert names0 and names1 and not names0 & names1
+    adapters_before = {a.name: [p.detach().clone() for p in a.trainable_parameters()] for a in agents}
     train_one_step(agents, tmp_path)
+    for agent in agents:  # each agent's own adapter moved
+        moved = [not torch.equal(b, p) for b, p in zip(adapters_before[agent.name], agent.trainable_parameters())]
+        assert any(moved), f"{agent.name}'s adapter did not move"
     # the base stayed frozen
     for name, p in agents[0].model.get_base_model().named_parameters():
         if "lora_" not in name:

@@ -12,9 +12,9 @@ from transformers import DynamicCache
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.sampling.fast import draw, new_cache, sample_fast
 from magrpo.sampling.plain import sample_plain
-from magrpo.sampling.rollout import Rollout, tokenize_prompts
+from magrpo.sampling.rollout import Rollout
 
-from tests.conftest import PROMPTS, agent_for, peaked_model, repeat_prompts
+from tests.conftest import PROMPTS, agent_for, assert_frequencies, first_token_probs, peaked_model, repeat_prompts
 
 
 # ---------------------------------------------------------------------------- (a) greedy equality
@@ -78,33 +78,19 @@ def test_reserved_cache_matches_dynamic_cache_and_grows_past_its_room(tiny_token
 
 
 # ---------------------------------------------------------------------------- (e) sampling distribution
-def _first_token_probs(agent, prompt: str, temperature: float) -> torch.Tensor:
-    _, ids, mask = tokenize_prompts(agent, [prompt])
-    with torch.no_grad():
-        logits = agent.model(input_ids=ids, attention_mask=mask).logits[0, -1].double()
-    return torch.softmax(logits / temperature, dim=-1)
-
-
-def _assert_frequencies(samples: torch.Tensor, probs: torch.Tensor) -> None:
-    n = samples.numel()
-    freq = torch.bincount(samples, minlength=probs.numel()).double() / n
-    sigma = (probs * (1 - probs) / n).sqrt().clamp(min=1 / n)
-    assert ((freq - probs).abs() <= 4.5 * sigma).all(), (freq, probs)
-
-
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_first_tokens_follow_the_softmax(tiny_tokenizer, temperature):
     agent = agent_for(tiny_tokenizer, seed=4, scale=4.0)
-    probs = _first_token_probs(agent, PROMPTS[0], temperature)
+    probs = first_token_probs(agent, PROMPTS[0], temperature)
     assert (probs > 0.05).sum() >= 3  # a distribution worth testing
     torch.manual_seed(1234)
     rollout = sample_fast(agent, PROMPTS[:1], num_generations=20_000, max_new_tokens=1, temperature=temperature)
-    _assert_frequencies(rollout.completion_ids[:, 0], probs)
+    assert_frequencies(rollout.completion_ids[:, 0], probs)
 
 
 def test_top_p_keeps_the_nucleus_renormalised(tiny_tokenizer):
     agent = agent_for(tiny_tokenizer, seed=4, scale=4.0)
-    probs = _first_token_probs(agent, PROMPTS[0], 1.0)
+    probs = first_token_probs(agent, PROMPTS[0], 1.0)
     top_p = 0.75
     ordered, order = probs.sort(descending=True)
     kept = order[(ordered.cumsum(0) - ordered) < top_p]  # smallest set holding top_p of the mass
@@ -113,14 +99,14 @@ def test_top_p_keeps_the_nucleus_renormalised(tiny_tokenizer):
     assert 1 < len(kept) < len(probs)
     torch.manual_seed(99)
     rollout = sample_fast(agent, PROMPTS[:1], num_generations=20_000, max_new_tokens=1, temperature=1.0, top_p=top_p)
-    _assert_frequencies(rollout.completion_ids[:, 0], nucleus)
+    assert_frequencies(rollout.completion_ids[:, 0], nucleus)
 
 
 def test_draw_inverts_the_cdf_and_never_picks_a_token_without_mass():
     probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]]).repeat(50_000, 1) * 3.0  # unnormalised on purpose
     torch.manual_seed(7)
     samples = draw(probs)
-    _assert_frequencies(samples, probs[0].double() / 3.0)
+    assert_frequencies(samples, probs[0].double() / 3.0)
     edge = torch.tensor([[0.0, 1.0, 0.0]])  # rows whose mass is all on one token
     assert draw(edge.repeat(1000, 1)).eq(1).all()
 

@@ -129,11 +129,15 @@ def attach_sampling_copies(agents: Sequence[AgentPolicy], dtype: torch.dtype) ->
     Agents sharing one model (LoRA on a shared base) share one copy, adapters included, so the
     base is held once more, not once per agent. The copies start equal to the training weights
     rounded to ``dtype``; :meth:`AgentPolicy.sync_sampling_copy` keeps them so after each update.
+    Only the weights are rounded: buffers (the rotary frequencies) keep their precision, so the
+    copy's positions are the policy's own.
     """
-    copies: dict[int, PreTrainedModel] = {}
+    copies: dict[int, "PreTrainedModel"] = {}
     for agent in agents:
         if id(agent.model) not in copies:
-            clone = copy.deepcopy(agent.model).to(dtype)
+            clone = copy.deepcopy(agent.model)
+            for param in clone.parameters():
+                param.data = param.data.to(dtype)
             clone.requires_grad_(False)
             clone.eval()
             copies[id(agent.model)] = clone

@@ -43,16 +43,14 @@ class Rollout:
 
 
 def tokenize_prompts(agent: AgentPolicy, observations: Sequence[Observation]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Rendered prompts, left-padded ids and mask. The padding side is an argument of the call,
+    never set on the tokenizer, which agents sampling in threads may share."""
     rendered = [agent.render(o) for o in observations]
     texts = [text for text, _ in rendered]
     has_special_tokens = rendered[0][1]
-    tokenizer = agent.tokenizer
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not has_special_tokens)
-    finally:
-        tokenizer.padding_side = side
+    batch = agent.tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not has_special_tokens
+    )
     return texts, batch["input_ids"].to(agent.device), batch["attention_mask"].to(agent.device)
 
 
