@@ -222,3 +222,26 @@ def test_zero_weight_mutes_a_level_without_gating_later_ones():
     cfg = WritingRewardConfig(length_weight=0.0)
     out = levels(CONCISE, text(12, 25, "b"), cfg)
     assert out["level_length"] == 0.0 and out["level_vocabulary"] == 0.5
+
+
+SALAD_1 = "zebra quartz violin nebula copper " + "the " * 5
+SALAD_2 = "zebra quartz violin nebula copper lemon harbor falcon granite meadow however moreover therefore " + "the " * 12
+
+
+def test_the_structural_reward_pays_full_marks_for_unrelated_words():
+    # the paper's reward never reads the source: the right lengths, transitions and overlap suffice
+    assert levels(SALAD_1, SALAD_2)["reward"] == approx(3.0)
+
+
+def test_the_optional_content_level_scores_each_part_against_the_source():
+    cfg = dataclasses.replace(SUMMARIZE_REWARD, content_weight=1.0, content_full=0.5)
+    assert cfg.max_reward == approx(4.0)
+    off_topic = writing_levels(SALAD_1, SALAD_2, cfg, source="A paper about machine translation.")
+    assert off_topic["level_content"] == 0.0 and off_topic["reward"] == approx(3.0)
+    # 2 of part 1's 5 content words and 2 of part 2's 13 are in the source
+    grounded = writing_levels(SALAD_1, SALAD_2, cfg, source="Zebra and quartz.")
+    assert grounded["level_content"] == approx((min(1, (2 / 5) / 0.5) + min(1, (2 / 13) / 0.5)) / 2)
+    assert grounded["reward"] == approx(3.0 + grounded["level_content"])
+    assert "level_content" not in writing_levels(SALAD_1, SALAD_2)  # off by default: the paper's four levels
+    with pytest.raises(ValueError, match="pass source="):
+        writing_levels(SALAD_1, SALAD_2, cfg)

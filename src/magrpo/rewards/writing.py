@@ -28,6 +28,14 @@ With ``p1``/``p2`` the two parts and ``cfg`` a :class:`WritingRewardConfig`:
 ``reward`` is the sum of the four levels. With the defaults the maximum is
 0.5 + 1.0 + 0.5 + 1.0 = 3.0, as in the paper.
 
+The paper's reward is structural: it never reads the source, so two lists of unrelated words with
+the right lengths, a few transition words and some shared vocabulary also score 3.0. The
+optional content level closes that hole (off by default, as in the paper):
+
+5. ``level_content = cfg.content_weight * mean over the two parts of min(1, G(p) / cfg.content_full)``
+   with ``G(p) = |C(p) & C(source)| / |C(p)|``, the share of a part's content words that occur in
+   the source (0 for a part without content words); paid when level 1 passes and a source is given.
+
 :func:`ramp` is the one shape both ratio levels use: 1 inside ``[lo, hi]``, falling linearly
 to 0 at ``lo - ramp_lo`` below the window and at ``hi + ramp_hi`` above it.
 """
@@ -145,21 +153,27 @@ class WritingRewardConfig:
     #: level 4: content-word Jaccard overlap between the parts that earns full overlap credit
     jaccard_full: float = 0.2
     jaccard_weight: float = 0.6
+    #: optional level 5 (0: off, the paper's reward): how much of each part is grounded in the source
+    content_weight: float = 0.0
+    #: share of a part's content words found in the source that earns full content credit
+    content_full: float = 0.5
 
     def __post_init__(self) -> None:
         weights = (self.structure_weight, self.length_weight, self.vocabulary_weight,
-                   self.transition_weight, self.jaccard_weight)
+                   self.transition_weight, self.jaccard_weight, self.content_weight)
         if any(w < 0 for w in weights):
             raise ValueError(f"reward weights must be >= 0, got {weights}")
         if self.transition_target < 1:
             raise ValueError(f"transition_target must be >= 1, got {self.transition_target}")
         if not 0 < self.jaccard_full <= 1:
             raise ValueError(f"jaccard_full must be in (0, 1], got {self.jaccard_full}")
+        if not 0 < self.content_full <= 1:
+            raise ValueError(f"content_full must be in (0, 1], got {self.content_full}")
 
     @property
     def max_reward(self) -> float:
         return (self.structure_weight + self.length_weight + self.vocabulary_weight
-                + self.transition_weight + self.jaccard_weight)
+                + self.transition_weight + self.jaccard_weight + self.content_weight)
 
 
 #: TL;DR (part 1) + detailed summary (part 2).
@@ -204,16 +218,33 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(union) if union else 0.0
 
 
-def writing_levels(concise: str, detailed: str, cfg: WritingRewardConfig = SUMMARIZE_REWARD) -> dict[str, float]:
+def grounding(part: str, source_words: set[str]) -> float:
+    """The share of ``part``'s content words that occur in the source (0 without content words)."""
+    words_of_part = content_words(part)
+    return len(words_of_part & source_words) / len(words_of_part) if words_of_part else 0.0
+
+
+def writing_levels(
+    concise: str, detailed: str, cfg: WritingRewardConfig = SUMMARIZE_REWARD, source: str | None = None
+) -> dict[str, float]:
     """Score one joint answer: ``concise`` is part 1, ``detailed`` part 2 (for article
     expansion, the background and the methods halves). Returns ``level_structure``,
-    ``level_length``, ``level_vocabulary``, ``level_style`` and their sum ``reward``."""
+    ``level_length``, ``level_vocabulary``, ``level_style`` and their sum ``reward``; with
+    ``cfg.content_weight > 0`` also ``level_content`` (which needs ``source``)."""
     out = {"level_structure": 0.0, "level_length": 0.0, "level_vocabulary": 0.0, "level_style": 0.0}
+    if cfg.content_weight > 0:
+        if source is None:
+            raise ValueError("content_weight > 0 scores each part against the source: pass source=")
+        out["level_content"] = 0.0
     n1, n2 = len(whitespace_tokens(concise)), len(whitespace_tokens(detailed))
     # An empty part has 0 tokens, and every token window starts at >= 1, so this also checks presence.
     if not (cfg.part1_tokens.contains(n1) and cfg.part2_tokens.contains(n2)):
         return _total(out)
     out["level_structure"] = cfg.structure_weight
+    if cfg.content_weight > 0:
+        source_words = content_words(source or "")
+        grounded = [min(1.0, grounding(part, source_words) / cfg.content_full) for part in (concise, detailed)]
+        out["level_content"] = cfg.content_weight * math.fsum(grounded) / 2
 
     # Gates look at the ramp value, not the weighted score, so a weight of 0 mutes a level
     # without cutting off the ones after it.

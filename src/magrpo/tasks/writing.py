@@ -108,13 +108,14 @@ def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
         references = columns.get("reference")
         if references is None or len(references) != len(completions):
             raise ValueError("the writing scorer needs a 'reference' column with one entry per joint action")
+        sources = columns.get("source") or [None] * len(completions)
         rouge = _rouge()
         rows = []
-        for joint, reference in zip(completions, references):
+        for joint, reference, source in zip(completions, references, sources):
             if len(joint) != 2:
                 raise ValueError(f"writing tasks have 2 agents; got a joint action with {len(joint)} parts")
             first, second = joint
-            row = writing_levels(first, second, cfg)
+            row = writing_levels(first, second, cfg, source=None if source is None else str(source))
             answer = f"{first.strip()}\n\n{second.strip()}"
             for name, value in rouge.score(str(reference or ""), answer).items():
                 row[name] = value.fmeasure
