@@ -28,9 +28,34 @@ def processes_matching(needle: str) -> list[int]:
     return found
 
 
+#: the sandbox's own names: its work folders (magrpo-sandbox-*) and what the hostile tests try to write
+OUR_NAMES = ("magrpo-sandbox-", "magrpo_sandbox_")
+#: run uids start here (1_000_000 + the loader's host pid): a file owned by one was written by a program
+RUN_UID_BASE = 1_000_000
+
+
+def _left_by_the_sandbox(path: str, before: set[str]) -> set[str]:
+    """New entries of ``path`` that the code under test made: named like the sandbox's own, or
+    owned by a sandbox run uid. Other processes of the machine (a pip install, another test run)
+    may create files in /tmp meanwhile; they are not this test's business."""
+    try:
+        names = set(os.listdir(path)) - before
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        try:
+            owner = os.lstat(os.path.join(path, name)).st_uid
+        except OSError:
+            continue  # already gone
+        if name.startswith(OUR_NAMES) or owner >= RUN_UID_BASE:
+            found.add(name)
+    return found
+
+
 def _listing(path: str) -> set[str]:
     try:
-        return {n for n in os.listdir(path) if not n.startswith("pytest-of-")}  # pytest's own tmp_path root
+        return set(os.listdir(path))
     except OSError:
         return set()
 
@@ -49,7 +74,7 @@ def strong(tier: str) -> None:
 
 @pytest.fixture(autouse=True)
 def machine_unharmed():
-    """After each test: no sandbox process alive, no file left in /tmp or $HOME, parent alive."""
+    """After each test: no sandbox process alive, nothing the sandbox made left in /tmp or $HOME, parent alive."""
     tmp, home = tempfile.gettempdir(), os.path.expanduser("~")
     before_tmp, before_home = _listing(tmp), _listing(home)
     parent = os.getppid()
@@ -60,7 +85,7 @@ def machine_unharmed():
         time.sleep(0.02)
     assert processes_matching("sandbox/_child.py") == []
     assert processes_matching("MAGRPO_HOSTILE_MARKER") == []
-    assert _listing(tmp) - before_tmp == set()
-    assert _listing(home) - before_home == set()
+    assert _left_by_the_sandbox(tmp, before_tmp) == set()
+    assert _left_by_the_sandbox(home, before_home) == set()
     assert os.getppid() == parent
     os.kill(parent, 0)  # raises if our parent was killed
