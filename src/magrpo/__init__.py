@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "AgentPolicy": "magrpo.models.agent",
+    "CheckpointError": "magrpo.errors",
     "ConfigError": "magrpo.errors",
     "DataError": "magrpo.errors",
     "DatasetError": "magrpo.errors",
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from magrpo.envs.base import MultiAgentEnv, StepResult
     from magrpo.envs.check import check_env
     from magrpo.envs.reward_env import RewardFunctionEnv
-    from magrpo.errors import ConfigError, DataError, DatasetError, EnvError, ModelError, RewardError
+    from magrpo.errors import CheckpointError, ConfigError, DataError, DatasetError, EnvError, ModelError, RewardError
     from magrpo.models.agent import AgentPolicy
     from magrpo.models.loading import build_agents
     from magrpo.trainer import MAGRPOTrainer

@@ -15,6 +15,7 @@ EXPANSIONS = ("full", "best-k")
 ROLLOUT_BACKENDS = ("fast", "plain")
 ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
@@ -32,6 +33,7 @@ __all__ = [
     "JOINT_MODES",
     "LOSS_AGGREGATIONS",
     "ROLLOUT_BACKENDS",
+    "REPORT_TO",
     "ROLLOUT_DTYPES",
     "check_choice",
 ]

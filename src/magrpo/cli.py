@@ -148,7 +148,7 @@ def tasks() -> None:
 
 @app.command()
 def train(
-    task: str = typer.Option("coding", help=TASK_HELP),
+    task: Optional[str] = typer.Option(None, help=TASK_HELP + " Default: coding (with --resume: the run's task)."),
     model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP),
     num_generations: Optional[int] = typer.Option(None, "--num-generations", "-G", help="Completions per agent per item (G)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
@@ -172,6 +172,10 @@ def train(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
+        "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging."
+    ),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Train a team with MAGRPO, evaluating it on held-out items before and after."""
@@ -179,16 +183,24 @@ def train(
         _train(**locals())
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
 
 
 def _train(
     task: str, model: list[str], num_generations, steps, batch_size, max_new_tokens, learning_rate, joint_mode, lora, seed,
     output_dir, config, set_, turns, expand, expand_k, feedback, reviewer_url, reviewer_model, eval_items, data,
-    eval_data, columns, no_progress, verbose,
+    eval_data, columns, no_progress, resume, verbose,
 ) -> None:
     _set_verbose(verbose)
     from magrpo.tasks import get_task
 
+    if resume is not None:  # the run's own task, models and config, unless given again
+        saved = _saved_run(resume)
+        task = task or saved.get("task")
+        model = model or list(saved.get("models") or [])
+        config = config or _run_folder(resume) / "config.yaml"
+    task = task or "coding"
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
@@ -213,11 +225,16 @@ def _train(
     trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
     from magrpo.report import RunLog
 
-    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs})
-    before = trainer.evaluate() if held_out else None
-    if before is not None:
-        log.write_json("eval_before.json", before)
-    trainer.train(log=log, progress=not no_progress)
+    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None)
+    trainer.resume_hint = f"magrpo train --resume {run_dir}"
+    if resume is None:
+        before = trainer.evaluate() if held_out else None
+        if before is not None:
+            log.write_json("eval_before.json", before)
+    else:  # the figures the run started from
+        before_path = run_dir / "eval_before.json"
+        before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
+    trainer.train(log=log, progress=not no_progress, resume_from_checkpoint=resume)
     after = trainer.evaluate() if held_out else None
     if after is not None:
         log.write_json("eval_after.json", after)
@@ -227,6 +244,20 @@ def _train(
         f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
         f"run files: {run_dir} (config.yaml, metrics.jsonl, samples.jsonl, reward_curve.png, final/agent_*)"
     )
+
+
+def _run_folder(resume: Path) -> Path:
+    """The run folder of ``--resume``: the folder itself, or RUN for RUN/checkpoints/step-N."""
+    return resume.parent.parent if resume.parent.name == "checkpoints" else resume
+
+
+def _saved_run(resume: Path) -> dict[str, Any]:
+    import yaml
+
+    path = _run_folder(resume) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"--resume {str(resume)!r}: no run there ({str(path)!r} is missing)")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def _feedback(task_obj, cfg: MAGRPOConfig, kind: str, url: Optional[str], model_name: Optional[str]):

@@ -17,6 +17,7 @@ from magrpo.choices import (
     EXPANSIONS,
     JOINT_MODES,
     LOSS_AGGREGATIONS,
+    REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
     check_choice,
@@ -103,8 +104,15 @@ class MAGRPOConfig:
     output_dir: str = "runs/magrpo"
     #: every n-th step also writes prompts, completions and rewards to samples.jsonl
     log_samples_steps: int = 1
-    #: 0 = only the final checkpoint
-    save_steps: int = 0
+    #: experiment trackers that also receive every step's metrics: "tensorboard" (event files in
+    #: output_dir/tensorboard), "wandb", "mlflow" (each only if its package is installed)
+    report_to: list[str] = field(default_factory=list)
+    #: a full checkpoint (weights, optimiser, random states; resumable) every n-th step ...
+    save_steps: int = 50
+    #: ... or after this many minutes since the last one, whichever comes first (0: by steps only)
+    save_minutes: float = 30.0
+    #: keep the newest k checkpoints (the newest complete one is never deleted); None keeps all
+    save_total_limit: int | None = 2
     # your own data for the CLI's built-in tasks (the Python API takes datasets directly)
     #: JSONL / JSON / CSV / Parquet files; None: the task's own data
     train_data: str | None = None
@@ -131,7 +139,14 @@ class MAGRPOConfig:
         _positive_int(self, "max_steps", 0)
         _positive_int(self, "batch_size", 1)
         _positive_int(self, "log_samples_steps", 0)
+        if isinstance(self.report_to, str):  # "tensorboard" as TRL takes it, or "none"
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        for tracker in self.report_to:
+            check_choice("report_to", tracker, REPORT_TO)
         _positive_int(self, "save_steps", 0)
+        _number_in(self, "save_minutes", 0.0, None)
+        if self.save_total_limit is not None:
+            _positive_int(self, "save_total_limit", 1)
         _positive_int(self, "update_micro_batch_size", 1)
         _positive_int(self, "lora_r", 1)
         _positive_int(self, "num_turns", 1)

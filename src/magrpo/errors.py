@@ -24,8 +24,12 @@ class RewardError(ValueError):
     """A reward function returned something other than one finite number per joint action."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, damaged, or does not fit the run; the message names the file."""
+
+
 class EnvError(ValueError):
     """An environment that breaks the :class:`magrpo.envs.MultiAgentEnv` contract."""
 
 
-__all__ = ["ConfigError", "DataError", "DatasetError", "EnvError", "ModelError", "RewardError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DatasetError", "EnvError", "ModelError", "RewardError"]

@@ -12,15 +12,32 @@ from magrpo.config import MAGRPOConfig
 
 
 class RunLog:
-    def __init__(self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None) -> None:
+    """A run folder. ``resume=True`` keeps the logs of the run it continues (see :meth:`resume_at`)."""
+
+    def __init__(
+        self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None, *, resume: bool = False
+    ) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         resolved = {"config": config.to_dict(), **(extra or {})}
         (self.dir / "config.yaml").write_text(_yaml(resolved))
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
-        for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
-            path.unlink(missing_ok=True)
+        if not resume:
+            for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
+                path.unlink(missing_ok=True)
+
+    def resume_at(self, step: int) -> list[dict[str, Any]]:
+        """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them;
+        the resumed run logs them again) and return the metrics rows up to it."""
+        kept: list[dict[str, Any]] = []
+        for path in (self.metrics_path, self.samples_path):
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+            rows = [r for r in rows if r.get("step", 0) <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            if path == self.metrics_path:
+                kept = rows
+        return kept
 
     def metrics(self, row: dict[str, Any]) -> None:
         _append_jsonl(self.metrics_path, [row])
@@ -77,7 +94,7 @@ def _yaml(payload: Any) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A rich progress bar over ``total`` steps; the yielded function advances it by one step's metrics
     (step, mean joint reward, completion tokens/s, elapsed and remaining time)."""
     if not enabled:
@@ -96,7 +113,7 @@ def progress_bar(enabled: bool, total: int) -> Iterator[Callable[[dict[str, Any]
         TimeRemainingColumn(),
     )
     with Progress(*columns) as progress:
-        task = progress.add_task("train", total=total, reward="-", tps="-")
+        task = progress.add_task("train", total=total, completed=completed, reward="-", tps="-")
 
         def advance(metrics: dict[str, Any]) -> None:
             progress.update(

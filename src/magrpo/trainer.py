@@ -15,15 +15,19 @@ One step (``train_step``), one named function per arrow of the data flow:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from magrpo.advantages import agent_advantages, tree_returns
+from magrpo.checkpoint import check_resumable_config, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from magrpo.config import MAGRPOConfig
 from magrpo.data import as_items
 from magrpo.envs.base import MultiAgentEnv
@@ -37,6 +41,7 @@ from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_sampling_copies, build_agents, save_agent
 from magrpo.report import RunLog, progress_bar
 from magrpo.sampling import Rollout, SampleFn, make_sampler
+from magrpo.trackers import Trackers
 from magrpo.tree import Turn, expand_tree
 from magrpo.types import Formatter, Scorer
 
@@ -101,6 +106,10 @@ class MAGRPOTrainer:
         self.history: list[dict[str, Any]] = []
         self._order_rng = random.Random(self.args.seed)
         self._order: list[int] = []
+        #: what the stop message tells the user to run to continue (the CLI sets its own command)
+        self.resume_hint: str | None = None
+        self._stop_signal: int | None = None
+        self._last_checkpoint = (0, time.monotonic())  # (step, when)
 
     # ------------------------------------------------------------------ set-up checks
     def _build_env_factory(
@@ -194,33 +203,118 @@ class MAGRPOTrainer:
         )
 
     # ------------------------------------------------------------------ the loop
-    def train(self, log: RunLog | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    def train(
+        self, log: RunLog | None = None, progress: bool = True, resume_from_checkpoint: str | Path | bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Train until ``max_steps``; returns one metrics dict per step.
+
+        ``resume_from_checkpoint``: a checkpoint folder, a run folder (its newest complete
+        checkpoint), or True (this run's ``output_dir``): weights, optimiser states, random states
+        and the data position come back, and the run continues exactly where it stopped. A full
+        checkpoint is written every ``save_steps`` steps or ``save_minutes`` minutes and at the end.
+        SIGTERM or a first Ctrl-C finishes the current step, writes a checkpoint and stops
+        (SystemExit 143 / KeyboardInterrupt); a second Ctrl-C aborts at once.
+        """
         if not self.train_items:
             raise ConfigError("train_dataset is empty")
         # the first item's environment must keep the contract before any compute is spent on it
         # (every step's results are checked as they come: tree.step_joint_actions)
         check_env(self.env_factory(self.train_items[0]), self._agent_names, step=False)
-        log = log or RunLog(self.args.output_dir, self.args)
+        resumed = self._resume(resume_from_checkpoint) if resume_from_checkpoint else None
+        trackers = Trackers(self.args.report_to, self.args.output_dir, self.args.to_dict())
+        log = log or RunLog(self.args.output_dir, self.args, resume=resumed is not None)
+        if resumed is not None:
+            self.history = log.resume_at(self.step)
+            print(f"resumed from {resumed} at step {self.step}", flush=True)
         print(f"plan: {self.args.plan().describe()}", flush=True)
-        with progress_bar(progress, self.args.max_steps) as bar:
+        with progress_bar(progress, self.args.max_steps, completed=self.step) as bar, self._stop_on_signals():
             try:
                 while self.step < self.args.max_steps:
                     metrics, samples = self.train_step(self.next_batch())
                     self.history.append(metrics)
                     log.metrics(metrics)
+                    trackers.log(metrics, self.step)
                     if self.args.log_samples_steps and self.step % self.args.log_samples_steps == 0:
                         log.samples(self.step, samples)
-                    if self.args.save_steps and self.step % self.args.save_steps == 0:
-                        self.save(log.checkpoint_dir(self.step))
+                    if self._checkpoint_due() or self._stop_signal is not None:
+                        self.checkpoint(log.checkpoint_dir(self.step))
                     bar(metrics)
-            except BaseException:
-                # never lose the work done so far: an interrupted run still leaves its weights
-                if self.step > 0:
+                    if self._stop_signal is not None:
+                        self._stop(log)
+            except _Stopped as stopped:
+                raise stopped.exit from None
+            finally:
+                trackers.close()
+                # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
+                # weights of its last step when the last full checkpoint is older
+                died = self.step < self.args.max_steps and self._stop_signal is None
+                if died and self.step > self._last_checkpoint[0]:
                     self.save(log.checkpoint_dir(self.step, suffix="-interrupted"))
-                raise
+        if self._last_checkpoint[0] != self.step:
+            self.checkpoint(log.checkpoint_dir(self.step))
         self.save(log.final_dir())
         log.plot_rewards(self.history)
         return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, directory: str | Path) -> Path:
+        """A full, resumable checkpoint of this run (see :mod:`magrpo.checkpoint`); older ones
+        beyond ``save_total_limit`` are deleted."""
+        path = save_checkpoint(
+            directory, agents=self.agents, optimizers=self.optimizers, trainer_state=self._trainer_state(), config=self.args
+        )
+        self._last_checkpoint = (self.step, time.monotonic())
+        prune_checkpoints(Path(directory).parent.parent, self.args.save_total_limit)
+        return path
+
+    def _checkpoint_due(self) -> bool:
+        a = self.args
+        by_steps = a.save_steps and self.step % a.save_steps == 0
+        by_time = a.save_minutes and time.monotonic() - self._last_checkpoint[1] >= 60 * a.save_minutes
+        return bool(by_steps or by_time)
+
+    def _trainer_state(self) -> dict[str, Any]:
+        version, state, gauss = self._order_rng.getstate()
+        return {"step": self.step, "order": list(self._order), "order_rng": [version, list(state), gauss]}
+
+    def _resume(self, target: str | Path | bool) -> Path:
+        path = resolve_resume(self.args.output_dir if target is True else target)
+        check_resumable_config(path, self.args)
+        state = load_checkpoint(path, agents=self.agents, optimizers=self.optimizers)
+        self.step = int(state["step"])
+        self._order = [int(i) for i in state["order"]]
+        version, rng_state, gauss = state["order_rng"]
+        self._order_rng.setstate((version, tuple(rng_state), gauss))
+        self._last_checkpoint = (self.step, time.monotonic())
+        return path
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM and a first Ctrl-C ask for a clean stop after the current step; a second
+        Ctrl-C raises KeyboardInterrupt at once. Only the main thread can take signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            print(f"\n{signal.Signals(signum).name}: finishing step {self.step + 1}, then saving a checkpoint "
+                  "(Ctrl-C again to abort at once)", flush=True)
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop(self, log: RunLog) -> None:
+        hint = self.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
+        print(f"stopped after step {self.step}; checkpoint {log.checkpoint_dir(self.step)}\nresume with: {hint}", flush=True)
+        exit_ = KeyboardInterrupt() if self._stop_signal == signal.SIGINT else SystemExit(128 + int(self._stop_signal))
+        raise _Stopped(exit_)
 
     def next_batch(self) -> list[dict[str, Any]]:
         """The next batch_size items of a seeded shuffle, reshuffled at every epoch."""
@@ -267,7 +361,8 @@ class MAGRPOTrainer:
                 )
                 for ret in returns
             ]
-            agent_metrics.append(self.update_agent(i, [t.rollouts[i] for t in turns], advantages))
+            figures = self.update_agent(i, [t.rollouts[i] for t in turns], advantages)
+            agent_metrics.append({**figures, **_advantage_figures(advantages, a.num_generations)})
         update_seconds = time.perf_counter() - update_started
 
         self.step += 1
@@ -396,12 +491,12 @@ class MAGRPOTrainer:
         }
         for t in turns[1:]:
             metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
-        for agent, m in zip(self.agents, agent_metrics):
-            metrics[f"{agent.name}/loss"] = m["loss"]
-            metrics[f"{agent.name}/grad_norm"] = m["grad_norm"]
-            for key in ("is_weight_mean", "is_capped_fraction"):
+        for agent, optimizer, m in zip(self.agents, self.optimizers, agent_metrics):
+            for key in ("loss", "grad_norm", "advantage_mean", "advantage_std", "zero_advantage_groups",
+                        "is_weight_mean", "is_capped_fraction"):
                 if key in m:
                     metrics[f"{agent.name}/{key}"] = m[key]
+            metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
         metrics.update(
             tokens_generated=tokens,
             rollout_seconds=rollout_s,
@@ -430,6 +525,26 @@ class MAGRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
+def _advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
+    """Mean and std of an agent's advantages over the step, and the share of its groups (G
+    completions of one node) without any signal (every advantage 0: nothing to learn from)."""
+    flat = torch.cat([adv.flatten() for adv in advantages]).double()
+    groups = torch.cat([adv.reshape(-1, group_size) for adv in advantages])
+    return {
+        "advantage_mean": float(flat.mean()),
+        "advantage_std": float(flat.std()) if flat.numel() > 1 else 0.0,
+        "zero_advantage_groups": float((groups == 0).all(dim=1).double().mean()),
+    }
+
+
+class _Stopped(Exception):
+    """A clean stop on a signal, carrying the exception the caller should see."""
+
+    def __init__(self, exit_: BaseException) -> None:
+        super().__init__(str(exit_))
+        self.exit = exit_
+
+
 def _pad_right(mask: torch.Tensor, length: int) -> torch.Tensor:
     if mask.shape[1] == length:
         return mask

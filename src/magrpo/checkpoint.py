@@ -1,0 +1,261 @@
+"""Full-state checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint ``RUN/checkpoints/step-N/`` holds, for each agent, its trainable weights in the form
+transformers or peft loads directly (``agent_i/``) and its optimiser state
+(``agent_i/optimizer.pt``); the random states (python, numpy, torch, the data order) and the
+trainer's position (``trainer_state.pt``); the run's config (``config.yaml``); and last a
+``manifest.json`` with every file's size and sha256. It is written into a temporary folder,
+every file fsynced, then renamed into place: a folder named ``step-N`` is always complete, and a
+file damaged later is found by its hash and named.
+
+Sampling copies are not stored: they are the weights rounded once, so they are rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from magrpo.config import MAGRPOConfig
+from magrpo.errors import CheckpointError, ConfigError
+from magrpo.models.agent import AgentPolicy
+from magrpo.models.loading import save_agent
+
+MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+#: config fields a resumed run may change: they do not change the maths of the steps to come
+RESUMABLE_CHANGES = frozenset({
+    "max_steps", "log_samples_steps", "save_steps", "save_minutes", "save_total_limit", "output_dir",
+    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to",
+})
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    agents: Sequence[AgentPolicy],
+    optimizers: Sequence[torch.optim.Optimizer],
+    trainer_state: dict[str, Any],
+    config: MAGRPOConfig,
+) -> Path:
+    """Write a full checkpoint to ``directory`` atomically; returns ``directory``."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for agent, optimizer in zip(agents, optimizers):
+            save_agent(agent, tmp / agent.name)
+            torch.save(optimizer.state_dict(), tmp / agent.name / OPTIMIZER_FILE)
+        torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(_yaml(config.to_dict()))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        (tmp / MANIFEST).write_text(json.dumps({"step": trainer_state["step"], "files": manifest}, indent=1))
+        for path in [*files, tmp / MANIFEST]:
+            _fsync(path)
+        if directory.exists():  # a checkpoint of the same step (a run resumed there): replace it
+            shutil.rmtree(directory)
+        tmp.chmod(0o755)
+        os.rename(tmp, directory)
+        _fsync(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a complete, undamaged checkpoint, else :class:`CheckpointError` naming the file."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(directory)!r} is incomplete: it has no {MANIFEST}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint file {str(manifest_path)!r} is damaged: {exc}") from None
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
+        if path.stat().st_size != expected["size"]:
+            raise CheckpointError(
+                f"checkpoint file {str(path)!r} is truncated or changed: {path.stat().st_size} bytes, expected {expected['size']}"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: its sha256 differs from the manifest's")
+    return manifest
+
+
+def checkpoints_of(run_dir: str | Path) -> list[Path]:
+    """The step-N folders of a run, oldest first (complete or not)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(path: str | Path) -> Path:
+    """A checkpoint folder (checked), or a run folder: its newest complete, undamaged checkpoint
+    (damaged ones are skipped with a warning naming what is wrong)."""
+    path = Path(path)
+    if (path / MANIFEST).exists() or _STEP_DIR.match(path.name):
+        verify_checkpoint(path)
+        return path
+    candidates = checkpoints_of(path)
+    if not candidates:
+        raise CheckpointError(
+            f"nothing to resume in {str(path)!r}: it is neither a checkpoint (with {MANIFEST}) nor a run folder "
+            "with checkpoints/step-N"
+        )
+    for candidate in reversed(candidates):
+        try:
+            verify_checkpoint(candidate)
+            return candidate
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint {candidate.name}: {exc}", stacklevel=2)
+    raise CheckpointError(f"no complete checkpoint in {str(path / 'checkpoints')!r}: every one is damaged or incomplete")
+
+
+def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
+    """Refuse to resume with a config that changes the maths of the run, naming the fields."""
+    import yaml
+
+    saved = yaml.safe_load((Path(directory) / "config.yaml").read_text())
+    current = config.to_dict()
+    differing = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if differing:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differing)
+        raise ConfigError(
+            f"cannot resume {str(directory)!r} with a different {', '.join(differing)} ({detail}); only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change"
+        )
+
+
+def load_checkpoint(
+    directory: str | Path, *, agents: Sequence[AgentPolicy], optimizers: Sequence[torch.optim.Optimizer]
+) -> dict[str, Any]:
+    """Put a checkpoint's weights, optimiser states and random states back; returns the trainer
+    state it saved (step, data order, ...). The caller verified the checkpoint."""
+    directory = Path(directory)
+    for agent, optimizer in zip(agents, optimizers):
+        folder = directory / agent.name
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for agent {agent.name!r}")
+        _load_weights(agent, folder)
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        agent.sync_sampling_copy()
+    state = torch.load(directory / STATE_FILE, weights_only=True)
+    _set_rng_states(state.pop("rng"))
+    return state
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (never the newest one); returns the deleted."""
+    if keep is None:
+        return []
+    complete = [p for p in checkpoints_of(run_dir) if (p / MANIFEST).exists()]
+    doomed = complete[: max(0, len(complete) - max(1, keep))]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ---------------------------------------------------------------------- internals
+def _load_weights(agent: AgentPolicy, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    if agent.adapter is not None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(agent.model, load_file(folder / "adapter_model.safetensors"), adapter_name=agent.adapter)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(f"agent {agent.name!r}: the adapter in {str(folder)!r} does not fit the model ({unexpected[:3]} ...)")
+        return
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = agent.model.load_state_dict(state, strict=False)
+    # a weight tied to a loaded one (lm_head to the embeddings) is saved once and comes back with it
+    params = dict(agent.model.named_parameters(remove_duplicate=False))
+    loaded_ids = {id(params[k]) for k in state if k in params}
+    untied = [k for k in missing if k in params and id(params[k]) not in loaded_ids]
+    if unexpected or untied:
+        raise CheckpointError(
+            f"agent {agent.name!r}: the weights in {str(folder)!r} do not fit the model "
+            f"(missing {untied[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+
+
+def _rng_states() -> dict[str, Any]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_kind, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _yaml(payload: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(payload, sort_keys=False)
+
+
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "check_resumable_config",
+    "checkpoints_of",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "resolve_resume",
+    "save_checkpoint",
+    "verify_checkpoint",
+]

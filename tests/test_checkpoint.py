@@ -1,0 +1,164 @@
+"""Checkpoints hold the whole state: a run killed with SIGKILL (or stopped with SIGTERM) and
+resumed ends bitwise identical to one that ran straight through; damage is found and named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from magrpo import CheckpointError, ConfigError, MAGRPOConfig
+from magrpo.checkpoint import checkpoints_of, prune_checkpoints, resolve_resume, verify_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMING = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second"}
+
+
+def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.tiny_run", str(out), variant, *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def state_of(run_dir: Path) -> dict:
+    """Final weights, optimiser states and metrics rows (without wall-clock figures) of a run."""
+    last = run_dir / "checkpoints" / "step-6"
+    weights, optim = {}, {}
+    for agent in ("agent_0", "agent_1"):
+        for shard in sorted((run_dir / "final" / agent).glob("*.safetensors")):
+            weights.update({f"{agent}/{k}": v for k, v in load_file(shard).items()})
+        optim[agent] = torch.load(last / agent / "optimizer.pt", weights_only=True)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"weights": weights, "optim": optim, "metrics": [{k: v for k, v in r.items() if k not in TIMING} for r in rows]}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["metrics"] == b["metrics"] and [r["step"] for r in a["metrics"]] == [1, 2, 3, 4, 5, 6]
+    assert a["weights"].keys() == b["weights"].keys()
+    for key, value in a["weights"].items():
+        assert torch.equal(value, b["weights"][key]), key
+    for agent, state in a["optim"].items():
+        other = b["optim"][agent]
+        assert state["param_groups"] == other["param_groups"]
+        for index, slot in state["state"].items():
+            for name, tensor in slot.items():
+                assert torch.equal(tensor, other["state"][index][name]), (agent, index, name)
+
+
+@pytest.mark.parametrize("variant", ["full", "lora", "turns"])
+def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    finish(run(straight, variant))
+    proc = run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})
+    wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
+    proc.send_signal(signal.SIGKILL)  # a real kill -9: nothing of the run gets to react
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resumed_from = resolve_resume(killed)
+    assert 3 <= int(resumed_from.name.split("-")[1]) < 6
+    out = finish(run(killed, variant, "--resume"))
+    assert f"resumed from {resumed_from}" in out and "finished 6" in out
+    assert_same_state(state_of(straight), state_of(killed))
+
+
+def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    finish(run(straight, "full"))
+    proc = run(stopped, "full", env={"MAGRPO_SLOW_REWARD": "0.3"})
+    wait_for(stopped / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    step = len((stopped / "metrics.jsonl").read_text().splitlines())
+    assert f"stopped after step {step}" in out and f"resume with: python -m tests.tiny_run {stopped} full --resume" in out
+    verify_checkpoint(stopped / "checkpoints" / f"step-{step}")
+    assert not any(p.name.endswith("-interrupted") for p in (stopped / "checkpoints").iterdir())
+    finish(run(stopped, "full", "--resume"))
+    assert_same_state(state_of(straight), state_of(stopped))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    finish(run(out, "full"))
+    return out
+
+
+def test_damage_is_named_and_a_run_folder_falls_back_to_the_previous_complete_checkpoint(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    newest = run_dir / "checkpoints" / "step-6"
+    optimizer = newest / "agent_1" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match=f"checkpoint file '{optimizer}' is truncated or changed"):
+        verify_checkpoint(newest)
+    with pytest.warns(UserWarning, match="skipping checkpoint step-6"):
+        assert resolve_resume(run_dir) == run_dir / "checkpoints" / "step-5"
+    (run_dir / "checkpoints" / "step-5" / "manifest.json").unlink()  # as a kill during a save would leave it
+    with pytest.raises(CheckpointError, match="is incomplete: it has no manifest.json"):
+        verify_checkpoint(run_dir / "checkpoints" / "step-5")
+    with pytest.warns(UserWarning):
+        assert resolve_resume(run_dir) == run_dir / "checkpoints" / "step-4"
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        resolve_resume(tmp_path / "empty")
+
+
+def test_a_resume_that_would_change_the_maths_is_refused_naming_the_fields(finished_run, tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_run import build
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    trainer = build(str(run_dir), "full")
+    trainer.args.learning_rate, trainer.args.max_steps, trainer.args.num_generations = 0.5, 8, 4
+    with pytest.raises(ConfigError, match=r"with a different learning_rate \(learning_rate: 0.01 in the checkpoint, 0.5 now\)"):
+        trainer.train(progress=False, resume_from_checkpoint=True)
+    trainer.args.learning_rate = 1e-2  # more steps are fine: the run goes on from step 6
+    history = trainer.train(progress=False, resume_from_checkpoint=True)
+    assert [h["step"] for h in history] == list(range(1, 9))
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+
+
+def test_only_the_newest_checkpoints_are_kept(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    assert [p.name for p in checkpoints_of(run_dir)] == [f"step-{i}" for i in range(1, 7)]
+    prune_checkpoints(run_dir, keep=2)
+    assert [p.name for p in checkpoints_of(run_dir)] == ["step-5", "step-6"]
+    prune_checkpoints(run_dir, keep=None)
+    assert len(checkpoints_of(run_dir)) == 2
+
+
+def test_checkpoint_fields_are_checked():
+    with pytest.raises(ConfigError, match="save_total_limit=0 is not valid"):
+        MAGRPOConfig(save_total_limit=0)
+    with pytest.raises(ConfigError, match="save_minutes=-1 is not valid"):
+        MAGRPOConfig(save_minutes=-1)

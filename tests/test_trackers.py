@@ -1,0 +1,56 @@
+"""Experiment trackers get every step's metrics; the step metrics carry the learning rate, the
+advantage figures per agent and the share of groups without signal."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
+
+from tests.conftest import letter_count_reward
+
+
+def test_tensorboard_event_files_hold_the_metrics_of_every_step(tiny_agents, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=3, learning_rate=3e-3, output_dir=str(tmp_path),
+                        report_to="tensorboard", log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    history = trainer.train(progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for key in ("reward_mean", "agent_0/loss", "agent_1/advantage_std", "agent_0/learning_rate"):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2, 3]
+        assert [s.value for s in scalars] == pytest.approx([h[key] for h in history], rel=1e-6)  # stored as float32
+
+
+def test_advantage_figures_and_groups_without_signal(tiny_agents, tmp_path):
+    args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=3, max_steps=1, learning_rate=2e-3,
+                        output_dir=str(tmp_path), log_samples_steps=0)
+    flat = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [1.0] * len(completions),
+                         train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args)
+    metrics, _ = flat.train_step(flat.next_batch())
+    assert metrics["agent_0/zero_advantage_groups"] == 1.0 and metrics["agent_0/advantage_std"] == 0.0
+    assert metrics["agent_1/learning_rate"] == 2e-3
+    varied = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
+                           formatters=[lambda x: x["q"]] * 2, args=args)
+    metrics, samples = varied.train_step(varied.next_batch())
+    assert abs(metrics["agent_0/advantage_mean"]) < 1e-12  # centred on every group's mean
+    rewards = [s["reward"] for s in samples]
+    groups = [rewards[:4], rewards[4:]]
+    assert metrics["agent_0/zero_advantage_groups"] == sum(len(set(g)) == 1 for g in groups) / 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command(tiny_agents, tmp_path):
+    args = MAGRPOConfig(max_steps=1, output_dir=str(tmp_path), report_to=["wandb"])
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    with pytest.raises(ConfigError, match=r"report_to=\['wandb'\]: wandb is not installed; run: pip install wandb"):
+        trainer.train(progress=False)
+    with pytest.raises(ConfigError, match="report_to='comet' is not valid; choose one of 'tensorboard', 'wandb', 'mlflow'"):
+        MAGRPOConfig(report_to="comet")

@@ -1,0 +1,52 @@
+"""A small real training run in its own process, for the checkpoint tests (which kill it):
+``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns.
+
+With ``MAGRPO_SLOW_REWARD=s`` every reward call sleeps s seconds (time to kill the run mid-way;
+the numbers do not change)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from magrpo import MAGRPOConfig, MAGRPOTrainer
+from magrpo.feedback import CallableFeedback
+from magrpo.models import build_agents
+from tests.conftest import letter_count_reward, make_tiny_model, make_tiny_tokenizer
+
+STEPS = 6
+
+
+def reward(*, completions, **columns):
+    time.sleep(float(os.environ.get("MAGRPO_SLOW_REWARD", "0")))
+    return letter_count_reward(completions=completions, **columns)
+
+
+def build(out_dir: str, variant: str) -> MAGRPOTrainer:
+    torch.manual_seed(0)
+    tok = make_tiny_tokenizer()
+    if variant == "lora":
+        base = make_tiny_model(len(tok), seed=3)
+        agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
+    else:
+        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
+    turns = 2 if variant == "turns" else 1
+    args = MAGRPOConfig(
+        num_generations=4, batch_size=2, max_new_tokens=4, max_steps=STEPS, learning_rate=1e-2, seed=5,
+        num_turns=turns, save_steps=1, save_total_limit=None, output_dir=out_dir,
+    )
+    feedback = CallableFeedback(lambda request: (f"turn {request.turn}: more a", "more b")) if turns > 1 else None
+    items = [{"q": w} for w in ("q a", "b", "c q", "a b c")]
+    return MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=items, formatters=[lambda x: x["q"]] * 2,
+                         args=args, feedback=feedback)
+
+
+if __name__ == "__main__":
+    out, variant = sys.argv[1], sys.argv[2]
+    trainer = build(out, variant)
+    trainer.resume_hint = f"python -m tests.tiny_run {out} {variant} --resume"
+    trainer.train(progress=False, resume_from_checkpoint=True if "--resume" in sys.argv else None)
+    print("finished", trainer.step, flush=True)
