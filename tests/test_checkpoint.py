@@ -99,6 +99,30 @@ def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_
     assert_same_state(state_of(straight), state_of(stopped))
 
 
+def test_a_first_ctrl_c_stops_cleanly_and_a_second_aborts_at_once(tmp_path):
+    clean, aborted = tmp_path / "clean", tmp_path / "aborted"
+    proc = run(clean, "full", env={"MAGRPO_SLOW_REWARD": "0.3"})
+    wait_for(clean / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), out  # KeyboardInterrupt, as Python ends on it
+    step = len((clean / "metrics.jsonl").read_text().splitlines())
+    assert "Ctrl-C again to abort at once" in out and f"stopped after step {step}" in out
+    verify_checkpoint(clean / "checkpoints" / f"step-{step}")
+
+    proc = run(aborted, "full", env={"MAGRPO_SLOW_REWARD": "2"})
+    wait_for(aborted / "checkpoints" / "step-1" / "manifest.json", proc)
+    time.sleep(0.3)  # inside step 2's reward, which takes 2 s
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)  # no waiting for the step to end
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), out
+    assert "KeyboardInterrupt" in out and "stopped after step" not in out
+    assert len((aborted / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (aborted / "checkpoints" / "step-2").exists()  # the step it was in never finished
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
@@ -151,10 +175,33 @@ def test_only_the_newest_checkpoints_are_kept(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
     assert [p.name for p in checkpoints_of(run_dir)] == [f"step-{i}" for i in range(1, 7)]
+    leftovers = run_dir / "checkpoints"
+    (leftovers / ".step-7.k2j4x" / "agent_0").mkdir(parents=True)  # a save killed half-way
+    (leftovers / "step-4-interrupted").mkdir()  # weights of a run that died, since checkpointed past
+    (leftovers / "step-9-interrupted").mkdir()  # newer than every checkpoint: still the best there is
     prune_checkpoints(run_dir, keep=2)
     assert [p.name for p in checkpoints_of(run_dir)] == ["step-5", "step-6"]
+    assert sorted(p.name for p in leftovers.iterdir()) == ["step-5", "step-6", "step-9-interrupted"]
     prune_checkpoints(run_dir, keep=None)
     assert len(checkpoints_of(run_dir)) == 2
+
+
+def test_a_log_line_torn_by_a_kill_is_dropped_on_resume(finished_run, tmp_path):
+    import shutil
+
+    from magrpo.report import RunLog
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows[:4]) + "\n" + rows[4][: len(rows[4]) // 2])  # killed while writing step 5
+    log = RunLog(run_dir, MAGRPOConfig(output_dir=str(run_dir)), resume=True)
+    assert [r["step"] for r in log.resume_at(4)] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+    metrics.write_text("\n".join([rows[0], "{torn", rows[2]]) + "\n")  # damage inside the log is not a kill
+    with pytest.raises(ValueError, match="metrics.jsonl' line 2 is not valid JSON"):
+        log.resume_at(4)
 
 
 def test_checkpoint_fields_are_checked():

@@ -97,12 +97,16 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     AutoModelForCausalLM.from_pretrained(run_dir / "final" / "agent_1")  # loads directly
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]  # the run's end is resumable
 
+    moved = tmp_path / "moved"  # a run folder moved elsewhere resumes where it now is
+    run_dir.rename(moved)
+    run_dir = moved
     out = subprocess.run(  # one more step, from the run's own task, models and config
-        [str(exe), "train", "--resume", str(run_dir), "--steps", "2", "--no-progress"],
+        [str(exe), "train", "--resume", str(run_dir / "checkpoints" / "step-1"), "--steps", "2", "--no-progress"],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resumed from {run_dir / 'checkpoints' / 'step-1'} at step 1" in out.stdout
+    assert not (tmp_path / "run").exists()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
 

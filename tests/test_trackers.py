@@ -45,12 +45,16 @@ def test_advantage_figures_and_groups_without_signal(tiny_agents, tmp_path):
     assert metrics["agent_0/zero_advantage_groups"] == sum(len(set(g)) == 1 for g in groups) / 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
-def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command(tiny_agents, tmp_path):
-    args = MAGRPOConfig(max_steps=1, output_dir=str(tmp_path), report_to=["wandb"])
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
-    with pytest.raises(ConfigError, match=r"report_to=\['wandb'\]: wandb is not installed; run: pip install wandb"):
-        trainer.train(progress=False)
+MISSING = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is None]
+
+
+@pytest.mark.skipif(not MISSING, reason="wandb and mlflow are both installed here")
+def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command_before_any_model_loads(tmp_path):
+    name = MISSING[0]
+    args = MAGRPOConfig(max_steps=1, output_dir=str(tmp_path), report_to=[name])
+    with pytest.raises(ConfigError, match=rf"report_to=\['{name}'\]: {name} is not installed; run: pip install {name}"):
+        # agents that could never load: the tracker is refused first
+        MAGRPOTrainer(agents=["/no/such/model", "/no/such/model"], reward_func=letter_count_reward,
+                      train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args)
     with pytest.raises(ConfigError, match="report_to='comet' is not valid; choose one of 'tensorboard', 'wandb', 'mlflow'"):
         MAGRPOConfig(report_to="comet")

@@ -436,3 +436,27 @@ def test_every_updated_row_carries_the_advantage_of_what_it_sampled(tiny_agents,
     # the check has teeth: one rolled advantage tensor is caught
     rolled = [(i, r, [torch.roll(adv[0], 1), *adv[1:]]) for i, r, adv in captured]
     assert mismatched_rows(rolled, G, joint_mode, num_turns) > 0
+
+
+def test_the_trainer_gives_a_branch_solved_at_the_first_turn_its_absorbing_return(tiny_agents, tmp_path):
+    """The issue's example through train_step: one joint action solves at turn 1 (5.5), three score
+    2.0 and their revisions all pass. Absorbing returns: 5.5 * (1 + 0.9) = 10.45 for the early
+    solver against 2.0 + 0.9 * 5.5 = 6.95 for the others, so the early solver's advantage is
+    10.45 - 7.825 = +2.625 for both agents (it was -1.09 when a solved leaf earned its reward once)."""
+    from magrpo.feedback import CallableFeedback
+
+    def reward(*, completions, **_):
+        return [5.5, 2.0, 2.0, 2.0] if len(completions) == 4 else [5.5] * len(completions)
+
+    args = MAGRPOConfig(num_generations=4, max_new_tokens=2, max_steps=1, num_turns=2, discount=0.9,
+                        early_stop_reward=5.5, output_dir=str(tmp_path), log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args,
+                            feedback=CallableFeedback(lambda request: ("again", "again")))
+    captured = []
+    update = trainer.update_agent
+    trainer.update_agent = lambda index, rollouts, advantages: captured.append(advantages) or update(index, rollouts, advantages)
+    trainer.train_step(trainer.next_batch())
+    for advantages in captured:  # agent 0, agent 1
+        assert advantages[0].tolist() == pytest.approx([2.625, -0.875, -0.875, -0.875], abs=1e-6)
+        assert advantages[1].tolist() == pytest.approx([0.0] * 12, abs=1e-6)  # the revisions all tie

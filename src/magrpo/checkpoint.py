@@ -40,7 +40,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 #: config fields a resumed run may change: they do not change the maths of the steps to come
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "log_samples_steps", "save_steps", "save_minutes", "save_total_limit", "output_dir",
-    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to",
+    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to", "device",
 })
 
 
@@ -65,7 +65,8 @@ def save_checkpoint(
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         (tmp / MANIFEST).write_text(json.dumps({"step": trainer_state["step"], "files": manifest}, indent=1))
-        for path in [*files, tmp / MANIFEST]:
+        folders = sorted({p.parent for p in files} | {tmp}, key=lambda p: len(p.parts), reverse=True)
+        for path in [*files, tmp / MANIFEST, *folders]:
             _fsync(path)
         if directory.exists():  # a checkpoint of the same step (a run resumed there): replace it
             shutil.rmtree(directory)
@@ -167,11 +168,22 @@ def load_checkpoint(
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (never the newest one); returns the deleted."""
-    if keep is None:
-        return []
+    """Delete all but the newest ``keep`` complete checkpoints (never the newest one), and what a
+    killed save or a killed run left behind (unfinished ``.step-N.*`` folders, ``-interrupted``
+    weights older than the newest complete checkpoint); returns the deleted.
+
+    Called by the run that owns ``run_dir`` right after it saved, so no other save is under way."""
+    folder = Path(run_dir) / "checkpoints"
     complete = [p for p in checkpoints_of(run_dir) if (p / MANIFEST).exists()]
-    doomed = complete[: max(0, len(complete) - max(1, keep))]
+    doomed = [p for p in folder.glob(".step-*") if p.is_dir()] if folder.is_dir() else []
+    if complete:
+        newest = int(_STEP_DIR.match(complete[-1].name).group(1))
+        for path in folder.glob("step-*-interrupted"):
+            step = path.name.split("-")[1]
+            if step.isdigit() and int(step) <= newest:
+                doomed.append(path)
+    if keep is not None:
+        doomed += complete[: max(0, len(complete) - max(1, keep))]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed

@@ -200,6 +200,8 @@ def _train(
         task = task or saved.get("task")
         model = model or list(saved.get("models") or [])
         config = config or _run_folder(resume) / "config.yaml"
+        # the folder given is the run's, wherever it was started from or moved to
+        output_dir = output_dir or _run_folder(resume)
     task = task or "coding"
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,9 +33,10 @@ class RunLog:
         the resumed run logs them again) and return the metrics rows up to it."""
         kept: list[dict[str, Any]] = []
         for path in (self.metrics_path, self.samples_path):
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-            rows = [r for r in rows if r.get("step", 0) <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            rows = [r for r in _read_jsonl_rows(path) if r.get("step", 0) <= step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)  # a kill during the rewrite leaves the old file, never half of it
             if path == self.metrics_path:
                 kept = rows
         return kept
@@ -78,6 +80,23 @@ class RunLog:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
+
+
+def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log; a last line torn by a kill mid-write is dropped (its step is
+    logged again by the resumed run), any other bad line is an error naming the file."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{str(path)!r} line {number} is not valid JSON; the run log is damaged") from None
+    return rows
 
 
 def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -13,16 +13,22 @@ from magrpo.errors import ConfigError
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
+def check_trackers_installed(names: Sequence[str]) -> None:
+    """:class:`ConfigError` naming the pip command when a tracker of ``report_to`` is not installed
+    (the trainer asks before it loads any model)."""
+    missing = [n for n in names if importlib.util.find_spec(_PACKAGES[n]) is None]
+    if missing:
+        raise ConfigError(
+            f"report_to={list(names)!r}: {', '.join(missing)} is not installed; "
+            f"run: pip install {' '.join(_PACKAGES[n] for n in missing)}"
+        )
+
+
 class Trackers:
     """The trackers of one run; ``log(metrics, step)`` sends the numeric figures to each."""
 
     def __init__(self, names: Sequence[str], run_dir: str | Path, config: Mapping[str, Any]) -> None:
-        missing = [n for n in names if importlib.util.find_spec(_PACKAGES[n]) is None]
-        if missing:
-            raise ConfigError(
-                f"report_to={list(names)!r}: {', '.join(missing)} is not installed; "
-                f"run: pip install {' '.join(_PACKAGES[n] for n in missing)}"
-            )
+        check_trackers_installed(names)
         self._sinks: list[Any] = []
         run_dir = Path(run_dir)
         for name in names:
@@ -64,4 +70,4 @@ class Trackers:
         self._sinks = []
 
 
-__all__ = ["Trackers"]
+__all__ = ["Trackers", "check_trackers_installed"]

@@ -41,7 +41,7 @@ from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, attach_sampling_copies, build_agents, save_agent
 from magrpo.report import RunLog, progress_bar
 from magrpo.sampling import Rollout, SampleFn, make_sampler
-from magrpo.trackers import Trackers
+from magrpo.trackers import Trackers, check_trackers_installed
 from magrpo.tree import Turn, expand_tree
 from magrpo.types import Formatter, Scorer
 
@@ -86,6 +86,7 @@ class MAGRPOTrainer:
         self.args = args or MAGRPOConfig(num_agents=len(agents))
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
+        check_trackers_installed(self.args.report_to)  # before any model loads
         # the names the environments key observations by: those of pre-built agents, else agent_i
         self._agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]
         self.train_items = as_items(train_dataset, "train_dataset")

@@ -123,10 +123,13 @@ CORRECT_ALONE = "def add_all(xs):\n    return sum(xs)\n"
         (USELESS_HELPER, "def add_all(xs):\n    def aux(v):\n        return sum(v)\n    return aux(xs)\n", 5.0, "absent"),
         # a call in dead code never runs: no bonus
         (USELESS_HELPER, "def add_all(xs):\n    if False:\n        return aux()\n    return sum(xs)\n", 5.0, "absent"),
-        # called (it runs, and fails) inside a try, its result thrown away: the penalty
-        (USELESS_HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
-        # ... or its result read, but only to decide nothing
-        (USELESS_HELPER, "def add_all(xs):\n    try:\n        r = aux(xs)\n    except Exception:\n        r = None\n    if r:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
+        # called inside a try where it raises: it did no work, so no bonus, whatever the main does
+        # with the result (thrown away, read to decide nothing, returned with a fallback)
+        (USELESS_HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 5.0, "absent"),
+        (USELESS_HELPER, "def add_all(xs):\n    try:\n        r = aux(xs)\n    except Exception:\n        r = None\n    if r:\n        pass\n    return sum(xs)\n", 5.0, "absent"),
+        (USELESS_HELPER, "def add_all(xs):\n    try:\n        return aux(xs)\n    except Exception:\n        return sum(xs)\n", 5.0, "absent"),
+        # a helper that returns, called in a try, its result thrown away: the penalty
+        (HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
         # a parameter named aux shadows the helper
         (USELESS_HELPER, "def add_all(xs, aux=sum):\n    return aux(xs)\n", 5.0, "absent"),
         # the helper runs but its result never reaches the return value

@@ -11,12 +11,13 @@ may call ``aux``. Levels, each paid only when the one before it pays (defaults o
 3. tests (+3.0 x fraction): the fraction of the problem's unit tests the program passes, run in
    the sandbox (:mod:`magrpo.sandbox`), never in this process. Only plain values count as
    results: an object whose ``__eq__`` or ``__bool__`` always says yes passes nothing.
-4. cooperation, when at least one test passes and agent 1's ``aux`` really ran while the tests
-   ran (its calls are counted in the sandbox; a nested or shadowing ``aux`` of the main agent,
-   or a call in dead code, is never agent 1's helper running): +0.5 when the entry point uses
-   every call's result and at least one result reaches its return value; -0.5 when it throws a
-   result away (a bare call statement, a variable assigned and never read, a result that never
-   reaches the return value); 0 when the helper did not run.
+4. cooperation, when at least one test passes and agent 1's ``aux`` really did work while the
+   tests ran (the calls that returned are counted in the sandbox; a nested or shadowing ``aux``
+   of the main agent, a call in dead code, or a call that raises into a fallback is never agent
+   1's helper doing work): +0.5 when the entry point uses every call's result and at least one
+   result reaches its return value; -0.5 when it throws a result away (a bare call statement, a
+   variable assigned and never read, a result that never reaches the return value); 0 when the
+   helper did no work.
 
 The combined program is: the problem's own imports, then from agent 1's part its imports and
 every function except the entry point, then from agent 2's part its imports and every function
@@ -232,7 +233,7 @@ class CodingScore:
 
     @property
     def helper_ran(self) -> bool:
-        """Agent 1's helper was called while the tests ran (counted in the sandbox)."""
+        """Agent 1's helper returned from a call while the tests ran (counted in the sandbox)."""
         return self.run is not None and self.run.calls > 0
 
 
@@ -262,7 +263,7 @@ def score_coding_batch(
         if k in job_of:
             run = runs[job_of[k]]
             score.run, score.tests_passed, score.tests_total = run, run.passed, run.total
-            if not score.helper_ran:  # written but never run: dead code, or a name the main agent shadows
+            if not score.helper_ran:  # never returned: dead code, a shadowing name, or a call that raised
                 score.helper_usage = "absent"
         score.reward = level_reward(score, config)
     return scores

@@ -187,11 +187,14 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
         return call
 
     def counting(func, box):
-        """``func`` counting its calls in ``box[0]`` (how often the tests reached it)."""
+        """``func`` counting in ``box[0]`` the calls that returned (a call that raises did no work
+        for the caller, so a ``try: return aux() except: ...`` fallback around a broken helper
+        does not count as using it)."""
 
         def call(*args, **kwargs):
+            result = func(*args, **kwargs)
             box[0] += 1
-            return func(*args, **kwargs)
+            return result
 
         return call
 

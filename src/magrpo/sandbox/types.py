@@ -29,7 +29,7 @@ class TestOutcome:
     test: str  # the test's source text
     status: str  # "passed" | "failed" | "error" | "timeout" | "killed"
     message: str = ""  # assertion message, "ExcType: msg", or the limit that killed it
-    calls: int = 0  # calls of the run's ``count_calls`` function while this test ran (0 if none reported)
+    calls: int = 0  # calls of the run's ``count_calls`` function that returned while this test ran (0 if none reported)
 
     __test__ = False  # not a pytest test class despite the name
 
