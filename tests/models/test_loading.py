@@ -3,6 +3,8 @@ and model specs that name nothing loadable."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -99,3 +101,67 @@ def test_a_lora_checkpoint_loads_with_its_adapter_merged(tiny_tokenizer, tmp_pat
     merged, _ = load_model_and_tokenizer(tmp_path / "agent_1", device=torch.device("cpu"), dtype=torch.float32)
     assert not hasattr(merged, "peft_config")
     assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """A GGUF file that is not the bundled one: a tiny random Llama in llama.cpp's layout with the
+    bundled model's tokenizer, and the model it was written from."""
+    from magrpo.models.presets import bundled_gguf_path
+    from tests.models.gguf_files import tiny_llama, write_llama_gguf
+
+    model = tiny_llama(49152, seed=7)
+    folder = tmp_path_factory.mktemp("gguf")
+    return write_llama_gguf(model, folder / "tiny-llama.gguf", bundled_gguf_path()), model
+
+
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    from magrpo.models import bundled_model_dir
+
+    default_dir = bundled_model_dir()  # the bundled model, converted in the usual cache
+    monkeypatch.setenv("MAGRPO_CACHE", str(tmp_path / "cache"))
+    return default_dir
+
+
+def test_a_gguf_file_or_its_folder_is_an_agent_converted_once_into_the_cache(tiny_gguf, own_cache, tmp_path):
+    from magrpo.models import load_model_and_tokenizer
+
+    path, written = tiny_gguf
+    converted = resolve_model_source(str(path))
+    assert converted.startswith(str(tmp_path / "cache" / "models" / "gguf" / "tiny-llama-"))
+    assert resolve_model_source(str(path.parent)) == converted  # a folder holding exactly one GGUF file
+    stamp = (Path(converted) / "config.json").stat().st_mtime_ns
+    model, tokenizer = load_model_and_tokenizer(path, device=torch.device("cpu"), dtype=torch.float32)
+    assert (Path(converted) / "config.json").stat().st_mtime_ns == stamp  # converted once, then reused
+    expected = written.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    for name, weight in model.state_dict().items():  # float32 GGUF: the very weights, q/k rows put back
+        assert torch.equal(weight, expected[name]), name
+    assert tokenizer("def aux(x):").input_ids == tokenizer.__class__.from_pretrained(own_cache)("def aux(x):").input_ids
+
+
+def test_a_gguf_agent_trains_a_step_in_a_team_with_the_default_model(tiny_gguf, own_cache, tmp_path):
+    path, _ = tiny_gguf
+    agents = build_agents([str(path), str(own_cache)], device="cpu")
+    before = [p.detach().clone() for p in agents[0].model.parameters()]
+    args = MAGRPOConfig(max_new_tokens=4, max_steps=1, learning_rate=1e-3, output_dir=str(tmp_path / "run"),
+                        log_samples_steps=0, num_generations=4)
+    reward = lambda completions, **_: [float(len(a)) - float(len(b)) for a, b in completions]  # noqa: E731
+    trainer = MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=[{"q": "Say something."}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    trainer.train(progress=False)
+    assert any(not torch.equal(b, p) for b, p in zip(before, agents[0].model.parameters()))
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final" / "agent_0")  # saved as a plain model
+
+
+def test_gguf_specs_that_cannot_be_used_are_named(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"holds several GGUF files \(a.gguf, b.gguf\); name the one to use"):
+        resolve_model_source(str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match="'.*weights.bin' is not a GGUF file"):
+        resolve_model_source(str(tmp_path / "weights.bin"))

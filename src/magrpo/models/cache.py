@@ -7,6 +7,7 @@ as safetensors with its tokenizer, so that later loads take about a second.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -37,9 +38,19 @@ def quiet_library_progress() -> Iterator[None]:
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # the GGUF de-quantiser uses plain tqdm, which transformers' switch does not reach
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    plain_tqdm = getattr(gguf_utils, "tqdm", None)
+    if plain_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(plain_tqdm, disable=True)
     try:
         yield
     finally:
+        if plain_tqdm is not None:
+            gguf_utils.tqdm = plain_tqdm
         if was_enabled:
             hf_logging.enable_progress_bar()
 
@@ -81,4 +92,17 @@ def convert_gguf(gguf_path: Path, destination: Path) -> Path:
     return destination
 
 
-__all__ = ["cache_dir", "convert_gguf", "library_progress_shown", "quiet_library_progress", "strip_gguf_quantization"]
+def converted_gguf_dir(gguf_path: Path) -> Path:
+    """A user's GGUF file as a safetensors directory in the cache, converted on first use. The
+    cache entry is keyed by the file's resolved path, size and modification time, so a changed
+    file is converted again and two files of one name never collide."""
+    gguf_path = gguf_path.resolve()
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    destination = cache_dir() / "models" / "gguf" / f"{gguf_path.stem}-{key}"
+    if not (destination / "config.json").is_file():
+        convert_gguf(gguf_path, destination)
+    return destination
+
+
+__all__ = ["cache_dir", "convert_gguf", "converted_gguf_dir", "library_progress_shown", "quiet_library_progress", "strip_gguf_quantization"]

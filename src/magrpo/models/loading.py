@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from magrpo.errors import ModelError
 from magrpo.models.agent import AgentPolicy, agent_name
-from magrpo.models.cache import quiet_library_progress
+from magrpo.models.cache import converted_gguf_dir, quiet_library_progress
 from magrpo.models.presets import model_names, named_model_dir
 
 #: what ``agents=[...]`` accepts per agent
@@ -22,16 +22,28 @@ AgentSpec = Union[str, os.PathLike, PreTrainedModel, tuple]
 
 
 def resolve_model_source(spec: str | os.PathLike) -> str:
-    """A string spec -> a directory or Hub id that ``from_pretrained`` takes; errors name the choices."""
+    """A string spec -> a directory or Hub id that ``from_pretrained`` takes; errors name the choices.
+
+    A ``.gguf`` file, or a directory holding exactly one, is de-quantised once into the cache (as
+    the bundled model is) and its converted directory returned."""
     text = os.fspath(spec)
     named = named_model_dir(text)
     if named is not None:
         return str(named)
     path = Path(text).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise ModelError(f"model directory {text!r} holds no config.json (nor adapter_config.json)")
-        return str(path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"model file {text!r} is not a GGUF file (.gguf); give a .gguf file or a model directory")
+        return str(converted_gguf_dir(path))
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            return str(path)
+        ggufs = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+        if len(ggufs) == 1:
+            return str(converted_gguf_dir(path / ggufs[0]))
+        if ggufs:
+            raise ModelError(f"model directory {text!r} holds several GGUF files ({', '.join(ggufs)}); name the one to use")
+        raise ModelError(f"model directory {text!r} holds no config.json (nor adapter_config.json, nor a .gguf file)")
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
     if looks_like_hub_id:
         return text
