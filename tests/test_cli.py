@@ -118,3 +118,37 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["items"] == 1.0 and {"reward", "tests_passed", "pass@1"} <= set(figures)
+
+
+@pytest.mark.slow
+def test_own_articles_without_references_train_with_a_held_out_fraction_of_one_split(tmp_path):
+    exe = Path(sys.executable).with_name("magrpo")
+    articles = [{"article": f"Article {i}. The city council met on Monday and agreed on a new park budget. "
+                 "Residents asked for more trees and a playground."} for i in range(4)]
+    data = tmp_path / "news.json"
+    data.write_text(json.dumps({"train": articles, "test": articles[:1]}))
+    env = dict(os.environ, COLUMNS="200")
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [str(exe), "train", "--task", "summarize", "--data", str(data), "--data-split", "train", "--columns",
+         "source=article", "--eval-fraction", "0.5", "--steps", "1", "-G", "2", "--max-new-tokens", "8",
+         "--eval-items", "1", "--output-dir", str(run_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())
+    assert "ROUGE-1/2/L skipped for 1 of 1 items: no 'reference' column" in text
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())["config"]
+    assert (config["eval_fraction"], config["train_split"], config["train_data"]) == (0.5, "train", str(data))
+    before = json.loads((run_dir / "eval_before.json").read_text())
+    assert before["items"] == 1.0 and "reward" in before and "rouge1" not in before
+
+    out = subprocess.run(  # 0 held-out items means none, in eval as in train
+        [str(exe), "eval", "--task", "summarize", "--data", str(data), "--data-split", "test", "--columns",
+         "source=article", "--eval-items", "0", "--latency-items", "0"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no held-out items evaluated (--eval-items 0)" in out.stdout

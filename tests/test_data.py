@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from magrpo.data import ACCEPTED_EXTENSIONS, DataError, load_items, parse_column_map
+from magrpo.data import ACCEPTED_EXTENSIONS, DataError, load_items, parse_column_map, split_items
 
 ROWS = [
     {"article": "first article", "summary": "first summary", "id": "1"},
@@ -81,6 +81,45 @@ def test_datasets_objects():
         load_items(dd)
     with pytest.raises(DataError, match="no split 'test'; available splits: train, validation"):
         load_items(dd, split="test")
+
+
+def test_a_datasets_folder_written_by_save_to_disk(tmp_path):
+    ds = datasets.Dataset.from_list(ROWS)
+    datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(str(tmp_path / "dd"))
+    assert load_items(tmp_path / "dd", column_map=MAP, split="test") == EXPECTED[1:]
+    with pytest.raises(DataError, match=r"several splits \(train, test\)"):
+        load_items(tmp_path / "dd")
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert load_items(str(tmp_path / "one"), column_map=MAP) == EXPECTED
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="is a folder but not a datasets folder"):
+        load_items(tmp_path / "plain")
+
+
+def test_a_held_out_fraction_is_a_seeded_split_in_file_order():
+    items = [{"i": i} for i in range(10)]
+    train, held = split_items(items, 0.3, seed=0)
+    assert len(held) == 3 and len(train) == 7
+    assert sorted(x["i"] for x in train + held) == list(range(10))  # a partition
+    assert [x["i"] for x in held] == sorted(x["i"] for x in held)  # in the file's order
+    assert split_items(items, 0.3, seed=0) == (train, held)  # seeded
+    assert split_items(items, 0.3, seed=1) != (train, held)
+    assert len(split_items(items, 0.01, seed=0)[1]) == 1  # at least one held out
+    with pytest.raises(DataError, match="eval_fraction=0.5 of 1 items holds out 1, leaving nothing to train on"):
+        split_items(items[:1], 0.5, seed=0)
+
+
+def test_eval_fraction_is_checked_with_the_data_it_splits():
+    from magrpo import ConfigError, MAGRPOConfig
+
+    assert MAGRPOConfig(train_data="d.jsonl", eval_fraction=0.2).eval_fraction == 0.2
+    for bad in (0, 1, 1.5, "x"):
+        with pytest.raises(ConfigError, match=f"eval_fraction={bad!r} is not valid"):
+            MAGRPOConfig(train_data="d.jsonl", eval_fraction=bad)
+    with pytest.raises(ConfigError, match="holds out part of your own train_data: give train_data and no eval_data"):
+        MAGRPOConfig(eval_fraction=0.2)
+    with pytest.raises(ConfigError, match="holds out part of your own train_data"):
+        MAGRPOConfig(train_data="d.jsonl", eval_data="e.jsonl", eval_fraction=0.2)
 
 
 def test_swapped_and_shared_mappings(tmp_path):

@@ -110,12 +110,32 @@ def _columns(columns: Optional[str]) -> Optional[dict[str, str]]:
     return parse_column_map(columns) if columns else None
 
 
-def _load_items(task, data: Optional[str], column_map: Optional[dict[str, str]], split: str) -> list[dict[str, Any]]:
+def _load_items(
+    task, data: Optional[str], column_map: Optional[dict[str, str]], split: str, data_split: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """The task's own ``split`` ("train" / "eval"), or the user's ``data`` (its ``data_split``)."""
     if data is None:
         return task.load_split(split)
     from magrpo.data import load_items
 
-    return load_items(data, column_map=column_map, required=task.required_columns, split=None)
+    return load_items(data, column_map=column_map, required=task.required_columns, split=data_split)
+
+
+def _held_out_items(task, cfg: MAGRPOConfig, train_items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train items, held-out items): your --eval-data, a seeded --eval-fraction of your --data,
+    nothing for --data alone, else the task's own held-out split."""
+    if cfg.eval_fraction is not None:
+        from magrpo.data import split_items
+
+        return split_items(train_items, cfg.eval_fraction, cfg.seed)
+    if cfg.train_data and not cfg.eval_data:
+        return train_items, []
+    return train_items, _load_items(task, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
+
+
+def _print_skipped(task, items: list[dict[str, Any]]) -> None:
+    for note in task.skipped_figures(items):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def _results_table(before: dict[str, float] | None, after: dict[str, float]) -> Table:
@@ -167,9 +187,16 @@ def train(
     feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
     reviewer_url: Optional[str] = typer.Option(None, "--reviewer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     reviewer_model: Optional[str] = typer.Option(None, "--reviewer-model", help="Model name sent to the reviewer endpoint."),
-    eval_items: int = typer.Option(8, "--eval-items", help="Held-out items evaluated before and after training (0: skip)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Your own training data (JSONL, JSON, CSV or Parquet)."),
+    eval_items: int = typer.Option(8, "--eval-items", min=0, help="Held-out items evaluated before and after training (0: none)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Your own training data (JSONL, JSON, CSV, Parquet, or a datasets save_to_disk folder)."
+    ),
+    data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to train on (a multi-split JSON or DatasetDict)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="The split of --eval-data to evaluate on."),
+    eval_fraction: Optional[float] = typer.Option(
+        None, "--eval-fraction", help="Hold out this fraction of --data for evaluation (seeded by --seed; no --eval-data)."
+    ),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
     resume: Optional[Path] = typer.Option(
@@ -190,7 +217,7 @@ def train(
 def _train(
     task: str, model: list[str], num_generations, steps, batch_size, max_new_tokens, learning_rate, joint_mode, lora, seed,
     output_dir, config, set_, turns, expand, expand_k, feedback, reviewer_url, reviewer_model, eval_items, data,
-    eval_data, columns, no_progress, resume, verbose,
+    data_split, eval_data, eval_split, eval_fraction, columns, no_progress, resume, verbose,
 ) -> None:
     _set_verbose(verbose)
     from magrpo.tasks import get_task
@@ -211,17 +238,18 @@ def _train(
         max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, use_lora=lora, seed=seed,
         output_dir=_path_or_none(output_dir), num_turns=turns, expand=expand, expand_k=expand_k,
     )
-    flags.update(train_data=_path_or_none(data), eval_data=_path_or_none(eval_data), column_map=_columns(columns))
+    flags.update(train_data=_path_or_none(data), eval_data=_path_or_none(eval_data), column_map=_columns(columns),
+                 train_split=data_split, eval_split=eval_split, eval_fraction=eval_fraction)
     cfg = resolve_config(task, config, flags, set_)
     if "output_dir" not in _explicit_fields(config, set_) and output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(cfg.output_dir)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     specs = _model_specs(model, cfg.num_agents)
-    train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train")
-    own_data_only = cfg.train_data and not cfg.eval_data
-    held_out = [] if own_data_only else _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval")
-    held_out = held_out[:eval_items] if eval_items else []
+    train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train", cfg.train_split)
+    train_items, held_out = _held_out_items(task_obj, cfg, train_items)
+    held_out = held_out[:eval_items]
+    _print_skipped(task_obj, held_out)
     console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
 
     trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
@@ -292,7 +320,9 @@ def evaluate(
     task: str = typer.Option("coding", help=TASK_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run's checkpoint directory holding agent_0, agent_1, ..."),
     model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Ignored with --checkpoint."),
-    eval_items: Optional[int] = typer.Option(None, "--eval-items", help="Evaluate only the first N held-out items."),
+    eval_items: Optional[int] = typer.Option(
+        None, "--eval-items", min=0, help="Evaluate the first N held-out items (default: all; 0: none, as in train)."
+    ),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
     turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode; figures are reported per turn."),
     feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
@@ -301,6 +331,7 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of MAGRPOConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE."),
     data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
+    data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to evaluate on."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
     latency_items: int = typer.Option(
         4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
@@ -317,7 +348,7 @@ def evaluate(
 
 def _evaluate(
     task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
-    data, columns, latency_items, output, verbose,
+    data, data_split, columns, latency_items, output, verbose,
 ) -> None:
     _set_verbose(verbose)
     from magrpo.tasks import get_task
@@ -326,7 +357,7 @@ def _evaluate(
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
     flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns,
-             "eval_data": _path_or_none(data), "column_map": _columns(columns)}
+             "eval_data": _path_or_none(data), "eval_split": data_split, "column_map": _columns(columns)}
     cfg = resolve_config(task, config, flags, set_)
     feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
     if checkpoint is not None:
@@ -340,10 +371,16 @@ def _evaluate(
         cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
     else:
         specs = _model_specs(model, cfg.num_agents)
-    items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval")
+    items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
+    items = items if eval_items is None else items[:eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
-    figures = trainer.evaluate(max_items=eval_items)
-    if latency_items and task_obj.single_agent_formatter is not None:
+    if items:
+        _print_skipped(task_obj, items)
+        figures = trainer.evaluate()
+    else:
+        console.print("no held-out items evaluated (--eval-items 0)")
+        figures = {"items": 0.0}
+    if latency_items and items and task_obj.single_agent_formatter is not None:
         from magrpo.eval.latency import team_vs_single_latency
 
         figures.update(team_vs_single_latency(

@@ -114,9 +114,14 @@ class MAGRPOConfig:
     #: keep the newest k checkpoints (the newest complete one is never deleted); None keeps all
     save_total_limit: int | None = 2
     # your own data for the CLI's built-in tasks (the Python API takes datasets directly)
-    #: JSONL / JSON / CSV / Parquet files; None: the task's own data
+    #: JSONL / JSON / CSV / Parquet files or a ``datasets`` folder (save_to_disk); None: the task's own data
     train_data: str | None = None
     eval_data: str | None = None
+    #: the split to read from a multi-split JSON file or a DatasetDict folder
+    train_split: str | None = None
+    eval_split: str | None = None
+    #: hold out this fraction of train_data for evaluation (a split seeded by ``seed``), when no eval_data
+    eval_fraction: float | None = None
     #: task column -> your column, e.g. {"source": "article"}
     column_map: dict[str, str] | None = None
     # evaluation
@@ -167,6 +172,15 @@ class MAGRPOConfig:
             )
         if self.eval_max_items is not None:
             _positive_int(self, "eval_max_items", 1)
+        if self.eval_fraction is not None:
+            _number_in(self, "eval_fraction", 0.0, 1.0, low_open=True)
+            if self.eval_fraction >= 1.0:
+                raise ConfigError(f"eval_fraction={self.eval_fraction!r} is not valid; expected a number > 0 and < 1")
+            if self.train_data is None or self.eval_data is not None:
+                raise ConfigError(
+                    f"eval_fraction={self.eval_fraction!r} holds out part of your own train_data: give train_data "
+                    f"and no eval_data (got train_data={self.train_data!r}, eval_data={self.eval_data!r})"
+                )
         _number_in(self, "temperature", 0.0, None, low_open=True)
         _number_in(self, "eval_temperature", 0.0, None)
         _number_in(self, "top_p", 0.0, 1.0, low_open=True)

@@ -76,8 +76,8 @@ def load_items(
 ) -> list[dict[str, Any]]:
     """Read rows from ``source`` and return them with the task's column names.
 
-    ``source``: a path to a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file, or a
-    ``datasets.Dataset`` / ``DatasetDict``. ``split`` picks one split of a ``DatasetDict`` or of
+    ``source``: a path to a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file or to a folder
+    written by ``datasets``' ``save_to_disk``, or a ``datasets.Dataset`` / ``DatasetDict``. ``split`` picks one split of a ``DatasetDict`` or of
     a JSON object of the form ``{"train": [...], "test": [...]}``; a source with a single table
     ignores it. ``column_map`` maps task column -> user column; mapped user columns are renamed,
     other columns are kept as they are. ``required`` lists the task columns every row must have.
@@ -94,7 +94,38 @@ def load_items(
     return _rename(rows, dict(column_map or {}), required, origin)
 
 
+def split_items(items: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(train, held_out)``: a seeded shuffle of ``items`` with ``round(fraction * n)`` items (at
+    least one) held out, each part in the file's order; :class:`DataError` when nothing would be
+    left to train on."""
+    import random
+
+    held = max(1, round(fraction * len(items)))
+    if held >= len(items):
+        raise DataError(
+            f"eval_fraction={fraction} of {len(items)} items holds out {held}, leaving nothing to train on; "
+            "give more items or a smaller fraction"
+        )
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:held])
+    return ([x for i, x in enumerate(items) if i not in held_out], [x for i, x in enumerate(items) if i in held_out])
+
+
 def _read_file(path: Path, split: str | None) -> list[dict[str, Any]]:
+    if path.is_dir():  # a datasets folder written by save_to_disk (a Dataset or a DatasetDict)
+        try:
+            import datasets
+        except ImportError:  # pragma: no cover - datasets is part of the `writing` extra
+            raise DataError(f"{str(path)!r} is a folder; reading a datasets folder needs: pip install datasets") from None
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise DataError(
+                f"{str(path)!r} is a folder but not a datasets folder (save_to_disk); give a file "
+                f"({', '.join(ACCEPTED_EXTENSIONS)}) or such a folder"
+            ) from None
+        return _read_dataset(loaded, split)
     suffix = path.suffix.lower()
     if suffix not in ACCEPTED_EXTENSIONS:
         raise DataError(

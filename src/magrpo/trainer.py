@@ -448,10 +448,10 @@ class MAGRPOTrainer:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
         figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``."""
         items = as_items(dataset, "dataset") if dataset is not None else self.eval_items
-        limit = max_items or self.args.eval_max_items
-        items = items[:limit] if limit else items
+        limit = self.args.eval_max_items if max_items is None else max_items
+        items = items if limit is None else items[:limit]
         if not items:
-            raise ConfigError("no evaluation items: pass eval_dataset or dataset")
+            raise ConfigError(f"no evaluation items: pass eval_dataset or dataset (max_items={limit})")
         a = self.args
         sampler = self._sampler(training=False)
         per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]

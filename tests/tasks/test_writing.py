@@ -56,7 +56,8 @@ def test_aclsum_items(eval_items):
 def test_task_objects(factory, roles, label, own, other, max_new):
     task = factory()
     assert task.num_agents == 2 and task.agent_roles == roles
-    assert task.required_columns == ("source", "reference")
+    assert task.required_columns == ("source",)  # the reward never reads a reference
+    assert task.optional_columns == {"reference": "ROUGE-1/2/L"}
     assert task.config_overrides == {"max_new_tokens": max_new}
     item = {"source": "Our source text " + " ".join(f"s{i}" for i in range(400)), "reference": "r"}
     first, second = (f(item) for f in task.formatters)
@@ -97,6 +98,22 @@ def test_scorer_on_aclsum_batch(eval_items):
     assert task.reward_func(completions=completions, prompts=prompts, **columns_of(items)) == [r["reward"] for r in rows]
     with pytest.raises(ValueError, match="2 agents"):
         task.scorer(completions=[("a",)], prompts=[None], reference=["r"])
+
+
+def test_items_without_references_are_scored_without_rouge(eval_items):
+    task = summarize_task()
+    items = [{"source": eval_items[0]["source"]}, dict(eval_items[1])]
+    completions = [(CONCISE, "however alpha beta in addition the " + text(8, 19, "b"))] * 2
+    prompts = [tuple(f(item) for f in task.formatters) for item in items]
+    rows = task.scorer(completions=completions, prompts=prompts, **columns_of(items))
+    assert "rouge1" not in rows[0] and {"rouge1", "rouge2", "rougeL"} <= set(rows[1])
+    assert rows[0]["reward"] == rows[1]["reward"]  # the reward is the same with or without a reference
+    no_column = task.scorer(completions=completions[:1], prompts=prompts[:1], source=[items[0]["source"]])
+    assert no_column == rows[:1]
+    assert task.skipped_figures(items) == [
+        "ROUGE-1/2/L skipped for 1 of 2 items: no 'reference' column (map one of yours with --columns reference=YOUR_COLUMN)"
+    ]
+    assert task.skipped_figures(items[1:]) == []
 
 
 def test_writing_tasks_have_a_single_model_baseline_prompt():

@@ -25,6 +25,9 @@ class Task:
     load_split: Callable[[str], list[dict[str, Any]]]
     #: the dataset columns each item must carry (checked before any compute)
     required_columns: tuple[str, ...] = ()
+    #: columns only some figures need (column -> those figures): without them training runs and
+    #: evaluation reports every other figure
+    optional_columns: dict[str, str] = field(default_factory=dict)
     #: defaults this task prefers over the generic ones (max_new_tokens, ...)
     config_overrides: dict[str, Any] = field(default_factory=dict)
     #: the column holding the task statement itself (what a reviewer reads as "the task")
@@ -35,6 +38,18 @@ class Task:
     execution_feedback: Callable[[], Any] | None = None
     #: one prompt asking a single model for the whole joint answer (the efficiency baseline)
     single_agent_formatter: Formatter | None = None
+
+    def skipped_figures(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Why figures are left out for ``items``: one line per optional column that some item lacks."""
+        notes = []
+        for column, figures in self.optional_columns.items():
+            lacking = sum(1 for item in items if item.get(column) in (None, ""))
+            if lacking:
+                notes.append(
+                    f"{figures} skipped for {lacking} of {len(items)} items: no {column!r} column "
+                    f"(map one of yours with --columns {column}=YOUR_COLUMN)"
+                )
+        return notes
 
     @property
     def num_agents(self) -> int:

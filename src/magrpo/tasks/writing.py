@@ -23,8 +23,10 @@ MAX_SOURCE_WORDS = 250
 #: ACLSum split behind each of our splits.
 ACLSUM_SPLITS = {"train": "train", "eval": "test"}
 
-#: Columns every item needs: ``source`` goes into the prompts, ``reference`` into ROUGE.
-COLUMNS = ("source", "reference")
+#: Columns every item needs: ``source`` goes into the prompts (and the optional content level).
+COLUMNS = ("source",)
+#: Columns only some figures need: ``reference`` goes into ROUGE, which training never reads.
+OPTIONAL_COLUMNS = {"reference": "ROUGE-1/2/L"}
 
 ItemsLoader = Callable[[str], list[dict[str, Any]]]
 
@@ -100,14 +102,15 @@ def _rouge():
 
 def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
     """A scorer giving, per joint action, the levels and ``reward`` of :func:`writing_levels`
-    and the ROUGE-1/2/L F1 of the joint answer (part 1, blank line, part 2) against ``reference``."""
+    and, where the item has a ``reference``, the ROUGE-1/2/L F1 of the joint answer (part 1, blank
+    line, part 2) against it. The reward never reads the reference."""
 
     def score(
         *, completions: Sequence[JointAction], prompts: Sequence[tuple[Observation, ...]], **columns: Any
     ) -> list[dict[str, float]]:
-        references = columns.get("reference")
-        if references is None or len(references) != len(completions):
-            raise ValueError("the writing scorer needs a 'reference' column with one entry per joint action")
+        references = columns.get("reference") or [None] * len(completions)
+        if len(references) != len(completions):
+            raise ValueError("the writing scorer needs one 'reference' entry per joint action where the column is given")
         sources = columns.get("source") or [None] * len(completions)
         rouge = _rouge()
         rows = []
@@ -116,9 +119,10 @@ def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
                 raise ValueError(f"writing tasks have 2 agents; got a joint action with {len(joint)} parts")
             first, second = joint
             row = writing_levels(first, second, cfg, source=None if source is None else str(source))
-            answer = f"{first.strip()}\n\n{second.strip()}"
-            for name, value in rouge.score(str(reference or ""), answer).items():
-                row[name] = value.fmeasure
+            if reference not in (None, ""):
+                answer = f"{first.strip()}\n\n{second.strip()}"
+                for name, value in rouge.score(str(reference), answer).items():
+                    row[name] = value.fmeasure
             rows.append(row)
         return rows
 
@@ -142,6 +146,7 @@ def _task(
         scorer=writing_scorer(cfg),
         load_split=loader,
         required_columns=COLUMNS,
+        optional_columns=dict(OPTIONAL_COLUMNS),
         task_column="source",
         config_overrides={"max_new_tokens": max_new_tokens},
         single_agent_formatter=_formatter(_whole_answer_instruction(instructions), source_label),
@@ -158,7 +163,7 @@ def summarize_task(
     items_loader: ItemsLoader | None = None, reward: WritingRewardConfig = SUMMARIZE_REWARD
 ) -> Task:
     """TL;DR (agent 1) + detailed summary (agent 2) of a paper introduction. ``items_loader``
-    (``split -> items`` with ``source`` and ``reference``) replaces the ACLSum data."""
+    (``split -> items`` with ``source``, and ``reference`` for ROUGE) replaces the ACLSum data."""
     return _task(
         "summarize",
         "Two agents summarise a paper introduction: a one-sentence TL;DR and a detailed paragraph.",
