@@ -15,7 +15,8 @@ runner = CliRunner()
 
 
 def run_cli(*args):
-    result = runner.invoke(app, list(args))
+    # a wide terminal: rich wraps help and messages at the terminal's width, which would split the phrases checked
+    result = runner.invoke(app, list(args), env={"COLUMNS": "400"})
     return result.exit_code, " ".join(result.output.split())
 
 
