@@ -74,7 +74,8 @@ class MAGRPOConfig:
     #: refuse a plan that samples more completions per agent per step than this
     max_planned_generations: int = 4096
     # LoRA (peft)
-    use_lora: bool = False
+    #: True / False for the whole team, or one bool per agent (a team of full and LoRA agents)
+    use_lora: bool | list[bool] = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -161,9 +162,17 @@ class MAGRPOConfig:
         _choice(self, "expand", EXPANSIONS)
         _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self, "rollout_dtype", ROLLOUT_DTYPES)
-        for flag in ("use_lora", "share_prompt_in_update", "gradient_checkpointing", "concurrent_agents"):
+        for flag in ("share_prompt_in_update", "gradient_checkpointing", "concurrent_agents"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag}={getattr(self, flag)!r} is not valid; expected true or false")
+        if isinstance(self.use_lora, tuple):
+            self.use_lora = list(self.use_lora)
+        per_agent = isinstance(self.use_lora, list) and all(isinstance(v, bool) for v in self.use_lora)
+        if not (isinstance(self.use_lora, bool) or (per_agent and len(self.use_lora) == self.num_agents)):
+            raise ConfigError(
+                f"use_lora={self.use_lora!r} is not valid; expected true or false, or a list of "
+                f"{self.num_agents} of them (one per agent)"
+            )
         _number_in(self, "rollout_is_cap", 1.0, None)
         if self.rollout_dtype != "same" and self.rollout_backend != "fast":
             raise ConfigError(
@@ -209,6 +218,10 @@ class MAGRPOConfig:
                 f"({plan.describe()}), more than max_planned_generations={self.max_planned_generations}; "
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
+
+    def lora_per_agent(self) -> list[bool]:
+        """``use_lora`` as one bool per agent."""
+        return list(self.use_lora) if isinstance(self.use_lora, list) else [self.use_lora] * self.num_agents
 
     def plan(self) -> RolloutPlan:
         """What one step will cost (generations and joint rewards), before it runs."""

@@ -162,7 +162,7 @@ class MAGRPOTrainer:
             agents,
             device=a.device,
             dtype=a.dtype,
-            use_lora=a.use_lora,
+            use_lora=a.lora_per_agent(),
             lora_r=a.lora_r,
             lora_alpha=a.lora_alpha,
             lora_dropout=a.lora_dropout,

@@ -165,3 +165,45 @@ def test_gguf_specs_that_cannot_be_used_are_named(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ModelError, match="'.*weights.bin' is not a GGUF file"):
         resolve_model_source(str(tmp_path / "weights.bin"))
+
+
+@pytest.mark.parametrize("use_lora", [[False, True], [True, False]])
+def test_a_team_of_one_full_and_one_lora_agent_on_the_same_model(tiny_tokenizer, tmp_path, use_lora):
+    model = make_tiny_model(len(tiny_tokenizer), seed=4)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    agents = build_agents([(model, tiny_tokenizer)] * 2, device="cpu", use_lora=use_lora, lora_r=4)
+    full, lora = (agents[0], agents[1]) if use_lora == [False, True] else (agents[1], agents[0])
+    assert full.adapter is None and lora.adapter == lora.name
+    assert full.model is model and lora.model.get_base_model() is not model  # peft never wraps the full agent's model
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    adapter_before = [p.detach().clone() for p in lora.trainable_parameters()]
+    args = MAGRPOConfig(max_new_tokens=3, max_steps=1, learning_rate=1e-2, output_dir=str(tmp_path), log_samples_steps=0,
+                        num_generations=8, use_lora=use_lora)
+    trainer = MAGRPOTrainer(agents=agents, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    trainer.train(progress=False)
+    assert any(not torch.equal(original[n], p) for n, p in full.model.named_parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(adapter_before, lora.trainable_parameters()))
+    for name, p in lora.model.get_base_model().named_parameters():  # the LoRA agent's base stayed frozen
+        if "lora_" not in name:
+            assert torch.equal(p, original[name.replace(".base_layer", "")])
+    # and the checkpoint of such a team resumes into a freshly built one
+    again = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=4), tiny_tokenizer)] * 2, device="cpu",
+                         use_lora=use_lora, lora_r=4)
+    resumed = MAGRPOTrainer(agents=again, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    resumed._resume(tmp_path)
+    for a, b in zip(trainer.agents, resumed.agents):
+        for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+            assert torch.equal(p, q), n
+
+
+def test_use_lora_per_agent_is_checked():
+    from magrpo import ConfigError
+
+    assert MAGRPOConfig(use_lora=[True, False]).lora_per_agent() == [True, False]
+    assert MAGRPOConfig(use_lora=True).lora_per_agent() == [True, True]
+    with pytest.raises(ConfigError, match=r"use_lora=\[True\] is not valid; expected true or false, or a list of 2"):
+        MAGRPOConfig(use_lora=[True])
+    with pytest.raises(ConfigError, match="use_lora='yes' is not valid"):
+        MAGRPOConfig(use_lora="yes")

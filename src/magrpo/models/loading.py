@@ -94,7 +94,7 @@ def build_agents(
     *,
     device: str = "auto",
     dtype: str = "auto",
-    use_lora: bool = False,
+    use_lora: bool | Sequence[bool] = False,
     lora_r: int = 16,
     lora_alpha: int = 32,
     lora_dropout: float = 0.0,
@@ -103,34 +103,40 @@ def build_agents(
 ) -> list[AgentPolicy]:
     """One :class:`AgentPolicy` per spec.
 
-    Without LoRA every agent gets its own full copy of its weights (full fine-tuning, as in the
-    paper). With LoRA, agents whose specs name the same model (or pass the same object) share
-    one frozen base in memory, each with its own adapter.
+    A full agent gets its own copy of its weights (full fine-tuning, as in the paper). LoRA
+    agents (``use_lora``: for all, or one bool per agent) whose specs name the same model (or pass
+    the same object) share one frozen base in memory, each with its own adapter.
     """
+    lora = [bool(use_lora)] * len(specs) if isinstance(use_lora, bool) else [bool(v) for v in use_lora]
+    if len(lora) != len(specs):
+        raise ModelError(f"use_lora has {len(lora)} entries for {len(specs)} agents; give one per agent")
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    names = [agent_name(i) for i in range(len(specs))]
-    loaded: dict[Any, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+    keys = [_share_key(spec) for spec in specs]
+    full_keys = {key for key, with_lora in zip(keys, lora) if not with_lora}
+    lora_bases: dict[Any, tuple[Any, PreTrainedTokenizerBase]] = {}  # spec -> peft model with the adapters so far
+    taken: set[Any] = set()  # objects a full agent already trains: the next one needs its own copy
     agents: list[AgentPolicy] = []
-    for name, spec in zip(names, specs):
-        key = _share_key(spec)
-        if use_lora and key in loaded:
-            model, tokenizer = loaded[key]
-        else:
-            model, tokenizer = _materialise(spec, torch_device, torch_dtype, fresh_copy=not use_lora and key in loaded)
-            if use_lora:
-                model = _new_peft_model(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-                loaded[key] = (model, tokenizer)
-            else:
-                loaded.setdefault(key, (model, tokenizer))
-            if gradient_checkpointing:
-                model.gradient_checkpointing_enable()
-                if use_lora:
-                    model.enable_input_require_grads()
-            agents.append(AgentPolicy(name, model, tokenizer, adapter=name if use_lora else None))
+    for index, (spec, key, with_lora) in enumerate(zip(specs, keys, lora)):
+        name = agent_name(index)
+        if with_lora and key in lora_bases:
+            model, tokenizer = lora_bases[key]
+            _add_adapter(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+            agents.append(AgentPolicy(name, model, tokenizer, adapter=name))
             continue
-        _add_adapter(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-        agents.append(AgentPolicy(name, model, tokenizer, adapter=name))
+        # peft injects its layers into the model it wraps: a LoRA base never wraps an object a full agent trains
+        fresh = key in full_keys if with_lora else key in taken
+        model, tokenizer = _materialise(spec, torch_device, torch_dtype, fresh_copy=fresh)
+        if not with_lora:
+            taken.add(key)
+        if with_lora:
+            model = _new_peft_model(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+            lora_bases[key] = (model, tokenizer)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if with_lora:
+                model.enable_input_require_grads()
+        agents.append(AgentPolicy(name, model, tokenizer, adapter=name if with_lora else None))
     for agent in agents:
         if agent.tokenizer.pad_token_id is None:
             agent.tokenizer.pad_token = agent.tokenizer.eos_token
