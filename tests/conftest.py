@@ -104,3 +104,12 @@ def tiny_agents(tiny_tokenizer):
 
     tok = tiny_tokenizer
     return build_agents([(make_tiny_model(len(tok), seed=1), tok), (make_tiny_model(len(tok), seed=2), tok)], device="cpu")
+
+
+@pytest.fixture
+def peaked_team(tiny_tokenizer):
+    """Two tiny agents whose greedy answers differ and end (peaked output layers)."""
+    from magrpo.models import build_agents
+
+    tok = tiny_tokenizer
+    return build_agents([(peaked_model(tok, 11, 40.0), tok), (peaked_model(tok, 12, 40.0), tok)], device="cpu")

@@ -16,6 +16,7 @@ ROLLOUT_BACKENDS = ("fast", "plain")
 ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REPORT_TO = ("tensorboard", "wandb", "mlflow")
+BASELINES = ("single", "parallel", "sequential", "discussion")
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
@@ -27,6 +28,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 __all__ = [
     "ADVANTAGE_SCALINGS",
+    "BASELINES",
     "CROSS_AGGREGATIONS",
     "DTYPES",
     "EXPANSIONS",

@@ -258,14 +258,14 @@ def _train(
     log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None)
     trainer.resume_hint = f"magrpo train --resume {run_dir}"
     if resume is None:
-        before = trainer.evaluate() if held_out else None
+        before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if before is not None:
             log.write_json("eval_before.json", before)
     else:  # the figures the run started from
         before_path = run_dir / "eval_before.json"
         before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
     trainer.train(log=log, progress=not no_progress, resume_from_checkpoint=resume)
-    after = trainer.evaluate() if held_out else None
+    after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
     if after is not None:
         log.write_json("eval_after.json", after)
         console.print(_results_table(before, after))
@@ -333,6 +333,10 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
     data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to evaluate on."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
+        "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), discussion (one round of revision)."
+    ),
     latency_items: int = typer.Option(
         4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
     ),
@@ -348,13 +352,17 @@ def evaluate(
 
 def _evaluate(
     task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
-    data, data_split, columns, latency_items, output, verbose,
+    data, data_split, columns, baseline, latency_items, output, verbose,
 ) -> None:
     _set_verbose(verbose)
     from magrpo.tasks import get_task
 
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if baseline is not None:
+        from magrpo.choices import BASELINES, check_choice
+
+        check_choice("--baseline", baseline, BASELINES)
     task_obj = get_task(task)
     flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns,
              "eval_data": _path_or_none(data), "eval_split": data_split, "column_map": _columns(columns)}
@@ -374,7 +382,18 @@ def _evaluate(
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
     items = items if eval_items is None else items[:eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
-    if items:
+    if items and baseline is not None:
+        if baseline != "parallel" and cfg.num_turns > 1:
+            raise UsageError(f"--baseline {baseline} answers in one turn; drop --turns")
+        from magrpo.eval.baselines import evaluate_baseline
+
+        _print_skipped(task_obj, items)
+        figures = evaluate_baseline(
+            baseline, trainer.agents, items, formatters=task_obj.formatters, scorer=task_obj.scorer,
+            max_new_tokens=cfg.max_new_tokens, roles=task_obj.agent_roles,
+            single_formatter=task_obj.single_agent_formatter, split_single=task_obj.split_single_answer,
+        )
+    elif items:
         _print_skipped(task_obj, items)
         figures = trainer.evaluate()
     else:
@@ -387,6 +406,7 @@ def _evaluate(
             trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:latency_items],
             max_new_tokens=cfg.max_new_tokens,
         ))
+    figures = task_obj.with_normalised_return(figures)
     console.print(_results_table(None, figures))
     if output:
         output.write_text(json.dumps(figures, indent=2))

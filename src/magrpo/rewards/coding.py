@@ -111,6 +111,17 @@ def combine_program(helper_code: str, main_code: str, entry_point: str, problem_
     return program + "\n" if _parse(program) is not None else None
 
 
+def split_whole_program(reply: str, entry_point: str, helper_name: str = "aux") -> tuple[str, str]:
+    """One model's whole program cut into the team's two parts: (everything but the entry point,
+    everything but the helper), each with the imports, so :func:`combine_program` rebuilds it.
+    Code that does not parse goes whole into both parts (it fails the parse level either way)."""
+    code = extract_code(reply)
+    tree = _parse(code)
+    if tree is None:
+        return code, code
+    return ("\n\n".join(_kept_source(code, tree, entry_point)), "\n\n".join(_kept_source(code, tree, helper_name)))
+
+
 def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> str:
     """How the entry point treats the helper, read from its syntax tree: "used" (every call's
     result is used and one reaches the return value), "ignored" (a result is thrown away or never

@@ -36,8 +36,12 @@ class Task:
     is_solved: Callable[[Mapping[str, Any]], bool] | None = None
     #: multi-turn: the task's own feedback from execution, if it has one
     execution_feedback: Callable[[], Any] | None = None
-    #: one prompt asking a single model for the whole joint answer (the efficiency baseline)
+    #: the highest joint reward there is (normalised return = mean reward / this), None if unbounded
+    max_reward: float | None = None
+    #: one prompt asking a single model for the whole joint answer (the ``single`` baseline)
     single_agent_formatter: Formatter | None = None
+    #: that model's reply, cut into the agents' parts: ``(reply, item) -> joint action``
+    split_single_answer: Callable[[str, Mapping[str, Any]], JointAction] | None = None
 
     def skipped_figures(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Why figures are left out for ``items``: one line per optional column that some item lacks."""
@@ -50,6 +54,18 @@ class Task:
                     f"(map one of yours with --columns {column}=YOUR_COLUMN)"
                 )
         return notes
+
+    def with_normalised_return(self, figures: dict[str, float]) -> dict[str, float]:
+        """``figures`` with ``reward_normalised`` (mean joint reward / the task's maximum, as the
+        paper reports it) beside each ``reward`` figure."""
+        if not self.max_reward:
+            return dict(figures)
+        out: dict[str, float] = {}
+        for key, value in figures.items():
+            out[key] = value
+            if key == "reward" or key.endswith("/reward"):
+                out[key + "_normalised"] = value / self.max_reward
+        return out
 
     @property
     def num_agents(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from magrpo.feedback.execution import ExecutionFeedback
-from magrpo.rewards.coding import CodingRewardConfig, score_coding_batch
+from magrpo.rewards.coding import CodingRewardConfig, score_coding_batch, split_whole_program
 from magrpo.tasks.base import Task
 
 TRAIN_PROBLEMS = range(0, 132)
@@ -46,14 +46,33 @@ def load_humaneval(split: str) -> list[dict[str, Any]]:
     return [dict(problems[f"HumanEval/{i}"]) for i in ranges[split]]
 
 
-def helper_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
-    text = HELPER_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
+def _prompt(instruction: str, item: Mapping[str, Any]) -> list[dict[str, str]]:
+    text = instruction.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
     return [{"role": "user", "content": text}]
+
+
+def helper_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    return _prompt(HELPER_INSTRUCTION, item)
 
 
 def main_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
-    text = MAIN_INSTRUCTION.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
-    return [{"role": "user", "content": text}]
+    return _prompt(MAIN_INSTRUCTION, item)
+
+
+SINGLE_INSTRUCTION = (
+    "You are a Python programmer. Complete the function `{entry_point}` below, together with a small "
+    "helper function named `aux` that does part of the work and that `{entry_point}` calls. Reply in "
+    "exactly this form:\n```python\ndef aux(...):\n    ...\n\ndef {entry_point}(...):\n    ...\n```"
+)
+
+
+def single_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The ``single`` baseline: one model writes both functions in one reply."""
+    return _prompt(SINGLE_INSTRUCTION, item)
+
+
+def split_single(reply: str, item: Mapping[str, Any]) -> tuple[str, str]:
+    return split_whole_program(reply, item["entry_point"])
 
 
 def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
@@ -80,4 +99,7 @@ def coding_task(config: CodingRewardConfig = CodingRewardConfig()) -> Task:
         config_overrides={"max_new_tokens": 128},
         is_solved=lambda row: row["pass@1"] == 1.0,
         execution_feedback=ExecutionFeedback,
+        single_agent_formatter=single_prompt,
+        split_single_answer=split_single,
+        max_reward=config.maximum,
     )

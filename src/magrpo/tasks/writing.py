@@ -150,7 +150,23 @@ def _task(
         task_column="source",
         config_overrides={"max_new_tokens": max_new_tokens},
         single_agent_formatter=_formatter(_whole_answer_instruction(instructions), source_label),
+        split_single_answer=split_two_parts,
+        max_reward=cfg.max_reward,
     )
+
+
+_PART_LABEL = re.compile(r"^\s*(?:\*\*)?part\s*[12]\s*(?:\*\*)?\s*[:.)-]?\s*(?:\*\*)?", re.IGNORECASE)
+
+
+def split_two_parts(reply: str, item: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """One model's reply to the whole-answer prompt, as (part 1, part 2): split at the first blank
+    line (else at a "Part 2" label), the "Part N:" labels removed; no second part gives ""."""
+    text = reply.strip()
+    pieces = re.split(r"\n\s*\n", text, maxsplit=1)
+    if len(pieces) == 1:
+        pieces = re.split(r"(?im)^(?=\s*(?:\*\*)?part\s*2\b)", text, maxsplit=1)
+    first, second = (pieces + [""])[:2]
+    return _PART_LABEL.sub("", first.strip()).strip(), _PART_LABEL.sub("", second.strip()).strip()
 
 
 def _whole_answer_instruction(instructions: dict[str, str]) -> str:

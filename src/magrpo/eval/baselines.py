@@ -1,0 +1,125 @@
+"""The alternatives a team is compared with, scored by the same reward and figures as the team.
+
+- ``single``: one model (the first agent's) writes the whole joint answer in one reply, which the
+  task splits into the same parts (both functions; both summaries); it gets N times one agent's
+  new-token budget.
+- ``parallel``: the team as it is, each agent seeing only its own prompt (the untrained team when
+  the models are untrained): what ``evaluate()`` does.
+- ``sequential``: a pipeline: agent 2 sees agent 1's answer before it writes, and so on.
+- ``discussion``: every agent answers, then sees the others' first answers and revises once; the
+  revisions are the joint answer.
+
+Greedy decoding, one joint answer per item.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from magrpo.choices import BASELINES, check_choice
+from magrpo.data import columns_of
+from magrpo.envs.reward_env import as_messages
+from magrpo.eval.figures import mean_figures
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling import make_sampler, sample_team
+from magrpo.types import Formatter, JointAction, Observation, Scorer
+
+#: ``split_single(reply, item) -> joint action``: one model's whole answer cut into the agents' parts
+SplitSingle = Callable[[str, Mapping[str, Any]], JointAction]
+
+TEAMMATE_ANSWER = "Your teammate ({role}) wrote:\n{answer}"
+DISCUSSION_INSTRUCTION = "Your teammates answered:\n\n{answers}\n\nRevise your own answer so that the team's answers fit together."
+
+
+def with_note(observation: Observation, note: str) -> Observation:
+    """``observation`` with ``note`` added to its last user message (or as a new user message)."""
+    messages = as_messages(observation)
+    if messages and messages[-1]["role"] == "user":
+        return messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + "\n\n" + note}]
+    return messages + [{"role": "user", "content": note}]
+
+
+def baseline_answers(
+    name: str,
+    agents: Sequence[AgentPolicy],
+    items: Sequence[Mapping[str, Any]],
+    *,
+    formatters: Sequence[Formatter],
+    max_new_tokens: int,
+    roles: Sequence[str] | None = None,
+    single_formatter: Formatter | None = None,
+    split_single: SplitSingle | None = None,
+) -> tuple[list[JointAction], list[tuple[Observation, ...]]]:
+    """The joint answers of baseline ``name`` for ``items`` and the observations behind them."""
+    check_choice("baseline", name, BASELINES)
+    roles = list(roles or [a.name for a in agents])
+    sample = make_sampler(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False)
+    first = [[fmt(item) for item in items] for fmt in formatters]  # per agent, per item
+    if name == "single":
+        if single_formatter is None or split_single is None:
+            raise ValueError("the 'single' baseline needs the task's single-model prompt and the way to split its reply")
+        whole = make_sampler(num_generations=1, max_new_tokens=max_new_tokens * len(agents), temperature=0.0,
+                             use_sampling_copy=False)
+        prompts = [single_formatter(item) for item in items]
+        replies = whole(agents[0], prompts).texts
+        return [split_single(reply, item) for reply, item in zip(replies, items)], [(p,) for p in prompts]
+    if name == "parallel":
+        texts = [r.texts for r in sample_team(agents, first, sample, concurrent=True)]
+        return list(zip(*texts)), list(zip(*first))
+    if name == "sequential":
+        seen: list[list[Observation]] = []
+        texts: list[list[str]] = []
+        for i, agent in enumerate(agents):  # agent i sees the answers of agents 0..i-1
+            observations = [
+                with_note(first[i][k], "\n\n".join(TEAMMATE_ANSWER.format(role=roles[j], answer=texts[j][k]) for j in range(i)))
+                if i else first[i][k]
+                for k in range(len(items))
+            ]
+            seen.append(observations)
+            texts.append(sample(agent, observations).texts)
+        return list(zip(*texts)), list(zip(*seen))
+    # discussion: a first round apart, then one revision seeing the others' first answers
+    drafts = [r.texts for r in sample_team(agents, first, sample, concurrent=True)]
+    revise = [
+        [
+            as_messages(first[i][k]) + [
+                {"role": "assistant", "content": drafts[i][k]},
+                {"role": "user", "content": DISCUSSION_INSTRUCTION.format(answers="\n\n".join(
+                    TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i))},
+            ]
+            for k in range(len(items))
+        ]
+        for i in range(len(agents))
+    ]
+    texts = [r.texts for r in sample_team(agents, revise, sample, concurrent=True)]
+    return list(zip(*texts)), list(zip(*revise))
+
+
+def evaluate_baseline(
+    name: str,
+    agents: Sequence[AgentPolicy],
+    items: Sequence[Mapping[str, Any]],
+    *,
+    formatters: Sequence[Formatter],
+    scorer: Scorer,
+    max_new_tokens: int,
+    roles: Sequence[str] | None = None,
+    single_formatter: Formatter | None = None,
+    split_single: SplitSingle | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """The mean figures of baseline ``name`` over ``items``: ``{"items": n, "reward": ..., ...}``."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):
+        batch = list(items[start : start + batch_size])
+        joint, observations = baseline_answers(
+            name, agents, batch, formatters=formatters, max_new_tokens=max_new_tokens, roles=roles,
+            single_formatter=single_formatter, split_single=split_single,
+        )
+        scored = scorer(completions=joint, prompts=observations, **columns_of(batch))
+        rows.extend({k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    for row in scored)
+    return {"items": float(len(items)), **mean_figures(rows)}
+
+
+__all__ = ["BASELINES", "baseline_answers", "evaluate_baseline", "with_note"]
