@@ -209,3 +209,15 @@ def test_checkpoint_fields_are_checked():
         MAGRPOConfig(save_total_limit=0)
     with pytest.raises(ConfigError, match="save_minutes=-1 is not valid"):
         MAGRPOConfig(save_minutes=-1)
+
+
+def test_no_resumable_checkpoint_when_both_save_intervals_are_zero(tiny_agents, tmp_path):
+    from magrpo import MAGRPOTrainer
+    from tests.conftest import letter_count_reward
+
+    args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=2, save_steps=0, save_minutes=0,
+                        output_dir=str(tmp_path), log_samples_steps=0)
+    MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
+                  formatters=[lambda x: x["q"]] * 2, args=args).train(progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+    assert {"agent_0", "agent_1"} <= {p.name for p in (tmp_path / "final").iterdir()}

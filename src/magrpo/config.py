@@ -110,7 +110,8 @@ class MAGRPOConfig:
     report_to: list[str] = field(default_factory=list)
     #: a full checkpoint (weights, optimiser, random states; resumable) every n-th step ...
     save_steps: int = 50
-    #: ... or after this many minutes since the last one, whichever comes first (0: by steps only)
+    #: ... or after this many minutes since the last one, whichever comes first (0: by steps only;
+    #: both 0: no resumable checkpoint at all, only the final weights, except at a clean stop)
     save_minutes: float = 30.0
     #: keep the newest k checkpoints (the newest complete one is never deleted); None keeps all
     save_total_limit: int | None = 2

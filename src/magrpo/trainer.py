@@ -251,7 +251,8 @@ class MAGRPOTrainer:
                 died = self.step < self.args.max_steps and self._stop_signal is None
                 if died and self.step > self._last_checkpoint[0]:
                     self.save(log.checkpoint_dir(self.step, suffix="-interrupted"))
-        if self._last_checkpoint[0] != self.step:
+        saves_checkpoints = bool(self.args.save_steps or self.args.save_minutes)  # both 0: final weights only
+        if saves_checkpoints and self._last_checkpoint[0] != self.step:
             self.checkpoint(log.checkpoint_dir(self.step))
         self.save(log.final_dir())
         log.plot_rewards(self.history)
