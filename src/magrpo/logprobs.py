@@ -8,10 +8,24 @@ after it (padding, which is often the EOS id itself) never does, and neither doe
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from typing import Iterable, Iterator
 
 import torch
 from transformers import DynamicCache
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name a model's forward takes its KV cache by: ``cache`` in newer transformers, where
+    ``past_key_values`` is deprecated, ``past_key_values`` before (peft wrappers: their base's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword_of(type(base))
 
 
 def eos_tensor(eos_token_ids: Iterable[int], like: torch.Tensor) -> torch.Tensor:
@@ -108,7 +122,7 @@ def prefill_prompts(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mas
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=position_ids_from_mask(prompt_mask),
-        past_key_values=cache,
+        **{cache_keyword(model): cache},
         use_cache=True,
         logits_to_keep=1,
     )
@@ -150,7 +164,7 @@ def shared_prompt_token_logprobs(
         input_ids=completion_ids[:, :-1],  # the last token predicts nothing we score
         attention_mask=attention_mask[:, :-1],
         position_ids=positions[:, :-1],
-        past_key_values=cache,
+        **{cache_keyword(model): cache},
         use_cache=True,
     ).logits
     logits = torch.cat([first, rest], dim=1)
@@ -158,6 +172,7 @@ def shared_prompt_token_logprobs(
 
 
 __all__ = [
+    "cache_keyword",
     "completion_mask",
     "completion_token_logprobs",
     "eos_tensor",

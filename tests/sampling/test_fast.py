@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from magrpo.logprobs import completion_token_logprobs
+from magrpo.logprobs import cache_keyword, completion_token_logprobs
 from magrpo.sampling.fast import draw, new_cache, sample_fast
 from magrpo.sampling.plain import sample_plain
 from magrpo.sampling.rollout import Rollout
@@ -69,9 +69,9 @@ def test_reserved_cache_matches_dynamic_cache_and_grows_past_its_room(tiny_token
         caches = [new_cache(model, capacity=4), DynamicCache(config=model.config)]  # 4 < 6 + 3: it must grow
         logits = []
         for cache in caches:
-            out = [model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]]
+            out = [model(input_ids=ids, **{cache_keyword(model): cache}, use_cache=True).logits[:, -1]]
             for token in (4, 5, 2):
-                out.append(model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[:, -1])
+                out.append(model(input_ids=torch.tensor([[token]]), **{cache_keyword(model): cache}, use_cache=True).logits[:, -1])
             logits.append(torch.cat(out))
     assert caches[0].get_seq_length() == 9
     assert torch.allclose(logits[0], logits[1], atol=1e-5)

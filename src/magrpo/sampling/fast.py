@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
-from magrpo.logprobs import completion_mask, eos_tensor, prefill_prompts
+from magrpo.logprobs import cache_keyword, completion_mask, eos_tensor, prefill_prompts
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
 from magrpo.types import Observation
@@ -163,6 +163,7 @@ def _decode(
     device = prompt_ids.device
     prompt_mask = prompt_mask.long()
     cache = new_cache(model, prompt_ids.shape[1] + max_new_tokens)
+    cache_key = cache_keyword(model)
     first_logits = prefill_prompts(model, prompt_ids, prompt_mask, cache)
     G = num_generations
     if G > 1:
@@ -201,7 +202,7 @@ def _decode(
             input_ids=chosen.unsqueeze(-1),
             attention_mask=attention,
             position_ids=next_position.unsqueeze(-1),
-            past_key_values=cache,
+            **{cache_key: cache},
             use_cache=True,
         )
         next_position = next_position + 1
