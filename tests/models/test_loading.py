@@ -100,6 +100,7 @@ def test_a_lora_checkpoint_loads_with_its_adapter_merged(tiny_tokenizer, tmp_pat
     save_agent(agents[1], tmp_path / "agent_1")
     merged, _ = load_model_and_tokenizer(tmp_path / "agent_1", device=torch.device("cpu"), dtype=torch.float32)
     assert not hasattr(merged, "peft_config")
+    assert all(p.requires_grad for p in merged.parameters())  # trainable as a full agent (and an optimiser accepts it)
     assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
 
 

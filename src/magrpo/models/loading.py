@@ -81,7 +81,8 @@ def load_model_and_tokenizer(
                 from peft import AutoPeftModelForCausalLM
 
                 model = AutoPeftModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
-                model = model.merge_and_unload()
+                # peft froze the base; merged, it is a plain model a full agent trains
+                model = model.merge_and_unload().requires_grad_(True)
             else:
                 model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline)
     except OSError as exc:
