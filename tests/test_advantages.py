@@ -29,6 +29,39 @@ def test_equal_rewards_give_zero_advantage_not_nan(scaling):
     assert torch.equal(adv, torch.zeros(3, 4, dtype=torch.float64))
 
 
+def test_the_reinforce_baselines_give_their_exact_advantages():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    # RLOO: R^g minus the mean of the other three
+    assert group_advantages(rewards, baseline="loo").tolist() == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 3.0, 6 - 2.0], abs=1e-12)
+    assert group_advantages(rewards, baseline="max").tolist() == [-5.0, -4.0, -3.0, 0.0]
+    assert group_advantages(rewards, baseline="none").tolist() == [1.0, 2.0, 3.0, 6.0]
+    # RLOO is the mean baseline scaled by G / (G - 1)
+    assert group_advantages(rewards, baseline="loo") == pytest.approx(group_advantages(rewards) * 4 / 3, abs=1e-12)
+    std = math.sqrt(14 / 3)
+    assert group_advantages(rewards, "std", baseline="max").tolist() == pytest.approx([-5 / std, -4 / std, -3 / std, 0.0])
+    # under std scaling the four still differ: shifts and scales of each other, not one update
+    variants = {b: tuple(group_advantages(rewards, "std", baseline=b).tolist()) for b in ("mean", "loo", "max", "none")}
+    assert len(set(variants.values())) == 4
+    # a group without spread: no signal, except raw returns without scaling
+    flat = torch.full((4,), 0.7, dtype=torch.float64)
+    for b in ("mean", "loo", "max"):
+        assert torch.equal(group_advantages(flat, baseline=b), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(group_advantages(flat, baseline="none"), flat)
+    assert torch.equal(group_advantages(flat, "std", baseline="none"), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="advantage_baseline='median' is not valid; choose one of 'mean', 'loo', 'max', 'none'"):
+        group_advantages(rewards, baseline="median")
+
+
+def test_the_trainer_takes_the_baseline_from_the_config():
+    from magrpo import ConfigError, MAGRPOConfig
+
+    assert MAGRPOConfig(advantage_baseline="loo").advantage_baseline == "loo"
+    with pytest.raises(ConfigError, match="advantage_baseline='best' is not valid"):
+        MAGRPOConfig(advantage_baseline="best")
+    returns = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    assert agent_advantages(returns, agent=1, num_agents=2, joint_mode="aligned", baseline="max").tolist() == [-5.0, -4.0, -3.0, 0.0]
+
+
 def test_group_of_one_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(torch.tensor([[1.0]]))

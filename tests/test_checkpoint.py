@@ -163,6 +163,17 @@ def test_a_resume_that_would_change_the_maths_is_refused_naming_the_fields(finis
     trainer.args.learning_rate, trainer.args.max_steps, trainer.args.num_generations = 0.5, 8, 4
     with pytest.raises(ConfigError, match=r"with a different learning_rate \(learning_rate: 0.01 in the checkpoint, 0.5 now\)"):
         trainer.train(progress=False, resume_from_checkpoint=True)
+    # a checkpoint written before a field existed ran at that field's default
+    import yaml
+
+    from magrpo.checkpoint import check_resumable_config
+
+    older = tmp_path / "older"
+    older.mkdir()
+    saved = yaml.safe_load((run_dir / "checkpoints" / "step-6" / "config.yaml").read_text())
+    (older / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items() if k != "advantage_baseline"}))
+    with pytest.raises(ConfigError, match=r"different learning_rate \(learning_rate"):  # and nothing else differs
+        check_resumable_config(older, trainer.args)
     trainer.args.learning_rate = 1e-2  # more steps are fine: the run goes on from step 6
     history = trainer.train(progress=False, resume_from_checkpoint=True)
     assert [h["step"] for h in history] == list(range(1, 9))

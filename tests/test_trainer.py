@@ -460,3 +460,16 @@ def test_the_trainer_gives_a_branch_solved_at_the_first_turn_its_absorbing_retur
     for advantages in captured:  # agent 0, agent 1
         assert advantages[0].tolist() == pytest.approx([2.625, -0.875, -0.875, -0.875], abs=1e-6)
         assert advantages[1].tolist() == pytest.approx([0.0] * 12, abs=1e-6)  # the revisions all tie
+
+
+def test_a_step_logs_the_mean_of_every_figure_the_scorer_reports(tiny_agents, tmp_path):
+    def scorer(*, completions, **_):
+        return [{"reward": float(len(a)), "words": float(len(b.split())), "label": "not a figure"} for a, b in completions]
+
+    args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=3, max_steps=1, output_dir=str(tmp_path))
+    trainer = MAGRPOTrainer(agents=tiny_agents, scorer=scorer, train_dataset=[{"q": "q"}, {"q": "a b"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    metrics, samples = trainer.train_step(trainer.next_batch())
+    assert metrics["figures/words"] == pytest.approx(sum(len(s["completions"][1].split()) for s in samples) / 8)
+    assert metrics["figures/reward"] == pytest.approx(metrics["reward_mean"])
+    assert "figures/label" not in metrics

@@ -10,23 +10,38 @@ from typing import Mapping, Sequence
 
 import torch
 
-from magrpo.choices import ADVANTAGE_SCALINGS, CROSS_AGGREGATIONS, JOINT_MODES, check_choice
+from magrpo.choices import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, CROSS_AGGREGATIONS, JOINT_MODES, check_choice
 
 #: a group whose rewards spread less than this has no signal: its advantages are exactly zero
 STD_EPS = 1e-6
 
 
-def group_advantages(rewards: torch.Tensor, scaling: str = "none") -> torch.Tensor:
-    """A^g = R^g - mean_g'(R^g'), optionally divided by the group's standard deviation.
+def group_advantages(rewards: torch.Tensor, scaling: str = "none", baseline: str = "mean") -> torch.Tensor:
+    """A^g = R^g - b^g, optionally divided by the group's standard deviation. The baseline b^g:
+
+    - ``mean``: the group mean (MAGRPO, GRPO);
+    - ``loo``: the mean of the other G - 1 members (RLOO; b^g does not depend on R^g), computed as
+      G / (G - 1) * (R^g - mean), the same number, exactly 0 for a group without spread;
+    - ``max``: the group's best reward (every advantage <= 0: only the best goes unpunished);
+    - ``none``: 0, raw returns (REINFORCE without a baseline).
 
     The standard deviation is the unbiased one (divisor G - 1), as in TRL. A group whose rewards
-    are all equal gets advantage 0 under both scalings (never NaN).
+    are all equal gets advantage 0 under ``std`` scaling (never NaN), and under ``none`` scaling
+    with every baseline but ``none`` (raw returns keep their value).
     """
     check_choice("advantage_scaling", scaling, ADVANTAGE_SCALINGS)
     if rewards.shape[-1] < 2:
         raise ValueError(f"a group needs at least 2 members for a baseline; got {rewards.shape[-1]}")
+    check_choice("advantage_baseline", baseline, ADVANTAGE_BASELINES)
     rewards = rewards.to(torch.float64)
-    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if baseline == "max":
+        centred = rewards - rewards.amax(dim=-1, keepdim=True)
+    elif baseline == "none":
+        centred = rewards.clone()
+    else:
+        centred = rewards - rewards.mean(dim=-1, keepdim=True)
+        if baseline == "loo":
+            centred = centred * (rewards.shape[-1] / (rewards.shape[-1] - 1))
     if scaling == "none":
         return centred
     std = rewards.std(dim=-1, keepdim=True)
@@ -109,6 +124,7 @@ def agent_advantages(
     joint_mode: str,
     scaling: str = "none",
     cross_aggregation: str = "mean",
+    baseline: str = "mean",
 ) -> torch.Tensor:
     """Advantages of one agent's completions at one turn, flattened to ``[P * G]`` (row p * G + g).
 
@@ -122,4 +138,4 @@ def agent_advantages(
         per_completion = returns
     else:
         per_completion = cross_completion_returns(returns, agent, num_agents, cross_aggregation)
-    return group_advantages(per_completion, scaling).reshape(-1)
+    return group_advantages(per_completion, scaling, baseline).reshape(-1)

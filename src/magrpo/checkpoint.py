@@ -138,7 +138,8 @@ def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
     """Refuse to resume with a config that changes the maths of the run, naming the fields."""
     import yaml
 
-    saved = yaml.safe_load((Path(directory) / "config.yaml").read_text())
+    # a field the checkpoint's version did not have yet ran at its default
+    saved = {**MAGRPOConfig.defaults(), **yaml.safe_load((Path(directory) / "config.yaml").read_text())}
     current = config.to_dict()
     differing = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if differing:

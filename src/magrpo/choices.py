@@ -8,6 +8,7 @@ from typing import Sequence
 from magrpo.errors import ConfigError
 
 ADVANTAGE_SCALINGS = ("none", "std")
+ADVANTAGE_BASELINES = ("mean", "loo", "max", "none")
 LOSS_AGGREGATIONS = ("sequence", "token")
 JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
@@ -27,6 +28,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 
 __all__ = [
+    "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALINGS",
     "BASELINES",
     "CROSS_AGGREGATIONS",

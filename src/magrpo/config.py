@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from magrpo.choices import (
+    ADVANTAGE_BASELINES,
     ADVANTAGE_SCALINGS,
     CROSS_AGGREGATIONS,
     DTYPES,
@@ -54,6 +55,9 @@ class MAGRPOConfig:
     seed: int = 0
     #: "none": A = R - mean(R); "std": A = (R - mean(R)) / std(R), zero where std(R) == 0
     advantage_scaling: str = "none"
+    #: the baseline b in A = R - b: "mean" (the group mean, MAGRPO), "loo" (mean of the other
+    #: G - 1: RLOO), "max" (the group's best), "none" (raw returns: REINFORCE without a baseline)
+    advantage_baseline: str = "mean"
     #: "sequence": mean over completions of A * sum_t log p_t (the paper's objective);
     #: "token": sum over all completion tokens of A * log p_t divided by the number of such tokens
     loss_aggregation: str = "sequence"
@@ -206,6 +210,7 @@ class MAGRPOConfig:
         if self.early_stop_reward is not None:
             _number_in(self, "early_stop_reward", -math.inf, None)
         _choice(self, "advantage_scaling", ADVANTAGE_SCALINGS)
+        _choice(self, "advantage_baseline", ADVANTAGE_BASELINES)
         _choice(self, "loss_aggregation", LOSS_AGGREGATIONS)
         _choice(self, "joint_mode", JOINT_MODES)
         _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
@@ -243,6 +248,11 @@ class MAGRPOConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default value."""
+        return cls().to_dict()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "MAGRPOConfig":

@@ -34,7 +34,7 @@ from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.check import check_env
 from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
-from magrpo.eval.figures import final_figures_per_turn, mean_figures
+from magrpo.eval.figures import final_figures_per_turn, mean_figures, turn_mean_figures
 from magrpo.feedback.base import Feedback
 from magrpo.logprobs import completion_token_logprobs, scoring_mode, shared_prompt_token_logprobs
 from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
@@ -359,7 +359,7 @@ class MAGRPOTrainer:
             advantages = [
                 agent_advantages(
                     ret, agent=i, num_agents=len(self.agents), joint_mode=a.joint_mode,
-                    scaling=a.advantage_scaling, cross_aggregation=a.cross_aggregation,
+                    scaling=a.advantage_scaling, cross_aggregation=a.cross_aggregation, baseline=a.advantage_baseline,
                 )
                 for ret in returns
             ]
@@ -493,6 +493,8 @@ class MAGRPOTrainer:
         }
         for t in turns[1:]:
             metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
+        # the scorer's own figures (reward levels, tests passed, cooperation schemes) over the first turn
+        metrics.update({f"figures/{k}": v for k, v in turn_mean_figures(turns[0]).items()})
         for agent, optimizer, m in zip(self.agents, self.optimizers, agent_metrics):
             for key in ("loss", "grad_norm", "advantage_mean", "advantage_std", "zero_advantage_groups",
                         "is_weight_mean", "is_capped_fraction"):

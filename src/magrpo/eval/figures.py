@@ -17,13 +17,22 @@ def final_figures_per_turn(turns: list[Turn], num_items: int, num_turns: int) ->
             turn = turns[t]
             for node in range(turn.num_nodes):
                 result = turn.results[node][0]
-                info = next(iter(result.infos.values()), {})
-                figures = {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                current[root_of[node]] = {"reward": float(result.joint_reward), **figures}
+                current[root_of[node]] = {"reward": float(result.joint_reward), **numeric_figures(result)}
             if t + 1 < len(turns):
                 root_of = [root_of[p] for (p, _j) in turns[t + 1].parents or []]
         out.append([dict(c) for c in current])
     return out
+
+
+def numeric_figures(result) -> dict[str, float]:
+    """The numeric values of a step result's infos (every agent gets the same: the first's)."""
+    info = next(iter(result.infos.values()), {})
+    return {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def turn_mean_figures(turn: Turn) -> dict[str, float]:
+    """Each figure's mean over every joint action of a turn (what a training step logs)."""
+    return mean_figures([numeric_figures(result) for node in turn.results for result in node])
 
 
 def mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -34,4 +43,4 @@ def mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r)) for k in keys}
 
 
-__all__ = ["final_figures_per_turn", "mean_figures"]
+__all__ = ["final_figures_per_turn", "mean_figures", "numeric_figures", "turn_mean_figures"]

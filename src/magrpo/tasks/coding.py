@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from magrpo.feedback.execution import ExecutionFeedback
-from magrpo.rewards.coding import CodingRewardConfig, score_coding_batch, split_whole_program
+from magrpo.rewards.coding import CodingRewardConfig, extract_code, score_coding_batch, split_whole_program
+from magrpo.rewards.schemes import cooperation_scheme, scheme_figures
 from magrpo.tasks.base import Task
 
 TRAIN_PROBLEMS = range(0, 132)
@@ -80,8 +81,12 @@ def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
               entry_point: Sequence[str], **_: Any) -> list[dict[str, float]]:
         problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
         pairs = [(c[0], c[1]) for c in completions]
+        scores = score_coding_batch(pairs, problems, config)
+        # the scheme is what the code is written to do (syntax tree), whether or not the tests reach the helper
+        schemes = [cooperation_scheme(extract_code(main), e, config.helper_name) if s.parses else "none"
+                   for (_, main), e, s in zip(pairs, entry_point, scores)]
         # "details" (not a figure) carries the sandbox results to the execution feedback
-        return [{**s.figures(), "details": s} for s in score_coding_batch(pairs, problems, config)]
+        return [{**s.figures(), **scheme_figures(scheme), "details": s} for s, scheme in zip(scores, schemes)]
 
     score.__name__ = "coding_reward"
     return score
