@@ -1,0 +1,237 @@
+"""Does MAGRPO beat the alternatives? Train and evaluate, on the same held-out items and reward:
+
+- ``team``: the MAGRPO-trained team (each agent writes its part);
+- ``single-grpo``: one model trained with the same trainer (one agent, same reward, same steps,
+  G and number of generated tokens: N times one agent's token budget per completion) to write
+  the whole joint answer, which the task cuts into the same parts;
+- the untrained baselines of ``magrpo.eval.baselines``: ``parallel`` (the untrained team),
+  ``sequential``, ``discussion``, ``single``.
+
+Every system runs for each seed; held-out figures are greedy. The study writes, into --output:
+``results.json`` (every run's curve and figures), ``results.md`` (mean and 95% t-interval per
+figure and system), ``reward_curves.png`` (training reward per step, band = 95% interval over
+seeds) and ``held_out.png`` (a bar chart of the held-out figures).
+
+    .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 12 --output docs/results/summarize
+    .venv/bin/python benchmarks/study.py --task coding --turns 2 ...   # the team with execution feedback
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+UNTRAINED = ("parallel", "sequential", "discussion", "single")
+
+#: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval); a single value has an interval of 0."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    df = len(values) - 1
+    t = T95[df - 1] if df <= len(T95) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def whole_answer_scorer(task) -> Callable[..., list[dict[str, Any]]]:
+    """The task's scorer for one agent writing the whole answer: its reply cut into the parts."""
+
+    def score(*, completions, prompts, **columns):
+        items = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        joint = [task.split_single_answer(c[0], item) for c, item in zip(completions, items)]
+        return task.scorer(completions=joint, prompts=prompts, **columns)
+
+    return score
+
+
+def config(args, seed: int, out: Path, **overrides):
+    from magrpo import MAGRPOConfig
+
+    values = dict(num_generations=args.num_generations, batch_size=args.batch_size, max_steps=args.steps,
+                  max_new_tokens=args.max_new_tokens, learning_rate=args.lr, seed=seed, output_dir=str(out),
+                  save_steps=0, save_minutes=0, log_samples_steps=0, use_lora=args.lora)
+    values.update(overrides)
+    return MAGRPOConfig(**values)
+
+
+def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
+    from magrpo import MAGRPOTrainer
+
+    feedback = task.execution_feedback() if args.turns > 1 else None
+    trainer = MAGRPOTrainer(
+        agents=[args.model] * task.num_agents, scorer=task.scorer, formatters=task.formatters,
+        train_dataset=train_items, eval_dataset=held_out, feedback=feedback, is_solved=task.is_solved,
+        agent_roles=task.agent_roles,
+        args=config(args, seed, out, num_agents=task.num_agents, num_turns=args.turns),
+    )
+    history = trainer.train(progress=False)
+    figures = trainer.evaluate()
+    return {"curve": [h["reward_mean"] for h in history], "held_out": figures,
+            "tokens_generated": sum(h["tokens_generated"] for h in history)}
+
+
+def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
+    from magrpo import MAGRPOTrainer
+    from magrpo.eval.baselines import evaluate_baseline
+
+    budget = args.max_new_tokens * task.num_agents * args.turns  # the team's tokens per joint answer
+    trainer = MAGRPOTrainer(
+        agents=[args.model], scorer=whole_answer_scorer(task), formatters=[task.single_agent_formatter],
+        train_dataset=train_items, args=config(args, seed, out, num_agents=1, max_new_tokens=budget),
+    )
+    history = trainer.train(progress=False)
+    figures = evaluate_baseline("single", trainer.agents, held_out, formatters=task.formatters, scorer=task.scorer,
+                                max_new_tokens=args.max_new_tokens * args.turns,
+                                single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
+    return {"curve": [h["reward_mean"] for h in history], "held_out": figures,
+            "tokens_generated": sum(h["tokens_generated"] for h in history)}
+
+
+def untrained(task, args, held_out) -> dict[str, dict[str, float]]:
+    from magrpo.eval.baselines import evaluate_baseline
+    from magrpo.models import build_agents
+
+    agents = build_agents([args.model] * task.num_agents, device=args.device)
+    return {
+        name: evaluate_baseline(name, agents, held_out, formatters=task.formatters, scorer=task.scorer,
+                                max_new_tokens=args.max_new_tokens, roles=task.agent_roles,
+                                single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
+        for name in UNTRAINED
+    }
+
+
+def summarise(runs: Mapping[str, list[dict[str, Any]]], task) -> dict[str, dict[str, tuple[float, float]]]:
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for system, seeds in runs.items():
+        figures = [task.with_normalised_return(s["held_out"]) for s in seeds]
+        keys = [k for k in figures[0] if k != "items" and all(k in f for f in figures)]
+        table[system] = {k: mean_interval([f[k] for f in figures]) for k in keys}
+    return table
+
+
+def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
+    keys = [k for k in next(iter(table.values())) if not k.startswith("scheme/")]
+    schemes = sorted({k for row in table.values() for k in row if k.startswith("scheme/")})
+    lines = [f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s), {args.steps} steps of {args.batch_size} "
+             f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s), "
+             f"{args.eval_items} held-out items, greedy. Mean and 95% t-interval over seeds "
+             f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.", ""]
+    for columns in (keys, schemes):
+        if not columns:
+            continue
+        lines.append("| system | " + " | ".join(columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for system, row in table.items():
+            cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "-" for k in columns]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot(out: Path, runs, table) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for system in ("team", "single-grpo"):
+        curves = [s["curve"] for s in runs.get(system, []) if s["curve"]]
+        if not curves:
+            continue
+        steps = range(1, min(map(len, curves)) + 1)
+        stats = [mean_interval([c[i - 1] for c in curves]) for i in steps]
+        means = [m for m, _ in stats]
+        ax.plot(steps, means, label=system)
+        ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.25)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean joint reward (training samples)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reward_curves.png", dpi=120)
+    plt.close(fig)
+
+    keys = [k for k in ("reward_normalised", "tests_passed", "pass@1", "rougeL") if all(k in row for row in table.values())]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(table))
+    for i, (system, row) in enumerate(table.items()):
+        xs = [j + i * width for j in range(len(keys))]
+        ax.bar(xs, [row[k][0] for k in keys], width, yerr=[row[k][1] for k in keys], label=system, capsize=3)
+    ax.set_xticks([j + width * (len(table) - 1) / 2 for j in range(len(keys))], keys)
+    ax.set_ylabel("held-out")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "held_out.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="summarize", choices=["coding", "summarize", "expand"])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-generations", "-G", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=1, help="turns of the team (>1: with the task's execution feedback)")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--train-items", type=int, default=None, help="use only the first N training items")
+    parser.add_argument("--eval-items", type=int, default=8)
+    parser.add_argument("--systems", default="team,single-grpo," + ",".join(UNTRAINED))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", type=Path, default=Path("runs/study"))
+    args = parser.parse_args()
+
+    from magrpo.tasks import get_task
+
+    started = time.perf_counter()
+    task = get_task(args.task)
+    train_items = task.load_split("train")[: args.train_items]
+    held_out = task.load_split("eval")[: args.eval_items]
+    systems = args.systems.split(",")
+    args.output.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    if any(s in UNTRAINED for s in systems):
+        for name, figures in untrained(task, args, held_out).items():
+            if name in systems:
+                runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
+        gc.collect()
+    for seed in range(args.seeds):
+        for system, fn in (("team", train_team), ("single-grpo", train_single)):
+            if system not in systems:
+                continue
+            t0 = time.perf_counter()
+            result = fn(task, args, seed, train_items, held_out, args.output / f"{system}-seed{seed}")
+            result.update(seed=seed, seconds=time.perf_counter() - t0)
+            runs.setdefault(system, []).append(result)
+            print(f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
+                  f"{result['held_out']['reward']:.3f} ({result['seconds']:.0f} s)", flush=True)
+            gc.collect()
+    order = [s for s in ("team", "single-grpo", *UNTRAINED) if s in runs]
+    runs = {s: runs[s] for s in order}
+    table = summarise(runs, task)
+    seconds = time.perf_counter() - started
+    (args.output / "results.json").write_text(json.dumps(
+        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+         "runs": runs, "summary": {s: {k: list(v) for k, v in row.items()} for s, row in table.items()},
+         "seconds": seconds}, indent=1, default=float))
+    write_markdown(args.output / "results.md", table, runs, args, seconds)
+    plot(args.output, runs, table)
+    print((args.output / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
