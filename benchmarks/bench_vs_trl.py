@@ -82,13 +82,13 @@ def update_flops(shapes: dict[str, Any], rows: int, prompt_len: int, completion_
     return 6.0 * (shapes["body_params"] * body_positions + shapes["head_params"] * rows * completion_len)
 
 
-def matmul_gflops(shapes: dict[str, Any], tokens: int, seconds: float = 3.0) -> float:
+def matmul_gflops(shapes: dict[str, Any], tokens: int, seconds: float = 3.0, device: str = "cpu") -> float:
     """Forward matmul throughput of the model's own linear shapes, [tokens, in] x [in, out], float32,
-    with this process's threads: what the update could reach if it were nothing but matmuls."""
+    with this process's threads (or GPU): what the update could reach if it were nothing but matmuls."""
     import torch
 
-    weights = [torch.randn(out_f, in_f) for out_f, in_f in shapes["linear_shapes"]]
-    inputs = {in_f: torch.randn(tokens, in_f) for _, in_f in shapes["linear_shapes"]}
+    weights = [torch.randn(out_f, in_f, device=device) for out_f, in_f in shapes["linear_shapes"]]
+    inputs = {in_f: torch.randn(tokens, in_f, device=device) for _, in_f in shapes["linear_shapes"]}
     flops_per_pass = sum(2.0 * tokens * w.shape[0] * w.shape[1] for w in weights)
     for w in weights:
         torch.nn.functional.linear(inputs[w.shape[1]], w)
@@ -97,7 +97,31 @@ def matmul_gflops(shapes: dict[str, Any], tokens: int, seconds: float = 3.0) -> 
         for w in weights:
             torch.nn.functional.linear(inputs[w.shape[1]], w)
         passes += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
     return passes * flops_per_pass / (time.perf_counter() - started) / 1e9
+
+
+#: the models a system trains, and a copy of their weights before the first step
+WATCHED: list[Any] = []
+_INITIAL: list[Any] = []
+
+
+def weights_changed() -> float:
+    """The fraction of weight elements that training changed (bf16 weights round small updates away)."""
+    changed = total = 0
+    for model, before in zip(WATCHED, _INITIAL or [None] * len(WATCHED)):
+        if before is None:
+            continue
+        for p, b in zip(model.parameters(), before):
+            changed += int((p.detach() != b).sum())
+            total += p.numel()
+    return changed / total if total else float("nan")
+
+
+def snapshot_weights() -> None:
+    """Called before the first step (TRL: from a callback; magrpo: before its loop)."""
+    _INITIAL[:] = [[p.detach().clone() for p in model.parameters()] for model in WATCHED]
 
 
 def peak_rss_mib() -> float:
@@ -122,6 +146,9 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
         return [length_reward(t) for t in texts]
 
     class Timer(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            snapshot_weights()
+
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             current.clear()
             current["start"] = time.perf_counter()
@@ -132,7 +159,9 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
 
     source = str(bundled_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    weights = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=weights).to(args.device)
+    WATCHED.append(model)
     dataset = Dataset.from_list([{"prompt": main_prompt(item)} for item in humaneval_items(args.prompts)])
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
@@ -149,8 +178,8 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
         max_grad_norm=1.0,
         max_steps=args.steps,
         seed=SEED,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=args.device == "cpu",
+        bf16=args.precision != "fp32",  # "mixed": autocast over float32 weights; "bf16": bf16 weights too
         save_strategy="no",
         report_to=[],
         logging_steps=1,
@@ -199,13 +228,16 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         max_steps=args.steps,
         batch_size=prompts,
         seed=SEED,
-        device="cpu",
-        dtype="float32",
+        device=args.device,
+        dtype="bfloat16" if args.precision == "bf16" else "float32",
+        autocast="no" if args.precision == "fp32" else "bfloat16",
         update_micro_batch_size=max(16, prompts * args.num_generations),
         output_dir=tempfile.mkdtemp(prefix="bench-magrpo-"),
         log_samples_steps=0,
         rollout_backend=args.rollout,
         rollout_dtype=args.rollout_dtype,
+        save_steps=0,
+        save_minutes=0,
     )
     formatters = [helper_prompt, main_prompt] if team else [main_prompt]
     trainer = MAGRPOTrainer(["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters,
@@ -217,6 +249,8 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         return update_agent(index, rollouts, returns)
 
     trainer.update_agent = update_and_record
+    WATCHED.extend(agent.model for agent in trainer.agents)
+    snapshot_weights()
     steps = []
     for _ in range(args.steps):
         sampled.clear()
@@ -250,6 +284,7 @@ def worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     steps = run_trl(args) if args.worker == "trl" else run_magrpo(args, team=args.worker == "magrpo-team")
     wall = time.perf_counter() - started
+    cuda = {"cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
     measured = steps[1:] or steps  # the first step is warm-up
     median = {k: statistics.median(s[k] for s in measured) for k in measured[0]}
     mean_update_tokens = median["update_tokens"]
@@ -264,8 +299,10 @@ def worker(args: argparse.Namespace) -> None:
         "completion_tok_per_s": sum(s["completion_tokens"] for s in measured) / sum(s["rollout_seconds"] for s in measured),
         "update_tok_per_s": sum(s["update_tokens"] for s in measured) / sum(s["update_seconds"] for s in measured),
         "update_gflops": sum(s["update_flops"] for s in measured) / sum(s["update_seconds"] for s in measured) / 1e9,
-        "matmul_gflops": matmul_gflops(SHAPES, tokens=int(mean_update_tokens)),
+        "matmul_gflops": matmul_gflops(SHAPES, tokens=int(mean_update_tokens), device=args.device),
         "peak_rss_mib": peak_rss_mib(),
+        **cuda,
+        "weights_changed": weights_changed(),
         "wall_sec": wall,
         "threads": torch.get_num_threads(),
         **({"is_weight_mean": median["is_weight_mean"]} if "is_weight_mean" in median else {}),
@@ -279,7 +316,8 @@ def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespa
     command = [sys.executable, __file__, "--worker", system, "--rollout", rollout, "--rollout-dtype", rollout_dtype,
                "--steps", str(args.steps),
                "--prompts", str(args.prompts), "--num-generations", str(args.num_generations),
-               "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+               "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
+               "--device", args.device, "--precision", args.precision]
     env = dict(os.environ)
     # idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with any other
     # busy process, spinning threads made every parallel op ~10x slower (see docs/performance.md)
@@ -298,12 +336,14 @@ def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespa
 
 def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     header = f"{'system':15s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} " \
-             f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s}"
+             f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s} " \
+             f"{'GPU peak MiB':>12s} {'w changed':>9s}"
     print(header)
     for r in results:
         print(f"{r['system']:15s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
               f"{r['completion_tok_per_s']:9.1f} {r['update_tok_per_s']:9.0f} {r['update_gflops']:11.1f} "
-              f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f}")
+              f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f} "
+              f"{r.get('cuda_peak_mib', float('nan')):12.0f} {r['weights_changed']:9.3f}")
     trl = next((r for r in results if r["system"] == "trl"), None)
     ratios = {}
     if trl:
@@ -336,6 +376,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt and policy")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "mixed", "bf16"], default="fp32",
+                   help="fp32: float32 everything (like for like on CPU); mixed: float32 weights with bf16 autocast "
+                   "(TRL bf16=True); bf16: the weights themselves in bf16")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -368,7 +412,8 @@ if __name__ == "__main__":
                         continue  # the bf16 copy needs the fast sampler's log-probs
                     runs.append(launch(system, rollout, dtype, ARGS))
         summary = report(runs)
-        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads", "rollout_dtype")}
+        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads",
+                                                            "rollout_dtype", "device", "precision")}
         summary["config"]["cpu_count"] = os.cpu_count()
         summary["config"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         print(json.dumps(summary))

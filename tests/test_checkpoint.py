@@ -19,7 +19,8 @@ from magrpo import CheckpointError, ConfigError, MAGRPOConfig
 from magrpo.checkpoint import checkpoints_of, prune_checkpoints, resolve_resume, verify_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMING = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second"}
+#: figures of the machine, not of the run: wall-clock times and memory
+TIMING = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
 
 
 def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:

@@ -73,5 +73,5 @@ def test_config_refuses_a_copy_without_sampling_logprobs_and_a_cap_below_one():
         MAGRPOConfig(rollout_dtype="bfloat16", rollout_backend="plain")
     with pytest.raises(ConfigError, match=r"rollout_is_cap=0.5 is not valid; expected a number >= 1.0"):
         MAGRPOConfig(rollout_dtype="bfloat16", rollout_is_cap=0.5)
-    with pytest.raises(ConfigError, match=r"rollout_dtype='int8' is not valid; choose one of 'same'"):
+    with pytest.raises(ConfigError, match=r"rollout_dtype='int8' is not valid; choose one of 'auto', 'same'"):
         MAGRPOConfig(rollout_dtype="int8")

@@ -125,3 +125,41 @@ def test_scoring_mode_turns_dropout_off_keeps_checkpointing_and_restores_modes(t
     model.eval()
     with torch.no_grad():
         assert torch.allclose(completion_token_logprobs(model, ids, mask, completion, cmask), first.detach(), atol=1e-6)
+
+
+def test_chunked_logprobs_under_autograd_give_the_same_values_and_gradients_bitwise():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 300, (3, 11))
+    for dtype, temperature in ((torch.float32, 0.7), (torch.bfloat16, 1.0)):
+        base = torch.randn(3, 11, 300).to(dtype)
+        grads, values = [], []
+        for chunk in (None, 4):
+            logits = base.clone().requires_grad_(True)
+            out = selected_token_logprobs(logits, tokens, chunk_size=chunk, temperature=temperature)
+            (out * torch.linspace(-1, 1, 11)).sum().backward()
+            values.append(out.detach())
+            grads.append(logits.grad)
+        assert torch.equal(values[0], values[1]) and torch.equal(grads[0], grads[1]), dtype
+
+
+def test_chunks_are_recomputed_in_the_backward_pass_not_kept():
+    """What autograd keeps for the backward pass: the float32 log-softmax input of one chunk at a
+    time (recomputed) instead of the whole [B, L, V] float32 copy."""
+    logits = torch.randn(2, 64, 1000, dtype=torch.bfloat16, requires_grad=True)
+    tokens = torch.randint(0, 1000, (2, 64))
+    kept = []
+
+    def pack(tensor):
+        kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    for chunk in (None, 8):
+        kept.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            selected_token_logprobs(logits, tokens, chunk_size=chunk)
+        if chunk is None:
+            full = max(kept)
+        else:
+            chunked = max(kept)
+    assert full >= 2 * 64 * 1000 * 4  # the whole float32 copy
+    assert chunked <= 2 * 64 * 1000 * 2  # never more than the bf16 logits themselves

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
 
@@ -36,6 +37,7 @@ def test_advantage_figures_and_groups_without_signal(tiny_agents, tmp_path):
     metrics, _ = flat.train_step(flat.next_batch())
     assert metrics["agent_0/zero_advantage_groups"] == 1.0 and metrics["agent_0/advantage_std"] == 0.0
     assert metrics["agent_1/learning_rate"] == 2e-3
+    assert metrics["peak_rss_mib"] > 0 and ("cuda_peak_mib" in metrics) == torch.cuda.is_initialized()
     varied = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
                            formatters=[lambda x: x["q"]] * 2, args=args)
     metrics, samples = varied.train_step(varied.next_batch())

@@ -473,3 +473,37 @@ def test_a_step_logs_the_mean_of_every_figure_the_scorer_reports(tiny_agents, tm
     assert metrics["figures/words"] == pytest.approx(sum(len(s["completions"][1].split()) for s in samples) / 8)
     assert metrics["figures/reward"] == pytest.approx(metrics["reward_mean"])
     assert "figures/label" not in metrics
+
+
+def _changed_fraction(tokenizer, tmp_path, **config):
+    """The share of the layers' weights that one AdamW step at lr 1e-5 changes."""
+    model = make_tiny_model(len(tokenizer), seed=6).to(config.pop("weights", torch.float32))
+    agents = build_agents([(model, tokenizer)], device="cpu")
+    before = {n: p.detach().clone() for n, p in agents[0].model.named_parameters() if ".layers." in n}
+    args = MAGRPOConfig(num_agents=1, num_generations=8, max_new_tokens=4, max_steps=1, learning_rate=1e-5,
+                        output_dir=str(tmp_path), save_steps=0, save_minutes=0, **config)
+    trainer = MAGRPOTrainer(agents=agents, reward_func=lambda completions, **_: [float(len(c[0])) for c in completions],
+                            train_dataset=[{"q": "q a"}], formatters=[lambda x: x["q"]], args=args)
+    trainer.train(progress=False)
+    params = dict(agents[0].model.named_parameters())
+    changed = sum(int((params[n] != b).sum()) for n, b in before.items())
+    return changed / sum(b.numel() for b in before.values()), trainer
+
+
+def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_updates_away(tiny_tokenizer, tmp_path):
+    mixed, trainer = _changed_fraction(tiny_tokenizer, tmp_path / "mixed", autocast="bfloat16")
+    assert trainer._autocast_dtype == torch.bfloat16 and trainer.agents[0].model.dtype == torch.float32
+    with pytest.warns(UserWarning, match=r"the trainable weights are bfloat16: AdamW updates smaller than a weight's rounding step"):
+        pure, _ = _changed_fraction(tiny_tokenizer, tmp_path / "pure", weights=torch.bfloat16, autocast="no")
+    print(f"weights changed by one lr 1e-5 step: float32 + bf16 autocast {mixed:.3f}, pure bf16 {pure:.3f}")
+    assert mixed > 0.95 and pure < 0.3
+
+
+def test_the_default_precision_policy_is_exact_float32_on_cpu(tiny_agents, tmp_path):
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=MAGRPOConfig(output_dir=str(tmp_path)))
+    assert (trainer.args.dtype, trainer.args.autocast, trainer.args.rollout_dtype) == ("auto", "auto", "auto")
+    assert trainer._autocast_dtype is None and trainer._rollout_dtype() == "same"  # CUDA: bfloat16 and bfloat16
+    assert all(a.sampling_copy is None and a.model.dtype == torch.float32 for a in trainer.agents)
+    with pytest.raises(ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"):
+        MAGRPOConfig(autocast="fp8")

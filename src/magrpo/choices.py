@@ -14,7 +14,8 @@ JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
 ROLLOUT_BACKENDS = ("fast", "plain")
-ROLLOUT_DTYPES = ("same", "float32", "bfloat16", "float16")
+ROLLOUT_DTYPES = ("auto", "same", "float32", "bfloat16", "float16")
+AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REPORT_TO = ("tensorboard", "wandb", "mlflow")
 BASELINES = ("single", "parallel", "sequential", "discussion")
@@ -30,6 +31,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALINGS",
+    "AUTOCASTS",
     "BASELINES",
     "CROSS_AGGREGATIONS",
     "DTYPES",

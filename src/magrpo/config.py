@@ -13,6 +13,7 @@ import yaml
 from magrpo.choices import (
     ADVANTAGE_BASELINES,
     ADVANTAGE_SCALINGS,
+    AUTOCASTS,
     CROSS_AGGREGATIONS,
     DTYPES,
     EXPANSIONS,
@@ -91,8 +92,9 @@ class MAGRPOConfig:
     #: on-policy). "bfloat16" / "float16": a reduced-precision copy, refreshed after every update,
     #: that decodes faster where reading the weights bounds each token (CPUs, small batches); the
     #: update then weights each token by min(pi / pi_sampler, rollout_is_cap), the truncated
-    #: importance-sampling correction for the gap between the two (needs the "fast" backend)
-    rollout_dtype: str = "same"
+    #: importance-sampling correction for the gap between the two (needs the "fast" backend).
+    #: "auto": "bfloat16" on CUDA with the fast backend, else "same"
+    rollout_dtype: str = "auto"
     rollout_is_cap: float = 3.0
     #: agents with their own models sample at the same time, the CPU threads split between them
     #: (same random draws as one after the other; "fast" backend only; shared-base LoRA agents
@@ -101,6 +103,9 @@ class MAGRPOConfig:
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
     update_micro_batch_size: int = 16
+    #: completion positions whose float32 log-softmax over the vocabulary is alive at once in the
+    #: update (each chunk recomputed in the backward pass; same values and gradients); None: all
+    logprob_chunk_size: int | None = 128
     #: run each distinct prompt through the model once per micro-batch, not once per completion
     #: (same loss and gradient; not combined with gradient checkpointing, which drops the cache)
     share_prompt_in_update: bool = True
@@ -135,7 +140,13 @@ class MAGRPOConfig:
     eval_max_items: int | None = None
     # hardware
     device: str = "auto"
+    #: the weights' (and AdamW state's) dtype: "auto" is float32 on every device. "bfloat16" /
+    #: "float16" keep the weights themselves in that precision, where small updates round away
+    #: (the trainer warns)
     dtype: str = "auto"
+    #: the precision of the update's forward passes (torch.autocast) over float32 weights, as TRL's
+    #: bf16=True: "auto" is "bfloat16" on CUDA and "no" on CPU
+    autocast: str = "auto"
     num_threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +170,8 @@ class MAGRPOConfig:
         if self.save_total_limit is not None:
             _positive_int(self, "save_total_limit", 1)
         _positive_int(self, "update_micro_batch_size", 1)
+        if self.logprob_chunk_size is not None:
+            _positive_int(self, "logprob_chunk_size", 1)
         _positive_int(self, "lora_r", 1)
         _positive_int(self, "num_turns", 1)
         _positive_int(self, "expand_k", 1)
@@ -179,7 +192,7 @@ class MAGRPOConfig:
                 f"{self.num_agents} of them (one per agent)"
             )
         _number_in(self, "rollout_is_cap", 1.0, None)
-        if self.rollout_dtype != "same" and self.rollout_backend != "fast":
+        if self.rollout_dtype not in ("same", "auto") and self.rollout_backend != "fast":
             raise ConfigError(
                 f"rollout_dtype={self.rollout_dtype!r} needs rollout_backend='fast' (its sampling-time "
                 f"log-probabilities drive the importance-sampling correction); got rollout_backend={self.rollout_backend!r}"
@@ -215,6 +228,7 @@ class MAGRPOConfig:
         _choice(self, "joint_mode", JOINT_MODES)
         _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
         _choice(self, "dtype", DTYPES)
+        _choice(self, "autocast", AUTOCASTS)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device={self.device!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
         plan = self.plan()

@@ -13,6 +13,7 @@ import inspect
 from typing import Iterable, Iterator
 
 import torch
+import torch.utils.checkpoint
 from transformers import DynamicCache
 
 
@@ -71,19 +72,31 @@ def selected_token_logprobs(
     """log softmax(logits)[token] for each position, in float32, without keeping a
     full-vocabulary log-softmax of every position: ``logit[token] - logsumexp(logits)``.
 
-    ``chunk_size`` bounds how many positions are converted to float32 at once. The division by
-    the temperature happens in float32, so bf16 logits are rounded once, not twice.
+    ``chunk_size`` bounds how many positions are converted to float32 at once; under autograd each
+    chunk is recomputed in the backward pass (activation checkpointing), so the float32 copy of
+    the whole vocabulary is never kept for more than one chunk: same values and gradients, memory
+    bounded by the chunk. The division by the temperature happens in float32, so bf16 logits are
+    rounded once, not twice.
     """
     batch, length, _ = logits.shape
     if chunk_size is None or chunk_size >= length:
-        logits32 = logits.float() / temperature
-        return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
+        return _token_logprobs(logits, tokens, temperature)
+    recompute = torch.is_grad_enabled() and logits.requires_grad
     parts = []
     for start in range(0, length, chunk_size):
-        part = logits[:, start : start + chunk_size].float() / temperature
-        tok = tokens[:, start : start + chunk_size]
-        parts.append(part.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(part, dim=-1))
+        part, tok = logits[:, start : start + chunk_size], tokens[:, start : start + chunk_size]
+        if recompute:
+            parts.append(torch.utils.checkpoint.checkpoint(_token_logprobs, part, tok, temperature, use_reentrant=False))
+        else:
+            parts.append(_token_logprobs(part, tok, temperature))
     return torch.cat(parts, dim=1)
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits32 = logits.float()
+    if temperature != 1.0:
+        logits32 = logits32 / temperature
+    return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
 
 
 def completion_token_logprobs(

@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -101,6 +102,8 @@ class MAGRPOTrainer:
             torch.set_num_threads(self.args.num_threads)
         torch.manual_seed(self.args.seed)
         self.agents = self._build_agents(agents)
+        self._warn_if_weights_cannot_learn()
+        self._autocast_dtype = self._resolve_autocast()
         self._attach_sampling_copies()
         self.optimizers = [self._make_optimizer(agent) for agent in self.agents]
         self.step = 0
@@ -175,12 +178,38 @@ class MAGRPOTrainer:
         # generate() draws from the one global RNG: only the fast sampler may run in threads
         return self.args.concurrent_agents and self.args.rollout_backend == "fast"
 
+    def _warn_if_weights_cannot_learn(self) -> None:
+        low = sorted({str(p.dtype).removeprefix("torch.") for agent in self.agents for p in agent.trainable_parameters()
+                      if p.dtype in (torch.bfloat16, torch.float16)})
+        if low:
+            warnings.warn(
+                f"the trainable weights are {', '.join(low)}: AdamW updates smaller than a weight's rounding step "
+                "(about 1/256 of its size in bfloat16) round away, so at lr ~1e-5 most of every update is lost and "
+                "the run barely learns; train float32 weights (dtype='auto' or 'float32') with autocast='bfloat16' "
+                "for bf16 speed",
+                stacklevel=3,
+            )
+
+    def _resolve_autocast(self) -> torch.dtype | None:
+        """The dtype of the update's forward passes under torch.autocast, or None (the weights' own)."""
+        choice = self.args.autocast
+        if choice == "auto":
+            choice = "bfloat16" if any(agent.device.type == "cuda" for agent in self.agents) else "no"
+        return None if choice == "no" else getattr(torch, choice)
+
+    def _rollout_dtype(self) -> str:
+        """``rollout_dtype`` with "auto" resolved: a bf16 sampling copy on CUDA (fast backend), else "same"."""
+        if self.args.rollout_dtype != "auto":
+            return self.args.rollout_dtype
+        on_cuda = any(agent.device.type == "cuda" for agent in self.agents)
+        return "bfloat16" if on_cuda and self.args.rollout_backend == "fast" else "same"
+
     def _attach_sampling_copies(self) -> None:
         """A reduced-precision sampling copy per model when ``rollout_dtype`` asks for one that
         differs from the training weights' dtype ("same", or the same dtype: no copy, exact)."""
-        if self.args.rollout_dtype == "same":
+        if self._rollout_dtype() == "same":
             return
-        dtype = getattr(torch, self.args.rollout_dtype)
+        dtype = getattr(torch, self._rollout_dtype())
         if any(agent.model.dtype != dtype for agent in self.agents):
             attach_sampling_copies(self.agents, dtype)
 
@@ -332,6 +361,8 @@ class MAGRPOTrainer:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
         a = self.args
         torch.manual_seed(a.seed * 1_000_003 + self.step)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
 
         envs = [self.env_factory(item) for item in items]
@@ -393,7 +424,9 @@ class MAGRPOTrainer:
         passes = 0
         weights = ImportanceWeightTally()
         # dropout off: the update scores the policy that sampled (which samples in eval mode)
-        with agent.active() as active, scoring_mode(active) as model:
+        autocast = (torch.autocast(agent.device.type, dtype=self._autocast_dtype) if self._autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with agent.active() as active, scoring_mode(active) as model, autocast:
             for rollout, adv in zip(rollouts, advantages):
                 rows = torch.nonzero(adv != 0).flatten()
                 for chunk in rows.split(a.update_micro_batch_size) if len(rows) else ():
@@ -426,16 +459,19 @@ class MAGRPOTrainer:
         completion_ids, mask = _trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
         temperature = self.args.temperature
         if self.args.share_prompt_in_update and not self.args.gradient_checkpointing and len(prompts) < len(rows_d):
-            logprobs = shared_prompt_token_logprobs(model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature)
+            logprobs = shared_prompt_token_logprobs(
+                model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature, self.args.logprob_chunk_size
+            )
         else:
             logprobs = completion_token_logprobs(
-                model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature
+                model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature,
+                self.args.logprob_chunk_size,
             )
         weights = None
         if agent.sampling_copy is not None:  # another precision sampled: correct for the gap
             if rollout.token_logprobs is None:
                 raise ConfigError(
-                    f"agent {agent.name!r} samples with a {self.args.rollout_dtype} copy, but its rollout carries no "
+                    f"agent {agent.name!r} samples with a {self._rollout_dtype()} copy, but its rollout carries no "
                     "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
                 )
             sampler_logprobs = rollout.token_logprobs[rows_d][:, : completion_ids.shape[1]]
@@ -507,6 +543,7 @@ class MAGRPOTrainer:
             update_seconds=update_s,
             seconds=rollout_s + update_s,
             tokens_per_second=tokens / rollout_s if rollout_s > 0 else 0.0,
+            **_peak_memory_figures(),
         )
         return metrics
 
@@ -529,6 +566,19 @@ class MAGRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
+def _peak_memory_figures() -> dict[str, float]:
+    """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and of the process
+    so far in host memory (``peak_rss_mib``)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    figures = {"peak_rss_mib": rss / (1024 * 1024 if sys.platform == "darwin" else 1024)}  # bytes on macOS, KiB elsewhere
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        figures["cuda_peak_mib"] = max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+    return figures
+
+
 def _advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
     """Mean and std of an agent's advantages over the step, and the share of its groups (G
     completions of one node) without any signal (every advantage 0: nothing to learn from)."""

@@ -53,7 +53,8 @@ def _seeded_from(generator: torch.Generator | None, model):
         return
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        # drawn on the generator's own device (a CUDA agent's generator lives on CUDA)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
         yield
 
 
