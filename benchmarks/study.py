@@ -23,6 +23,7 @@ import gc
 import json
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -214,7 +215,8 @@ def main() -> None:
             if system not in systems:
                 continue
             t0 = time.perf_counter()
-            result = fn(task, args, seed, train_items, held_out, args.output / f"{system}-seed{seed}")
+            with tempfile.TemporaryDirectory(prefix=f"study-{system}-") as run_dir:  # weights are not kept
+                result = fn(task, args, seed, train_items, held_out, Path(run_dir))
             result.update(seed=seed, seconds=time.perf_counter() - t0)
             runs.setdefault(system, []).append(result)
             print(f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "

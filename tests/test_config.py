@@ -75,3 +75,11 @@ def test_config_refuses_a_copy_without_sampling_logprobs_and_a_cap_below_one():
         MAGRPOConfig(rollout_dtype="bfloat16", rollout_is_cap=0.5)
     with pytest.raises(ConfigError, match=r"rollout_dtype='int8' is not valid; choose one of 'auto', 'same'"):
         MAGRPOConfig(rollout_dtype="int8")
+
+
+def test_agent_devices_are_checked():
+    assert MAGRPOConfig(agent_devices=["cpu", "cpu"]).agent_devices == ["cpu", "cpu"]
+    with pytest.raises(ConfigError, match=r"agent_devices=\['cpu'\] has 1 entries for num_agents=2"):
+        MAGRPOConfig(agent_devices=["cpu"])
+    with pytest.raises(ConfigError, match="agent_devices='tpu' is not valid; expected 'auto', 'cpu' or 'cuda"):
+        MAGRPOConfig(agent_devices=["cpu", "tpu"])

@@ -52,3 +52,15 @@ def test_a_cuda_step_under_the_default_policy_learns(tiny_tokenizer, tmp_path):
     changed = [float((p != b).float().mean()) for p, b in zip(agents[0].model.parameters(), before)]
     assert max(changed) > 0.5  # float32 master weights: small updates do not round away
     assert history[-1]["cuda_peak_mib"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_agent_placement_puts_each_agent_on_its_own_gpu(tiny_tokenizer, tmp_path):
+    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)],
+                          device=["cuda:0", "cuda:1"])
+    assert [a.device for a in agents] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
+                            formatters=[lambda x: x["q"]] * 2,
+                            args=MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=1, output_dir=str(tmp_path),
+                                              save_steps=0, save_minutes=0))
+    trainer.train(progress=False)

@@ -36,6 +36,9 @@ _EXPORTS = {
     "check_env": "magrpo.envs.check",
 }
 
+#: submodules reachable as attributes (``magrpo.distributed``), imported on first use
+_SUBMODULES = {"distributed"}
+
 __all__ = sorted(_EXPORTS)
 
 
@@ -44,6 +47,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # the next access skips this function
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"magrpo.{name}")
     raise AttributeError(f"module 'magrpo' has no attribute {name!r}")
 
 

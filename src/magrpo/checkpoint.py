@@ -40,7 +40,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 #: config fields a resumed run may change: they do not change the maths of the steps to come
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "log_samples_steps", "save_steps", "save_minutes", "save_total_limit", "output_dir",
-    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to", "device",
+    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to", "device", "agent_devices",
 })
 
 

@@ -203,11 +203,18 @@ def train(
         None, "--resume", help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
         "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging."
     ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Data-parallel processes on this machine (launches torchrun; --batch-size is per process)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Train a team with MAGRPO, evaluating it on held-out items before and after."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(nproc)
     try:
-        _train(**locals())
+        values = dict(locals())
+        values.pop("nproc")
+        _train(**values)
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -253,9 +260,12 @@ def _train(
     console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
 
     trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
+    from magrpo import distributed
     from magrpo.report import RunLog
 
-    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None)
+    if not distributed.is_main():  # data parallel: rank 0 evaluates, logs and reports
+        held_out = []
+    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None, writes=distributed.is_main())
     trainer.resume_hint = f"magrpo train --resume {run_dir}"
     if resume is None:
         before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
@@ -269,11 +279,31 @@ def _train(
     if after is not None:
         log.write_json("eval_after.json", after)
         console.print(_results_table(before, after))
+    if not distributed.is_main():
+        return
     last = trainer.history[-1] if trainer.history else {}
     console.print(
         f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
         f"run files: {run_dir} (config.yaml, metrics.jsonl, samples.jsonl, reward_curve.png, final/agent_*)"
     )
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """``magrpo train --nproc K ...`` is ``torchrun --standalone --nproc-per-node K -m magrpo.cli train ...``."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "magrpo.cli", *args]
+    console.print(f"launching: {' '.join(command[1:])}", highlight=False)
+    raise typer.Exit(code=subprocess.call(command))
 
 
 def _run_folder(resume: Path) -> Path:

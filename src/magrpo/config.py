@@ -140,6 +140,8 @@ class MAGRPOConfig:
     eval_max_items: int | None = None
     # hardware
     device: str = "auto"
+    #: one device per agent (agent placement, e.g. ["cuda:0", "cuda:1"]), instead of ``device``
+    agent_devices: list[str] | None = None
     #: the weights' (and AdamW state's) dtype: "auto" is float32 on every device. "bfloat16" /
     #: "float16" keep the weights themselves in that precision, where small updates round away
     #: (the trainer warns)
@@ -229,8 +231,13 @@ class MAGRPOConfig:
         _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
         _choice(self, "dtype", DTYPES)
         _choice(self, "autocast", AUTOCASTS)
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device={self.device!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
+        for name, value in [("device", self.device), *(("agent_devices", d) for d in (self.agent_devices or []))]:
+            if not isinstance(value, str) or not (value == "auto" or value == "cpu" or value.startswith("cuda")):
+                raise ConfigError(f"{name}={value!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
+        if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
+            raise ConfigError(
+                f"agent_devices={self.agent_devices!r} has {len(self.agent_devices)} entries for num_agents={self.num_agents}"
+            )
         plan = self.plan()
         if plan.generations_per_agent > self.max_planned_generations:
             raise ConfigError(

@@ -13,17 +13,22 @@ from magrpo.config import MAGRPOConfig
 
 
 class RunLog:
-    """A run folder. ``resume=True`` keeps the logs of the run it continues (see :meth:`resume_at`)."""
+    """A run folder. ``resume=True`` keeps the logs of the run it continues (see :meth:`resume_at`).
+    ``writes=False`` (every data-parallel rank but the first) reads the folder and writes nothing."""
 
     def __init__(
-        self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None, *, resume: bool = False
+        self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None, *,
+        resume: bool = False, writes: bool = True,
     ) -> None:
         self.dir = Path(output_dir)
+        self.writes = writes
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.samples_path = self.dir / "samples.jsonl"
+        if not writes:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         resolved = {"config": config.to_dict(), **(extra or {})}
         (self.dir / "config.yaml").write_text(_yaml(resolved))
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.samples_path = self.dir / "samples.jsonl"
         if not resume:
             for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
                 path.unlink(missing_ok=True)
@@ -34,22 +39,26 @@ class RunLog:
         kept: list[dict[str, Any]] = []
         for path in (self.metrics_path, self.samples_path):
             rows = [r for r in _read_jsonl_rows(path) if r.get("step", 0) <= step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, path)  # a kill during the rewrite leaves the old file, never half of it
+            if self.writes:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                os.replace(tmp, path)  # a kill during the rewrite leaves the old file, never half of it
             if path == self.metrics_path:
                 kept = rows
         return kept
 
     def metrics(self, row: dict[str, Any]) -> None:
-        _append_jsonl(self.metrics_path, [row])
+        if self.writes:
+            _append_jsonl(self.metrics_path, [row])
 
     def samples(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
-        _append_jsonl(self.samples_path, [{"step": step, **row} for row in rows])
+        if self.writes:
+            _append_jsonl(self.samples_path, [{"step": step, **row} for row in rows])
 
     def write_json(self, name: str, payload: Any) -> Path:
         path = self.dir / name
-        path.write_text(json.dumps(payload, indent=2))
+        if self.writes:
+            path.write_text(json.dumps(payload, indent=2))
         return path
 
     def checkpoint_dir(self, step: int, suffix: str = "") -> Path:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from magrpo import distributed
 from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.checkpoint import check_resumable_config, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from magrpo.config import MAGRPOConfig
@@ -100,6 +101,7 @@ class MAGRPOTrainer:
         self._check_items(self.eval_items, "eval_dataset")
         if self.args.num_threads:
             torch.set_num_threads(self.args.num_threads)
+        distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
         self.agents = self._build_agents(agents)
         self._warn_if_weights_cannot_learn()
@@ -163,7 +165,7 @@ class MAGRPOTrainer:
         a = self.args
         return build_agents(
             agents,
-            device=a.device,
+            device=list(a.agent_devices) if a.agent_devices else distributed.rank_device(a.device),
             dtype=a.dtype,
             use_lora=a.lora_per_agent(),
             lora_r=a.lora_r,
@@ -251,13 +253,17 @@ class MAGRPOTrainer:
         # (every step's results are checked as they come: tree.step_joint_actions)
         check_env(self.env_factory(self.train_items[0]), self._agent_names, step=False)
         resumed = self._resume(resume_from_checkpoint) if resume_from_checkpoint else None
-        trackers = Trackers(self.args.report_to, self.args.output_dir, self.args.to_dict())
-        log = log or RunLog(self.args.output_dir, self.args, resume=resumed is not None)
+        main = distributed.is_main()  # rank 0 alone writes files and prints
+        trackers = Trackers(self.args.report_to if main else [], self.args.output_dir, self.args.to_dict())
+        log = log or RunLog(self.args.output_dir, self.args, resume=resumed is not None, writes=main)
         if resumed is not None:
             self.history = log.resume_at(self.step)
-            print(f"resumed from {resumed} at step {self.step}", flush=True)
-        print(f"plan: {self.args.plan().describe()}", flush=True)
-        with progress_bar(progress, self.args.max_steps, completed=self.step) as bar, self._stop_on_signals():
+            if main:
+                print(f"resumed from {resumed} at step {self.step}", flush=True)
+        if main:
+            ranks = f" on {distributed.world_size()} ranks" if distributed.active() else ""
+            print(f"plan: {self.args.plan().describe()}{ranks}", flush=True)
+        with progress_bar(progress and main, self.args.max_steps, completed=self.step) as bar, self._stop_on_signals():
             try:
                 while self.step < self.args.max_steps:
                     metrics, samples = self.train_step(self.next_batch())
@@ -266,6 +272,8 @@ class MAGRPOTrainer:
                     trackers.log(metrics, self.step)
                     if self.args.log_samples_steps and self.step % self.args.log_samples_steps == 0:
                         log.samples(self.step, samples)
+                    if distributed.any_rank(self._stop_signal is not None) and self._stop_signal is None:
+                        self._stop_signal = signal.SIGTERM  # another rank was asked to stop: stop together
                     if self._checkpoint_due() or self._stop_signal is not None:
                         self.checkpoint(log.checkpoint_dir(self.step))
                     bar(metrics)
@@ -278,25 +286,29 @@ class MAGRPOTrainer:
                 # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
                 # weights of its last step when the last full checkpoint is older
                 died = self.step < self.args.max_steps and self._stop_signal is None
-                if died and self.step > self._last_checkpoint[0]:
+                if died and self.step > self._last_checkpoint[0] and main:
                     self.save(log.checkpoint_dir(self.step, suffix="-interrupted"))
         saves_checkpoints = bool(self.args.save_steps or self.args.save_minutes)  # both 0: final weights only
         if saves_checkpoints and self._last_checkpoint[0] != self.step:
             self.checkpoint(log.checkpoint_dir(self.step))
-        self.save(log.final_dir())
-        log.plot_rewards(self.history)
+        if main:
+            self.save(log.final_dir())
+            log.plot_rewards(self.history)
+        distributed.barrier()  # the other ranks return once the run's files are written
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, directory: str | Path) -> Path:
         """A full, resumable checkpoint of this run (see :mod:`magrpo.checkpoint`); older ones
         beyond ``save_total_limit`` are deleted."""
-        path = save_checkpoint(
-            directory, agents=self.agents, optimizers=self.optimizers, trainer_state=self._trainer_state(), config=self.args
-        )
+        if distributed.is_main():  # every rank holds the same weights and states: one writes them
+            save_checkpoint(
+                directory, agents=self.agents, optimizers=self.optimizers, trainer_state=self._trainer_state(), config=self.args
+            )
+            prune_checkpoints(Path(directory).parent.parent, self.args.save_total_limit)
+        distributed.barrier()  # a checkpoint is complete before any rank goes on
         self._last_checkpoint = (self.step, time.monotonic())
-        prune_checkpoints(Path(directory).parent.parent, self.args.save_total_limit)
-        return path
+        return Path(directory)
 
     def _checkpoint_due(self) -> bool:
         a = self.args
@@ -348,14 +360,16 @@ class MAGRPOTrainer:
         raise _Stopped(exit_)
 
     def next_batch(self) -> list[dict[str, Any]]:
-        """The next batch_size items of a seeded shuffle, reshuffled at every epoch."""
+        """This rank's batch_size items of the step's global batch: the next batch_size x
+        world_size items of a seeded shuffle (the same on every rank), reshuffled at every epoch."""
         batch = []
-        for _ in range(self.args.batch_size):
+        for _ in range(self.args.batch_size * distributed.world_size()):
             if not self._order:
                 self._order = list(range(len(self.train_items)))
                 self._order_rng.shuffle(self._order)
             batch.append(self.train_items[self._order.pop()])
-        return batch
+        start = distributed.rank() * self.args.batch_size
+        return batch[start : start + self.args.batch_size]
 
     def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
@@ -377,6 +391,10 @@ class MAGRPOTrainer:
             expand_k=a.expand_k,
             early_stop_reward=a.early_stop_reward,
             concurrent_agents=self._concurrent_agents,
+            # each item's place in the step's global batch keys its random stream: the same
+            # samples whichever rank, and whichever other items, it is sampled with
+            item_keys=[self.step * len(items) * distributed.world_size() + distributed.rank() * len(items) + k
+                       for k in range(len(items))],
         )
         rollout_seconds = time.perf_counter() - started
 
@@ -417,7 +435,8 @@ class MAGRPOTrainer:
         agent = self.agents[index]
         optimizer = self.optimizers[index]
         all_masks = torch.cat([_pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts])
-        normaliser = loss_normaliser(all_masks, a.loss_aggregation)
+        # over the whole global step: every rank's completions (or tokens) count
+        normaliser = distributed.sum_float(loss_normaliser(all_masks, a.loss_aggregation), agent.device)
         params = agent.trainable_parameters()
         optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
@@ -434,7 +453,13 @@ class MAGRPOTrainer:
                     loss.backward()
                     loss_total += float(loss.detach())
                     passes += 1
+        if distributed.active():  # the global step's gradient: the sum of every rank's share
+            passes = int(distributed.sum_float(passes, agent.device))
+            loss_total = distributed.sum_float(loss_total, agent.device)
+            if passes:
+                distributed.sum_gradients(params)
         if not passes:
+            optimizer.zero_grad(set_to_none=True)
             return {"loss": 0.0, "grad_norm": 0.0}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         optimizer.step()
@@ -518,8 +543,8 @@ class MAGRPOTrainer:
 
     # ------------------------------------------------------------------ figures
     def _step_metrics(self, turns: list[Turn], agent_metrics: list[dict[str, float]], rollout_s: float, update_s: float) -> dict[str, Any]:
-        first = turns[0].rewards.flatten()
-        tokens = sum(r.num_completion_tokens for t in turns for r in t.rollouts)
+        first = torch.cat(distributed.gather_tensors(turns[0].rewards.flatten()))  # every rank's items
+        tokens = int(distributed.sum_float(sum(r.num_completion_tokens for t in turns for r in t.rollouts)))
         metrics: dict[str, Any] = {
             "step": self.step,
             "reward_mean": float(first.mean()),

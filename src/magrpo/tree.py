@@ -94,21 +94,27 @@ def expand_tree(
     expand_k: int = 1,
     early_stop_reward: float | None = None,
     concurrent_agents: bool = False,
+    item_keys: Sequence[int] | None = None,
 ) -> list[Turn]:
     """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
 
     ``sample(agent, observations, generator=...)`` samples one agent's G completions per
-    observation; ``concurrent_agents`` lets agents with their own models sample at once."""
+    observation; ``concurrent_agents`` lets agents with their own models sample at once.
+    ``item_keys`` (one per env, e.g. the item's place in the step's global batch) give every node
+    its own random stream, keyed by its item and its place in that item's tree, so an item's
+    samples do not depend on the other items beside it (data-parallel ranks sample the same)."""
     check_choice("expand", expand, EXPANSIONS)
     names = [a.name for a in agents]
     joint_indices = joint_action_indices(joint_mode, num_generations, len(agents))
     nodes: list[MultiAgentEnv] = list(envs)
     observations = [env.reset()[0] for env in nodes]
     parents: list[tuple[int, int]] | None = None
+    roots = list(range(len(nodes)))  # the item each node belongs to
     turns: list[Turn] = []
     for t in range(num_turns):
         per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
-        rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents)
+        rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents,
+                               prompt_keys=None if item_keys is None else _node_keys(item_keys, roots, t))
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
         solved = torch.tensor(
@@ -131,7 +137,20 @@ def expand_tree(
             check_observations(obs, names, f"{type(env).__name__}.observe_many()")
         turn.children = {pj: k for k, pj in enumerate(continuing)}
         nodes, observations, parents = next_nodes, next_obs, continuing
+        roots = [roots[p] for p, _ in continuing]
     return turns
+
+
+def _node_keys(item_keys: Sequence[int], roots: Sequence[int], turn: int) -> list[int]:
+    """A key per node: its item's key, the turn and its place among that item's nodes (nodes of
+    one item are adjacent and in the same order however the items are batched)."""
+    seen: dict[int, int] = {}
+    keys = []
+    for root in roots:
+        place = seen.get(root, 0)
+        seen[root] = place + 1
+        keys.append((int(item_keys[root]) * 1_000_003 + turn) * 1_000_003 + place)
+    return keys
 
 
 def _reached_goal(result: StepResult, early_stop_reward: float | None) -> bool:

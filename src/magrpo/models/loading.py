@@ -94,7 +94,7 @@ def load_model_and_tokenizer(
 def build_agents(
     specs: Sequence[AgentSpec],
     *,
-    device: str = "auto",
+    device: str | Sequence[str] = "auto",
     dtype: str = "auto",
     use_lora: bool | Sequence[bool] = False,
     lora_r: int = 16,
@@ -107,13 +107,17 @@ def build_agents(
 
     A full agent gets its own copy of its weights (full fine-tuning, as in the paper). LoRA
     agents (``use_lora``: for all, or one bool per agent) whose specs name the same model (or pass
-    the same object) share one frozen base in memory, each with its own adapter.
+    the same object) share one frozen base in memory, each with its own adapter. ``device``: one
+    for the whole team, or one per agent (agent placement: a team of two large models on two GPUs;
+    LoRA agents sharing a base must share its device).
     """
     lora = [bool(use_lora)] * len(specs) if isinstance(use_lora, bool) else [bool(v) for v in use_lora]
     if len(lora) != len(specs):
         raise ModelError(f"use_lora has {len(lora)} entries for {len(specs)} agents; give one per agent")
-    torch_device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, torch_device)
+    devices = [device] * len(specs) if isinstance(device, str) else list(device)
+    if len(devices) != len(specs):
+        raise ModelError(f"{len(devices)} devices for {len(specs)} agents; give one device, or one per agent")
+    torch_devices = [pick_device(d) for d in devices]
     keys = [_share_key(spec) for spec in specs]
     full_keys = {key for key, with_lora in zip(keys, lora) if not with_lora}
     lora_bases: dict[Any, tuple[Any, PreTrainedTokenizerBase]] = {}  # spec -> peft model with the adapters so far
@@ -121,8 +125,13 @@ def build_agents(
     agents: list[AgentPolicy] = []
     for index, (spec, key, with_lora) in enumerate(zip(specs, keys, lora)):
         name = agent_name(index)
+        torch_device = torch_devices[index]
+        torch_dtype = pick_dtype(dtype, torch_device)
         if with_lora and key in lora_bases:
             model, tokenizer = lora_bases[key]
+            if next(model.parameters()).device != torch_device:
+                raise ModelError(f"{name} shares a LoRA base with an agent on {next(model.parameters()).device}; "
+                                 f"it cannot sit on {torch_device}")
             _add_adapter(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
             agents.append(AgentPolicy(name, model, tokenizer, adapter=name))
             continue

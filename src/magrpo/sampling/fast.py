@@ -18,7 +18,7 @@ update scores (``log_softmax(logits / temperature)``, no top-p renormalisation),
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
@@ -111,17 +111,32 @@ def new_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
     return cache
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+#: a generator for every row, or one per prompt (None: torch's global RNG)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def uniforms(rows: int, generator: Generators, row_prompt: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """One uniform number per row, float64: from ``generator`` (torch's global RNG when None), or,
+    given one generator per prompt, each row's from its own prompt's generator (``row_prompt``:
+    the prompt of each row, rows of one prompt adjacent and in order), so an item's draws do not
+    depend on which other items share its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand((rows, 1), dtype=torch.float64, device=device, generator=generator)
+    counts = torch.bincount(row_prompt, minlength=len(generator)).tolist()
+    parts = [torch.rand((n, 1), dtype=torch.float64, device=device, generator=g) for g, n in zip(generator, counts) if n]
+    return torch.cat(parts)
+
+
+def draw(probs: torch.Tensor, generator: Generators = None, row_prompt: torch.Tensor | None = None) -> torch.Tensor:
     """One index per row of non-negative ``probs`` [B, V] (rows need not sum to 1), drawn by
-    inverting the cumulative distribution with one uniform number per row from ``generator``
-    (torch's global RNG when None).
+    inverting the cumulative distribution with one uniform number per row (:func:`uniforms`).
 
     ``torch.multinomial`` draws an exponential variable per vocabulary entry: ~7 ms per decode
     step for 4 x 49k entries on one CPU core, about 4% of the step; this is ~0.3 ms.
     """
     cdf = probs.double().cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device, generator=generator) * total
+    u = uniforms(probs.shape[0], generator, row_prompt, cdf.device) * total
     index = torch.searchsorted(cdf, u, right=True)
     # u rounding up to the total would index past the end: take the last token with mass instead
     last_with_mass = torch.searchsorted(cdf, total.contiguous(), right=False)
@@ -129,7 +144,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+    logits: torch.Tensor, temperature: float, top_p: float, generator: Generators = None,
+    row_prompt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row of float32 ``logits`` [B, V]: greedy for temperature 0, else a draw from
     softmax(logits / temperature), restricted to the top-p nucleus when top_p < 1."""
@@ -143,7 +159,7 @@ def sample_next_tokens(
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return draw(probs, generator)
+    return draw(probs, generator, row_prompt)
 
 
 def _decode(
@@ -157,7 +173,7 @@ def _decode(
     top_p: float,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion ids [P * G, Lc] (pad after the first EOS) and their log-probs [P * G, Lc]."""
     device = prompt_ids.device
@@ -180,7 +196,7 @@ def _decode(
     scale = temperature if temperature > 0.0 else 1.0
     length = 0
     for step in range(max_new_tokens):
-        chosen = sample_next_tokens(logits, temperature, top_p, generator)
+        chosen = sample_next_tokens(logits, temperature, top_p, generator, active // G)
         tokens[active, step] = chosen
         logprobs[active, step] = (
             torch.log_softmax(logits / scale, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
@@ -220,11 +236,12 @@ def sample_fast(
     temperature: float,
     top_p: float = 1.0,
     use_sampling_copy: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Rollout:
     """All P prompts of one agent, G samples each: the same result as
     :func:`magrpo.sampling.plain.sample_plain` (token for token when greedy), done faster.
-    Random draws come from ``generator`` (torch's global RNG when None)."""
+    Random draws come from ``generator`` (torch's global RNG when None), or from one generator
+    per prompt."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
     with agent.generating(use_sampling_copy) as model:
         completion_ids, logprobs = _decode(

@@ -47,10 +47,14 @@ def _bare_generation_defaults(model):
 
 
 @contextlib.contextmanager
-def _seeded_from(generator: torch.Generator | None, model):
+def _seeded_from(generator, model):
+    """generate() draws from torch's global RNG: seed it from ``generator`` (one generator, or one
+    per prompt: then from the first, so the plain sampler's draws depend on the whole batch)."""
     if generator is None:
         yield
         return
+    if not isinstance(generator, torch.Generator):
+        generator = generator[0]
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         # drawn on the generator's own device (a CUDA agent's generator lives on CUDA)

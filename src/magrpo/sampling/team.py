@@ -26,10 +26,21 @@ from magrpo.types import Observation
 SampleFn = Callable[..., Rollout]
 
 
-def agent_generators(agents: Sequence[AgentPolicy]) -> list[torch.Generator]:
-    """One generator per agent, seeded from torch's global RNG in agent order."""
+def agent_generators(
+    agents: Sequence[AgentPolicy], prompt_keys: Sequence[int] | None = None
+) -> list[torch.Generator] | list[list[torch.Generator]]:
+    """One generator per agent, seeded from torch's global RNG in agent order; with
+    ``prompt_keys``, one generator per agent and prompt, seeded from the agent's seed and the
+    prompt's key, so that a prompt's draws depend on its key, not on its place in the batch (the
+    same item sampled on another rank, beside other items, draws the same numbers)."""
     seeds = torch.randint(0, 2**62, (len(agents),)).tolist()
-    return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
+    if prompt_keys is None:
+        return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
+    return [
+        [torch.Generator(device=_sampling_device(agent)).manual_seed((seed + 1_000_003 * (int(key) + 1)) % 2**62)
+         for key in prompt_keys]
+        for agent, seed in zip(agents, seeds)
+    ]
 
 
 def sample_team(
@@ -38,13 +49,15 @@ def sample_team(
     sample: SampleFn,
     *,
     concurrent: bool = False,
+    prompt_keys: Sequence[int] | None = None,
 ) -> list[Rollout]:
     """``observations[i]`` are agent i's prompts; returns one rollout per agent, in agent order.
+    ``prompt_keys``: one key per prompt, for per-prompt random streams (:func:`agent_generators`).
 
     With ``concurrent``, agents that generate with different model objects run in threads, the
     intra-op threads split between them; agents sharing a model run one after the other.
     """
-    generators = agent_generators(agents)
+    generators = agent_generators(agents, prompt_keys)
     jobs = [lambda i=i: sample(agents[i], observations[i], generator=generators[i]) for i in range(len(agents))]
     groups = _groups_by_generating_model(agents)
     if not concurrent or len(groups) < 2:
