@@ -14,6 +14,7 @@ With one process (no ``torchrun``, or ``WORLD_SIZE=1``) every function here is a
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Iterable
 
@@ -30,6 +31,14 @@ def init_from_env(device: str = "auto") -> None:
     if on_cuda:
         torch.cuda.set_device(local_rank())
     torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
+    # leaving the group before the interpreter exits: a gloo group torn down at exit can abort
+    # the process ("terminate called without an active exception") after a finished run
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def active() -> bool:
