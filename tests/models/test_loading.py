@@ -147,7 +147,7 @@ def test_a_gguf_agent_trains_a_step_in_a_team_with_the_default_model(tiny_gguf, 
     agents = build_agents([str(path), str(own_cache)], device="cpu")
     before = [p.detach().clone() for p in agents[0].model.parameters()]
     args = MAGRPOConfig(max_new_tokens=4, max_steps=1, learning_rate=1e-3, output_dir=str(tmp_path / "run"),
-                        log_samples_steps=0, num_generations=4)
+                        log_samples_steps=0, num_generations=4, save_steps=0, save_minutes=0)
     reward = lambda completions, **_: [float(len(a)) - float(len(b)) for a, b in completions]  # noqa: E731
     trainer = MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=[{"q": "Say something."}],
                             formatters=[lambda x: x["q"]] * 2, args=args)
