@@ -274,7 +274,8 @@ class MAGRPOTrainer:
                         log.samples(self.step, samples)
                     if distributed.any_rank(self._stop_signal is not None) and self._stop_signal is None:
                         self._stop_signal = signal.SIGTERM  # another rank was asked to stop: stop together
-                    if self._checkpoint_due() or self._stop_signal is not None:
+                    # decided together: the minutes since the last save differ a little between ranks
+                    if distributed.any_rank(self._checkpoint_due()) or self._stop_signal is not None:
                         self.checkpoint(log.checkpoint_dir(self.step))
                     bar(metrics)
                     if self._stop_signal is not None:
