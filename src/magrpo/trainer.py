@@ -196,15 +196,19 @@ class MAGRPOTrainer:
         """The dtype of the update's forward passes under torch.autocast, or None (the weights' own)."""
         choice = self.args.autocast
         if choice == "auto":
-            choice = "bfloat16" if any(agent.device.type == "cuda" for agent in self.agents) else "no"
+            choice = "bfloat16" if self._on_cuda else "no"
         return None if choice == "no" else getattr(torch, choice)
 
     def _rollout_dtype(self) -> str:
         """``rollout_dtype`` with "auto" resolved: a bf16 sampling copy on CUDA (fast backend), else "same"."""
         if self.args.rollout_dtype != "auto":
             return self.args.rollout_dtype
-        on_cuda = any(agent.device.type == "cuda" for agent in self.agents)
-        return "bfloat16" if on_cuda and self.args.rollout_backend == "fast" else "same"
+        return "bfloat16" if self._on_cuda and self.args.rollout_backend == "fast" else "same"
+
+    @property
+    def _on_cuda(self) -> bool:
+        """Some agent trains on a GPU: what the "auto" precision choices resolve by."""
+        return any(agent.device.type == "cuda" for agent in self.agents)
 
     def _attach_sampling_copies(self) -> None:
         """A reduced-precision sampling copy per model when ``rollout_dtype`` asks for one that
