@@ -74,7 +74,10 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[
         agents=[args.model] * task.num_agents, scorer=task.scorer, formatters=task.formatters,
         train_dataset=train_items, eval_dataset=held_out, feedback=feedback, is_solved=task.is_solved,
         agent_roles=task.agent_roles,
-        args=config(args, seed, out, num_agents=task.num_agents, num_turns=args.turns),
+        args=config(args, seed, out, num_agents=task.num_agents, num_turns=args.turns,
+                    # later turns continue only the best joint action of each node, so the team
+                    # generates args.turns times the one-turn team's tokens, not G ** turns times
+                    expand="best-k", expand_k=args.expand_k),
     )
     history = trainer.train(progress=False)
     figures = trainer.evaluate()
@@ -125,7 +128,9 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
     keys = [k for k in next(iter(table.values())) if not k.startswith("scheme/")]
     schemes = sorted({k for row in table.values() for k in row if k.startswith("scheme/")})
     lines = [f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s), {args.steps} steps of {args.batch_size} "
-             f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s), "
+             f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s)"
+             + (f" (best {args.expand_k} of each node continued)" if args.turns > 1 else "") + ", LoRA" * args.lora + ", "
+             f"learning rate {args.lr:g}, "
              f"{args.eval_items} held-out items, greedy. Mean and 95% t-interval over seeds "
              f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.", ""]
     for columns in (keys, schemes):
@@ -187,6 +192,7 @@ def main() -> None:
     parser.add_argument("--num-generations", "-G", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=1, help="turns of the team (>1: with the task's execution feedback)")
+    parser.add_argument("--expand-k", type=int, default=1, help="joint actions of a node continued to the next turn")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--train-items", type=int, default=None, help="use only the first N training items")
