@@ -6,9 +6,11 @@ Per rank and per agent that lives on it (full fine-tuning, float32 master weight
     (prompt + completion) x 2 B (bf16), rows = items per rank x G, + the update's float32
     log-softmax of one chunk: micro-batch rows x chunk x vocab x 4 B.
 Activations of the update (micro-batch x length x hidden x layers x ~16 B under autocast) come on
-top and are bounded by update_micro_batch_size and gradient_checkpointing. Data parallelism does
-not split weights or optimiser states (each rank holds every agent it trains); it divides the
-items, so the per-rank rollout and update terms shrink with the number of ranks.
+top and are bounded by update_micro_batch_size and gradient_checkpointing. Replicated data
+parallelism does not split weights or optimiser states (each rank holds every agent it trains);
+it divides the items. Sharded (data_parallel="shard", FSDP2 over K ranks) each rank keeps 16/K B
+per parameter, and during the rollout every agent's weights gathered whole (4 B, float32; no
+sampling copy): the rollout is the peak, since the update gathers one block at a time.
 
     python benchmarks/memory_table.py        # prints the Markdown table in docs/distributed.md
 """
@@ -49,8 +51,11 @@ MODELS = [
 
 
 def per_rank_gib(m: Decoder, *, agents: int, items_per_rank: int, G: int, prompt: int, completion: int,
-                 micro_batch: int = 16, chunk: int = 128, sampling_copy: bool = True) -> float:
-    states = m.params * (4 + 4 + 8 + (2 if sampling_copy else 0))
+                 micro_batch: int = 16, chunk: int = 128, sampling_copy: bool = True, shards: int = 1) -> float:
+    if shards > 1:  # each rank's 1/K of the states, plus the whole float32 weights while sampling
+        states = m.params * ((4 + 4 + 8) / shards + 4)
+    else:
+        states = m.params * (4 + 4 + 8 + (2 if sampling_copy else 0))
     rows = items_per_rank * G
     kv = 2 * m.layers * m.kv_heads * m.head_dim * rows * (prompt + completion) * 2
     logsoftmax = min(micro_batch, rows) * min(chunk, completion) * m.vocab * 4
@@ -58,11 +63,14 @@ def per_rank_gib(m: Decoder, *, agents: int, items_per_rank: int, G: int, prompt
 
 
 def table() -> str:
-    lines = ["| model | params | agents | items/rank x G | prompt + completion | GiB per rank |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | params | agents | items/rank x G | prompt + completion | GiB per rank, replicated | "
+             "sharded over 2 ranks | over 8 ranks |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in MODELS:
         for agents, items, G, completion in ((2, 1, 4, 256), (2, 4, 4, 256), (2, 4, 8, 512), (1, 4, 4, 256)):
-            gib = per_rank_gib(m, agents=agents, items_per_rank=items, G=G, prompt=512, completion=completion)
-            lines.append(f"| {m.name} | {m.params / 1e9:.2f} B | {agents} | {items} x {G} | 512 + {completion} | {gib:.1f} |")
+            gib = [per_rank_gib(m, agents=agents, items_per_rank=items, G=G, prompt=512, completion=completion, shards=k)
+                   for k in (1, 2, 8)]
+            lines.append(f"| {m.name} | {m.params / 1e9:.2f} B | {agents} | {items} x {G} | 512 + {completion} | "
+                         + " | ".join(f"{g:.1f}" for g in gib) + " |")
     return "\n".join(lines)
 
 

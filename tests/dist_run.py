@@ -1,10 +1,13 @@
 """A small real training run for the data-parallel tests, under torchrun or alone:
-``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume]``, VARIANT one of
-aligned, cross, lora. Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
+``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
+of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base); --shard:
+data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -18,25 +21,33 @@ def reward(*, completions, **_):
     return [float(c0.count("a") - c0.count("b") + c1.count("q") + 0.5 * len(c1.split())) for c0, c1 in completions]
 
 
-def build(out_dir: str, variant: str, batch: int, steps: int) -> MAGRPOTrainer:
+ITEMS = [{"q": w} for w in ("q a", "b", "c q", "a b c", "b b", "q")]
+
+
+def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str = "replicate") -> MAGRPOTrainer:
     torch.manual_seed(0)
     tok = make_tiny_tokenizer()
     if variant == "lora":
         agents = build_agents([(make_tiny_model(len(tok), seed=3), tok)] * 2, device="cpu", use_lora=True, lora_r=4)
+    elif variant == "lora-own":
+        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (3, 4)], device="cpu", use_lora=True,
+                              lora_r=4)
     else:
         agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
     args = MAGRPOConfig(
         num_generations=2 if variant == "cross" else 4, batch_size=batch, max_new_tokens=4, max_steps=steps,
         learning_rate=1e-2, seed=5, joint_mode="cross" if variant == "cross" else "aligned", save_steps=1,
-        save_total_limit=None, output_dir=out_dir, log_samples_steps=0,
+        save_total_limit=None, output_dir=out_dir, log_samples_steps=0, data_parallel=data_parallel,
     )
-    items = [{"q": w} for w in ("q a", "b", "c q", "a b c", "b b", "q")]
-    return MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=items,
+    return MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=ITEMS,
                          formatters=[lambda x: x["q"], lambda x: x["q"] + " c"], args=args)
 
 
 if __name__ == "__main__":
     out, variant, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    trainer = build(out, variant, batch, steps)
+    trainer = build(out, variant, batch, steps, "shard" if "--shard" in sys.argv else "replicate")
     trainer.train(progress=False, resume_from_checkpoint=True if "--resume" in sys.argv else None)
+    figures = trainer.evaluate(ITEMS[:5])  # every rank answers its share (3 + 2 items on 2 ranks)
+    if distributed.is_main():
+        (Path(out) / "eval.json").write_text(json.dumps(figures))
     print(f"rank {distributed.rank()} of {distributed.world_size()} finished {trainer.step}", flush=True)

@@ -83,3 +83,13 @@ def test_agent_devices_are_checked():
         MAGRPOConfig(agent_devices=["cpu"])
     with pytest.raises(ConfigError, match="agent_devices='tpu' is not valid; expected 'auto', 'cpu' or 'cuda"):
         MAGRPOConfig(agent_devices=["cpu", "tpu"])
+
+
+def test_data_parallel_is_checked_with_what_sharding_excludes():
+    assert MAGRPOConfig(data_parallel="shard").data_parallel == "shard"
+    with pytest.raises(ConfigError, match="data_parallel='fsdp' is not valid; choose one of 'replicate', 'shard'"):
+        MAGRPOConfig(data_parallel="fsdp")
+    with pytest.raises(ConfigError, match=r"data_parallel='shard' .* agent_devices=\['cpu', 'cpu'\]"):
+        MAGRPOConfig(data_parallel="shard", agent_devices=["cpu", "cpu"])
+    with pytest.raises(ConfigError, match="data_parallel='shard' .* rollout_dtype='bfloat16' .* use rollout_dtype='same'"):
+        MAGRPOConfig(data_parallel="shard", rollout_dtype="bfloat16")

@@ -1,11 +1,13 @@
 """Data parallel on torch.distributed (gloo on CPU, real torchrun processes): 2 ranks x 1 item per
-rank train the same weights as 1 rank x 2 items, on one machine and as two "nodes"; a
-data-parallel run resumes exactly."""
+rank train the same weights as 1 rank x 2 items, replicated or sharded (FSDP2), on one machine
+and as two "nodes"; a data-parallel run resumes exactly; evaluation splits the items over the
+ranks and gives the figures of one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,11 +25,12 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "GLOO_SOCKET_IFNAME": "lo"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 # The 2-rank step sums the same gradient terms as the 1-rank step, in another order (an
-# all-reduce of two halves against one batched backward, and matmuls of other shapes), so
+# all-reduce of two halves, or their reduce-scatter when sharded, against one batched backward,
+# and matmuls of other shapes), so
 # gradients agree to float32 rounding (~1e-7 relative). AdamW divides each step by sqrt(v): for a
 # gradient element near zero that ratio magnifies those roundings, bounded by the learning rate
 # (1e-2) per step. Measured after 3 steps: at most 3.2e-6 (aligned), 1.2e-5 (cross), 1.1e-4
-# (LoRA adapters). The bound below is 5% of one step's largest move; the weights move > 20x more.
+# (LoRA adapters); sharded 2.7e-6, 1.4e-5 and 1.4e-6 (LoRA, each agent its own base). The bound below is 5% of one step's largest move; the weights move > 10x more.
 ATOL = 5e-4
 
 
@@ -59,6 +62,10 @@ def rewards(run_dir: Path) -> list[float]:
     return [json.loads(line)["reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def held_out_figures(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "eval.json").read_text())
+
+
 def one_rank(out: Path, variant: str, steps: int = 3) -> subprocess.Popen:
     return run([sys.executable, "-m", "tests.dist_run", str(out), variant, "2", str(steps)])
 
@@ -74,6 +81,29 @@ def assert_same_training(single: Path, parallel: Path) -> None:
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= ATOL, worst
+    # greedy answers of 5 items, 3 + 2 on two ranks: the figures of one process answering all 5
+    assert held_out_figures(single) == held_out_figures(parallel)
+    assert held_out_figures(single)["items"] == 5.0
+
+
+def assert_trained(run_dir: Path) -> None:
+    """The run moved each agent's weights well beyond ATOL (by half an AdamW step of lr 1e-2 at
+    least, 10 x ATOL): agreement is not two unchanged models."""
+    from tests.conftest import make_tiny_model, make_tiny_tokenizer
+
+    trained, vocab = weights(run_dir), len(make_tiny_tokenizer())
+    for agent, seed in (("agent_0", 1), ("agent_1", 2)):  # each agent's weights before training
+        start = make_tiny_model(vocab, seed=seed).state_dict()
+        moved = max((trained[f"{agent}/{k}"] - v).abs().max().item() for k, v in start.items())
+        assert moved > 10 * ATOL, (agent, moved)
+
+
+def assert_adapters_trained(run_dir: Path) -> None:
+    """Each agent's LoRA B matrices (zero at the start) moved well beyond ATOL, as above."""
+    trained = weights(run_dir)
+    for agent in ("agent_0", "agent_1"):
+        moved = max(v.abs().max().item() for k, v in trained.items() if k.startswith(agent) and "lora_B" in k)
+        assert moved > 10 * ATOL, (agent, moved)
 
 
 @pytest.mark.parametrize("variant", ["aligned", "cross", "lora"])
@@ -81,14 +111,29 @@ def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, varia
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))
     assert_same_training(single, parallel)
-    if variant != "lora":  # the runs trained: agreement is not two unchanged models
-        from tests.conftest import make_tiny_model, make_tiny_tokenizer
+    assert_adapters_trained(parallel) if variant == "lora" else assert_trained(parallel)
 
-        trained, vocab = weights(parallel), len(make_tiny_tokenizer())
-        for agent, seed in (("agent_0", 1), ("agent_1", 2)):  # each agent's weights before training
-            start = make_tiny_model(vocab, seed=seed).state_dict()
-            moved = max((trained[f"{agent}/{k}"] - v).abs().max().item() for k, v in start.items())
-            assert moved > 20 * ATOL, (agent, moved)
+
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora-own"])
+def test_two_sharded_ranks_train_as_one_rank_with_two_items(tmp_path, variant):
+    """FSDP2: each rank holds half of every weight, gradient and moment, and the run is the same."""
+    single, sharded = tmp_path / "one", tmp_path / "sharded"
+    finish(one_rank(single, variant), two_ranks(sharded, variant, 3, "--shard"))
+    assert_same_training(single, sharded)
+    assert_adapters_trained(sharded) if variant == "lora-own" else assert_trained(sharded)
+
+
+def test_a_sharded_run_resumes_exactly_and_its_checkpoints_resume_replicated(tmp_path):
+    straight, resumed, replicated = tmp_path / "straight", tmp_path / "resumed", tmp_path / "replicated"
+    finish(two_ranks(straight, "aligned", 3, "--shard"), two_ranks(resumed, "aligned", 2, "--shard"))
+    shutil.copytree(resumed, replicated)
+    finish(two_ranks(resumed, "aligned", 3, "--shard", "--resume"))
+    assert rewards(straight) == rewards(resumed)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the checkpoint holds whole tensors, as a replicated run writes them: the run goes on replicated
+    finish(two_ranks(replicated, "aligned", 3, "--resume"))
+    assert_same_training(straight, replicated)
 
 
 def test_two_nodes_on_loopback_train_and_checkpoint(tmp_path):
@@ -119,6 +164,8 @@ def test_without_torchrun_every_collective_is_the_identity():
     assert distributed.sum_float(2.5) == 2.5 and distributed.any_rank(True) and not distributed.any_rank(False)
     assert [t.tolist() for t in distributed.gather_tensors(torch.tensor([1.0, 2.0]))] == [[1.0, 2.0]]
     assert distributed.rank_device("auto") == "auto"
+    assert distributed.max_float(3.0) == 3.0 and distributed.gather_objects({"a": 1}) == [{"a": 1}]
+    assert distributed.rank_slice([1, 2, 3]) == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -134,3 +181,17 @@ def test_the_cli_launches_torchrun_for_nproc(tmp_path):
     assert "on 2 ranks" in out.stdout
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
     verify_checkpoint(tmp_path / "run" / "checkpoints" / "step-1")
+
+
+def test_sharding_refuses_agents_that_share_one_model(tiny_tokenizer):
+    from magrpo.errors import ConfigError
+    from magrpo.models import build_agents
+    from magrpo.sharding import check_shardable
+    from tests.conftest import make_tiny_model
+
+    tok = tiny_tokenizer
+    own = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu", use_lora=True, lora_r=2)
+    check_shardable(own)  # each agent its own model: fine
+    shared = build_agents([(make_tiny_model(len(tok), seed=1), tok)] * 2, device="cpu", use_lora=True, lora_r=2)
+    with pytest.raises(ConfigError, match="'agent_0' and 'agent_1' share one .* load the model once per agent"):
+        check_shardable(shared)

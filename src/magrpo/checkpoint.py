@@ -31,6 +31,7 @@ from magrpo.config import MAGRPOConfig
 from magrpo.errors import CheckpointError, ConfigError
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.loading import save_agent
+from magrpo.sharding import shard_optimizer_state
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
@@ -41,6 +42,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "log_samples_steps", "save_steps", "save_minutes", "save_total_limit", "output_dir",
     "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to", "device", "agent_devices",
+    "data_parallel",
 })
 
 
@@ -51,15 +53,19 @@ def save_checkpoint(
     optimizers: Sequence[torch.optim.Optimizer],
     trainer_state: dict[str, Any],
     config: MAGRPOConfig,
+    whole_states: Sequence[tuple[dict, dict | None]] | None = None,
 ) -> Path:
-    """Write a full checkpoint to ``directory`` atomically; returns ``directory``."""
+    """Write a full checkpoint to ``directory`` atomically; returns ``directory``.
+    ``whole_states``: per agent, (weights, optimiser state) gathered from shards, written instead
+    of the agent's and optimiser's own (the same files: any run resumes from them)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        for agent, optimizer in zip(agents, optimizers):
-            save_agent(agent, tmp / agent.name)
-            torch.save(optimizer.state_dict(), tmp / agent.name / OPTIMIZER_FILE)
+        for i, (agent, optimizer) in enumerate(zip(agents, optimizers)):
+            weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
+            save_agent(agent, tmp / agent.name, state_dict=weights)
+            torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -161,7 +167,8 @@ def load_checkpoint(
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for agent {agent.name!r}")
         _load_weights(agent, folder)
-        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        # whole tensors: a sharded optimiser takes its shards of them
+        optimizer.load_state_dict(shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True)))
         agent.sync_sampling_copy()
     state = torch.load(directory / STATE_FILE, weights_only=True)
     _set_rng_states(state.pop("rng"))

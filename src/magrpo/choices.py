@@ -19,6 +19,7 @@ AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REPORT_TO = ("tensorboard", "wandb", "mlflow")
 BASELINES = ("single", "parallel", "sequential", "discussion")
+DATA_PARALLEL = ("replicate", "shard")
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
@@ -34,6 +35,7 @@ __all__ = [
     "AUTOCASTS",
     "BASELINES",
     "CROSS_AGGREGATIONS",
+    "DATA_PARALLEL",
     "DTYPES",
     "EXPANSIONS",
     "JOINT_MODES",

@@ -263,24 +263,23 @@ def _train(
     from magrpo import distributed
     from magrpo.report import RunLog
 
-    if not distributed.is_main():  # data parallel: rank 0 evaluates, logs and reports
-        held_out = []
+    main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
     log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None, writes=distributed.is_main())
     trainer.resume_hint = f"magrpo train --resume {run_dir}"
     if resume is None:
         before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
-        if before is not None:
+        if before is not None and main:
             log.write_json("eval_before.json", before)
     else:  # the figures the run started from
         before_path = run_dir / "eval_before.json"
         before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
     trainer.train(log=log, progress=not no_progress, resume_from_checkpoint=resume)
     after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
+    if not main:
+        return
     if after is not None:
         log.write_json("eval_after.json", after)
         console.print(_results_table(before, after))
-    if not distributed.is_main():
-        return
     last = trainer.history[-1] if trainer.history else {}
     console.print(
         f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"

@@ -15,6 +15,7 @@ from magrpo.choices import (
     ADVANTAGE_SCALINGS,
     AUTOCASTS,
     CROSS_AGGREGATIONS,
+    DATA_PARALLEL,
     DTYPES,
     EXPANSIONS,
     JOINT_MODES,
@@ -142,6 +143,10 @@ class MAGRPOConfig:
     device: str = "auto"
     #: one device per agent (agent placement, e.g. ["cuda:0", "cuda:1"]), instead of ``device``
     agent_devices: list[str] | None = None
+    #: under torchrun: "replicate" (every rank holds each agent whole; gradients summed over the
+    #: ranks, as DDP) or "shard" (FSDP2: each rank holds 1/world of each agent's weights, gradients
+    #: and AdamW moments; the weights are gathered whole for sampling). One process: no difference
+    data_parallel: str = "replicate"
     #: the weights' (and AdamW state's) dtype: "auto" is float32 on every device. "bfloat16" /
     #: "float16" keep the weights themselves in that precision, where small updates round away
     #: (the trainer warns)
@@ -234,6 +239,17 @@ class MAGRPOConfig:
         for name, value in [("device", self.device), *(("agent_devices", d) for d in (self.agent_devices or []))]:
             if not isinstance(value, str) or not (value == "auto" or value == "cpu" or value.startswith("cuda")):
                 raise ConfigError(f"{name}={value!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
+        _choice(self, "data_parallel", DATA_PARALLEL)
+        if self.data_parallel == "shard" and self.agent_devices is not None:
+            raise ConfigError(
+                f"data_parallel='shard' puts every agent on each rank's own device; agent_devices={self.agent_devices!r} "
+                "places agents itself: give one or the other"
+            )
+        if self.data_parallel == "shard" and self.rollout_dtype not in ("auto", "same"):
+            raise ConfigError(
+                f"data_parallel='shard' samples with the gathered training weights; rollout_dtype={self.rollout_dtype!r} "
+                "would need a whole reduced-precision copy on every rank: use rollout_dtype='same' (or 'auto')"
+            )
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
             raise ConfigError(
                 f"agent_devices={self.agent_devices!r} has {len(self.agent_devices)} entries for num_agents={self.num_agents}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -80,6 +80,15 @@ def sum_float(value: float, device: torch.device | str = "cpu") -> float:
     return float(tensor.item())
 
 
+def max_float(value: float, device: torch.device | str = "cpu") -> float:
+    """The largest ``value`` over the ranks."""
+    if not active():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(device))
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Each parameter's gradient summed over the ranks, in one flat buffer (a rank without a
     gradient for a parameter contributes zeros)."""
@@ -106,11 +115,24 @@ def any_rank(flag: bool) -> bool:
 
 def gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's ``tensor`` (any shape), on CPU, in rank order."""
+    return gather_objects(tensor.cpu())
+
+
+def gather_objects(value: object) -> list:
+    """Every rank's ``value`` (anything picklable), in rank order."""
     if not active():
-        return [tensor.cpu()]
+        return [value]
     out: list = [None] * world_size()
-    torch.distributed.all_gather_object(out, tensor.cpu())
+    torch.distributed.all_gather_object(out, value)
     return out
+
+
+def rank_slice(items: Sequence) -> Sequence:
+    """This rank's contiguous slice of ``items`` (the first ranks take one more when it does not
+    divide): gathered in rank order, the slices are ``items`` again."""
+    size, extra = divmod(len(items), world_size())
+    start = rank() * size + min(rank(), extra)
+    return items[start : start + size + (rank() < extra)]
 
 
 def barrier() -> None:
@@ -126,6 +148,6 @@ def _comm_device(device: torch.device | str) -> torch.device:
 
 
 __all__ = [
-    "active", "any_rank", "barrier", "gather_tensors", "init_from_env", "is_main", "local_rank", "rank",
-    "rank_device", "sum_float", "sum_gradients", "world_size",
+    "active", "any_rank", "barrier", "gather_objects", "gather_tensors", "init_from_env", "is_main", "local_rank",
+    "max_float", "rank_slice", "rank", "rank_device", "sum_float", "sum_gradients", "world_size",
 ]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from magrpo import distributed
+from magrpo import distributed, sharding
 from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.checkpoint import check_resumable_config, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from magrpo.config import MAGRPOConfig
@@ -104,6 +104,7 @@ class MAGRPOTrainer:
         distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
         self.agents = self._build_agents(agents)
+        self._sharded = self._shard_agents()
         self._warn_if_weights_cannot_learn()
         self._autocast_dtype = self._resolve_autocast()
         self._attach_sampling_copies()
@@ -175,6 +176,20 @@ class MAGRPOTrainer:
             gradient_checkpointing=a.gradient_checkpointing,
         )
 
+    def _shard_agents(self) -> bool:
+        """``data_parallel="shard"`` under torchrun: each agent's model split over the ranks (FSDP2),
+        before its optimiser is built on the shards."""
+        if self.args.data_parallel != "shard" or not distributed.active():
+            return False
+        sharding.check_shardable(self.agents)
+        for agent in self.agents:
+            sharding.shard_model(agent.model)
+        return True
+
+    def _whole_weights(self) -> contextlib.AbstractContextManager:
+        """Sharded agents' weights gathered whole for sampling (nothing to do when replicated)."""
+        return sharding.gathered(agent.model for agent in self.agents) if self._sharded else contextlib.nullcontext()
+
     @property
     def _concurrent_agents(self) -> bool:
         # generate() draws from the one global RNG: only the fast sampler may run in threads
@@ -203,6 +218,8 @@ class MAGRPOTrainer:
         """``rollout_dtype`` with "auto" resolved: a bf16 sampling copy on CUDA (fast backend), else "same"."""
         if self.args.rollout_dtype != "auto":
             return self.args.rollout_dtype
+        if self._sharded:  # a whole sampling copy on every rank is what sharding avoids
+            return "same"
         return "bfloat16" if self._on_cuda and self.args.rollout_backend == "fast" else "same"
 
     @property
@@ -291,13 +308,15 @@ class MAGRPOTrainer:
                 # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
                 # weights of its last step when the last full checkpoint is older
                 died = self.step < self.args.max_steps and self._stop_signal is None
-                if died and self.step > self._last_checkpoint[0] and main:
+                # (not when sharded: gathering the weights needs every rank, and the others may be gone)
+                if died and self.step > self._last_checkpoint[0] and main and not self._sharded:
                     self.save(log.checkpoint_dir(self.step, suffix="-interrupted"))
         saves_checkpoints = bool(self.args.save_steps or self.args.save_minutes)  # both 0: final weights only
         if saves_checkpoints and self._last_checkpoint[0] != self.step:
             self.checkpoint(log.checkpoint_dir(self.step))
-        if main:
+        if main or self._sharded:
             self.save(log.final_dir())
+        if main:
             log.plot_rewards(self.history)
         distributed.barrier()  # the other ranks return once the run's files are written
         return self.history
@@ -306,14 +325,25 @@ class MAGRPOTrainer:
     def checkpoint(self, directory: str | Path) -> Path:
         """A full, resumable checkpoint of this run (see :mod:`magrpo.checkpoint`); older ones
         beyond ``save_total_limit`` are deleted."""
-        if distributed.is_main():  # every rank holds the same weights and states: one writes them
+        whole = self._whole_states(with_optimizers=True)  # sharded: gathered by every rank
+        if distributed.is_main():  # the same weights and states on every rank (or gathered): one writes them
             save_checkpoint(
-                directory, agents=self.agents, optimizers=self.optimizers, trainer_state=self._trainer_state(), config=self.args
+                directory, agents=self.agents, optimizers=self.optimizers, trainer_state=self._trainer_state(), config=self.args,
+                whole_states=whole,
             )
             prune_checkpoints(Path(directory).parent.parent, self.args.save_total_limit)
         distributed.barrier()  # a checkpoint is complete before any rank goes on
         self._last_checkpoint = (self.step, time.monotonic())
         return Path(directory)
+
+    def _whole_states(self, *, with_optimizers: bool) -> list[tuple[dict, dict | None]] | None:
+        """Sharded: each agent's (weights, optimiser state or None) gathered whole, for rank 0 to
+        write (a collective: every rank calls it). Replicated: None, the agents hold them whole."""
+        if not self._sharded:
+            return None
+        return [(sharding.full_weights(agent.model, only_adapter=agent.adapter is not None),
+                 sharding.full_optimizer_state(optimizer) if with_optimizers else None)
+                for agent, optimizer in zip(self.agents, self.optimizers)]
 
     def _checkpoint_due(self) -> bool:
         a = self.args
@@ -385,22 +415,23 @@ class MAGRPOTrainer:
         started = time.perf_counter()
 
         envs = [self.env_factory(item) for item in items]
-        turns = expand_tree(
-            self.agents,
-            envs,
-            sample=self._sampler(training=True),
-            joint_mode=a.joint_mode,
-            num_generations=a.num_generations,
-            num_turns=a.num_turns,
-            expand=a.expand,
-            expand_k=a.expand_k,
-            early_stop_reward=a.early_stop_reward,
-            concurrent_agents=self._concurrent_agents,
-            # each item's place in the step's global batch keys its random stream: the same
-            # samples whichever rank, and whichever other items, it is sampled with
-            item_keys=[self.step * len(items) * distributed.world_size() + distributed.rank() * len(items) + k
-                       for k in range(len(items))],
-        )
+        with self._whole_weights():
+            turns = expand_tree(
+                self.agents,
+                envs,
+                sample=self._sampler(training=True),
+                joint_mode=a.joint_mode,
+                num_generations=a.num_generations,
+                num_turns=a.num_turns,
+                expand=a.expand,
+                expand_k=a.expand_k,
+                early_stop_reward=a.early_stop_reward,
+                concurrent_agents=self._concurrent_agents,
+                # each item's place in the step's global batch keys its random stream: the same
+                # samples whichever rank, and whichever other items, it is sampled with
+                item_keys=[self.step * len(items) * distributed.world_size() + distributed.rank() * len(items) + k
+                           for k in range(len(items))],
+            )
         rollout_seconds = time.perf_counter() - started
 
         returns = tree_returns(
@@ -444,29 +475,33 @@ class MAGRPOTrainer:
         normaliser = distributed.sum_float(loss_normaliser(all_masks, a.loss_aggregation), agent.device)
         params = agent.trainable_parameters()
         optimizer.zero_grad(set_to_none=True)
+        # micro-batches of the completions that carry a learning signal
+        work = [(rollout, adv, chunk) for rollout, adv in zip(rollouts, advantages)
+                for chunk in torch.nonzero(adv != 0).flatten().split(a.update_micro_batch_size) if len(chunk)]
+        passes = int(distributed.sum_float(len(work), agent.device))
+        if not passes:  # no rank has a signal: no pass, no step
+            return {"loss": 0.0, "grad_norm": 0.0}
+        # sharded: every forward/backward is a collective, so every rank runs as many
+        idle = int(distributed.max_float(len(work), agent.device)) - len(work) if self._sharded else 0
         loss_total = 0.0
-        passes = 0
         weights = ImportanceWeightTally()
         # dropout off: the update scores the policy that sampled (which samples in eval mode)
         autocast = (torch.autocast(agent.device.type, dtype=self._autocast_dtype) if self._autocast_dtype is not None
                     else contextlib.nullcontext())
         with agent.active() as active, scoring_mode(active) as model, autocast:
-            for rollout, adv in zip(rollouts, advantages):
-                rows = torch.nonzero(adv != 0).flatten()
-                for chunk in rows.split(a.update_micro_batch_size) if len(rows) else ():
-                    loss = self._chunk_loss(agent, model, rollout, adv, chunk, weights) / normaliser
-                    loss.backward()
-                    loss_total += float(loss.detach())
-                    passes += 1
+            for rollout, adv, chunk in work:
+                loss = self._chunk_loss(agent, model, rollout, adv, chunk, weights) / normaliser
+                loss.backward()
+                loss_total += float(loss.detach())
+            for _ in range(idle):
+                sharding.idle_pass(model, agent.device)
         if distributed.active():  # the global step's gradient: the sum of every rank's share
-            passes = int(distributed.sum_float(passes, agent.device))
             loss_total = distributed.sum_float(loss_total, agent.device)
-            if passes:
+            if not self._sharded:  # sharded: the reduce-scatter of each backward summed them
                 distributed.sum_gradients(params)
-        if not passes:
-            optimizer.zero_grad(set_to_none=True)
-            return {"loss": 0.0, "grad_norm": 0.0}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded: a norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         agent.sync_sampling_copy()
@@ -488,7 +523,9 @@ class MAGRPOTrainer:
         prompt_ids, prompt_mask = _trim_left(rollout.prompt_ids[prompts], rollout.prompt_mask[prompts])
         completion_ids, mask = _trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
         temperature = self.args.temperature
-        if self.args.share_prompt_in_update and not self.args.gradient_checkpointing and len(prompts) < len(rows_d):
+        # sharded: every rank's micro-batch must make the same collectives, so one model pass each
+        shared = self.args.share_prompt_in_update and not self.args.gradient_checkpointing and not self._sharded
+        if shared and len(prompts) < len(rows_d):
             logprobs = shared_prompt_token_logprobs(
                 model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature, self.args.logprob_chunk_size
             )
@@ -513,7 +550,8 @@ class MAGRPOTrainer:
     @torch.no_grad()
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
-        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``."""
+        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``.
+        Under torchrun every rank calls it and answers its share of the items."""
         items = as_items(dataset, "dataset") if dataset is not None else self.eval_items
         limit = self.args.eval_max_items if max_items is None else max_items
         items = items if limit is None else items[:limit]
@@ -521,13 +559,19 @@ class MAGRPOTrainer:
             raise ConfigError(f"no evaluation items: pass eval_dataset or dataset (max_items={limit})")
         a = self.args
         sampler = self._sampler(training=False)
+        mine = distributed.rank_slice(items)
         per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
-        for start in range(0, len(items), batch_size):
-            envs = [self.env_factory(item) for item in items[start : start + batch_size]]
-            turns = expand_tree(self.agents, envs, sample=sampler, joint_mode="aligned", num_generations=1, num_turns=a.num_turns,
-                                early_stop_reward=a.early_stop_reward, concurrent_agents=self._concurrent_agents)
-            for t, figures in enumerate(final_figures_per_turn(turns, len(envs), a.num_turns)):
-                per_turn[t].extend(figures)
+        with self._whole_weights():
+            for start in range(0, len(mine), batch_size):
+                envs = [self.env_factory(item) for item in mine[start : start + batch_size]]
+                turns = expand_tree(self.agents, envs, sample=sampler, joint_mode="aligned", num_generations=1,
+                                    num_turns=a.num_turns, early_stop_reward=a.early_stop_reward,
+                                    concurrent_agents=self._concurrent_agents)
+                for t, figures in enumerate(final_figures_per_turn(turns, len(envs), a.num_turns)):
+                    per_turn[t].extend(figures)
+        if distributed.active():  # every item's figures, in the items' order
+            shares = distributed.gather_objects(per_turn)
+            per_turn = [[row for share in shares for row in share[t]] for t in range(a.num_turns)]
         out: dict[str, float] = {"items": float(len(items))}
         out.update(mean_figures(per_turn[-1]))  # the team's final answers
         if a.num_turns > 1:  # what each turn of feedback adds
@@ -537,10 +581,14 @@ class MAGRPOTrainer:
 
     # ------------------------------------------------------------------ saving
     def save(self, directory: str | Path | None = None) -> Path:
-        """Each agent to ``directory/agent_i`` (transformers or peft loads it directly)."""
+        """Each agent to ``directory/agent_i`` (transformers or peft loads it directly). Sharded
+        agents: every rank calls it (their weights are gathered), rank 0 writes."""
         directory = Path(directory or Path(self.args.output_dir) / "final")
-        for agent in self.agents:
-            save_agent(agent, directory / agent.name)
+        whole = self._whole_states(with_optimizers=False)
+        if self._sharded and not distributed.is_main():
+            return directory
+        for i, agent in enumerate(self.agents):
+            save_agent(agent, directory / agent.name, state_dict=whole[i][0] if whole else None)
         (directory / "trainer_state.json").write_text(
             json.dumps({"step": self.step, "agents": [a.name for a in self.agents]}, indent=2)
         )

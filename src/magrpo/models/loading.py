@@ -206,15 +206,17 @@ def _add_adapter(model: Any, adapter: str, r: int, alpha: int, dropout: float, t
     model.add_adapter(adapter, _lora_config(r, alpha, dropout, targets))
 
 
-def save_agent(agent: AgentPolicy, directory: str | Path) -> Path:
-    """Save one agent so that transformers (full) or peft (adapter) loads it directly."""
+def save_agent(agent: AgentPolicy, directory: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Save one agent so that transformers (full) or peft (adapter) loads it directly;
+    ``state_dict``: the weights to write instead of the model's own (gathered from shards)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with quiet_library_progress():
         if agent.adapter is None:
-            agent.model.save_pretrained(directory, safe_serialization=True)
+            agent.model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
         else:
-            agent.model.save_pretrained(directory, selected_adapters=[agent.adapter], safe_serialization=True)
+            agent.model.save_pretrained(directory, selected_adapters=[agent.adapter], safe_serialization=True,
+                                        state_dict=state_dict)
     if agent.adapter is not None:
         # peft nests a non-default adapter in a sub-folder; flatten so PeftModel.from_pretrained(dir) works
         nested = directory / agent.adapter
