@@ -125,9 +125,11 @@ def summarise(runs: Mapping[str, list[dict[str, Any]]], task) -> dict[str, dict[
 
 
 def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
-    keys = [k for k in next(iter(table.values())) if not k.startswith("scheme/")]
+    # per turn (a multi-turn team) only the headline figures: the table stays readable
+    keys = [k for k in next(iter(table.values())) if "scheme/" not in k
+            and (not k.startswith("turn_") or k.split("/", 1)[1] in ("reward_normalised", "tests_passed", "pass@1"))]
     schemes = sorted({k for row in table.values() for k in row if k.startswith("scheme/")})
-    lines = [f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s), {args.steps} steps of {args.batch_size} "
+    lines = [f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s) asked (column `seeds`: finished), {args.steps} steps of {args.batch_size} "
              f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s)"
              + (f" (best {args.expand_k} of each node continued)" if args.turns > 1 else "") + ", LoRA" * args.lora + ", "
              f"learning rate {args.lr:g}, "
@@ -136,11 +138,12 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
     for columns in (keys, schemes):
         if not columns:
             continue
-        lines.append("| system | " + " | ".join(columns) + " |")
-        lines.append("|---|" + "---:|" * len(columns))
+        lines.append("| system | seeds | " + " | ".join(columns) + " |")
+        lines.append("|---|---:|" + "---:|" * len(columns))
         for system, row in table.items():
             cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "-" for k in columns]
-            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+            seeds = "-" if runs[system][0]["seed"] is None else str(len(runs[system]))
+            lines.append(f"| {system} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -216,6 +219,7 @@ def main() -> None:
             if name in systems:
                 runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
         gc.collect()
+        write_outputs(args, task, runs, started)
     for seed in range(args.seeds):
         for system, fn in (("team", train_team), ("single-grpo", train_single)):
             if system not in systems:
@@ -228,6 +232,12 @@ def main() -> None:
             print(f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
                   f"{result['held_out']['reward']:.3f} ({result['seconds']:.0f} s)", flush=True)
             gc.collect()
+            write_outputs(args, task, runs, started)  # a study cut short keeps every finished run
+    print((args.output / "results.md").read_text())
+
+
+def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
+    """results.json, results.md and the plots of the runs finished so far."""
     order = [s for s in ("team", "single-grpo", *UNTRAINED) if s in runs]
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
@@ -238,7 +248,6 @@ def main() -> None:
          "seconds": seconds}, indent=1, default=float))
     write_markdown(args.output / "results.md", table, runs, args, seconds)
     plot(args.output, runs, table)
-    print((args.output / "results.md").read_text())
 
 
 if __name__ == "__main__":
