@@ -4,6 +4,7 @@ advantage figures per agent and the share of groups without signal."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,22 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command_before_an
                       train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args)
     with pytest.raises(ConfigError, match="report_to='comet' is not valid; choose one of 'tensorboard', 'wandb', 'mlflow'"):
         MAGRPOConfig(report_to="comet")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-step host peak needs Linux's VmHWM reset")
+def test_the_host_memory_peak_is_that_of_each_step(tiny_agents, tmp_path):
+    """A step whose reward holds 400 MiB reports that peak; the next step, holding nothing, does not."""
+    hungry = iter([True, False])
+
+    def reward(completions, **_):
+        if next(hungry):
+            block = bytearray(400 * 2**20)  # zero-filled, so every page is resident
+            assert block[-1] == 0
+        return [float(len(c[0]) + len(c[1])) for c in completions]
+
+    args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=2, output_dir=str(tmp_path), log_samples_steps=0)
+    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}],
+                            formatters=[lambda x: x["q"]] * 2, args=args)
+    first, _ = trainer.train_step(trainer.next_batch())
+    second, _ = trainer.train_step(trainer.next_batch())
+    assert first["peak_rss_mib"] - second["peak_rss_mib"] > 300, (first["peak_rss_mib"], second["peak_rss_mib"])

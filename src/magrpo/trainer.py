@@ -412,6 +412,7 @@ class MAGRPOTrainer:
         torch.manual_seed(a.seed * 1_000_003 + self.step)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        _reset_peak_host_memory()
         started = time.perf_counter()
 
         envs = [self.env_factory(item) for item in items]
@@ -644,14 +645,29 @@ class MAGRPOTrainer:
 
 
 # ---------------------------------------------------------------------- helpers
+_HOST_PEAK = Path("/proc/self/status")  # Linux: VmHWM, the peak resident set, resettable per step
+
+
+def _reset_peak_host_memory() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5": reset VmHWM to the current resident set
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's so far
+
+
 def _peak_memory_figures() -> dict[str, float]:
-    """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and of the process
-    so far in host memory (``peak_rss_mib``)."""
+    """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and in host memory
+    (``peak_rss_mib``: of this step on Linux, of the process so far elsewhere)."""
+    import re
     import resource
     import sys
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    figures = {"peak_rss_mib": rss / (1024 * 1024 if sys.platform == "darwin" else 1024)}  # bytes on macOS, KiB elsewhere
+    try:
+        rss_mib = int(re.search(r"VmHWM:\s+(\d+)", _HOST_PEAK.read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_mib = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
+    figures = {"peak_rss_mib": rss_mib}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         figures["cuda_peak_mib"] = max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
     return figures
