@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from magrpo import distributed
+from magrpo.errors import ConfigError
 
 
 def shard_model(model: torch.nn.Module) -> None:
@@ -147,8 +148,6 @@ def _distinct(models: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
 
 def check_shardable(agents: Sequence[Any]) -> None:
     """Sharding needs every agent to own its model (one FSDP unit per optimiser)."""
-    from magrpo.errors import ConfigError
-
     owners: dict[int, str] = {}
     for agent in agents:
         if id(agent.model) in owners:
