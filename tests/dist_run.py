@@ -21,6 +21,10 @@ def reward(*, completions, **_):
     return [float(c0.count("a") - c0.count("b") + c1.count("q") + 0.5 * len(c1.split())) for c0, c1 in completions]
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a shard's own part
+
+
 ITEMS = [{"q": w} for w in ("q a", "b", "c q", "a b c", "b b", "q")]
 
 
@@ -47,6 +51,13 @@ if __name__ == "__main__":
     out, variant, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     trainer = build(out, variant, batch, steps, "shard" if "--shard" in sys.argv else "replicate")
     trainer.train(progress=False, resume_from_checkpoint=True if "--resume" in sys.argv else None)
+    # what this rank holds of the trainable weights and their AdamW moments, against the whole
+    local = sum(_local(p).numel() for agent in trainer.agents for p in agent.trainable_parameters())
+    whole = sum(p.numel() for agent in trainer.agents for p in agent.trainable_parameters())
+    moments = sum(_local(v).numel() for opt in trainer.optimizers for s in opt.state.values() for k, v in s.items()
+                  if k in ("exp_avg", "exp_avg_sq"))
+    Path(out, f"held-by-rank-{distributed.rank()}.json").write_text(json.dumps({"local": local, "whole": whole,
+                                                                                "moments": moments}))
     figures = trainer.evaluate(ITEMS[:5])  # every rank answers its share (3 + 2 items on 2 ranks)
     if distributed.is_main():
         (Path(out) / "eval.json").write_text(json.dumps(figures))

@@ -121,6 +121,13 @@ def test_two_sharded_ranks_train_as_one_rank_with_two_items(tmp_path, variant):
     finish(one_rank(single, variant), two_ranks(sharded, variant, 3, "--shard"))
     assert_same_training(single, sharded)
     assert_adapters_trained(sharded) if variant == "lora-own" else assert_trained(sharded)
+    # each rank held about half of every trainable weight and AdamW moment; the two halves, all of them
+    held = [json.loads((sharded / f"held-by-rank-{r}.json").read_text()) for r in (0, 1)]
+    whole = held[0]["whole"]
+    assert held[0]["local"] + held[1]["local"] == whole and max(h["local"] for h in held) <= 0.55 * whole
+    assert all(h["moments"] == 2 * h["local"] for h in held)
+    replicated = json.loads((single / "held-by-rank-0.json").read_text())
+    assert replicated == {"local": whole, "whole": whole, "moments": 2 * whole}
 
 
 def test_a_sharded_run_resumes_exactly_and_its_checkpoints_resume_replicated(tmp_path):

@@ -15,6 +15,7 @@ With one process (no ``torchrun``, or ``WORLD_SIZE=1``) every function here is a
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from typing import Iterable, Sequence
 
@@ -37,8 +38,17 @@ def init_from_env(device: str = "auto") -> None:
 
 
 def _leave() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_backend() == "gloo" and world_size() > 1:
+        # every rank past its last collective before any tears its group down: a gloo group torn
+        # down while a peer still finishes one can abort that peer. Bounded: a peer that died
+        # never comes, and the rank leaves anyway.
+        try:
+            torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except RuntimeError:
+            pass
+    torch.distributed.destroy_process_group()
 
 
 def active() -> bool:
