@@ -95,6 +95,10 @@ def coding_section() -> list[str]:
         after = ", ".join(f"{k.split('/')[1]} {s['team'][k][0]:.2f}" for k in schemes)
         out += ["", f"Cooperation schemes (fraction of held-out answers) before training (the untrained team): {before}; "
                 f"after training (the team, mean over seeds): {after}."]
+    if "discussion" in s and s["discussion"]["level_defined"][0] == 0:
+        out += ["", "The discussion baseline defines the two functions in no answer: in the answer read by hand, the "
+                "helper, shown its teammate's function, rewrote that function instead of revising `aux` (the "
+                "revision prompt does not restate each agent's part), so the combined program has no `aux`."]
     asked = study["args"]["seeds"]
     short = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) < asked]
     missing = [system for system in ("team", "single-grpo") if system not in s]
@@ -102,9 +106,13 @@ def coding_section() -> list[str]:
         out += ["", "Cut short by this 2-core CPU: " + "; ".join(
             [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
             + [f"{system} has none" for system in missing]) + "."]
+    # a verdict needs an interval: a trained system with one seed has none
+    judged = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) >= 2]
     verdicts = [f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the "
-                "untrained team" for system in ("team", "single-grpo") if system in s and "parallel" in s]
-    if "team" in s and "single-grpo" in s:
+                "untrained team" for system in judged if "parallel" in s]
+    if len(judged) < len([x for x in ("team", "single-grpo") if x in s]):
+        verdicts.append("a system with one seed has no interval, so no verdict")
+    if "team" in judged and "single-grpo" in judged:
         verdicts.append(f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
                         "single-agent GRPO")
     if verdicts:
