@@ -40,9 +40,17 @@ def seeds(study: dict, system: str) -> int:
     return sum(1 for run in study["runs"].get(system, []) if run.get("seed") is not None)
 
 
+def command_block(command: str) -> list[str]:
+    return ["```bash", command, "```", ""]
+
+
+def not_measured(command: str) -> list[str]:
+    return ["Not measured yet:", "", *command_block(command)]
+
+
 def embed(folder: str, command: str) -> list[str]:
     return [
-        "```bash", command, "```", "",
+        *command_block(command),
         f"From `docs/results/{folder}/results.md` (`results.json` holds every run's curve and figures):", "",
         (RESULTS / folder / "results.md").read_text().strip(), "",
         f"![training reward per step](results/{folder}/reward_curves.png)",
@@ -56,7 +64,7 @@ def summarize_section() -> list[str]:
                "    --lr 2e-5 --eval-items 8 --output docs/results/summarize")
     study = load("summarize")
     if study is None:
-        return out + ["Not measured yet:", "", "```bash", command, "```", ""]
+        return out + not_measured(command)
     s = study["summary"]
     out += embed("summarize", command)
     out.append(
@@ -79,7 +87,7 @@ def coding_section() -> list[str]:
                "    -G 4 --max-new-tokens 256 --eval-items 4 --lr 1e-4 --output docs/results/coding_qwen")
     study = load("coding_qwen")
     if study is None:
-        return out + ["Not measured yet:", "", "```bash", command, "```", ""]
+        return out + not_measured(command)
     s = study["summary"]
     out += embed("coding_qwen", command)
     lines = []
@@ -134,7 +142,7 @@ def turns_section() -> list[str]:
             "feedback on the best first joint action (`--expand-k 1`), the same steps and learning rate.", ""]
     for study, folder, command, title in ((one, "coding_1turn", one_cmd, "One turn"), (two, "coding_2turn", two_cmd, "Two turns")):
         out += [f"### {title}", ""]
-        out += embed(folder, command) if study is not None else ["Not measured yet:", "", "```bash", command, "```", ""]
+        out += embed(folder, command) if study is not None else not_measured(command)
     if one is not None and two is not None:
         a, b = one["summary"]["team"], two["summary"]["team"]
         cells = "; ".join(f"{k}: one turn {a[k][0]:.3f} ± {a[k][1]:.3f}, two turns {b[k][0]:.3f} ± {b[k][1]:.3f}"
@@ -155,10 +163,10 @@ def latency_section() -> list[str]:
     command = "magrpo eval --task summarize --eval-items 4 --latency-items 4 --output docs/results/latency_summarize.json"
     path = RESULTS / "latency_summarize.json"
     if not path.is_file():
-        return out + ["Not measured yet:", "", "```bash", command, "```", ""]
+        return out + not_measured(command)
     f = json.loads(path.read_text())
     return out + [
-        "```bash", command, "```", "",
+        *command_block(command),
         "| | seconds per complete answer | tokens per answer |", "|---|---:|---:|",
         f"| team (agents at the same time) | {f['latency/team_seconds']:.2f} | {f['latency/team_tokens_per_answer']:.0f} |",
         f"| one model writing both parts | {f['latency/single_agent_seconds']:.2f} | "

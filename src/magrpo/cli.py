@@ -264,7 +264,7 @@ def _train(
     from magrpo.report import RunLog
 
     main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
-    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None, writes=distributed.is_main())
+    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None, writes=main)
     trainer.resume_hint = f"magrpo train --resume {run_dir}"
     if resume is None:
         before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None

@@ -83,19 +83,19 @@ def rank_device(device: str) -> str:
 
 def sum_float(value: float, device: torch.device | str = "cpu") -> float:
     """``value`` summed over the ranks."""
-    if not active():
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(device))
-    torch.distributed.all_reduce(tensor)
-    return float(tensor.item())
+    return _reduce_float(value, device, "SUM")
 
 
 def max_float(value: float, device: torch.device | str = "cpu") -> float:
     """The largest ``value`` over the ranks."""
+    return _reduce_float(value, device, "MAX")
+
+
+def _reduce_float(value: float, device: torch.device | str, op: str) -> float:
     if not active():
         return float(value)
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(device))
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, op))
     return float(tensor.item())
 
 

@@ -13,9 +13,9 @@ share. What the loop needs on top of torch's FSDP2:
   until every rank has run as many;
 - **gradients summed, not averaged**: the loss is already divided by the whole global step's
   normaliser, as on the replicated path, so the reduce-scatter must add the ranks' shares;
-- **checkpoints in the replicated format**: ``full_weights`` and ``full_optimizer_state`` gather whole weights and optimiser
-  moments for rank 0 to write, and loading puts the shards of whole tensors back, so a sharded
-  run resumes replicated, and the other way round.
+- **checkpoints in the replicated format**: ``full_weights`` and ``full_optimizer_state`` gather
+  whole weights and optimiser moments for rank 0 to write, and loading puts the shards of whole
+  tensors back, so a sharded run resumes replicated, and the other way round.
 
 Without torchrun (one process) nothing is sharded: the same config runs anywhere.
 """
