@@ -14,6 +14,7 @@ seeds) and ``held_out.png`` (a bar chart of the held-out figures).
 
     .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 12 --output docs/results/summarize
     .venv/bin/python benchmarks/study.py --task coding --turns 2 ...   # the team with execution feedback
+    .venv/bin/python benchmarks/study.py ... --resume   # a study cut short: only the runs it lacks
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--systems", default="team,single-grpo," + ",".join(UNTRAINED))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of --output's results.json and run only the missing ones")
     args = parser.parse_args()
 
     from magrpo.tasks import get_task
@@ -213,16 +216,17 @@ def main() -> None:
     held_out = task.load_split("eval")[: args.eval_items]
     systems = args.systems.split(",")
     args.output.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    if any(s in UNTRAINED for s in systems):
+    runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
+    started -= earlier_seconds  # the study time counts the earlier sittings too
+    if any(s in UNTRAINED and s not in runs for s in systems):
         for name, figures in untrained(task, args, held_out).items():
-            if name in systems:
+            if name in systems and name not in runs:
                 runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
         gc.collect()
         write_outputs(args, task, runs, started)
     for seed in range(args.seeds):
         for system, fn in (("team", train_team), ("single-grpo", train_single)):
-            if system not in systems:
+            if system not in systems or any(r["seed"] == seed for r in runs.get(system, [])):
                 continue
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix=f"study-{system}-") as run_dir:  # weights are not kept
@@ -234,6 +238,27 @@ def main() -> None:
             gc.collect()
             write_outputs(args, task, runs, started)  # a study cut short keeps every finished run
     print((args.output / "results.md").read_text())
+
+
+#: arguments that may differ between the sittings of one study: they do not change any run's figures
+RESUMABLE_CHANGES = {"seeds", "systems", "device", "output", "resume"}
+
+
+def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """The runs, and the seconds spent, of --output's results.json, refused if its settings differ."""
+    path = args.output / "results.json"
+    if not path.exists():
+        return {}, 0.0
+    earlier = json.loads(path.read_text())
+    now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    changed = {k: (earlier["args"].get(k), now[k]) for k in now
+               if k not in RESUMABLE_CHANGES and earlier["args"].get(k) != now[k]}
+    if changed:
+        raise SystemExit(f"--resume: {path} was written with other settings (earlier, now): {changed}; "
+                         "resume it with the same settings, or give another --output")
+    kept = {system: [r for r in seeds if r["seed"] is None or r["seed"] < args.seeds]
+            for system, seeds in earlier["runs"].items()}
+    return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
 
 
 def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
