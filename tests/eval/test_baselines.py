@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from magrpo.eval.baselines import baseline_answers, evaluate_baseline, with_note
+from magrpo.eval.baselines import DISCUSSION_INSTRUCTION, baseline_answers, evaluate_baseline, with_note
 from magrpo.rewards.coding import combine_program, score_coding_batch, split_whole_program
 from magrpo.sampling import make_sampler
 from magrpo.tasks.writing import split_two_parts
@@ -46,7 +46,9 @@ def test_discussion_revises_after_seeing_the_others_first_answers(peaked_team):
         for i, observation in enumerate(observations):
             other = 1 - i
             assert observation[1] == {"role": "assistant", "content": drafts[i]}  # its own first answer
-            assert f"Your teammate ({('first', 'second')[other]}) wrote:\n{drafts[other]}" in content(observation)
+            assert content(observation) == DISCUSSION_INSTRUCTION.format(
+                role=("first", "second")[i], answers=f"Your teammate ({('first', 'second')[other]}) wrote:\n{drafts[other]}")
+            assert f"You write the {('first', 'second')[i]} part" in content(observation)  # its own part, restated
             assert answer[i] == greedy(peaked_team[i], observation)
 
 
