@@ -103,7 +103,7 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
             "tokens_generated": sum(h["tokens_generated"] for h in history)}
 
 
-def untrained(task, args, held_out) -> dict[str, dict[str, float]]:
+def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, float]]:
     from magrpo.eval.baselines import evaluate_baseline
     from magrpo.models import build_agents
 
@@ -112,7 +112,7 @@ def untrained(task, args, held_out) -> dict[str, dict[str, float]]:
         name: evaluate_baseline(name, agents, held_out, formatters=task.formatters, scorer=task.scorer,
                                 max_new_tokens=args.max_new_tokens, roles=task.agent_roles,
                                 single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
-        for name in UNTRAINED
+        for name in names
     }
 
 
@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs of --output's results.json and run only the missing ones")
+    parser.add_argument("--rerun", default="", help="with --resume: systems whose earlier runs are run again "
+                        "(comma-separated, e.g. after a change to a baseline's prompt)")
     args = parser.parse_args()
 
     from magrpo.tasks import get_task
@@ -216,12 +218,14 @@ def main() -> None:
     held_out = task.load_split("eval")[: args.eval_items]
     systems = args.systems.split(",")
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.rerun and not args.resume:
+        raise SystemExit(f"--rerun {args.rerun} needs --resume (without it every system runs anyway)")
     runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
     started -= earlier_seconds  # the study time counts the earlier sittings too
-    if any(s in UNTRAINED and s not in runs for s in systems):
-        for name, figures in untrained(task, args, held_out).items():
-            if name in systems and name not in runs:
-                runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
+    missing = [s for s in UNTRAINED if s in systems and s not in runs]
+    if missing:
+        for name, figures in untrained(task, args, held_out, missing).items():
+            runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
         gc.collect()
         write_outputs(args, task, runs, started)
     for seed in range(args.seeds):
@@ -241,7 +245,7 @@ def main() -> None:
 
 
 #: arguments that may differ between the sittings of one study: they do not change any run's figures
-RESUMABLE_CHANGES = {"seeds", "systems", "device", "output", "resume"}
+RESUMABLE_CHANGES = {"seeds", "systems", "device", "output", "resume", "rerun"}
 
 
 def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
@@ -251,13 +255,18 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
         return {}, 0.0
     earlier = json.loads(path.read_text())
     now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    changed = {k: (earlier["args"].get(k), now[k]) for k in now
-               if k not in RESUMABLE_CHANGES and earlier["args"].get(k) != now[k]}
+    # an argument the earlier sitting lacks came later: the earlier runs had its default behaviour
+    changed = {k: (earlier["args"][k], now[k]) for k in now
+               if k not in RESUMABLE_CHANGES and k in earlier["args"] and earlier["args"][k] != now[k]}
     if changed:
         raise SystemExit(f"--resume: {path} was written with other settings (earlier, now): {changed}; "
                          "resume it with the same settings, or give another --output")
+    rerun = set(filter(None, args.rerun.split(",")))
+    unknown = rerun - set(earlier["runs"])
+    if unknown:
+        raise SystemExit(f"--rerun: {sorted(unknown)} not among the runs of {path}: {sorted(earlier['runs'])}")
     kept = {system: [r for r in seeds if r["seed"] is None or r["seed"] < args.seeds]
-            for system, seeds in earlier["runs"].items()}
+            for system, seeds in earlier["runs"].items() if system not in rerun}
     return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
 
 
