@@ -47,8 +47,9 @@ def test_discussion_revises_after_seeing_the_others_first_answers(peaked_team):
             other = 1 - i
             assert observation[1] == {"role": "assistant", "content": drafts[i]}  # its own first answer
             assert content(observation) == DISCUSSION_INSTRUCTION.format(
-                role=("first", "second")[i], answers=f"Your teammate ({('first', 'second')[other]}) wrote:\n{drafts[other]}")
-            assert f"You write the {('first', 'second')[i]} part" in content(observation)  # its own part, restated
+                role=("first", "second")[i], task=FORMATTERS[i](item),  # its own task, restated
+                answers=f"Your teammate ({('first', 'second')[other]}) wrote:\n{drafts[other]}")
+            assert content(observation).endswith(f"({('first', 'second')[i]}), the one you were asked for:\n\n{FORMATTERS[i](item)}")
             assert answer[i] == greedy(peaked_team[i], observation)
 
 

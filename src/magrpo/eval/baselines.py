@@ -7,7 +7,7 @@
   the models are untrained): what ``evaluate()`` does.
 - ``sequential``: a pipeline: agent 2 sees agent 1's answer before it writes, and so on.
 - ``discussion``: every agent answers, then sees the others' first answers and revises its own
-  part (named by its role) once; the revisions are the joint answer.
+  part once (its task restated); the revisions are the joint answer.
 
 Greedy decoding, one joint answer per item.
 """
@@ -28,12 +28,11 @@ from magrpo.types import Formatter, JointAction, Observation, Scorer
 SplitSingle = Callable[[str, Mapping[str, Any]], JointAction]
 
 TEAMMATE_ANSWER = "Your teammate ({role}) wrote:\n{answer}"
-# the revision restates the agent's own part: shown a teammate's code, a small model otherwise
+# the revision restates the agent's own task: shown a teammate's code, a small model otherwise
 # rewrites the teammate's part instead of its own, and the team's answer loses a part
 DISCUSSION_INSTRUCTION = (
-    "Your teammates answered:\n\n{answers}\n\nYou write the {role} part. Revise it so that the team's answers fit "
-    "together, and reply with your {role} part alone, in the form your instructions ask for: do not write your "
-    "teammates' parts."
+    "Your teammates answered:\n\n{answers}\n\nRevise your own answer so that the team's answers fit together. "
+    "Write only your own part ({role}), the one you were asked for:\n\n{task}"
 )
 
 
@@ -90,7 +89,8 @@ def baseline_answers(
         [
             as_messages(first[i][k]) + [
                 {"role": "assistant", "content": drafts[i][k]},
-                {"role": "user", "content": DISCUSSION_INSTRUCTION.format(role=roles[i], answers="\n\n".join(
+                {"role": "user", "content": DISCUSSION_INSTRUCTION.format(
+                    role=roles[i], task=as_messages(first[i][k])[-1]["content"], answers="\n\n".join(
                     TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i))},
             ]
             for k in range(len(items))
