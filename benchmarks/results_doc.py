@@ -48,9 +48,18 @@ def not_measured(command: str) -> list[str]:
     return ["Not measured yet:", "", *command_block(command)]
 
 
+def sittings(folder: str) -> list[str]:
+    """How the study was run when not in one go: the last sitting's --resume and --rerun."""
+    args = (load(folder) or {}).get("args", {})
+    if not args.get("resume"):
+        return []
+    rerun = f" The last sitting ran `{args['rerun']}` again (`--rerun`) after a change to it." if args.get("rerun") else ""
+    return [f"Run in more than one sitting: the same command with `--resume` adds the runs a study lacks.{rerun}", ""]
+
+
 def embed(folder: str, command: str) -> list[str]:
     return [
-        *command_block(command),
+        *command_block(command), *sittings(folder),
         f"From `docs/results/{folder}/results.md` (`results.json` holds every run's curve and figures):", "",
         (RESULTS / folder / "results.md").read_text().strip(), "",
         f"![training reward per step](results/{folder}/reward_curves.png)",
@@ -105,6 +114,11 @@ def coding_section() -> list[str]:
         after = ", ".join(f"{k.split('/')[1]} {s['team'][k][0]:.2f}" for k in schemes)
         out += ["", f"Cooperation schemes (fraction of held-out answers) before training (the untrained team): {before}; "
                 f"after training (the team, mean over seeds): {after}."]
+        if "single-grpo" in s:
+            calls = {system: 1 - s[system]["scheme/none"][0] for system in ("team", "single-grpo")}
+            out += ["", f"The main function calls `aux` in {calls['team']:.2f} of the trained team's answers and in "
+                    f"{calls['single-grpo']:.2f} of single-agent GRPO's, whose one model writes both functions. The "
+                    "team's main agent is told that `aux` exists, not what it does (its prompt: `src/magrpo/tasks/coding.py`)."]
     if "discussion" in s and s["discussion"]["level_defined"][0] == 0:
         out += ["", "The discussion baseline defines the two functions in no answer: in the answer read by hand, the "
                 "helper, shown its teammate's function, rewrote that function instead of revising `aux` (the "
