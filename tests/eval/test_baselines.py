@@ -61,6 +61,12 @@ def test_single_model_writes_the_whole_answer_with_the_team_budget(peaked_team):
     for item, answer, observations in zip(ITEMS, joint, seen):
         assert observations == (item["q"] + " b",)
         assert answer == (greedy(peaked_team[0], item["q"] + " b", max_new_tokens=6), item["q"])  # 2 agents x 3 tokens
+    # one model alone (single-agent GRPO's) still gets the budget of the team's two parts
+    alone, _ = baseline_answers(
+        "single", peaked_team[:1], ITEMS, formatters=FORMATTERS, max_new_tokens=3,
+        single_formatter=lambda x: x["q"] + " b", split_single=lambda reply, item: (reply, item["q"]),
+    )
+    assert alone == joint
     with pytest.raises(ValueError, match="the 'single' baseline needs the task's single-model prompt"):
         baseline_answers("single", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3)
     with pytest.raises(ValueError, match="baseline='solo' is not valid; choose one of 'single', 'parallel'"):

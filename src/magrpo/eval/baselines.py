@@ -2,7 +2,7 @@
 
 - ``single``: one model (the first agent's) writes the whole joint answer in one reply, which the
   task splits into the same parts (both functions; both summaries); it gets N times one agent's
-  new-token budget.
+  new-token budget (N = the team's parts, also when the model is given alone).
 - ``parallel``: the team as it is, each agent seeing only its own prompt (the untrained team when
   the models are untrained): what ``evaluate()`` does.
 - ``sequential``: a pipeline: agent 2 sees agent 1's answer before it writes, and so on.
@@ -63,7 +63,8 @@ def baseline_answers(
     if name == "single":
         if single_formatter is None or split_single is None:
             raise ValueError("the 'single' baseline needs the task's single-model prompt and the way to split its reply")
-        whole = make_sampler(num_generations=1, max_new_tokens=max_new_tokens * len(agents), temperature=0.0,
+        # N = the team's parts (formatters), not the agents given: a single trained model comes alone
+        whole = make_sampler(num_generations=1, max_new_tokens=max_new_tokens * len(formatters), temperature=0.0,
                              use_sampling_copy=False)
         prompts = [single_formatter(item) for item in items]
         replies = whole(agents[0], prompts).texts
