@@ -67,6 +67,30 @@ def embed(folder: str, command: str) -> list[str]:
     ]
 
 
+def trained_verdicts(study: dict, caveat: str) -> list[str]:
+    """Which trained systems lack seeds, and how each stands on held-out normalised return."""
+    s, out = study["summary"], []
+    asked = study["args"]["seeds"]
+    short = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) < asked]
+    missing = [system for system in ("team", "single-grpo") if system not in s]
+    if short or missing:
+        out += ["", "Cut short by this 2-core CPU: " + "; ".join(
+            [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
+            + [f"{system} has none" for system in missing]) + "."]
+    # a verdict needs an interval: a trained system with one seed has none
+    judged = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) >= 2]
+    verdicts = [f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the "
+                "untrained team" for system in judged if "parallel" in s]
+    if len(judged) < len([x for x in ("team", "single-grpo") if x in s]):
+        verdicts.append("a system with one seed has no interval, so no verdict")
+    if "team" in judged and "single-grpo" in judged:
+        verdicts.append(f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
+                        "single-agent GRPO")
+    if verdicts:
+        out += ["", ("On held-out normalised return (95% intervals): " + "; ".join(verdicts) + ". " + caveat).rstrip()]
+    return out
+
+
 def writing_section(task: str, number: str, reference: str) -> list[str]:
     out = [f"## {number}. Writing (`{task}`): team vs one model vs prompt-only set-ups", ""]
     command = (f".venv/bin/python benchmarks/study.py --task {task} --seeds 3 --steps 15 --max-new-tokens 64 \\\n"
@@ -81,15 +105,12 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
              f"{compare(s['team']['rougeL'], s['parallel']['rougeL'])} the untrained team. "
              "The writing reward is structural (docs/writing.md): ROUGE is reported beside it. "
              if "rougeL" in s["team"] else "")
-    out.append(
-        f"What holds here: held-out normalised return {fig(s, 'team', 'reward_normalised')} for the MAGRPO team "
-        f"against {fig(s, 'single-grpo', 'reward_normalised')} for one model trained with the same trainer and tokens, "
-        f"{fig(s, 'parallel', 'reward_normalised')} for the untrained team, {fig(s, 'sequential', 'reward_normalised')} "
-        f"(sequential), {fig(s, 'discussion', 'reward_normalised')} (discussion) and {fig(s, 'single', 'reward_normalised')} "
-        f"(one untrained model). {rouge}On the normalised return (95% intervals) the team is "
-        f"{compare(s['team']['reward_normalised'], s['parallel']['reward_normalised'])} the untrained team and "
-        f"{compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} single-agent GRPO.")
-    return out + [""]
+    labels = {"team": "the MAGRPO team", "single-grpo": "one model trained with the same trainer and tokens",
+              "parallel": "the untrained team", "sequential": "sequential", "discussion": "discussion",
+              "single": "one untrained model"}
+    figures = ", ".join(f"{fig(s, system, 'reward_normalised')} for {label}" for system, label in labels.items() if system in s)
+    out.append(f"What holds here: held-out normalised return {figures}. {rouge}".rstrip())
+    return out + trained_verdicts(study, "") + [""]
 
 
 def coding_section() -> list[str]:
@@ -123,26 +144,8 @@ def coding_section() -> list[str]:
         out += ["", "The discussion baseline defines the two functions in no answer: in the answer read by hand, the "
                 "helper, shown its teammate's function, rewrote that function instead of revising `aux` (the "
                 "revision prompt does not restate each agent's part), so the combined program has no `aux`."]
-    asked = study["args"]["seeds"]
-    short = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) < asked]
-    missing = [system for system in ("team", "single-grpo") if system not in s]
-    if short or missing:
-        out += ["", "Cut short by this 2-core CPU: " + "; ".join(
-            [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
-            + [f"{system} has none" for system in missing]) + "."]
-    # a verdict needs an interval: a trained system with one seed has none
-    judged = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) >= 2]
-    verdicts = [f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the "
-                "untrained team" for system in judged if "parallel" in s]
-    if len(judged) < len([x for x in ("team", "single-grpo") if x in s]):
-        verdicts.append("a system with one seed has no interval, so no verdict")
-    if "team" in judged and "single-grpo" in judged:
-        verdicts.append(f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
-                        "single-agent GRPO")
-    if verdicts:
-        out += ["", "On held-out normalised return (95% intervals): " + "; ".join(verdicts) + ". A few LoRA steps on a "
-                "CPU are far from the paper's hundreds of steps on GPUs: whatever is not separated here is not "
-                "shown either way."]
+    out += trained_verdicts(study, "A few LoRA steps on a CPU are far from the paper's hundreds of steps on GPUs: "
+                            "whatever is not separated here is not shown either way.")
     return out + [""]
 
 
