@@ -109,7 +109,10 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
               "parallel": "the untrained team", "sequential": "sequential", "discussion": "discussion",
               "single": "one untrained model"}
     figures = ", ".join(f"{fig(s, system, 'reward_normalised')} for {label}" for system, label in labels.items() if system in s)
-    out.append(f"What holds here: held-out normalised return {figures}. {rouge}".rstrip())
+    start = s["parallel"]["reward_normalised"][0] if "parallel" in s else 0.0
+    headroom = (f"The untrained team already scores {start:.2f} of the task's maximum reward: the reward leaves "
+                "training little to gain here. " if start >= 0.75 else "")
+    out.append(f"What holds here: held-out normalised return {figures}. {headroom}{rouge}".rstrip())
     return out + trained_verdicts(study, "") + [""]
 
 
