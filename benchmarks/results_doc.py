@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
+#: the systems a study trains (the others are untrained baselines)
+TRAINED = ("team", "single-grpo")
 
 
 def load(folder: str) -> dict | None:
@@ -48,18 +50,18 @@ def not_measured(command: str) -> list[str]:
     return ["Not measured yet:", "", *command_block(command)]
 
 
-def sittings(folder: str) -> list[str]:
+def sittings(study: dict) -> list[str]:
     """How the study was run when not in one go: the last sitting's --resume and --rerun."""
-    args = (load(folder) or {}).get("args", {})
+    args = study["args"]
     if not args.get("resume"):
         return []
     rerun = f" The last sitting ran `{args['rerun']}` again (`--rerun`) after a change to it." if args.get("rerun") else ""
     return [f"Run in more than one sitting: the same command with `--resume` adds the runs a study lacks.{rerun}", ""]
 
 
-def embed(folder: str, command: str) -> list[str]:
+def embed(folder: str, study: dict, command: str) -> list[str]:
     return [
-        *command_block(command), *sittings(folder),
+        *command_block(command), *sittings(study),
         f"From `docs/results/{folder}/results.md` (`results.json` holds every run's curve and figures):", "",
         (RESULTS / folder / "results.md").read_text().strip(), "",
         f"![training reward per step](results/{folder}/reward_curves.png)",
@@ -71,17 +73,18 @@ def trained_verdicts(study: dict, caveat: str) -> list[str]:
     """Which trained systems lack seeds, and how each stands on held-out normalised return."""
     s, out = study["summary"], []
     asked = study["args"]["seeds"]
-    short = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) < asked]
-    missing = [system for system in ("team", "single-grpo") if system not in s]
+    present = [system for system in TRAINED if system in s]
+    short = [system for system in present if seeds(study, system) < asked]
+    missing = [system for system in TRAINED if system not in s]
     if short or missing:
         out += ["", "Cut short by this 2-core CPU: " + "; ".join(
             [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
             + [f"{system} has none" for system in missing]) + "."]
     # a verdict needs an interval: a trained system with one seed has none
-    judged = [system for system in ("team", "single-grpo") if system in s and seeds(study, system) >= 2]
+    judged = [system for system in present if seeds(study, system) >= 2]
     verdicts = [f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the "
                 "untrained team" for system in judged if "parallel" in s]
-    if len(judged) < len([x for x in ("team", "single-grpo") if x in s]):
+    if len(judged) < len(present):
         verdicts.append("a system with one seed has no interval, so no verdict")
     if "team" in judged and "single-grpo" in judged:
         verdicts.append(f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
@@ -99,7 +102,7 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
     if study is None:
         return out + not_measured(command)
     s = study["summary"]
-    out += embed(task, command)
+    out += embed(task, study, command)
     rouge = (f"ROUGE-L against the reference {reference}: team {fig(s, 'team', 'rougeL')}, untrained team "
              f"{fig(s, 'parallel', 'rougeL')}, so on ROUGE-L the team is "
              f"{compare(s['team']['rougeL'], s['parallel']['rougeL'])} the untrained team. "
@@ -124,7 +127,7 @@ def coding_section() -> list[str]:
     if study is None:
         return out + not_measured(command)
     s = study["summary"]
-    out += embed("coding_qwen", command)
+    out += embed("coding_qwen", study, command)
     lines = []
     for system in s:
         n = seeds(study, system)
@@ -139,14 +142,10 @@ def coding_section() -> list[str]:
         out += ["", f"Cooperation schemes (fraction of held-out answers) before training (the untrained team): {before}; "
                 f"after training (the team, mean over seeds): {after}."]
         if "single-grpo" in s:
-            calls = {system: 1 - s[system]["scheme/none"][0] for system in ("team", "single-grpo")}
+            calls = {system: 1 - s[system]["scheme/none"][0] for system in TRAINED}
             out += ["", f"The main function calls `aux` in {calls['team']:.2f} of the trained team's answers and in "
                     f"{calls['single-grpo']:.2f} of single-agent GRPO's, whose one model writes both functions. The "
                     "team's main agent is told that `aux` exists, not what it does (its prompt: `src/magrpo/tasks/coding.py`)."]
-    if "discussion" in s and s["discussion"]["level_defined"][0] == 0:
-        out += ["", "The discussion baseline defines the two functions in no answer: in the answer read by hand, the "
-                "helper, shown its teammate's function, rewrote that function instead of revising `aux` (the "
-                "revision prompt does not restate each agent's part), so the combined program has no `aux`."]
     out += trained_verdicts(study, "A few LoRA steps on a CPU are far from the paper's hundreds of steps on GPUs: "
                             "whatever is not separated here is not shown either way.")
     return out + [""]
@@ -164,7 +163,7 @@ def turns_section() -> list[str]:
             "feedback on the best first joint action (`--expand-k 1`), the same steps and learning rate.", ""]
     for study, folder, command, title in ((one, "coding_1turn", one_cmd, "One turn"), (two, "coding_2turn", two_cmd, "Two turns")):
         out += [f"### {title}", ""]
-        out += embed(folder, command) if study is not None else not_measured(command)
+        out += embed(folder, study, command) if study is not None else not_measured(command)
     if one is not None and two is not None:
         a, b = one["summary"]["team"], two["summary"]["team"]
         cells = "; ".join(f"{k}: one turn {a[k][0]:.3f} ± {a[k][1]:.3f}, two turns {b[k][0]:.3f} ± {b[k][1]:.3f}"

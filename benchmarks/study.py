@@ -212,16 +212,16 @@ def main() -> None:
 
     from magrpo.tasks import get_task
 
-    started = time.perf_counter()
+    if args.rerun and not args.resume:
+        parser.error(f"--rerun {args.rerun} needs --resume (without it every system runs anyway)")
+    # refused settings are told before any data or model loads
+    runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
+    started = time.perf_counter() - earlier_seconds  # the study time counts the earlier sittings too
     task = get_task(args.task)
     train_items = task.load_split("train")[: args.train_items]
     held_out = task.load_split("eval")[: args.eval_items]
     systems = args.systems.split(",")
     args.output.mkdir(parents=True, exist_ok=True)
-    if args.rerun and not args.resume:
-        raise SystemExit(f"--rerun {args.rerun} needs --resume (without it every system runs anyway)")
-    runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
-    started -= earlier_seconds  # the study time counts the earlier sittings too
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
     if missing:
         for name, figures in untrained(task, args, held_out, missing).items():
@@ -244,6 +244,11 @@ def main() -> None:
     print((args.output / "results.md").read_text())
 
 
+def recorded_args(args) -> dict[str, Any]:
+    """The study's arguments as results.json holds them (paths as text)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 #: arguments that may differ between the sittings of one study: they do not change any run's figures
 RESUMABLE_CHANGES = {"seeds", "systems", "device", "output", "resume", "rerun"}
 
@@ -254,7 +259,7 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
     if not path.exists():
         return {}, 0.0
     earlier = json.loads(path.read_text())
-    now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    now = recorded_args(args)
     # an argument the earlier sitting lacks came later: the earlier runs had its default behaviour
     changed = {k: (earlier["args"][k], now[k]) for k in now
                if k not in RESUMABLE_CHANGES and k in earlier["args"] and earlier["args"][k] != now[k]}
@@ -277,7 +282,7 @@ def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started:
     table = summarise(runs, task)
     seconds = time.perf_counter() - started
     (args.output / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        {"args": recorded_args(args),
          "runs": runs, "summary": {s: {k: list(v) for k, v in row.items()} for s, row in table.items()},
          "seconds": seconds}, indent=1, default=float))
     write_markdown(args.output / "results.md", table, runs, args, seconds)

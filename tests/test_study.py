@@ -32,8 +32,8 @@ def run(seed):
 
 
 @pytest.fixture
-def earlier(tmp_path):
-    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(arguments(tmp_path / "old")).items()}
+def earlier(study, tmp_path):
+    recorded = study.recorded_args(arguments(tmp_path / "old"))
     del recorded["expand_k"], recorded["rerun"]  # written before these options existed: their defaults held
     (tmp_path / "results.json").write_text(json.dumps({
         "args": recorded, "seconds": 120.0,
