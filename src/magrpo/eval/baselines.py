@@ -86,18 +86,16 @@ def baseline_answers(
         return list(zip(*texts)), list(zip(*seen))
     # discussion: a first round apart, then one revision seeing the others' first answers
     drafts = [r.texts for r in sample_team(agents, first, sample, concurrent=True)]
-    revise = [
-        [
-            as_messages(first[i][k]) + [
-                {"role": "assistant", "content": drafts[i][k]},
-                {"role": "user", "content": DISCUSSION_INSTRUCTION.format(
-                    role=roles[i], task=as_messages(first[i][k])[-1]["content"], answers="\n\n".join(
-                    TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i))},
-            ]
-            for k in range(len(items))
+
+    def revision(i: int, k: int) -> Observation:  # agent i, item k: its first exchange, then the others' drafts
+        asked = as_messages(first[i][k])
+        others = "\n\n".join(TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i)
+        return asked + [
+            {"role": "assistant", "content": drafts[i][k]},
+            {"role": "user", "content": DISCUSSION_INSTRUCTION.format(answers=others, role=roles[i], task=asked[-1]["content"])},
         ]
-        for i in range(len(agents))
-    ]
+
+    revise = [[revision(i, k) for k in range(len(items))] for i in range(len(agents))]
     texts = [r.texts for r in sample_team(agents, revise, sample, concurrent=True)]
     return list(zip(*texts)), list(zip(*revise))
 
