@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -162,98 +162,53 @@ class MAGRPOConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        _positive_int(self, "num_agents", 1)
-        _positive_int(self, "num_generations", 2)  # one sample has no group baseline
-        _positive_int(self, "max_new_tokens", 1)
-        _positive_int(self, "max_steps", 0)
-        _positive_int(self, "batch_size", 1)
-        _positive_int(self, "log_samples_steps", 0)
+        """Normalise the shorthand forms, check each field on its own (in declaration order, see
+        ``_FIELD_CHECKS``), then the rules that tie fields together."""
         if isinstance(self.report_to, str):  # "tensorboard" as TRL takes it, or "none"
             self.report_to = [] if self.report_to == "none" else [self.report_to]
-        for tracker in self.report_to:
-            check_choice("report_to", tracker, REPORT_TO)
-        _positive_int(self, "save_steps", 0)
-        _number_in(self, "save_minutes", 0.0, None)
-        if self.save_total_limit is not None:
-            _positive_int(self, "save_total_limit", 1)
-        _positive_int(self, "update_micro_batch_size", 1)
-        if self.logprob_chunk_size is not None:
-            _positive_int(self, "logprob_chunk_size", 1)
-        _positive_int(self, "lora_r", 1)
-        _positive_int(self, "num_turns", 1)
-        _positive_int(self, "expand_k", 1)
-        _positive_int(self, "max_planned_generations", 1)
-        _number_in(self, "discount", 0.0, 1.0)
-        _choice(self, "expand", EXPANSIONS)
-        _choice(self, "rollout_backend", ROLLOUT_BACKENDS)
-        _choice(self, "rollout_dtype", ROLLOUT_DTYPES)
-        for flag in ("share_prompt_in_update", "gradient_checkpointing", "concurrent_agents"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{flag}={getattr(self, flag)!r} is not valid; expected true or false")
-        if isinstance(self.use_lora, tuple):
+        if isinstance(self.use_lora, tuple):  # a tuple from Python code: stored (and saved) as a list
             self.use_lora = list(self.use_lora)
-        per_agent = isinstance(self.use_lora, list) and all(isinstance(v, bool) for v in self.use_lora)
-        if not (isinstance(self.use_lora, bool) or (per_agent and len(self.use_lora) == self.num_agents)):
-            raise ConfigError(
-                f"use_lora={self.use_lora!r} is not valid; expected true or false, or a list of "
-                f"{self.num_agents} of them (one per agent)"
-            )
-        _number_in(self, "rollout_is_cap", 1.0, None)
+        for f in dataclasses.fields(self):
+            check = _FIELD_CHECKS.get(f.name)
+            if check is not None:
+                check(self, f.name)
+        self._check_cross_field_rules()
+
+    def _check_cross_field_rules(self) -> None:
+        """Rules between fields that are each valid on their own."""
+        # the importance-sampling correction needs the sampling-time log-probabilities only "fast" keeps
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend != "fast":
             raise ConfigError(
                 f"rollout_dtype={self.rollout_dtype!r} needs rollout_backend='fast' (its sampling-time "
-                f"log-probabilities drive the importance-sampling correction); got rollout_backend={self.rollout_backend!r}"
+                "log-probabilities drive the importance-sampling correction); "
+                f"got rollout_backend={self.rollout_backend!r}"
             )
-        if self.eval_max_items is not None:
-            _positive_int(self, "eval_max_items", 1)
-        if self.eval_fraction is not None:
-            _number_in(self, "eval_fraction", 0.0, 1.0, low_open=True)
-            if self.eval_fraction >= 1.0:
-                raise ConfigError(f"eval_fraction={self.eval_fraction!r} is not valid; expected a number > 0 and < 1")
-            if self.train_data is None or self.eval_data is not None:
-                raise ConfigError(
-                    f"eval_fraction={self.eval_fraction!r} holds out part of your own train_data: give train_data "
-                    f"and no eval_data (got train_data={self.train_data!r}, eval_data={self.eval_data!r})"
-                )
-        _number_in(self, "temperature", 0.0, None, low_open=True)
-        _number_in(self, "eval_temperature", 0.0, None)
-        _number_in(self, "top_p", 0.0, 1.0, low_open=True)
-        _number_in(self, "learning_rate", 0.0, None)
-        _number_in(self, "max_grad_norm", 0.0, None, low_open=True)
-        _number_in(self, "weight_decay", 0.0, None)
-        _number_in(self, "adam_beta1", 0.0, 1.0)
-        _number_in(self, "adam_beta2", 0.0, 1.0)
-        _number_in(self, "lora_alpha", 0.0, None, low_open=True)
-        _number_in(self, "lora_dropout", 0.0, 1.0)
-        if self.num_threads is not None:
-            _positive_int(self, "num_threads", 1)
-        if self.early_stop_reward is not None:
-            _number_in(self, "early_stop_reward", -math.inf, None)
-        _choice(self, "advantage_scaling", ADVANTAGE_SCALINGS)
-        _choice(self, "advantage_baseline", ADVANTAGE_BASELINES)
-        _choice(self, "loss_aggregation", LOSS_AGGREGATIONS)
-        _choice(self, "joint_mode", JOINT_MODES)
-        _choice(self, "cross_aggregation", CROSS_AGGREGATIONS)
-        _choice(self, "dtype", DTYPES)
-        _choice(self, "autocast", AUTOCASTS)
-        for name, value in [("device", self.device), *(("agent_devices", d) for d in (self.agent_devices or []))]:
-            if not isinstance(value, str) or not (value == "auto" or value == "cpu" or value.startswith("cuda")):
-                raise ConfigError(f"{name}={value!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
-        _choice(self, "data_parallel", DATA_PARALLEL)
+        # the held-out fraction is cut from the user's own train_data, and replaces an eval_data
+        if self.eval_fraction is not None and (self.train_data is None or self.eval_data is not None):
+            raise ConfigError(
+                f"eval_fraction={self.eval_fraction!r} holds out part of your own train_data: give train_data "
+                f"and no eval_data (got train_data={self.train_data!r}, eval_data={self.eval_data!r})"
+            )
+        # sharding places every agent on each rank's device, so it cannot also follow agent_devices
         if self.data_parallel == "shard" and self.agent_devices is not None:
             raise ConfigError(
-                f"data_parallel='shard' puts every agent on each rank's own device; agent_devices={self.agent_devices!r} "
-                "places agents itself: give one or the other"
+                "data_parallel='shard' puts every agent on each rank's own device; "
+                f"agent_devices={self.agent_devices!r} places agents itself: give one or the other"
             )
+        # a sharded agent samples with its gathered weights: a reduced copy would be whole on every rank
         if self.data_parallel == "shard" and self.rollout_dtype not in ("auto", "same"):
             raise ConfigError(
-                f"data_parallel='shard' samples with the gathered training weights; rollout_dtype={self.rollout_dtype!r} "
-                "would need a whole reduced-precision copy on every rank: use rollout_dtype='same' (or 'auto')"
+                "data_parallel='shard' samples with the gathered training weights; "
+                f"rollout_dtype={self.rollout_dtype!r} would need a whole reduced-precision copy on every rank: "
+                "use rollout_dtype='same' (or 'auto')"
             )
+        # agent placement names one device per agent
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
             raise ConfigError(
-                f"agent_devices={self.agent_devices!r} has {len(self.agent_devices)} entries for num_agents={self.num_agents}"
+                f"agent_devices={self.agent_devices!r} has {len(self.agent_devices)} entries "
+                f"for num_agents={self.num_agents}"
             )
+        # the sizes, turns and expansion together fix a step's cost: refuse one over budget before it runs
         plan = self.plan()
         if plan.generations_per_agent > self.max_planned_generations:
             raise ConfigError(
@@ -305,7 +260,12 @@ class MAGRPOConfig:
         return cls.from_dict(values)
 
     def save_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(dump_yaml(self.to_dict()))
+
+
+def dump_yaml(payload: Any) -> str:
+    """``payload`` as YAML in its own key order (a config reads top to bottom as declared)."""
+    return yaml.safe_dump(payload, sort_keys=False)
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -353,3 +313,119 @@ def _number_in(
 
 def _choice(cfg: MAGRPOConfig, name: str, choices: tuple[str, ...]) -> None:
     check_choice(name, getattr(cfg, name), choices)
+
+
+# ---------------------------------------------------------------------- per-field checks
+#: a check of one field: ``check(config, field_name)`` raises ConfigError if the value is not valid
+FieldCheck = Callable[[MAGRPOConfig, str], None]
+
+
+def _int_at_least(minimum: int) -> FieldCheck:
+    return lambda cfg, name: _positive_int(cfg, name, minimum)
+
+
+def _number(low: float, high: float | None, *, low_open: bool = False) -> FieldCheck:
+    return lambda cfg, name: _number_in(cfg, name, low, high, low_open=low_open)
+
+
+def _one_of(choices: tuple[str, ...]) -> FieldCheck:
+    return lambda cfg, name: _choice(cfg, name, choices)
+
+
+def _optional(check: FieldCheck) -> FieldCheck:
+    """``check``, except that None (the field's "not set") passes."""
+    return lambda cfg, name: None if getattr(cfg, name) is None else check(cfg, name)
+
+
+def _flag(cfg: MAGRPOConfig, name: str) -> None:
+    if not isinstance(getattr(cfg, name), bool):
+        raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected true or false")
+
+
+def _use_lora(cfg: MAGRPOConfig, name: str) -> None:
+    # the list's length is checked here with num_agents, which comes (and is checked) before it
+    per_agent = isinstance(cfg.use_lora, list) and all(isinstance(v, bool) for v in cfg.use_lora)
+    if not (isinstance(cfg.use_lora, bool) or (per_agent and len(cfg.use_lora) == cfg.num_agents)):
+        raise ConfigError(
+            f"use_lora={cfg.use_lora!r} is not valid; expected true or false, or a list of "
+            f"{cfg.num_agents} of them (one per agent)"
+        )
+
+
+def _report_to(cfg: MAGRPOConfig, name: str) -> None:
+    for tracker in cfg.report_to:
+        check_choice(name, tracker, REPORT_TO)
+
+
+def _eval_fraction(cfg: MAGRPOConfig, name: str) -> None:
+    _number_in(cfg, name, 0.0, 1.0, low_open=True)
+    if cfg.eval_fraction >= 1.0:  # all of train_data held out would leave nothing to train on
+        raise ConfigError(f"eval_fraction={cfg.eval_fraction!r} is not valid; expected a number > 0 and < 1")
+
+
+def _device_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not (value == "auto" or value == "cpu" or value.startswith("cuda")):
+        raise ConfigError(f"{name}={value!r} is not valid; expected 'auto', 'cpu' or 'cuda[:N]'")
+
+
+def _device(cfg: MAGRPOConfig, name: str) -> None:
+    _device_name(name, getattr(cfg, name))
+
+
+def _agent_devices(cfg: MAGRPOConfig, name: str) -> None:
+    for value in getattr(cfg, name) or []:
+        _device_name(name, value)
+
+
+#: field name -> its check, in the fields' declaration order (fields with no entry take any value)
+_FIELD_CHECKS: dict[str, FieldCheck] = {
+    "num_agents": _int_at_least(1),
+    "num_generations": _int_at_least(2),  # one sample has no group baseline
+    "max_new_tokens": _int_at_least(1),
+    "temperature": _number(0.0, None, low_open=True),
+    "top_p": _number(0.0, 1.0, low_open=True),
+    "learning_rate": _number(0.0, None),
+    "weight_decay": _number(0.0, None),
+    "adam_beta1": _number(0.0, 1.0),
+    "adam_beta2": _number(0.0, 1.0),
+    "max_grad_norm": _number(0.0, None, low_open=True),
+    "max_steps": _int_at_least(0),
+    "batch_size": _int_at_least(1),
+    "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
+    "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
+    "loss_aggregation": _one_of(LOSS_AGGREGATIONS),
+    "joint_mode": _one_of(JOINT_MODES),
+    "cross_aggregation": _one_of(CROSS_AGGREGATIONS),
+    "num_turns": _int_at_least(1),
+    "discount": _number(0.0, 1.0),
+    "expand": _one_of(EXPANSIONS),
+    "expand_k": _int_at_least(1),
+    "early_stop_reward": _optional(_number(-math.inf, None)),
+    "max_planned_generations": _int_at_least(1),
+    "use_lora": _use_lora,
+    "lora_r": _int_at_least(1),
+    "lora_alpha": _number(0.0, None, low_open=True),
+    "lora_dropout": _number(0.0, 1.0),
+    "rollout_backend": _one_of(ROLLOUT_BACKENDS),
+    "rollout_dtype": _one_of(ROLLOUT_DTYPES),
+    "rollout_is_cap": _number(1.0, None),
+    "concurrent_agents": _flag,
+    "update_micro_batch_size": _int_at_least(1),
+    "logprob_chunk_size": _optional(_int_at_least(1)),
+    "share_prompt_in_update": _flag,
+    "gradient_checkpointing": _flag,
+    "log_samples_steps": _int_at_least(0),
+    "report_to": _report_to,
+    "save_steps": _int_at_least(0),
+    "save_minutes": _number(0.0, None),
+    "save_total_limit": _optional(_int_at_least(1)),
+    "eval_fraction": _optional(_eval_fraction),
+    "eval_temperature": _number(0.0, None),
+    "eval_max_items": _optional(_int_at_least(1)),
+    "device": _device,
+    "agent_devices": _agent_devices,
+    "data_parallel": _one_of(DATA_PARALLEL),
+    "dtype": _one_of(DTYPES),
+    "autocast": _one_of(AUTOCASTS),
+    "num_threads": _optional(_int_at_least(1)),
+}
