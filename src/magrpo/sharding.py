@@ -29,6 +29,7 @@ import torch
 
 from magrpo import distributed
 from magrpo.errors import ConfigError
+from magrpo.grouping import group_by_identity
 
 
 def shard_model(model: torch.nn.Module) -> None:
@@ -140,23 +141,22 @@ def _shard_whole_tensors(module: torch.nn.Module, state_dict: dict, prefix: str,
 
 
 def _distinct(models: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
-    seen: dict[int, torch.nn.Module] = {}
-    for model in models:
-        seen.setdefault(id(model), model)
-    return list(seen.values())
+    models = list(models)
+    return [models[indices[0]] for indices in group_by_identity(models)]
 
 
 def check_shardable(agents: Sequence[Any]) -> None:
     """Sharding needs every agent to own its model (one FSDP unit per optimiser)."""
-    owners: dict[int, str] = {}
-    for agent in agents:
-        if id(agent.model) in owners:
-            raise ConfigError(
-                f"data_parallel='shard' needs each agent to own its model, but {owners[id(agent.model)]!r} and "
-                f"{agent.name!r} share one (LoRA adapters on one base); load the model once per agent, or use "
-                "data_parallel='replicate'"
-            )
-        owners[id(agent.model)] = agent.name
+    shared = [indices for indices in group_by_identity(agents, lambda agent: agent.model) if len(indices) > 1]
+    if shared:
+        # name the first agent (in team order) whose model an earlier agent holds, and that earlier one
+        first = min(shared, key=lambda indices: indices[1])
+        owner, agent = agents[first[0]], agents[first[1]]
+        raise ConfigError(
+            f"data_parallel='shard' needs each agent to own its model, but {owner.name!r} and "
+            f"{agent.name!r} share one (LoRA adapters on one base); load the model once per agent, or use "
+            "data_parallel='replicate'"
+        )
 
 
 __all__ = ["check_shardable", "full_optimizer_state", "full_weights", "gathered", "idle_pass", "is_sharded", "shard_model", "shard_optimizer_state"]

@@ -25,6 +25,7 @@ from magrpo.envs.base import MultiAgentEnv, StepResult, observe_batch, step_batc
 from magrpo.envs.check import check_observations, check_step_result
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling import Rollout, SampleFn, sample_team
+from magrpo.seeds import mix_seed
 
 
 @dataclass
@@ -37,7 +38,10 @@ class Turn:
     rewards: torch.Tensor  # [P, J]
     finished: torch.Tensor  # [P, J] bool: the branch ended (terminated, truncated or last turn)
     #: [P, J] bool: the branch ended by reaching its goal (terminated by the environment, or its
-    #: reward reached early_stop_reward); absorbing: it keeps its reward for the turns it skips
+    #: reward reached early_stop_reward); absorbing: it keeps its reward for the turns it skips.
+    #: With one turn (num_turns = 1) every branch is finished anyway: ``solved`` then only records
+    #: whether the env terminated it or its reward reached early_stop_reward, and changes no return
+    #: (a solved leaf of the last turn skips no turn)
     solved: torch.Tensor
     results: list[list[StepResult]]  # [P][J]
     #: for nodes of turn > 0: (node, joint action) of the previous turn they continue
@@ -121,8 +125,9 @@ def expand_tree(
             [[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool
         )
         last = t == num_turns - 1
-        truncated = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
-        finished = solved | truncated | last
+        # the env ended the branch: terminated or truncated (StepResult.done)
+        ended = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
+        finished = solved | ended | last
         turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents)
         turns.append(turn)
         if last:
@@ -149,7 +154,7 @@ def _node_keys(item_keys: Sequence[int], roots: Sequence[int], turn: int) -> lis
     for root in roots:
         place = seen.get(root, 0)
         seen[root] = place + 1
-        keys.append((int(item_keys[root]) * 1_000_003 + turn) * 1_000_003 + place)
+        keys.append(mix_seed(int(item_keys[root]), turn, place))
     return keys
 
 

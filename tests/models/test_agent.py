@@ -29,7 +29,7 @@ def test_lora_agents_on_one_base_score_like_separate_models_and_stay_independent
     prompt_ids, prompt_mask = repeat_prompts(rollout, 2)
 
     def logprobs(agent) -> torch.Tensor:
-        with torch.no_grad(), agent.active() as model:
+        with torch.no_grad(), agent.with_own_adapter() as model:
             model.eval()
             return completion_token_logprobs(model, prompt_ids, prompt_mask, rollout.completion_ids, rollout.completion_mask)
 

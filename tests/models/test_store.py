@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers.utils import logging as hf_logging
 
-from magrpo.models.cache import cache_dir, quiet_library_progress
+from magrpo.models.store import cache_dir, quiet_library_progress
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""The model cache: where converted models live, and the one-time GGUF -> safetensors conversion.
+"""The model store (not the KV cache): where converted models live, and the one-time GGUF ->
+safetensors conversion.
 
 A GGUF file is de-quantised by transformers once (tens of seconds for a small model) and saved
 as safetensors with its tokenizer, so that later loads take about a second.
