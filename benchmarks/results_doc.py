@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-#: the systems a study trains (the others are untrained baselines)
+#: the systems a study trains (the others are the untrained prompt-only set-ups)
 TRAINED = ("team", "single-grpo")
 
 

@@ -4,7 +4,7 @@
 - ``single-grpo``: one model trained with the same trainer (one agent, same reward, same steps,
   G and number of generated tokens: N times one agent's token budget per completion) to write
   the whole joint answer, which the task cuts into the same parts;
-- the untrained baselines of ``magrpo.eval.baselines``: ``parallel`` (the untrained team),
+- the untrained prompt-only set-ups of ``magrpo.eval.setups``: ``parallel`` (the untrained team),
   ``sequential``, ``discussion``, ``single``.
 
 Every system runs for each seed; held-out figures are greedy. The study writes, into --output:
@@ -88,7 +88,7 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[
 
 def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
     from magrpo import MAGRPOTrainer
-    from magrpo.eval.baselines import evaluate_baseline
+    from magrpo.eval.setups import evaluate_setup
 
     budget = args.max_new_tokens * task.num_agents * args.turns  # the team's tokens per joint answer
     trainer = MAGRPOTrainer(
@@ -96,22 +96,22 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
         train_dataset=train_items, args=config(args, seed, out, num_agents=1, max_new_tokens=budget),
     )
     history = trainer.train(progress=False)
-    figures = evaluate_baseline("single", trainer.agents, held_out, formatters=task.formatters, scorer=task.scorer,
-                                max_new_tokens=args.max_new_tokens * args.turns,
-                                single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
+    figures = evaluate_setup("single", trainer.agents, held_out, formatters=task.formatters, scorer=task.scorer,
+                             max_new_tokens=args.max_new_tokens * args.turns,
+                             single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
     return {"curve": [h["reward_mean"] for h in history], "held_out": figures,
             "tokens_generated": sum(h["tokens_generated"] for h in history)}
 
 
 def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    from magrpo.eval.baselines import evaluate_baseline
+    from magrpo.eval.setups import evaluate_setup
     from magrpo.models import build_agents
 
     agents = build_agents([args.model] * task.num_agents, device=args.device)
     return {
-        name: evaluate_baseline(name, agents, held_out, formatters=task.formatters, scorer=task.scorer,
-                                max_new_tokens=args.max_new_tokens, roles=task.agent_roles,
-                                single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
+        name: evaluate_setup(name, agents, held_out, formatters=task.formatters, scorer=task.scorer,
+                             max_new_tokens=args.max_new_tokens, roles=task.agent_roles,
+                             single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
         for name in names
     }
 
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs of --output's results.json and run only the missing ones")
     parser.add_argument("--rerun", default="", help="with --resume: systems whose earlier runs are run again "
-                        "(comma-separated, e.g. after a change to a baseline's prompt)")
+                        "(comma-separated, e.g. after a change to a set-up's prompt)")
     args = parser.parse_args()
 
     from magrpo.tasks import get_task

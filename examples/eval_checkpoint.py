@@ -3,7 +3,7 @@
 The team is a run's final (or checkpoint) folder holding agent_0/, agent_1/ (full models or LoRA
 adapters; an adapter loads merged into its base). The baseline is one model (the team's first
 agent, or --single-model) writing the whole joint answer in one reply, cut into the same parts
-and scored by the same reward; see magrpo.eval.baselines for the others (sequential, discussion).
+and scored by the same reward; see magrpo.eval.setups for the others (sequential, discussion).
 
     python examples/eval_checkpoint.py runs/heterogeneous/final --task summarize --items 8
 """
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer
-from magrpo.eval.baselines import evaluate_baseline
+from magrpo.eval.setups import evaluate_setup
 from magrpo.models import build_agents
 from magrpo.tasks import get_task
 
@@ -36,7 +36,7 @@ def main() -> None:
                             args=MAGRPOConfig(num_agents=task.num_agents, max_new_tokens=max_new_tokens))
     team_figures = trainer.evaluate()
     single_agents = build_agents([args.single_model]) if args.single_model else team[:1]
-    single_figures = evaluate_baseline(
+    single_figures = evaluate_setup(
         "single", single_agents, items, formatters=task.formatters, scorer=task.scorer, max_new_tokens=max_new_tokens,
         single_formatter=task.single_agent_formatter, split_single=task.split_single_answer,
     )

@@ -72,6 +72,17 @@ def test_eval_checkpoint_without_agents(tmp_path):
     assert code == 2 and "lacks" in out and "agent_0" in out
 
 
+def test_eval_setup_names_the_choices_and_keeps_its_old_name_out_of_the_help():
+    code, out = run_cli("eval", "--setup", "solo")
+    assert code == 2 and "--setup='solo' is not valid; choose one of 'single', 'parallel', 'sequential'" in out
+    code, out = run_cli("eval", "--baseline", "solo")  # the old name still works, told as --setup
+    assert code == 2 and "--setup='solo' is not valid" in out
+    code, out = run_cli("eval", "--setup", "single", "--baseline", "parallel")
+    assert code == 2 and "--setup single and --baseline parallel (its old name) disagree" in out
+    code, out = run_cli("eval", "--help")
+    assert code == 0 and "--setup" in out and "--baseline" not in out
+
+
 @pytest.mark.slow
 def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     exe = Path(sys.executable).with_name("magrpo")

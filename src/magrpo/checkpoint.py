@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 import warnings
@@ -27,16 +26,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magrpo.config import MAGRPOConfig
+from magrpo.config import MAGRPOConfig, dump_yaml
 from magrpo.errors import CheckpointError, ConfigError
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.loading import save_agent
+from magrpo.run_folder import CONFIG_FILE, STEP_DIR, RunFolder
 from magrpo.sharding import shard_optimizer_state
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_FILE = "optimizer.pt"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 #: config fields a resumed run may change: they do not change the maths of the steps to come
 RESUMABLE_CHANGES = frozenset({
@@ -67,7 +66,7 @@ def save_checkpoint(
             save_agent(agent, tmp / agent.name, state_dict=weights)
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
-        (tmp / "config.yaml").write_text(_yaml(config.to_dict()))
+        (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         (tmp / MANIFEST).write_text(json.dumps({"step": trainer_state["step"], "files": manifest}, indent=1))
@@ -111,10 +110,10 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 def checkpoints_of(run_dir: str | Path) -> list[Path]:
     """The step-N folders of a run, oldest first (complete or not)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -122,7 +121,7 @@ def resolve_resume(path: str | Path) -> Path:
     """A checkpoint folder (checked), or a run folder: its newest complete, undamaged checkpoint
     (damaged ones are skipped with a warning naming what is wrong)."""
     path = Path(path)
-    if (path / MANIFEST).exists() or _STEP_DIR.match(path.name):
+    if (path / MANIFEST).exists() or STEP_DIR.match(path.name):
         verify_checkpoint(path)
         return path
     candidates = checkpoints_of(path)
@@ -137,7 +136,7 @@ def resolve_resume(path: str | Path) -> Path:
             return candidate
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint {candidate.name}: {exc}", stacklevel=2)
-    raise CheckpointError(f"no complete checkpoint in {str(path / 'checkpoints')!r}: every one is damaged or incomplete")
+    raise CheckpointError(f"no complete checkpoint in {str(RunFolder(path).checkpoints)!r}: every one is damaged or incomplete")
 
 
 def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
@@ -145,7 +144,7 @@ def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
     import yaml
 
     # a field the checkpoint's version did not have yet ran at its default
-    saved = {**MAGRPOConfig.defaults(), **yaml.safe_load((Path(directory) / "config.yaml").read_text())}
+    saved = {**MAGRPOConfig.defaults(), **yaml.safe_load((Path(directory) / CONFIG_FILE).read_text())}
     current = config.to_dict()
     differing = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
     if differing:
@@ -181,11 +180,11 @@ def prune_checkpoints(run_dir: str | Path, keep: int | None) -> list[Path]:
     weights older than the newest complete checkpoint); returns the deleted.
 
     Called by the run that owns ``run_dir`` right after it saved, so no other save is under way."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     complete = [p for p in checkpoints_of(run_dir) if (p / MANIFEST).exists()]
     doomed = [p for p in folder.glob(".step-*") if p.is_dir()] if folder.is_dir() else []
     if complete:
-        newest = int(_STEP_DIR.match(complete[-1].name).group(1))
+        newest = int(STEP_DIR.match(complete[-1].name).group(1))
         for path in folder.glob("step-*-interrupted"):
             step = path.name.split("-")[1]
             if step.isdigit() and int(step) <= newest:
@@ -261,12 +260,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _yaml(payload: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(payload, sort_keys=False)
 
 
 __all__ = [

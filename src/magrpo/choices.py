@@ -18,7 +18,8 @@ ROLLOUT_DTYPES = ("auto", "same", "float32", "bfloat16", "float16")
 AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REPORT_TO = ("tensorboard", "wandb", "mlflow")
-BASELINES = ("single", "parallel", "sequential", "discussion")
+#: the prompt-only set-ups a trained team is compared with (magrpo.eval.setups)
+SETUPS = ("single", "parallel", "sequential", "discussion")
 DATA_PARALLEL = ("replicate", "shard")
 
 
@@ -33,7 +34,6 @@ __all__ = [
     "ADVANTAGE_BASELINES",
     "ADVANTAGE_SCALINGS",
     "AUTOCASTS",
-    "BASELINES",
     "CROSS_AGGREGATIONS",
     "DATA_PARALLEL",
     "DTYPES",
@@ -43,5 +43,6 @@ __all__ = [
     "ROLLOUT_BACKENDS",
     "REPORT_TO",
     "ROLLOUT_DTYPES",
+    "SETUPS",
     "check_choice",
 ]

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from magrpo.config import MAGRPOConfig, load_yaml_mapping
+from magrpo.run_folder import FINAL, RunFolder
 from magrpo.tasks import TASKS
 
 console = Console()
@@ -43,6 +45,65 @@ FEEDBACK_HELP = (
 
 class UsageError(Exception):
     """Bad input from the command line; printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """The options of ``magrpo train`` (but ``--nproc``, spent on the launch); None: not given."""
+
+    task: Optional[str]
+    model: list[str]
+    num_generations: Optional[int]
+    steps: Optional[int]
+    batch_size: Optional[int]
+    max_new_tokens: Optional[int]
+    learning_rate: Optional[float]
+    joint_mode: Optional[str]
+    lora: Optional[bool]
+    seed: Optional[int]
+    output_dir: Optional[Path]
+    config: Optional[Path]
+    overrides: list[str]  # --set FIELD=VALUE pairs
+    turns: Optional[int]
+    expand: Optional[str]
+    expand_k: Optional[int]
+    feedback: str
+    reviewer_url: Optional[str]
+    reviewer_model: Optional[str]
+    eval_items: int
+    data: Optional[Path]
+    data_split: Optional[str]
+    eval_data: Optional[Path]
+    eval_split: Optional[str]
+    eval_fraction: Optional[float]
+    columns: Optional[str]
+    no_progress: bool
+    resume: Optional[Path]
+    verbose: bool
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """The options of ``magrpo eval``; None: not given."""
+
+    task: str
+    checkpoint: Optional[Path]
+    model: list[str]
+    eval_items: Optional[int]
+    max_new_tokens: Optional[int]
+    turns: Optional[int]
+    feedback: str
+    reviewer_url: Optional[str]
+    reviewer_model: Optional[str]
+    config: Optional[Path]
+    overrides: list[str]  # --set FIELD=VALUE pairs
+    data: Optional[Path]
+    data_split: Optional[str]
+    columns: Optional[str]
+    setup: Optional[str]  # a prompt-only set-up (magrpo.eval.setups) instead of the team
+    latency_items: int
+    output: Optional[Path]
+    verbose: bool
 
 
 def _fail(message: str) -> None:
@@ -211,69 +272,77 @@ def train(
     """Train a team with MAGRPO, evaluating it on held-out items before and after."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)
+    args = TrainArgs(
+        task=task, model=model, num_generations=num_generations, steps=steps, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, lora=lora, seed=seed,
+        output_dir=output_dir, config=config, overrides=set_, turns=turns, expand=expand, expand_k=expand_k,
+        feedback=feedback, reviewer_url=reviewer_url, reviewer_model=reviewer_model, eval_items=eval_items, data=data,
+        data_split=data_split, eval_data=eval_data, eval_split=eval_split, eval_fraction=eval_fraction, columns=columns,
+        no_progress=no_progress, resume=resume, verbose=verbose,
+    )
     try:
-        values = dict(locals())
-        values.pop("nproc")
-        _train(**values)
+        _train(args)
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
 
 
-def _train(
-    task: str, model: list[str], num_generations, steps, batch_size, max_new_tokens, learning_rate, joint_mode, lora, seed,
-    output_dir, config, set_, turns, expand, expand_k, feedback, reviewer_url, reviewer_model, eval_items, data,
-    data_split, eval_data, eval_split, eval_fraction, columns, no_progress, resume, verbose,
-) -> None:
-    _set_verbose(verbose)
+def _train(args: TrainArgs) -> None:
+    _set_verbose(args.verbose)
     from magrpo.tasks import get_task
 
-    if resume is not None:  # the run's own task, models and config, unless given again
-        saved = _saved_run(resume)
+    task, model, config, output_dir = args.task, args.model, args.config, args.output_dir
+    if args.resume is not None:  # the run's own task, models and config, unless given again
+        saved = _saved_run(args.resume)
+        resumed = RunFolder.of(args.resume)
         task = task or saved.get("task")
         model = model or list(saved.get("models") or [])
-        config = config or _run_folder(resume) / "config.yaml"
+        config = config or resumed.config
         # the folder given is the run's, wherever it was started from or moved to
-        output_dir = output_dir or _run_folder(resume)
+        output_dir = output_dir or resumed.path
     task = task or "coding"
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
     flags = dict(
-        num_agents=task_obj.num_agents, num_generations=num_generations, max_steps=steps, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, use_lora=lora, seed=seed,
-        output_dir=_path_or_none(output_dir), num_turns=turns, expand=expand, expand_k=expand_k,
+        num_agents=task_obj.num_agents, num_generations=args.num_generations, max_steps=args.steps,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, learning_rate=args.learning_rate,
+        joint_mode=args.joint_mode, use_lora=args.lora, seed=args.seed, output_dir=_path_or_none(output_dir),
+        num_turns=args.turns, expand=args.expand, expand_k=args.expand_k,
     )
-    flags.update(train_data=_path_or_none(data), eval_data=_path_or_none(eval_data), column_map=_columns(columns),
-                 train_split=data_split, eval_split=eval_split, eval_fraction=eval_fraction)
-    cfg = resolve_config(task, config, flags, set_)
-    if "output_dir" not in _explicit_fields(config, set_) and output_dir is None:
+    flags.update(train_data=_path_or_none(args.data), eval_data=_path_or_none(args.eval_data),
+                 column_map=_columns(args.columns), train_split=args.data_split, eval_split=args.eval_split,
+                 eval_fraction=args.eval_fraction)
+    cfg = resolve_config(task, config, flags, args.overrides)
+    if "output_dir" not in _explicit_fields(config, args.overrides) and output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = Path(cfg.output_dir)
-    feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
+    run = RunFolder(cfg.output_dir)
+    feedback_source = _feedback(task_obj, cfg, args.feedback, args.reviewer_url, args.reviewer_model)
     specs = _model_specs(model, cfg.num_agents)
     train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train", cfg.train_split)
     train_items, held_out = _held_out_items(task_obj, cfg, train_items)
-    held_out = held_out[:eval_items]
+    held_out = held_out[:args.eval_items]
     _print_skipped(task_obj, held_out)
-    console.print(f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run_dir}")
+    console.print(
+        f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run.path}"
+    )
 
     trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
     from magrpo import distributed
     from magrpo.report import RunLog
 
     main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
-    log = RunLog(run_dir, cfg, extra={"task": task, "models": specs}, resume=resume is not None, writes=main)
-    trainer.resume_hint = f"magrpo train --resume {run_dir}"
-    if resume is None:
+    log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=args.resume is not None, writes=main)
+    trainer.resume_hint = f"magrpo train --resume {run.path}"
+    if args.resume is None:
         before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if before is not None and main:
             log.write_json("eval_before.json", before)
     else:  # the figures the run started from
-        before_path = run_dir / "eval_before.json"
+        before_path = run.path / "eval_before.json"
         before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
-    trainer.train(log=log, progress=not no_progress, resume_from_checkpoint=resume)
+    trainer.train(log=log, progress=not args.no_progress, resume_from_checkpoint=args.resume)
     after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
     if not main:
         return
@@ -281,9 +350,10 @@ def _train(
         log.write_json("eval_after.json", after)
         console.print(_results_table(before, after))
     last = trainer.history[-1] if trainer.history else {}
+    files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))
     console.print(
         f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
-        f"run files: {run_dir} (config.yaml, metrics.jsonl, samples.jsonl, reward_curve.png, final/agent_*)"
+        f"run files: {run.path} ({files}, {FINAL}/agent_*)"
     )
 
 
@@ -305,15 +375,10 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     raise typer.Exit(code=subprocess.call(command))
 
 
-def _run_folder(resume: Path) -> Path:
-    """The run folder of ``--resume``: the folder itself, or RUN for RUN/checkpoints/step-N."""
-    return resume.parent.parent if resume.parent.name == "checkpoints" else resume
-
-
 def _saved_run(resume: Path) -> dict[str, Any]:
     import yaml
 
-    path = _run_folder(resume) / "config.yaml"
+    path = RunFolder.of(resume).config
     if not path.is_file():
         raise UsageError(f"--resume {str(resume)!r}: no run there ({str(path)!r} is missing)")
     return yaml.safe_load(path.read_text()) or {}
@@ -362,10 +427,12 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
     data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to evaluate on."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
-    baseline: Optional[str] = typer.Option(
-        None, "--baseline", help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
+    setup: Optional[str] = typer.Option(
+        None, "--setup", help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
         "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), discussion (one round of revision)."
     ),
+    # the old name of --setup, kept so that existing scripts run; not in the help
+    deprecated_baseline: Optional[str] = typer.Option(None, "--baseline", hidden=True),
     latency_items: int = typer.Option(
         4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
     ),
@@ -374,29 +441,38 @@ def evaluate(
 ) -> None:
     """Evaluate a trained team (or untrained models) on the held-out split."""
     try:
-        _evaluate(**locals())
+        if setup is None:
+            setup = deprecated_baseline
+        elif deprecated_baseline not in (None, setup):
+            raise UsageError(f"--setup {setup} and --baseline {deprecated_baseline} (its old name) disagree; "
+                             "give --setup alone")
+        args = EvalArgs(
+            task=task, checkpoint=checkpoint, model=model, eval_items=eval_items, max_new_tokens=max_new_tokens,
+            turns=turns, feedback=feedback, reviewer_url=reviewer_url, reviewer_model=reviewer_model, config=config,
+            overrides=set_, data=data, data_split=data_split, columns=columns, setup=setup,
+            latency_items=latency_items, output=output, verbose=verbose,
+        )
+        _evaluate(args)
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
 
 
-def _evaluate(
-    task, checkpoint, model, eval_items, max_new_tokens, turns, feedback, reviewer_url, reviewer_model, config, set_,
-    data, data_split, columns, baseline, latency_items, output, verbose,
-) -> None:
-    _set_verbose(verbose)
+def _evaluate(args: EvalArgs) -> None:
+    _set_verbose(args.verbose)
     from magrpo.tasks import get_task
 
+    task, checkpoint, setup = args.task, args.checkpoint, args.setup
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if baseline is not None:
-        from magrpo.choices import BASELINES, check_choice
+    if setup is not None:
+        from magrpo.choices import SETUPS, check_choice
 
-        check_choice("--baseline", baseline, BASELINES)
+        check_choice("--setup", setup, SETUPS)
     task_obj = get_task(task)
-    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": max_new_tokens, "num_turns": turns,
-             "eval_data": _path_or_none(data), "eval_split": data_split, "column_map": _columns(columns)}
-    cfg = resolve_config(task, config, flags, set_)
-    feedback_source = _feedback(task_obj, cfg, feedback, reviewer_url, reviewer_model)
+    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": args.max_new_tokens, "num_turns": args.turns,
+             "eval_data": _path_or_none(args.data), "eval_split": args.data_split, "column_map": _columns(args.columns)}
+    cfg = resolve_config(task, args.config, flags, args.overrides)
+    feedback_source = _feedback(task_obj, cfg, args.feedback, args.reviewer_url, args.reviewer_model)
     if checkpoint is not None:
         from magrpo.models.agent import agent_name
 
@@ -407,18 +483,18 @@ def _evaluate(
         specs = [str(d) for d in dirs]
         cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
     else:
-        specs = _model_specs(model, cfg.num_agents)
+        specs = _model_specs(args.model, cfg.num_agents)
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
-    items = items if eval_items is None else items[:eval_items]
+    items = items if args.eval_items is None else items[:args.eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
-    if items and baseline is not None:
-        if baseline != "parallel" and cfg.num_turns > 1:
-            raise UsageError(f"--baseline {baseline} answers in one turn; drop --turns")
-        from magrpo.eval.baselines import evaluate_baseline
+    if items and setup is not None:
+        if setup != "parallel" and cfg.num_turns > 1:
+            raise UsageError(f"--setup {setup} answers in one turn; drop --turns")
+        from magrpo.eval.setups import evaluate_setup
 
         _print_skipped(task_obj, items)
-        figures = evaluate_baseline(
-            baseline, trainer.agents, items, formatters=task_obj.formatters, scorer=task_obj.scorer,
+        figures = evaluate_setup(
+            setup, trainer.agents, items, formatters=task_obj.formatters, scorer=task_obj.scorer,
             max_new_tokens=cfg.max_new_tokens, roles=task_obj.agent_roles,
             single_formatter=task_obj.single_agent_formatter, split_single=task_obj.split_single_answer,
         )
@@ -428,17 +504,17 @@ def _evaluate(
     else:
         console.print("no held-out items evaluated (--eval-items 0)")
         figures = {"items": 0.0}
-    if latency_items and items and task_obj.single_agent_formatter is not None:
+    if args.latency_items and items and task_obj.single_agent_formatter is not None:
         from magrpo.eval.latency import team_vs_single_latency
 
         figures.update(team_vs_single_latency(
-            trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:latency_items],
+            trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:args.latency_items],
             max_new_tokens=cfg.max_new_tokens,
         ))
     figures = task_obj.with_normalised_return(figures)
     console.print(_results_table(None, figures))
-    if output:
-        output.write_text(json.dumps(figures, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(figures, indent=2))
 
 
 def main() -> None:  # pragma: no cover

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from magrpo.config import MAGRPOConfig
+from magrpo.config import MAGRPOConfig, dump_yaml
+from magrpo.run_folder import RunFolder
 
 
 class RunLog:
@@ -20,15 +21,16 @@ class RunLog:
         self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None, *,
         resume: bool = False, writes: bool = True,
     ) -> None:
-        self.dir = Path(output_dir)
+        self.folder = RunFolder(output_dir)
+        self.dir = self.folder.path
         self.writes = writes
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.samples_path = self.dir / "samples.jsonl"
+        self.metrics_path = self.folder.metrics
+        self.samples_path = self.folder.samples
         if not writes:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         resolved = {"config": config.to_dict(), **(extra or {})}
-        (self.dir / "config.yaml").write_text(_yaml(resolved))
+        self.folder.config.write_text(dump_yaml(resolved))
         if not resume:
             for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
                 path.unlink(missing_ok=True)
@@ -62,10 +64,10 @@ class RunLog:
         return path
 
     def checkpoint_dir(self, step: int, suffix: str = "") -> Path:
-        return self.dir / "checkpoints" / f"step-{step}{suffix}"
+        return self.folder.checkpoint(step, suffix)
 
     def final_dir(self) -> Path:
-        return self.dir / "final"
+        return self.folder.final
 
     def plot_rewards(self, history: Sequence[dict[str, Any]]) -> Path | None:
         """reward_curve.png: mean joint reward per step with its min-max band."""
@@ -85,7 +87,7 @@ class RunLog:
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = self.dir / "reward_curve.png"
+        path = self.folder.reward_curve
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
@@ -113,12 +115,6 @@ def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
             f.write(json.dumps(row) + "\n")
         f.flush()
-
-
-def _yaml(payload: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(payload, sort_keys=False)
 
 
 @contextlib.contextmanager

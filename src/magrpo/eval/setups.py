@@ -1,4 +1,4 @@
-"""The alternatives a team is compared with, scored by the same reward and figures as the team.
+"""The prompt-only set-ups a team is compared with, scored by the same reward and figures as the team.
 
 - ``single``: one model (the first agent's) writes the whole joint answer in one reply, which the
   task splits into the same parts (both functions; both summaries); it gets N times one agent's
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from magrpo.choices import BASELINES, check_choice
+from magrpo.choices import SETUPS, check_choice
 from magrpo.data import columns_of
 from magrpo.envs.reward_env import as_messages
 from magrpo.eval.figures import mean_figures
@@ -44,7 +44,7 @@ def with_note(observation: Observation, note: str) -> Observation:
     return messages + [{"role": "user", "content": note}]
 
 
-def baseline_answers(
+def setup_answers(
     name: str,
     agents: Sequence[AgentPolicy],
     items: Sequence[Mapping[str, Any]],
@@ -55,8 +55,9 @@ def baseline_answers(
     single_formatter: Formatter | None = None,
     split_single: SplitSingle | None = None,
 ) -> tuple[list[JointAction], list[tuple[Observation, ...]]]:
-    """The joint answers of baseline ``name`` for ``items`` and the observations behind them."""
-    check_choice("baseline", name, BASELINES)
+    """The joint answers of set-up ``name`` for ``items`` and the observations behind them."""
+    # the error messages keep the old word "baseline": scripts and tests match their wording
+    check_choice("baseline", name, SETUPS)
     roles = list(roles or [a.name for a in agents])
     sample = make_sampler(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False)
     first = [[fmt(item) for item in items] for fmt in formatters]  # per agent, per item
@@ -100,7 +101,7 @@ def baseline_answers(
     return list(zip(*texts)), list(zip(*revise))
 
 
-def evaluate_baseline(
+def evaluate_setup(
     name: str,
     agents: Sequence[AgentPolicy],
     items: Sequence[Mapping[str, Any]],
@@ -113,11 +114,11 @@ def evaluate_baseline(
     split_single: SplitSingle | None = None,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """The mean figures of baseline ``name`` over ``items``: ``{"items": n, "reward": ..., ...}``."""
+    """The mean figures of set-up ``name`` over ``items``: ``{"items": n, "reward": ..., ...}``."""
     rows: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         batch = list(items[start : start + batch_size])
-        joint, observations = baseline_answers(
+        joint, observations = setup_answers(
             name, agents, batch, formatters=formatters, max_new_tokens=max_new_tokens, roles=roles,
             single_formatter=single_formatter, split_single=split_single,
         )
@@ -127,4 +128,4 @@ def evaluate_baseline(
     return {"items": float(len(items)), **mean_figures(rows)}
 
 
-__all__ = ["BASELINES", "baseline_answers", "evaluate_baseline", "with_note"]
+__all__ = ["SETUPS", "evaluate_setup", "setup_answers", "with_note"]

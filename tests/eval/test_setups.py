@@ -1,10 +1,10 @@
-"""The baselines a team is compared with: who sees what, and the same reward as the team."""
+"""The prompt-only set-ups a team is compared with: who sees what, and the same reward as the team."""
 
 from __future__ import annotations
 
 import pytest
 
-from magrpo.eval.baselines import DISCUSSION_INSTRUCTION, baseline_answers, evaluate_baseline, with_note
+from magrpo.eval.setups import DISCUSSION_INSTRUCTION, evaluate_setup, setup_answers, with_note
 from magrpo.rewards.coding import combine_program, score_coding_batch, split_whole_program
 from magrpo.sampling import make_sampler
 from magrpo.tasks.writing import split_two_parts
@@ -23,15 +23,15 @@ def content(observation):
 
 
 def test_parallel_agents_see_only_their_own_prompts(peaked_team):
-    joint, seen = baseline_answers("parallel", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4)
+    joint, seen = setup_answers("parallel", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4)
     for item, answer, observations in zip(ITEMS, joint, seen):
         assert observations == (item["q"], item["q"] + " c")
         assert answer == tuple(greedy(a, o) for a, o in zip(peaked_team, observations))
 
 
 def test_sequential_agent_two_sees_agent_ones_answer(peaked_team):
-    joint, seen = baseline_answers("sequential", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4,
-                                   roles=("first", "second"))
+    joint, seen = setup_answers("sequential", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4,
+                                roles=("first", "second"))
     for item, (a0, a1), (o0, o1) in zip(ITEMS, joint, seen):
         assert o0 == item["q"] and a0 == greedy(peaked_team[0], item["q"])
         assert content(o1) == f"{item['q']} c\n\nYour teammate (first) wrote:\n{a0}"
@@ -39,8 +39,8 @@ def test_sequential_agent_two_sees_agent_ones_answer(peaked_team):
 
 
 def test_discussion_revises_after_seeing_the_others_first_answers(peaked_team):
-    joint, seen = baseline_answers("discussion", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4,
-                                   roles=("first", "second"))
+    joint, seen = setup_answers("discussion", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4,
+                                roles=("first", "second"))
     for item, answer, observations in zip(ITEMS, joint, seen):
         drafts = [greedy(a, fmt(item)) for a, fmt in zip(peaked_team, FORMATTERS)]
         for i, observation in enumerate(observations):
@@ -54,7 +54,7 @@ def test_discussion_revises_after_seeing_the_others_first_answers(peaked_team):
 
 
 def test_single_model_writes_the_whole_answer_with_the_team_budget(peaked_team):
-    joint, seen = baseline_answers(
+    joint, seen = setup_answers(
         "single", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3,
         single_formatter=lambda x: x["q"] + " b", split_single=lambda reply, item: (reply, item["q"]),
     )
@@ -62,27 +62,27 @@ def test_single_model_writes_the_whole_answer_with_the_team_budget(peaked_team):
         assert observations == (item["q"] + " b",)
         assert answer == (greedy(peaked_team[0], item["q"] + " b", max_new_tokens=6), item["q"])  # 2 agents x 3 tokens
     # one model alone (single-agent GRPO's) still gets the budget of the team's two parts
-    alone, _ = baseline_answers(
+    alone, _ = setup_answers(
         "single", peaked_team[:1], ITEMS, formatters=FORMATTERS, max_new_tokens=3,
         single_formatter=lambda x: x["q"] + " b", split_single=lambda reply, item: (reply, item["q"]),
     )
     assert alone == joint
     with pytest.raises(ValueError, match="the 'single' baseline needs the task's single-model prompt"):
-        baseline_answers("single", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3)
+        setup_answers("single", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3)
     with pytest.raises(ValueError, match="baseline='solo' is not valid; choose one of 'single', 'parallel'"):
-        baseline_answers("solo", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3)
+        setup_answers("solo", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=3)
 
 
-def test_a_baseline_is_scored_by_the_task_scorer_over_every_item(peaked_team):
+def test_a_setup_is_scored_by_the_task_scorer_over_every_item(peaked_team):
     seen_columns = []
 
     def scorer(*, completions, prompts, q, **_):
         seen_columns.extend(q)
         return [{"reward": float(len(a) - len(b)), "note": "text is not a figure"} for a, b in completions]
 
-    figures = evaluate_baseline("parallel", peaked_team, ITEMS, formatters=FORMATTERS, scorer=scorer, max_new_tokens=4,
-                                batch_size=2)
-    joint, _ = baseline_answers("parallel", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4)
+    figures = evaluate_setup("parallel", peaked_team, ITEMS, formatters=FORMATTERS, scorer=scorer, max_new_tokens=4,
+                             batch_size=2)
+    joint, _ = setup_answers("parallel", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4)
     assert seen_columns == [x["q"] for x in ITEMS]
     assert figures == {"items": 3.0, "reward": pytest.approx(sum(len(a) - len(b) for a, b in joint) / 3)}
 

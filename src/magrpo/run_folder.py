@@ -1,0 +1,63 @@
+"""The layout of a run folder, in one place (the trainer, checkpoints and the CLI all read it):
+
+    RUN/config.yaml              the resolved config (and the CLI's task and models)
+    RUN/metrics.jsonl            one row per step
+    RUN/samples.jsonl            prompts, completions, rewards
+    RUN/reward_curve.png
+    RUN/checkpoints/step-N/      full, resumable checkpoints (step-N-interrupted: weights only)
+    RUN/final/agent_i/           the trained agents
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+#: a complete checkpoint's folder name; unfinished saves are hidden (``.step-N.*``)
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class RunFolder:
+    """The paths of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, path: str | Path) -> "RunFolder":
+        """The run a path names: the run folder itself, or RUN for RUN/checkpoints/step-N."""
+        path = Path(path)
+        return cls(path.parent.parent if path.parent.name == CHECKPOINTS else path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def reward_curve(self) -> Path:
+        return self.path / "reward_curve.png"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint(self, step: int, suffix: str = "") -> Path:
+        return self.checkpoints / f"step-{step}{suffix}"
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+
+__all__ = ["CHECKPOINTS", "CONFIG_FILE", "FINAL", "STEP_DIR", "RunFolder"]
