@@ -46,7 +46,7 @@ def test_a_cuda_step_under_the_default_policy_learns(tiny_tokenizer, tmp_path):
                             formatters=[lambda x: x["q"]] * 2,
                             args=MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=2, learning_rate=1e-5,
                                               output_dir=str(tmp_path), save_steps=0, save_minutes=0))
-    assert trainer._autocast_dtype == torch.bfloat16 and trainer._rollout_dtype() == "bfloat16"
+    assert trainer.team.precision.autocast == torch.bfloat16 and trainer.team.precision.rollout_dtype == "bfloat16"
     assert all(a.model.dtype == torch.float32 and a.sampling_copy is not None for a in trainer.agents)
     history = trainer.train(progress=False)
     changed = [float((p != b).float().mean()) for p, b in zip(agents[0].model.parameters(), before)]

@@ -7,10 +7,15 @@ import pytest
 import torch
 
 from magrpo.logprobs import completion_mask
-from magrpo.loss import loss_normaliser, policy_gradient_loss, policy_gradient_loss_sum, truncated_importance_weights
+from magrpo.loss import loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
 
 
 EOS = 0
+
+
+def policy_gradient_loss(lp, mask, adv, aggregation):
+    """The normalised loss of one whole batch, as the step computes it with a single micro-batch."""
+    return policy_gradient_loss_sum(lp, mask, adv) / loss_normaliser(mask, aggregation)
 
 
 def test_loss_against_a_hand_computation():

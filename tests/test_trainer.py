@@ -492,7 +492,7 @@ def _changed_fraction(tokenizer, tmp_path, **config):
 
 def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_updates_away(tiny_tokenizer, tmp_path):
     mixed, trainer = _changed_fraction(tiny_tokenizer, tmp_path / "mixed", autocast="bfloat16")
-    assert trainer._autocast_dtype == torch.bfloat16 and trainer.agents[0].model.dtype == torch.float32
+    assert trainer.team.precision.autocast == torch.bfloat16 and trainer.agents[0].model.dtype == torch.float32
     with pytest.warns(UserWarning, match=r"the trainable weights are bfloat16: AdamW updates smaller than a weight's rounding step"):
         pure, _ = _changed_fraction(tiny_tokenizer, tmp_path / "pure", weights=torch.bfloat16, autocast="no")
     print(f"weights changed by one lr 1e-5 step: float32 + bf16 autocast {mixed:.3f}, pure bf16 {pure:.3f}")
@@ -503,7 +503,7 @@ def test_the_default_precision_policy_is_exact_float32_on_cpu(tiny_agents, tmp_p
     trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
                             formatters=[lambda x: x["q"]] * 2, args=MAGRPOConfig(output_dir=str(tmp_path)))
     assert (trainer.args.dtype, trainer.args.autocast, trainer.args.rollout_dtype) == ("auto", "auto", "auto")
-    assert trainer._autocast_dtype is None and trainer._rollout_dtype() == "same"  # CUDA: bfloat16 and bfloat16
+    assert trainer.team.precision.autocast is None and trainer.team.precision.rollout_dtype == "same"  # CUDA: bfloat16 and bfloat16
     assert all(a.sampling_copy is None and a.model.dtype == torch.float32 for a in trainer.agents)
     with pytest.raises(ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"):
         MAGRPOConfig(autocast="fp8")

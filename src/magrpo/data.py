@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -43,6 +44,31 @@ def columns_of(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
             if key not in keys:
                 keys.append(key)
     return {key: [item.get(key) for item in items] for key in keys}
+
+
+class ItemOrder:
+    """The order a run takes its training items in: a seeded shuffle of their indices, taken from
+    the end and reshuffled at every epoch; its state goes into checkpoints (exact resume)."""
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        self.num_items = num_items
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self) -> int:
+        if not self.order:
+            self.order = list(range(self.num_items))
+            self.rng.shuffle(self.order)
+        return self.order.pop()
+
+    def state(self) -> dict[str, Any]:
+        version, state, gauss = self.rng.getstate()
+        return {"order": list(self.order), "order_rng": [version, list(state), gauss]}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.order = [int(i) for i in state["order"]]
+        version, rng_state, gauss = state["order_rng"]
+        self.rng.setstate((version, tuple(rng_state), gauss))
 
 
 def parse_column_map(text: str) -> dict[str, str]:

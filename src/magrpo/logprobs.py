@@ -184,14 +184,35 @@ def shared_prompt_token_logprobs(
     return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
 
 
+def pad_right(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """A [B, L] completion mask padded with False columns to ``length``."""
+    if mask.shape[1] == length:
+        return mask
+    return torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
+
+
+def trim_right(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop completion columns that no row of the batch uses."""
+    used = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+    return ids[:, :used], mask[:, :used]
+
+
+def trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop left-padding columns that every row of the batch has."""
+    first = int(mask.any(dim=0).nonzero().min()) if mask.any() else 0
+    return ids[:, first:], mask[:, first:]
+
 __all__ = [
     "cache_keyword",
     "completion_mask",
     "completion_token_logprobs",
     "eos_tensor",
     "position_ids_from_mask",
+    "pad_right",
     "prefill_prompts",
     "scoring_mode",
     "selected_token_logprobs",
     "shared_prompt_token_logprobs",
+    "trim_left",
+    "trim_right",
 ]

@@ -53,13 +53,6 @@ def policy_gradient_loss_sum(
     return -(advantages.to(masked.dtype) * masked.sum(dim=-1)).sum()
 
 
-def policy_gradient_loss(
-    token_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, aggregation: str = "sequence"
-) -> torch.Tensor:
-    """The normalised per-agent loss of one whole batch (see the module docstring)."""
-    return policy_gradient_loss_sum(token_logprobs, mask, advantages) / loss_normaliser(mask, aggregation)
-
-
 class ImportanceWeightTally:
     """Mean importance weight over the counted tokens of an update, and the share truncated."""
 
@@ -80,7 +73,6 @@ class ImportanceWeightTally:
 __all__ = [
     "ImportanceWeightTally",
     "loss_normaliser",
-    "policy_gradient_loss",
     "policy_gradient_loss_sum",
     "truncated_importance_weights",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer, ModelError
 from magrpo.models import build_agents, resolve_model_source, save_agent
+from magrpo.run import resume
 
 from tests.conftest import make_tiny_model
 
@@ -62,7 +63,7 @@ def test_lora_agents_share_one_frozen_base_and_save_loadable_adapters(tiny_token
             assert torch.equal(p, base_weights[name.replace(".base_layer", "")])
     ids = torch.tensor([[5, 2, 3]])
     for agent in agents:
-        with agent.active() as m:
+        with agent.with_own_adapter() as m:
             expected = m(input_ids=ids).logits
         save_agent(agent, tmp_path / agent.name)
         fresh = make_tiny_model(len(tiny_tokenizer))
@@ -95,7 +96,7 @@ def test_a_lora_checkpoint_loads_with_its_adapter_merged(tiny_tokenizer, tmp_pat
     agents = build_agents([str(tmp_path / "base")] * 2, device="cpu", use_lora=True, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     train_one_step(agents, tmp_path)
     ids = torch.tensor([[5, 2, 3]])
-    with agents[1].active() as m:
+    with agents[1].with_own_adapter() as m:
         expected = m(input_ids=ids).logits
     save_agent(agents[1], tmp_path / "agent_1")
     merged, _ = load_model_and_tokenizer(tmp_path / "agent_1", device=torch.device("cpu"), dtype=torch.float32)
@@ -193,7 +194,7 @@ def test_a_team_of_one_full_and_one_lora_agent_on_the_same_model(tiny_tokenizer,
                          use_lora=use_lora, lora_r=4)
     resumed = MAGRPOTrainer(agents=again, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
                             formatters=[lambda x: x["q"]] * 2, args=args)
-    resumed._resume(tmp_path)
+    resume(resumed, tmp_path)
     for a, b in zip(trainer.agents, resumed.agents):
         for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
             assert torch.equal(p, q), n

@@ -1,0 +1,157 @@
+"""Setting up a run before its first step: the environments from the user's pieces, the input
+checks, the agents, sharding, the precision policy, the sampling copies and the optimisers.
+
+Every check here runs before any compute is spent, so a bad input stops the run at once."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from magrpo import distributed, sharding
+from magrpo.config import MAGRPOConfig
+from magrpo.envs.base import MultiAgentEnv
+from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
+from magrpo.errors import ConfigError, DatasetError
+from magrpo.feedback.base import Feedback
+from magrpo.models import AgentPolicy, attach_sampling_copies, build_agents
+from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
+from magrpo.step import Precision, Team
+from magrpo.types import Formatter, Scorer
+
+EnvFactory = Callable[[Mapping[str, Any]], MultiAgentEnv]
+
+
+def build_env_factory(
+    args: MAGRPOConfig,
+    agent_names: Sequence[str],
+    *,
+    reward_func: Callable[..., Sequence[float]] | Sequence[Callable[..., Sequence[float]]] | None,
+    scorer: Scorer | None,
+    formatters: Sequence[Formatter] | None,
+    env_factory: EnvFactory | None,
+    reward_weights: Sequence[float] | None,
+    feedback: Feedback | None,
+    is_solved: Callable[[Mapping[str, Any]], bool] | None,
+    agent_roles: Sequence[str] | None,
+) -> EnvFactory:
+    """item -> environment: the user's own factory, or formatters + reward (functions or a scorer)."""
+    n = args.num_agents
+    if env_factory is not None:
+        if reward_func is not None or scorer is not None:
+            raise ConfigError("give either env_factory or reward_func/scorer, not both")
+        return env_factory
+    if args.num_turns > 1 and feedback is None:
+        raise ConfigError(
+            f"num_turns={args.num_turns} needs feedback between turns: pass feedback= "
+            "(ExecutionFeedback, ReviewerFeedback or CallableFeedback) or an env_factory"
+        )
+    if (reward_func is None) == (scorer is None):
+        raise ConfigError("give exactly one of reward_func or scorer (or an env_factory)")
+    if formatters is None or len(formatters) != n:
+        got = "none" if formatters is None else len(formatters)
+        raise ConfigError(f"formatters: {got} given for num_agents={n}; give one formatter per agent")
+    if scorer is None:
+        funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
+        scorer = scorer_from_reward_funcs(funcs, reward_weights)
+    return reward_env_factory(
+        formatters, scorer, agent_names, feedback=feedback if args.num_turns > 1 else None,
+        is_solved=is_solved, agent_roles=agent_roles, num_turns=args.num_turns,
+    )
+
+
+def check_items(formatters: Sequence[Formatter] | None, items: list[dict[str, Any]], what: str) -> None:
+    """Format every item once now, so a missing field stops the run before any compute."""
+    if not formatters:
+        return
+    for index, item in enumerate(items):
+        for agent, fmt in enumerate(formatters):
+            try:
+                fmt(item)
+            except KeyError as exc:
+                raise DatasetError(
+                    f"{what}[{index}]: the formatter of agent_{agent} needs field {exc.args[0]!r}, "
+                    f"which the item lacks; the item has fields {sorted(item)}"
+                ) from exc
+
+
+def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
+    """The agents built (or taken as given), sharded where asked, with their precision policy,
+    sampling copies and optimisers. Under torchrun, call it after joining the process group."""
+    built = list(agents) if all(isinstance(a, AgentPolicy) for a in agents) else _build(agents, args)
+    ranks = _ranks_for(built, args)  # sharding happens here, before the optimisers see the weights
+    warn_if_weights_cannot_learn(built)
+    precision = resolve_precision(args, built, ranks)
+    if precision.rollout_dtype != "same":
+        dtype = getattr(torch, precision.rollout_dtype)
+        if any(agent.model.dtype != dtype for agent in built):  # the same dtype needs no copy: exact
+            attach_sampling_copies(built, dtype)
+    optimizers = [make_optimizer(agent, args) for agent in built]
+    return Team(built, optimizers, args, ranks, precision)
+
+
+def _build(agents: Sequence[Any], args: MAGRPOConfig) -> list[AgentPolicy]:
+    return build_agents(
+        agents,
+        device=list(args.agent_devices) if args.agent_devices else distributed.rank_device(args.device),
+        dtype=args.dtype,
+        use_lora=args.lora_per_agent(),
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_target_modules=args.lora_target_modules,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+
+
+def _ranks_for(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> OneProcess:
+    """Who the step talks to: nobody (one process), replicated ranks, or sharded ranks, each
+    agent's model then split over them (FSDP2) before its optimiser is built on the shards."""
+    if not distributed.active():
+        return OneProcess()
+    if args.data_parallel != "shard":
+        return ReplicatedRanks()
+    sharding.check_shardable(agents)
+    for agent in agents:
+        sharding.shard_model(agent.model)
+    return ShardedRanks()
+
+
+def resolve_precision(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: OneProcess) -> Precision:
+    """``autocast`` and ``rollout_dtype`` with "auto" resolved by the devices: bf16 autocast and a
+    bf16 sampling copy (fast backend) where an agent trains on CUDA, neither elsewhere."""
+    on_cuda = any(agent.device.type == "cuda" for agent in agents)
+    autocast = args.autocast
+    if autocast == "auto":
+        autocast = "bfloat16" if on_cuda else "no"
+    rollout_dtype = args.rollout_dtype
+    if rollout_dtype == "auto":
+        # sharded: a whole sampling copy on every rank is what sharding avoids
+        rollout_dtype = "bfloat16" if on_cuda and args.rollout_backend == "fast" and not ranks.sharded else "same"
+    return Precision(autocast=None if autocast == "no" else getattr(torch, autocast), rollout_dtype=rollout_dtype)
+
+
+def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
+    low = sorted({str(p.dtype).removeprefix("torch.") for agent in agents for p in agent.trainable_parameters()
+                  if p.dtype in (torch.bfloat16, torch.float16)})
+    if low:
+        warnings.warn(
+            f"the trainable weights are {', '.join(low)}: AdamW updates smaller than a weight's rounding step "
+            "(about 1/256 of its size in bfloat16) round away, so at lr ~1e-5 most of every update is lost and "
+            "the run barely learns; train float32 weights (dtype='auto' or 'float32') with autocast='bfloat16' "
+            "for bf16 speed",
+            stacklevel=4,
+        )
+
+
+def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig) -> torch.optim.Optimizer:
+    """One AdamW per agent, over what that agent trains (its model, or its own adapter)."""
+    return torch.optim.AdamW(
+        agent.trainable_parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.weight_decay,
+    )
+
+
+__all__ = ["EnvFactory", "build_env_factory", "check_items", "make_optimizer", "prepare_team", "resolve_precision"]

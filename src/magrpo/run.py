@@ -1,0 +1,204 @@
+"""The run around the steps: resume, the run log and trackers, checkpoint cadence, clean stops on
+signals, the final save, and each step's memory figures. Nothing here changes what a step
+computes; :mod:`magrpo.step` is the algorithm."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from magrpo.checkpoint import check_resumable_config, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from magrpo.config import MAGRPOConfig
+from magrpo.envs.check import check_env
+from magrpo.errors import ConfigError
+from magrpo.report import RunLog, progress_bar
+from magrpo.trackers import Trackers
+
+if TYPE_CHECKING:
+    from magrpo.trainer import MAGRPOTrainer
+
+
+class CheckpointCadence:
+    """When the next full checkpoint is due: every ``save_steps`` steps or ``save_minutes`` minutes."""
+
+    def __init__(self, args: MAGRPOConfig, step: int = 0) -> None:
+        self.args = args
+        self.saved(step)
+
+    def saved(self, step: int) -> None:
+        self.last_step, self.last_time = step, time.monotonic()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.args.save_steps and step % self.args.save_steps == 0
+        by_time = self.args.save_minutes and time.monotonic() - self.last_time >= 60 * self.args.save_minutes
+        return bool(by_steps or by_time)
+
+
+def train_loop(
+    trainer: "MAGRPOTrainer", log: RunLog | None, progress: bool, resume_from_checkpoint: str | Path | bool | None
+) -> list[dict[str, Any]]:
+    """:meth:`MAGRPOTrainer.train`: steps until ``max_steps``, logging, checkpointing, stopping cleanly."""
+    args, ranks = trainer.args, trainer.team.ranks
+    if not trainer.train_items:
+        raise ConfigError("train_dataset is empty")
+    # the first item's environment must keep the contract before any compute is spent on it
+    # (every step's results are checked as they come: tree.step_joint_actions)
+    check_env(trainer.env_factory(trainer.train_items[0]), trainer.agent_names, step=False)
+    resumed = resume(trainer, resume_from_checkpoint) if resume_from_checkpoint else None
+    main = ranks.is_main  # rank 0 alone writes files and prints
+    trackers = Trackers(args.report_to if main else [], args.output_dir, args.to_dict())
+    log = log or RunLog(args.output_dir, args, resume=resumed is not None, writes=main)
+    if resumed is not None:
+        trainer.history = log.resume_at(trainer.step)
+        if main:
+            print(f"resumed from {resumed} at step {trainer.step}", flush=True)
+    if main:
+        on_ranks = f" on {ranks.world_size} ranks" if ranks.world_size > 1 else ""
+        print(f"plan: {args.plan().describe()}{on_ranks}", flush=True)
+    stop = StopRequest()
+    with progress_bar(progress and main, args.max_steps, completed=trainer.step) as bar, stop.on_signals(trainer):
+        try:
+            while trainer.step < args.max_steps:
+                metrics, samples = trainer.train_step(trainer.next_batch())
+                trainer.history.append(metrics)
+                log.metrics(metrics)
+                trackers.log(metrics, trainer.step)
+                if args.log_samples_steps and trainer.step % args.log_samples_steps == 0:
+                    log.samples(trainer.step, samples)
+                if ranks.any(stop.signal is not None) and stop.signal is None:
+                    stop.signal = signal.SIGTERM  # another rank was asked to stop: stop together
+                # decided together: the minutes since the last save differ a little between ranks
+                if ranks.any(trainer.cadence.due(trainer.step)) or stop.signal is not None:
+                    trainer.checkpoint(log.checkpoint_dir(trainer.step))
+                bar(metrics)
+                if stop.signal is not None:
+                    stop.raise_stop(trainer, log)
+        except _Stopped as stopped:
+            raise stopped.exit from None
+        finally:
+            trackers.close()
+            # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
+            # weights of its last step when the last full checkpoint is older
+            died = trainer.step < args.max_steps and stop.signal is None
+            # (not when sharded: gathering the weights needs every rank, and the others may be gone)
+            if died and trainer.step > trainer.cadence.last_step and main and not ranks.sharded:
+                trainer.save(log.checkpoint_dir(trainer.step, suffix="-interrupted"))
+    saves_checkpoints = bool(args.save_steps or args.save_minutes)  # both 0: final weights only
+    if saves_checkpoints and trainer.cadence.last_step != trainer.step:
+        trainer.checkpoint(log.checkpoint_dir(trainer.step))
+    if main or ranks.sharded:
+        trainer.save(log.final_dir())
+    if main:
+        log.plot_rewards(trainer.history)
+    ranks.barrier()  # the other ranks return once the run's files are written
+    return trainer.history
+
+
+def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
+    """A full, resumable checkpoint (see :mod:`magrpo.checkpoint`); older ones beyond
+    ``save_total_limit`` are deleted."""
+    team = trainer.team
+    whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
+    if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
+        state = {"step": trainer.step, **trainer.item_order.state()}
+        save_checkpoint(directory, agents=team.agents, optimizers=team.optimizers, trainer_state=state,
+                        config=trainer.args, whole_states=whole)
+        prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
+    team.ranks.barrier()  # a checkpoint is complete before any rank goes on
+    trainer.cadence.saved(trainer.step)
+    return Path(directory)
+
+
+def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
+    """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
+    path = resolve_resume(trainer.args.output_dir if target is True else target)
+    check_resumable_config(path, trainer.args)
+    state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers)
+    trainer.step = int(state["step"])
+    trainer.item_order.load_state(state)
+    trainer.cadence.saved(trainer.step)
+    return path
+
+
+class StopRequest:
+    """SIGTERM and a first Ctrl-C ask for a clean stop after the current step; a second Ctrl-C
+    raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def on_signals(self, trainer: "MAGRPOTrainer") -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = signum
+            print(f"\n{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then saving a checkpoint "
+                  "(Ctrl-C again to abort at once)", flush=True)
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def raise_stop(self, trainer: "MAGRPOTrainer", log: RunLog) -> None:
+        hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
+        print(f"stopped after step {trainer.step}; checkpoint {log.checkpoint_dir(trainer.step)}\nresume with: {hint}",
+              flush=True)
+        exit_ = KeyboardInterrupt() if self.signal == signal.SIGINT else SystemExit(128 + int(self.signal))
+        raise _Stopped(exit_)
+
+
+class _Stopped(Exception):
+    """A clean stop on a signal, carrying the exception the caller should see."""
+
+    def __init__(self, exit_: BaseException) -> None:
+        super().__init__(str(exit_))
+        self.exit = exit_
+
+
+# ---------------------------------------------------------------------- memory figures
+_HOST_PEAK = Path("/proc/self/status")  # Linux: VmHWM, the peak resident set, resettable per step
+
+
+def reset_peak_memory() -> None:
+    """Start a step's memory peaks afresh (host: Linux only; elsewhere the process's peak so far)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5": reset VmHWM to the current resident set
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's so far
+
+
+def peak_memory_figures() -> dict[str, float]:
+    """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and in host memory
+    (``peak_rss_mib``: of this step on Linux, of the process so far elsewhere)."""
+    try:
+        rss_mib = int(re.search(r"VmHWM:\s+(\d+)", _HOST_PEAK.read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_mib = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
+    figures = {"peak_rss_mib": rss_mib}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        figures["cuda_peak_mib"] = max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+    return figures
+
+
+__all__ = ["CheckpointCadence", "StopRequest", "peak_memory_figures", "reset_peak_memory", "resume", "train_loop",
+           "write_checkpoint"]

@@ -1,0 +1,66 @@
+"""What a step reports: its metrics row (rewards over every rank's items, the scorer's figures,
+each agent's update figures, throughput) and its samples (prompts, completions, rewards, returns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from magrpo.eval.figures import turn_mean_figures
+from magrpo.step import StepOutput, Team
+
+#: the update figures each agent reports under its own name
+AGENT_FIGURES = ("loss", "grad_norm", "advantage_mean", "advantage_std", "zero_advantage_groups",
+                 "is_weight_mean", "is_capped_fraction")
+
+
+def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
+    """The metrics row of step ``step`` (1-based: the step just taken)."""
+    turns, ranks = out.turns, team.ranks
+    first = torch.cat(ranks.gather(turns[0].rewards.flatten().cpu()))  # every rank's items
+    tokens = int(ranks.sum(sum(r.num_completion_tokens for t in turns for r in t.rollouts)))
+    metrics: dict[str, Any] = {
+        "step": step,
+        "reward_mean": float(first.mean()),
+        "reward_std": float(first.std()) if first.numel() > 1 else 0.0,
+        "reward_min": float(first.min()),
+        "reward_max": float(first.max()),
+    }
+    for t in turns[1:]:
+        metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
+    # the scorer's own figures (reward levels, tests passed, cooperation schemes) over the first turn
+    metrics.update({f"figures/{k}": v for k, v in turn_mean_figures(turns[0]).items()})
+    for agent, optimizer, figures in zip(team.agents, team.optimizers, out.agent_figures):
+        metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
+        metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
+    metrics.update(
+        tokens_generated=tokens,
+        rollout_seconds=out.rollout_seconds,
+        update_seconds=out.update_seconds,
+        seconds=out.rollout_seconds + out.update_seconds,
+        tokens_per_second=tokens / out.rollout_seconds if out.rollout_seconds > 0 else 0.0,
+    )
+    return metrics
+
+
+def step_samples(out: StepOutput) -> list[dict[str, Any]]:
+    """One row per joint action of every node of every turn."""
+    samples = []
+    for turn, ret in zip(out.turns, out.returns):
+        for p in range(turn.num_nodes):
+            for j in range(turn.num_joint):
+                samples.append(
+                    {
+                        "turn": turn.index + 1,
+                        "node": p,
+                        "prompts": [r.prompts[p] for r in turn.rollouts],
+                        "completions": list(turn.joint_completions(p, j)),
+                        "reward": float(turn.rewards[p, j]),
+                        "return": float(ret[p, j]),
+                    }
+                )
+    return samples
+
+
+__all__ = ["AGENT_FIGURES", "step_metrics", "step_samples"]
