@@ -72,7 +72,9 @@ def model_shapes() -> dict[str, Any]:
     }
 
 
-def update_flops(shapes: dict[str, Any], rows: int, prompt_len: int, completion_len: int, prompt_rows: int | None = None) -> float:
+def update_flops(
+    shapes: dict[str, Any], rows: int, prompt_len: int, completion_len: int, prompt_rows: int | None = None
+) -> float:
     """Forward + backward of one update pass ~ 6 x params x positions actually run: the body sees
     the prompt positions (``prompt_rows`` prompts: each distinct one once when the update shares
     prompts, else one per row) and every completion position of the padded batch, the output
@@ -186,8 +188,14 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
-                          callbacks=[Timer()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Timer()],
+    )
     generate_and_score = trainer._generate_and_score_completions
 
     def timed(*a: Any, **k: Any) -> dict[str, Any]:
@@ -240,8 +248,9 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         save_minutes=0,
     )
     formatters = [helper_prompt, main_prompt] if team else [main_prompt]
-    trainer = MAGRPOTrainer(["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters,
-                            args=config)
+    trainer = MAGRPOTrainer(
+        ["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters, args=config
+    )
     update_agent = trainer.update_agent
 
     def update_and_record(index: int, rollouts: Any, returns: Any) -> Any:
@@ -263,15 +272,19 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
             prompt_rows = rollout.num_prompts if config.share_prompt_in_update else rows
             flops += update_flops(SHAPES, rows, prompt_len, completion_len, prompt_rows)
             tokens += rows * (prompt_len + completion_len)
-        steps.append({
-            "seconds": metrics["seconds"],
-            "rollout_seconds": metrics["rollout_seconds"],
-            "update_seconds": metrics["update_seconds"],
-            "completion_tokens": float(metrics["tokens_generated"]),
-            "update_flops": flops,
-            "update_tokens": tokens,
-            "is_weight_mean": statistics.fmean(metrics.get(f"agent_{i}/is_weight_mean", 1.0) for i in range(agents)),
-        })
+        steps.append(
+            {
+                "seconds": metrics["seconds"],
+                "rollout_seconds": metrics["rollout_seconds"],
+                "update_seconds": metrics["update_seconds"],
+                "completion_tokens": float(metrics["tokens_generated"]),
+                "update_flops": flops,
+                "update_tokens": tokens,
+                "is_weight_mean": statistics.fmean(
+                    metrics.get(f"agent_{i}/is_weight_mean", 1.0) for i in range(agents)
+                ),
+            }
+        )
     return steps
 
 
@@ -290,13 +303,16 @@ def worker(args: argparse.Namespace) -> None:
     mean_update_tokens = median["update_tokens"]
     result = {
         "system": args.worker,
-        "rollout": (args.rollout + ("+bf16" if args.rollout_dtype == "bfloat16" else "")) if args.worker != "trl" else "generate",
+        "rollout": (args.rollout + ("+bf16" if args.rollout_dtype == "bfloat16" else ""))
+        if args.worker != "trl"
+        else "generate",
         "steps": len(steps),
         "sec_per_step": median["seconds"],
         "rollout_sec": median["rollout_seconds"],
         "update_sec": median["update_seconds"],
         "completion_tokens_per_step": median["completion_tokens"],
-        "completion_tok_per_s": sum(s["completion_tokens"] for s in measured) / sum(s["rollout_seconds"] for s in measured),
+        "completion_tok_per_s": sum(s["completion_tokens"] for s in measured)
+        / sum(s["rollout_seconds"] for s in measured),
         "update_tok_per_s": sum(s["update_tokens"] for s in measured) / sum(s["update_seconds"] for s in measured),
         "update_gflops": sum(s["update_flops"] for s in measured) / sum(s["update_seconds"] for s in measured) / 1e9,
         "matmul_gflops": matmul_gflops(SHAPES, tokens=int(mean_update_tokens), device=args.device),
@@ -313,37 +329,62 @@ def worker(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- driver
 def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", system, "--rollout", rollout, "--rollout-dtype", rollout_dtype,
-               "--steps", str(args.steps),
-               "--prompts", str(args.prompts), "--num-generations", str(args.num_generations),
-               "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
-               "--device", args.device, "--precision", args.precision]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        system,
+        "--rollout",
+        rollout,
+        "--rollout-dtype",
+        rollout_dtype,
+        "--steps",
+        str(args.steps),
+        "--prompts",
+        str(args.prompts),
+        "--num-generations",
+        str(args.num_generations),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+    ]
     env = dict(os.environ)
     # idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with any other
     # busy process, spinning threads made every parallel op ~10x slower (see docs/performance.md)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH")])
+    )
     print(f"... {system} ({rollout}, sampling dtype {rollout_dtype})", file=sys.stderr, flush=True)
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"{system} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def report(results: list[dict[str, Any]]) -> dict[str, Any]:
-    header = f"{'system':15s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} " \
-             f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s} " \
-             f"{'GPU peak MiB':>12s} {'w changed':>9s}"
+    header = (
+        f"{'system':15s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} "
+        f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s} "
+        f"{'GPU peak MiB':>12s} {'w changed':>9s}"
+    )
     print(header)
     for r in results:
-        print(f"{r['system']:15s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
-              f"{r['completion_tok_per_s']:9.1f} {r['update_tok_per_s']:9.0f} {r['update_gflops']:11.1f} "
-              f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f} "
-              f"{r.get('cuda_peak_mib', float('nan')):12.0f} {r['weights_changed']:9.3f}")
+        print(
+            f"{r['system']:15s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
+            f"{r['completion_tok_per_s']:9.1f} {r['update_tok_per_s']:9.0f} {r['update_gflops']:11.1f} "
+            f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f} "
+            f"{r.get('cuda_peak_mib', float('nan')):12.0f} {r['weights_changed']:9.3f}"
+        )
     trl = next((r for r in results if r["system"] == "trl"), None)
     ratios = {}
     if trl:
@@ -359,8 +400,10 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "peak_rss": r["peak_rss_mib"] / trl["peak_rss_mib"],
             }
             q = ratios[key]
-            print(f"  {key:27s} s/step x{q['sec_per_step']:.2f}  gen tok/s x{q['completion_tok_per_s']:.2f}  "
-                  f"update tok/s x{q['update_tok_per_s']:.2f}  peak RSS x{q['peak_rss']:.2f}")
+            print(
+                f"  {key:27s} s/step x{q['sec_per_step']:.2f}  gen tok/s x{q['completion_tok_per_s']:.2f}  "
+                f"update tok/s x{q['update_tok_per_s']:.2f}  peak RSS x{q['peak_rss']:.2f}"
+            )
     return {"results": results, "ratios_vs_trl": ratios}
 
 
@@ -369,17 +412,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per system (the first is warm-up)")
     p.add_argument("--quick", action="store_true", help="2 steps, 16-token completions: a smoke run")
     p.add_argument("--rollout", choices=["plain", "fast", "both"], default="fast", help="magrpo's sampler")
-    p.add_argument("--rollout-dtype", choices=["same", "bfloat16", "both"], default="same",
-                   help="magrpo's sampling weights: the float32 policy itself, a bfloat16 copy, or both runs")
+    p.add_argument(
+        "--rollout-dtype",
+        choices=["same", "bfloat16", "both"],
+        default="same",
+        help="magrpo's sampling weights: the float32 policy itself, a bfloat16 copy, or both runs",
+    )
     p.add_argument("--systems", default="trl,magrpo-team,magrpo-single")
     p.add_argument("--prompts", type=int, default=2, help="P, prompts per step (even: the team takes P/2)")
     p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt and policy")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "mixed", "bf16"], default="fp32",
-                   help="fp32: float32 everything (like for like on CPU); mixed: float32 weights with bf16 autocast "
-                   "(TRL bf16=True); bf16: the weights themselves in bf16")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "mixed", "bf16"],
+        default="fp32",
+        help="fp32: float32 everything (like for like on CPU); mixed: float32 weights with bf16 autocast "
+        "(TRL bf16=True); bf16: the weights themselves in bf16",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -412,8 +463,19 @@ if __name__ == "__main__":
                         continue  # the bf16 copy needs the fast sampler's log-probs
                     runs.append(launch(system, rollout, dtype, ARGS))
         summary = report(runs)
-        summary["config"] = {k: getattr(ARGS, k) for k in ("steps", "prompts", "num_generations", "max_new_tokens", "threads",
-                                                            "rollout_dtype", "device", "precision")}
+        summary["config"] = {
+            k: getattr(ARGS, k)
+            for k in (
+                "steps",
+                "prompts",
+                "num_generations",
+                "max_new_tokens",
+                "threads",
+                "rollout_dtype",
+                "device",
+                "precision",
+            )
+        }
         summary["config"]["cpu_count"] = os.cpu_count()
         summary["config"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
         print(json.dumps(summary))

@@ -28,10 +28,24 @@ def measure(out: Path, use_lora: bool) -> dict[str, float]:
         return [float(len(a) + 2 * len(b)) for a, b in completions]
 
     def trainer(max_steps: int) -> MAGRPOTrainer:
-        args = MAGRPOConfig(num_generations=2, max_new_tokens=16, max_steps=max_steps, use_lora=use_lora, device="cpu",
-                            save_steps=0, save_minutes=0, output_dir=str(out), log_samples_steps=0)
-        return MAGRPOTrainer(agents=["default", "default"], reward_func=length_reward, formatters=task.formatters,
-                             train_dataset=items, args=args)
+        args = MAGRPOConfig(
+            num_generations=2,
+            max_new_tokens=16,
+            max_steps=max_steps,
+            use_lora=use_lora,
+            device="cpu",
+            save_steps=0,
+            save_minutes=0,
+            output_dir=str(out),
+            log_samples_steps=0,
+        )
+        return MAGRPOTrainer(
+            agents=["default", "default"],
+            reward_func=length_reward,
+            formatters=task.formatters,
+            train_dataset=items,
+            args=args,
+        )
 
     first = trainer(1)
     first.train(progress=False)  # ends with a full checkpoint at step 1
@@ -59,9 +73,11 @@ def main() -> None:
         root = args.out or Path(tmp)
         results = {name: measure(root / name, lora) for name, lora in (("full", False), ("lora", True))}
     for name, figures in results.items():
-        print(f"{name:5s} team: checkpoint {figures['checkpoint_mib']:.0f} MiB, written in {figures['write_seconds']:.1f} s; "
-              f"resume to the end of the first new step {figures['resume_to_first_new_step_seconds']:.1f} s "
-              f"(the step itself {figures['first_new_step_seconds']:.1f} s)")
+        print(
+            f"{name:5s} team: checkpoint {figures['checkpoint_mib']:.0f} MiB, written in {figures['write_seconds']:.1f} s; "
+            f"resume to the end of the first new step {figures['resume_to_first_new_step_seconds']:.1f} s "
+            f"(the step itself {figures['first_new_step_seconds']:.1f} s)"
+        )
     print(json.dumps(results))
 
 

@@ -50,8 +50,19 @@ MODELS = [
 ]
 
 
-def per_rank_gib(m: Decoder, *, agents: int, items_per_rank: int, G: int, prompt: int, completion: int,
-                 micro_batch: int = 16, chunk: int = 128, sampling_copy: bool = True, shards: int = 1) -> float:
+def per_rank_gib(
+    m: Decoder,
+    *,
+    agents: int,
+    items_per_rank: int,
+    G: int,
+    prompt: int,
+    completion: int,
+    micro_batch: int = 16,
+    chunk: int = 128,
+    sampling_copy: bool = True,
+    shards: int = 1,
+) -> float:
     if shards > 1:  # each rank's 1/K of the states, plus the whole float32 weights while sampling
         states = m.params * ((4 + 4 + 8) / shards + 4)
     else:
@@ -63,14 +74,22 @@ def per_rank_gib(m: Decoder, *, agents: int, items_per_rank: int, G: int, prompt
 
 
 def table() -> str:
-    lines = ["| model | params | agents | items/rank x G | prompt + completion | GiB per rank, replicated | "
-             "sharded over 2 ranks | over 8 ranks |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | params | agents | items/rank x G | prompt + completion | GiB per rank, replicated | "
+        "sharded over 2 ranks | over 8 ranks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in MODELS:
         for agents, items, G, completion in ((2, 1, 4, 256), (2, 4, 4, 256), (2, 4, 8, 512), (1, 4, 4, 256)):
-            gib = [per_rank_gib(m, agents=agents, items_per_rank=items, G=G, prompt=512, completion=completion, shards=k)
-                   for k in (1, 2, 8)]
-            lines.append(f"| {m.name} | {m.params / 1e9:.2f} B | {agents} | {items} x {G} | 512 + {completion} | "
-                         + " | ".join(f"{g:.1f}" for g in gib) + " |")
+            gib = [
+                per_rank_gib(m, agents=agents, items_per_rank=items, G=G, prompt=512, completion=completion, shards=k)
+                for k in (1, 2, 8)
+            ]
+            lines.append(
+                f"| {m.name} | {m.params / 1e9:.2f} B | {agents} | {items} x {G} | 512 + {completion} | "
+                + " | ".join(f"{g:.1f}" for g in gib)
+                + " |"
+            )
     return "\n".join(lines)
 
 

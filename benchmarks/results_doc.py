@@ -55,17 +55,23 @@ def sittings(study: dict) -> list[str]:
     args = study["args"]
     if not args.get("resume"):
         return []
-    rerun = f" The last sitting ran `{args['rerun']}` again (`--rerun`) after a change to it." if args.get("rerun") else ""
+    rerun = (
+        f" The last sitting ran `{args['rerun']}` again (`--rerun`) after a change to it." if args.get("rerun") else ""
+    )
     return [f"Run in more than one sitting: the same command with `--resume` adds the runs a study lacks.{rerun}", ""]
 
 
 def embed(folder: str, study: dict, command: str) -> list[str]:
     return [
-        *command_block(command), *sittings(study),
-        f"From `docs/results/{folder}/results.md` (`results.json` holds every run's curve and figures):", "",
-        (RESULTS / folder / "results.md").read_text().strip(), "",
+        *command_block(command),
+        *sittings(study),
+        f"From `docs/results/{folder}/results.md` (`results.json` holds every run's curve and figures):",
+        "",
+        (RESULTS / folder / "results.md").read_text().strip(),
+        "",
         f"![training reward per step](results/{folder}/reward_curves.png)",
-        f"![held-out figures](results/{folder}/held_out.png)", "",
+        f"![held-out figures](results/{folder}/held_out.png)",
+        "",
     ]
 
 
@@ -77,18 +83,29 @@ def trained_verdicts(study: dict, caveat: str) -> list[str]:
     short = [system for system in present if seeds(study, system) < asked]
     missing = [system for system in TRAINED if system not in s]
     if short or missing:
-        out += ["", "Cut short by this 2-core CPU: " + "; ".join(
-            [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
-            + [f"{system} has none" for system in missing]) + "."]
+        out += [
+            "",
+            "Cut short by this 2-core CPU: "
+            + "; ".join(
+                [f"{system} has {seeds(study, system)} of {asked} seeds" for system in short]
+                + [f"{system} has none" for system in missing]
+            )
+            + ".",
+        ]
     # a verdict needs an interval: a trained system with one seed has none
     judged = [system for system in present if seeds(study, system) >= 2]
-    verdicts = [f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the "
-                "untrained team" for system in judged if "parallel" in s]
+    verdicts = [
+        f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the untrained team"
+        for system in judged
+        if "parallel" in s
+    ]
     if len(judged) < len(present):
         verdicts.append("a system with one seed has no interval, so no verdict")
     if "team" in judged and "single-grpo" in judged:
-        verdicts.append(f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
-                        "single-agent GRPO")
+        verdicts.append(
+            f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
+            "single-agent GRPO"
+        )
     if verdicts:
         out += ["", ("On held-out normalised return (95% intervals): " + "; ".join(verdicts) + ". " + caveat).rstrip()]
     return out
@@ -96,33 +113,51 @@ def trained_verdicts(study: dict, caveat: str) -> list[str]:
 
 def writing_section(task: str, number: str, reference: str) -> list[str]:
     out = [f"## {number}. Writing (`{task}`): team vs one model vs prompt-only set-ups", ""]
-    command = (f".venv/bin/python benchmarks/study.py --task {task} --seeds 3 --steps 15 --max-new-tokens 64 \\\n"
-               f"    --lr 2e-5 --eval-items 8 --output docs/results/{task}")
+    command = (
+        f".venv/bin/python benchmarks/study.py --task {task} --seeds 3 --steps 15 --max-new-tokens 64 \\\n"
+        f"    --lr 2e-5 --eval-items 8 --output docs/results/{task}"
+    )
     study = load(task)
     if study is None:
         return out + not_measured(command)
     s = study["summary"]
     out += embed(task, study, command)
-    rouge = (f"ROUGE-L against the reference {reference}: team {fig(s, 'team', 'rougeL')}, untrained team "
-             f"{fig(s, 'parallel', 'rougeL')}, so on ROUGE-L the team is "
-             f"{compare(s['team']['rougeL'], s['parallel']['rougeL'])} the untrained team. "
-             "The writing reward is structural (docs/writing.md): ROUGE is reported beside it. "
-             if "rougeL" in s["team"] else "")
-    labels = {"team": "the MAGRPO team", "single-grpo": "one model trained with the same trainer and tokens",
-              "parallel": "the untrained team", "sequential": "sequential", "discussion": "discussion",
-              "single": "one untrained model"}
-    figures = ", ".join(f"{fig(s, system, 'reward_normalised')} for {label}" for system, label in labels.items() if system in s)
+    rouge = (
+        f"ROUGE-L against the reference {reference}: team {fig(s, 'team', 'rougeL')}, untrained team "
+        f"{fig(s, 'parallel', 'rougeL')}, so on ROUGE-L the team is "
+        f"{compare(s['team']['rougeL'], s['parallel']['rougeL'])} the untrained team. "
+        "The writing reward is structural (docs/writing.md): ROUGE is reported beside it. "
+        if "rougeL" in s["team"]
+        else ""
+    )
+    labels = {
+        "team": "the MAGRPO team",
+        "single-grpo": "one model trained with the same trainer and tokens",
+        "parallel": "the untrained team",
+        "sequential": "sequential",
+        "discussion": "discussion",
+        "single": "one untrained model",
+    }
+    figures = ", ".join(
+        f"{fig(s, system, 'reward_normalised')} for {label}" for system, label in labels.items() if system in s
+    )
     start = s["parallel"]["reward_normalised"][0] if "parallel" in s else 0.0
-    headroom = (f"The untrained team already scores {start:.2f} of the task's maximum reward: the reward leaves "
-                "training little to gain here. " if start >= 0.75 else "")
+    headroom = (
+        f"The untrained team already scores {start:.2f} of the task's maximum reward: the reward leaves "
+        "training little to gain here. "
+        if start >= 0.75
+        else ""
+    )
     out.append(f"What holds here: held-out normalised return {figures}. {headroom}{rouge}".rstrip())
     return out + trained_verdicts(study, "") + [""]
 
 
 def coding_section() -> list[str]:
     out = ["## 2. Coding with the `qwen2.5-coder-0.5b` preset (LoRA): team vs one model vs prompt-only set-ups", ""]
-    command = (".venv/bin/python benchmarks/study.py --task coding --model qwen2.5-coder-0.5b --lora --seeds 3 --steps 3 \\\n"
-               "    -G 4 --max-new-tokens 256 --eval-items 4 --lr 1e-4 --output docs/results/coding_qwen")
+    command = (
+        ".venv/bin/python benchmarks/study.py --task coding --model qwen2.5-coder-0.5b --lora --seeds 3 --steps 3 \\\n"
+        "    -G 4 --max-new-tokens 256 --eval-items 4 --lr 1e-4 --output docs/results/coding_qwen"
+    )
     study = load("coding_qwen")
     if study is None:
         return out + not_measured(command)
@@ -132,75 +167,112 @@ def coding_section() -> list[str]:
     for system in s:
         n = seeds(study, system)
         label = f"{system} ({n} seed{'s' * (n != 1)})" if n else f"{system} (untrained, greedy)"
-        lines.append(f"{label}: normalised return {fig(s, system, 'reward_normalised')}, tests passed "
-                     f"{fig(s, system, 'tests_passed')}, pass@1 {fig(s, system, 'pass@1')}")
+        lines.append(
+            f"{label}: normalised return {fig(s, system, 'reward_normalised')}, tests passed "
+            f"{fig(s, system, 'tests_passed')}, pass@1 {fig(s, system, 'pass@1')}"
+        )
     out.append("Held out: " + "; ".join(lines) + ".")
     if "team" in s and "parallel" in s:
         schemes = sorted(k for k in s["team"] if k.startswith("scheme/"))
         before = ", ".join(f"{k.split('/')[1]} {s['parallel'][k][0]:.2f}" for k in schemes)
         after = ", ".join(f"{k.split('/')[1]} {s['team'][k][0]:.2f}" for k in schemes)
-        out += ["", f"Cooperation schemes (fraction of held-out answers) before training (the untrained team): {before}; "
-                f"after training (the team, mean over seeds): {after}."]
+        out += [
+            "",
+            f"Cooperation schemes (fraction of held-out answers) before training (the untrained team): {before}; "
+            f"after training (the team, mean over seeds): {after}.",
+        ]
         if "single-grpo" in s:
             calls = {system: 1 - s[system]["scheme/none"][0] for system in TRAINED}
-            out += ["", f"The main function calls `aux` in {calls['team']:.2f} of the trained team's answers and in "
-                    f"{calls['single-grpo']:.2f} of single-agent GRPO's, whose one model writes both functions. The "
-                    "team's main agent is told that `aux` exists, not what it does (its prompt: `src/magrpo/tasks/coding.py`)."]
-    out += trained_verdicts(study, "A few LoRA steps on a CPU are far from the paper's hundreds of steps on GPUs: "
-                            "whatever is not separated here is not shown either way.")
+            out += [
+                "",
+                f"The main function calls `aux` in {calls['team']:.2f} of the trained team's answers and in "
+                f"{calls['single-grpo']:.2f} of single-agent GRPO's, whose one model writes both functions. The "
+                "team's main agent is told that `aux` exists, not what it does (its prompt: `src/magrpo/tasks/coding.py`).",
+            ]
+    out += trained_verdicts(
+        study,
+        "A few LoRA steps on a CPU are far from the paper's hundreds of steps on GPUs: "
+        "whatever is not separated here is not shown either way.",
+    )
     return out + [""]
 
 
 def turns_section() -> list[str]:
     out = ["## 3. One turn vs two turns with execution feedback (coding, bundled model, same tokens)", ""]
-    one_cmd = (".venv/bin/python benchmarks/study.py --task coding --seeds 3 --steps 10 -G 8 --max-new-tokens 128 \\\n"
-               "    --eval-items 8 --lr 2e-5 --systems team --output docs/results/coding_1turn")
-    two_cmd = (".venv/bin/python benchmarks/study.py --task coding --seeds 3 --steps 10 -G 4 --turns 2 --max-new-tokens 128 \\\n"
-               "    --eval-items 8 --lr 2e-5 --systems team --output docs/results/coding_2turn")
+    one_cmd = (
+        ".venv/bin/python benchmarks/study.py --task coding --seeds 3 --steps 10 -G 8 --max-new-tokens 128 \\\n"
+        "    --eval-items 8 --lr 2e-5 --systems team --output docs/results/coding_1turn"
+    )
+    two_cmd = (
+        ".venv/bin/python benchmarks/study.py --task coding --seeds 3 --steps 10 -G 4 --turns 2 --max-new-tokens 128 \\\n"
+        "    --eval-items 8 --lr 2e-5 --systems team --output docs/results/coding_2turn"
+    )
     one, two = load("coding_1turn"), load("coding_2turn")
-    out += ["Both teams generate the same tokens per step: the one-turn team samples G = 8 completions of up to "
-            "128 tokens per agent; the two-turn team G = 4 at the first turn and G = 4 more after execution "
-            "feedback on the best first joint action (`--expand-k 1`), the same steps and learning rate.", ""]
-    for study, folder, command, title in ((one, "coding_1turn", one_cmd, "One turn"), (two, "coding_2turn", two_cmd, "Two turns")):
+    out += [
+        "Both teams generate the same tokens per step: the one-turn team samples G = 8 completions of up to "
+        "128 tokens per agent; the two-turn team G = 4 at the first turn and G = 4 more after execution "
+        "feedback on the best first joint action (`--expand-k 1`), the same steps and learning rate.",
+        "",
+    ]
+    for study, folder, command, title in (
+        (one, "coding_1turn", one_cmd, "One turn"),
+        (two, "coding_2turn", two_cmd, "Two turns"),
+    ):
         out += [f"### {title}", ""]
         out += embed(folder, study, command) if study is not None else not_measured(command)
     if one is not None and two is not None:
         a, b = one["summary"]["team"], two["summary"]["team"]
-        cells = "; ".join(f"{k}: one turn {a[k][0]:.3f} ± {a[k][1]:.3f}, two turns {b[k][0]:.3f} ± {b[k][1]:.3f}"
-                          for k in ("reward_normalised", "tests_passed", "pass@1") if k in a and k in b)
+        cells = "; ".join(
+            f"{k}: one turn {a[k][0]:.3f} ± {a[k][1]:.3f}, two turns {b[k][0]:.3f} ± {b[k][1]:.3f}"
+            for k in ("reward_normalised", "tests_passed", "pass@1")
+            if k in a and k in b
+        )
         out.append(f"Held out, after the last turn ({seeds(one, 'team')} and {seeds(two, 'team')} seeds): {cells}.")
         if "turn_1/reward_normalised" in b:
             first, second = b["turn_1/reward_normalised"], b["turn_2/reward_normalised"]
-            out.append(f"Within the two-turn team, the held-out normalised return after feedback is "
-                       f"{second[0]:.3f} ± {second[1]:.3f} against {first[0]:.3f} ± {first[1]:.3f} for its first answers: "
-                       f"{compare(second, first)} them.")
-        out.append(f"On held-out normalised return the two-turn team is {compare(b['reward_normalised'], a['reward_normalised'])} "
-                   "the one-turn team (95% intervals).")
+            out.append(
+                f"Within the two-turn team, the held-out normalised return after feedback is "
+                f"{second[0]:.3f} ± {second[1]:.3f} against {first[0]:.3f} ± {first[1]:.3f} for its first answers: "
+                f"{compare(second, first)} them."
+            )
+        out.append(
+            f"On held-out normalised return the two-turn team is {compare(b['reward_normalised'], a['reward_normalised'])} "
+            "the one-turn team (95% intervals)."
+        )
     return out + [""]
 
 
 def latency_section() -> list[str]:
     out = ["## 4. Latency to a complete answer: team vs one model", ""]
-    command = "magrpo eval --task summarize --eval-items 4 --latency-items 4 --output docs/results/latency_summarize.json"
+    command = (
+        "magrpo eval --task summarize --eval-items 4 --latency-items 4 --output docs/results/latency_summarize.json"
+    )
     path = RESULTS / "latency_summarize.json"
     if not path.is_file():
         return out + not_measured(command)
     f = json.loads(path.read_text())
     return out + [
         *command_block(command),
-        "| | seconds per complete answer | tokens per answer |", "|---|---:|---:|",
+        "| | seconds per complete answer | tokens per answer |",
+        "|---|---:|---:|",
         f"| team (agents at the same time) | {f['latency/team_seconds']:.2f} | {f['latency/team_tokens_per_answer']:.0f} |",
         f"| one model writing both parts | {f['latency/single_agent_seconds']:.2f} | "
-        f"{f['latency/single_agent_tokens_per_answer']:.0f} |", "",
-        f"Speed-up x{f['latency/speedup']:.2f} on {f['latency/cores']:.0f} cores, greedy, {f['latency/items']:.0f} items.", "",
+        f"{f['latency/single_agent_tokens_per_answer']:.0f} |",
+        "",
+        f"Speed-up x{f['latency/speedup']:.2f} on {f['latency/cores']:.0f} cores, greedy, {f['latency/items']:.0f} items.",
+        "",
     ]
 
 
 def main() -> None:
-    lines = ["# Results: does MAGRPO beat the alternatives at this scale?", "",
-             "Every number below comes from a file a command wrote (this page is written by "
-             "`benchmarks/results_doc.py` from them); the commands are given. Measured on a 2-core CPU machine "
-             "without a GPU.", ""]
+    lines = [
+        "# Results: does MAGRPO beat the alternatives at this scale?",
+        "",
+        "Every number below comes from a file a command wrote (this page is written by "
+        "`benchmarks/results_doc.py` from them); the commands are given. Measured on a 2-core CPU machine "
+        "without a GPU.",
+        "",
+    ]
     lines += writing_section("summarize", "1", "summary")
     lines += writing_section("expand", "1b", "introduction")
     for section in (coding_section, turns_section, latency_section):

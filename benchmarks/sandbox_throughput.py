@@ -6,6 +6,7 @@ JSON line with the same figures.
 
     python benchmarks/sandbox_throughput.py [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def main() -> None:
     from magrpo.sandbox import run_tests, run_tests_many
 
     problems = list(read_problems().values())
-    jobs = [{"code": p["prompt"] + p["canonical_solution"], "tests": p["test"], "entry_point": p["entry_point"]}
-            for p in problems]
+    jobs = [
+        {"code": p["prompt"] + p["canonical_solution"], "tests": p["test"], "entry_point": p["entry_point"]}
+        for p in problems
+    ]
     run_tests_many(jobs[:4], max_workers=args.workers)  # warm caches (page cache, imports)
 
     passes, rates, all_ok = [], [], True
@@ -64,17 +67,28 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {cpus} CPUs, python {sys.version.split()[0]}, isolation tier: {results[0].isolation}")
     print(f"programs: {len(jobs)} HumanEval canonical solutions, {n_tests} tests, all passed: {all_ok}")
-    print(f"throughput: {statistics.median(rates):.1f} programs/s (median of {args.repeat}; "
-          f"best {max(rates):.1f}, pass wall {min(passes):.2f}-{max(passes):.2f} s)")
+    print(
+        f"throughput: {statistics.median(rates):.1f} programs/s (median of {args.repeat}; "
+        f"best {max(rates):.1f}, pass wall {min(passes):.2f}-{max(passes):.2f} s)"
+    )
     print(f"sequential latency: {per_program * 1000:.1f} ms/program ({per_test * 1000:.2f} ms/test)")
     print(f"bare `python -I -c pass`: {bare * 1000:.1f} ms")
     print(f"overhead per program vs bare start: {(per_program - bare) * 1000:.1f} ms")
-    print(json.dumps({
-        "programs": len(jobs), "tests": n_tests, "all_passed": all_ok, "cpus": cpus,
-        "isolation": results[0].isolation, "programs_per_s": round(statistics.median(rates), 2),
-        "latency_ms": round(per_program * 1000, 2), "bare_start_ms": round(bare * 1000, 2),
-        "overhead_ms": round((per_program - bare) * 1000, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "programs": len(jobs),
+                "tests": n_tests,
+                "all_passed": all_ok,
+                "cpus": cpus,
+                "isolation": results[0].isolation,
+                "programs_per_s": round(statistics.median(rates), 2),
+                "latency_ms": round(per_program * 1000, 2),
+                "bare_start_ms": round(bare * 1000, 2),
+                "overhead_ms": round((per_program - bare) * 1000, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

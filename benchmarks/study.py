@@ -32,8 +32,38 @@ from typing import Any, Callable, Mapping, Sequence
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 
 #: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -60,9 +90,19 @@ def whole_answer_scorer(task) -> Callable[..., list[dict[str, Any]]]:
 def config(args, seed: int, out: Path, **overrides):
     from magrpo import MAGRPOConfig
 
-    values = dict(num_generations=args.num_generations, batch_size=args.batch_size, max_steps=args.steps,
-                  max_new_tokens=args.max_new_tokens, learning_rate=args.lr, seed=seed, output_dir=str(out),
-                  save_steps=0, save_minutes=0, log_samples_steps=0, use_lora=args.lora)
+    values = dict(
+        num_generations=args.num_generations,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        max_new_tokens=args.max_new_tokens,
+        learning_rate=args.lr,
+        seed=seed,
+        output_dir=str(out),
+        save_steps=0,
+        save_minutes=0,
+        log_samples_steps=0,
+        use_lora=args.lora,
+    )
     values.update(overrides)
     return MAGRPOConfig(**values)
 
@@ -72,18 +112,33 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[
 
     feedback = task.execution_feedback() if args.turns > 1 else None
     trainer = MAGRPOTrainer(
-        agents=[args.model] * task.num_agents, scorer=task.scorer, formatters=task.formatters,
-        train_dataset=train_items, eval_dataset=held_out, feedback=feedback, is_solved=task.is_solved,
+        agents=[args.model] * task.num_agents,
+        scorer=task.scorer,
+        formatters=task.formatters,
+        train_dataset=train_items,
+        eval_dataset=held_out,
+        feedback=feedback,
+        is_solved=task.is_solved,
         agent_roles=task.agent_roles,
-        args=config(args, seed, out, num_agents=task.num_agents, num_turns=args.turns,
-                    # later turns continue only the best joint action of each node, so the team
-                    # generates args.turns times the one-turn team's tokens, not G ** turns times
-                    expand="best-k", expand_k=args.expand_k),
+        args=config(
+            args,
+            seed,
+            out,
+            num_agents=task.num_agents,
+            num_turns=args.turns,
+            # later turns continue only the best joint action of each node, so the team
+            # generates args.turns times the one-turn team's tokens, not G ** turns times
+            expand="best-k",
+            expand_k=args.expand_k,
+        ),
     )
     history = trainer.train(progress=False)
     figures = trainer.evaluate()
-    return {"curve": [h["reward_mean"] for h in history], "held_out": figures,
-            "tokens_generated": sum(h["tokens_generated"] for h in history)}
+    return {
+        "curve": [h["reward_mean"] for h in history],
+        "held_out": figures,
+        "tokens_generated": sum(h["tokens_generated"] for h in history),
+    }
 
 
 def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
@@ -92,15 +147,28 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
 
     budget = args.max_new_tokens * task.num_agents * args.turns  # the team's tokens per joint answer
     trainer = MAGRPOTrainer(
-        agents=[args.model], scorer=whole_answer_scorer(task), formatters=[task.single_agent_formatter],
-        train_dataset=train_items, args=config(args, seed, out, num_agents=1, max_new_tokens=budget),
+        agents=[args.model],
+        scorer=whole_answer_scorer(task),
+        formatters=[task.single_agent_formatter],
+        train_dataset=train_items,
+        args=config(args, seed, out, num_agents=1, max_new_tokens=budget),
     )
     history = trainer.train(progress=False)
-    figures = evaluate_setup("single", trainer.agents, held_out, formatters=task.formatters, scorer=task.scorer,
-                             max_new_tokens=args.max_new_tokens * args.turns,
-                             single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
-    return {"curve": [h["reward_mean"] for h in history], "held_out": figures,
-            "tokens_generated": sum(h["tokens_generated"] for h in history)}
+    figures = evaluate_setup(
+        "single",
+        trainer.agents,
+        held_out,
+        formatters=task.formatters,
+        scorer=task.scorer,
+        max_new_tokens=args.max_new_tokens * args.turns,
+        single_formatter=task.single_agent_formatter,
+        split_single=task.split_single_answer,
+    )
+    return {
+        "curve": [h["reward_mean"] for h in history],
+        "held_out": figures,
+        "tokens_generated": sum(h["tokens_generated"] for h in history),
+    }
 
 
 def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -109,9 +177,17 @@ def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str,
 
     agents = build_agents([args.model] * task.num_agents, device=args.device)
     return {
-        name: evaluate_setup(name, agents, held_out, formatters=task.formatters, scorer=task.scorer,
-                             max_new_tokens=args.max_new_tokens, roles=task.agent_roles,
-                             single_formatter=task.single_agent_formatter, split_single=task.split_single_answer)
+        name: evaluate_setup(
+            name,
+            agents,
+            held_out,
+            formatters=task.formatters,
+            scorer=task.scorer,
+            max_new_tokens=args.max_new_tokens,
+            roles=task.agent_roles,
+            single_formatter=task.single_agent_formatter,
+            split_single=task.split_single_answer,
+        )
         for name in names
     }
 
@@ -127,15 +203,24 @@ def summarise(runs: Mapping[str, list[dict[str, Any]]], task) -> dict[str, dict[
 
 def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
     # per turn (a multi-turn team) only the headline figures: the table stays readable
-    keys = [k for k in next(iter(table.values())) if "scheme/" not in k
-            and (not k.startswith("turn_") or k.split("/", 1)[1] in ("reward_normalised", "tests_passed", "pass@1"))]
+    keys = [
+        k
+        for k in next(iter(table.values()))
+        if "scheme/" not in k
+        and (not k.startswith("turn_") or k.split("/", 1)[1] in ("reward_normalised", "tests_passed", "pass@1"))
+    ]
     schemes = sorted({k for row in table.values() for k in row if k.startswith("scheme/")})
-    lines = [f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s) asked (column `seeds`: finished), {args.steps} steps of {args.batch_size} "
-             f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s)"
-             + (f" (best {args.expand_k} of each node continued)" if args.turns > 1 else "") + ", LoRA" * args.lora + ", "
-             f"learning rate {args.lr:g}, "
-             f"{args.eval_items} held-out items, greedy. Mean and 95% t-interval over seeds "
-             f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.", ""]
+    lines = [
+        f"Task `{args.task}`, model `{args.model}`, {args.seeds} seed(s) asked (column `seeds`: finished), {args.steps} steps of {args.batch_size} "
+        f"item(s) x G = {args.num_generations}, {args.max_new_tokens} new tokens per agent, {args.turns} turn(s)"
+        + (f" (best {args.expand_k} of each node continued)" if args.turns > 1 else "")
+        + ", LoRA" * args.lora
+        + ", "
+        f"learning rate {args.lr:g}, "
+        f"{args.eval_items} held-out items, greedy. Mean and 95% t-interval over seeds "
+        f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.",
+        "",
+    ]
     for columns in (keys, schemes):
         if not columns:
             continue
@@ -172,7 +257,9 @@ def plot(out: Path, runs, table) -> None:
     fig.savefig(out / "reward_curves.png", dpi=120)
     plt.close(fig)
 
-    keys = [k for k in ("reward_normalised", "tests_passed", "pass@1", "rougeL") if all(k in row for row in table.values())]
+    keys = [
+        k for k in ("reward_normalised", "tests_passed", "pass@1", "rougeL") if all(k in row for row in table.values())
+    ]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(table))
     for i, (system, row) in enumerate(table.items()):
@@ -195,7 +282,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-generations", "-G", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--turns", type=int, default=1, help="turns of the team (>1: with the task's execution feedback)")
+    parser.add_argument(
+        "--turns", type=int, default=1, help="turns of the team (>1: with the task's execution feedback)"
+    )
     parser.add_argument("--expand-k", type=int, default=1, help="joint actions of a node continued to the next turn")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--lora", action="store_true")
@@ -204,10 +293,15 @@ def main() -> None:
     parser.add_argument("--systems", default="team,single-grpo," + ",".join(UNTRAINED))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs of --output's results.json and run only the missing ones")
-    parser.add_argument("--rerun", default="", help="with --resume: systems whose earlier runs are run again "
-                        "(comma-separated, e.g. after a change to a set-up's prompt)")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs of --output's results.json and run only the missing ones"
+    )
+    parser.add_argument(
+        "--rerun",
+        default="",
+        help="with --resume: systems whose earlier runs are run again "
+        "(comma-separated, e.g. after a change to a set-up's prompt)",
+    )
     args = parser.parse_args()
 
     from magrpo.tasks import get_task
@@ -237,8 +331,11 @@ def main() -> None:
                 result = fn(task, args, seed, train_items, held_out, Path(run_dir))
             result.update(seed=seed, seconds=time.perf_counter() - t0)
             runs.setdefault(system, []).append(result)
-            print(f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
-                  f"{result['held_out']['reward']:.3f} ({result['seconds']:.0f} s)", flush=True)
+            print(
+                f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
+                f"{result['held_out']['reward']:.3f} ({result['seconds']:.0f} s)",
+                flush=True,
+            )
             gc.collect()
             write_outputs(args, task, runs, started)  # a study cut short keeps every finished run
     print((args.output / "results.md").read_text())
@@ -261,17 +358,25 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
     earlier = json.loads(path.read_text())
     now = recorded_args(args)
     # an argument the earlier sitting lacks came later: the earlier runs had its default behaviour
-    changed = {k: (earlier["args"][k], now[k]) for k in now
-               if k not in RESUMABLE_CHANGES and k in earlier["args"] and earlier["args"][k] != now[k]}
+    changed = {
+        k: (earlier["args"][k], now[k])
+        for k in now
+        if k not in RESUMABLE_CHANGES and k in earlier["args"] and earlier["args"][k] != now[k]
+    }
     if changed:
-        raise SystemExit(f"--resume: {path} was written with other settings (earlier, now): {changed}; "
-                         "resume it with the same settings, or give another --output")
+        raise SystemExit(
+            f"--resume: {path} was written with other settings (earlier, now): {changed}; "
+            "resume it with the same settings, or give another --output"
+        )
     rerun = set(filter(None, args.rerun.split(",")))
     unknown = rerun - set(earlier["runs"])
     if unknown:
         raise SystemExit(f"--rerun: {sorted(unknown)} not among the runs of {path}: {sorted(earlier['runs'])}")
-    kept = {system: [r for r in seeds if r["seed"] is None or r["seed"] < args.seeds]
-            for system, seeds in earlier["runs"].items() if system not in rerun}
+    kept = {
+        system: [r for r in seeds if r["seed"] is None or r["seed"] < args.seeds]
+        for system, seeds in earlier["runs"].items()
+        if system not in rerun
+    }
     return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
 
 
@@ -281,10 +386,18 @@ def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started:
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
     seconds = time.perf_counter() - started
-    (args.output / "results.json").write_text(json.dumps(
-        {"args": recorded_args(args),
-         "runs": runs, "summary": {s: {k: list(v) for k, v in row.items()} for s, row in table.items()},
-         "seconds": seconds}, indent=1, default=float))
+    (args.output / "results.json").write_text(
+        json.dumps(
+            {
+                "args": recorded_args(args),
+                "runs": runs,
+                "summary": {s: {k: list(v) for k, v in row.items()} for s, row in table.items()},
+                "seconds": seconds,
+            },
+            indent=1,
+            default=float,
+        )
+    )
     write_markdown(args.output / "results.md", table, runs, args, seconds)
     plot(args.output, runs, table)
 

@@ -14,8 +14,12 @@ import argparse
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer, MultiAgentEnv, StepResult, check_env
 
-ITEMS = [{"season": "winter", "must_pack": "coat"}, {"season": "summer", "must_pack": "hat"},
-         {"season": "spring", "must_pack": "umbrella"}, {"season": "autumn", "must_pack": "boots"}]
+ITEMS = [
+    {"season": "winter", "must_pack": "coat"},
+    {"season": "summer", "must_pack": "hat"},
+    {"season": "spring", "must_pack": "umbrella"},
+    {"season": "autumn", "must_pack": "boots"},
+]
 
 
 class TripEnv(MultiAgentEnv):
@@ -47,7 +51,9 @@ class TripEnv(MultiAgentEnv):
             "agent_1": ("Good." if packs_it else f"The list must include a {self.item['must_pack']}.")
             + ("" if short else " Keep it under 30 words."),
         }
-        observations = {a: f"Your last answer: {actions[a]}\nFeedback: {notes[a]}\nWrite your improved answer." for a in actions}
+        observations = {
+            a: f"Your last answer: {actions[a]}\nFeedback: {notes[a]}\nWrite your improved answer." for a in actions
+        }
         return StepResult(
             observations,
             {a: reward for a in actions},  # one joint reward, received by every agent
@@ -72,9 +78,17 @@ def main() -> None:
         env_factory=lambda item: TripEnv(item, turns),
         train_dataset=ITEMS,
         eval_dataset=ITEMS[:2],
-        args=MAGRPOConfig(num_generations=args.num_generations, num_turns=turns, discount=0.9, max_steps=args.steps,
-                          max_new_tokens=args.max_new_tokens, learning_rate=1e-5, output_dir=args.output_dir,
-                          save_steps=0, save_minutes=0),
+        args=MAGRPOConfig(
+            num_generations=args.num_generations,
+            num_turns=turns,
+            discount=0.9,
+            max_steps=args.steps,
+            max_new_tokens=args.max_new_tokens,
+            learning_rate=1e-5,
+            output_dir=args.output_dir,
+            save_steps=0,
+            save_minutes=0,
+        ),
     )
     print(f"each step: {trainer.args.plan().describe()}")
     before = trainer.evaluate()

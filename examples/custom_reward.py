@@ -52,8 +52,15 @@ def main() -> None:
             lambda x: f"Write a short, catchy title for a recipe of {x['dish']}. Reply with the title only.",
             lambda x: f"Ingredients: {x['ingredients']}. Write the first step of the recipe in one sentence.",
         ],
-        args=MAGRPOConfig(num_generations=args.num_generations, max_steps=args.steps, max_new_tokens=args.max_new_tokens,
-                          learning_rate=1e-5, output_dir=args.output_dir, save_steps=0, save_minutes=0),
+        args=MAGRPOConfig(
+            num_generations=args.num_generations,
+            max_steps=args.steps,
+            max_new_tokens=args.max_new_tokens,
+            learning_rate=1e-5,
+            output_dir=args.output_dir,
+            save_steps=0,
+            save_minutes=0,
+        ),
     )
     before = trainer.evaluate()
     trainer.train()

@@ -32,15 +32,29 @@ def main() -> None:
     items = task.load_split("eval")[: args.items]
     max_new_tokens = args.max_new_tokens or task.config_overrides.get("max_new_tokens", 128)
     team = build_agents([str(args.checkpoint / f"agent_{i}") for i in range(task.num_agents)])
-    trainer = MAGRPOTrainer(agents=team, scorer=task.scorer, formatters=task.formatters, eval_dataset=items,
-                            args=MAGRPOConfig(num_agents=task.num_agents, max_new_tokens=max_new_tokens))
+    trainer = MAGRPOTrainer(
+        agents=team,
+        scorer=task.scorer,
+        formatters=task.formatters,
+        eval_dataset=items,
+        args=MAGRPOConfig(num_agents=task.num_agents, max_new_tokens=max_new_tokens),
+    )
     team_figures = trainer.evaluate()
     single_agents = build_agents([args.single_model]) if args.single_model else team[:1]
     single_figures = evaluate_setup(
-        "single", single_agents, items, formatters=task.formatters, scorer=task.scorer, max_new_tokens=max_new_tokens,
-        single_formatter=task.single_agent_formatter, split_single=task.split_single_answer,
+        "single",
+        single_agents,
+        items,
+        formatters=task.formatters,
+        scorer=task.scorer,
+        max_new_tokens=max_new_tokens,
+        single_formatter=task.single_agent_formatter,
+        split_single=task.split_single_answer,
     )
-    team_figures, single_figures = task.with_normalised_return(team_figures), task.with_normalised_return(single_figures)
+    team_figures, single_figures = (
+        task.with_normalised_return(team_figures),
+        task.with_normalised_return(single_figures),
+    )
     print(f"{'figure':<24}{'team':>10}{'single':>10}")
     for key in team_figures:
         if key in single_figures:

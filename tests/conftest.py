@@ -103,7 +103,9 @@ def tiny_agents(tiny_tokenizer):
     from magrpo.models import build_agents
 
     tok = tiny_tokenizer
-    return build_agents([(make_tiny_model(len(tok), seed=1), tok), (make_tiny_model(len(tok), seed=2), tok)], device="cpu")
+    return build_agents(
+        [(make_tiny_model(len(tok), seed=1), tok), (make_tiny_model(len(tok), seed=2), tok)], device="cpu"
+    )
 
 
 @pytest.fixture

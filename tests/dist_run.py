@@ -34,17 +34,32 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
     if variant == "lora":
         agents = build_agents([(make_tiny_model(len(tok), seed=3), tok)] * 2, device="cpu", use_lora=True, lora_r=4)
     elif variant == "lora-own":
-        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (3, 4)], device="cpu", use_lora=True,
-                              lora_r=4)
+        agents = build_agents(
+            [(make_tiny_model(len(tok), seed=s), tok) for s in (3, 4)], device="cpu", use_lora=True, lora_r=4
+        )
     else:
         agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
     args = MAGRPOConfig(
-        num_generations=2 if variant == "cross" else 4, batch_size=batch, max_new_tokens=4, max_steps=steps,
-        learning_rate=1e-2, seed=5, joint_mode="cross" if variant == "cross" else "aligned", save_steps=1,
-        save_total_limit=None, output_dir=out_dir, log_samples_steps=0, data_parallel=data_parallel,
+        num_generations=2 if variant == "cross" else 4,
+        batch_size=batch,
+        max_new_tokens=4,
+        max_steps=steps,
+        learning_rate=1e-2,
+        seed=5,
+        joint_mode="cross" if variant == "cross" else "aligned",
+        save_steps=1,
+        save_total_limit=None,
+        output_dir=out_dir,
+        log_samples_steps=0,
+        data_parallel=data_parallel,
     )
-    return MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=ITEMS,
-                         formatters=[lambda x: x["q"], lambda x: x["q"] + " c"], args=args)
+    return MAGRPOTrainer(
+        agents=agents,
+        reward_func=reward,
+        train_dataset=ITEMS,
+        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
+        args=args,
+    )
 
 
 if __name__ == "__main__":
@@ -54,10 +69,16 @@ if __name__ == "__main__":
     # what this rank holds of the trainable weights and their AdamW moments, against the whole
     local = sum(_local(p).numel() for agent in trainer.agents for p in agent.trainable_parameters())
     whole = sum(p.numel() for agent in trainer.agents for p in agent.trainable_parameters())
-    moments = sum(_local(v).numel() for opt in trainer.optimizers for s in opt.state.values() for k, v in s.items()
-                  if k in ("exp_avg", "exp_avg_sq"))
-    Path(out, f"held-by-rank-{distributed.rank()}.json").write_text(json.dumps({"local": local, "whole": whole,
-                                                                                "moments": moments}))
+    moments = sum(
+        _local(v).numel()
+        for opt in trainer.optimizers
+        for s in opt.state.values()
+        for k, v in s.items()
+        if k in ("exp_avg", "exp_avg_sq")
+    )
+    Path(out, f"held-by-rank-{distributed.rank()}.json").write_text(
+        json.dumps({"local": local, "whole": whole, "moments": moments})
+    )
     figures = trainer.evaluate(ITEMS[:5])  # every rank answers its share (3 + 2 items on 2 ranks)
     if distributed.is_main():
         (Path(out) / "eval.json").write_text(json.dumps(figures))

@@ -32,13 +32,17 @@ def test_equal_rewards_give_zero_advantage_not_nan(scaling):
 def test_the_reinforce_baselines_give_their_exact_advantages():
     rewards = torch.tensor([1.0, 2.0, 3.0, 6.0])
     # RLOO: R^g minus the mean of the other three
-    assert group_advantages(rewards, baseline="loo").tolist() == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 3.0, 6 - 2.0], abs=1e-12)
+    assert group_advantages(rewards, baseline="loo").tolist() == pytest.approx(
+        [1 - 11 / 3, 2 - 10 / 3, 3 - 3.0, 6 - 2.0], abs=1e-12
+    )
     assert group_advantages(rewards, baseline="max").tolist() == [-5.0, -4.0, -3.0, 0.0]
     assert group_advantages(rewards, baseline="none").tolist() == [1.0, 2.0, 3.0, 6.0]
     # RLOO is the mean baseline scaled by G / (G - 1)
     assert group_advantages(rewards, baseline="loo") == pytest.approx(group_advantages(rewards) * 4 / 3, abs=1e-12)
     std = math.sqrt(14 / 3)
-    assert group_advantages(rewards, "std", baseline="max").tolist() == pytest.approx([-5 / std, -4 / std, -3 / std, 0.0])
+    assert group_advantages(rewards, "std", baseline="max").tolist() == pytest.approx(
+        [-5 / std, -4 / std, -3 / std, 0.0]
+    )
     # under std scaling the four still differ: shifts and scales of each other, not one update
     variants = {b: tuple(group_advantages(rewards, "std", baseline=b).tolist()) for b in ("mean", "loo", "max", "none")}
     assert len(set(variants.values())) == 4
@@ -48,7 +52,9 @@ def test_the_reinforce_baselines_give_their_exact_advantages():
         assert torch.equal(group_advantages(flat, baseline=b), torch.zeros(4, dtype=torch.float64))
     assert torch.equal(group_advantages(flat, baseline="none"), flat)
     assert torch.equal(group_advantages(flat, "std", baseline="none"), torch.zeros(4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="advantage_baseline='median' is not valid; choose one of 'mean', 'loo', 'max', 'none'"):
+    with pytest.raises(
+        ValueError, match="advantage_baseline='median' is not valid; choose one of 'mean', 'loo', 'max', 'none'"
+    ):
         group_advantages(rewards, baseline="median")
 
 
@@ -59,7 +65,12 @@ def test_the_trainer_takes_the_baseline_from_the_config():
     with pytest.raises(ConfigError, match="advantage_baseline='best' is not valid"):
         MAGRPOConfig(advantage_baseline="best")
     returns = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
-    assert agent_advantages(returns, agent=1, num_agents=2, joint_mode="aligned", baseline="max").tolist() == [-5.0, -4.0, -3.0, 0.0]
+    assert agent_advantages(returns, agent=1, num_agents=2, joint_mode="aligned", baseline="max").tolist() == [
+        -5.0,
+        -4.0,
+        -3.0,
+        0.0,
+    ]
 
 
 def test_group_of_one_is_refused():
@@ -91,7 +102,12 @@ def test_agent_advantages_cross_mode_centres_each_agents_completion_returns():
 def test_agent_advantages_aligned_mode_is_shared_by_all_agents():
     rewards = torch.tensor([[0.0, 4.0], [1.0, 1.0]])
     for agent in (0, 1):
-        assert agent_advantages(rewards, agent=agent, num_agents=2, joint_mode="aligned").tolist() == [-2.0, 2.0, 0.0, 0.0]
+        assert agent_advantages(rewards, agent=agent, num_agents=2, joint_mode="aligned").tolist() == [
+            -2.0,
+            2.0,
+            0.0,
+            0.0,
+        ]
 
 
 def test_tree_returns_discount_the_mean_of_children():

@@ -24,9 +24,14 @@ TIMING = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "
 
 
 def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.tiny_run", str(out), variant, *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.tiny_run", str(out), variant, *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -52,7 +57,11 @@ def state_of(run_dir: Path) -> dict:
             weights.update({f"{agent}/{k}": v for k, v in load_file(shard).items()})
         optim[agent] = torch.load(last / agent / "optimizer.pt", weights_only=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"weights": weights, "optim": optim, "metrics": [{k: v for k, v in r.items() if k not in TIMING} for r in rows]}
+    return {
+        "weights": weights,
+        "optim": optim,
+        "metrics": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+    }
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -93,7 +102,9 @@ def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
     step = len((stopped / "metrics.jsonl").read_text().splitlines())
-    assert f"stopped after step {step}" in out and f"resume with: python -m tests.tiny_run {stopped} full --resume" in out
+    assert (
+        f"stopped after step {step}" in out and f"resume with: python -m tests.tiny_run {stopped} full --resume" in out
+    )
     verify_checkpoint(stopped / "checkpoints" / f"step-{step}")
     assert not any(p.name.endswith("-interrupted") for p in (stopped / "checkpoints").iterdir())
     finish(run(stopped, "full", "--resume"))
@@ -162,7 +173,9 @@ def test_a_resume_that_would_change_the_maths_is_refused_naming_the_fields(finis
     shutil.copytree(finished_run, run_dir)
     trainer = build(str(run_dir), "full")
     trainer.args.learning_rate, trainer.args.max_steps, trainer.args.num_generations = 0.5, 8, 4
-    with pytest.raises(ConfigError, match=r"with a different learning_rate \(learning_rate: 0.01 in the checkpoint, 0.5 now\)"):
+    with pytest.raises(
+        ConfigError, match=r"with a different learning_rate \(learning_rate: 0.01 in the checkpoint, 0.5 now\)"
+    ):
         trainer.train(progress=False, resume_from_checkpoint=True)
     # a checkpoint written before a field existed ran at that field's default
     import yaml
@@ -178,7 +191,9 @@ def test_a_resume_that_would_change_the_maths_is_refused_naming_the_fields(finis
     trainer.args.learning_rate = 1e-2  # more steps are fine: the run goes on from step 6
     history = trainer.train(progress=False, resume_from_checkpoint=True)
     assert [h["step"] for h in history] == list(range(1, 9))
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 9)
+    )
 
 
 def test_only_the_newest_checkpoints_are_kept(finished_run, tmp_path):
@@ -227,9 +242,21 @@ def test_no_resumable_checkpoint_when_both_save_intervals_are_zero(tiny_agents, 
     from magrpo import MAGRPOTrainer
     from tests.conftest import letter_count_reward
 
-    args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=2, save_steps=0, save_minutes=0,
-                        output_dir=str(tmp_path), log_samples_steps=0)
-    MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
-                  formatters=[lambda x: x["q"]] * 2, args=args).train(progress=False)
+    args = MAGRPOConfig(
+        num_generations=2,
+        max_new_tokens=2,
+        max_steps=2,
+        save_steps=0,
+        save_minutes=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
+    MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    ).train(progress=False)
     assert not (tmp_path / "checkpoints").exists()
     assert {"agent_0", "agent_1"} <= {p.name for p in (tmp_path / "final").iterdir()}

@@ -22,12 +22,27 @@ def test_check_choice_names_the_value_and_the_choices():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: group_advantages(torch.zeros(2), "rank"), f"advantage_scaling='rank' is not valid; choose one of {', '.join(map(repr, ADVANTAGE_SCALINGS))}"),
-        (lambda: agent_advantages(torch.zeros(1, 2), agent=0, num_agents=2, joint_mode="diagonal"), "joint_mode='diagonal'"),
-        (lambda: loss_normaliser(torch.ones(2, 2, dtype=torch.bool), "mean"), f"choose one of {', '.join(map(repr, LOSS_AGGREGATIONS))}"),
+        (
+            lambda: group_advantages(torch.zeros(2), "rank"),
+            f"advantage_scaling='rank' is not valid; choose one of {', '.join(map(repr, ADVANTAGE_SCALINGS))}",
+        ),
+        (
+            lambda: agent_advantages(torch.zeros(1, 2), agent=0, num_agents=2, joint_mode="diagonal"),
+            "joint_mode='diagonal'",
+        ),
+        (
+            lambda: loss_normaliser(torch.ones(2, 2, dtype=torch.bool), "mean"),
+            f"choose one of {', '.join(map(repr, LOSS_AGGREGATIONS))}",
+        ),
         (lambda: joint_action_indices("diagonal", 2, 2), "joint_mode='diagonal'"),
-        (lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="vllm"), "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'"),
-        (lambda: MAGRPOConfig(rollout_backend="vllm"), "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'"),
+        (
+            lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="vllm"),
+            "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'",
+        ),
+        (
+            lambda: MAGRPOConfig(rollout_backend="vllm"),
+            "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'",
+        ),
     ],
 )
 def test_functions_and_config_refuse_the_same_way(call, message):

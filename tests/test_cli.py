@@ -31,7 +31,10 @@ def test_help_lists_the_tasks():
 def test_unknown_model_path_names_the_value_and_the_choices():
     code, out = run_cli("train", "--model", "./no/such/model/dir", "--steps", "1")
     assert code == 2
-    assert "model './no/such/model/dir' is not a known name ('default', 'qwen2.5-coder-0.5b'), an existing directory" in out
+    assert (
+        "model './no/such/model/dir' is not a known name ('default', 'qwen2.5-coder-0.5b'), an existing directory"
+        in out
+    )
 
 
 def test_unknown_task_names_the_choices():
@@ -89,15 +92,42 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, COLUMNS="200")
     out = subprocess.run(
-        [str(exe), "train", "--task", "coding", "--steps", "1", "-G", "2", "--max-new-tokens", "12",
-         "--eval-items", "1", "--output-dir", str(run_dir), "--no-progress"],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            str(exe),
+            "train",
+            "--task",
+            "coding",
+            "--steps",
+            "1",
+            "-G",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--eval-items",
+            "1",
+            "--output-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "held-out results" in out.stdout and "pass@1" in out.stdout
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["step"] == 1
-    for key in ("reward_mean", "reward_std", "reward_min", "reward_max", "agent_0/loss", "agent_1/loss", "tokens_generated", "seconds"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "reward_min",
+        "reward_max",
+        "agent_0/loss",
+        "agent_1/loss",
+        "tokens_generated",
+        "seconds",
+    ):
         assert key in metrics[0]
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and len(samples[0]["completions"]) == 2
@@ -114,7 +144,10 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     run_dir = moved
     out = subprocess.run(  # one more step, from the run's own task, models and config
         [str(exe), "train", "--resume", str(run_dir / "checkpoints" / "step-1"), "--steps", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resumed from {run_dir / 'checkpoints' / 'step-1'} at step 1" in out.stdout
@@ -123,9 +156,24 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
 
     out = subprocess.run(
-        [str(exe), "eval", "--task", "coding", "--checkpoint", str(run_dir / "final"), "--eval-items", "1",
-         "--max-new-tokens", "12", "--output", str(tmp_path / "e.json")],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            str(exe),
+            "eval",
+            "--task",
+            "coding",
+            "--checkpoint",
+            str(run_dir / "final"),
+            "--eval-items",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--output",
+            str(tmp_path / "e.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     figures = json.loads((tmp_path / "e.json").read_text())
@@ -135,17 +183,47 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_own_articles_without_references_train_with_a_held_out_fraction_of_one_split(tmp_path):
     exe = Path(sys.executable).with_name("magrpo")
-    articles = [{"article": f"Article {i}. The city council met on Monday and agreed on a new park budget. "
-                 "Residents asked for more trees and a playground."} for i in range(4)]
+    articles = [
+        {
+            "article": f"Article {i}. The city council met on Monday and agreed on a new park budget. "
+            "Residents asked for more trees and a playground."
+        }
+        for i in range(4)
+    ]
     data = tmp_path / "news.json"
     data.write_text(json.dumps({"train": articles, "test": articles[:1]}))
     env = dict(os.environ, COLUMNS="200")
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [str(exe), "train", "--task", "summarize", "--data", str(data), "--data-split", "train", "--columns",
-         "source=article", "--eval-fraction", "0.5", "--steps", "1", "-G", "2", "--max-new-tokens", "8",
-         "--eval-items", "1", "--output-dir", str(run_dir), "--no-progress"],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            str(exe),
+            "train",
+            "--task",
+            "summarize",
+            "--data",
+            str(data),
+            "--data-split",
+            "train",
+            "--columns",
+            "source=article",
+            "--eval-fraction",
+            "0.5",
+            "--steps",
+            "1",
+            "-G",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-items",
+            "1",
+            "--output-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = " ".join(out.stdout.split())
@@ -158,9 +236,26 @@ def test_own_articles_without_references_train_with_a_held_out_fraction_of_one_s
     assert before["items"] == 1.0 and "reward" in before and "rouge1" not in before
 
     out = subprocess.run(  # 0 held-out items means none, in eval as in train
-        [str(exe), "eval", "--task", "summarize", "--data", str(data), "--data-split", "test", "--columns",
-         "source=article", "--eval-items", "0", "--latency-items", "0"],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            str(exe),
+            "eval",
+            "--task",
+            "summarize",
+            "--data",
+            str(data),
+            "--data-split",
+            "test",
+            "--columns",
+            "source=article",
+            "--eval-items",
+            "0",
+            "--latency-items",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "no held-out items evaluated (--eval-items 0)" in out.stdout

@@ -91,5 +91,7 @@ def test_data_parallel_is_checked_with_what_sharding_excludes():
         MAGRPOConfig(data_parallel="fsdp")
     with pytest.raises(ConfigError, match=r"data_parallel='shard' .* agent_devices=\['cpu', 'cpu'\]"):
         MAGRPOConfig(data_parallel="shard", agent_devices=["cpu", "cpu"])
-    with pytest.raises(ConfigError, match="data_parallel='shard' .* rollout_dtype='bfloat16' .* use rollout_dtype='same'"):
+    with pytest.raises(
+        ConfigError, match="data_parallel='shard' .* rollout_dtype='bfloat16' .* use rollout_dtype='same'"
+    ):
         MAGRPOConfig(data_parallel="shard", rollout_dtype="bfloat16")

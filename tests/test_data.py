@@ -140,7 +140,9 @@ def test_missing_required_column_names_it_and_the_available_ones(tmp_path):
 
 def test_mapped_column_absent_names_both(tmp_path):
     path = write(tmp_path / "d.csv", "csv")
-    with pytest.raises(DataError, match=r"no column 'text' \(mapped to 'source'\); available columns: article, summary, id"):
+    with pytest.raises(
+        DataError, match=r"no column 'text' \(mapped to 'source'\); available columns: article, summary, id"
+    ):
         load_items(path, column_map={"source": "text"})
 
 

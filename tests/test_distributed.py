@@ -71,8 +71,21 @@ def one_rank(out: Path, variant: str, steps: int = 3) -> subprocess.Popen:
 
 
 def two_ranks(out: Path, variant: str, steps: int = 3, *extra: str) -> subprocess.Popen:
-    return run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "tests.dist_run", str(out), variant, "1",
-                str(steps), *extra])
+    return run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "tests.dist_run",
+            str(out),
+            variant,
+            "1",
+            str(steps),
+            *extra,
+        ]
+    )
 
 
 def assert_same_training(single: Path, parallel: Path) -> None:
@@ -146,9 +159,29 @@ def test_a_sharded_run_resumes_exactly_and_its_checkpoints_resume_replicated(tmp
 def test_two_nodes_on_loopback_train_and_checkpoint(tmp_path):
     port = free_port()
     nodes = [
-        run([*TORCHRUN, "--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback", "-m", "tests.dist_run", str(tmp_path / "run"),
-             "aligned", "1", "3"])
+        run(
+            [
+                *TORCHRUN,
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(r),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "loopback",
+                "-m",
+                "tests.dist_run",
+                str(tmp_path / "run"),
+                "aligned",
+                "1",
+                "3",
+            ]
+        )
         for r in (0, 1)
     ]
     single = one_rank(tmp_path / "one", "aligned")
@@ -167,7 +200,9 @@ def test_a_data_parallel_run_resumes_exactly(tmp_path):
 
 
 def test_without_torchrun_every_collective_is_the_identity():
-    assert not distributed.active() and distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert (
+        not distributed.active() and distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    )
     assert distributed.sum_float(2.5) == 2.5 and distributed.any_rank(True) and not distributed.any_rank(False)
     assert [t.tolist() for t in distributed.gather_tensors(torch.tensor([1.0, 2.0]))] == [[1.0, 2.0]]
     assert distributed.rank_device("auto") == "auto"
@@ -179,9 +214,29 @@ def test_without_torchrun_every_collective_is_the_identity():
 def test_the_cli_launches_torchrun_for_nproc(tmp_path):
     exe = Path(sys.executable).with_name("magrpo")
     out = subprocess.run(
-        [str(exe), "train", "--task", "coding", "--nproc", "2", "--steps", "1", "-G", "2", "--max-new-tokens", "8",
-         "--eval-items", "0", "--output-dir", str(tmp_path / "run"), "--no-progress"],
-        capture_output=True, text=True, timeout=900, env={**ENV, "COLUMNS": "200"},
+        [
+            str(exe),
+            "train",
+            "--task",
+            "coding",
+            "--nproc",
+            "2",
+            "--steps",
+            "1",
+            "-G",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-items",
+            "0",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**ENV, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "torch.distributed.run --standalone --nproc-per-node 2 -m magrpo.cli train" in out.stdout
@@ -197,7 +252,9 @@ def test_sharding_refuses_agents_that_share_one_model(tiny_tokenizer):
     from tests.conftest import make_tiny_model
 
     tok = tiny_tokenizer
-    own = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu", use_lora=True, lora_r=2)
+    own = build_agents(
+        [(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu", use_lora=True, lora_r=2
+    )
     check_shardable(own)  # each agent its own model: fine
     shared = build_agents([(make_tiny_model(len(tok), seed=1), tok)] * 2, device="cpu", use_lora=True, lora_r=2)
     with pytest.raises(ConfigError, match="'agent_0' and 'agent_1' share one .* load the model once per agent"):

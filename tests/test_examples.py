@@ -16,8 +16,14 @@ pytestmark = pytest.mark.slow
 
 
 def run_example(name: str, *args: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=900,
-                         cwd=ROOT, env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -28,8 +34,17 @@ def test_every_example_has_a_test():
 
 
 def test_custom_reward_on_own_jsonl(tmp_path):
-    out = run_example("custom_reward.py", "--steps", "1", "--num-generations", "2", "--max-new-tokens", "12",
-                      "--output-dir", str(tmp_path / "run"))
+    out = run_example(
+        "custom_reward.py",
+        "--steps",
+        "1",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
     assert "held-out mean joint reward:" in out and "(max 3.0)" in out
     assert (tmp_path / "run" / "final" / "agent_1").is_dir() and (tmp_path / "run" / "metrics.jsonl").is_file()
 
@@ -53,8 +68,23 @@ def test_heterogeneous_team_then_its_checkpoint_against_the_single_model(tmp_pat
     (cache / "models" / BUNDLED_CACHE_NAME).symlink_to(bundled_model_dir())  # the bundled model, converted once
     env = {"MAGRPO_CACHE": str(cache)}
     run_dir = tmp_path / "run"
-    out = run_example("heterogeneous_team.py", "--models", "default", str(other), "--steps", "1", "--num-generations", "2",
-                      "--max-new-tokens", "8", "--eval-items", "1", "--output-dir", str(run_dir), env=env)
+    out = run_example(
+        "heterogeneous_team.py",
+        "--models",
+        "default",
+        str(other),
+        "--steps",
+        "1",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--eval-items",
+        "1",
+        "--output-dir",
+        str(run_dir),
+        env=env,
+    )
     assert "agent_0: LlamaForCausalLM" in out and "agent_1: PeftModelForCausalLM" in out
     assert "held-out reward:" in out and "held-out rougeL:" in out
     assert (run_dir / "final" / "agent_1" / "adapter_config.json").is_file()

@@ -21,7 +21,9 @@ def cuda_team(tokenizer, **kwargs):
 @pytest.mark.parametrize("backend", ["plain", "fast"])
 def test_both_samplers_run_on_cuda_with_per_agent_generators(tiny_tokenizer, backend):
     agents = cuda_team(tiny_tokenizer)
-    sample = make_sampler(num_generations=4, max_new_tokens=5, temperature=1.0, backend=backend, use_sampling_copy=False)
+    sample = make_sampler(
+        num_generations=4, max_new_tokens=5, temperature=1.0, backend=backend, use_sampling_copy=False
+    )
     for concurrent in (False, True):
         rollouts = sample_team(agents, [["q a", "b"], ["c", "q"]], sample, concurrent=concurrent)
         assert [r.completion_ids.device.type for r in rollouts] == ["cuda", "cuda"]
@@ -42,10 +44,21 @@ def test_the_fast_sampler_follows_the_softmax_on_cuda(tiny_tokenizer):
 def test_a_cuda_step_under_the_default_policy_learns(tiny_tokenizer, tmp_path):
     agents = cuda_team(tiny_tokenizer)
     before = [p.detach().clone() for p in agents[0].model.parameters()]
-    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
-                            formatters=[lambda x: x["q"]] * 2,
-                            args=MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=2, learning_rate=1e-5,
-                                              output_dir=str(tmp_path), save_steps=0, save_minutes=0))
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(
+            num_generations=4,
+            max_new_tokens=4,
+            max_steps=2,
+            learning_rate=1e-5,
+            output_dir=str(tmp_path),
+            save_steps=0,
+            save_minutes=0,
+        ),
+    )
     assert trainer.team.precision.autocast == torch.bfloat16 and trainer.team.precision.rollout_dtype == "bfloat16"
     assert all(a.model.dtype == torch.float32 and a.sampling_copy is not None for a in trainer.agents)
     history = trainer.train(progress=False)
@@ -56,11 +69,17 @@ def test_a_cuda_step_under_the_default_policy_learns(tiny_tokenizer, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_agent_placement_puts_each_agent_on_its_own_gpu(tiny_tokenizer, tmp_path):
-    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)],
-                          device=["cuda:0", "cuda:1"])
+    agents = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device=["cuda:0", "cuda:1"]
+    )
     assert [a.device for a in agents] == [torch.device("cuda", 0), torch.device("cuda", 1)]
-    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
-                            formatters=[lambda x: x["q"]] * 2,
-                            args=MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=1, output_dir=str(tmp_path),
-                                              save_steps=0, save_minutes=0))
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(
+            num_generations=4, max_new_tokens=4, max_steps=1, output_dir=str(tmp_path), save_steps=0, save_minutes=0
+        ),
+    )
     trainer.train(progress=False)

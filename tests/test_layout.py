@@ -49,7 +49,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -75,7 +75,10 @@ def test_no_import_cycle_between_modules():
 
 def test_the_models_package_imports_one_way():
     graph = import_graph()
-    assert graph["magrpo.models.store"] & {"magrpo.models.presets", "magrpo.models.loading", "magrpo.models.agent"} == set()
+    assert (
+        graph["magrpo.models.store"] & {"magrpo.models.presets", "magrpo.models.loading", "magrpo.models.agent"}
+        == set()
+    )
     assert "magrpo.models.loading" not in graph["magrpo.models.presets"]
     assert not any(m.startswith("magrpo.models.") for m in graph["magrpo.models.agent"])
 

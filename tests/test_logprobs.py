@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from magrpo.logprobs import completion_mask, completion_token_logprobs, selected_token_logprobs, shared_prompt_token_logprobs
+from magrpo.logprobs import (
+    completion_mask,
+    completion_token_logprobs,
+    selected_token_logprobs,
+    shared_prompt_token_logprobs,
+)
 from magrpo.sampling.fast import sample_fast
 
 from tests.conftest import PROMPTS, agent_for
@@ -91,12 +96,16 @@ def test_shared_prompt_scoring_matches_the_full_pass_in_value_and_gradient(tiny_
     params = [p for p in model.parameters()]
     args = (rollout.completion_ids[rows], mask[rows])
     full = completion_token_logprobs(model, rollout.prompt_ids[rows // G], rollout.prompt_mask[rows // G], *args)
-    shared = shared_prompt_token_logprobs(model, rollout.prompt_ids[prompts], rollout.prompt_mask[prompts], index, *args)
+    shared = shared_prompt_token_logprobs(
+        model, rollout.prompt_ids[prompts], rollout.prompt_mask[prompts], index, *args
+    )
     m = mask[rows]
     assert torch.allclose(shared[m], full[m], atol=1e-5)
     weights = torch.randn(m.shape)  # any linear loss, e.g. advantage-weighted
-    for got, ref in zip(torch.autograd.grad((shared * weights * m).sum(), params),
-                        torch.autograd.grad((full * weights * m).sum(), params)):
+    for got, ref in zip(
+        torch.autograd.grad((shared * weights * m).sum(), params),
+        torch.autograd.grad((full * weights * m).sum(), params),
+    ):
         assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
@@ -105,8 +114,14 @@ def test_scoring_mode_turns_dropout_off_keeps_checkpointing_and_restores_modes(t
     from magrpo.models import build_agents
     from tests.conftest import make_tiny_model
 
-    agent = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer)], device="cpu", use_lora=True,
-                         lora_r=4, lora_dropout=0.9, gradient_checkpointing=True)[0]
+    agent = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer)],
+        device="cpu",
+        use_lora=True,
+        lora_r=4,
+        lora_dropout=0.9,
+        gradient_checkpointing=True,
+    )[0]
     model = agent.model
     model.train()
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]

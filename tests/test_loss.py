@@ -66,5 +66,7 @@ def test_weighted_loss_gradient_is_each_token_weight_times_its_advantage():
     assert torch.equal(logprobs.grad, expected_grad)
     assert loss.item() == pytest.approx(-(1.5 * (2.0 * -1.0 + 0.5 * -2.0) - 2.0 * (-0.3 + 0.25 * -0.7 + 0.75 * -4.0)))
     # weights of 1 give back the plain on-policy loss, bit for bit
-    assert torch.equal(policy_gradient_loss_sum(logprobs, mask, advantages, torch.ones_like(weights)),
-                       policy_gradient_loss_sum(logprobs, mask, advantages))
+    assert torch.equal(
+        policy_gradient_loss_sum(logprobs, mask, advantages, torch.ones_like(weights)),
+        policy_gradient_loss_sum(logprobs, mask, advantages),
+    )

@@ -21,8 +21,20 @@ def study():
 
 
 def arguments(output: Path, **changes) -> argparse.Namespace:
-    values = dict(task="coding", model="default", seeds=3, steps=3, num_generations=4, lr=1e-4, expand_k=1, systems="team",
-                  device="auto", output=output, resume=True, rerun="")
+    values = dict(
+        task="coding",
+        model="default",
+        seeds=3,
+        steps=3,
+        num_generations=4,
+        lr=1e-4,
+        expand_k=1,
+        systems="team",
+        device="auto",
+        output=output,
+        resume=True,
+        rerun="",
+    )
     values.update(changes)
     return argparse.Namespace(**values)
 
@@ -35,10 +47,15 @@ def run(seed):
 def earlier(study, tmp_path):
     recorded = study.recorded_args(arguments(tmp_path / "old"))
     del recorded["expand_k"], recorded["rerun"]  # written before these options existed: their defaults held
-    (tmp_path / "results.json").write_text(json.dumps({
-        "args": recorded, "seconds": 120.0,
-        "runs": {"team": [run(0), run(1), run(2)], "single-grpo": [run(0)], "discussion": [run(None)]},
-    }))
+    (tmp_path / "results.json").write_text(
+        json.dumps(
+            {
+                "args": recorded,
+                "seconds": 120.0,
+                "runs": {"team": [run(0), run(1), run(2)], "single-grpo": [run(0)], "discussion": [run(None)]},
+            }
+        )
+    )
     return tmp_path
 
 
@@ -56,12 +73,16 @@ def test_fewer_seeds_keep_only_those_seeds_and_the_untrained_runs(study, earlier
 def test_rerun_drops_the_named_systems(study, earlier):
     runs, _ = study.finished_runs(arguments(earlier, rerun="discussion,single-grpo"))
     assert runs == {"team": [run(0), run(1), run(2)]}
-    with pytest.raises(SystemExit, match=r"--rerun: \['sequential'\] not among the runs of .*'discussion', 'single-grpo', 'team'"):
+    with pytest.raises(
+        SystemExit, match=r"--rerun: \['sequential'\] not among the runs of .*'discussion', 'single-grpo', 'team'"
+    ):
         study.finished_runs(arguments(earlier, rerun="sequential"))
 
 
 def test_settings_that_shape_the_figures_must_not_change(study, earlier):
-    with pytest.raises(SystemExit, match=r"other settings \(earlier, now\): \{'steps': \(3, 4\), 'lr': \(0.0001, 2e-05\)\}"):
+    with pytest.raises(
+        SystemExit, match=r"other settings \(earlier, now\): \{'steps': \(3, 4\), 'lr': \(0.0001, 2e-05\)\}"
+    ):
         study.finished_runs(arguments(earlier, steps=4, lr=2e-5))
 
 

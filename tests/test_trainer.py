@@ -62,13 +62,30 @@ def test_same_seed_same_run(tiny_tokenizer, tmp_path):
 
     runs = []
     for k in range(2):
-        agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
-        args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=3, learning_rate=3e-3, max_steps=3, seed=7,
-                            output_dir=str(tmp_path / str(k)), log_samples_steps=0)
-        trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"question": "q"}] * 3,
-                                formatters=[lambda item: item["question"]] * 2, args=args)
+        agents = build_agents(
+            [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
+        )
+        args = MAGRPOConfig(
+            num_generations=4,
+            batch_size=2,
+            max_new_tokens=3,
+            learning_rate=3e-3,
+            max_steps=3,
+            seed=7,
+            output_dir=str(tmp_path / str(k)),
+            log_samples_steps=0,
+        )
+        trainer = MAGRPOTrainer(
+            agents=agents,
+            reward_func=both_agents_right,
+            train_dataset=[{"question": "q"}] * 3,
+            formatters=[lambda item: item["question"]] * 2,
+            args=args,
+        )
         history = trainer.train(progress=False)
-        runs.append(([h["reward_mean"] for h in history], [p.detach().clone() for a in agents for p in a.model.parameters()]))
+        runs.append(
+            ([h["reward_mean"] for h in history], [p.detach().clone() for a in agents for p in a.model.parameters()])
+        )
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
@@ -83,10 +100,23 @@ def test_a_step_without_learning_signal_leaves_the_agents_as_they_were(tiny_agen
     def reward(*, completions, **kw):
         return letter_count_reward(completions=completions) if signal["on"] else [1.0] * len(completions)
 
-    args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=4, learning_rate=1e-2, max_steps=2, seed=0,
-                        output_dir=str(tmp_path), log_samples_steps=0)
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}] * 2,
-                            formatters=[lambda item: item["q"]] * 2, args=args)
+    args = MAGRPOConfig(
+        num_generations=4,
+        batch_size=2,
+        max_new_tokens=4,
+        learning_rate=1e-2,
+        max_steps=2,
+        seed=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=reward,
+        train_dataset=[{"q": "q"}] * 2,
+        formatters=[lambda item: item["q"]] * 2,
+        args=args,
+    )
     initial = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
     trainer.train_step(trainer.next_batch())
     after_signal = [p.detach().clone() for a in tiny_agents for p in a.model.parameters()]
@@ -118,14 +148,31 @@ class SecretEnv(MultiAgentEnv):
         hits = [actions[n].split()[:1] == [self.secret] for n in NAMES]
         reward = sum(hits) / len(hits)
         obs = {n: f"q {self.secret}" for n in NAMES}  # the feedback
-        return StepResult(obs, {n: reward for n in NAMES}, {n: False for n in NAMES}, {n: False for n in NAMES}, {n: {"reward": reward} for n in NAMES})
+        return StepResult(
+            obs,
+            {n: reward for n in NAMES},
+            {n: False for n in NAMES},
+            {n: False for n in NAMES},
+            {n: {"reward": reward} for n in NAMES},
+        )
 
 
 def test_second_turn_learns_to_use_the_feedback(tiny_agents, tmp_path):
-    args = MAGRPOConfig(num_generations=4, batch_size=6, max_new_tokens=2, learning_rate=3e-3, max_steps=60,
-                        num_turns=2, discount=0.5, output_dir=str(tmp_path), log_samples_steps=0)
+    args = MAGRPOConfig(
+        num_generations=4,
+        batch_size=6,
+        max_new_tokens=2,
+        learning_rate=3e-3,
+        max_steps=60,
+        num_turns=2,
+        discount=0.5,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
     items = [{"secret": s} for s in "abc"]
-    trainer = MAGRPOTrainer(agents=tiny_agents, env_factory=SecretEnv, train_dataset=items, eval_dataset=items, args=args)
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents, env_factory=SecretEnv, train_dataset=items, eval_dataset=items, args=args
+    )
     history = trainer.train(progress=False)
     first = sum(h["turn_2/reward_mean"] for h in history[:3]) / 3
     last = sum(h["turn_2/reward_mean"] for h in history[-5:]) / 5
@@ -153,7 +200,9 @@ def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents, backe
             agent.model.generate = recording_generate
     sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, top_p=1.0, backend=backend)
     torch.manual_seed(3)
-    turns = expand_tree(tiny_agents, [SecretEnv({"secret": "b"})], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2)
+    turns = expand_tree(
+        tiny_agents, [SecretEnv({"secret": "b"})], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2
+    )
     from magrpo.logprobs import completion_token_logprobs
 
     calls = iter(at_sampling)
@@ -161,13 +210,17 @@ def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents, backe
         for agent, rollout in zip(tiny_agents, turn.rollouts):
             if backend == "plain":
                 sequences, scores = next(calls)
-                assert torch.equal(rollout.completion_ids, sequences[:, rollout.prompt_ids.shape[1]:])
+                assert torch.equal(rollout.completion_ids, sequences[:, rollout.prompt_ids.shape[1] :])
                 sampled = scores.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
             else:
                 sampled = rollout.token_logprobs
             ours = completion_token_logprobs(
-                agent.model, rollout.prompt_ids.repeat_interleave(2, 0), rollout.prompt_mask.repeat_interleave(2, 0),
-                rollout.completion_ids, rollout.completion_mask, temperature=0.9,
+                agent.model,
+                rollout.prompt_ids.repeat_interleave(2, 0),
+                rollout.prompt_mask.repeat_interleave(2, 0),
+                rollout.completion_ids,
+                rollout.completion_mask,
+                temperature=0.9,
             )
             m = rollout.completion_mask
             assert torch.allclose(ours[m], sampled[m], atol=1e-5)
@@ -179,8 +232,13 @@ def test_more_than_one_turn_needs_feedback(tiny_agents):
     from magrpo import ConfigError
 
     with pytest.raises(ConfigError, match="num_turns=2 needs feedback between turns"):
-        MAGRPOTrainer(agents=tiny_agents, reward_func=lambda **k: [0.0], train_dataset=[{"q": "q"}],
-                      formatters=[str, str], args=MAGRPOConfig(num_turns=2))
+        MAGRPOTrainer(
+            agents=tiny_agents,
+            reward_func=lambda **k: [0.0],
+            train_dataset=[{"q": "q"}],
+            formatters=[str, str],
+            args=MAGRPOConfig(num_turns=2),
+        )
 
 
 def test_feedback_is_asked_only_for_branches_that_continue(tiny_agents, tmp_path):
@@ -193,9 +251,14 @@ def test_feedback_is_asked_only_for_branches_that_continue(tiny_agents, tmp_path
         return ("try again", "try again")
 
     args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path))
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [0.0] * len(completions),
-                            train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args,
-                            feedback=CallableFeedback(feedback))
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=lambda completions, **_: [0.0] * len(completions),
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+        feedback=CallableFeedback(feedback),
+    )
     trainer.train(progress=False)
     assert asked == [1, 1]  # the 2 joint actions of turn 1; none after the last turn
 
@@ -217,10 +280,17 @@ def test_feedback_is_not_asked_for_branches_that_best_k_or_an_early_stop_ends(ti
         asked.append(request.turn)
         return ("try again", "try again")
 
-    args = MAGRPOConfig(num_generations=4, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path), **config)
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=lambda completions, **_: [0.0] * len(completions),
-                            train_dataset=[{"q": "q"}], formatters=[lambda x: x["q"]] * 2, args=args,
-                            feedback=CallableFeedback(feedback))
+    args = MAGRPOConfig(
+        num_generations=4, max_new_tokens=2, max_steps=1, num_turns=2, output_dir=str(tmp_path), **config
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=lambda completions, **_: [0.0] * len(completions),
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+        feedback=CallableFeedback(feedback),
+    )
     trainer.train(progress=False)
     assert asked == expected
 
@@ -234,12 +304,28 @@ def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokeniz
 
     deltas = []
     for share in (True, False):
-        agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+        agents = build_agents(
+            [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
+        )
         initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
-        args = MAGRPOConfig(num_generations=4, batch_size=3, max_new_tokens=4, max_steps=1, seed=3, update_micro_batch_size=5,
-                            share_prompt_in_update=share, output_dir=str(tmp_path / str(share)), log_samples_steps=0)
-        trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
-                                formatters=[lambda item: item["q"]] * 2, args=args)
+        args = MAGRPOConfig(
+            num_generations=4,
+            batch_size=3,
+            max_new_tokens=4,
+            max_steps=1,
+            seed=3,
+            update_micro_batch_size=5,
+            share_prompt_in_update=share,
+            output_dir=str(tmp_path / str(share)),
+            log_samples_steps=0,
+        )
+        trainer = MAGRPOTrainer(
+            agents=agents,
+            reward_func=letter_count_reward,
+            train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
+            formatters=[lambda item: item["q"]] * 2,
+            args=args,
+        )
         trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
         metrics, _ = trainer.train_step(trainer.next_batch())
         assert metrics["reward_std"] > 0  # some rows carry advantage: there is a gradient to compare
@@ -253,8 +339,17 @@ PROMPTS = ["a b c", "q", "a a b b c c q q a"]
 
 
 def _bf16_config(tmp_path, **overrides) -> MAGRPOConfig:
-    values = dict(num_generations=4, batch_size=2, max_new_tokens=4, learning_rate=3e-3, max_steps=1, seed=0,
-                  output_dir=str(tmp_path), log_samples_steps=0, rollout_dtype="bfloat16")
+    values = dict(
+        num_generations=4,
+        batch_size=2,
+        max_new_tokens=4,
+        learning_rate=3e-3,
+        max_steps=1,
+        seed=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        rollout_dtype="bfloat16",
+    )
     values.update(overrides)
     return MAGRPOConfig(**values)
 
@@ -264,9 +359,16 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 
 def test_the_copy_is_the_training_weights_rounded_once_before_and_after_every_update(tiny_tokenizer, tmp_path):
-    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
-    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}] * 2,
-                            formatters=[lambda item: item["q"]] * 2, args=_bf16_config(tmp_path))
+    agents = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q"}] * 2,
+        formatters=[lambda item: item["q"]] * 2,
+        args=_bf16_config(tmp_path),
+    )
     before = [_params(a.model) for a in agents]
     for agent in agents:
         assert agent.sampling_copy is not None and agent.sampling_copy is not agent.model
@@ -281,14 +383,23 @@ def test_the_copy_is_the_training_weights_rounded_once_before_and_after_every_up
         assert moved  # the update changed the training weights ...
         for name, p in agent.sampling_copy.named_parameters():  # ... and the copy follows them
             assert torch.equal(p, agent.model.get_parameter(name).detach().to(torch.bfloat16)), name
-        assert 0.0 < metrics[f"{agent.name}/is_weight_mean"] and 0.0 <= metrics[f"{agent.name}/is_capped_fraction"] <= 1.0
+        assert (
+            0.0 < metrics[f"{agent.name}/is_weight_mean"] and 0.0 <= metrics[f"{agent.name}/is_capped_fraction"] <= 1.0
+        )
 
 
 def test_evaluation_decodes_with_the_training_weights_not_the_copy(tiny_tokenizer, tmp_path):
-    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
-    trainer = MAGRPOTrainer(agents=agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}] * 2,
-                            eval_dataset=[{"q": "q"}] * 2, formatters=[lambda item: item["q"]] * 2,
-                            args=_bf16_config(tmp_path))
+    agents = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=both_agents_right,
+        train_dataset=[{"q": "q"}] * 2,
+        eval_dataset=[{"q": "q"}] * 2,
+        formatters=[lambda item: item["q"]] * 2,
+        args=_bf16_config(tmp_path),
+    )
     exact = trainer.evaluate()
     # give agent 0's copy the weights of an unrelated model: whatever it samples shows whose they are
     stranger = make_tiny_model(len(tiny_tokenizer), seed=9).to(torch.bfloat16)
@@ -306,8 +417,13 @@ def test_evaluation_decodes_with_the_training_weights_not_the_copy(tiny_tokenize
 
 
 def test_no_copy_when_the_rollout_dtype_is_the_training_dtype(tiny_agents, tmp_path):
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=both_agents_right, train_dataset=[{"q": "q"}] * 2,
-                            formatters=[lambda item: item["q"]] * 2, args=_bf16_config(tmp_path, rollout_dtype="float32"))
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=both_agents_right,
+        train_dataset=[{"q": "q"}] * 2,
+        formatters=[lambda item: item["q"]] * 2,
+        args=_bf16_config(tmp_path, rollout_dtype="float32"),
+    )
     assert all(a.sampling_copy is None for a in trainer.agents)
     metrics, _ = trainer.train_step(trainer.next_batch())
     assert not any("is_weight" in k for k in metrics)  # exactly on-policy: no correction at all
@@ -361,8 +477,13 @@ def test_the_update_scores_the_sampled_policy_with_dropout_off(tiny_tokenizer, t
         if isinstance(module, torch.nn.Dropout):
             module.register_forward_pre_hook(lambda mod, args: seen.append((torch.is_grad_enabled(), mod.training)))
     args = MAGRPOConfig(num_generations=4, max_new_tokens=4, max_steps=1, output_dir=str(tmp_path), log_samples_steps=0)
-    trainer = MAGRPOTrainer(agents=agents, reward_func=letter_count_reward, train_dataset=[{"q": "q a"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     metrics, _ = trainer.train_step(trainer.next_batch())
     assert any(grad for grad, _ in seen) and metrics["agent_0/grad_norm"] > 0  # the update ran through them
     assert not any(training for _, training in seen)
@@ -415,17 +536,31 @@ def test_every_updated_row_carries_the_advantage_of_what_it_sampled(tiny_agents,
     from magrpo.feedback import CallableFeedback
 
     G = 4
-    args = MAGRPOConfig(num_generations=G, batch_size=2, max_new_tokens=6, max_steps=1, num_turns=num_turns,
-                        joint_mode=joint_mode, discount=0.5, output_dir=str(tmp_path), log_samples_steps=0)
+    args = MAGRPOConfig(
+        num_generations=G,
+        batch_size=2,
+        max_new_tokens=6,
+        max_steps=1,
+        num_turns=num_turns,
+        joint_mode=joint_mode,
+        discount=0.5,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
     feedback = CallableFeedback(lambda request: ("again", "again")) if num_turns > 1 else None
     trainer = MAGRPOTrainer(
-        agents=tiny_agents, reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
-        train_dataset=[{"q": "q a"}, {"q": "b"}], formatters=[lambda x: x["q"], lambda x: x["q"] + " c"], args=args,
+        agents=tiny_agents,
+        reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
+        train_dataset=[{"q": "q a"}, {"q": "b"}],
+        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
+        args=args,
         feedback=feedback,
     )
     captured = []
     update = trainer.update_agent
-    trainer.update_agent = lambda index, rollouts, advantages: captured.append((index, rollouts, advantages)) or update(index, rollouts, advantages)
+    trainer.update_agent = lambda index, rollouts, advantages: (
+        captured.append((index, rollouts, advantages)) or update(index, rollouts, advantages)
+    )
     trainer.train_step(trainer.next_batch())
     assert [c[0] for c in captured] == [0, 1] and len(captured[0][1]) == num_turns
     if num_turns > 1:  # full expansion: node k of turn 2 continues row k of turn 1, with that row's answers
@@ -448,14 +583,29 @@ def test_the_trainer_gives_a_branch_solved_at_the_first_turn_its_absorbing_retur
     def reward(*, completions, **_):
         return [5.5, 2.0, 2.0, 2.0] if len(completions) == 4 else [5.5] * len(completions)
 
-    args = MAGRPOConfig(num_generations=4, max_new_tokens=2, max_steps=1, num_turns=2, discount=0.9,
-                        early_stop_reward=5.5, output_dir=str(tmp_path), log_samples_steps=0)
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=reward, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args,
-                            feedback=CallableFeedback(lambda request: ("again", "again")))
+    args = MAGRPOConfig(
+        num_generations=4,
+        max_new_tokens=2,
+        max_steps=1,
+        num_turns=2,
+        discount=0.9,
+        early_stop_reward=5.5,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=reward,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+        feedback=CallableFeedback(lambda request: ("again", "again")),
+    )
     captured = []
     update = trainer.update_agent
-    trainer.update_agent = lambda index, rollouts, advantages: captured.append(advantages) or update(index, rollouts, advantages)
+    trainer.update_agent = lambda index, rollouts, advantages: (
+        captured.append(advantages) or update(index, rollouts, advantages)
+    )
     trainer.train_step(trainer.next_batch())
     for advantages in captured:  # agent 0, agent 1
         assert advantages[0].tolist() == pytest.approx([2.625, -0.875, -0.875, -0.875], abs=1e-6)
@@ -464,11 +614,18 @@ def test_the_trainer_gives_a_branch_solved_at_the_first_turn_its_absorbing_retur
 
 def test_a_step_logs_the_mean_of_every_figure_the_scorer_reports(tiny_agents, tmp_path):
     def scorer(*, completions, **_):
-        return [{"reward": float(len(a)), "words": float(len(b.split())), "label": "not a figure"} for a, b in completions]
+        return [
+            {"reward": float(len(a)), "words": float(len(b.split())), "label": "not a figure"} for a, b in completions
+        ]
 
     args = MAGRPOConfig(num_generations=4, batch_size=2, max_new_tokens=3, max_steps=1, output_dir=str(tmp_path))
-    trainer = MAGRPOTrainer(agents=tiny_agents, scorer=scorer, train_dataset=[{"q": "q"}, {"q": "a b"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        scorer=scorer,
+        train_dataset=[{"q": "q"}, {"q": "a b"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     metrics, samples = trainer.train_step(trainer.next_batch())
     assert metrics["figures/words"] == pytest.approx(sum(len(s["completions"][1].split()) for s in samples) / 8)
     assert metrics["figures/reward"] == pytest.approx(metrics["reward_mean"])
@@ -480,10 +637,24 @@ def _changed_fraction(tokenizer, tmp_path, **config):
     model = make_tiny_model(len(tokenizer), seed=6).to(config.pop("weights", torch.float32))
     agents = build_agents([(model, tokenizer)], device="cpu")
     before = {n: p.detach().clone() for n, p in agents[0].model.named_parameters() if ".layers." in n}
-    args = MAGRPOConfig(num_agents=1, num_generations=8, max_new_tokens=4, max_steps=1, learning_rate=1e-5,
-                        output_dir=str(tmp_path), save_steps=0, save_minutes=0, **config)
-    trainer = MAGRPOTrainer(agents=agents, reward_func=lambda completions, **_: [float(len(c[0])) for c in completions],
-                            train_dataset=[{"q": "q a"}], formatters=[lambda x: x["q"]], args=args)
+    args = MAGRPOConfig(
+        num_agents=1,
+        num_generations=8,
+        max_new_tokens=4,
+        max_steps=1,
+        learning_rate=1e-5,
+        output_dir=str(tmp_path),
+        save_steps=0,
+        save_minutes=0,
+        **config,
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=lambda completions, **_: [float(len(c[0])) for c in completions],
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"]],
+        args=args,
+    )
     trainer.train(progress=False)
     params = dict(agents[0].model.named_parameters())
     changed = sum(int((params[n] != b).sum()) for n, b in before.items())
@@ -493,17 +664,28 @@ def _changed_fraction(tokenizer, tmp_path, **config):
 def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_updates_away(tiny_tokenizer, tmp_path):
     mixed, trainer = _changed_fraction(tiny_tokenizer, tmp_path / "mixed", autocast="bfloat16")
     assert trainer.team.precision.autocast == torch.bfloat16 and trainer.agents[0].model.dtype == torch.float32
-    with pytest.warns(UserWarning, match=r"the trainable weights are bfloat16: AdamW updates smaller than a weight's rounding step"):
+    with pytest.warns(
+        UserWarning, match=r"the trainable weights are bfloat16: AdamW updates smaller than a weight's rounding step"
+    ):
         pure, _ = _changed_fraction(tiny_tokenizer, tmp_path / "pure", weights=torch.bfloat16, autocast="no")
     print(f"weights changed by one lr 1e-5 step: float32 + bf16 autocast {mixed:.3f}, pure bf16 {pure:.3f}")
     assert mixed > 0.95 and pure < 0.3
 
 
 def test_the_default_precision_policy_is_exact_float32_on_cpu(tiny_agents, tmp_path):
-    trainer = MAGRPOTrainer(agents=tiny_agents, reward_func=letter_count_reward, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=MAGRPOConfig(output_dir=str(tmp_path)))
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(output_dir=str(tmp_path)),
+    )
     assert (trainer.args.dtype, trainer.args.autocast, trainer.args.rollout_dtype) == ("auto", "auto", "auto")
-    assert trainer.team.precision.autocast is None and trainer.team.precision.rollout_dtype == "same"  # CUDA: bfloat16 and bfloat16
+    assert (
+        trainer.team.precision.autocast is None and trainer.team.precision.rollout_dtype == "same"
+    )  # CUDA: bfloat16 and bfloat16
     assert all(a.sampling_copy is None and a.model.dtype == torch.float32 for a in trainer.agents)
-    with pytest.raises(ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"):
+    with pytest.raises(
+        ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"
+    ):
         MAGRPOConfig(autocast="fp8")

@@ -33,7 +33,13 @@ class ScriptedEnv(MultiAgentEnv):
         reward = float(self.reward_fn(self.turn, joint, self.parent))
         self.parent, self.turn = joint, self.turn + 1
         obs = {n: f"after {joint}" for n in NAMES}
-        return StepResult(obs, {n: reward for n in NAMES}, {n: False for n in NAMES}, {n: False for n in NAMES}, {n: {"reward": reward} for n in NAMES})
+        return StepResult(
+            obs,
+            {n: reward for n in NAMES},
+            {n: False for n in NAMES},
+            {n: False for n in NAMES},
+            {n: {"reward": reward} for n in NAMES},
+        )
 
 
 class Agent:  # expand_tree only needs a name from an agent when the sampler is scripted
@@ -48,7 +54,15 @@ def scripted_sampler(num_generations):
         P = len(observations)
         texts = [("x" if obs == "start" else "y") + str(g) for obs in observations for g in range(num_generations)]
         ids = torch.zeros(P * num_generations, 1, dtype=torch.long)
-        return Rollout(torch.zeros(P, 1, dtype=torch.long), torch.ones(P, 1), ids, ids == 0, texts, list(map(str, observations)), num_generations)
+        return Rollout(
+            torch.zeros(P, 1, dtype=torch.long),
+            torch.ones(P, 1),
+            ids,
+            ids == 0,
+            texts,
+            list(map(str, observations)),
+            num_generations,
+        )
 
     return sample
 
@@ -60,15 +74,28 @@ def aligned_reward(turn, joint, parent):
 
 
 def returns_and_advantages(turns, gamma, joint_mode, num_turns=2):
-    returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], gamma,
-                           solved=[t.solved for t in turns], num_turns=num_turns)
-    adv = [[agent_advantages(r, agent=i, num_agents=2, joint_mode=joint_mode).tolist() for i in range(2)] for r in returns]
+    returns = tree_returns(
+        [t.rewards for t in turns],
+        [t.children for t in turns],
+        gamma,
+        solved=[t.solved for t in turns],
+        num_turns=num_turns,
+    )
+    adv = [
+        [agent_advantages(r, agent=i, num_agents=2, joint_mode=joint_mode).tolist() for i in range(2)] for r in returns
+    ]
     return [r.tolist() for r in returns], adv
 
 
 def test_aligned_tree_returns_and_advantages_with_discount():
-    turns = expand_tree([Agent(n) for n in NAMES], [ScriptedEnv(aligned_reward)], sample=scripted_sampler(2),
-                        joint_mode="aligned", num_generations=2, num_turns=2)
+    turns = expand_tree(
+        [Agent(n) for n in NAMES],
+        [ScriptedEnv(aligned_reward)],
+        sample=scripted_sampler(2),
+        joint_mode="aligned",
+        num_generations=2,
+        num_turns=2,
+    )
     assert [t.rewards.tolist() for t in turns] == [[[1.0, 3.0]], [[0.0, 2.0], [4.0, 8.0]]]
     returns, adv = returns_and_advantages(turns, 0.5, "aligned")
     assert returns == [[[1 + 0.5 * 1.0, 3 + 0.5 * 6.0]], [[0.0, 2.0], [4.0, 8.0]]]
@@ -77,8 +104,15 @@ def test_aligned_tree_returns_and_advantages_with_discount():
 
 
 def test_early_stop_makes_an_absorbing_leaf():
-    turns = expand_tree([Agent(n) for n in NAMES], [ScriptedEnv(aligned_reward)], sample=scripted_sampler(2),
-                        joint_mode="aligned", num_generations=2, num_turns=2, early_stop_reward=3.0)
+    turns = expand_tree(
+        [Agent(n) for n in NAMES],
+        [ScriptedEnv(aligned_reward)],
+        sample=scripted_sampler(2),
+        joint_mode="aligned",
+        num_generations=2,
+        num_turns=2,
+        early_stop_reward=3.0,
+    )
     assert turns[0].finished.tolist() == [[False, True]] and turns[0].solved.tolist() == [[False, True]]
     assert [t.rewards.tolist() for t in turns] == [[[1.0, 3.0]], [[0.0, 2.0]]]
     returns, adv = returns_and_advantages(turns, 0.5, "aligned")
@@ -104,8 +138,13 @@ class SolvableEnv(MultiAgentEnv):
         won = actions["agent_0"] == "win"
         reward = 5.5 if won or self.turn == 2 else 2.0
         done = won or self.turn == 2
-        return StepResult({n: "revise" for n in NAMES}, {n: reward for n in NAMES}, {n: done for n in NAMES},
-                          {n: False for n in NAMES}, {n: {} for n in NAMES})
+        return StepResult(
+            {n: "revise" for n in NAMES},
+            {n: reward for n in NAMES},
+            {n: done for n in NAMES},
+            {n: False for n in NAMES},
+            {n: {} for n in NAMES},
+        )
 
 
 def test_solving_at_the_first_turn_is_never_worse_than_solving_after_feedback():
@@ -117,11 +156,16 @@ def test_solving_at_the_first_turn_is_never_worse_than_solving_after_feedback():
         texts = [("win" if g == 0 else "try") if obs == "start" else "fixed" for obs in observations for g in range(4)]
         ids = torch.zeros(len(texts), 1, dtype=torch.long)
         P = len(observations)
-        return Rollout(torch.zeros(P, 1, dtype=torch.long), torch.ones(P, 1), ids, ids == 0, texts, list(map(str, observations)), 4)
+        return Rollout(
+            torch.zeros(P, 1, dtype=torch.long), torch.ones(P, 1), ids, ids == 0, texts, list(map(str, observations)), 4
+        )
 
-    turns = expand_tree([Agent(n) for n in NAMES], [SolvableEnv()], sample=sample, joint_mode="aligned",
-                        num_generations=4, num_turns=2)
-    assert turns[0].rewards.tolist() == [[5.5, 2.0, 2.0, 2.0]] and turns[0].solved.tolist() == [[True, False, False, False]]
+    turns = expand_tree(
+        [Agent(n) for n in NAMES], [SolvableEnv()], sample=sample, joint_mode="aligned", num_generations=4, num_turns=2
+    )
+    assert turns[0].rewards.tolist() == [[5.5, 2.0, 2.0, 2.0]] and turns[0].solved.tolist() == [
+        [True, False, False, False]
+    ]
     returns, adv = returns_and_advantages(turns, 0.9, "aligned")
     assert returns[0] == [[pytest.approx(5.5 * 1.9), pytest.approx(6.95), pytest.approx(6.95), pytest.approx(6.95)]]
     assert adv[0][0] == pytest.approx([2.625, -0.875, -0.875, -0.875])  # mean 7.825
@@ -142,8 +186,16 @@ def cross_reward(turn, joint, parent):
 
 
 def test_cross_tree_best_k_returns_and_advantages():
-    turns = expand_tree([Agent(n) for n in NAMES], [ScriptedEnv(cross_reward)], sample=scripted_sampler(2),
-                        joint_mode="cross", num_generations=2, num_turns=2, expand="best-k", expand_k=1)
+    turns = expand_tree(
+        [Agent(n) for n in NAMES],
+        [ScriptedEnv(cross_reward)],
+        sample=scripted_sampler(2),
+        joint_mode="cross",
+        num_generations=2,
+        num_turns=2,
+        expand="best-k",
+        expand_k=1,
+    )
     assert turns[0].rewards.tolist() == [[0.0, 2.0, 1.0, 3.0]]
     assert turns[0].children == {(0, 3): 0}  # only the best joint action continues
     returns, adv = returns_and_advantages(turns, 0.5, "cross")

@@ -35,13 +35,27 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
     turns = 2 if variant == "turns" else 1
     args = MAGRPOConfig(
-        num_generations=4, batch_size=2, max_new_tokens=4, max_steps=STEPS, learning_rate=1e-2, seed=5,
-        num_turns=turns, save_steps=1, save_total_limit=None, output_dir=out_dir,
+        num_generations=4,
+        batch_size=2,
+        max_new_tokens=4,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        seed=5,
+        num_turns=turns,
+        save_steps=1,
+        save_total_limit=None,
+        output_dir=out_dir,
     )
     feedback = CallableFeedback(lambda request: (f"turn {request.turn}: more a", "more b")) if turns > 1 else None
     items = [{"q": w} for w in ("q a", "b", "c q", "a b c")]
-    return MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=items, formatters=[lambda x: x["q"]] * 2,
-                         args=args, feedback=feedback)
+    return MAGRPOTrainer(
+        agents=agents,
+        reward_func=reward,
+        train_dataset=items,
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+        feedback=feedback,
+    )
 
 
 if __name__ == "__main__":

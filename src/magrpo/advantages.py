@@ -59,7 +59,9 @@ def cross_joint_indices(num_generations: int, num_agents: int) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 
 
-def cross_completion_returns(rewards: torch.Tensor, agent: int, num_agents: int, aggregation: str = "mean") -> torch.Tensor:
+def cross_completion_returns(
+    rewards: torch.Tensor, agent: int, num_agents: int, aggregation: str = "mean"
+) -> torch.Tensor:
     """Return of each of ``agent``'s G completions in cross mode.
 
     ``rewards[..., G**N]`` holds one group's joint rewards in :func:`cross_joint_indices` order.

@@ -38,11 +38,25 @@ STATE_FILE = "trainer_state.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 
 #: config fields a resumed run may change: they do not change the maths of the steps to come
-RESUMABLE_CHANGES = frozenset({
-    "max_steps", "log_samples_steps", "save_steps", "save_minutes", "save_total_limit", "output_dir",
-    "eval_data", "eval_max_items", "eval_temperature", "num_threads", "extra", "report_to", "device", "agent_devices",
-    "data_parallel",
-})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "log_samples_steps",
+        "save_steps",
+        "save_minutes",
+        "save_total_limit",
+        "output_dir",
+        "eval_data",
+        "eval_max_items",
+        "eval_temperature",
+        "num_threads",
+        "extra",
+        "report_to",
+        "device",
+        "agent_devices",
+        "data_parallel",
+    }
+)
 
 
 def save_checkpoint(
@@ -136,7 +150,9 @@ def resolve_resume(path: str | Path) -> Path:
             return candidate
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint {candidate.name}: {exc}", stacklevel=2)
-    raise CheckpointError(f"no complete checkpoint in {str(RunFolder(path).checkpoints)!r}: every one is damaged or incomplete")
+    raise CheckpointError(
+        f"no complete checkpoint in {str(RunFolder(path).checkpoints)!r}: every one is damaged or incomplete"
+    )
 
 
 def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
@@ -146,7 +162,9 @@ def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
     # a field the checkpoint's version did not have yet ran at its default
     saved = {**MAGRPOConfig.defaults(), **yaml.safe_load((Path(directory) / CONFIG_FILE).read_text())}
     current = config.to_dict()
-    differing = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    differing = sorted(
+        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
     if differing:
         detail = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differing)
         raise ConfigError(
@@ -167,7 +185,9 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for agent {agent.name!r}")
         _load_weights(agent, folder)
         # whole tensors: a sharded optimiser takes its shards of them
-        optimizer.load_state_dict(shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True)))
+        optimizer.load_state_dict(
+            shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        )
         agent.sync_sampling_copy()
     state = torch.load(directory / STATE_FILE, weights_only=True)
     _set_rng_states(state.pop("rng"))
@@ -203,10 +223,14 @@ def _load_weights(agent: AgentPolicy, folder: Path) -> None:
     if agent.adapter is not None:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(agent.model, load_file(folder / "adapter_model.safetensors"), adapter_name=agent.adapter)
+        result = set_peft_model_state_dict(
+            agent.model, load_file(folder / "adapter_model.safetensors"), adapter_name=agent.adapter
+        )
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
-            raise CheckpointError(f"agent {agent.name!r}: the adapter in {str(folder)!r} does not fit the model ({unexpected[:3]} ...)")
+            raise CheckpointError(
+                f"agent {agent.name!r}: the adapter in {str(folder)!r} does not fit the model ({unexpected[:3]} ...)"
+            )
         return
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -228,7 +252,13 @@ def _rng_states() -> dict[str, Any]:
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     states: dict[str, Any] = {
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_kind, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_kind,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -117,13 +117,17 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--set {pair!r} is not of the form FIELD=VALUE; fields: {', '.join(MAGRPOConfig.field_names())}")
+            raise UsageError(
+                f"--set {pair!r} is not of the form FIELD=VALUE; fields: {', '.join(MAGRPOConfig.field_names())}"
+            )
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
-def resolve_config(task_name: str, config_file: Optional[Path], flags: dict[str, Any], overrides: list[str]) -> MAGRPOConfig:
+def resolve_config(
+    task_name: str, config_file: Optional[Path], flags: dict[str, Any], overrides: list[str]
+) -> MAGRPOConfig:
     """Defaults < the task's preferences < the YAML file < --set pairs < explicit flags."""
     from magrpo.tasks import get_task
 
@@ -182,7 +186,9 @@ def _load_items(
     return load_items(data, column_map=column_map, required=task.required_columns, split=data_split)
 
 
-def _held_out_items(task, cfg: MAGRPOConfig, train_items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _held_out_items(
+    task, cfg: MAGRPOConfig, train_items: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train items, held-out items): your --eval-data, a seeded --eval-fraction of your --data,
     nothing for --data alone, else the task's own held-out split."""
     if cfg.eval_fraction is not None:
@@ -231,41 +237,68 @@ def tasks() -> None:
 def train(
     task: Optional[str] = typer.Option(None, help=TASK_HELP + " Default: coding (with --resume: the run's task)."),
     model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP),
-    num_generations: Optional[int] = typer.Option(None, "--num-generations", "-G", help="Completions per agent per item (G)."),
+    num_generations: Optional[int] = typer.Option(
+        None, "--num-generations", "-G", help="Completions per agent per item (G)."
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Dataset items per step."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest completion, in tokens."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
     joint_mode: Optional[str] = typer.Option(None, "--joint-mode", help="aligned (G joint actions) or cross (G**N)."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."),
+    lora: Optional[bool] = typer.Option(
+        None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Run directory (default runs/TASK-TIMESTAMP)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of MAGRPOConfig fields; flags override it."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-o", help="Run directory (default runs/TASK-TIMESTAMP)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML file of MAGRPOConfig fields; flags override it."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE (repeatable)."),
     turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode (>1: agents revise after feedback)."),
-    expand: Optional[str] = typer.Option(None, "--expand", help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue)."),
+    expand: Optional[str] = typer.Option(
+        None, "--expand", help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue)."
+    ),
     expand_k: Optional[int] = typer.Option(None, "--expand-k", help="k of --expand best-k (1: the greedy chain)."),
     feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
-    reviewer_url: Optional[str] = typer.Option(None, "--reviewer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
-    reviewer_model: Optional[str] = typer.Option(None, "--reviewer-model", help="Model name sent to the reviewer endpoint."),
-    eval_items: int = typer.Option(8, "--eval-items", min=0, help="Held-out items evaluated before and after training (0: none)."),
+    reviewer_url: Optional[str] = typer.Option(
+        None, "--reviewer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."
+    ),
+    reviewer_model: Optional[str] = typer.Option(
+        None, "--reviewer-model", help="Model name sent to the reviewer endpoint."
+    ),
+    eval_items: int = typer.Option(
+        8, "--eval-items", min=0, help="Held-out items evaluated before and after training (0: none)."
+    ),
     data: Optional[Path] = typer.Option(
         None, "--data", help="Your own training data (JSONL, JSON, CSV, Parquet, or a datasets save_to_disk folder)."
     ),
-    data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to train on (a multi-split JSON or DatasetDict)."),
+    data_split: Optional[str] = typer.Option(
+        None, "--data-split", help="The split of --data to train on (a multi-split JSON or DatasetDict)."
+    ),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
     eval_split: Optional[str] = typer.Option(None, "--eval-split", help="The split of --eval-data to evaluate on."),
     eval_fraction: Optional[float] = typer.Option(
-        None, "--eval-fraction", help="Hold out this fraction of --data for evaluation (seeded by --seed; no --eval-data)."
+        None,
+        "--eval-fraction",
+        help="Hold out this fraction of --data for evaluation (seeded by --seed; no --eval-data).",
     ),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
     resume: Optional[Path] = typer.Option(
-        None, "--resume", help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
-        "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging."
+        None,
+        "--resume",
+        help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
+        "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging.",
     ),
     nproc: int = typer.Option(
-        1, "--nproc", min=1, help="Data-parallel processes on this machine (launches torchrun; --batch-size is per process)."
+        1,
+        "--nproc",
+        min=1,
+        help="Data-parallel processes on this machine (launches torchrun; --batch-size is per process).",
     ),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -273,12 +306,35 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)
     args = TrainArgs(
-        task=task, model=model, num_generations=num_generations, steps=steps, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, learning_rate=learning_rate, joint_mode=joint_mode, lora=lora, seed=seed,
-        output_dir=output_dir, config=config, overrides=set_, turns=turns, expand=expand, expand_k=expand_k,
-        feedback=feedback, reviewer_url=reviewer_url, reviewer_model=reviewer_model, eval_items=eval_items, data=data,
-        data_split=data_split, eval_data=eval_data, eval_split=eval_split, eval_fraction=eval_fraction, columns=columns,
-        no_progress=no_progress, resume=resume, verbose=verbose,
+        task=task,
+        model=model,
+        num_generations=num_generations,
+        steps=steps,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        learning_rate=learning_rate,
+        joint_mode=joint_mode,
+        lora=lora,
+        seed=seed,
+        output_dir=output_dir,
+        config=config,
+        overrides=set_,
+        turns=turns,
+        expand=expand,
+        expand_k=expand_k,
+        feedback=feedback,
+        reviewer_url=reviewer_url,
+        reviewer_model=reviewer_model,
+        eval_items=eval_items,
+        data=data,
+        data_split=data_split,
+        eval_data=eval_data,
+        eval_split=eval_split,
+        eval_fraction=eval_fraction,
+        columns=columns,
+        no_progress=no_progress,
+        resume=resume,
+        verbose=verbose,
     )
     try:
         _train(args)
@@ -306,14 +362,28 @@ def _train(args: TrainArgs) -> None:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task_obj = get_task(task)
     flags = dict(
-        num_agents=task_obj.num_agents, num_generations=args.num_generations, max_steps=args.steps,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, learning_rate=args.learning_rate,
-        joint_mode=args.joint_mode, use_lora=args.lora, seed=args.seed, output_dir=_path_or_none(output_dir),
-        num_turns=args.turns, expand=args.expand, expand_k=args.expand_k,
+        num_agents=task_obj.num_agents,
+        num_generations=args.num_generations,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        learning_rate=args.learning_rate,
+        joint_mode=args.joint_mode,
+        use_lora=args.lora,
+        seed=args.seed,
+        output_dir=_path_or_none(output_dir),
+        num_turns=args.turns,
+        expand=args.expand,
+        expand_k=args.expand_k,
     )
-    flags.update(train_data=_path_or_none(args.data), eval_data=_path_or_none(args.eval_data),
-                 column_map=_columns(args.columns), train_split=args.data_split, eval_split=args.eval_split,
-                 eval_fraction=args.eval_fraction)
+    flags.update(
+        train_data=_path_or_none(args.data),
+        eval_data=_path_or_none(args.eval_data),
+        column_map=_columns(args.columns),
+        train_split=args.data_split,
+        eval_split=args.eval_split,
+        eval_fraction=args.eval_fraction,
+    )
     cfg = resolve_config(task, config, flags, args.overrides)
     if "output_dir" not in _explicit_fields(config, args.overrides) and output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -322,7 +392,7 @@ def _train(args: TrainArgs) -> None:
     specs = _model_specs(model, cfg.num_agents)
     train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train", cfg.train_split)
     train_items, held_out = _held_out_items(task_obj, cfg, train_items)
-    held_out = held_out[:args.eval_items]
+    held_out = held_out[: args.eval_items]
     _print_skipped(task_obj, held_out)
     console.print(
         f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run.path}"
@@ -369,8 +439,17 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "magrpo.cli", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "magrpo.cli",
+        *args,
+    ]
     console.print(f"launching: {' '.join(command[1:])}", highlight=False)
     raise typer.Exit(code=subprocess.call(command))
 
@@ -404,15 +483,23 @@ def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
     from magrpo.trainer import MAGRPOTrainer
 
     return MAGRPOTrainer(
-        agents=specs, scorer=task_obj.scorer, formatters=task_obj.formatters, args=cfg, feedback=feedback_source,
-        is_solved=task_obj.is_solved, agent_roles=task_obj.agent_roles, **datasets,
+        agents=specs,
+        scorer=task_obj.scorer,
+        formatters=task_obj.formatters,
+        args=cfg,
+        feedback=feedback_source,
+        is_solved=task_obj.is_solved,
+        agent_roles=task_obj.agent_roles,
+        **datasets,
     )
 
 
 @app.command("eval")
 def evaluate(
     task: str = typer.Option("coding", help=TASK_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run's checkpoint directory holding agent_0, agent_1, ..."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="A run's checkpoint directory holding agent_0, agent_1, ..."
+    ),
     model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Ignored with --checkpoint."),
     eval_items: Optional[int] = typer.Option(
         None, "--eval-items", min=0, help="Evaluate the first N held-out items (default: all; 0: none, as in train)."
@@ -428,8 +515,10 @@ def evaluate(
     data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to evaluate on."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
     setup: Optional[str] = typer.Option(
-        None, "--setup", help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
-        "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), discussion (one round of revision)."
+        None,
+        "--setup",
+        help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
+        "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), discussion (one round of revision).",
     ),
     # the old name of --setup, kept so that existing scripts run; not in the help
     deprecated_baseline: Optional[str] = typer.Option(None, "--baseline", hidden=True),
@@ -444,13 +533,28 @@ def evaluate(
         if setup is None:
             setup = deprecated_baseline
         elif deprecated_baseline not in (None, setup):
-            raise UsageError(f"--setup {setup} and --baseline {deprecated_baseline} (its old name) disagree; "
-                             "give --setup alone")
+            raise UsageError(
+                f"--setup {setup} and --baseline {deprecated_baseline} (its old name) disagree; give --setup alone"
+            )
         args = EvalArgs(
-            task=task, checkpoint=checkpoint, model=model, eval_items=eval_items, max_new_tokens=max_new_tokens,
-            turns=turns, feedback=feedback, reviewer_url=reviewer_url, reviewer_model=reviewer_model, config=config,
-            overrides=set_, data=data, data_split=data_split, columns=columns, setup=setup,
-            latency_items=latency_items, output=output, verbose=verbose,
+            task=task,
+            checkpoint=checkpoint,
+            model=model,
+            eval_items=eval_items,
+            max_new_tokens=max_new_tokens,
+            turns=turns,
+            feedback=feedback,
+            reviewer_url=reviewer_url,
+            reviewer_model=reviewer_model,
+            config=config,
+            overrides=set_,
+            data=data,
+            data_split=data_split,
+            columns=columns,
+            setup=setup,
+            latency_items=latency_items,
+            output=output,
+            verbose=verbose,
         )
         _evaluate(args)
     except (UsageError, ValueError, ImportError) as exc:
@@ -469,8 +573,14 @@ def _evaluate(args: EvalArgs) -> None:
 
         check_choice("--setup", setup, SETUPS)
     task_obj = get_task(task)
-    flags = {"num_agents": task_obj.num_agents, "max_new_tokens": args.max_new_tokens, "num_turns": args.turns,
-             "eval_data": _path_or_none(args.data), "eval_split": args.data_split, "column_map": _columns(args.columns)}
+    flags = {
+        "num_agents": task_obj.num_agents,
+        "max_new_tokens": args.max_new_tokens,
+        "num_turns": args.turns,
+        "eval_data": _path_or_none(args.data),
+        "eval_split": args.data_split,
+        "column_map": _columns(args.columns),
+    }
     cfg = resolve_config(task, args.config, flags, args.overrides)
     feedback_source = _feedback(task_obj, cfg, args.feedback, args.reviewer_url, args.reviewer_model)
     if checkpoint is not None:
@@ -479,13 +589,15 @@ def _evaluate(args: EvalArgs) -> None:
         dirs = [checkpoint / agent_name(i) for i in range(cfg.num_agents)]
         missing = [str(d) for d in dirs if not d.is_dir()]
         if missing:
-            raise UsageError(f"checkpoint {str(checkpoint)!r} lacks {missing}; expected one agent_i directory per agent")
+            raise UsageError(
+                f"checkpoint {str(checkpoint)!r} lacks {missing}; expected one agent_i directory per agent"
+            )
         specs = [str(d) for d in dirs]
         cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
     else:
         specs = _model_specs(args.model, cfg.num_agents)
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
-    items = items if args.eval_items is None else items[:args.eval_items]
+    items = items if args.eval_items is None else items[: args.eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     if items and setup is not None:
         if setup != "parallel" and cfg.num_turns > 1:
@@ -494,9 +606,15 @@ def _evaluate(args: EvalArgs) -> None:
 
         _print_skipped(task_obj, items)
         figures = evaluate_setup(
-            setup, trainer.agents, items, formatters=task_obj.formatters, scorer=task_obj.scorer,
-            max_new_tokens=cfg.max_new_tokens, roles=task_obj.agent_roles,
-            single_formatter=task_obj.single_agent_formatter, split_single=task_obj.split_single_answer,
+            setup,
+            trainer.agents,
+            items,
+            formatters=task_obj.formatters,
+            scorer=task_obj.scorer,
+            max_new_tokens=cfg.max_new_tokens,
+            roles=task_obj.agent_roles,
+            single_formatter=task_obj.single_agent_formatter,
+            split_single=task_obj.split_single_answer,
         )
     elif items:
         _print_skipped(task_obj, items)
@@ -507,10 +625,15 @@ def _evaluate(args: EvalArgs) -> None:
     if args.latency_items and items and task_obj.single_agent_formatter is not None:
         from magrpo.eval.latency import team_vs_single_latency
 
-        figures.update(team_vs_single_latency(
-            trainer.agents, task_obj.formatters, task_obj.single_agent_formatter, items[:args.latency_items],
-            max_new_tokens=cfg.max_new_tokens,
-        ))
+        figures.update(
+            team_vs_single_latency(
+                trainer.agents,
+                task_obj.formatters,
+                task_obj.single_agent_formatter,
+                items[: args.latency_items],
+                max_new_tokens=cfg.max_new_tokens,
+            )
+        )
     figures = task_obj.with_normalised_return(figures)
     console.print(_results_table(None, figures))
     if args.output:
@@ -523,4 +646,3 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -297,9 +297,7 @@ def _positive_int(cfg: MAGRPOConfig, name: str, minimum: int) -> None:
         raise ConfigError(f"{name}={value!r} is not valid; expected an integer >= {minimum}")
 
 
-def _number_in(
-    cfg: MAGRPOConfig, name: str, low: float, high: float | None, *, low_open: bool = False
-) -> None:
+def _number_in(cfg: MAGRPOConfig, name: str, low: float, high: float | None, *, low_open: bool = False) -> None:
     value = getattr(cfg, name)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:

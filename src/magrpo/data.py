@@ -120,7 +120,9 @@ def load_items(
     return _rename(rows, dict(column_map or {}), required, origin)
 
 
-def split_items(items: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_items(
+    items: Sequence[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(train, held_out)``: a seeded shuffle of ``items`` with ``round(fraction * n)`` items (at
     least one) held out, each part in the file's order; :class:`DataError` when nothing would be
     left to train on."""
@@ -143,7 +145,9 @@ def _read_file(path: Path, split: str | None) -> list[dict[str, Any]]:
         try:
             import datasets
         except ImportError:  # pragma: no cover - datasets is part of the `writing` extra
-            raise DataError(f"{str(path)!r} is a folder; reading a datasets folder needs: pip install datasets") from None
+            raise DataError(
+                f"{str(path)!r} is a folder; reading a datasets folder needs: pip install datasets"
+            ) from None
         try:
             loaded = datasets.load_from_disk(str(path))
         except FileNotFoundError:

@@ -56,7 +56,9 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
 
 
 def world_size() -> int:
@@ -158,6 +160,19 @@ def _comm_device(device: torch.device | str) -> torch.device:
 
 
 __all__ = [
-    "active", "any_rank", "barrier", "gather_objects", "gather_tensors", "init_from_env", "is_main", "local_rank",
-    "max_float", "rank_slice", "rank", "rank_device", "sum_float", "sum_gradients", "world_size",
+    "active",
+    "any_rank",
+    "barrier",
+    "gather_objects",
+    "gather_tensors",
+    "init_from_env",
+    "is_main",
+    "local_rank",
+    "max_float",
+    "rank_slice",
+    "rank",
+    "rank_device",
+    "sum_float",
+    "sum_gradients",
+    "world_size",
 ]

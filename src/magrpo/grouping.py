@@ -24,9 +24,7 @@ def group_by_identity(items: Sequence[T], key: Callable[[T], object] = lambda it
     return list(groups.values())
 
 
-def run_per_group(
-    items: Sequence[T], key: Callable[[T], object], run: Callable[[list[int]], Sequence[R]]
-) -> list[R]:
+def run_per_group(items: Sequence[T], key: Callable[[T], object], run: Callable[[list[int]], Sequence[R]]) -> list[R]:
     """``run(indices)`` once per group of :func:`group_by_identity`, returning one result per
     index it was given; the results come back in the items' order."""
     out: list[R | None] = [None] * len(items)

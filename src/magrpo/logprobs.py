@@ -86,7 +86,9 @@ def selected_token_logprobs(
     for start in range(0, length, chunk_size):
         part, tok = logits[:, start : start + chunk_size], tokens[:, start : start + chunk_size]
         if recompute:
-            parts.append(torch.utils.checkpoint.checkpoint(_token_logprobs, part, tok, temperature, use_reentrant=False))
+            parts.append(
+                torch.utils.checkpoint.checkpoint(_token_logprobs, part, tok, temperature, use_reentrant=False)
+            )
         else:
             parts.append(_token_logprobs(part, tok, temperature))
     return torch.cat(parts, dim=1)
@@ -201,6 +203,7 @@ def trim_left(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     """Drop left-padding columns that every row of the batch has."""
     first = int(mask.any(dim=0).nonzero().min()) if mask.any() else 0
     return ids[:, first:], mask[:, first:]
+
 
 __all__ = [
     "cache_keyword",

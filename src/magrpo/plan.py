@@ -37,7 +37,14 @@ class RolloutPlan:
 
 
 def plan_rollout(
-    *, num_agents: int, num_generations: int, num_turns: int, joint_mode: str, expand: str, expand_k: int, batch_size: int
+    *,
+    num_agents: int,
+    num_generations: int,
+    num_turns: int,
+    joint_mode: str,
+    expand: str,
+    expand_k: int,
+    batch_size: int,
 ) -> RolloutPlan:
     joint = num_generations if joint_mode == "aligned" else num_generations**num_agents
     branching = joint if expand == "full" else min(expand_k, joint)

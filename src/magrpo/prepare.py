@@ -57,8 +57,13 @@ def build_env_factory(
         funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
         scorer = scorer_from_reward_funcs(funcs, reward_weights)
     return reward_env_factory(
-        formatters, scorer, agent_names, feedback=feedback if args.num_turns > 1 else None,
-        is_solved=is_solved, agent_roles=agent_roles, num_turns=args.num_turns,
+        formatters,
+        scorer,
+        agent_names,
+        feedback=feedback if args.num_turns > 1 else None,
+        is_solved=is_solved,
+        agent_roles=agent_roles,
+        num_turns=args.num_turns,
     )
 
 
@@ -134,8 +139,14 @@ def resolve_precision(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: 
 
 
 def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
-    low = sorted({str(p.dtype).removeprefix("torch.") for agent in agents for p in agent.trainable_parameters()
-                  if p.dtype in (torch.bfloat16, torch.float16)})
+    low = sorted(
+        {
+            str(p.dtype).removeprefix("torch.")
+            for agent in agents
+            for p in agent.trainable_parameters()
+            if p.dtype in (torch.bfloat16, torch.float16)
+        }
+    )
     if low:
         warnings.warn(
             f"the trainable weights are {', '.join(low)}: AdamW updates smaller than a weight's rounding step "
@@ -149,7 +160,9 @@ def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
 def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig) -> torch.optim.Optimizer:
     """One AdamW per agent, over what that agent trains (its model, or its own adapter)."""
     return torch.optim.AdamW(
-        agent.trainable_parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        agent.trainable_parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.weight_decay,
     )
 

@@ -152,9 +152,13 @@ class ShardedRanks(ReplicatedRanks):
     def whole_states(
         self, agents: Sequence[Any], optimizers: Sequence[torch.optim.Optimizer], *, with_optimizers: bool
     ) -> list[tuple[dict, dict | None]] | None:
-        return [(sharding.full_weights(agent.model, only_adapter=agent.adapter is not None),
-                 sharding.full_optimizer_state(optimizer) if with_optimizers else None)
-                for agent, optimizer in zip(agents, optimizers)]
+        return [
+            (
+                sharding.full_weights(agent.model, only_adapter=agent.adapter is not None),
+                sharding.full_optimizer_state(optimizer) if with_optimizers else None,
+            )
+            for agent, optimizer in zip(agents, optimizers)
+        ]
 
 
 __all__ = ["OneProcess", "ReplicatedRanks", "ShardedRanks"]

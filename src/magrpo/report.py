@@ -18,8 +18,13 @@ class RunLog:
     ``writes=False`` (every data-parallel rank but the first) reads the folder and writes nothing."""
 
     def __init__(
-        self, output_dir: str | Path, config: MAGRPOConfig, extra: dict[str, Any] | None = None, *,
-        resume: bool = False, writes: bool = True,
+        self,
+        output_dir: str | Path,
+        config: MAGRPOConfig,
+        extra: dict[str, Any] | None = None,
+        *,
+        resume: bool = False,
+        writes: bool = True,
     ) -> None:
         self.folder = RunFolder(output_dir)
         self.dir = self.folder.path
@@ -80,7 +85,9 @@ class RunLog:
 
         steps = [h["step"] for h in history]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.fill_between(steps, [h["reward_min"] for h in history], [h["reward_max"] for h in history], alpha=0.2, label="min-max")
+        ax.fill_between(
+            steps, [h["reward_min"] for h in history], [h["reward_max"] for h in history], alpha=0.2, label="min-max"
+        )
         ax.plot(steps, [h["reward_mean"] for h in history], marker="o", label="mean joint reward")
         ax.set_xlabel("step")
         ax.set_ylabel("joint reward")
@@ -124,7 +131,14 @@ def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Call
     if not enabled:
         yield lambda metrics: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("[bold]step"),

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from magrpo.checkpoint import check_resumable_config, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from magrpo.checkpoint import (
+    check_resumable_config,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from magrpo.config import MAGRPOConfig
 from magrpo.envs.check import check_env
 from magrpo.errors import ConfigError
@@ -110,8 +116,14 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
         state = {"step": trainer.step, **trainer.item_order.state()}
-        save_checkpoint(directory, agents=team.agents, optimizers=team.optimizers, trainer_state=state,
-                        config=trainer.args, whole_states=whole)
+        save_checkpoint(
+            directory,
+            agents=team.agents,
+            optimizers=team.optimizers,
+            trainer_state=state,
+            config=trainer.args,
+            whole_states=whole,
+        )
         prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
     team.ranks.barrier()  # a checkpoint is complete before any rank goes on
     trainer.cadence.saved(trainer.step)
@@ -146,8 +158,11 @@ class StopRequest:
             if self.signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signal = signum
-            print(f"\n{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then saving a checkpoint "
-                  "(Ctrl-C again to abort at once)", flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then saving a checkpoint "
+                "(Ctrl-C again to abort at once)",
+                flush=True,
+            )
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -158,8 +173,10 @@ class StopRequest:
 
     def raise_stop(self, trainer: "MAGRPOTrainer", log: RunLog) -> None:
         hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
-        print(f"stopped after step {trainer.step}; checkpoint {log.checkpoint_dir(trainer.step)}\nresume with: {hint}",
-              flush=True)
+        print(
+            f"stopped after step {trainer.step}; checkpoint {log.checkpoint_dir(trainer.step)}\nresume with: {hint}",
+            flush=True,
+        )
         exit_ = KeyboardInterrupt() if self.signal == signal.SIGINT else SystemExit(128 + int(self.signal))
         raise _Stopped(exit_)
 
@@ -196,9 +213,18 @@ def peak_memory_figures() -> dict[str, float]:
         rss_mib = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
     figures = {"peak_rss_mib": rss_mib}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        figures["cuda_peak_mib"] = max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+        figures["cuda_peak_mib"] = (
+            max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+        )
     return figures
 
 
-__all__ = ["CheckpointCadence", "StopRequest", "peak_memory_figures", "reset_peak_memory", "resume", "train_loop",
-           "write_checkpoint"]
+__all__ = [
+    "CheckpointCadence",
+    "StopRequest",
+    "peak_memory_figures",
+    "reset_peak_memory",
+    "resume",
+    "train_loop",
+    "write_checkpoint",
+]

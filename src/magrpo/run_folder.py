@@ -1,11 +1,11 @@
 """The layout of a run folder, in one place (the trainer, checkpoints and the CLI all read it):
 
-    RUN/config.yaml              the resolved config (and the CLI's task and models)
-    RUN/metrics.jsonl            one row per step
-    RUN/samples.jsonl            prompts, completions, rewards
-    RUN/reward_curve.png
-    RUN/checkpoints/step-N/      full, resumable checkpoints (step-N-interrupted: weights only)
-    RUN/final/agent_i/           the trained agents
+RUN/config.yaml              the resolved config (and the CLI's task and models)
+RUN/metrics.jsonl            one row per step
+RUN/samples.jsonl            prompts, completions, rewards
+RUN/reward_curve.png
+RUN/checkpoints/step-N/      full, resumable checkpoints (step-N-interrupted: weights only)
+RUN/final/agent_i/           the trained agents
 """
 
 from __future__ import annotations

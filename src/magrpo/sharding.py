@@ -66,7 +66,9 @@ def gathered(models: Iterable[torch.nn.Module]) -> Iterator[None]:
     may run different numbers of them. Models that are not sharded pass through."""
     from torch.distributed.fsdp import FSDPModule
 
-    units = [m for model in _distinct(models) if is_sharded(model) for m in model.modules() if isinstance(m, FSDPModule)]
+    units = [
+        m for model in _distinct(models) if is_sharded(model) for m in model.modules() if isinstance(m, FSDPModule)
+    ]
     for unit in units:
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
@@ -115,7 +117,9 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> dict
     for index, values in state["state"].items():
         param = params[int(index)]
         out["state"][index] = {
-            k: _shard_like(v, param) if isinstance(param, DTensor) and torch.is_tensor(v) and v.shape == param.shape else v
+            k: _shard_like(v, param)
+            if isinstance(param, DTensor) and torch.is_tensor(v) and v.shape == param.shape
+            else v
             for k, v in values.items()
         }
     return out
@@ -125,8 +129,9 @@ def _shard_like(tensor: torch.Tensor, like: Any) -> Any:
     from torch.distributed.tensor import distribute_tensor
 
     # every rank holds the whole tensor (read from the same file): no communication needed
-    return distribute_tensor(tensor.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements,
-                             src_data_rank=None)
+    return distribute_tensor(
+        tensor.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements, src_data_rank=None
+    )
 
 
 def _shard_whole_tensors(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
@@ -135,7 +140,7 @@ def _shard_whole_tensors(module: torch.nn.Module, state_dict: dict, prefix: str,
 
     current = module.state_dict()
     for key, value in list(state_dict.items()):
-        target = current.get(key[len(prefix):] if key.startswith(prefix) else key)
+        target = current.get(key[len(prefix) :] if key.startswith(prefix) else key)
         if isinstance(target, DTensor) and not isinstance(value, DTensor):
             state_dict[key] = _shard_like(value, target)
 
@@ -159,4 +164,13 @@ def check_shardable(agents: Sequence[Any]) -> None:
         )
 
 
-__all__ = ["check_shardable", "full_optimizer_state", "full_weights", "gathered", "idle_pass", "is_sharded", "shard_model", "shard_optimizer_state"]
+__all__ = [
+    "check_shardable",
+    "full_optimizer_state",
+    "full_weights",
+    "gathered",
+    "idle_pass",
+    "is_sharded",
+    "shard_model",
+    "shard_optimizer_state",
+]

@@ -28,7 +28,14 @@ from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.config import MAGRPOConfig
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.errors import ConfigError
-from magrpo.logprobs import completion_token_logprobs, pad_right, scoring_mode, shared_prompt_token_logprobs, trim_left, trim_right
+from magrpo.logprobs import (
+    completion_token_logprobs,
+    pad_right,
+    scoring_mode,
+    shared_prompt_token_logprobs,
+    trim_left,
+    trim_right,
+)
 from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
 from magrpo.models import AgentPolicy
 from magrpo.ranks import OneProcess
@@ -81,8 +88,15 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
     # 1. rollout, with whole weights (sharded agents are gathered for it)
     with ranks.whole_weights(agent.model for agent in team.agents):
         turns = expand_tree(
-            team.agents, envs, sample=sampler(a, training=True), joint_mode=a.joint_mode, num_generations=a.num_generations,
-            num_turns=a.num_turns, expand=a.expand, expand_k=a.expand_k, early_stop_reward=a.early_stop_reward,
+            team.agents,
+            envs,
+            sample=sampler(a, training=True),
+            joint_mode=a.joint_mode,
+            num_generations=a.num_generations,
+            num_turns=a.num_turns,
+            expand=a.expand,
+            expand_k=a.expand_k,
+            early_stop_reward=a.early_stop_reward,
             concurrent_agents=concurrent_agents(a),
             # each item's place in the step's global batch keys its random stream: the same
             # samples whichever rank, and whichever other items, it is sampled with
@@ -90,15 +104,27 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
         )
     rollout_seconds = time.perf_counter() - started
     # 2. returns over the tree
-    returns = tree_returns([t.rewards for t in turns], [t.children for t in turns], a.discount,
-                           solved=[t.solved for t in turns], num_turns=a.num_turns)
+    returns = tree_returns(
+        [t.rewards for t in turns],
+        [t.children for t in turns],
+        a.discount,
+        solved=[t.solved for t in turns],
+        num_turns=a.num_turns,
+    )
     # 3. + 4. per agent: its advantages, then its update
     started = time.perf_counter()
     agent_figures = []
     for i in range(len(team.agents)):
         advantages = [
-            agent_advantages(ret, agent=i, num_agents=len(team.agents), joint_mode=a.joint_mode, scaling=a.advantage_scaling,
-                             cross_aggregation=a.cross_aggregation, baseline=a.advantage_baseline)
+            agent_advantages(
+                ret,
+                agent=i,
+                num_agents=len(team.agents),
+                joint_mode=a.joint_mode,
+                scaling=a.advantage_scaling,
+                cross_aggregation=a.cross_aggregation,
+                baseline=a.advantage_baseline,
+            )
             for ret in returns
         ]
         figures = update(i, [t.rollouts[i] for t in turns], advantages)
@@ -106,7 +132,9 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
     return StepOutput(turns, returns, agent_figures, rollout_seconds, time.perf_counter() - started)
 
 
-def update_agent(team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]) -> dict[str, float]:
+def update_agent(
+    team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
+) -> dict[str, float]:
     """One AdamW step of agent ``index`` on its completions of every turn: ``rollouts[t]`` and
     ``advantages[t]`` (``[P_t * G]``, row p * G + g) are its samples and their advantages at turn t.
 
@@ -119,20 +147,29 @@ def update_agent(team: Team, index: int, rollouts: Sequence[Rollout], advantages
     a, ranks = team.args, team.ranks
     agent, optimizer = team.agents[index], team.optimizers[index]
     device = agent.device
-    all_masks = torch.cat([pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts])
+    all_masks = torch.cat(
+        [pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts]
+    )
     normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_aggregation), device)
     params = agent.trainable_parameters()
     optimizer.zero_grad(set_to_none=True)
     # micro-batches of the completions that carry a learning signal
-    work = [(rollout, adv, chunk) for rollout, adv in zip(rollouts, advantages)
-            for chunk in torch.nonzero(adv != 0).flatten().split(a.update_micro_batch_size) if len(chunk)]
+    work = [
+        (rollout, adv, chunk)
+        for rollout, adv in zip(rollouts, advantages)
+        for chunk in torch.nonzero(adv != 0).flatten().split(a.update_micro_batch_size)
+        if len(chunk)
+    ]
     if not ranks.sum(len(work), device):  # no rank has a signal: no pass, no step
         return {"loss": 0.0, "grad_norm": 0.0}
     idle = ranks.idle_passes(len(work), device)
     loss_total = 0.0
     weights = ImportanceWeightTally()
-    autocast = (torch.autocast(device.type, dtype=team.precision.autocast) if team.precision.autocast is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=team.precision.autocast)
+        if team.precision.autocast is not None
+        else contextlib.nullcontext()
+    )
     # dropout off: the update scores the policy that sampled (which samples in eval mode)
     with agent.with_own_adapter() as on, scoring_mode(on) as model, autocast:
         for rollout, adv, rows in work:
@@ -151,7 +188,12 @@ def update_agent(team: Team, index: int, rollouts: Sequence[Rollout], advantages
 
 
 def chunk_loss(
-    team: Team, agent: AgentPolicy, model: torch.nn.Module, rollout: Rollout, adv: torch.Tensor, rows: torch.Tensor,
+    team: Team,
+    agent: AgentPolicy,
+    model: torch.nn.Module,
+    rollout: Rollout,
+    adv: torch.Tensor,
+    rows: torch.Tensor,
     tally: ImportanceWeightTally,
 ) -> torch.Tensor:
     """The un-normalised loss of one micro-batch: the completions ``rows`` of ``rollout``."""
@@ -165,11 +207,19 @@ def chunk_loss(
     # sharded: every rank's micro-batch must make the same collectives, so one model pass each
     shared = a.share_prompt_in_update and not a.gradient_checkpointing and not team.ranks.sharded
     if shared and len(prompts) < len(rows_d):  # each prompt through the model once
-        logprobs = shared_prompt_token_logprobs(model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask,
-                                                a.temperature, a.logprob_chunk_size)
+        logprobs = shared_prompt_token_logprobs(
+            model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, a.temperature, a.logprob_chunk_size
+        )
     else:
-        logprobs = completion_token_logprobs(model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids,
-                                             mask, a.temperature, a.logprob_chunk_size)
+        logprobs = completion_token_logprobs(
+            model,
+            prompt_ids[prompt_index],
+            prompt_mask[prompt_index],
+            completion_ids,
+            mask,
+            a.temperature,
+            a.logprob_chunk_size,
+        )
     weights = None
     if agent.sampling_copy is not None:  # another precision sampled: correct for the gap
         if rollout.token_logprobs is None:
@@ -187,9 +237,12 @@ def sampler(args: MAGRPOConfig, *, training: bool) -> SampleFn:
     """Training samples G completions at ``temperature`` (with the sampling copy, if any);
     evaluation one answer at ``eval_temperature`` with the training weights."""
     return make_sampler(
-        num_generations=args.num_generations if training else 1, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature if training else args.eval_temperature, top_p=args.top_p,
-        backend=args.rollout_backend, use_sampling_copy=training,
+        num_generations=args.num_generations if training else 1,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature if training else args.eval_temperature,
+        top_p=args.top_p,
+        backend=args.rollout_backend,
+        use_sampling_copy=training,
     )
 
 

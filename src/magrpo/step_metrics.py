@@ -11,8 +11,15 @@ from magrpo.eval.figures import turn_mean_figures
 from magrpo.step import StepOutput, Team
 
 #: the update figures each agent reports under its own name
-AGENT_FIGURES = ("loss", "grad_norm", "advantage_mean", "advantage_std", "zero_advantage_groups",
-                 "is_weight_mean", "is_capped_fraction")
+AGENT_FIGURES = (
+    "loss",
+    "grad_norm",
+    "advantage_mean",
+    "advantage_std",
+    "zero_advantage_groups",
+    "is_weight_mean",
+    "is_capped_fraction",
+)
 
 
 def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:

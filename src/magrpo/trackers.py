@@ -48,7 +48,11 @@ class Trackers:
                 self._sinks.append(("mlflow", mlflow))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        figures = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        figures = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        }
         for kind, sink in self._sinks:
             if kind == "tensorboard":
                 for key, value in figures.items():

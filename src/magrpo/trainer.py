@@ -84,8 +84,15 @@ class MAGRPOTrainer:
         self.train_items = as_items(train_dataset, "train_dataset")
         self.eval_items = as_items(eval_dataset, "eval_dataset")
         self.env_factory = build_env_factory(
-            self.args, self.agent_names, reward_func=reward_func, scorer=scorer, formatters=formatters,
-            env_factory=env_factory, reward_weights=reward_weights, feedback=feedback, is_solved=is_solved,
+            self.args,
+            self.agent_names,
+            reward_func=reward_func,
+            scorer=scorer,
+            formatters=formatters,
+            env_factory=env_factory,
+            reward_weights=reward_weights,
+            feedback=feedback,
+            is_solved=is_solved,
             agent_roles=agent_roles,
         )
         check_items(formatters, self.train_items, "train_dataset")
@@ -143,7 +150,9 @@ class MAGRPOTrainer:
         self.step += 1
         return {**step_metrics(self.team, out, self.step), **run.peak_memory_figures()}, step_samples(out)
 
-    def update_agent(self, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]) -> dict[str, float]:
+    def update_agent(
+        self, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
+    ) -> dict[str, float]:
         """One AdamW step of agent ``index`` on its completions of every turn (see :func:`magrpo.step.update_agent`)."""
         return update_one_agent(self.team, index, rollouts, advantages)
 

@@ -81,9 +81,14 @@ def step_joint_actions(
         for row in joint_indices:
             branches.append(env.branch())
             actions.append({n: r.completion(p, int(g)) for n, r, g in zip(names, rollouts, row)})
-    flat = [check_step_result(r, names, f"{type(b).__name__}.step()") for b, r in zip(branches, step_batch(branches, actions))]
+    flat = [
+        check_step_result(r, names, f"{type(b).__name__}.step()")
+        for b, r in zip(branches, step_batch(branches, actions))
+    ]
     J = len(joint_indices)
-    return [branches[p * J : (p + 1) * J] for p in range(len(nodes))], [flat[p * J : (p + 1) * J] for p in range(len(nodes))]
+    return [branches[p * J : (p + 1) * J] for p in range(len(nodes))], [
+        flat[p * J : (p + 1) * J] for p in range(len(nodes))
+    ]
 
 
 def expand_tree(
@@ -117,13 +122,16 @@ def expand_tree(
     turns: list[Turn] = []
     for t in range(num_turns):
         per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
-        rollouts = sample_team(agents, per_agent, sample, concurrent=concurrent_agents,
-                               prompt_keys=None if item_keys is None else _node_keys(item_keys, roots, t))
+        rollouts = sample_team(
+            agents,
+            per_agent,
+            sample,
+            concurrent=concurrent_agents,
+            prompt_keys=None if item_keys is None else _node_keys(item_keys, roots, t),
+        )
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
-        solved = torch.tensor(
-            [[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool
-        )
+        solved = torch.tensor([[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool)
         last = t == num_turns - 1
         # the env ended the branch: terminated or truncated (StepResult.done)
         ended = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
@@ -132,7 +140,11 @@ def expand_tree(
         turns.append(turn)
         if last:
             break
-        continuing = [(p, j) for p in range(len(nodes)) for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k)]
+        continuing = [
+            (p, j)
+            for p in range(len(nodes))
+            for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k)
+        ]
         if not continuing:
             break
         # only the branches that continue are asked for their next observations (feedback)

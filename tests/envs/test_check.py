@@ -16,8 +16,15 @@ NAMES = ["agent_0", "agent_1"]
 def task_env(name: str, num_turns: int):
     task = get_task(name)
     feedback = task.execution_feedback() if num_turns > 1 else None
-    factory = reward_env_factory(task.formatters, task.scorer, NAMES, feedback=feedback, is_solved=task.is_solved,
-                                 agent_roles=task.agent_roles, num_turns=num_turns)
+    factory = reward_env_factory(
+        task.formatters,
+        task.scorer,
+        NAMES,
+        feedback=feedback,
+        is_solved=task.is_solved,
+        agent_roles=task.agent_roles,
+        num_turns=num_turns,
+    )
     return factory(task.load_split("train")[0])
 
 
@@ -42,8 +49,13 @@ class CounterEnv(MultiAgentEnv):
     def step(self, actions):
         self.history.append(actions["agent_0"])
         reward = float(len(self.history))
-        return StepResult({n: "again" for n in NAMES}, {n: reward for n in NAMES}, {n: False for n in NAMES},
-                          {n: False for n in NAMES}, {n: {} for n in NAMES})
+        return StepResult(
+            {n: "again" for n in NAMES},
+            {n: reward for n in NAMES},
+            {n: False for n in NAMES},
+            {n: False for n in NAMES},
+            {n: {} for n in NAMES},
+        )
 
 
 def test_a_correct_environment_with_state_passes():
@@ -101,13 +113,25 @@ class OtherAgents(CounterEnv):
 @pytest.mark.parametrize(
     "env_class, message",
     [
-        (MissingAgentReset, r"reset\(\) observations are keyed \['agent_0'\]; expected one entry per agent \['agent_0', 'agent_1'\]"),
-        (UnequalRewards, r"rewards \{'agent_0': 1.0, 'agent_1': 0.0\} differ between agents; the team shares one joint reward"),
+        (
+            MissingAgentReset,
+            r"reset\(\) observations are keyed \['agent_0'\]; expected one entry per agent \['agent_0', 'agent_1'\]",
+        ),
+        (
+            UnequalRewards,
+            r"rewards \{'agent_0': 1.0, 'agent_1': 0.0\} differ between agents; the team shares one joint reward",
+        ),
         (NanReward, r"rewards\['agent_0'\] is nan; expected a finite real number"),
         (IntFlags, r"terminations\['agent_0'\] is 0; expected True or False"),
-        (BadObservation, r"observations\['agent_0'\] is \{'text': 'x'\}; expected a string or a non-empty list of chat messages"),
+        (
+            BadObservation,
+            r"observations\['agent_0'\] is \{'text': 'x'\}; expected a string or a non-empty list of chat messages",
+        ),
         (SelfBranch, r"branch\(\) must return a new MultiAgentEnv"),
-        (SharedStateEnv, r"two branches of one state stepped with the same joint action disagree \(rewards \{'agent_0': 1.0, 'agent_1': 1.0\} vs \{'agent_0': 2.0"),
+        (
+            SharedStateEnv,
+            r"two branches of one state stepped with the same joint action disagree \(rewards \{'agent_0': 1.0, 'agent_1': 1.0\} vs \{'agent_0': 2.0",
+        ),
         (DisagreeingBatch, r"step_many\(\)\[0\] disagrees with step\(\) on the same joint action"),
         (OtherAgents, r"possible_agents \['helper', 'main'\] are not the team's agents \['agent_0', 'agent_1'\]"),
     ],

@@ -58,8 +58,15 @@ def test_a_scorer_row_without_a_finite_reward_is_refused():
 
 def test_with_feedback_each_agent_sees_its_history_then_its_feedback():
     feedback = CallableFeedback(lambda request: (f"helper, turn {request.turn}", f"main, turn {request.turn}"))
-    env = RewardFunctionEnv({"q": "task"}, [lambda x: x["q"] + " A", lambda x: x["q"] + " B"], lambda **kw: [{"reward": 0.0}],
-                            NAMES, feedback=feedback, is_solved=lambda row: False, num_turns=3)
+    env = RewardFunctionEnv(
+        {"q": "task"},
+        [lambda x: x["q"] + " A", lambda x: x["q"] + " B"],
+        lambda **kw: [{"reward": 0.0}],
+        NAMES,
+        feedback=feedback,
+        is_solved=lambda row: False,
+        num_turns=3,
+    )
     env.reset()
     twin = env.branch()
     result = env.step({"agent_0": "a1", "agent_1": "b1"})

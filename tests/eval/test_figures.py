@@ -45,14 +45,20 @@ class TwoTurnEnv(MultiAgentEnv):
         done = self.kind == "done"
         reward = 1.0 if done else (0.0 if self.turn == 1 else 3.0)
         info = {"hit": float(done or self.turn == 2), "solved": done}  # booleans are not figures
-        return StepResult({n: self.kind for n in NAMES}, {n: reward for n in NAMES}, {n: done for n in NAMES},
-                          {n: False for n in NAMES}, {n: dict(info) for n in NAMES})
+        return StepResult(
+            {n: self.kind for n in NAMES},
+            {n: reward for n in NAMES},
+            {n: done for n in NAMES},
+            {n: False for n in NAMES},
+            {n: dict(info) for n in NAMES},
+        )
 
 
 def test_an_early_finish_is_carried_forward_to_later_turns():
     envs = [TwoTurnEnv({"kind": "done"}), TwoTurnEnv({"kind": "open"})]
-    turns = expand_tree([Agent(n) for n in NAMES], envs, sample=echo_sampler(), joint_mode="aligned",
-                        num_generations=1, num_turns=2)
+    turns = expand_tree(
+        [Agent(n) for n in NAMES], envs, sample=echo_sampler(), joint_mode="aligned", num_generations=1, num_turns=2
+    )
     assert [t.num_nodes for t in turns] == [2, 1]  # the solved item is not expanded
     per_turn = final_figures_per_turn(turns, num_items=2, num_turns=2)
     assert per_turn == [

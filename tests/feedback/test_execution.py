@@ -6,18 +6,25 @@ from magrpo.feedback import ExecutionFeedback, FeedbackRequest
 from magrpo.rewards.coding import score_coding_batch
 
 
-PROBLEM = {"prompt": "def double(x):\n", "entry_point": "double",
-           "test": "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(0) == 0\n"}
+PROBLEM = {
+    "prompt": "def double(x):\n",
+    "entry_point": "double",
+    "test": "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(0) == 0\n",
+}
 
 
 def execution_feedback(helper, main):
     score = score_coding_batch([(helper, main)], [PROBLEM])[0]
-    request = FeedbackRequest(PROBLEM, (helper, main), {"reward": score.reward, "details": score}, 1, ("helper", "main"))
+    request = FeedbackRequest(
+        PROBLEM, (helper, main), {"reward": score.reward, "details": score}, 1, ("helper", "main")
+    )
     return ExecutionFeedback()([request])[0]
 
 
 def test_execution_feedback_tells_each_agent_what_concerns_it():
-    helper, main = execution_feedback("def aux(x):\n    return x + x\n", "def double(x):\n    aux(x)\n    return x + 1\n")
+    helper, main = execution_feedback(
+        "def aux(x):\n    return x + x\n", "def double(x):\n    aux(x)\n    return x + 1\n"
+    )
     assert "Tests: 0/2 passed." in helper and "Tests: 0/2 passed." in main
     assert "- failed: assert candidate(2) == 4" in main
     assert "`double` calls your `aux` but ignores its result." in helper
@@ -28,4 +35,6 @@ def test_execution_feedback_static_checks():
     helper, main = execution_feedback("def helper(x):\n    return x\n", "def double(x):\n    return 2 * x\n")
     assert helper == "Your code does not define `aux`." and main == ""
     helper, main = execution_feedback("def aux(x):\n    return x\n", "def double(x):\n    return (2 * x\n")
-    assert main.startswith("Your code has a syntax error at line 2") and "The combined program does not parse." in helper
+    assert (
+        main.startswith("Your code has a syntax error at line 2") and "The combined program does not parse." in helper
+    )

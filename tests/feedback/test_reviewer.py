@@ -40,9 +40,13 @@ class ReviewServer:
                     self.end_headers()
                     self.wfile.write(b"{}")
                     return
-                payload = value.encode() if kind == "garbage" else json.dumps(
-                    {"choices": [{"message": {"role": "assistant", "content": f"{value} #{len(outer.calls)}"}}]}
-                ).encode()
+                payload = (
+                    value.encode()
+                    if kind == "garbage"
+                    else json.dumps(
+                        {"choices": [{"message": {"role": "assistant", "content": f"{value} #{len(outer.calls)}"}}]}
+                    ).encode()
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -124,7 +128,9 @@ def test_unreachable_endpoint_names_the_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client = ReviewerClient(f"http://127.0.0.1:{port}/v1", "judge", timeout_s=1, max_retries=1, backoff_s=0.01)
-    with pytest.raises(ReviewerError, match=rf"reviewer endpoint http://127.0.0.1:{port}/v1/chat/completions could not be reached"):
+    with pytest.raises(
+        ReviewerError, match=rf"reviewer endpoint http://127.0.0.1:{port}/v1/chat/completions could not be reached"
+    ):
         client.complete(MESSAGES)
 
 

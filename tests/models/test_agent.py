@@ -31,7 +31,9 @@ def test_lora_agents_on_one_base_score_like_separate_models_and_stay_independent
     def logprobs(agent) -> torch.Tensor:
         with torch.no_grad(), agent.with_own_adapter() as model:
             model.eval()
-            return completion_token_logprobs(model, prompt_ids, prompt_mask, rollout.completion_ids, rollout.completion_mask)
+            return completion_token_logprobs(
+                model, prompt_ids, prompt_mask, rollout.completion_ids, rollout.completion_mask
+            )
 
     mask = rollout.completion_mask
     before = [logprobs(a) for a in shared]
@@ -70,7 +72,9 @@ def test_sampling_logprobs_come_from_the_copy_and_sit_close_to_the_float32_polic
     prompt_mask = rollout.prompt_mask.repeat_interleave(G, 0)
     mask = rollout.completion_mask
     with torch.no_grad():
-        copy_full = completion_token_logprobs(agent.sampling_copy, prompt_ids, prompt_mask, rollout.completion_ids, mask)
+        copy_full = completion_token_logprobs(
+            agent.sampling_copy, prompt_ids, prompt_mask, rollout.completion_ids, mask
+        )
         exact = completion_token_logprobs(agent.model, prompt_ids, prompt_mask, rollout.completion_ids, mask)
     gap_to_copy = (rollout.token_logprobs[mask] - copy_full[mask]).abs().max().item()
     gap_to_exact = (rollout.token_logprobs[mask] - exact[mask]).abs().max().item()

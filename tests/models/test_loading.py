@@ -20,10 +20,22 @@ def first_word_is_a(*, completions, prompts, **_):
 
 
 def train_one_step(agents, tmp_path):
-    args = MAGRPOConfig(max_new_tokens=3, max_steps=1, learning_rate=1e-2, output_dir=str(tmp_path), log_samples_steps=0,
-                        num_generations=8, batch_size=2)
-    trainer = MAGRPOTrainer(agents=agents, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    args = MAGRPOConfig(
+        max_new_tokens=3,
+        max_steps=1,
+        learning_rate=1e-2,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        num_generations=8,
+        batch_size=2,
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=first_word_is_a,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     torch.manual_seed(0)
     trainer.train(progress=False)
     return trainer
@@ -45,8 +57,14 @@ def test_lora_agents_share_one_frozen_base_and_save_loadable_adapters(tiny_token
 
     model = make_tiny_model(len(tiny_tokenizer))
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    agents = build_agents([(model, tiny_tokenizer), (model, tiny_tokenizer)], device="cpu", use_lora=True, lora_r=4,
-                          lora_alpha=8, lora_target_modules=["q_proj", "v_proj"])
+    agents = build_agents(
+        [(model, tiny_tokenizer), (model, tiny_tokenizer)],
+        device="cpu",
+        use_lora=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     assert agents[0].model is agents[1].model  # one base in memory
     assert {a.adapter for a in agents} == {"agent_0", "agent_1"}
     names0 = {id(p) for p in agents[0].trainable_parameters()}
@@ -93,7 +111,9 @@ def test_a_lora_checkpoint_loads_with_its_adapter_merged(tiny_tokenizer, tmp_pat
     base = make_tiny_model(len(tiny_tokenizer))
     base.save_pretrained(tmp_path / "base")
     tiny_tokenizer.save_pretrained(tmp_path / "base")
-    agents = build_agents([str(tmp_path / "base")] * 2, device="cpu", use_lora=True, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    agents = build_agents(
+        [str(tmp_path / "base")] * 2, device="cpu", use_lora=True, lora_r=4, lora_target_modules=["q_proj", "v_proj"]
+    )
     train_one_step(agents, tmp_path)
     ids = torch.tensor([[5, 2, 3]])
     with agents[1].with_own_adapter() as m:
@@ -147,11 +167,24 @@ def test_a_gguf_agent_trains_a_step_in_a_team_with_the_default_model(tiny_gguf, 
     path, _ = tiny_gguf
     agents = build_agents([str(path), str(own_cache)], device="cpu")
     before = [p.detach().clone() for p in agents[0].model.parameters()]
-    args = MAGRPOConfig(max_new_tokens=4, max_steps=1, learning_rate=1e-3, output_dir=str(tmp_path / "run"),
-                        log_samples_steps=0, num_generations=4, save_steps=0, save_minutes=0)
+    args = MAGRPOConfig(
+        max_new_tokens=4,
+        max_steps=1,
+        learning_rate=1e-3,
+        output_dir=str(tmp_path / "run"),
+        log_samples_steps=0,
+        num_generations=4,
+        save_steps=0,
+        save_minutes=0,
+    )
     reward = lambda completions, **_: [float(len(a)) - float(len(b)) for a, b in completions]  # noqa: E731
-    trainer = MAGRPOTrainer(agents=agents, reward_func=reward, train_dataset=[{"q": "Say something."}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=reward,
+        train_dataset=[{"q": "Say something."}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     trainer.train(progress=False)
     assert any(not torch.equal(b, p) for b, p in zip(before, agents[0].model.parameters()))
     from transformers import AutoModelForCausalLM
@@ -179,10 +212,22 @@ def test_a_team_of_one_full_and_one_lora_agent_on_the_same_model(tiny_tokenizer,
     assert full.model is model and lora.model.get_base_model() is not model  # peft never wraps the full agent's model
     assert not any("lora_" in n for n, _ in model.named_parameters())
     adapter_before = [p.detach().clone() for p in lora.trainable_parameters()]
-    args = MAGRPOConfig(max_new_tokens=3, max_steps=1, learning_rate=1e-2, output_dir=str(tmp_path), log_samples_steps=0,
-                        num_generations=8, use_lora=use_lora)
-    trainer = MAGRPOTrainer(agents=agents, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    args = MAGRPOConfig(
+        max_new_tokens=3,
+        max_steps=1,
+        learning_rate=1e-2,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        num_generations=8,
+        use_lora=use_lora,
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=first_word_is_a,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     trainer.train(progress=False)
     assert any(not torch.equal(original[n], p) for n, p in full.model.named_parameters())
     assert any(not torch.equal(b, p) for b, p in zip(adapter_before, lora.trainable_parameters()))
@@ -190,10 +235,16 @@ def test_a_team_of_one_full_and_one_lora_agent_on_the_same_model(tiny_tokenizer,
         if "lora_" not in name:
             assert torch.equal(p, original[name.replace(".base_layer", "")])
     # and the checkpoint of such a team resumes into a freshly built one
-    again = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=4), tiny_tokenizer)] * 2, device="cpu",
-                         use_lora=use_lora, lora_r=4)
-    resumed = MAGRPOTrainer(agents=again, reward_func=first_word_is_a, train_dataset=[{"q": "q"}],
-                            formatters=[lambda x: x["q"]] * 2, args=args)
+    again = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=4), tiny_tokenizer)] * 2, device="cpu", use_lora=use_lora, lora_r=4
+    )
+    resumed = MAGRPOTrainer(
+        agents=again,
+        reward_func=first_word_is_a,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+    )
     resume(resumed, tmp_path)
     for a, b in zip(trainer.agents, resumed.agents):
         for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):

@@ -26,8 +26,12 @@ def _fake_preset(tmp_path, monkeypatch, chunks: list[bytes], *, sha256: str | No
     monkeypatch.setenv("MAGRPO_CACHE", str(tmp_path / "cache"))
     joined = b"".join(chunks)
     preset = presets.GGUFPreset(
-        description="test", packages=tuple(packages), part_glob="data/part*.bin", size=len(joined),
-        sha256=sha256 or hashlib.sha256(joined).hexdigest(), pip_install="pip install fake-parts",
+        description="test",
+        packages=tuple(packages),
+        part_glob="data/part*.bin",
+        size=len(joined),
+        sha256=sha256 or hashlib.sha256(joined).hexdigest(),
+        pip_install="pip install fake-parts",
     )
     monkeypatch.setitem(presets.PRESETS, "fake", preset)
     return "fake"
@@ -44,16 +48,27 @@ def test_parts_are_joined_in_package_order_and_cached(tmp_path, monkeypatch):
 
 def test_a_part_that_does_not_hash_right_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
     name = _fake_preset(tmp_path, monkeypatch, [b"abc", b"def"], sha256="0" * 64)
-    with pytest.raises(ModelError, match=r"model preset 'fake': the joined parts do not match .*reinstall: pip install fake-parts"):
+    with pytest.raises(
+        ModelError, match=r"model preset 'fake': the joined parts do not match .*reinstall: pip install fake-parts"
+    ):
         presets.joined_gguf(name)
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
 
 
 def test_a_missing_part_names_the_install_command(tmp_path, monkeypatch):
     name = _fake_preset(tmp_path, monkeypatch, [b"abc"])
-    monkeypatch.setitem(presets.PRESETS, name, presets.GGUFPreset(
-        description="test", packages=("magrpo_fake_part0", "magrpo_no_such_part"), part_glob="data/part*.bin",
-        size=3, sha256="0" * 64, pip_install="pip install fake-parts"))
+    monkeypatch.setitem(
+        presets.PRESETS,
+        name,
+        presets.GGUFPreset(
+            description="test",
+            packages=("magrpo_fake_part0", "magrpo_no_such_part"),
+            part_glob="data/part*.bin",
+            size=3,
+            sha256="0" * 64,
+            pip_install="pip install fake-parts",
+        ),
+    )
     with pytest.raises(ModelError, match=r"not installed \(missing magrpo_no_such_part\); run: pip install fake-parts"):
         presets.joined_gguf(name)
 
@@ -61,7 +76,10 @@ def test_a_missing_part_names_the_install_command(tmp_path, monkeypatch):
 QWEN_INSTALLED = all(importlib.util.find_spec(p) for p in presets.PRESETS["qwen2.5-coder-0.5b"].packages)
 
 
-@pytest.mark.skipif(not QWEN_INSTALLED, reason="opt-in preset wheels not installed: " + presets.PRESETS["qwen2.5-coder-0.5b"].pip_install)
+@pytest.mark.skipif(
+    not QWEN_INSTALLED,
+    reason="opt-in preset wheels not installed: " + presets.PRESETS["qwen2.5-coder-0.5b"].pip_install,
+)
 def test_the_qwen_preset_loads_and_writes_python():
     from magrpo.sampling.fast import sample_fast
     from magrpo.models import build_agents

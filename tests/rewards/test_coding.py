@@ -15,7 +15,7 @@ from magrpo.rewards.coding import (
 
 
 PROBLEM = {
-    "prompt": "from typing import List\n\ndef add_all(xs: List[int]) -> int:\n    \"\"\"Sum of xs.\"\"\"\n",
+    "prompt": 'from typing import List\n\ndef add_all(xs: List[int]) -> int:\n    """Sum of xs."""\n',
     "entry_point": "add_all",
     "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n"
     "    assert candidate([5]) == 5\n    assert candidate([-1, 1]) == 0\n",
@@ -120,16 +120,41 @@ CORRECT_ALONE = "def add_all(xs):\n    return sum(xs)\n"
     "helper, main, reward, usage",
     [
         # the main agent's own nested aux is not the helper: no bonus
-        (USELESS_HELPER, "def add_all(xs):\n    def aux(v):\n        return sum(v)\n    return aux(xs)\n", 5.0, "absent"),
+        (
+            USELESS_HELPER,
+            "def add_all(xs):\n    def aux(v):\n        return sum(v)\n    return aux(xs)\n",
+            5.0,
+            "absent",
+        ),
         # a call in dead code never runs: no bonus
         (USELESS_HELPER, "def add_all(xs):\n    if False:\n        return aux()\n    return sum(xs)\n", 5.0, "absent"),
         # called inside a try where it raises: it did no work, so no bonus, whatever the main does
         # with the result (thrown away, read to decide nothing, returned with a fallback)
-        (USELESS_HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 5.0, "absent"),
-        (USELESS_HELPER, "def add_all(xs):\n    try:\n        r = aux(xs)\n    except Exception:\n        r = None\n    if r:\n        pass\n    return sum(xs)\n", 5.0, "absent"),
-        (USELESS_HELPER, "def add_all(xs):\n    try:\n        return aux(xs)\n    except Exception:\n        return sum(xs)\n", 5.0, "absent"),
+        (
+            USELESS_HELPER,
+            "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n",
+            5.0,
+            "absent",
+        ),
+        (
+            USELESS_HELPER,
+            "def add_all(xs):\n    try:\n        r = aux(xs)\n    except Exception:\n        r = None\n    if r:\n        pass\n    return sum(xs)\n",
+            5.0,
+            "absent",
+        ),
+        (
+            USELESS_HELPER,
+            "def add_all(xs):\n    try:\n        return aux(xs)\n    except Exception:\n        return sum(xs)\n",
+            5.0,
+            "absent",
+        ),
         # a helper that returns, called in a try, its result thrown away: the penalty
-        (HELPER, "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n", 4.5, "ignored"),
+        (
+            HELPER,
+            "def add_all(xs):\n    try:\n        aux(xs)\n    except Exception:\n        pass\n    return sum(xs)\n",
+            4.5,
+            "ignored",
+        ),
         # a parameter named aux shadows the helper
         (USELESS_HELPER, "def add_all(xs, aux=sum):\n    return aux(xs)\n", 5.0, "absent"),
         # the helper runs but its result never reaches the return value
@@ -137,7 +162,12 @@ CORRECT_ALONE = "def add_all(xs):\n    return sum(xs)\n"
         # real cooperation: by value, through a variable, through a condition
         (HELPER, MAIN_USES, 5.5, "used"),
         (HELPER, "def add_all(xs):\n    out = []\n    out.append(aux(xs))\n    return out[0]\n", 5.5, "used"),
-        (HELPER, "def add_all(xs):\n    if aux(xs) == sum(xs):\n        return sum(xs)\n    raise ValueError\n", 5.5, "used"),
+        (
+            HELPER,
+            "def add_all(xs):\n    if aux(xs) == sum(xs):\n        return sum(xs)\n    raise ValueError\n",
+            5.5,
+            "used",
+        ),
     ],
 )
 def test_the_cooperation_bonus_pays_only_for_a_helper_that_runs_and_matters(helper, main, reward, usage):
@@ -151,4 +181,6 @@ def test_a_def_inside_a_string_or_comment_defines_nothing():
     assert (s.defined, s.reward) == (False, 0.0)
     assert defines_function("def aux(x):\n    return (x", "aux")  # unparseable code: read token by token
     assert not defines_function("s = '''\ndef aux(x):\n", "aux")
-    assert not defines_function("class A:\n    def aux(self):\n        pass\n", "aux")  # not top-level: not in the program
+    assert not defines_function(
+        "class A:\n    def aux(self):\n        pass\n", "aux"
+    )  # not top-level: not in the program

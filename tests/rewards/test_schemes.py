@@ -51,5 +51,7 @@ def test_each_program_is_classified_as_its_scheme(scheme, code):
 def test_every_scheme_has_programs_and_the_reward_s_usage_decides_first():
     assert set(PROGRAMS) == set(SCHEMES)
     delegating = PROGRAMS["delegation"][0]
-    assert cooperation_scheme(delegating, "f", usage="absent") == "none"  # e.g. the helper never returned in the sandbox
+    assert (
+        cooperation_scheme(delegating, "f", usage="absent") == "none"
+    )  # e.g. the helper never returned in the sandbox
     assert cooperation_scheme(delegating, "f", usage="ignored") == "ignored"

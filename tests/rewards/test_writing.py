@@ -7,7 +7,22 @@ import math
 
 import pytest
 
-from magrpo.rewards.writing import EXPAND_REWARD, RatioWindow, STOP_WORDS, SUMMARIZE_REWARD, TRANSITION_WORDS, TokenWindow, WritingRewardConfig, content_words, jaccard, ramp, transitions_in, whitespace_tokens, words, writing_levels
+from magrpo.rewards.writing import (
+    EXPAND_REWARD,
+    RatioWindow,
+    STOP_WORDS,
+    SUMMARIZE_REWARD,
+    TRANSITION_WORDS,
+    TokenWindow,
+    WritingRewardConfig,
+    content_words,
+    jaccard,
+    ramp,
+    transitions_in,
+    whitespace_tokens,
+    words,
+    writing_levels,
+)
 
 
 approx = lambda x: pytest.approx(x, abs=1e-12)  # noqa: E731
@@ -30,7 +45,17 @@ def levels(concise: str, detailed: str, cfg: WritingRewardConfig = SUMMARIZE_REW
 
 def test_tokenizers_and_normaliser():
     assert whitespace_tokens("  a  b\tc\n") == ["a", "b", "c"]
-    assert words("Hello, World! state-of-the-art x_y 42") == ["hello", "world", "state", "of", "the", "art", "x", "y", "42"]
+    assert words("Hello, World! state-of-the-art x_y 42") == [
+        "hello",
+        "world",
+        "state",
+        "of",
+        "the",
+        "art",
+        "x",
+        "y",
+        "42",
+    ]
     assert content_words("The model and THE Model improve it") == {"model", "improve"}
     assert {"the", "and", "of", "we"} <= STOP_WORDS
 
@@ -225,7 +250,9 @@ def test_zero_weight_mutes_a_level_without_gating_later_ones():
 
 
 SALAD_1 = "zebra quartz violin nebula copper " + "the " * 5
-SALAD_2 = "zebra quartz violin nebula copper lemon harbor falcon granite meadow however moreover therefore " + "the " * 12
+SALAD_2 = (
+    "zebra quartz violin nebula copper lemon harbor falcon granite meadow however moreover therefore " + "the " * 12
+)
 
 
 def test_the_structural_reward_pays_full_marks_for_unrelated_words():

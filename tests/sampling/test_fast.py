@@ -48,9 +48,7 @@ def test_sampling_logprobs_match_a_full_forward(tiny_tokenizer, temperature, top
     agent = agent_for(tiny_tokenizer, seed=4, scale=8.0)
     torch.manual_seed(0)
     G = 3
-    rollout = sample_fast(
-        agent, PROMPTS, num_generations=G, max_new_tokens=16, temperature=temperature, top_p=top_p
-    )
+    rollout = sample_fast(agent, PROMPTS, num_generations=G, max_new_tokens=16, temperature=temperature, top_p=top_p)
     prompt_ids, prompt_mask = repeat_prompts(rollout, G)
     with torch.no_grad():
         full = completion_token_logprobs(
@@ -71,7 +69,11 @@ def test_reserved_cache_matches_dynamic_cache_and_grows_past_its_room(tiny_token
         for cache in caches:
             out = [model(input_ids=ids, **{cache_keyword(model): cache}, use_cache=True).logits[:, -1]]
             for token in (4, 5, 2):
-                out.append(model(input_ids=torch.tensor([[token]]), **{cache_keyword(model): cache}, use_cache=True).logits[:, -1])
+                out.append(
+                    model(input_ids=torch.tensor([[token]]), **{cache_keyword(model): cache}, use_cache=True).logits[
+                        :, -1
+                    ]
+                )
             logits.append(torch.cat(out))
     assert caches[0].get_seq_length() == 9
     assert torch.allclose(logits[0], logits[1], atol=1e-5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 
-
 def test_plain_greedy_sampler_repeats_its_single_decode_for_every_generation(tiny_agents):
     from magrpo.sampling.plain import sample_plain
 

@@ -26,7 +26,9 @@ def spy_on_padding_side(tokenizer) -> list[str]:
 
 def test_prompts_are_left_padded_without_touching_the_shared_tokenizer(tiny_tokenizer):
     tiny_tokenizer.padding_side = "right"
-    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+    agents = build_agents(
+        [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
+    )
     writes = spy_on_padding_side(tiny_tokenizer)
     texts, ids, mask = tokenize_prompts(agents[0], ["a b c", "q"])
     assert texts == ["a b c", "q"]

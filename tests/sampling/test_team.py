@@ -70,7 +70,9 @@ def test_an_error_in_one_agent_reaches_the_caller(tiny_tokenizer):
     def sample(agent, observations, generator=None):
         if agent is agents[1]:
             raise RuntimeError(f"{agent.name} failed")
-        return make_sampler(num_generations=2, max_new_tokens=2, temperature=1.0, top_p=1.0)(agent, observations, generator)
+        return make_sampler(num_generations=2, max_new_tokens=2, temperature=1.0, top_p=1.0)(
+            agent, observations, generator
+        )
 
     with pytest.raises(RuntimeError, match="agent_1 failed"):
         sample_team(agents, [PROMPTS] * 2, sample, concurrent=True)

@@ -1,4 +1,5 @@
 """Shared fixtures: every hostile program must leave the machine exactly as it found it."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Weaker isolation tiers still grade correctly and say so with a warning."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Programs that try to fake a pass: only tests that really passed earn credit."""
+
 from __future__ import annotations
 
 from magrpo.sandbox import run_tests
@@ -46,36 +47,42 @@ def test_raise_systemexit_and_baseexception():
 
 
 def test_overridden_print_and_fake_pass_lines():
-    code = WRONG + ("import builtins\nprint('All tests passed! 2/2 OK')\n"
-                    "builtins.print = lambda *a, **k: None\n"
-                    "import sys\nsys.stdout.write('PASSED\\nok\\n')\n")
+    code = WRONG + (
+        "import builtins\nprint('All tests passed! 2/2 OK')\n"
+        "builtins.print = lambda *a, **k: None\n"
+        "import sys\nsys.stdout.write('PASSED\\nok\\n')\n"
+    )
     r = run_tests(code, TESTS, **FAST)
     assert grades(r) == [("failed", ""), ("failed", "one plus one")]
     assert "All tests passed" in r.stdout
 
 
 def test_fake_report_lines_on_every_descriptor():
-    code = WRONG + ("import os\n"
-                    "for fd in range(3, 64):\n"
-                    "    for status in (b'passed', b'setup', b'loaded'):\n"
-                    "        try:\n"
-                    "            os.write(fd, b'0' * 32 + b' ' + status + b' - \\n')\n"
-                    "        except OSError:\n"
-                    "            pass\n"
-                    "def add(a, b):\n"
-                    "    for fd in range(3, 64):\n"
-                    "        try:\n"
-                    "            os.write(fd, b'x passed - \\n')\n"
-                    "        except OSError:\n"
-                    "            pass\n"
-                    "    return 0\n")
+    code = WRONG + (
+        "import os\n"
+        "for fd in range(3, 64):\n"
+        "    for status in (b'passed', b'setup', b'loaded'):\n"
+        "        try:\n"
+        "            os.write(fd, b'0' * 32 + b' ' + status + b' - \\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "def add(a, b):\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, b'x passed - \\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return 0\n"
+    )
     r = run_tests(code, TESTS, **FAST)
     assert grades(r) == [("failed", ""), ("failed", "one plus one")]
 
 
 def test_patched_builtins_do_not_change_the_tests_meaning():
-    code = ("import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.len = lambda x: 3\n"
-            "def sqrt(x):\n    builtins.round = lambda *a: 2.0\n    return 7.0\n")
+    code = (
+        "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.len = lambda x: 3\n"
+        "def sqrt(x):\n    builtins.round = lambda *a: 2.0\n    return 7.0\n"
+    )
     tests = ["assert abs(sqrt(4) - 2.0) < 1e-9", "assert round(sqrt(4)) == 2", "assert len([1, 2, 3]) == 3"]
     r = run_tests(code, tests, **FAST)
     assert [o.status for o in r.outcomes] == ["failed", "failed", "passed"]
@@ -99,10 +106,7 @@ def test_fork_hook_that_exits_every_test_process():
 
 
 def test_trace_hook_installed_at_import_is_removed():
-    code = WRONG + ("import sys\n"
-                    "def tracer(frame, event, arg):\n"
-                    "    raise SystemExit(0)\n"
-                    "sys.settrace(tracer)\n")
+    code = WRONG + ("import sys\ndef tracer(frame, event, arg):\n    raise SystemExit(0)\nsys.settrace(tracer)\n")
     assert grades(run_tests(code, TESTS, **FAST)) == [("failed", ""), ("failed", "one plus one")]
 
 
@@ -136,7 +140,7 @@ def test_result_fields():
     assert (empty.total, empty.fraction, empty.all_passed) == (0, 0.0, False)
 
 
-LIAR = '''
+LIAR = """
 class Yes:
     def __eq__(self, other): return True
     def __ne__(self, other): return True
@@ -146,14 +150,14 @@ class Yes:
     def __lt__(self, other): return True
     def __abs__(self): return 0
     def __sub__(self, other): return self
-'''
+"""
 CHECK = (
     "def check(candidate):\n"
-    "    assert candidate(1) == 2\n"                       # __eq__
-    "    assert not (candidate(1) != 2)\n"                  # __ne__
-    "    assert 3 in candidate(1)\n"                        # __contains__
-    "    assert candidate(1)\n"                             # __bool__ / __len__
-    "    assert abs(candidate(1) - 2.5) < 1e-6\n"           # a float tolerance
+    "    assert candidate(1) == 2\n"  # __eq__
+    "    assert not (candidate(1) != 2)\n"  # __ne__
+    "    assert 3 in candidate(1)\n"  # __contains__
+    "    assert candidate(1)\n"  # __bool__ / __len__
+    "    assert abs(candidate(1) - 2.5) < 1e-6\n"  # a float tolerance
 )
 
 
@@ -164,27 +168,47 @@ def test_an_object_that_claims_every_comparison_passes_no_test():
 
 
 def test_subclasses_of_plain_types_and_liars_inside_containers_pass_nothing():
-    code = LIAR + "class I(int):\n    def __eq__(self, o): return True\ndef f(x):\n    return I(2) if x == 1 else [1, Yes()]\n"
-    r = run_tests(code, "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(0) == [1, 2]\n", entry_point="f", **FAST)
+    code = (
+        LIAR
+        + "class I(int):\n    def __eq__(self, o): return True\ndef f(x):\n    return I(2) if x == 1 else [1, Yes()]\n"
+    )
+    r = run_tests(
+        code,
+        "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(0) == [1, 2]\n",
+        entry_point="f",
+        **FAST,
+    )
     assert [o.status for o in r.outcomes] == ["failed", "failed"]
     assert "returned a I object" in r.outcomes[0].message and "returned a list object" in r.outcomes[1].message
 
 
 def test_plain_results_are_graded_as_the_test_means_them():
     code = "def f(x):\n    return {'k': [1.0000001, (None, b'x')], 's': {1, 2}}\n"
-    check = ("def check(candidate):\n    assert abs(candidate(1)['k'][0] - 1.0) < 1e-6\n"
-             "    assert candidate(1)['s'] == {2, 1}\n    assert candidate(1)['k'][1] == (None, b'x')\n")
+    check = (
+        "def check(candidate):\n    assert abs(candidate(1)['k'][0] - 1.0) < 1e-6\n"
+        "    assert candidate(1)['s'] == {2, 1}\n    assert candidate(1)['k'][1] == (None, b'x')\n"
+    )
     assert run_tests(code, check, entry_point="f", **FAST).passed == 3
 
 
 def test_strict_results_can_be_switched_off_for_your_own_types():
-    r = run_tests(LIAR + "def f(x):\n    return Yes()\n", "def check(candidate):\n    assert candidate(1) == 2\n",
-                  entry_point="f", strict_results=False, **FAST)
+    r = run_tests(
+        LIAR + "def f(x):\n    return Yes()\n",
+        "def check(candidate):\n    assert candidate(1) == 2\n",
+        entry_point="f",
+        strict_results=False,
+        **FAST,
+    )
     assert r.passed == 1
 
 
 def test_calls_of_a_named_function_are_counted_per_test():
     code = "def aux(x):\n    return x + 1\ndef f(x):\n    if x > 0:\n        return aux(aux(x))\n    return 0\n"
-    r = run_tests(code, "def check(candidate):\n    assert candidate(1) == 3\n    assert candidate(0) == 0\n",
-                  entry_point="f", count_calls="aux", **FAST)
+    r = run_tests(
+        code,
+        "def check(candidate):\n    assert candidate(1) == 3\n    assert candidate(0) == 0\n",
+        entry_point="f",
+        count_calls="aux",
+        **FAST,
+    )
     assert [(o.status, o.calls) for o in r.outcomes] == [("passed", 2), ("passed", 0)] and r.calls == 2

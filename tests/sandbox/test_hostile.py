@@ -1,4 +1,5 @@
 """Hostile programs: each asserts the exact grade and (via conftest) an unharmed machine."""
+
 from __future__ import annotations
 
 import os
@@ -24,6 +25,7 @@ def statuses(r: TestRunResult) -> list[str]:
 
 # --- runaway time -----------------------------------------------------------------------
 
+
 def test_infinite_loop_in_a_test_times_out_and_later_tests_still_run():
     r = run_tests("def f():\n    while True:\n        pass\n", ["f()", "assert 1 + 1 == 2"], **FAST)
     assert grades(r) == [("timeout", "test exceeded 1.0 s"), ("passed", "")]
@@ -39,8 +41,10 @@ def test_infinite_loop_at_import_hits_the_program_timeout():
 
 
 def test_loop_that_catches_every_exception_still_dies():
-    code = ("import time\ndef f():\n    while True:\n        try:\n            time.sleep(10)\n"
-            "        except BaseException:\n            pass\n")
+    code = (
+        "import time\ndef f():\n    while True:\n        try:\n            time.sleep(10)\n"
+        "        except BaseException:\n            pass\n"
+    )
     r = run_tests(code, ["f()"], **FAST)
     assert grades(r) == [("timeout", "test exceeded 1.0 s")]
 
@@ -64,6 +68,7 @@ def test_cpu_time_limit_kills_a_busy_test():
 
 
 # --- runaway processes, threads, memory, output, files -----------------------------------
+
 
 def test_fork_bomb_at_import():
     r = run_tests("import os\nwhile True:\n    os.fork()\n", ["assert True", "assert True"], **FAST)
@@ -127,16 +132,26 @@ def test_write_to_home_directory_fails(strong):
     target = os.path.join(home, "magrpo_sandbox_pwned")
     r = run_tests("", [f"open({target!r}, 'w').write('x')"], **FAST)
     assert statuses(r) == ["error"]
-    assert r.outcomes[0].message in (f"OSError: [Errno 30] Read-only file system: {target!r}",
-                                     f"PermissionError: [Errno 13] Permission denied: {target!r}")
+    assert r.outcomes[0].message in (
+        f"OSError: [Errno 30] Read-only file system: {target!r}",
+        f"PermissionError: [Errno 13] Permission denied: {target!r}",
+    )
     assert not os.path.exists(target)
 
 
 def test_write_to_tmp_outside_its_dir_fails(strong):
-    r = run_tests("", ["open('/tmp/magrpo_sandbox_pwned', 'w').write('x')",
-                       "import os\nopen(os.path.join(os.environ['HOME'], 'own'), 'w').write('ok')"], **FAST)
-    assert grades(r) == [("error", "OSError: [Errno 30] Read-only file system: '/tmp/magrpo_sandbox_pwned'"),
-                         ("passed", "")]
+    r = run_tests(
+        "",
+        [
+            "open('/tmp/magrpo_sandbox_pwned', 'w').write('x')",
+            "import os\nopen(os.path.join(os.environ['HOME'], 'own'), 'w').write('ok')",
+        ],
+        **FAST,
+    )
+    assert grades(r) == [
+        ("error", "OSError: [Errno 30] Read-only file system: '/tmp/magrpo_sandbox_pwned'"),
+        ("passed", ""),
+    ]
     assert not os.path.exists("/tmp/magrpo_sandbox_pwned")
 
 
@@ -149,8 +164,10 @@ def test_deleting_files_it_can_see_fails(strong):
         os.chmod(where, 0o777)
         os.chmod(victim, 0o666)
         r = run_tests("import os, shutil\n", [f"os.remove({victim!r})", f"shutil.rmtree({where!r})"], **FAST)
-        assert grades(r) == [("error", f"OSError: [Errno 30] Read-only file system: {victim!r}"),
-                             ("error", "OSError: [Errno 30] Read-only file system: 'precious.txt'")]
+        assert grades(r) == [
+            ("error", f"OSError: [Errno 30] Read-only file system: {victim!r}"),
+            ("error", "OSError: [Errno 30] Read-only file system: 'precious.txt'"),
+        ]
         with open(victim) as f:
             assert f.read() == "keep me"
     finally:
@@ -159,12 +176,15 @@ def test_deleting_files_it_can_see_fails(strong):
 
 # --- secrets and network ---------------------------------------------------------------
 
+
 def test_environment_secrets_are_not_visible(strong, monkeypatch):
     monkeypatch.setenv("MAGRPO_FAKE_API_TOKEN", "hunter2-secret")
     parent = os.getpid()
-    tests = ["import os\nassert 'MAGRPO_FAKE_API_TOKEN' not in os.environ",
-             "import os\nassert not any('hunter2' in v for v in os.environ.values())",
-             f"open('/proc/{parent}/environ', 'rb').read()"]
+    tests = [
+        "import os\nassert 'MAGRPO_FAKE_API_TOKEN' not in os.environ",
+        "import os\nassert not any('hunter2' in v for v in os.environ.values())",
+        f"open('/proc/{parent}/environ', 'rb').read()",
+    ]
     r = run_tests("", tests, **FAST)
     assert grades(r)[:2] == [("passed", ""), ("passed", "")]
     assert r.outcomes[2].status == "error" and r.outcomes[2].message.startswith("FileNotFoundError")
@@ -194,14 +214,21 @@ def test_socket_to_external_address_fails_immediately(strong):
 
 # --- attacks on the parent and other processes ------------------------------------------
 
+
 def test_killing_the_parent_and_its_group_is_harmless(strong):
-    tests = ["import os\nos.kill(os.getppid(), 9)\nassert True",
-             "import os\nos.kill(-1, 9)",
-             "import os\nos.killpg(os.getpgrp(), 9)",
-             "assert True"]
+    tests = [
+        "import os\nos.kill(os.getppid(), 9)\nassert True",
+        "import os\nos.kill(-1, 9)",
+        "import os\nos.killpg(os.getpgrp(), 9)",
+        "assert True",
+    ]
     r = run_tests("", tests, **FAST)
-    assert grades(r) == [("passed", ""), ("error", "ProcessLookupError: [Errno 3] No such process"),
-                         ("error", "test process died from signal SIGKILL"), ("passed", "")]
+    assert grades(r) == [
+        ("passed", ""),
+        ("error", "ProcessLookupError: [Errno 3] No such process"),
+        ("error", "test process died from signal SIGKILL"),
+        ("passed", ""),
+    ]
 
 
 def test_kill_everything_at_import_harms_nothing(strong):
@@ -221,13 +248,20 @@ def test_detached_double_forked_child_is_killed():
         " 'MAGRPO_HOSTILE_MARKER'])\n"
         "    os._exit(0)\n"
         "import time\ntime.sleep(0.3)\n"
-        "def f():\n    return 1\n")
+        "def f():\n    return 1\n"
+    )
     r = run_tests(code, ["assert f() == 1"], **FAST)
     assert grades(r) == [("passed", "")]
     assert processes_matching("MAGRPO_HOSTILE_MARKER") == []
 
 
 def test_runs_unprivileged(strong):
-    r = run_tests("import os\n", ["assert os.getuid() != 0 and os.geteuid() != 0",
-                                  "assert len([p for p in os.listdir('/proc') if p.isdigit()]) < 10"], **FAST)
+    r = run_tests(
+        "import os\n",
+        [
+            "assert os.getuid() != 0 and os.geteuid() != 0",
+            "assert len([p for p in os.listdir('/proc') if p.isdigit()]) < 10",
+        ],
+        **FAST,
+    )
     assert statuses(r) == ["passed", "passed"]

@@ -37,12 +37,22 @@ def test_canonical_solution_as_main_scores_full_tests_through_the_task_scorer():
 
 def test_the_task_scorer_reports_the_cooperation_scheme_of_each_answer():
     task = coding_task()
-    item = {"prompt": "def add_all(xs):\n", "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n",
-            "entry_point": "add_all"}
+    item = {
+        "prompt": "def add_all(xs):\n",
+        "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n",
+        "entry_point": "add_all",
+    }
     helper = "def aux(xs):\n    return sum(xs)\n"
-    mains = ["def add_all(xs):\n    return aux(xs)\n",
-             "def add_all(xs):\n    if not xs:\n        return aux(xs)\n    return sum(xs)\n",
-             "def add_all(xs):\n    return sum(aux([x]) for x in xs)\n"]
-    rows = task.scorer(completions=[(helper, m) for m in mains], prompts=[("", "")] * 3, **{k: [v] * 3 for k, v in item.items()})
+    mains = [
+        "def add_all(xs):\n    return aux(xs)\n",
+        "def add_all(xs):\n    if not xs:\n        return aux(xs)\n    return sum(xs)\n",
+        "def add_all(xs):\n    return sum(aux([x]) for x in xs)\n",
+    ]
+    rows = task.scorer(
+        completions=[(helper, m) for m in mains], prompts=[("", "")] * 3, **{k: [v] * 3 for k, v in item.items()}
+    )
     assert [next(k for k, v in r.items() if k.startswith("scheme/") and v == 1.0) for r in rows] == [
-        "scheme/delegation", "scheme/fallback", "scheme/coordinator"]  # what the code is written to do
+        "scheme/delegation",
+        "scheme/fallback",
+        "scheme/coordinator",
+    ]  # what the code is written to do

@@ -24,9 +24,17 @@ def one_step(agents, task_name, tmp_path, **config):
     task = get_task(task_name)
     args = MAGRPOConfig(num_generations=2, max_new_tokens=12, max_steps=1, output_dir=str(tmp_path), **config)
     feedback = task.execution_feedback() if config.get("num_turns", 1) > 1 else None
-    trainer = MAGRPOTrainer(agents=agents, scorer=task.scorer, train_dataset=task.load_split("train")[:2],
-                            eval_dataset=task.load_split("eval")[:1], formatters=task.formatters, args=args,
-                            feedback=feedback, is_solved=task.is_solved, agent_roles=task.agent_roles)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        scorer=task.scorer,
+        train_dataset=task.load_split("train")[:2],
+        eval_dataset=task.load_split("eval")[:1],
+        formatters=task.formatters,
+        args=args,
+        feedback=feedback,
+        is_solved=task.is_solved,
+        agent_roles=task.agent_roles,
+    )
     history = trainer.train(progress=False)
     return trainer, history
 

@@ -25,7 +25,10 @@ CONCISE = "alpha beta gamma delta epsilon the the the the the"  # 10 tokens, C1 
 
 
 def test_detokenize_and_truncate():
-    assert detokenize(["Terms ( MT ) , e.g. it 's [ 1 ] fine .", "Do n't stop ."]) == "Terms (MT), e.g. it's [1] fine. Don't stop."
+    assert (
+        detokenize(["Terms ( MT ) , e.g. it 's [ 1 ] fine .", "Do n't stop ."])
+        == "Terms (MT), e.g. it's [1] fine. Don't stop."
+    )
     long = " ".join(f"t{i}" for i in range(300))
     assert truncate_words(long) == " ".join(f"t{i}" for i in range(MAX_SOURCE_WORDS)) + " ..."
     assert truncate_words("a b  c") == "a b c"
@@ -95,7 +98,9 @@ def test_scorer_on_aclsum_batch(eval_items):
         assert {k: row[k] for k in expected} == expected
     assert rows[0]["rouge1"] == rows[0]["rouge2"] == rows[0]["rougeL"] == approx(1.0)
     assert 0.0 <= rows[1]["rougeL"] <= rows[1]["rouge1"] < 0.2 and rows[1]["reward"] == approx(2.0 + 0.4 * 2 / 3 + 0.4)
-    assert task.reward_func(completions=completions, prompts=prompts, **columns_of(items)) == [r["reward"] for r in rows]
+    assert task.reward_func(completions=completions, prompts=prompts, **columns_of(items)) == [
+        r["reward"] for r in rows
+    ]
     with pytest.raises(ValueError, match="2 agents"):
         task.scorer(completions=[("a",)], prompts=[None], reference=["r"])
 

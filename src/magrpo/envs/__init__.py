@@ -9,4 +9,13 @@ from magrpo.envs.base import MultiAgentEnv, StepResult, step_batch
 from magrpo.envs.check import check_env, check_step_result
 from magrpo.envs.reward_env import RewardFunctionEnv, reward_env_factory, scorer_from_reward_funcs
 
-__all__ = ["MultiAgentEnv", "RewardFunctionEnv", "StepResult", "check_env", "check_step_result", "reward_env_factory", "scorer_from_reward_funcs", "step_batch"]
+__all__ = [
+    "MultiAgentEnv",
+    "RewardFunctionEnv",
+    "StepResult",
+    "check_env",
+    "check_step_result",
+    "reward_env_factory",
+    "scorer_from_reward_funcs",
+    "step_batch",
+]

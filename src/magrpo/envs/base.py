@@ -46,7 +46,9 @@ class MultiAgentEnv(ABC):
         return list(self.possible_agents)
 
     @abstractmethod
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, Observation], dict[str, dict]]:
+    def reset(
+        self, seed: int | None = None, options: dict | None = None
+    ) -> tuple[dict[str, Observation], dict[str, dict]]:
         """Start the episode: every agent's first observation, and infos."""
 
     @abstractmethod
@@ -66,7 +68,9 @@ class MultiAgentEnv(ABC):
         return [env.step(a) for env, a in zip(envs, actions)]
 
     @classmethod
-    def observe_many(cls, envs: Sequence["MultiAgentEnv"], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
+    def observe_many(
+        cls, envs: Sequence["MultiAgentEnv"], results: Sequence[StepResult]
+    ) -> list[dict[str, Observation]]:
         """The next observations of branches that continue, ``results`` being what their last
         ``step_many`` returned. The default takes the results' observations; override to build
         costly observations (feedback) only for the branches that continue."""

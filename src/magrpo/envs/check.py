@@ -112,8 +112,13 @@ def _check_per_agent(values: Any, agents: Sequence[str], what: str) -> None:
 def _check_observation(observation: Any, what: str) -> None:
     if isinstance(observation, str):
         return
-    if isinstance(observation, list) and observation and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in observation
+    if (
+        isinstance(observation, list)
+        and observation
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in observation
+        )
     ):
         return
     raise EnvError(

@@ -24,7 +24,9 @@ from magrpo.rewards.validation import validate_rewards
 from magrpo.types import Formatter, Observation, Scorer
 
 
-def scorer_from_reward_funcs(reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None) -> Scorer:
+def scorer_from_reward_funcs(
+    reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None
+) -> Scorer:
     """Reward functions -> one scorer: the weighted sum, each function's value kept as a figure."""
     funcs = list(reward_funcs)
     weights = list(weights) if weights is not None else [1.0] * len(funcs)
@@ -48,7 +50,9 @@ def scorer_from_reward_funcs(reward_funcs: Sequence[Callable[..., Any]], weights
 def validate_scores(scorer: Scorer, rows: Any, expected: int) -> list[dict[str, float]]:
     if not isinstance(rows, list) or len(rows) != expected:
         count = len(rows) if hasattr(rows, "__len__") else type(rows).__name__
-        raise RewardError(f"scorer {getattr(scorer, '__name__', scorer)!r} returned {count} rows for {expected} joint actions")
+        raise RewardError(
+            f"scorer {getattr(scorer, '__name__', scorer)!r} returned {count} rows for {expected} joint actions"
+        )
     validate_rewards(scorer, [row.get("reward") if isinstance(row, dict) else row for row in rows], expected)
     return rows
 
@@ -74,7 +78,9 @@ class RewardFunctionEnv(MultiAgentEnv):
         num_turns: int | None = None,
     ):
         if len(formatters) != len(agent_names):
-            raise ValueError(f"{len(formatters)} formatters for {len(agent_names)} agents: give one formatter per agent")
+            raise ValueError(
+                f"{len(formatters)} formatters for {len(agent_names)} agents: give one formatter per agent"
+            )
         self.item = item
         self.formatters = list(formatters)
         self.scorer = scorer
@@ -97,8 +103,14 @@ class RewardFunctionEnv(MultiAgentEnv):
     def branch(self) -> "RewardFunctionEnv":
         # the item is read-only: share it instead of deep-copying a long text per joint action
         twin = RewardFunctionEnv(
-            self.item, self.formatters, self.scorer, self.possible_agents,
-            feedback=self.feedback, is_solved=self.is_solved, agent_roles=self.agent_roles, num_turns=self.num_turns,
+            self.item,
+            self.formatters,
+            self.scorer,
+            self.possible_agents,
+            feedback=self.feedback,
+            is_solved=self.is_solved,
+            agent_roles=self.agent_roles,
+            num_turns=self.num_turns,
         )
         twin.observations = dict(self.observations)
         twin.turn = self.turn
@@ -121,6 +133,7 @@ class RewardFunctionEnv(MultiAgentEnv):
     def step_many(cls, envs: Sequence["RewardFunctionEnv"], actions: Sequence[dict[str, str]]) -> list[StepResult]:
         """Score every joint action (one scorer call per scorer object, normally exactly one); the
         results' observations are what the agents saw: feedback waits for :meth:`observe_many`."""
+
         def score(indices: list[int]) -> list[StepResult]:
             scorer = envs[indices[0]].scorer
             names = envs[indices[0]].possible_agents
@@ -138,19 +151,23 @@ class RewardFunctionEnv(MultiAgentEnv):
                 if not solved and not last_turn:
                     env.pending = (FeedbackRequest(env.item, joint, row, env.turn, env.agent_roles), dict(actions[i]))
                 reward = float(row["reward"])
-                results.append(StepResult(
-                    observations=dict(env.observations),
-                    rewards={n: reward for n in names},
-                    terminations={n: solved for n in names},
-                    truncations={n: False for n in names},
-                    infos={n: dict(row) for n in names},
-                ))
+                results.append(
+                    StepResult(
+                        observations=dict(env.observations),
+                        rewards={n: reward for n in names},
+                        terminations={n: solved for n in names},
+                        truncations={n: False for n in names},
+                        infos={n: dict(row) for n in names},
+                    )
+                )
             return results
 
         return run_per_group(envs, lambda env: env.scorer, score)
 
     @classmethod
-    def observe_many(cls, envs: Sequence["RewardFunctionEnv"], results: Sequence[StepResult]) -> list[dict[str, Observation]]:
+    def observe_many(
+        cls, envs: Sequence["RewardFunctionEnv"], results: Sequence[StepResult]
+    ) -> list[dict[str, Observation]]:
         """Each continuing branch's history plus its feedback, asked in one call per feedback source."""
         continuing = [env for env in envs if env.pending is not None]
         for indices in group_by_identity(continuing, lambda env: env.feedback):
@@ -169,4 +186,6 @@ def reward_env_factory(
     formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str], **options: Any
 ) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
     """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles, num_turns)."""
-    return functools.partial(RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options)
+    return functools.partial(
+        RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options
+    )

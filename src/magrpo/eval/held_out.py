@@ -15,7 +15,9 @@ from magrpo.tree import expand_tree
 
 @torch.no_grad()
 def evaluate_team(
-    team: Team, env_factory: Callable[[Mapping[str, Any]], MultiAgentEnv], items: Sequence[Mapping[str, Any]],
+    team: Team,
+    env_factory: Callable[[Mapping[str, Any]], MultiAgentEnv],
+    items: Sequence[Mapping[str, Any]],
     batch_size: int = 8,
 ) -> dict[str, float]:
     """``{"items": n, "reward": ..., <scorer figures>..., "turn_2/reward": ...}`` over ``items``."""
@@ -26,9 +28,16 @@ def evaluate_team(
     with ranks.whole_weights(agent.model for agent in team.agents):
         for start in range(0, len(mine), batch_size):
             envs = [env_factory(item) for item in mine[start : start + batch_size]]
-            turns = expand_tree(team.agents, envs, sample=sample, joint_mode="aligned", num_generations=1,
-                                num_turns=a.num_turns, early_stop_reward=a.early_stop_reward,
-                                concurrent_agents=concurrent_agents(a))
+            turns = expand_tree(
+                team.agents,
+                envs,
+                sample=sample,
+                joint_mode="aligned",
+                num_generations=1,
+                num_turns=a.num_turns,
+                early_stop_reward=a.early_stop_reward,
+                concurrent_agents=concurrent_agents(a),
+            )
             for t, figures in enumerate(final_figures_per_turn(turns, len(envs), a.num_turns)):
                 per_turn[t].extend(figures)
     shares = ranks.gather(per_turn)  # every item's figures, in the items' order

@@ -29,7 +29,9 @@ def team_vs_single_latency(
     *,
     max_new_tokens: int,
 ) -> dict[str, float]:
-    team_sampler = make_sampler(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False)
+    team_sampler = make_sampler(
+        num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False
+    )
     single_sampler = make_sampler(
         num_generations=1, max_new_tokens=max_new_tokens * len(agents), temperature=0.0, use_sampling_copy=False
     )

@@ -63,10 +63,13 @@ def setup_answers(
     first = [[fmt(item) for item in items] for fmt in formatters]  # per agent, per item
     if name == "single":
         if single_formatter is None or split_single is None:
-            raise ValueError("the 'single' baseline needs the task's single-model prompt and the way to split its reply")
+            raise ValueError(
+                "the 'single' baseline needs the task's single-model prompt and the way to split its reply"
+            )
         # N = the team's parts (formatters), not the agents given: a single trained model comes alone
-        whole = make_sampler(num_generations=1, max_new_tokens=max_new_tokens * len(formatters), temperature=0.0,
-                             use_sampling_copy=False)
+        whole = make_sampler(
+            num_generations=1, max_new_tokens=max_new_tokens * len(formatters), temperature=0.0, use_sampling_copy=False
+        )
         prompts = [single_formatter(item) for item in items]
         replies = whole(agents[0], prompts).texts
         return [split_single(reply, item) for reply, item in zip(replies, items)], [(p,) for p in prompts]
@@ -78,8 +81,12 @@ def setup_answers(
         texts: list[list[str]] = []
         for i, agent in enumerate(agents):  # agent i sees the answers of agents 0..i-1
             observations = [
-                with_note(first[i][k], "\n\n".join(TEAMMATE_ANSWER.format(role=roles[j], answer=texts[j][k]) for j in range(i)))
-                if i else first[i][k]
+                with_note(
+                    first[i][k],
+                    "\n\n".join(TEAMMATE_ANSWER.format(role=roles[j], answer=texts[j][k]) for j in range(i)),
+                )
+                if i
+                else first[i][k]
                 for k in range(len(items))
             ]
             seen.append(observations)
@@ -90,10 +97,15 @@ def setup_answers(
 
     def revision(i: int, k: int) -> Observation:  # agent i, item k: its first exchange, then the others' drafts
         asked = as_messages(first[i][k])
-        others = "\n\n".join(TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i)
+        others = "\n\n".join(
+            TEAMMATE_ANSWER.format(role=roles[j], answer=drafts[j][k]) for j in range(len(agents)) if j != i
+        )
         return asked + [
             {"role": "assistant", "content": drafts[i][k]},
-            {"role": "user", "content": DISCUSSION_INSTRUCTION.format(answers=others, role=roles[i], task=asked[-1]["content"])},
+            {
+                "role": "user",
+                "content": DISCUSSION_INSTRUCTION.format(answers=others, role=roles[i], task=asked[-1]["content"]),
+            },
         ]
 
     revise = [[revision(i, k) for k in range(len(items))] for i in range(len(agents))]
@@ -119,12 +131,20 @@ def evaluate_setup(
     for start in range(0, len(items), batch_size):
         batch = list(items[start : start + batch_size])
         joint, observations = setup_answers(
-            name, agents, batch, formatters=formatters, max_new_tokens=max_new_tokens, roles=roles,
-            single_formatter=single_formatter, split_single=split_single,
+            name,
+            agents,
+            batch,
+            formatters=formatters,
+            max_new_tokens=max_new_tokens,
+            roles=roles,
+            single_formatter=single_formatter,
+            split_single=split_single,
         )
         scored = scorer(completions=joint, prompts=observations, **columns_of(batch))
-        rows.extend({k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                    for row in scored)
+        rows.extend(
+            {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for row in scored
+        )
     return {"items": float(len(items)), **mean_figures(rows)}
 
 

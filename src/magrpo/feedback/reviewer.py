@@ -62,7 +62,12 @@ class ReviewerClient:
         self.requests_sent = 0
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        payload = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
         body = json.dumps(payload, sort_keys=True).encode()
         key = hashlib.sha256(body).hexdigest()
         with self._lock:
@@ -103,7 +108,9 @@ def _message_text(payload: Any, url: str) -> str:
     try:
         text = payload["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
-        raise ReviewerError(f"reviewer {url} answered without choices[0].message.content: {str(payload)[:200]}") from exc
+        raise ReviewerError(
+            f"reviewer {url} answered without choices[0].message.content: {str(payload)[:200]}"
+        ) from exc
     if not isinstance(text, str):
         raise ReviewerError(f"reviewer {url} answered a non-text message: {text!r}")
     return text.strip()

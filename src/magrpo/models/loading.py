@@ -42,7 +42,9 @@ def resolve_model_source(spec: str | os.PathLike) -> str:
         if len(ggufs) == 1:
             return str(converted_gguf_dir(path / ggufs[0]))
         if ggufs:
-            raise ModelError(f"model directory {text!r} holds several GGUF files ({', '.join(ggufs)}); name the one to use")
+            raise ModelError(
+                f"model directory {text!r} holds several GGUF files ({', '.join(ggufs)}); name the one to use"
+            )
         raise ModelError(f"model directory {text!r} holds no config.json (nor adapter_config.json, nor a .gguf file)")
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
     if looks_like_hub_id:
@@ -130,8 +132,10 @@ def build_agents(
         if with_lora and key in lora_bases:
             model, tokenizer = lora_bases[key]
             if next(model.parameters()).device != torch_device:
-                raise ModelError(f"{name} shares a LoRA base with an agent on {next(model.parameters()).device}; "
-                                 f"it cannot sit on {torch_device}")
+                raise ModelError(
+                    f"{name} shares a LoRA base with an agent on {next(model.parameters()).device}; "
+                    f"it cannot sit on {torch_device}"
+                )
             _add_adapter(model, name, lora_r, lora_alpha, lora_dropout, lora_target_modules)
             agents.append(AgentPolicy(name, model, tokenizer, adapter=name))
             continue
@@ -215,8 +219,9 @@ def save_agent(agent: AgentPolicy, directory: str | Path, state_dict: dict[str, 
         if agent.adapter is None:
             agent.model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
         else:
-            agent.model.save_pretrained(directory, selected_adapters=[agent.adapter], safe_serialization=True,
-                                        state_dict=state_dict)
+            agent.model.save_pretrained(
+                directory, selected_adapters=[agent.adapter], safe_serialization=True, state_dict=state_dict
+            )
     if agent.adapter is not None:
         # peft nests a non-default adapter in a sub-folder; flatten so PeftModel.from_pretrained(dir) works
         nested = directory / agent.adapter

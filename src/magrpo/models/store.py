@@ -78,7 +78,9 @@ def convert_gguf(gguf_path: Path, destination: Path) -> Path:
     try:
         with quiet_library_progress():
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
             strip_gguf_quantization(model)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -106,4 +108,11 @@ def converted_gguf_dir(gguf_path: Path) -> Path:
     return destination
 
 
-__all__ = ["cache_dir", "convert_gguf", "converted_gguf_dir", "library_progress_shown", "quiet_library_progress", "strip_gguf_quantization"]
+__all__ = [
+    "cache_dir",
+    "convert_gguf",
+    "converted_gguf_dir",
+    "library_progress_shown",
+    "quiet_library_progress",
+    "strip_gguf_quantization",
+]

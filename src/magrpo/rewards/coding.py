@@ -98,15 +98,25 @@ def problem_imports(problem_prompt: str) -> list[str]:
     tree = _parse(problem_prompt)
     if tree is None:
         return []
-    return [ast.get_source_segment(problem_prompt, n) or "" for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return [
+        ast.get_source_segment(problem_prompt, n) or ""
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    ]
 
 
-def combine_program(helper_code: str, main_code: str, entry_point: str, problem_prompt: str = "", helper_name: str = "aux") -> str | None:
+def combine_program(
+    helper_code: str, main_code: str, entry_point: str, problem_prompt: str = "", helper_name: str = "aux"
+) -> str | None:
     """The program the tests run, or None when a part does not parse (see the module docstring)."""
     helper_tree, main_tree = _parse(helper_code), _parse(main_code)
     if helper_tree is None or main_tree is None:
         return None
-    parts = problem_imports(problem_prompt) + _kept_source(helper_code, helper_tree, entry_point) + _kept_source(main_code, main_tree, helper_name)
+    parts = (
+        problem_imports(problem_prompt)
+        + _kept_source(helper_code, helper_tree, entry_point)
+        + _kept_source(main_code, main_tree, helper_name)
+    )
     program = "\n\n".join(p for p in parts if p)
     return program + "\n" if _parse(program) is not None else None
 
@@ -130,14 +140,20 @@ def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> 
     tree = _parse(main_code)
     if tree is None:
         return "absent"
-    func = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None)
+    func = next(
+        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None
+    )
     if func is None or _binds_locally(func, helper_name):
         return "absent"
     parents: dict[ast.AST, ast.AST] = {}
     for parent in ast.walk(func):
         for child in ast.iter_child_nodes(parent):
             parents[child] = parent
-    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name]
+    calls = [
+        n
+        for n in ast.walk(func)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name
+    ]
     if not calls:
         return "absent"
     loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
@@ -156,13 +172,19 @@ def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> 
 def _binds_locally(func: ast.AST, name: str) -> bool:
     """The entry point makes ``name`` its own (so calls of it never reach agent 1's helper)."""
     for node in ast.walk(func):
-        if node is not func and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+        if (
+            node is not func
+            and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.name == name
+        ):
             return True
         if isinstance(node, ast.arg) and node.arg == name:
             return True
         if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, (ast.Store, ast.Del)):
             return True
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            (a.asname or a.name.split(".")[0]) == name for a in node.names
+        ):
             return True
     return False
 
@@ -197,7 +219,11 @@ def _reaches_return(func: ast.AST, helper_name: str) -> bool:
                 value, targets = node.iter, [node.target]
             elif isinstance(node, ast.NamedExpr):
                 value, targets = node.value, [node.target]
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+            ):
                 # xs.append(aux(x)), d.update(...): the object called on carries the result
                 if any(mentions(arg, tainted) for arg in [*node.args, *[k.value for k in node.keywords]]):
                     value, targets = node, [node.func.value]
@@ -206,7 +232,10 @@ def _reaches_return(func: ast.AST, helper_name: str) -> bool:
                 inside = [n for part in (node.body, node.orelse) for stmt in part for n in ast.walk(stmt)]
                 if any(isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in inside):
                     return True
-                value, targets = node.test, [n for n in inside if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+                value, targets = (
+                    node.test,
+                    [n for n in inside if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)],
+                )
             if value is not None and mentions(value, tainted):
                 for target in targets:
                     for n in ast.walk(target):
@@ -263,12 +292,18 @@ def score_coding_batch(
         entry = problem["entry_point"]
         helper_code, main_code = extract_code(helper_text), extract_code(main_text)
         defined = defines_function(helper_code, config.helper_name) and defines_function(main_code, entry)
-        program = combine_program(helper_code, main_code, entry, problem.get("prompt", ""), config.helper_name) if defined else None
+        program = (
+            combine_program(helper_code, main_code, entry, problem.get("prompt", ""), config.helper_name)
+            if defined
+            else None
+        )
         usage = helper_usage(main_code, entry, config.helper_name) if program else "absent"
         scores.append(CodingScore(defined, program is not None, 0, 0, usage, 0.0))
         if program is not None:
             job_of[k] = len(jobs)
-            jobs.append({"code": program, "tests": problem["test"], "entry_point": entry, "count_calls": config.helper_name})
+            jobs.append(
+                {"code": program, "tests": problem["test"], "entry_point": entry, "count_calls": config.helper_name}
+            )
     runs = run_tests_many(jobs, limits=limits) if jobs else []
     for k, score in enumerate(scores):
         if k in job_of:

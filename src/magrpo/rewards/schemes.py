@@ -34,15 +34,24 @@ def cooperation_scheme(main_code: str, entry_point: str, helper_name: str = "aux
     sandbox counted the helper's calls); read from the code when None."""
     usage = helper_usage(main_code, entry_point, helper_name) if usage is None else usage
     tree = _parse(main_code)
-    func = None if tree is None else next(
-        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None
+    func = (
+        None
+        if tree is None
+        else next(
+            (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point),
+            None,
+        )
     )
     if usage == "absent" or func is None or _binds_locally(func, helper_name):
         return "none"
     if usage == "ignored":
         return "ignored"
     parents = {child: parent for parent in ast.walk(func) for child in ast.iter_child_nodes(parent)}
-    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name]
+    calls = [
+        n
+        for n in ast.walk(func)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name
+    ]
 
     def ancestors(node: ast.AST):
         while node in parents:
@@ -50,7 +59,9 @@ def cooperation_scheme(main_code: str, entry_point: str, helper_name: str = "aux
             yield child, node
 
     def on_fallback_path(call: ast.Call) -> bool:
-        return any(isinstance(p, ast.ExceptHandler) or (isinstance(p, ast.If) and c is not p.test) for c, p in ancestors(call))
+        return any(
+            isinstance(p, ast.ExceptHandler) or (isinstance(p, ast.If) and c is not p.test) for c, p in ancestors(call)
+        )
 
     def in_condition(call: ast.Call) -> bool:
         for child, parent in ancestors(call):

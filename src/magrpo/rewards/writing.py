@@ -66,19 +66,53 @@ STOP_WORDS: frozenset[str] = frozenset(
 #: that the level rewards deliberate structure.
 TRANSITION_WORDS: tuple[str, ...] = (
     # addition
-    "additionally", "also", "furthermore", "in addition", "moreover", "similarly", "likewise",
+    "additionally",
+    "also",
+    "furthermore",
+    "in addition",
+    "moreover",
+    "similarly",
+    "likewise",
     # example / specificity
-    "for example", "for instance", "in particular", "namely", "notably", "specifically",
+    "for example",
+    "for instance",
+    "in particular",
+    "namely",
+    "notably",
+    "specifically",
     "such as",
     # contrast / concession
-    "although", "despite", "however", "in contrast", "instead", "nevertheless", "nonetheless",
-    "on the other hand", "whereas", "yet",
+    "although",
+    "despite",
+    "however",
+    "in contrast",
+    "instead",
+    "nevertheless",
+    "nonetheless",
+    "on the other hand",
+    "whereas",
+    "yet",
     # cause / effect
-    "as a result", "because", "consequently", "due to", "hence", "therefore", "thus",
+    "as a result",
+    "because",
+    "consequently",
+    "due to",
+    "hence",
+    "therefore",
+    "thus",
     # sequence
-    "finally", "first", "second", "next", "subsequently", "to this end",
+    "finally",
+    "first",
+    "second",
+    "next",
+    "subsequently",
+    "to this end",
     # summary
-    "in conclusion", "in short", "in summary", "overall", "to summarize",
+    "in conclusion",
+    "in short",
+    "in summary",
+    "overall",
+    "to summarize",
 )
 
 _WORD = re.compile(r"[^\W_]+")
@@ -159,8 +193,14 @@ class WritingRewardConfig:
     content_full: float = 0.5
 
     def __post_init__(self) -> None:
-        weights = (self.structure_weight, self.length_weight, self.vocabulary_weight,
-                   self.transition_weight, self.jaccard_weight, self.content_weight)
+        weights = (
+            self.structure_weight,
+            self.length_weight,
+            self.vocabulary_weight,
+            self.transition_weight,
+            self.jaccard_weight,
+            self.content_weight,
+        )
         if any(w < 0 for w in weights):
             raise ValueError(f"reward weights must be >= 0, got {weights}")
         if self.transition_target < 1:
@@ -172,8 +212,14 @@ class WritingRewardConfig:
 
     @property
     def max_reward(self) -> float:
-        return (self.structure_weight + self.length_weight + self.vocabulary_weight
-                + self.transition_weight + self.jaccard_weight + self.content_weight)
+        return (
+            self.structure_weight
+            + self.length_weight
+            + self.vocabulary_weight
+            + self.transition_weight
+            + self.jaccard_weight
+            + self.content_weight
+        )
 
 
 #: TL;DR (part 1) + detailed summary (part 2).

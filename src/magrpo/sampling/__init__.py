@@ -38,7 +38,9 @@ def make_sampler(
     else:
         from magrpo.sampling.plain import sample_plain as sampler
 
-    def sample(agent: AgentPolicy, observations: Sequence[Observation], generator: torch.Generator | None = None) -> Rollout:
+    def sample(
+        agent: AgentPolicy, observations: Sequence[Observation], generator: torch.Generator | None = None
+    ) -> Rollout:
         return sampler(
             agent,
             observations,

@@ -59,7 +59,9 @@ class ReservedLayer(DynamicLayer):
         self.keys = self._keys[:, :, : self.length]
         self.values = self._values[:, :, : self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
@@ -123,7 +125,9 @@ def uniforms(rows: int, generator: Generators, row_prompt: torch.Tensor | None, 
     if generator is None or isinstance(generator, torch.Generator):
         return torch.rand((rows, 1), dtype=torch.float64, device=device, generator=generator)
     counts = torch.bincount(row_prompt, minlength=len(generator)).tolist()
-    parts = [torch.rand((n, 1), dtype=torch.float64, device=device, generator=g) for g, n in zip(generator, counts) if n]
+    parts = [
+        torch.rand((n, 1), dtype=torch.float64, device=device, generator=g) for g, n in zip(generator, counts) if n
+    ]
     return torch.cat(parts)
 
 
@@ -144,7 +148,10 @@ def draw(probs: torch.Tensor, generator: Generators = None, row_prompt: torch.Te
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: Generators = None,
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: Generators = None,
     row_prompt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row of float32 ``logits`` [B, V]: greedy for temperature 0, else a draw from
@@ -198,9 +205,7 @@ def _decode(
     for step in range(max_new_tokens):
         chosen = sample_next_tokens(logits, temperature, top_p, generator, active // G)
         tokens[active, step] = chosen
-        logprobs[active, step] = (
-            torch.log_softmax(logits / scale, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-        )
+        logprobs[active, step] = torch.log_softmax(logits / scale, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
         length = step + 1
         if step + 1 == max_new_tokens:
             break
@@ -258,7 +263,9 @@ def sample_fast(
         )
     mask = completion_mask(completion_ids, agent.eos_token_ids)
     texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs=logprobs)
+    return Rollout(
+        prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs=logprobs
+    )
 
 
 __all__ = ["ReservedLayer", "draw", "new_cache", "sample_fast", "sample_next_tokens"]

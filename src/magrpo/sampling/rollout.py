@@ -42,7 +42,9 @@ class Rollout:
         return self.texts[prompt * self.num_generations + generation]
 
 
-def tokenize_prompts(agent: AgentPolicy, observations: Sequence[Observation]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def tokenize_prompts(
+    agent: AgentPolicy, observations: Sequence[Observation]
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Rendered prompts, left-padded ids and mask. The padding side is an argument of the call,
     never set on the tokenizer, which agents sampling in threads may share."""
     rendered = [agent.render(o) for o in observations]

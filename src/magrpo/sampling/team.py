@@ -39,8 +39,10 @@ def agent_generators(
     if prompt_keys is None:
         return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
     return [
-        [torch.Generator(device=_sampling_device(agent)).manual_seed(mix_seed(int(key) + 1, seed) % 2**62)
-         for key in prompt_keys]
+        [
+            torch.Generator(device=_sampling_device(agent)).manual_seed(mix_seed(int(key) + 1, seed) % 2**62)
+            for key in prompt_keys
+        ]
         for agent, seed in zip(agents, seeds)
     ]
 

@@ -2,6 +2,7 @@
 
 See docs/sandbox.md for what is guaranteed and by which mechanism.
 """
+
 from .runner import run_tests, run_tests_many
 from .split import split_check
 from .types import SandboxLimits, TestOutcome, TestRunResult

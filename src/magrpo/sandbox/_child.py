@@ -12,6 +12,7 @@ millisecond here is paid once per graded program.  Each test
 reports on a dedicated pipe with a per-test random token; anything else the
 program writes (stdout, fake report lines) earns nothing.
 """
+
 from __future__ import annotations
 
 import _signal as signal  # the C module: `signal` would import enum (milliseconds per program)
@@ -107,8 +108,16 @@ def _block_sockets() -> None:
 
     Python-level only: a program that execs an external binary bypasses it.
     """
-    blocked = {"socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-               "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"}
+    blocked = {
+        "socket.__new__",
+        "socket.connect",
+        "socket.bind",
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+    }
 
     def hook(event: str, args: tuple, _blocked=blocked) -> None:
         if event in _blocked:
@@ -130,6 +139,7 @@ def _wait(pid: int, timeout: float) -> int | None:
             os.close(pfd)
         return os.waitpid(pid, 0)[1] if ready else None
     import time
+
     deadline, step = time.monotonic() + timeout, 0.0005
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -361,8 +371,15 @@ def _supervise(job: dict) -> None:
         os.close(go_r)
         ns_ino = os.stat(f"/proc/{pid}/ns/pid").st_ino
         os.close(go_w)
-        msg = {"tier": tier, "loader": pid, "uid": run_uid, "pidns": ns_ino, "readonly": readonly,
-               "net": tier != "none" and not lim["network"], "notes": notes}
+        msg = {
+            "tier": tier,
+            "loader": pid,
+            "uid": run_uid,
+            "pidns": ns_ino,
+            "readonly": readonly,
+            "net": tier != "none" and not lim["network"],
+            "notes": notes,
+        }
         _ctl(ctl_fd, msg)
         os.close(res_fd)
         try:
@@ -374,8 +391,15 @@ def _supervise(job: dict) -> None:
         os._exit(0)
     # Loader: still trusted until the program is exec'd below.
     if tier == "none":
-        msg = {"tier": tier, "loader": os.getpid(), "uid": run_uid, "pidns": 0, "readonly": False,
-               "net": False, "notes": notes}
+        msg = {
+            "tier": tier,
+            "loader": os.getpid(),
+            "uid": run_uid,
+            "pidns": 0,
+            "readonly": False,
+            "net": False,
+            "notes": notes,
+        }
         _ctl(ctl_fd, msg)
     else:
         iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)

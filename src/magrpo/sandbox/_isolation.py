@@ -6,6 +6,7 @@ interpreter, *before* any untrusted code runs, so it must not import magrpo
 torch).  Everything here is Linux specific; callers fall back to weaker tiers
 when a call fails.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +34,15 @@ PR_SET_PDEATHSIG, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 1, 28, 38
 _SECUREBITS_LOCKDOWN = 0x2F
 
 # Per-mount flags that must be kept on a bind remount (they may be locked).
-_OPT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-              "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+_OPT_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
 
 
 def _check(ret: int, what: str) -> None:
@@ -156,8 +164,7 @@ def drop_capabilities() -> None:
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
     hdr, data = Header(0x20080522, 0), (Data * 2)()
     _check(_libc.capset(ctypes.byref(hdr), ctypes.byref(data)), "capset")

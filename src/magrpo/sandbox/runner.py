@@ -3,6 +3,7 @@
 Nothing here runs generated code; the parent only reads pipes.  Per program:
 one interpreter start, one temp directory, one select loop.
 """
+
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,16 @@ def _warn_once(text: str) -> None:
 
 def _environment(workdir: str, marker: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-    env.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG=env.get("LANG", "C.UTF-8"),
-               PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update(
+        PATH="/usr/local/bin:/usr/bin:/bin",
+        HOME=workdir,
+        TMPDIR=workdir,
+        LANG=env.get("LANG", "C.UTF-8"),
+        PYTHONIOENCODING="utf-8",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     env[_MARKER_ENV] = marker  # lets the parent find stray processes in the weakest tier
     return env
 
@@ -157,7 +166,7 @@ def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes,
                     exited = True
                 elif name == "stdin":
                     try:
-                        view = view[os.write(stdin, view[:1 << 16]):]
+                        view = view[os.write(stdin, view[: 1 << 16]) :]
                     except BrokenPipeError:
                         view = view[:0]
                     if not view:
@@ -302,9 +311,16 @@ def _killed_reason(run: _Run) -> str | None:
     return None
 
 
-def run_tests(code: str, tests: Sequence[str] | str, *, entry_point: str | None = None,
-              limits: SandboxLimits | None = None, strict_results: bool = True, count_calls: str | None = None,
-              **limit_overrides) -> TestRunResult:
+def run_tests(
+    code: str,
+    tests: Sequence[str] | str,
+    *,
+    entry_point: str | None = None,
+    limits: SandboxLimits | None = None,
+    strict_results: bool = True,
+    count_calls: str | None = None,
+    **limit_overrides,
+) -> TestRunResult:
     """Run ``code`` in a fresh sandbox, then each test in its own process; grade them.
 
     ``strict_results``: with an ``entry_point``, a call of it (as ``candidate`` or by name) that
@@ -322,17 +338,34 @@ def run_tests(code: str, tests: Sequence[str] | str, *, entry_point: str | None 
     workdir = tempfile.mkdtemp(prefix="magrpo-sandbox-")
     res_r, res_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
-    job = {"code": code, "tests": [src for _, src in cases], "entry_point": entry_point, "tokens": tokens,
-           "strict_results": bool(strict_results and entry_point), "count_calls": count_calls,
-           "setup_token": run.setup_token, "limits": lim.as_dict(), "workdir": workdir, "res_fd": res_w,
-           "ctl_fd": ctl_w, "isolation": os.environ.get(_ISOLATION_ENV, "auto"), "needed_paths": _needed_paths(),
-           "site_paths": _site_paths()}
+    job = {
+        "code": code,
+        "tests": [src for _, src in cases],
+        "entry_point": entry_point,
+        "tokens": tokens,
+        "strict_results": bool(strict_results and entry_point),
+        "count_calls": count_calls,
+        "setup_token": run.setup_token,
+        "limits": lim.as_dict(),
+        "workdir": workdir,
+        "res_fd": res_w,
+        "ctl_fd": ctl_w,
+        "isolation": os.environ.get(_ISOLATION_ENV, "auto"),
+        "needed_paths": _needed_paths(),
+        "site_paths": _site_paths(),
+    }
     proc = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-u", _CHILD, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, pass_fds=(res_w, ctl_w), start_new_session=True, cwd=workdir,
-            env=_environment(workdir, marker))
+            [sys.executable, "-I", "-S", "-B", "-u", _CHILD, marker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(res_w, ctl_w),
+            start_new_session=True,
+            cwd=workdir,
+            env=_environment(workdir, marker),
+        )
         os.close(res_w)
         os.close(ctl_w)
         res_w = ctl_w = -1
@@ -350,11 +383,15 @@ def run_tests(code: str, tests: Sequence[str] | str, *, entry_point: str | None 
     _report_isolation(run)
     exit_code = proc.returncode if proc is not None else None
     return TestRunResult(
-        outcomes=_outcomes(run, cases, exit_code), killed_reason=_killed_reason(run),
+        outcomes=_outcomes(run, cases, exit_code),
+        killed_reason=_killed_reason(run),
         stdout=bytes(run.buffers.get("stdout", b"")).decode("utf-8", "replace"),
         stderr=bytes(run.buffers.get("stderr", b"")).decode("utf-8", "replace"),
-        duration_s=time.monotonic() - start, setup_error=run.setup[1] if run.setup else None,
-        isolation=run.info.get("tier", ""), notes=list(run.info.get("notes", [])))
+        duration_s=time.monotonic() - start,
+        setup_error=run.setup[1] if run.setup else None,
+        isolation=run.info.get("tier", ""),
+        notes=list(run.info.get("notes", [])),
+    )
 
 
 def _report_isolation(run: _Run) -> None:
@@ -363,18 +400,23 @@ def _report_isolation(run: _Run) -> None:
         return
     tier = info.get("tier")
     if tier == "userns":
-        _warn_once("sandbox: not root; using an unprivileged user namespace (programs keep the caller's uid "
-                   "outside it, interpreter paths stay as they are)")
+        _warn_once(
+            "sandbox: not root; using an unprivileged user namespace (programs keep the caller's uid "
+            "outside it, interpreter paths stay as they are)"
+        )
     elif tier == "none":
-        _warn_once("sandbox: no Linux namespaces available; programs run with rlimits and a process group only, "
-                   "network blocked by a Python audit hook (bypassable by exec), the filesystem NOT read-only"
-                   + ("" if info.get("uid") != os.geteuid() else ", and with the caller's uid"))
+        _warn_once(
+            "sandbox: no Linux namespaces available; programs run with rlimits and a process group only, "
+            "network blocked by a Python audit hook (bypassable by exec), the filesystem NOT read-only"
+            + ("" if info.get("uid") != os.geteuid() else ", and with the caller's uid")
+        )
     for note in info.get("notes", []):
         _warn_once(f"sandbox: {note}")
 
 
-def run_tests_many(jobs: Sequence[dict], *, limits: SandboxLimits | None = None,
-                   max_workers: int | None = None) -> list[TestRunResult]:
+def run_tests_many(
+    jobs: Sequence[dict], *, limits: SandboxLimits | None = None, max_workers: int | None = None
+) -> list[TestRunResult]:
     """Grade many programs concurrently on a bounded pool; results in job order.
 
     Each job: ``{"code": ..., "tests": ..., "entry_point": ...}`` (optionally ``"limits"``,
@@ -386,9 +428,14 @@ def run_tests_many(jobs: Sequence[dict], *, limits: SandboxLimits | None = None,
     workers = max_workers or len(os.sched_getaffinity(0)) or os.cpu_count() or 1
 
     def one(job: dict) -> TestRunResult:
-        return run_tests(job["code"], job["tests"], entry_point=job.get("entry_point"),
-                         limits=job.get("limits", limits), strict_results=job.get("strict_results", True),
-                         count_calls=job.get("count_calls"))
+        return run_tests(
+            job["code"],
+            job["tests"],
+            entry_point=job.get("entry_point"),
+            limits=job.get("limits", limits),
+            strict_results=job.get("strict_results", True),
+            count_calls=job.get("count_calls"),
+        )
 
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         return list(pool.map(one, jobs))

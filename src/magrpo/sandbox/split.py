@@ -1,4 +1,5 @@
 """Split a HumanEval-style ``def check(candidate): ...`` into individual tests."""
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,12 @@ def _is_docstring(node: ast.stmt) -> bool:
 
 def _calls_check(node: ast.stmt) -> bool:
     """A module-level ``check(...)`` call: the harness decides what runs, not the source."""
-    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Name) and node.value.func.id == "check")
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+        and node.value.func.id == "check"
+    )
 
 
 def split_tests(check_source: str, entry_point: str) -> list[SplitTest]:
@@ -49,9 +54,9 @@ def split_tests(check_source: str, entry_point: str) -> list[SplitTest]:
     if not checks:
         raise ValueError("no top-level `def check(...)` in the check source")
     check = checks[-1]
-    module_pre = [_segment(check_source, n) for n in tree.body
-                  if n is not check and not _is_docstring(n)
-                  and not _calls_check(n)]
+    module_pre = [
+        _segment(check_source, n) for n in tree.body if n is not check and not _is_docstring(n) and not _calls_check(n)
+    ]
     param = check.args.args[0].arg if check.args.args else "candidate"
     prefix = module_pre + [f"{param} = {entry_point}"]
     body_pre: list[str] = []

@@ -1,4 +1,5 @@
 """Data types of the sandbox: limits in, per-test outcomes out."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

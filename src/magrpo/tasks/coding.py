@@ -48,7 +48,12 @@ def load_humaneval(split: str) -> list[dict[str, Any]]:
 
 
 def _prompt(instruction: str, item: Mapping[str, Any]) -> list[dict[str, str]]:
-    text = instruction.format(entry_point=item["entry_point"]) + "\n\nThe problem:\n```python\n" + item["prompt"].strip() + "\n```"
+    text = (
+        instruction.format(entry_point=item["entry_point"])
+        + "\n\nThe problem:\n```python\n"
+        + item["prompt"].strip()
+        + "\n```"
+    )
     return [{"role": "user", "content": text}]
 
 
@@ -77,14 +82,23 @@ def split_single(reply: str, item: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
-    def score(*, completions: Sequence[tuple[str, ...]], prompts: Sequence[Any], prompt: Sequence[str], test: Sequence[str],
-              entry_point: Sequence[str], **_: Any) -> list[dict[str, float]]:
+    def score(
+        *,
+        completions: Sequence[tuple[str, ...]],
+        prompts: Sequence[Any],
+        prompt: Sequence[str],
+        test: Sequence[str],
+        entry_point: Sequence[str],
+        **_: Any,
+    ) -> list[dict[str, float]]:
         problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
         pairs = [(c[0], c[1]) for c in completions]
         scores = score_coding_batch(pairs, problems, config)
         # the scheme is what the code is written to do (syntax tree), whether or not the tests reach the helper
-        schemes = [cooperation_scheme(extract_code(main), e, config.helper_name) if s.parses else "none"
-                   for (_, main), e, s in zip(pairs, entry_point, scores)]
+        schemes = [
+            cooperation_scheme(extract_code(main), e, config.helper_name) if s.parses else "none"
+            for (_, main), e, s in zip(pairs, entry_point, scores)
+        ]
         # "details" (not a figure) carries the sandbox results to the execution feedback
         return [{**s.figures(), **scheme_figures(scheme), "details": s} for s, scheme in zip(scores, schemes)]
 

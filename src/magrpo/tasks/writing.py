@@ -110,7 +110,9 @@ def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
     ) -> list[dict[str, float]]:
         references = columns.get("reference") or [None] * len(completions)
         if len(references) != len(completions):
-            raise ValueError("the writing scorer needs one 'reference' entry per joint action where the column is given")
+            raise ValueError(
+                "the writing scorer needs one 'reference' entry per joint action where the column is given"
+            )
         sources = columns.get("source") or [None] * len(completions)
         rouge = _rouge()
         rows = []
@@ -175,9 +177,7 @@ def _whole_answer_instruction(instructions: dict[str, str]) -> str:
     return "Write both parts below, in order, separated by a blank line.\n" + "\n".join(parts)
 
 
-def summarize_task(
-    items_loader: ItemsLoader | None = None, reward: WritingRewardConfig = SUMMARIZE_REWARD
-) -> Task:
+def summarize_task(items_loader: ItemsLoader | None = None, reward: WritingRewardConfig = SUMMARIZE_REWARD) -> Task:
     """TL;DR (agent 1) + detailed summary (agent 2) of a paper introduction. ``items_loader``
     (``split -> items`` with ``source``, and ``reference`` for ROUGE) replaces the ACLSum data."""
     return _task(
