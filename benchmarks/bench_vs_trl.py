@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TARGET_CHARS = 200
 SEED = 0
@@ -364,7 +364,7 @@ def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespa
     )
     print(f"... {system} ({rollout}, sampling dtype {rollout_dtype})", file=sys.stderr, flush=True)
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"{system} failed (exit {proc.returncode})")

@@ -8,7 +8,6 @@ import torch
 from magrpo import MAGRPOConfig, MAGRPOTrainer
 from magrpo.models import build_agents
 from magrpo.sampling import make_sampler, sample_team
-
 from tests.conftest import assert_frequencies, first_token_probs, letter_count_reward, make_tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -12,9 +12,7 @@ from magrpo.logprobs import (
     shared_prompt_token_logprobs,
 )
 from magrpo.sampling.fast import sample_fast
-
 from tests.conftest import PROMPTS, agent_for
-
 
 EOS = 0
 

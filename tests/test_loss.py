@@ -9,7 +9,6 @@ import torch
 from magrpo.logprobs import completion_mask
 from magrpo.loss import loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
 
-
 EOS = 0
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
-
 from tests.conftest import letter_count_reward
 
 

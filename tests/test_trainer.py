@@ -15,7 +15,6 @@ from magrpo.sampling import make_sampler
 from magrpo.sampling.fast import sample_fast
 from magrpo.trainer import DatasetError
 from magrpo.tree import expand_tree
-
 from tests.conftest import letter_count_reward, make_tiny_model
 
 

@@ -11,7 +11,6 @@ from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.sampling import Rollout
 from magrpo.tree import expand_tree
 
-
 NAMES = ["agent_0", "agent_1"]
 
 

@@ -115,7 +115,8 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
         if path.stat().st_size != expected["size"]:
             raise CheckpointError(
-                f"checkpoint file {str(path)!r} is truncated or changed: {path.stat().st_size} bytes, expected {expected['size']}"
+                f"checkpoint file {str(path)!r} is truncated or changed: {path.stat().st_size} bytes, "
+                f"expected {expected['size']}"
             )
         if _sha256(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: its sha256 differs from the manifest's")

@@ -518,7 +518,8 @@ def evaluate(
         None,
         "--setup",
         help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
-        "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), discussion (one round of revision).",
+        "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), "
+        "discussion (one round of revision).",
     ),
     # the old name of --setup, kept so that existing scripts run; not in the help
     deprecated_baseline: Optional[str] = typer.Option(None, "--baseline", hidden=True),

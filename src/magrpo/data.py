@@ -103,7 +103,8 @@ def load_items(
     """Read rows from ``source`` and return them with the task's column names.
 
     ``source``: a path to a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file or to a folder
-    written by ``datasets``' ``save_to_disk``, or a ``datasets.Dataset`` / ``DatasetDict``. ``split`` picks one split of a ``DatasetDict`` or of
+    written by ``datasets``' ``save_to_disk``, or a ``datasets.Dataset`` / ``DatasetDict``. ``split`` picks
+    one split of a ``DatasetDict`` or of
     a JSON object of the form ``{"train": [...], "test": [...]}``; a source with a single table
     ignores it. ``column_map`` maps task column -> user column; mapped user columns are renamed,
     other columns are kept as they are. ``required`` lists the task columns every row must have.

@@ -42,7 +42,6 @@ from magrpo.ranks import OneProcess
 from magrpo.sampling import Rollout, SampleFn, make_sampler
 from magrpo.tree import Turn, expand_tree
 
-
 #: update(agent index, its rollouts per turn, their advantages per turn) -> the update's figures
 UpdateFn = Callable[[int, Sequence[Rollout], Sequence[torch.Tensor]], dict[str, float]]
 

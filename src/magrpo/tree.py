@@ -150,7 +150,7 @@ def expand_tree(
         # only the branches that continue are asked for their next observations (feedback)
         next_nodes = [branches[p][j] for p, j in continuing]
         next_obs = observe_batch(next_nodes, [results[p][j] for p, j in continuing])
-        for (p, j), env, obs in zip(continuing, next_nodes, next_obs):
+        for env, obs in zip(next_nodes, next_obs):
             check_observations(obs, names, f"{type(env).__name__}.observe_many()")
         turn.children = {pj: k for k, pj in enumerate(continuing)}
         nodes, observations, parents = next_nodes, next_obs, continuing

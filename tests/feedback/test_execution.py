@@ -5,7 +5,6 @@ from __future__ import annotations
 from magrpo.feedback import ExecutionFeedback, FeedbackRequest
 from magrpo.rewards.coding import score_coding_batch
 
-
 PROBLEM = {
     "prompt": "def double(x):\n",
     "entry_point": "double",

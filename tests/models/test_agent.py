@@ -12,7 +12,6 @@ from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import attach_sampling_copies, build_agents
 from magrpo.sampling.fast import sample_fast
 from magrpo.sampling.plain import sample_plain
-
 from tests.conftest import PROMPTS, make_tiny_model, peaked_model, repeat_prompts
 
 

@@ -11,7 +11,6 @@ import torch
 from magrpo import MAGRPOConfig, MAGRPOTrainer, ModelError
 from magrpo.models import build_agents, resolve_model_source, save_agent
 from magrpo.run import resume
-
 from tests.conftest import make_tiny_model
 
 

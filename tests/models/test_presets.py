@@ -81,8 +81,8 @@ QWEN_INSTALLED = all(importlib.util.find_spec(p) for p in presets.PRESETS["qwen2
     reason="opt-in preset wheels not installed: " + presets.PRESETS["qwen2.5-coder-0.5b"].pip_install,
 )
 def test_the_qwen_preset_loads_and_writes_python():
-    from magrpo.sampling.fast import sample_fast
     from magrpo.models import build_agents
+    from magrpo.sampling.fast import sample_fast
     from magrpo.tasks.coding import load_humaneval, main_prompt
 
     agent = build_agents(["qwen2.5-coder-0.5b"], device="cpu", dtype="float32")[0]

@@ -13,7 +13,6 @@ from magrpo.rewards.coding import (
     score_coding_batch,
 )
 
-
 PROBLEM = {
     "prompt": 'from typing import List\n\ndef add_all(xs: List[int]) -> int:\n    """Sum of xs."""\n',
     "entry_point": "add_all",

@@ -9,10 +9,10 @@ import pytest
 
 from magrpo.rewards.writing import (
     EXPAND_REWARD,
-    RatioWindow,
     STOP_WORDS,
     SUMMARIZE_REWARD,
     TRANSITION_WORDS,
+    RatioWindow,
     TokenWindow,
     WritingRewardConfig,
     content_words,
@@ -23,7 +23,6 @@ from magrpo.rewards.writing import (
     words,
     writing_levels,
 )
-
 
 approx = lambda x: pytest.approx(x, abs=1e-12)  # noqa: E731
 

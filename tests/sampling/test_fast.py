@@ -13,7 +13,6 @@ from magrpo.logprobs import cache_keyword, completion_token_logprobs
 from magrpo.sampling.fast import draw, new_cache, sample_fast
 from magrpo.sampling.plain import sample_plain
 from magrpo.sampling.rollout import Rollout
-
 from tests.conftest import PROMPTS, agent_for, assert_frequencies, first_token_probs, peaked_model, repeat_prompts
 
 

@@ -6,7 +6,6 @@ import threading
 
 from magrpo.models import build_agents
 from magrpo.sampling.rollout import decode_completions, tokenize_prompts
-
 from tests.conftest import make_tiny_model
 
 

@@ -8,9 +8,7 @@ import torch
 from magrpo.models import build_agents
 from magrpo.sampling import make_sampler
 from magrpo.sampling.team import _groups_by_generating_model, sample_team
-
 from tests.conftest import make_tiny_model, peaked_model
-
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]
 

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from magrpo.sandbox import run_tests
-from magrpo.sandbox import runner
+from magrpo.sandbox import run_tests, runner
 
 from .conftest import FAST
 

@@ -6,7 +6,6 @@ import pytest
 
 from magrpo.tasks.coding import HELD_OUT_PROBLEMS, TRAIN_PROBLEMS, coding_task, load_humaneval
 
-
 HELPER = "```python\ndef aux(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n```"
 
 

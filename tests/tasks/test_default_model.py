@@ -11,7 +11,6 @@ from magrpo import MAGRPOConfig, MAGRPOTrainer
 from magrpo.models import build_agents
 from magrpo.tasks import get_task
 
-
 pytestmark = pytest.mark.slow
 
 

@@ -8,7 +8,6 @@ from magrpo.rewards.writing import SUMMARIZE_REWARD, writing_levels
 from magrpo.tasks.base import columns_of
 from magrpo.tasks.writing import MAX_SOURCE_WORDS, aclsum_items, detokenize, expand_task, summarize_task, truncate_words
 
-
 approx = lambda x: pytest.approx(x, abs=1e-12)  # noqa: E731
 
 

@@ -69,7 +69,8 @@ def check_env(
         raise EnvError(
             f"{where}: two branches of one state stepped with the same joint action disagree "
             f"(rewards {result.rewards} vs {sibling.rewards}); stepping a branch must not change its parent or "
-            "its siblings (override branch() to copy all mutable state), or, for a random step, pass check_branches=False"
+            "its siblings (override branch() to copy all mutable state), or, for a random step, "
+            "pass check_branches=False"
         )
     branches = [env.branch(), env.branch()]
     batch = type(env).step_many(branches, [dict(actions), dict(actions)])

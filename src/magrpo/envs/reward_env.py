@@ -185,7 +185,8 @@ class RewardFunctionEnv(MultiAgentEnv):
 def reward_env_factory(
     formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str], **options: Any
 ) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
-    """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles, num_turns)."""
+    """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles,
+    num_turns)."""
     return functools.partial(
         RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options
     )

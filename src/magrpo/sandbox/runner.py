@@ -141,7 +141,6 @@ def _kill_message(reason: str, lim: SandboxLimits) -> str:
 
 def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes, deadline: float) -> None:
     """Move bytes until the child exits, the deadline passes or output overflows."""
-    lim = run.limits
     sel = selectors.DefaultSelector()
     names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", res_r: "res", ctl_r: "ctl"}
     for fd, name in names.items():
