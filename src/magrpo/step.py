@@ -39,7 +39,7 @@ from magrpo.logprobs import (
 from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
 from magrpo.models import AgentPolicy
 from magrpo.ranks import OneProcess
-from magrpo.sampling import Rollout, SampleFn, make_sampler
+from magrpo.sampling import Rollout, concurrent_agents, sampler_for
 from magrpo.tree import Turn, expand_tree
 
 #: update(agent index, its rollouts per turn, their advantages per turn) -> the update's figures
@@ -73,6 +73,8 @@ class StepOutput:
 
     turns: list[Turn]
     returns: list[torch.Tensor]
+    #: per agent: its advantages at each turn, and its update's figures
+    advantages: list[list[torch.Tensor]]
     agent_figures: list[dict[str, float]]
     rollout_seconds: float
     update_seconds: float
@@ -89,7 +91,7 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
         turns = expand_tree(
             team.agents,
             envs,
-            sample=sampler(a, training=True),
+            sample=sampler_for(a, training=True),
             joint_mode=a.joint_mode,
             num_generations=a.num_generations,
             num_turns=a.num_turns,
@@ -112,9 +114,9 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
     )
     # 3. + 4. per agent: its advantages, then its update
     started = time.perf_counter()
-    agent_figures = []
+    advantages, agent_figures = [], []
     for i in range(len(team.agents)):
-        advantages = [
+        mine = [
             agent_advantages(
                 ret,
                 agent=i,
@@ -126,9 +128,9 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
             )
             for ret in returns
         ]
-        figures = update(i, [t.rollouts[i] for t in turns], advantages)
-        agent_figures.append({**figures, **advantage_figures(advantages, a.num_generations)})
-    return StepOutput(turns, returns, agent_figures, rollout_seconds, time.perf_counter() - started)
+        agent_figures.append(update(i, [t.rollouts[i] for t in turns], mine))
+        advantages.append(mine)
+    return StepOutput(turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started)
 
 
 def update_agent(
@@ -232,34 +234,4 @@ def chunk_loss(
     return policy_gradient_loss_sum(logprobs, mask, adv[rows].to(device=device, dtype=torch.float32), weights)
 
 
-def sampler(args: MAGRPOConfig, *, training: bool) -> SampleFn:
-    """Training samples G completions at ``temperature`` (with the sampling copy, if any);
-    evaluation one answer at ``eval_temperature`` with the training weights."""
-    return make_sampler(
-        num_generations=args.num_generations if training else 1,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature if training else args.eval_temperature,
-        top_p=args.top_p,
-        backend=args.rollout_backend,
-        use_sampling_copy=training,
-    )
-
-
-def concurrent_agents(args: MAGRPOConfig) -> bool:
-    # generate() draws from the one global RNG: only the fast sampler may run in threads
-    return args.concurrent_agents and args.rollout_backend == "fast"
-
-
-def advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
-    """Mean and std of an agent's advantages over the step, and the share of its groups (G
-    completions of one node) without any signal (every advantage 0: nothing to learn from)."""
-    flat = torch.cat([adv.flatten() for adv in advantages]).double()
-    groups = torch.cat([adv.reshape(-1, group_size) for adv in advantages])
-    return {
-        "advantage_mean": float(flat.mean()),
-        "advantage_std": float(flat.std()) if flat.numel() > 1 else 0.0,
-        "zero_advantage_groups": float((groups == 0).all(dim=1).double().mean()),
-    }
-
-
-__all__ = ["Precision", "StepOutput", "Team", "chunk_loss", "magrpo_step", "sampler", "update_agent"]
+__all__ = ["Precision", "StepOutput", "Team", "UpdateFn", "chunk_loss", "magrpo_step", "update_agent"]

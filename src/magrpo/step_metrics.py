@@ -3,7 +3,7 @@ each agent's update figures, throughput) and its samples (prompts, completions, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -38,7 +38,8 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
     # the scorer's own figures (reward levels, tests passed, cooperation schemes) over the first turn
     metrics.update({f"figures/{k}": v for k, v in turn_mean_figures(turns[0]).items()})
-    for agent, optimizer, figures in zip(team.agents, team.optimizers, out.agent_figures):
+    for agent, optimizer, advantages, update in zip(team.agents, team.optimizers, out.advantages, out.agent_figures):
+        figures = {**update, **advantage_figures(advantages, team.args.num_generations)}
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
     metrics.update(
@@ -49,6 +50,18 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         tokens_per_second=tokens / out.rollout_seconds if out.rollout_seconds > 0 else 0.0,
     )
     return metrics
+
+
+def advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
+    """Mean and std of an agent's advantages over the step, and the share of its groups (G
+    completions of one node) without any signal (every advantage 0: nothing to learn from)."""
+    flat = torch.cat([adv.flatten() for adv in advantages]).double()
+    groups = torch.cat([adv.reshape(-1, group_size) for adv in advantages])
+    return {
+        "advantage_mean": float(flat.mean()),
+        "advantage_std": float(flat.std()) if flat.numel() > 1 else 0.0,
+        "zero_advantage_groups": float((groups == 0).all(dim=1).double().mean()),
+    }
 
 
 def step_samples(out: StepOutput) -> list[dict[str, Any]]:
@@ -70,4 +83,4 @@ def step_samples(out: StepOutput) -> list[dict[str, Any]]:
     return samples
 
 
-__all__ = ["AGENT_FIGURES", "step_metrics", "step_samples"]
+__all__ = ["AGENT_FIGURES", "advantage_figures", "step_metrics", "step_samples"]

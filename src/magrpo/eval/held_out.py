@@ -9,7 +9,8 @@ import torch
 
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.eval.figures import final_figures_per_turn, mean_figures
-from magrpo.step import Team, concurrent_agents, sampler
+from magrpo.sampling import concurrent_agents, sampler_for
+from magrpo.step import Team
 from magrpo.tree import expand_tree
 
 
@@ -22,7 +23,7 @@ def evaluate_team(
 ) -> dict[str, float]:
     """``{"items": n, "reward": ..., <scorer figures>..., "turn_2/reward": ...}`` over ``items``."""
     a, ranks = team.args, team.ranks
-    sample = sampler(a, training=False)
+    sample = sampler_for(a, training=False)
     mine = ranks.share(items)
     per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
     with ranks.whole_weights(agent.model for agent in team.agents):

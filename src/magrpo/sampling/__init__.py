@@ -8,7 +8,7 @@ same time. :func:`make_sampler` is the one place a run's sampling settings becom
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -55,4 +55,24 @@ def make_sampler(
     return sample
 
 
-__all__ = ["Rollout", "SampleFn", "make_sampler", "sample_team"]
+def sampler_for(args: Any, *, training: bool) -> SampleFn:
+    """A run's sampler (``args``: a :class:`~magrpo.config.MAGRPOConfig`). Training samples G
+    completions at ``temperature`` (with the sampling copy, if any); evaluation one answer at
+    ``eval_temperature`` with the training weights."""
+    return make_sampler(
+        num_generations=args.num_generations if training else 1,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature if training else args.eval_temperature,
+        top_p=args.top_p,
+        backend=args.rollout_backend,
+        use_sampling_copy=training,
+    )
+
+
+def concurrent_agents(args: Any) -> bool:
+    """Whether a run's agents sample at the same time: generate() draws from the one global RNG,
+    so only the fast sampler may run in threads."""
+    return args.concurrent_agents and args.rollout_backend == "fast"
+
+
+__all__ = ["Rollout", "SampleFn", "concurrent_agents", "make_sampler", "sample_team", "sampler_for"]
