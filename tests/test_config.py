@@ -95,3 +95,26 @@ def test_data_parallel_is_checked_with_what_sharding_excludes():
         ConfigError, match="data_parallel='shard' .* rollout_dtype='bfloat16' .* use rollout_dtype='same'"
     ):
         MAGRPOConfig(data_parallel="shard", rollout_dtype="bfloat16")
+
+
+def test_the_vllm_backend_settings_are_checked_and_sharding_is_refused_by_name():
+    config = MAGRPOConfig(rollout_backend="vllm", rollout_dtype="bfloat16")  # the engine's dtype
+    assert config.vllm_importance_sampling_correction and config.vllm_max_model_len is None
+    with pytest.raises(
+        ConfigError, match="rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'"
+    ):
+        MAGRPOConfig(rollout_backend="sglang")
+    with pytest.raises(ConfigError, match=r"rollout_backend='vllm' keeps whole weights .* data_parallel='shard'"):
+        MAGRPOConfig(rollout_backend="vllm", data_parallel="shard")
+    with pytest.raises(ConfigError, match="vllm_kv_cache_gib=0 is not valid; expected a number > 0.0"):
+        MAGRPOConfig(vllm_kv_cache_gib=0)
+    with pytest.raises(
+        ConfigError, match="vllm_gpu_memory_utilization=1.5 is not valid; expected a number > 0.0 and <= 1.0"
+    ):
+        MAGRPOConfig(vllm_gpu_memory_utilization=1.5)
+    with pytest.raises(ConfigError, match="vllm_max_model_len=8 is not valid; expected an integer >= 16"):
+        MAGRPOConfig(vllm_max_model_len=8)
+    with pytest.raises(
+        ConfigError, match="vllm_importance_sampling_correction='yes' is not valid; expected true or false"
+    ):
+        MAGRPOConfig(vllm_importance_sampling_correction="yes")

@@ -1,5 +1,6 @@
 """A small real training run in its own process, for the checkpoint tests (which kill it):
-``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns.
+``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
+(the full team sampling on vLLM engines).
 
 With ``MAGRPO_SLOW_REWARD=s`` every reward call sleeps s seconds (time to kill the run mid-way;
 the numbers do not change)."""
@@ -31,9 +32,11 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
     if variant == "lora":
         base = make_tiny_model(len(tok), seed=3)
         agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
-    else:
-        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
+    else:  # vLLM's CPU attention serves head sizes from 32
+        hidden = 64 if variant == "vllm" else 32
+        agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=hidden), tok) for s in (1, 2)], device="cpu")
     turns = 2 if variant == "turns" else 1
+    engine = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128) if variant == "vllm" else {}
     args = MAGRPOConfig(
         num_generations=4,
         batch_size=2,
@@ -45,6 +48,7 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         save_steps=1,
         save_total_limit=None,
         output_dir=out_dir,
+        **engine,
     )
     feedback = CallableFeedback(lambda request: (f"turn {request.turn}: more a", "more b")) if turns > 1 else None
     items = [{"q": w} for w in ("q a", "b", "c q", "a b c")]

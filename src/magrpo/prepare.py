@@ -18,6 +18,7 @@ from magrpo.errors import ConfigError, DatasetError
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, attach_sampling_copies, build_agents
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
+from magrpo.sampling.vllm_engine import attach_vllm_engines
 from magrpo.step import Precision, Team
 from magrpo.types import Formatter, Scorer
 
@@ -89,7 +90,18 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     ranks = _ranks_for(built, args)  # sharding happens here, before the optimisers see the weights
     warn_if_weights_cannot_learn(built)
     precision = resolve_precision(args, built, ranks)
-    if precision.rollout_dtype != "same":
+    if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
+        attach_vllm_engines(
+            built,
+            dtype=None if precision.rollout_dtype == "same" else getattr(torch, precision.rollout_dtype),
+            max_model_len=args.vllm_max_model_len,
+            max_new_tokens=args.max_new_tokens * args.num_turns,
+            seed=args.seed,
+            kv_cache_gib=args.vllm_kv_cache_gib,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            sleep_mode=args.vllm_sleep_mode,
+        )
+    elif precision.rollout_dtype != "same":
         dtype = getattr(torch, precision.rollout_dtype)
         if any(agent.model.dtype != dtype for agent in built):  # the same dtype needs no copy: exact
             attach_sampling_copies(built, dtype)
@@ -126,7 +138,7 @@ def _ranks_for(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> OneProcess:
 
 def resolve_precision(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: OneProcess) -> Precision:
     """``autocast`` and ``rollout_dtype`` with "auto" resolved by the devices: bf16 autocast and a
-    bf16 sampling copy (fast backend) where an agent trains on CUDA, neither elsewhere."""
+    bf16 sampling copy (fast backend) or engine (vllm) where an agent trains on CUDA, neither elsewhere."""
     on_cuda = any(agent.device.type == "cuda" for agent in agents)
     autocast = args.autocast
     if autocast == "auto":
@@ -134,7 +146,8 @@ def resolve_precision(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: 
     rollout_dtype = args.rollout_dtype
     if rollout_dtype == "auto":
         # sharded: a whole sampling copy on every rank is what sharding avoids
-        rollout_dtype = "bfloat16" if on_cuda and args.rollout_backend == "fast" and not ranks.sharded else "same"
+        copies = args.rollout_backend in ("fast", "vllm") and not ranks.sharded
+        rollout_dtype = "bfloat16" if on_cuda and copies else "same"
     return Precision(autocast=None if autocast == "no" else getattr(torch, autocast), rollout_dtype=rollout_dtype)
 
 

@@ -40,6 +40,7 @@ from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_
 from magrpo.models import AgentPolicy
 from magrpo.ranks import OneProcess
 from magrpo.sampling import Rollout, concurrent_agents, sampler_for
+from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.tree import Turn, expand_tree
 
 #: update(agent index, its rollouts per turn, their advantages per turn) -> the update's figures
@@ -112,24 +113,25 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
         solved=[t.solved for t in turns],
         num_turns=a.num_turns,
     )
-    # 3. + 4. per agent: its advantages, then its update
+    # 3. + 4. per agent: its advantages, then its update (vLLM engines asleep on a GPU meanwhile)
     started = time.perf_counter()
     advantages, agent_figures = [], []
-    for i in range(len(team.agents)):
-        mine = [
-            agent_advantages(
-                ret,
-                agent=i,
-                num_agents=len(team.agents),
-                joint_mode=a.joint_mode,
-                scaling=a.advantage_scaling,
-                cross_aggregation=a.cross_aggregation,
-                baseline=a.advantage_baseline,
-            )
-            for ret in returns
-        ]
-        agent_figures.append(update(i, [t.rollouts[i] for t in turns], mine))
-        advantages.append(mine)
+    with engines_asleep(team.agents):
+        for i in range(len(team.agents)):
+            mine = [
+                agent_advantages(
+                    ret,
+                    agent=i,
+                    num_agents=len(team.agents),
+                    joint_mode=a.joint_mode,
+                    scaling=a.advantage_scaling,
+                    cross_aggregation=a.cross_aggregation,
+                    baseline=a.advantage_baseline,
+                )
+                for ret in returns
+            ]
+            agent_figures.append(update(i, [t.rollouts[i] for t in turns], mine))
+            advantages.append(mine)
     return StepOutput(turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started)
 
 
@@ -222,7 +224,8 @@ def chunk_loss(
             a.logprob_chunk_size,
         )
     weights = None
-    if agent.sampling_copy is not None:  # another precision sampled: correct for the gap
+    # another precision, or another engine, sampled: correct for the gap
+    if agent.sampling_copy is not None or (agent.rollout_engine is not None and a.vllm_importance_sampling_correction):
         if rollout.token_logprobs is None:
             raise ConfigError(
                 f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "

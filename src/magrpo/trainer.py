@@ -26,6 +26,7 @@ from magrpo.prepare import EnvFactory, build_env_factory, check_items, prepare_t
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
 from magrpo.sampling import Rollout
+from magrpo.sampling.vllm_engine import check_vllm_installed
 from magrpo.seeds import mix_seed
 from magrpo.step import magrpo_step
 from magrpo.step import update_agent as update_one_agent
@@ -79,6 +80,8 @@ class MAGRPOTrainer:
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
         check_trackers_installed(self.args.report_to)  # before any model loads
+        if self.args.rollout_backend == "vllm":
+            check_vllm_installed()
         # the names the environments key observations by: those of pre-built agents, else agent_i
         self.agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]
         self.train_items = as_items(train_dataset, "train_dataset")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import torch
 
@@ -16,6 +16,12 @@ from magrpo.types import Observation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class RolloutEngine(Protocol):
+    """A serving engine that samples for agents (vLLM); it takes their new weights lazily."""
+
+    def mark_stale(self, agent: "AgentPolicy") -> None: ...
 
 
 def agent_name(index: int) -> str:
@@ -34,6 +40,9 @@ class AgentPolicy:
     adapter: str | None = None
     #: a frozen reduced-precision copy that samples instead of ``model`` (see :func:`attach_sampling_copies`)
     sampling_copy: "PreTrainedModel | None" = None
+    #: a serving engine that samples for this agent (``rollout_backend="vllm"``); told of every
+    #: change of the weights by :meth:`sync_sampling_copy`
+    rollout_engine: "RolloutEngine | None" = None
 
     @contextlib.contextmanager
     def with_own_adapter(self) -> Iterator["PreTrainedModel"]:
@@ -66,7 +75,10 @@ class AgentPolicy:
 
     @torch.no_grad()
     def sync_sampling_copy(self) -> None:
-        """Copy this agent's trainable weights into its sampling copy (after every update)."""
+        """Bring what samples for this agent up to its weights (after every update, after a
+        resume): its sampling copy takes a copy, its engine takes them before its next generation."""
+        if self.rollout_engine is not None:
+            self.rollout_engine.mark_stale(self)
         if self.sampling_copy is None:
             return
         target = dict(self.sampling_copy.named_parameters())

