@@ -247,7 +247,8 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_mo
         f"vllm: reward first step {first:.3f}, last 5 {last:.3f}; importance weights {min(weights):.6f}-{max(weights):.6f}"
     )
     assert first < 0.2 and last >= 0.9
-    assert len(weights) >= 20 and all(abs(w - 1.0) < 1e-3 for w in weights)  # a float32 engine samples the trained policy itself
+    # a float32 engine samples the trained policy itself
+    assert len(weights) >= 20 and all(abs(w - 1.0) < 1e-3 for w in weights)
     assert trainer.evaluate()["reward"] == 1.0
 
 
