@@ -36,12 +36,12 @@ def test_check_choice_names_the_value_and_the_choices():
         ),
         (lambda: joint_action_indices("diagonal", 2, 2), "joint_mode='diagonal'"),
         (
-            lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="vllm"),
-            "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'",
+            lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="sglang"),
+            "rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'",
         ),
         (
-            lambda: MAGRPOConfig(rollout_backend="vllm"),
-            "rollout_backend='vllm' is not valid; choose one of 'fast', 'plain'",
+            lambda: MAGRPOConfig(rollout_backend="sglang"),
+            "rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'",
         ),
     ],
 )
