@@ -24,6 +24,11 @@ def group_by_identity(items: Sequence[T], key: Callable[[T], object] = lambda it
     return list(groups.values())
 
 
+def distinct_by_identity(items: Sequence[T], key: Callable[[T], object] = lambda item: item) -> list[T]:
+    """The first item of each group of :func:`group_by_identity`, in order."""
+    return [items[indices[0]] for indices in group_by_identity(items, key)]
+
+
 def run_per_group(items: Sequence[T], key: Callable[[T], object], run: Callable[[list[int]], Sequence[R]]) -> list[R]:
     """``run(indices)`` once per group of :func:`group_by_identity`, returning one result per
     index it was given; the results come back in the items' order."""
@@ -37,4 +42,4 @@ def run_per_group(items: Sequence[T], key: Callable[[T], object], run: Callable[
     return out  # type: ignore[return-value]
 
 
-__all__ = ["group_by_identity", "run_per_group"]
+__all__ = ["distinct_by_identity", "group_by_identity", "run_per_group"]

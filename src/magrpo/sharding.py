@@ -29,7 +29,7 @@ import torch
 
 from magrpo import distributed
 from magrpo.errors import ConfigError
-from magrpo.grouping import group_by_identity
+from magrpo.grouping import distinct_by_identity, group_by_identity
 
 
 def shard_model(model: torch.nn.Module) -> None:
@@ -146,8 +146,7 @@ def _shard_whole_tensors(module: torch.nn.Module, state_dict: dict, prefix: str,
 
 
 def _distinct(models: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
-    models = list(models)
-    return [models[indices[0]] for indices in group_by_identity(models)]
+    return distinct_by_identity(list(models))
 
 
 def check_shardable(agents: Sequence[Any]) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from magrpo.errors import ConfigError
-from magrpo.grouping import group_by_identity
+from magrpo.grouping import distinct_by_identity, group_by_identity
 from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
@@ -231,7 +231,7 @@ def attach_vllm_engines(
 def engines_asleep(agents: Sequence[AgentPolicy]) -> Iterator[None]:
     """The agents' engines asleep for the block (CUDA sleep mode; nothing elsewhere); they wake,
     with the new weights, at their next generation."""
-    engines = [agents[g[0]].rollout_engine for g in group_by_identity(agents, key=lambda a: a.rollout_engine)]
+    engines = [agent.rollout_engine for agent in distinct_by_identity(agents, key=lambda a: a.rollout_engine)]
     for engine in engines:
         if engine is not None:
             engine.sleep()
