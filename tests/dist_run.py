@@ -52,6 +52,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         output_dir=out_dir,
         log_samples_steps=0,
         data_parallel=data_parallel,
+        autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
     )
     return MAGRPOTrainer(
         agents=agents,

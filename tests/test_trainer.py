@@ -11,8 +11,11 @@ import torch
 
 from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer, MultiAgentEnv, RewardError, StepResult
 from magrpo.models import build_agents
+from magrpo.prepare import computes_bf16_in_hardware, resolve_precision
+from magrpo.ranks import OneProcess
 from magrpo.sampling import make_sampler
 from magrpo.sampling.fast import sample_fast
+from magrpo.step import Precision
 from magrpo.trainer import DatasetError
 from magrpo.tree import expand_tree
 from tests.conftest import letter_count_reward, make_tiny_model
@@ -317,6 +320,7 @@ def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokeniz
             share_prompt_in_update=share,
             output_dir=str(tmp_path / str(share)),
             log_samples_steps=0,
+            autocast="no",  # the two orders of summation agree to float32 rounding
         )
         trainer = MAGRPOTrainer(
             agents=agents,
@@ -671,7 +675,7 @@ def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_
     assert mixed > 0.95 and pure < 0.3
 
 
-def test_the_default_precision_policy_is_exact_float32_on_cpu(tiny_agents, tmp_path):
+def test_the_default_precision_policy_follows_what_the_cpu_computes_in_hardware(tiny_agents, tmp_path):
     trainer = MAGRPOTrainer(
         agents=tiny_agents,
         reward_func=letter_count_reward,
@@ -680,11 +684,31 @@ def test_the_default_precision_policy_is_exact_float32_on_cpu(tiny_agents, tmp_p
         args=MAGRPOConfig(output_dir=str(tmp_path)),
     )
     assert (trainer.args.dtype, trainer.args.autocast, trainer.args.rollout_dtype) == ("auto", "auto", "auto")
-    assert (
-        trainer.team.precision.autocast is None and trainer.team.precision.rollout_dtype == "same"
-    )  # CUDA: bfloat16 and bfloat16
-    assert all(a.sampling_copy is None and a.model.dtype == torch.float32 for a in trainer.agents)
+    assert all(a.model.dtype == torch.float32 for a in trainer.agents)  # master weights stay float32
+    if computes_bf16_in_hardware(torch.device("cpu")):  # AVX-512 BF16 / AMX: bf16 update, bf16 sampling copy
+        assert trainer.team.precision == Precision(autocast=torch.bfloat16, rollout_dtype="bfloat16")
+        assert all(a.sampling_copy is not None and a.sampling_copy.dtype == torch.bfloat16 for a in trainer.agents)
+    else:
+        assert trainer.team.precision == Precision(autocast=None, rollout_dtype="same")
+        assert all(a.sampling_copy is None for a in trainer.agents)
     with pytest.raises(
         ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"
     ):
         MAGRPOConfig(autocast="fp8")
+
+
+@pytest.mark.parametrize(
+    "settings, hardware_bf16, expected",
+    [
+        ({}, True, (torch.bfloat16, "bfloat16")),
+        ({}, False, (None, "same")),
+        ({"autocast": "no"}, True, (None, "same")),  # an exact float32 update samples with its own weights
+        ({"rollout_backend": "plain"}, True, (torch.bfloat16, "same")),  # generate has no log-probs for a copy
+        ({"autocast": "bfloat16"}, False, (torch.bfloat16, "bfloat16")),
+        ({"rollout_dtype": "same"}, True, (torch.bfloat16, "same")),
+    ],
+)
+def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(tiny_agents, settings, hardware_bf16, expected):
+    args = MAGRPOConfig(**settings)
+    precision = resolve_precision(args, tiny_agents, OneProcess(), bf16_in_hardware=lambda device: hardware_bf16)
+    assert (precision.autocast, precision.rollout_dtype) == expected

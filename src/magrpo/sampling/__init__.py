@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from magrpo.choices import ROLLOUT_BACKENDS, check_choice
+from magrpo.choices import SAMPLERS, check_choice
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout
 from magrpo.sampling.team import SampleFn, sample_team
@@ -32,11 +32,12 @@ def make_sampler(
 
     ``use_sampling_copy=False`` samples with the training weights even where agents carry a
     reduced-precision sampling copy (evaluation measures the policy itself)."""
-    check_choice("rollout_backend", backend, ROLLOUT_BACKENDS)
+    check_choice("rollout_backend", backend, SAMPLERS)
     if backend == "fast":
         from magrpo.sampling.fast import sample_fast as sampler
     elif backend == "vllm":
         from magrpo.sampling.vllm_engine import sample_vllm as sampler
+        from magrpo.sampling.vllm_engine import sample_vllm_agents
     else:
         from magrpo.sampling.plain import sample_plain as sampler
 
@@ -54,6 +55,24 @@ def make_sampler(
             generator=generator,
         )
 
+    if backend == "vllm":  # the team's agents that share an engine decode in one batch
+
+        def sample_agents(
+            agents: Sequence[AgentPolicy],
+            observations: Sequence[Sequence[Observation]],
+            generators: Sequence[torch.Generator | Sequence[torch.Generator] | None],
+        ) -> list[Rollout]:
+            return sample_vllm_agents(
+                agents,
+                observations,
+                generators=generators,
+                num_generations=num_generations,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
+
+        sample.sample_agents = sample_agents  # type: ignore[attr-defined]
     return sample
 
 

@@ -59,9 +59,14 @@ def sample_team(
     ``prompt_keys``: one key per prompt, for per-prompt random streams (:func:`agent_generators`).
 
     With ``concurrent``, agents that generate with different model objects run in threads, the
-    intra-op threads split between them; agents sharing a model run one after the other.
+    intra-op threads split between them; agents sharing a model run one after the other. A sampler
+    with a ``sample_agents(agents, observations, generators)`` attribute (vllm) takes the whole
+    team at once and batches it its own way.
     """
     generators = agent_generators(agents, prompt_keys)
+    together = getattr(sample, "sample_agents", None)
+    if together is not None:  # a batching backend (vllm): the agents sharing an engine in one batch
+        return together(agents, observations, generators)
     jobs = [lambda i=i: sample(agents[i], observations[i], generator=generators[i]) for i in range(len(agents))]
     groups = _groups_by_generating_model(agents)
     if not concurrent or len(groups) < 2:

@@ -49,16 +49,34 @@ INSTALL_HINT = (
 )
 
 
-def check_vllm_installed() -> None:
-    """Refuse the vLLM backend where vLLM is missing, before any model loads."""
+def vllm_installed() -> bool:
     import importlib.util
 
     try:
-        found = importlib.util.find_spec("vllm") is not None
+        return importlib.util.find_spec("vllm") is not None
     except (ImportError, ValueError):  # a finder that refuses it, a broken half-imported vllm
-        found = False
-    if not found:
+        return False
+
+
+def check_vllm_installed() -> None:
+    """Refuse the vLLM backend where vLLM is missing, before any model loads."""
+    if not vllm_installed():
         raise ConfigError(f"rollout_backend='vllm' needs vLLM, which is not installed; {INSTALL_HINT}")
+
+
+def unservable_reason(agents: Sequence[AgentPolicy]) -> str | None:
+    """Why vLLM cannot serve these agents on their devices, or None where it can."""
+    for agent in agents:
+        if agent.device.type != "cpu":
+            continue
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        config = agent.model.config
+        head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+        if head not in sizes:
+            return f"agent {agent.name!r} has attention heads of size {head}; vLLM's CPU attention serves {sizes}"
+    return None
 
 
 class VLLMEngine:
@@ -173,23 +191,29 @@ class VLLMEngine:
             self.asleep = False
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, agent: AgentPolicy, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
+    def generate(self, requests: Sequence[tuple[AgentPolicy, Sequence[list[int]], Sequence[Any]]]) -> list[list[Any]]:
+        """Every ``(agent, prompt token lists, sampling params)`` in ``requests`` in ONE batch (each
+        row with its agent's adapter, if any); the outputs per request, in order."""
         from vllm.inputs import TokensPrompt
 
         self.ensure_current()
-        too_long = [len(p) for p in prompts if len(p) + 1 > self.max_model_len]
-        if too_long:
-            raise ConfigError(
-                f"a prompt of agent {agent.name!r} has {max(too_long)} tokens, more than vllm_max_model_len="
-                f"{self.max_model_len} allows; raise vllm_max_model_len"
-            )
-        request = self.adapters.get(agent.name) if agent.adapter is not None else None
-        return self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-            list(params),
-            lora_request=request,
-            use_tqdm=False,
-        )
+        prompts, params, adapters = [], [], []
+        for agent, token_lists, agent_params in requests:
+            too_long = [len(p) for p in token_lists if len(p) + 1 > self.max_model_len]
+            if too_long:
+                raise ConfigError(
+                    f"a prompt of agent {agent.name!r} has {max(too_long)} tokens, more than vllm_max_model_len="
+                    f"{self.max_model_len} allows; raise vllm_max_model_len"
+                )
+            prompts += [TokensPrompt(prompt_token_ids=list(p)) for p in token_lists]
+            params += list(agent_params)
+            adapters += [self.adapters.get(agent.name) if agent.adapter is not None else None] * len(token_lists)
+        outputs = self.llm.generate(prompts, params, lora_request=adapters if self.lora else None, use_tqdm=False)
+        split, start = [], 0
+        for _, token_lists, _ in requests:
+            split.append(outputs[start : start + len(token_lists)])
+            start += len(token_lists)
+        return split
 
 
 def attach_vllm_engines(
@@ -207,6 +231,9 @@ def attach_vllm_engines(
     ``dtype``: the engine's weights (None: the training weights' own, exactly that policy).
     ``max_model_len`` None: 2048 prompt tokens + ``max_new_tokens``, at most the model's limit."""
     check_vllm_installed()
+    reason = unservable_reason(agents)
+    if reason:
+        raise ConfigError(f"rollout_backend='vllm' cannot serve this team: {reason}; use rollout_backend='fast'")
     groups = group_by_identity(agents, key=lambda agent: agent.model)
     engines = []
     for group in groups:
@@ -253,17 +280,65 @@ def sample_vllm(
     """All P prompts of one agent, G samples each, from the agent's engine (the contract of
     :func:`magrpo.sampling.fast.sample_fast`). The engine samples the current policy for
     training and evaluation alike (``use_sampling_copy`` has nothing to choose here)."""
+    settings = dict(
+        num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
+    return sample_vllm_agents([agent], [observations], generators=[generator], **settings)[0]
+
+
+@torch.no_grad()
+def sample_vllm_agents(
+    agents: Sequence[AgentPolicy],
+    observations: Sequence[Sequence[Observation]],
+    *,
+    generators: Sequence[torch.Generator | Sequence[torch.Generator] | None],
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+) -> list[Rollout]:
+    """Every agent's rollout (``observations[i]`` are agent i's prompts), the agents that share an
+    engine in one batch: LoRA agents on one base decode together, each row with its own adapter.
+    Each prompt's seed comes from its agent's generator, so the draws do not depend on the batch."""
+    for agent in agents:
+        if getattr(agent, "rollout_engine", None) is None:
+            raise ConfigError(
+                f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
+            )
+    greedy = temperature == 0.0
+    tokenized = [tokenize_prompts(agent, obs) for agent, obs in zip(agents, observations)]
+    requests = [
+        (
+            agent,
+            [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)],
+            _sampling_params(agent, generator, len(prompt_ids), num_generations, max_new_tokens, temperature, top_p),
+        )
+        for agent, generator, (_, prompt_ids, prompt_mask) in zip(agents, generators, tokenized)
+    ]
+    outputs: list[list[Any]] = [[] for _ in agents]
+    for group in group_by_identity(agents, key=lambda agent: agent.rollout_engine):
+        engine = agents[group[0]].rollout_engine
+        for i, out in zip(group, engine.generate([requests[i] for i in group])):
+            outputs[i] = out
+    return [
+        _rollout(agent, out, prompts, prompt_ids, prompt_mask, num_generations, greedy)
+        for agent, out, (prompts, prompt_ids, prompt_mask) in zip(agents, outputs, tokenized)
+    ]
+
+
+def _sampling_params(
+    agent: AgentPolicy,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    count: int,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> list[Any]:
     from vllm import SamplingParams
 
-    engine = getattr(agent, "rollout_engine", None)
-    if engine is None:
-        raise ConfigError(
-            f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
-        )
-    prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
-    token_lists = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
     greedy = temperature == 0.0
-    params = [
+    return [
         SamplingParams(
             n=1 if greedy else num_generations,  # greedy: one answer, the same for every generation
             temperature=0.0 if greedy else temperature,
@@ -277,9 +352,20 @@ def sample_vllm(
             detokenize=False,
             skip_special_tokens=False,
         )
-        for seed in _request_seeds(generator, len(token_lists))
+        for seed in _request_seeds(generator, count)
     ]
-    outputs = engine.generate(agent, token_lists, params)
+
+
+def _rollout(
+    agent: AgentPolicy,
+    outputs: Sequence[Any],
+    prompts: list[str],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    num_generations: int,
+    greedy: bool,
+) -> Rollout:
+    """One agent's engine outputs as its :class:`Rollout` (ids padded, sampled-token log-probs)."""
     copies = num_generations if greedy else 1
     rows = [completion for output in outputs for completion in output.outputs for _ in range(copies)]
     length = max(1, max(len(row.token_ids) for row in rows))
@@ -369,4 +455,14 @@ def _supported_rank(rank: int) -> int:
     raise ConfigError(f"lora_r={rank} is above the largest LoRA rank vLLM serves (512)")
 
 
-__all__ = ["INSTALL_HINT", "VLLMEngine", "attach_vllm_engines", "check_vllm_installed", "engines_asleep", "sample_vllm"]
+__all__ = [
+    "INSTALL_HINT",
+    "VLLMEngine",
+    "attach_vllm_engines",
+    "check_vllm_installed",
+    "engines_asleep",
+    "sample_vllm",
+    "sample_vllm_agents",
+    "unservable_reason",
+    "vllm_installed",
+]
