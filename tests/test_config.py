@@ -118,3 +118,10 @@ def test_the_vllm_backend_settings_are_checked_and_sharding_is_refused_by_name()
         ConfigError, match="vllm_importance_sampling_correction='yes' is not valid; expected true or false"
     ):
         MAGRPOConfig(vllm_importance_sampling_correction="yes")
+
+
+def test_an_unquoted_no_from_yaml_is_autocast_no(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("autocast: no\n")  # YAML 1.1 reads it as false, as --set autocast=no does
+    assert MAGRPOConfig.from_yaml(path).autocast == "no"
+    assert MAGRPOConfig(autocast=False).autocast == "no"

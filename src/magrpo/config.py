@@ -186,6 +186,8 @@ class MAGRPOConfig:
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if isinstance(self.use_lora, tuple):  # a tuple from Python code: stored (and saved) as a list
             self.use_lora = list(self.use_lora)
+        if self.autocast is False:  # YAML (a config file, --set) reads an unquoted `no` as false
+            self.autocast = "no"
         for f in dataclasses.fields(self):
             check = _FIELD_CHECKS.get(f.name)
             if check is not None:

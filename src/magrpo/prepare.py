@@ -145,7 +145,7 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     """``rollout_backend`` with "auto" resolved, by what benchmarks/bench_vs_trl.py measured: vllm
     where it is installed and serves the team (not sharded; on CPU a head size its attention
     takes) and is faster: on CUDA always (our decoder is launch-bound there), on CPU where ONE
-    engine serves the whole team (one agent, or LoRA agents on one base: x1.9-2.0 the fast
+    engine serves the whole team (one agent, or LoRA agents on one base: x1.5-2.3 the fast
     sampler's tok/s); two full agents on a CPU decode faster with the fast sampler's two threads."""
     if args.rollout_backend != "auto":
         return args.rollout_backend
