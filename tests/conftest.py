@@ -24,11 +24,11 @@ def make_tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
 
 
-def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(vocab_size: int, hidden: int = 32, layers: int = 2, **extra):
+    """A tiny Llama config over the tiny tokenizer's ids (EOS = pad = 0)."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -40,8 +40,15 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
         pad_token_id=0,
         bos_token_id=None,
         tie_word_embeddings=False,
+        **extra,
     )
-    return LlamaForCausalLM(config)
+
+
+def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size, hidden, layers))
 
 
 #: prompts of different lengths, so batches are left-padded

@@ -81,7 +81,7 @@ def assert_same_state(a: dict, b: dict) -> None:
 NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 
-@pytest.mark.parametrize("variant", ["full", "lora", "turns", pytest.param("vllm", marks=NO_VLLM)])
+@pytest.mark.parametrize("variant", ["full", "lora", "turns", "objective", pytest.param("vllm", marks=NO_VLLM)])
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     finish(run(straight, variant))

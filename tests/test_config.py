@@ -125,3 +125,92 @@ def test_an_unquoted_no_from_yaml_is_autocast_no(tmp_path):
     path.write_text("autocast: no\n")  # YAML 1.1 reads it as false, as --set autocast=no does
     assert MAGRPOConfig.from_yaml(path).autocast == "no"
     assert MAGRPOConfig(autocast=False).autocast == "no"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "loss_type",
+            "ppo",
+            "loss_type='ppo' is not valid; choose one of 'sequence', 'token', 'grpo', 'dr_grpo', 'dapo', 'bnpo'",
+        ),
+        ("num_iterations", 0, "num_iterations=0 is not valid; expected an integer >= 1"),
+        ("epsilon", 0.0, "epsilon=0.0 is not valid; expected a number > 0.0 and <= 1.0"),
+        ("epsilon_high", -0.1, "epsilon_high=-0.1 is not valid; expected a number > 0.0"),
+        (
+            "importance_sampling_level",
+            "batch",
+            "importance_sampling_level='batch' is not valid; choose one of 'token', 'sequence'",
+        ),
+        ("beta", -0.01, "beta=-0.01 is not valid; expected a number >= 0.0"),
+        ("reference_device", "tpu", "reference_device='tpu' is not valid; expected 'auto', 'cpu' or 'cuda[:N]'"),
+        ("lr_scheduler_type", "step", "lr_scheduler_type='step' is not valid; choose one of 'constant', "),
+        ("lr_scheduler_kwargs", [1], "lr_scheduler_kwargs=[1] is not valid; expected a mapping of name: value"),
+        ("warmup_steps", -1, "warmup_steps=-1 is not valid; expected an integer >= 0"),
+        ("warmup_ratio", 1.0, "warmup_ratio=1.0 is not valid; expected a number >= 0 and < 1"),
+        (
+            "learning_rate",
+            [1e-5],
+            "learning_rate=[1e-05] is not valid; expected a number >= 0, or a list of 2 of them (one per agent)",
+        ),
+        ("mask_truncated_completions", "yes", "mask_truncated_completions='yes' is not valid; expected true or false"),
+    ],
+)
+def test_the_objectives_knobs_name_the_value_and_what_is_accepted(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        MAGRPOConfig(**{field: value})
+    assert str(err.value).startswith(message)
+
+
+def test_loss_aggregation_is_the_old_name_of_loss_type():
+    assert MAGRPOConfig(loss_aggregation="token").loss_type == "token"
+    assert MAGRPOConfig(loss_aggregation="token").loss_aggregation is None  # saved under the new name only
+    with pytest.raises(
+        ConfigError, match="loss_aggregation='token' is the old name of loss_type, and loss_type='grpo'"
+    ):
+        MAGRPOConfig(loss_aggregation="token", loss_type="grpo")
+
+
+def test_warmup_and_clip_bounds_and_rates_per_agent():
+    cfg = MAGRPOConfig(max_steps=10, warmup_ratio=0.25, epsilon=0.2)
+    assert cfg.warmup() == 3 and cfg.epsilon_bounds() == (0.2, 0.2)  # ceil(2.5); epsilon_high None is epsilon
+    assert MAGRPOConfig(max_steps=10, warmup_ratio=0.25, warmup_steps=1).warmup() == 1  # steps win, as transformers
+    assert MAGRPOConfig(epsilon_high=0.28).epsilon_bounds() == (0.2, 0.28)
+    assert MAGRPOConfig(learning_rate=1e-5).learning_rate_per_agent() == [1e-5, 1e-5]
+    assert MAGRPOConfig(learning_rate=(1e-5, 2e-5)).learning_rate_per_agent() == [1e-5, 2e-5]
+
+
+def test_every_knob_of_the_objective_is_reachable_with_set():
+    from magrpo.cli import resolve_config
+
+    pairs = [
+        "loss_type=dr_grpo",
+        "num_iterations=2",
+        "epsilon=0.1",
+        "epsilon_high=0.28",
+        "importance_sampling_level=sequence",
+        "beta=0.04",
+        "reference_device=cpu",
+        "lr_scheduler_type=cosine_with_min_lr",
+        "lr_scheduler_kwargs={min_lr_rate: 0.1}",
+        "warmup_ratio=0.1",
+        "learning_rate=[1e-5, 2e-5]",  # YAML reads 1e-5 (no dot) as a string: taken as the float
+        "mask_truncated_completions=true",
+    ]
+    cfg = resolve_config("summarize", None, {}, pairs)
+    assert (cfg.loss_type, cfg.num_iterations, cfg.epsilon_bounds()) == ("dr_grpo", 2, (0.1, 0.28))
+    assert (cfg.importance_sampling_level, cfg.beta, cfg.reference_device) == ("sequence", 0.04, "cpu")
+    assert (cfg.lr_scheduler_type, cfg.lr_scheduler_kwargs, cfg.warmup_ratio) == (
+        "cosine_with_min_lr",
+        {"min_lr_rate": 0.1},
+        0.1,
+    )
+    assert cfg.learning_rate == [1e-5, 2e-5] and cfg.mask_truncated_completions is True
+
+
+def test_a_schedule_missing_its_arguments_is_refused_when_the_config_is_built():
+    with pytest.raises(
+        ConfigError, match="lr_scheduler_type='cosine_with_min_lr' with lr_scheduler_kwargs=None: .*min_lr"
+    ):
+        MAGRPOConfig(lr_scheduler_type="cosine_with_min_lr")

@@ -26,22 +26,24 @@ def both_agents_right(*, completions, prompts, **_):
     return [float(c0.split()[:1] == ["a"] and c1.split()[:1] == ["b"]) for c0, c1 in completions]
 
 
-@pytest.mark.parametrize("rollout_dtype", ["same", "bfloat16"])
-def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path, rollout_dtype):
-    # "bfloat16": a reduced-precision copy samples, the correction keeps the update on course
+def train_cooperative(agents, tmp_path, **config) -> tuple[MAGRPOTrainer, list[dict]]:
+    """Train ``agents`` on :func:`both_agents_right` (chance about 1/36); returns the trainer and
+    its history, the first and last rewards printed."""
     args = MAGRPOConfig(
-        rollout_dtype=rollout_dtype,
-        num_generations=8,
-        batch_size=4,
-        max_new_tokens=3,
-        learning_rate=3e-3,
-        max_steps=60,
-        seed=0,
-        output_dir=str(tmp_path),
-        log_samples_steps=0,
+        **{
+            "num_generations": 8,
+            "batch_size": 4,
+            "max_new_tokens": 3,
+            "learning_rate": 3e-3,
+            "max_steps": 60,
+            "seed": 0,
+            "output_dir": str(tmp_path),
+            "log_samples_steps": 0,
+            **config,
+        }
     )
     trainer = MAGRPOTrainer(
-        agents=tiny_agents,
+        agents=agents,
         reward_func=both_agents_right,
         train_dataset=[{"question": "q"}] * 8,
         eval_dataset=[{"question": "q"}],
@@ -54,6 +56,13 @@ def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path, roll
     print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
     assert first < 0.2  # chance: about 1/6 * 1/6 for a near-uniform 6-token policy
     assert last >= 0.9
+    return trainer, history
+
+
+@pytest.mark.parametrize("rollout_dtype", ["same", "bfloat16"])
+def test_cooperative_reward_rises_from_chance_to_090(tiny_agents, tmp_path, rollout_dtype):
+    # "bfloat16": a reduced-precision copy samples, the correction keeps the update on course
+    trainer, _ = train_cooperative(tiny_agents, tmp_path, rollout_dtype=rollout_dtype)
     assert trainer.evaluate()["reward"] == 1.0  # greedy decoding now answers as a team
 
 

@@ -1,6 +1,8 @@
 """A small real training run in its own process, for the checkpoint tests (which kill it):
 ``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
-(the full team sampling on vLLM engines).
+(the full team sampling on vLLM engines), objective (the full team with a learning-rate schedule
+and warm-up, a rate per agent, two clipped updates per rollout, a KL term to frozen reference
+copies, TRL's grpo loss type and truncated completions masked).
 
 With ``MAGRPO_SLOW_REWARD=s`` every reward call sleeps s seconds (time to kill the run mid-way;
 the numbers do not change)."""
@@ -37,18 +39,32 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=hidden), tok) for s in (1, 2)], device="cpu")
     turns = 2 if variant == "turns" else 1
     engine = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128) if variant == "vllm" else {}
+    objective = (
+        dict(
+            learning_rate=[1e-2, 5e-3],
+            lr_scheduler_type="cosine",
+            warmup_steps=2,
+            num_iterations=2,
+            epsilon_high=0.28,
+            beta=0.05,
+            loss_type="grpo",
+            mask_truncated_completions=True,
+        )
+        if variant == "objective"
+        else dict(learning_rate=1e-2)
+    )
     args = MAGRPOConfig(
         num_generations=4,
         batch_size=2,
         max_new_tokens=4,
         max_steps=STEPS,
-        learning_rate=1e-2,
         seed=5,
         num_turns=turns,
         save_steps=1,
         save_total_limit=None,
         output_dir=out_dir,
         **engine,
+        **objective,
     )
     feedback = CallableFeedback(lambda request: (f"turn {request.turn}: more a", "more b")) if turns > 1 else None
     items = [{"q": w} for w in ("q a", "b", "c q", "a b c")]

@@ -31,6 +31,7 @@ _EXPORTS = {
     "MultiAgentEnv": "magrpo.envs.base",
     "RewardError": "magrpo.errors",
     "RewardFunctionEnv": "magrpo.envs.reward_env",
+    "RewardModel": "magrpo.rewards.reward_model",
     "StepResult": "magrpo.envs.base",
     "build_agents": "magrpo.models.loading",
     "check_env": "magrpo.envs.check",
@@ -64,4 +65,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from magrpo.errors import CheckpointError, ConfigError, DataError, DatasetError, EnvError, ModelError, RewardError
     from magrpo.models.agent import AgentPolicy
     from magrpo.models.loading import build_agents
+    from magrpo.rewards.reward_model import RewardModel
     from magrpo.trainer import MAGRPOTrainer

@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "agent_devices",
         "data_parallel",
+        "reference_device",
         # an engine's memory, not the policy it serves
         "vllm_kv_cache_gib",
         "vllm_gpu_memory_utilization",
@@ -166,6 +167,8 @@ def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
 
     # a field the checkpoint's version did not have yet ran at its default
     saved = {**MAGRPOConfig.defaults(), **yaml.safe_load((Path(directory) / CONFIG_FILE).read_text())}
+    if saved.get("loss_aggregation") is not None:  # saved under the old name: it is the loss_type
+        saved["loss_type"], saved["loss_aggregation"] = saved["loss_aggregation"], None
     current = config.to_dict()
     differing = sorted(
         k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)

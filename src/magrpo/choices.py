@@ -9,7 +9,24 @@ from magrpo.errors import ConfigError
 
 ADVANTAGE_SCALINGS = ("none", "std")
 ADVANTAGE_BASELINES = ("mean", "loo", "max", "none")
+#: the loss's normaliser (magrpo.loss): ours ("sequence", the paper's; "token") and TRL's
+LOSS_TYPES = ("sequence", "token", "grpo", "dr_grpo", "dapo", "bnpo")
+#: the old name's values (loss_aggregation), each still a loss_type
 LOSS_AGGREGATIONS = ("sequence", "token")
+#: where the clipped ratio pi / pi_old is taken: per token (PPO, GRPO) or per completion (GSPO)
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+#: transformers' get_scheduler names magrpo accepts
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
 JOINT_MODES = ("aligned", "cross")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
@@ -40,8 +57,11 @@ __all__ = [
     "DATA_PARALLEL",
     "DTYPES",
     "EXPANSIONS",
+    "IMPORTANCE_SAMPLING_LEVELS",
     "JOINT_MODES",
     "LOSS_AGGREGATIONS",
+    "LOSS_TYPES",
+    "LR_SCHEDULERS",
     "ROLLOUT_BACKENDS",
     "SAMPLERS",
     "REPORT_TO",

@@ -18,8 +18,11 @@ from magrpo.choices import (
     DATA_PARALLEL,
     DTYPES,
     EXPANSIONS,
+    IMPORTANCE_SAMPLING_LEVELS,
     JOINT_MODES,
     LOSS_AGGREGATIONS,
+    LOSS_TYPES,
+    LR_SCHEDULERS,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -47,7 +50,17 @@ class MAGRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     # optimisation
-    learning_rate: float = 1e-5
+    #: one rate for the team, or one per agent
+    learning_rate: float | list[float] = 1e-5
+    #: transformers' get_scheduler: "constant", "linear", "cosine", ... (magrpo.choices.LR_SCHEDULERS),
+    #: stepped once per training step over max_steps; lr_scheduler_kwargs go to it as
+    #: scheduler_specific_kwargs (e.g. {"min_lr_rate": 0.1} for "cosine_with_min_lr")
+    lr_scheduler_type: str = "constant"
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    #: linear warm-up over this many steps (> 0 wins over warmup_ratio, as in transformers) ...
+    warmup_steps: int = 0
+    #: ... or over this fraction of max_steps
+    warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -60,9 +73,30 @@ class MAGRPOConfig:
     #: the baseline b in A = R - b: "mean" (the group mean, MAGRPO), "loo" (mean of the other
     #: G - 1: RLOO), "max" (the group's best), "none" (raw returns: REINFORCE without a baseline)
     advantage_baseline: str = "mean"
-    #: "sequence": mean over completions of A * sum_t log p_t (the paper's objective);
-    #: "token": sum over all completion tokens of A * log p_t divided by the number of such tokens
-    loss_aggregation: str = "sequence"
+    #: the loss's normaliser, one line each in magrpo.loss: "sequence" (mean over completions of
+    #: A * sum_t log p_t: the paper's objective), "token" (over every counted token of the step), and
+    #: TRL's "grpo" (per-completion token mean, then the mean), "dr_grpo" (over completions *
+    #: max_new_tokens), "dapo" and "bnpo" (over the step's counted tokens, as "token")
+    loss_type: str = "sequence"
+    #: the old name of loss_type ("sequence" or "token"); taken as loss_type, None when not given
+    loss_aggregation: str | None = None
+    #: leave completions that hit max_new_tokens without an end-of-sequence token out of the loss
+    #: (and out of its normaliser)
+    mask_truncated_completions: bool = False
+    #: mu, the optimiser steps each rollout serves (each over the whole step's completions). 1: the
+    #: paper's on-policy update. > 1: the PPO-clipped surrogate of r = pi / pi_old, pi_old the
+    #: weights that sampled (magrpo.loss)
+    num_iterations: int = 1
+    #: the clip of r: [1 - epsilon, 1 + epsilon_high] (epsilon_high None: epsilon; DAPO uses 0.28)
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    #: r per token ("token": PPO, GRPO) or one per completion ("sequence": GSPO)
+    importance_sampling_level: str = "token"
+    #: weight of the per-token k3 KL to a reference policy in the loss (0: none, the paper's). The
+    #: reference of a LoRA agent is its own base with the adapter off (no memory); of a fully
+    #: trained agent, a frozen copy of its initial weights on reference_device (None: the agent's)
+    beta: float = 0.0
+    reference_device: str | None = None
     #: "aligned": G joint actions, the g-th completion of every agent together;
     #: "cross": every combination, G ** num_agents joint actions
     joint_mode: str = "aligned"
@@ -188,11 +222,26 @@ class MAGRPOConfig:
             self.use_lora = list(self.use_lora)
         if self.autocast is False:  # YAML (a config file, --set) reads an unquoted `no` as false
             self.autocast = "no"
+        if isinstance(self.learning_rate, tuple):
+            self.learning_rate = list(self.learning_rate)
+        self._take_loss_aggregation()
         for f in dataclasses.fields(self):
             check = _FIELD_CHECKS.get(f.name)
             if check is not None:
                 check(self, f.name)
         self._check_cross_field_rules()
+
+    def _take_loss_aggregation(self) -> None:
+        """The old name, loss_aggregation, given: it is the loss_type (stored under the new name only)."""
+        if self.loss_aggregation is None:
+            return
+        check_choice("loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)
+        if self.loss_type not in ("sequence", self.loss_aggregation):
+            raise ConfigError(
+                f"loss_aggregation={self.loss_aggregation!r} is the old name of loss_type, and loss_type="
+                f"{self.loss_type!r} says otherwise: give loss_type alone"
+            )
+        self.loss_type, self.loss_aggregation = self.loss_aggregation, None
 
     def _check_cross_field_rules(self) -> None:
         """Rules between fields that are each valid on their own."""
@@ -228,6 +277,13 @@ class MAGRPOConfig:
                 "rollout_backend='vllm' keeps whole weights in every rank's engine, which data_parallel='shard' "
                 "avoids: use data_parallel='replicate' with vllm, or rollout_backend='fast' with sharding"
             )
+        # a schedule that needs arguments (cosine_with_min_lr, warmup_stable_decay) is built once now
+        if self.lr_scheduler_type != "constant" or self.lr_scheduler_kwargs:
+            import torch
+
+            from magrpo.prepare import make_schedulers
+
+            make_schedulers([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)], self)
         # agent placement names one device per agent
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
             raise ConfigError(
@@ -242,6 +298,19 @@ class MAGRPOConfig:
                 f"({plan.describe()}), more than max_planned_generations={self.max_planned_generations}; "
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
+
+    def learning_rate_per_agent(self) -> list[float]:
+        """``learning_rate`` as one rate per agent."""
+        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate] * self.num_agents
+        return [float(r) for r in rates]
+
+    def warmup(self) -> int:
+        """The warm-up's steps: ``warmup_steps`` where given, else ``warmup_ratio`` of ``max_steps``."""
+        return self.warmup_steps if self.warmup_steps > 0 else math.ceil(self.warmup_ratio * self.max_steps)
+
+    def epsilon_bounds(self) -> tuple[float, float]:
+        """The clip's (low, high) widths: r is kept in [1 - low, 1 + high]."""
+        return self.epsilon, self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def lora_per_agent(self) -> list[bool]:
         """``use_lora`` as one bool per agent."""
@@ -307,9 +376,18 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
-    """YAML reads '2e-5' (no dot) as a string: take it as the float its field declares."""
+    """YAML reads '2e-5' (no dot) as a string: take it as the float its field declares (each
+    entry of a list where the field takes a list of floats)."""
     declared = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
-    if isinstance(value, str) and declared.startswith("float"):
+    if isinstance(value, list) and "list[float]" in declared:
+        return [_coerce_float(v) for v in value]
+    if declared.startswith("float"):
+        return _coerce_float(value)
+    return value
+
+
+def _coerce_float(value: Any) -> Any:
+    if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
@@ -376,6 +454,28 @@ def _use_lora(cfg: MAGRPOConfig, name: str) -> None:
         )
 
 
+def _learning_rate(cfg: MAGRPOConfig, name: str) -> None:
+    # num_agents is checked before it (declaration order)
+    rates = cfg.learning_rate if isinstance(cfg.learning_rate, list) else [cfg.learning_rate]
+    numbers = all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in rates)
+    if not numbers or (isinstance(cfg.learning_rate, list) and len(rates) != cfg.num_agents):
+        raise ConfigError(
+            f"learning_rate={cfg.learning_rate!r} is not valid; expected a number >= 0, or a list of "
+            f"{cfg.num_agents} of them (one per agent)"
+        )
+
+
+def _mapping(cfg: MAGRPOConfig, name: str) -> None:
+    if not isinstance(getattr(cfg, name), dict):
+        raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected a mapping of name: value")
+
+
+def _warmup_ratio(cfg: MAGRPOConfig, name: str) -> None:
+    _number_in(cfg, name, 0.0, 1.0)
+    if cfg.warmup_ratio >= 1.0:  # a warm-up over the whole run never reaches the rate
+        raise ConfigError(f"warmup_ratio={cfg.warmup_ratio!r} is not valid; expected a number >= 0 and < 1")
+
+
 def _report_to(cfg: MAGRPOConfig, name: str) -> None:
     for tracker in cfg.report_to:
         check_choice(name, tracker, REPORT_TO)
@@ -408,7 +508,11 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "max_new_tokens": _int_at_least(1),
     "temperature": _number(0.0, None, low_open=True),
     "top_p": _number(0.0, 1.0, low_open=True),
-    "learning_rate": _number(0.0, None),
+    "learning_rate": _learning_rate,
+    "lr_scheduler_type": _one_of(LR_SCHEDULERS),
+    "lr_scheduler_kwargs": _optional(_mapping),
+    "warmup_steps": _int_at_least(0),
+    "warmup_ratio": _warmup_ratio,
     "weight_decay": _number(0.0, None),
     "adam_beta1": _number(0.0, 1.0),
     "adam_beta2": _number(0.0, 1.0),
@@ -417,7 +521,14 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "batch_size": _int_at_least(1),
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
-    "loss_aggregation": _one_of(LOSS_AGGREGATIONS),
+    "loss_type": _one_of(LOSS_TYPES),
+    "mask_truncated_completions": _flag,
+    "num_iterations": _int_at_least(1),
+    "epsilon": _number(0.0, 1.0, low_open=True),
+    "epsilon_high": _optional(_number(0.0, None, low_open=True)),
+    "importance_sampling_level": _one_of(IMPORTANCE_SAMPLING_LEVELS),
+    "beta": _number(0.0, None),
+    "reference_device": _optional(_device),
     "joint_mode": _one_of(JOINT_MODES),
     "cross_aggregation": _one_of(CROSS_AGGREGATIONS),
     "num_turns": _int_at_least(1),

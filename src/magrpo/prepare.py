@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -18,20 +19,23 @@ from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.feedback.base import Feedback
 from magrpo.grouping import distinct_by_identity
-from magrpo.models import AgentPolicy, attach_sampling_copies, build_agents
+from magrpo.models import AgentPolicy, attach_reference_models, attach_sampling_copies, build_agents
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
+from magrpo.rewards.reward_model import RewardModel
 from magrpo.sampling.vllm_engine import attach_vllm_engines, unservable_reason, vllm_installed
 from magrpo.step import Precision, Team
 from magrpo.types import Formatter, Scorer
 
 EnvFactory = Callable[[Mapping[str, Any]], MultiAgentEnv]
+#: a reward function, a reward model's local folder, or a list of them (weighted by reward_weights)
+RewardFuncs = Callable[..., Sequence[float]] | str | Path | Sequence[Callable[..., Sequence[float]] | str | Path]
 
 
 def build_env_factory(
     args: MAGRPOConfig,
     agent_names: Sequence[str],
     *,
-    reward_func: Callable[..., Sequence[float]] | Sequence[Callable[..., Sequence[float]]] | None,
+    reward_func: RewardFuncs | None,
     scorer: Scorer | None,
     formatters: Sequence[Formatter] | None,
     env_factory: EnvFactory | None,
@@ -58,6 +62,8 @@ def build_env_factory(
         raise ConfigError(f"formatters: {got} given for num_agents={n}; give one formatter per agent")
     if scorer is None:
         funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
+        # a path among them is a reward model's local folder (as TRL takes a model in reward_funcs)
+        funcs = [RewardModel(f) if isinstance(f, (str, Path)) else f for f in funcs]
         scorer = scorer_from_reward_funcs(funcs, reward_weights)
     return reward_env_factory(
         formatters,
@@ -110,8 +116,16 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
         dtype = getattr(torch, precision.rollout_dtype)
         if any(agent.model.dtype != dtype for agent in built):  # the same dtype needs no copy: exact
             attach_sampling_copies(built, dtype)
-    optimizers = [make_optimizer(agent, args) for agent in built]
-    return Team(built, optimizers, args, ranks, precision)
+    if args.beta > 0:  # the KL term's reference: a full agent's frozen copy (LoRA: its base)
+        if ranks.sharded and any(agent.adapter is None for agent in built):
+            raise ConfigError(
+                f"beta={args.beta} needs a whole frozen reference copy of every fully trained agent, which "
+                "data_parallel='shard' avoids: use LoRA agents (their reference is the base), "
+                "or data_parallel='replicate'"
+            )
+        attach_reference_models(built, args.reference_device)
+    optimizers = [make_optimizer(agent, args, lr) for agent, lr in zip(built, args.learning_rate_per_agent())]
+    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args))
 
 
 def _build(agents: Sequence[Any], args: MAGRPOConfig) -> list[AgentPolicy]:
@@ -209,23 +223,60 @@ def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
         )
 
 
-def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig) -> torch.optim.Optimizer:
-    """One AdamW per agent, over what that agent trains (its model, or its own adapter)."""
+def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """One AdamW per agent, over what that agent trains (its model, or its own adapter), at
+    ``lr`` (None: the config's first rate)."""
     return torch.optim.AdamW(
         agent.trainable_parameters(),
-        lr=args.learning_rate,
+        lr=args.learning_rate_per_agent()[0] if lr is None else lr,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.weight_decay,
     )
 
 
+def make_schedulers(
+    optimizers: Sequence[torch.optim.Optimizer], args: MAGRPOConfig
+) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """One transformers schedule per optimiser (``lr_scheduler_type``, the warm-up, over
+    ``max_steps`` training steps), each at its own agent's rate."""
+    from transformers import get_scheduler
+
+    try:
+        return [
+            get_scheduler(
+                args.lr_scheduler_type,
+                optimizer,
+                num_warmup_steps=args.warmup(),
+                num_training_steps=args.max_steps,
+                scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+            )
+            for optimizer in optimizers
+        ]
+    except (TypeError, ValueError) as exc:  # a schedule that needs arguments it was not given
+        raise ConfigError(
+            f"lr_scheduler_type={args.lr_scheduler_type!r} with lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}: {exc}"
+        ) from exc
+
+
+def step_schedulers(team: Team) -> None:
+    """Move every agent's learning rate on by one training step (a step without an optimiser
+    step, no agent having a signal, still counts: the schedule follows the run's steps)."""
+    with warnings.catch_warnings():  # torch warns when a schedule moves before its optimiser's first step
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for scheduler in team.schedulers or []:
+            scheduler.step()
+
+
 __all__ = [
     "EnvFactory",
+    "RewardFuncs",
     "build_env_factory",
     "check_items",
     "choose_rollout_backend",
     "computes_bf16_in_hardware",
     "make_optimizer",
+    "make_schedulers",
+    "step_schedulers",
     "prepare_team",
     "resolve_precision",
 ]

@@ -115,7 +115,8 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     team = trainer.team
     whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
-        state = {"step": trainer.step, **trainer.item_order.state()}
+        schedules = [scheduler.state_dict() for scheduler in team.schedulers or []]
+        state = {"step": trainer.step, **trainer.item_order.state(), "schedulers": schedules}
         save_checkpoint(
             directory,
             agents=team.agents,
@@ -137,8 +138,20 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers)
     trainer.step = int(state["step"])
     trainer.item_order.load_state(state)
+    load_schedules(trainer.team.schedulers or [], state.get("schedulers"), trainer.step)
     trainer.cadence.saved(trainer.step)
     return path
+
+
+def load_schedules(schedulers: list[Any], states: list[dict[str, Any]] | None, step: int) -> None:
+    """The learning-rate schedules where the checkpoint left them (one written before schedules
+    were saved: moved on ``step`` steps, as the run did)."""
+    for i, scheduler in enumerate(schedulers):
+        if states and i < len(states):
+            scheduler.load_state_dict(states[i])
+        else:
+            for _ in range(step):
+                scheduler.step()
 
 
 class StopRequest:

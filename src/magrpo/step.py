@@ -8,7 +8,8 @@
     returns    = tree_returns(rewards)            2. reward + discount * mean of the children's returns
     advantages = agent_advantages(returns, i)     3. per agent, centred over the siblings of each node
     update_agent(i, rollouts, advantages)         4. per agent: -sum A * log pi_i(c_i | o_i) / normaliser,
-                                                     gradient clipping, one AdamW step
+                                                     gradient clipping, one AdamW step (or
+                                                     num_iterations clipped ones: magrpo.loss)
 
 The hand-off from sampling to the update is the :class:`~magrpo.sampling.Rollout` of each agent
 at each turn (inside :class:`~magrpo.tree.Turn`). Data parallel stays out of sight behind
@@ -18,6 +19,7 @@ at each turn (inside :class:`~magrpo.tree.Turn`). Data parallel stays out of sig
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -30,13 +32,23 @@ from magrpo.envs.base import MultiAgentEnv
 from magrpo.errors import ConfigError
 from magrpo.logprobs import (
     completion_token_logprobs,
+    eos_tensor,
     pad_right,
     scoring_mode,
     shared_prompt_token_logprobs,
     trim_left,
     trim_right,
 )
-from magrpo.loss import ImportanceWeightTally, loss_normaliser, policy_gradient_loss_sum, truncated_importance_weights
+from magrpo.loss import (
+    UpdateTally,
+    clipped_surrogate,
+    k3_kl,
+    loss_normaliser,
+    policy_gradient_loss_sum,
+    sequence_scale,
+    token_terms_loss_sum,
+    truncated_importance_weights,
+)
 from magrpo.models import AgentPolicy
 from magrpo.ranks import OneProcess
 from magrpo.sampling import Rollout, concurrent_agents, sampler_for
@@ -66,6 +78,8 @@ class Team:
     args: MAGRPOConfig
     ranks: OneProcess
     precision: Precision
+    #: one learning-rate schedule per optimiser, stepped once per training step (None: constant)
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler] | None = None
 
 
 @dataclass
@@ -138,56 +152,72 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
 def update_agent(
     team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
 ) -> dict[str, float]:
-    """One AdamW step of agent ``index`` on its completions of every turn: ``rollouts[t]`` and
-    ``advantages[t]`` (``[P_t * G]``, row p * G + g) are its samples and their advantages at turn t.
+    """``num_iterations`` AdamW steps of agent ``index`` (one: the paper's) on its completions of
+    every turn: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * G]``, row p * G + g) are its samples
+    and their advantages at turn t. Each optimiser step takes the whole step's completions.
 
     The loss is normalised over the whole step (all turns, all micro-batches, all ranks), so
     splitting the batch changes nothing but memory. Completions with advantage exactly 0 add
-    exactly 0 gradient and are not run through the model; when every advantage is 0 there is no
-    gradient and no optimiser step (no momentum or weight-decay move without a learning signal).
-    Gradients are freed after the step: between updates an agent holds none.
+    exactly 0 gradient and are not run through the model (unless the KL term, ``beta`` > 0, has a
+    gradient for them); when no completion carries a signal there is no gradient and no optimiser
+    step (no momentum or weight-decay move without a learning signal). Gradients are freed after
+    each step: between updates an agent holds none. The figures are means over the steps.
     """
     a, ranks = team.args, team.ranks
     agent, optimizer = team.agents[index], team.optimizers[index]
     device = agent.device
-    all_masks = torch.cat(
-        [pad_right(r.completion_mask, max(x.completion_mask.shape[1] for x in rollouts)) for r in rollouts]
-    )
-    normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_aggregation), device)
+    counted = [counted_rows(agent, rollout, a.mask_truncated_completions) for rollout in rollouts]
+    width = max(x.completion_mask.shape[1] for x in rollouts)
+    all_masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
+    normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_type, a.max_new_tokens), device)
     params = agent.trainable_parameters()
     optimizer.zero_grad(set_to_none=True)
-    # micro-batches of the completions that carry a learning signal
+    # micro-batches of the counted completions that carry a learning signal
     work = [
         (rollout, adv, chunk)
-        for rollout, adv in zip(rollouts, advantages)
-        for chunk in torch.nonzero(adv != 0).flatten().split(a.update_micro_batch_size)
+        for rollout, adv, rows in zip(rollouts, advantages, counted)
+        for chunk in torch.nonzero(rows.to(adv.device) & ((adv != 0) | (a.beta > 0)))
+        .flatten()
+        .split(a.update_micro_batch_size)
         if len(chunk)
     ]
     if not ranks.sum(len(work), device):  # no rank has a signal: no pass, no step
         return {"loss": 0.0, "grad_norm": 0.0}
     idle = ranks.idle_passes(len(work), device)
-    loss_total = 0.0
-    weights = ImportanceWeightTally()
+    tally = UpdateTally()
+    memos: list[dict[str, torch.Tensor]] = [{} for _ in work]  # per micro-batch: pi_old, pi_ref
+    losses, grad_norms = [], []
     autocast = (
         torch.autocast(device.type, dtype=team.precision.autocast)
         if team.precision.autocast is not None
         else contextlib.nullcontext()
     )
-    # dropout off: the update scores the policy that sampled (which samples in eval mode)
-    with agent.with_own_adapter() as on, scoring_mode(on) as model, autocast:
-        for rollout, adv, rows in work:
-            loss = chunk_loss(team, agent, model, rollout, adv, rows, weights) / normaliser
-            loss.backward()
-            loss_total += float(loss.detach())
-        for _ in range(idle):
-            ranks.idle_pass(model, device)
-    loss_total = ranks.sum(loss_total, device)
-    ranks.sum_gradients(params)  # the global step's gradient: the sum of every rank's share
-    grad_norm = ranks.clip_gradients(params, a.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for _ in range(a.num_iterations):
+        loss_total = 0.0
+        # dropout off: the update scores the policy that sampled (which samples in eval mode)
+        with agent.with_own_adapter() as on, scoring_mode(on) as model, autocast:
+            for (rollout, adv, rows), memo in zip(work, memos):
+                loss = chunk_loss(team, agent, model, rollout, adv, rows, tally, memo) / normaliser
+                loss.backward()
+                loss_total += float(loss.detach())
+            for _ in range(idle):
+                ranks.idle_pass(model, device)
+        losses.append(ranks.sum(loss_total, device))
+        ranks.sum_gradients(params)  # the global step's gradient: the sum of every rank's share
+        grad_norms.append(ranks.clip_gradients(params, a.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     agent.sync_sampling_copy()
-    return {"loss": loss_total, "grad_norm": grad_norm, **weights.figures()}
+    return {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
+
+
+def counted_rows(agent: AgentPolicy, rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
+    """[P * G] bool on the CPU: the completions the loss counts. All of them, or with
+    ``mask_truncated`` only those that ended with an end-of-sequence token within max_new_tokens."""
+    if not mask_truncated:
+        return torch.ones(rollout.completion_ids.shape[0], dtype=torch.bool)
+    ended = torch.isin(rollout.completion_ids, eos_tensor(agent.eos_token_ids, rollout.completion_ids))
+    return (ended & rollout.completion_mask).any(dim=-1).cpu()
 
 
 def chunk_loss(
@@ -197,19 +227,64 @@ def chunk_loss(
     rollout: Rollout,
     adv: torch.Tensor,
     rows: torch.Tensor,
-    tally: ImportanceWeightTally,
+    tally: UpdateTally,
+    memo: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The un-normalised loss of one micro-batch: the completions ``rows`` of ``rollout``."""
+    """The un-normalised loss of one micro-batch: the completions ``rows`` of ``rollout``.
+    ``memo`` keeps what the micro-batch's first pass computed for the later ones: the log-probs
+    of pi_old (several updates per rollout) and of the reference (``beta`` > 0)."""
     a = team.args
+    memo = {} if memo is None else memo
     device = rollout.completion_ids.device
     rows_d = rows.to(device)
+    logprobs, mask = micro_batch_logprobs(team, model, rollout, rows_d)
+    if a.num_iterations > 1 and "old" not in memo:  # the first pass scores the weights that sampled
+        memo["old"] = logprobs.detach()
+    old = memo.get("old", logprobs)
+    if a.beta > 0 and "reference" not in memo:  # once per rollout, without gradient
+        with torch.no_grad(), agent.as_reference() as reference:
+            memo["reference"] = reference_logprobs(team, reference, rollout, rows_d, device)
+    weights = None
+    # another precision, or another engine, sampled: correct for the gap (on pi_old / pi_sampler)
+    if agent.sampling_copy is not None or (agent.rollout_engine is not None and a.vllm_importance_sampling_correction):
+        if rollout.token_logprobs is None:
+            raise ConfigError(
+                f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "
+                "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
+            )
+        sampler_logprobs = rollout.token_logprobs[rows_d][:, : mask.shape[1]]
+        weights = truncated_importance_weights(old, sampler_logprobs, a.rollout_is_cap)
+        tally.add_importance_weights(weights, mask, a.rollout_is_cap)
+    tally.add("entropy", -logprobs, mask)  # the mean -log pi of sampled tokens estimates the entropy
+    advantages = adv[rows].to(device=device, dtype=torch.float32)
+    scale = sequence_scale(mask, a.loss_type)
+    if a.num_iterations == 1:  # on-policy: r = 1 exactly, the paper's REINFORCE loss
+        loss = policy_gradient_loss_sum(logprobs, mask, advantages, weights, scale)
+    else:
+        low, high = a.epsilon_bounds()
+        clip = clipped_surrogate(logprobs, old, mask, advantages, low, high, a.importance_sampling_level)
+        tally.add_clip(clip, mask)
+        loss = token_terms_loss_sum(clip.terms if weights is None else clip.terms * weights, mask, scale)
+    if a.beta > 0:
+        kl = k3_kl(logprobs, memo["reference"])
+        tally.add("kl", kl, mask)
+        loss = loss + a.beta * token_terms_loss_sum(kl, mask, scale)
+    return loss
+
+
+def micro_batch_logprobs(
+    team: Team, model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(c_t | ...) of the completions ``rows`` of ``rollout`` under ``model``, and their
+    mask, trimmed to the longest of them."""
+    a = team.args
     # the distinct prompts of this chunk, and which one each row continues
-    prompts, prompt_index = torch.unique(rows_d // rollout.num_generations, return_inverse=True)
+    prompts, prompt_index = torch.unique(rows // rollout.num_generations, return_inverse=True)
     prompt_ids, prompt_mask = trim_left(rollout.prompt_ids[prompts], rollout.prompt_mask[prompts])
-    completion_ids, mask = trim_right(rollout.completion_ids[rows_d], rollout.completion_mask[rows_d])
+    completion_ids, mask = trim_right(rollout.completion_ids[rows], rollout.completion_mask[rows])
     # sharded: every rank's micro-batch must make the same collectives, so one model pass each
     shared = a.share_prompt_in_update and not a.gradient_checkpointing and not team.ranks.sharded
-    if shared and len(prompts) < len(rows_d):  # each prompt through the model once
+    if shared and len(prompts) < len(rows):  # each prompt through the model once
         logprobs = shared_prompt_token_logprobs(
             model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, a.temperature, a.logprob_chunk_size
         )
@@ -223,18 +298,34 @@ def chunk_loss(
             a.temperature,
             a.logprob_chunk_size,
         )
-    weights = None
-    # another precision, or another engine, sampled: correct for the gap
-    if agent.sampling_copy is not None or (agent.rollout_engine is not None and a.vllm_importance_sampling_correction):
-        if rollout.token_logprobs is None:
-            raise ConfigError(
-                f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "
-                "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
-            )
-        sampler_logprobs = rollout.token_logprobs[rows_d][:, : completion_ids.shape[1]]
-        weights = truncated_importance_weights(logprobs, sampler_logprobs, a.rollout_is_cap)
-        tally.add(weights, mask, a.rollout_is_cap)
-    return policy_gradient_loss_sum(logprobs, mask, adv[rows].to(device=device, dtype=torch.float32), weights)
+    return logprobs, mask
 
 
-__all__ = ["Precision", "StepOutput", "Team", "UpdateFn", "chunk_loss", "magrpo_step", "update_agent"]
+def reference_logprobs(
+    team: Team, reference: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The reference policy's log-probs of the completions ``rows``, computed on its own device."""
+    where = next(reference.parameters()).device
+    if where != device:
+        rollout = dataclasses.replace(
+            rollout,
+            prompt_ids=rollout.prompt_ids.to(where),
+            prompt_mask=rollout.prompt_mask.to(where),
+            completion_ids=rollout.completion_ids.to(where),
+            completion_mask=rollout.completion_mask.to(where),
+        )
+    with scoring_mode(reference) as model:
+        return micro_batch_logprobs(team, model, rollout, rows.to(where))[0].to(device)
+
+
+__all__ = [
+    "Precision",
+    "StepOutput",
+    "Team",
+    "UpdateFn",
+    "chunk_loss",
+    "counted_rows",
+    "magrpo_step",
+    "micro_batch_logprobs",
+    "update_agent",
+]

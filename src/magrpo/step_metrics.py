@@ -19,6 +19,12 @@ AGENT_FIGURES = (
     "zero_advantage_groups",
     "is_weight_mean",
     "is_capped_fraction",
+    "entropy",
+    "clip_fraction",
+    "clip_low_fraction",
+    "clip_high_fraction",
+    "ratio_mean",
+    "kl",
 )
 
 

@@ -22,7 +22,15 @@ from magrpo.errors import ConfigError, DatasetError
 from magrpo.eval.held_out import evaluate_team
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
-from magrpo.prepare import EnvFactory, build_env_factory, check_items, prepare_team
+from magrpo.prepare import (
+    EnvFactory,
+    RewardFuncs,
+    build_env_factory,
+    check_items,
+    make_schedulers,
+    prepare_team,
+    step_schedulers,
+)
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
 from magrpo.sampling import Rollout
@@ -49,7 +57,9 @@ class MAGRPOTrainer:
         agents: one entry per agent: ``"default"`` (the bundled model), a model preset name, a
             local model directory, a Hub id, a loaded ``PreTrainedModel`` or ``(model, tokenizer)``;
             or already built :class:`AgentPolicy` objects.
-        reward_func: a reward function or a list of them (summed), see :class:`magrpo.types.RewardFunction`.
+        reward_func: a reward function or a list of them (summed, weighted by ``reward_weights``), see
+            :class:`magrpo.types.RewardFunction`; a path among them is a reward model's local folder
+            (:class:`magrpo.RewardModel`).
         scorer: instead of ``reward_func``, a function returning one dict per joint action with
             ``"reward"`` and any further figures that :meth:`evaluate` averages.
         train_dataset / eval_dataset: lists of dicts or ``datasets.Dataset`` objects.
@@ -63,7 +73,7 @@ class MAGRPOTrainer:
     def __init__(
         self,
         agents: Sequence[AgentSpec | AgentPolicy],
-        reward_func: Callable[..., Sequence[float]] | Sequence[Callable[..., Sequence[float]]] | None = None,
+        reward_func: RewardFuncs | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         formatters: Sequence[Formatter] | None = None,
@@ -124,6 +134,7 @@ class MAGRPOTrainer:
     @optimizers.setter
     def optimizers(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:  # e.g. another optimiser class
         self.team.optimizers = list(optimizers)
+        self.team.schedulers = make_schedulers(self.team.optimizers, self.args)
 
     def train(
         self, log: RunLog | None = None, progress: bool = True, resume_from_checkpoint: str | Path | bool | None = None
@@ -152,7 +163,9 @@ class MAGRPOTrainer:
         run.reset_peak_memory()
         out = magrpo_step(self.team, [self.env_factory(item) for item in items], self.step, update=self.update_agent)
         self.step += 1
-        return {**step_metrics(self.team, out, self.step), **run.peak_memory_figures()}, step_samples(out)
+        metrics = {**step_metrics(self.team, out, self.step), **run.peak_memory_figures()}
+        step_schedulers(self.team)  # after the metrics, which log the rate this step used
+        return metrics, step_samples(out)
 
     def update_agent(
         self, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]

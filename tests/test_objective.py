@@ -1,0 +1,174 @@
+"""The objective and optimiser around the paper's update, on real tiny models: one update per
+rollout is the paper's update bit for bit, several clipped updates learn, the schedule follows
+transformers' formulas per agent, truncated completions drop out, the KL term pulls towards
+the reference (a frozen copy, or a LoRA agent's own base)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from magrpo import MAGRPOConfig, MAGRPOTrainer
+from magrpo.logprobs import completion_mask, completion_token_logprobs, scoring_mode
+from magrpo.loss import k3_kl, policy_gradient_loss_sum
+from magrpo.models import build_agents
+from magrpo.prepare import prepare_team
+from magrpo.sampling import Rollout
+from magrpo.sampling.rollout import tokenize_prompts
+from magrpo.step import counted_rows, update_agent
+from tests.conftest import make_tiny_model
+from tests.test_trainer import both_agents_right, train_cooperative
+
+EOS = 0
+
+
+def rollout_of(agent, prompts: list[str], completions: list[list[int]], generations: int) -> Rollout:
+    """A rollout of hand-written completions (token ids), right-padded with EOS."""
+    texts, prompt_ids, prompt_mask = tokenize_prompts(agent, prompts)
+    width = max(len(c) for c in completions)
+    ids = torch.tensor([c + [EOS] * (width - len(c)) for c in completions])
+    return Rollout(prompt_ids, prompt_mask, ids, completion_mask(ids, [EOS]), [""] * len(ids), texts, generations)
+
+
+def team_of(agents, **config):
+    args = MAGRPOConfig(num_agents=len(agents), autocast="no", rollout_dtype="same", max_new_tokens=4, **config)
+    return prepare_team(agents, args)
+
+
+def test_one_update_per_rollout_is_the_papers_update_bit_for_bit(tiny_tokenizer):
+    """With num_iterations=1 the update is the paper's: one pass over the batch, -sum A * sum_t
+    log pi / S, gradient clipping, one AdamW step; the trainer's weights equal a hand-rolled one's."""
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=3), tiny_tokenizer)], device="cpu")
+    reference = copy.deepcopy(agent.model)
+    team = team_of([agent], learning_rate=1e-2, share_prompt_in_update=False, max_grad_norm=0.05)
+    rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
+    adv = torch.tensor([1.5, -0.5, 2.0, -3.0])
+    figures = update_agent(team, 0, [rollout], [adv])
+
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+    with scoring_mode(reference) as model:
+        lp = completion_token_logprobs(
+            model,
+            rollout.prompt_ids.repeat_interleave(2, 0),
+            rollout.prompt_mask.repeat_interleave(2, 0),
+            rollout.completion_ids,
+            rollout.completion_mask,
+            1.0,
+            128,
+        )
+        loss = policy_gradient_loss_sum(lp, rollout.completion_mask, adv) / 4
+        loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(list(reference.parameters()), 0.05)
+    optimizer.step()
+    assert figures["loss"] == float(loss.detach()) and figures["grad_norm"] == float(norm) > 0.05  # the clip acted
+    for (name, mine), theirs in zip(agent.model.named_parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs), name
+
+
+def test_two_clipped_updates_per_rollout_learn_a_cooperative_task(tiny_agents, tmp_path):
+    # from chance (< 0.2) to >= 0.9 in 40 steps (train_cooperative asserts both)
+    _, history = train_cooperative(
+        tiny_agents, tmp_path, num_iterations=2, epsilon=0.2, epsilon_high=0.28, max_steps=40
+    )
+    # the second update of a rollout is off-policy: its ratios move, and the clip holds some of them
+    # (a step whose groups all tie has no signal, no update and no figures)
+    ratios = [h[f"agent_{i}/ratio_mean"] for h in history for i in (0, 1) if f"agent_{i}/ratio_mean" in h]
+    clipped = [h[f"agent_{i}/clip_fraction"] for h in history for i in (0, 1) if f"agent_{i}/clip_fraction" in h]
+    assert len(ratios) >= 20 and all(0.8 < r < 1.2 for r in ratios) and any(r != 1.0 for r in ratios)
+    assert max(clipped) > 0
+
+
+def test_the_schedule_warms_up_and_decays_each_agents_own_rate(tiny_agents, tmp_path):
+    args = MAGRPOConfig(
+        learning_rate=[1e-3, 2e-3],
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        num_generations=2,
+        max_new_tokens=2,
+        max_steps=6,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        save_steps=0,
+        save_minutes=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=both_agents_right,
+        train_dataset=[{"question": "q"}],
+        formatters=[lambda item: item["question"]] * 2,
+        args=args,
+    )
+    history = trainer.train(progress=False)
+    # transformers' linear schedule: step / warmup during the warm-up, then (6 - step) / (6 - 2)
+    factors = [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]
+    assert [h["agent_0/learning_rate"] for h in history] == [1e-3 * f for f in factors]
+    assert [h["agent_1/learning_rate"] for h in history] == [2e-3 * f for f in factors]
+
+
+def test_truncated_completions_leave_the_loss_and_its_normaliser(tiny_tokenizer):
+    def agent():
+        return build_agents([(make_tiny_model(len(tiny_tokenizer), seed=4), tiny_tokenizer)], device="cpu")[0]
+
+    masked, alone = agent(), agent()
+    # row 0 ends with EOS, row 1 hits max_new_tokens=3 without one
+    both = rollout_of(masked, ["a b"], [[2, 3, 0], [4, 5, 2]], generations=2)
+    assert counted_rows(masked, both, mask_truncated=True).tolist() == [True, False]
+    assert counted_rows(masked, both, mask_truncated=False).tolist() == [True, True]
+    update_agent(
+        team_of([masked], mask_truncated_completions=True, learning_rate=1e-2), 0, [both], [torch.tensor([1.0, -1.0])]
+    )
+    only_ended = rollout_of(alone, ["a b"], [[2, 3, 0]], generations=1)
+    update_agent(team_of([alone], learning_rate=1e-2), 0, [only_ended], [torch.tensor([1.0])])
+    for mine, theirs in zip(masked.model.parameters(), alone.model.parameters()):
+        assert torch.allclose(mine, theirs, rtol=0, atol=1e-7)
+
+
+def test_the_kl_term_is_zero_at_the_reference_and_pulls_a_moved_policy_back(tiny_tokenizer):
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=5), tiny_tokenizer)], device="cpu")
+    team = team_of([agent], beta=1.0, learning_rate=1e-3)
+    initial = [p.detach().clone() for p in agent.model.parameters()]
+    rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
+    no_signal = torch.zeros(4)
+    # the policy is its reference: k3 and its gradient are exactly 0, the weights do not move
+    figures = update_agent(team, 0, [rollout], [no_signal])
+    assert figures["kl"] == 0.0 and figures["grad_norm"] == 0.0
+    assert all(torch.equal(p, q) for p, q in zip(agent.model.parameters(), initial))
+    with torch.no_grad():  # move the policy away; its frozen reference stays where it was
+        agent.model.lm_head.weight.add_(
+            0.2 * torch.randn(agent.model.lm_head.weight.shape, generator=torch.Generator().manual_seed(0))
+        )
+    kls = [update_agent(team, 0, [rollout], [no_signal])["kl"] for _ in range(5)]
+    assert kls[0] > 0.01 and all(b < a for a, b in zip(kls, kls[1:])), kls
+    assert all(torch.equal(p, q) for p, q in zip(agent.reference_model.parameters(), initial))
+
+
+def test_a_lora_agents_reference_is_its_own_base_with_the_adapter_off(tiny_tokenizer):
+    base = make_tiny_model(len(tiny_tokenizer), seed=6)
+    (agent,) = build_agents([(base, tiny_tokenizer)], device="cpu", use_lora=True, lora_r=4)
+    with torch.no_grad():  # LoRA starts at B = 0 (the base itself): give the adapter an effect
+        for name, param in agent.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    team = team_of([agent], beta=1.0, learning_rate=0.0)
+    assert agent.reference_model is None  # no copy: the base is the reference
+    rollout = rollout_of(agent, ["a b"], [[2, 3, 0], [4, 5, 2, 3]], generations=2)
+    figures = update_agent(team, 0, [rollout], [torch.zeros(2)])
+
+    def logprobs(model):
+        with torch.no_grad(), scoring_mode(model) as m:
+            return completion_token_logprobs(
+                m,
+                *[t.repeat_interleave(2, 0) for t in (rollout.prompt_ids, rollout.prompt_mask)],
+                rollout.completion_ids,
+                rollout.completion_mask,
+                1.0,
+                128,
+            )
+
+    policy = logprobs(agent.model)
+    with agent.model.disable_adapter():
+        ref = logprobs(agent.model)
+    expected = k3_kl(policy, ref)[rollout.completion_mask].double().mean().item()
+    assert expected > 0.01 and figures["kl"] == pytest.approx(expected, rel=1e-5)
