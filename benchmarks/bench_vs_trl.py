@@ -150,8 +150,7 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
     current: dict[str, float] = {}
 
     def reward(completions: list[Any], **_: Any) -> list[float]:
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [length_reward(t) for t in texts]
+        return [length_reward(completion_text(c)) for c in completions]
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a: Any, **k: Any) -> None:
@@ -219,6 +218,11 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
     return steps
 
 
+def completion_text(completion: Any) -> str:
+    """A completion's text: a string, or the assistant message after a chat prompt (TRL's shape)."""
+    return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
 def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     from magrpo.config import MAGRPOConfig
     from magrpo.tasks.coding import helper_prompt, main_prompt
@@ -226,8 +230,10 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
 
     sampled: list[Any] = []
 
-    def reward(*, completions: list[tuple[str, ...]], **_: Any) -> list[float]:
-        return [sum(length_reward(t) for t in joint) / len(joint) for joint in completions]
+    def reward(*, completions: list[Any], **_: Any) -> list[float]:
+        # a team's joint actions are tuples; one agent's completions come as TRL passes them
+        joints = [joint if isinstance(joint, tuple) else (completion_text(joint),) for joint in completions]
+        return [sum(length_reward(t) for t in joint) / len(joint) for joint in joints]
 
     agents = 2 if team else 1
     prompts = args.prompts // 2 if team else args.prompts

@@ -81,7 +81,9 @@ def whole_answer_scorer(task) -> Callable[..., list[dict[str, Any]]]:
 
     def score(*, completions, prompts, **columns):
         items = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        joint = [task.split_single_answer(c[0], item) for c, item in zip(completions, items)]
+        # one agent: its completion as a string, or as an assistant message after a chat prompt
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        joint = [task.split_single_answer(text, item) for text, item in zip(texts, items)]
         return task.scorer(completions=joint, prompts=prompts, **columns)
 
     return score

@@ -662,7 +662,7 @@ def _changed_fraction(tokenizer, tmp_path, **config):
     )
     trainer = MAGRPOTrainer(
         agents=agents,
-        reward_func=lambda completions, **_: [float(len(c[0])) for c in completions],
+        reward_func=lambda completions, **_: [float(len(c)) for c in completions],  # one agent: strings
         train_dataset=[{"q": "q a"}],
         formatters=[lambda x: x["q"]],
         args=args,

@@ -18,7 +18,7 @@ import torch
 from magrpo import distributed, run
 from magrpo.config import MAGRPOConfig
 from magrpo.data import ItemOrder, as_items
-from magrpo.errors import ConfigError, DatasetError
+from magrpo.errors import ConfigError, DatasetError, RewardError
 from magrpo.eval.held_out import evaluate_team
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
@@ -161,7 +161,12 @@ class MAGRPOTrainer:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
         torch.manual_seed(mix_seed(self.args.seed, self.step))
         run.reset_peak_memory()
-        out = magrpo_step(self.team, [self.env_factory(item) for item in items], self.step, update=self.update_agent)
+        try:
+            out = magrpo_step(
+                self.team, [self.env_factory(item) for item in items], self.step, update=self.update_agent
+            )
+        except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
+            raise RewardError(f"step {self.step + 1}: {exc}") from exc
         self.step += 1
         metrics = {**step_metrics(self.team, out, self.step), **run.peak_memory_figures()}
         step_schedulers(self.team)  # after the metrics, which log the rate this step used

@@ -29,7 +29,11 @@ class RewardFunction(Protocol):
 
     Called with ``completions`` (one tuple of strings per joint action, one string per agent),
     ``prompts`` (the same shape: what each agent saw) and every dataset column as a keyword
-    list aligned with them. Returns one float per joint action.
+    list aligned with them. Returns one float per joint action. With ONE agent the completions
+    and prompts come as TRL passes them: each completion a plain string (or
+    ``[{"role": "assistant", "content": ...}]`` where the prompt was chat messages), each prompt
+    as the agent saw it, so TRL's reward functions run unchanged. A function that raises stops
+    the run with a :class:`~magrpo.RewardError` naming it, the step and the items.
     """
 
     def __call__(

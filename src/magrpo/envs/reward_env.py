@@ -12,8 +12,9 @@ once for the branches that continue, and only for them (``step`` does both, for 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from magrpo.data import columns_of
 from magrpo.envs.base import MultiAgentEnv, StepResult
@@ -21,7 +22,7 @@ from magrpo.errors import RewardError
 from magrpo.feedback.base import Feedback, FeedbackRequest
 from magrpo.grouping import group_by_identity, run_per_group
 from magrpo.rewards.validation import validate_rewards
-from magrpo.types import Formatter, Observation, Scorer
+from magrpo.types import Formatter, JointAction, Observation, Scorer
 
 
 def scorer_from_reward_funcs(
@@ -36,8 +37,10 @@ def scorer_from_reward_funcs(
     def scorer(*, completions, prompts, **columns) -> list[dict[str, float]]:
         rows = [{"reward": 0.0} for _ in completions]
         for func, weight in zip(funcs, weights):
-            values = validate_rewards(func, func(completions=completions, prompts=prompts, **columns), len(completions))
             name = getattr(func, "__name__", type(func).__name__)
+            with naming_failures("reward function", name, columns):
+                returned = func(completions=completions, prompts=prompts, **columns)
+            values = validate_rewards(func, returned, len(completions))
             for row, value in zip(rows, values):
                 row["reward"] += weight * value
                 if len(funcs) > 1:
@@ -45,6 +48,31 @@ def scorer_from_reward_funcs(
         return rows
 
     return scorer
+
+
+@contextlib.contextmanager
+def naming_failures(kind: str, name: str, columns: Mapping[str, Sequence[Any]]) -> Iterator[None]:
+    """A user's function that raises, re-raised as a :class:`RewardError` naming it and the items
+    it was scoring (a RewardError of an inner function passes as it is)."""
+    try:
+        yield
+    except RewardError:
+        raise
+    except Exception as exc:
+        raise RewardError(
+            f"{kind} {name!r} raised {type(exc).__name__}: {exc} (scoring items {describe_items(columns)})"
+        ) from exc
+
+
+def describe_items(columns: Mapping[str, Sequence[Any]], width: int = 60) -> str:
+    """The distinct items of a scoring call, each by its first field, shortened to ``width``."""
+    if not columns:
+        return "(no columns)"
+    key, values = next(iter(columns.items()))
+    distinct = list(dict.fromkeys(repr(v)[:width] for v in values))
+    return ", ".join(f"{key}={v}" for v in distinct[:4]) + (
+        f" and {len(distinct) - 4} more" if len(distinct) > 4 else ""
+    )
 
 
 def validate_scores(scorer: Scorer, rows: Any, expected: int) -> list[dict[str, float]]:
@@ -140,7 +168,10 @@ class RewardFunctionEnv(MultiAgentEnv):
             completions = [tuple(actions[i][n] for n in names) for i in indices]
             prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
             columns = columns_of([envs[i].item for i in indices])
-            rows = validate_scores(scorer, scorer(completions=completions, prompts=prompts, **columns), len(indices))
+            shown_completions, shown_prompts = reward_function_view(completions, prompts)
+            with naming_failures("scorer", getattr(scorer, "__name__", type(scorer).__name__), columns):
+                scored = scorer(completions=shown_completions, prompts=shown_prompts, **columns)
+            rows = validate_scores(scorer, scored, len(indices))
             results = []
             for i, joint, row in zip(indices, completions, rows):
                 env = envs[i]
@@ -180,6 +211,22 @@ class RewardFunctionEnv(MultiAgentEnv):
                 }
                 env.pending = None
         return [dict(env.observations) for env in envs]
+
+
+def reward_function_view(
+    completions: list[JointAction], prompts: list[tuple[Observation, ...]]
+) -> tuple[list[Any], list[Any]]:
+    """What reward functions and scorers receive. A team: one tuple per joint action, one entry
+    per agent (its completion; its prompt). One agent: as TRL passes them, its completion as a
+    plain string, or as ``[{"role": "assistant", "content": ...}]`` where its prompt was chat
+    messages, and its prompt as it was (so TRL's reward functions run unchanged)."""
+    if not completions or len(completions[0]) != 1:
+        return completions, prompts
+    shown = [
+        joint[0] if isinstance(seen[0], str) else [{"role": "assistant", "content": joint[0]}]
+        for joint, seen in zip(completions, prompts)
+    ]
+    return shown, [seen[0] for seen in prompts]
 
 
 def reward_env_factory(

@@ -27,6 +27,22 @@ def observation_text(observation: Observation) -> str:
     return "\n\n".join(str(message["content"]) for message in observation)
 
 
+def _parts(joint: Any) -> list[str]:
+    """A joint action's parts: a team's tuple, one agent's string or its assistant message."""
+    if isinstance(joint, str):
+        return [joint]
+    if joint and isinstance(joint[0], dict):  # one agent with a chat prompt: [{"role": "assistant", ...}]
+        return [str(message["content"]) for message in joint]
+    return list(joint)
+
+
+def _task(seen: Any) -> str:
+    """The task's text: the first agent's prompt (a team's tuple), or the one agent's own."""
+    if isinstance(seen, tuple):
+        seen = seen[0]
+    return observation_text(seen)
+
+
 class RewardModel:
     """A local ``AutoModelForSequenceClassification`` folder (or a loaded model and tokenizer)
     as a reward function of the joint answer (module docstring)."""
@@ -74,14 +90,13 @@ class RewardModel:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
         return model, tokenizer, name or path.name
 
-    def texts(self, completions: Sequence[Sequence[str]], prompts: Sequence[Sequence[Observation]] | None) -> list[str]:
-        """The text each joint action is scored on."""
+    def texts(self, completions: Sequence[Any], prompts: Sequence[Any] | None) -> list[str]:
+        """The text each joint action is scored on (a team's tuples, or one agent's completions)."""
         texts = []
         for k, joint in enumerate(completions):
-            parts = [joint] if isinstance(joint, str) else list(joint)
+            parts = _parts(joint)
             if self.include_prompt and prompts is not None:
-                first = prompts[k] if isinstance(prompts[k], str) else prompts[k][0]
-                parts = [observation_text(first), *parts]
+                parts = [_task(prompts[k]), *parts]
             texts.append(self.separator.join(parts))
         return texts
 
