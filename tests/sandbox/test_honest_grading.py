@@ -191,6 +191,17 @@ def test_plain_results_are_graded_as_the_test_means_them():
     assert run_tests(code, check, entry_point="f", **FAST).passed == 3
 
 
+def test_without_an_entry_point_every_function_the_program_defines_is_graded_strictly():
+    code = LIAR + "def helper(x):\n    return Yes()\ndef f(x):\n    return helper(x) is not None and 2\n"
+    tests = ["assert f(1) == 2", "assert helper(1) == 3", "assert Yes() == 3"]
+    r = run_tests(code, tests, **FAST)
+    # f's own call of helper is not checked (f returns a plain 2); the test's call of helper is;
+    # a class is not a function: what a test builds from it is the test's own business
+    assert [o.status for o in r.outcomes] == ["passed", "failed", "passed"]
+    assert r.outcomes[1].message.startswith("helper returned a Yes object; only plain values")
+    assert run_tests(code, tests, strict_results=False, **FAST).passed == 3  # the lenient mode, opted into
+
+
 def test_strict_results_can_be_switched_off_for_your_own_types():
     r = run_tests(
         LIAR + "def f(x):\n    return Yes()\n",

@@ -182,14 +182,14 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
         except BaseException:
             return "<unnamed>"
 
-    def checked(func):
-        """The entry point as the tests see it: a result that is not a plain value fails the test."""
+    def checked(func, name):
+        """A function as the tests see it: a result that is not a plain value fails the test."""
 
         def call(*args, **kwargs):
             result = func(*args, **kwargs)
             if not is_plain(result):
                 raise AssertionError_(
-                    f"{entry} returned a {type_name(result)} object; only plain values (numbers, strings, bytes, "
+                    f"{name} returned a {type_name(result)} object; only plain values (numbers, strings, bytes, "
                     "None, and lists/tuples/dicts/sets of them) are compared"
                 )
             return result
@@ -276,6 +276,16 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
             except ChildProcessError:
                 pass
 
+    function_type = type(_plain_checker)
+    graded = (
+        [entry]
+        if entry
+        else [
+            k
+            for k, v in ns.items()
+            if type_(v) is function_type and v.__module__ == module.__name__ and k not in builtin_names
+        ]
+    )
     write(res_fd, _line(job["setup_token"], "loaded", "", ""))
     if sweep_namespace:
         sweep(0)  # nothing the program started while loading survives into the tests
@@ -294,8 +304,10 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
             glb = {k: v for k, v in ns.items() if k not in builtin_names or k == entry}
             glb["__builtins__"] = dict(clean_builtins)
             glb["__name__"] = "__sandbox_test__"
+            if strict:  # the functions the tests call: the entry point, or every function the program defines
+                for name in graded:
+                    glb[name] = checked(ns[name], name)
             if entry:
-                glb[entry] = checked(ns[entry]) if strict else ns[entry]
                 glb["candidate"] = glb[entry]
             calls = [0]
             if counted and callable_(ns.get(counted)):

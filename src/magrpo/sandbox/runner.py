@@ -322,11 +322,14 @@ def run_tests(
 ) -> TestRunResult:
     """Run ``code`` in a fresh sandbox, then each test in its own process; grade them.
 
-    ``strict_results``: with an ``entry_point``, a call of it (as ``candidate`` or by name) that
-    returns anything but a plain value (numbers, strings, bytes, None, and lists/tuples/dicts/sets
-    of them, exact types) fails its test, so an object whose ``__eq__`` or ``__bool__`` always
-    says yes earns nothing. ``count_calls``: the name of a function of the program whose calls
-    are counted while each test runs (:attr:`TestOutcome.calls`).
+    ``strict_results`` (the default): a test's call of the ``entry_point`` (as ``candidate`` or by
+    name), or without one of any function the program defines, that returns anything but a plain
+    value (numbers, strings, bytes, None, and lists/tuples/dicts/sets of them, exact types) fails
+    that test, so an object whose ``__eq__`` or ``__bool__`` always says yes earns nothing (calls
+    between the program's own functions are not checked). ``strict_results=False`` compares
+    whatever the functions return with Python's own ``==``: only for programs you trust.
+    ``count_calls``: the name of a function of the program whose calls are counted while each test
+    runs (:attr:`TestOutcome.calls`).
     """
     lim = dataclasses.replace(limits or SandboxLimits(), **limit_overrides)
     cases = _normalise_tests(tests, entry_point)
@@ -342,7 +345,7 @@ def run_tests(
         "tests": [src for _, src in cases],
         "entry_point": entry_point,
         "tokens": tokens,
-        "strict_results": bool(strict_results and entry_point),
+        "strict_results": bool(strict_results),
         "count_calls": count_calls,
         "setup_token": run.setup_token,
         "limits": lim.as_dict(),
