@@ -259,3 +259,29 @@ def test_own_articles_without_references_train_with_a_held_out_fraction_of_one_s
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "no held-out items evaluated (--eval-items 0)" in out.stdout
+
+
+def test_eval_on_the_data_a_run_trained_on_scores_only_what_the_run_held_out(tmp_path):
+    import yaml
+
+    from magrpo.cli import held_out_part
+    from magrpo.data import split_items
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("")
+    items = [{"source": f"text {k}"} for k in range(8)]
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    trained = {"eval_fraction": 0.25, "train_data": str(data), "seed": 3}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"config": trained, "task": "summarize"}))
+    train_part, held_out = split_items(items, 0.25, 3)
+    kept, note = held_out_part(items, data, run_dir / "final")
+    assert kept == held_out and len(kept) == 2 and not any(item in train_part for item in kept)
+    assert note == (
+        f"{str(data)!r} is the data this checkpoint trained on with eval_fraction=0.25: evaluating only the 2 "
+        "of its 8 items the run held out (seed 3)"
+    )
+    # other data, or a run without a held-out fraction: every item
+    assert held_out_part(items, tmp_path / "other.jsonl", run_dir / "final") == (items, None)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"config": {**trained, "eval_fraction": None}}))
+    assert held_out_part(items, data, run_dir / "final") == (items, None)

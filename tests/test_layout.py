@@ -105,3 +105,17 @@ def test_public_names_resolve_lazily():
     assert set(magrpo.__all__) <= set(dir(magrpo))
     with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
         magrpo.Trainer  # noqa: B018
+
+
+def test_the_readmes_quick_start_table_is_the_one_the_recorded_run_gives():
+    """README.md's quick-start figures come from docs/results/quickstart/ (a run's own files),
+    written by benchmarks/quickstart_doc.py: they cannot drift from what a run measured."""
+    import importlib.util
+
+    root = PACKAGE.parent.parent
+    spec = importlib.util.spec_from_file_location("quickstart_doc", root / "benchmarks" / "quickstart_doc.py")
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    readme = (root / "README.md").read_text()
+    assert doc.table() in readme
+    assert doc.readme_with(readme, doc.table()) == readme

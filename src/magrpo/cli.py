@@ -562,6 +562,31 @@ def evaluate(
         _fail(str(exc))
 
 
+def trained_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The config a checkpoint was trained with: its own config.yaml (a checkpoints/step-N
+    folder) or its run's (a final folder); None where there is neither."""
+    for path in (checkpoint / "config.yaml", checkpoint.parent / "config.yaml"):
+        if path.is_file():
+            return load_yaml_mapping(path)
+    return None
+
+
+def held_out_part(items: list[dict[str, Any]], data: Path, checkpoint: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The items of ``data`` a checkpoint did not train on: where its run trained on the same file
+    with an eval_fraction, only the fraction it held out (the same seeded split), with a note."""
+    trained = trained_config(checkpoint) or {}
+    fraction, train_data = trained.get("eval_fraction"), trained.get("train_data")
+    if fraction is None or train_data is None or Path(train_data).resolve() != data.resolve():
+        return items, None
+    from magrpo.data import split_items
+
+    _, held_out = split_items(items, fraction, int(trained.get("seed", 0)))
+    return held_out, (
+        f"{str(data)!r} is the data this checkpoint trained on with eval_fraction={fraction}: evaluating only "
+        f"the {len(held_out)} of its {len(items)} items the run held out (seed {trained.get('seed', 0)})"
+    )
+
+
 def _evaluate(args: EvalArgs) -> None:
     _set_verbose(args.verbose)
     from magrpo.tasks import get_task
@@ -598,6 +623,10 @@ def _evaluate(args: EvalArgs) -> None:
     else:
         specs = _model_specs(args.model, cfg.num_agents)
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
+    if checkpoint is not None and cfg.eval_data is not None:
+        items, note = held_out_part(items, Path(cfg.eval_data), checkpoint)
+        if note:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     items = items if args.eval_items is None else items[: args.eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     if items and setup is not None:
