@@ -72,13 +72,14 @@ def aligned_reward(turn, joint, parent):
     return {("x0", "y0"): 0.0, ("x0", "y1"): 2.0, ("x1", "y0"): 4.0, ("x1", "y1"): 8.0}[(parent[0], joint[0])]
 
 
-def returns_and_advantages(turns, gamma, joint_mode, num_turns=2):
+def returns_and_advantages(turns, gamma, joint_mode, num_turns=2, dropped=None):
     returns = tree_returns(
         [t.rewards for t in turns],
         [t.children for t in turns],
         gamma,
         solved=[t.solved for t in turns],
         num_turns=num_turns,
+        dropped=dropped,
     )
     adv = [
         [agent_advantages(r, agent=i, num_agents=2, joint_mode=joint_mode).tolist() for i in range(2)] for r in returns
@@ -197,7 +198,49 @@ def test_cross_tree_best_k_returns_and_advantages():
     )
     assert turns[0].rewards.tolist() == [[0.0, 2.0, 1.0, 3.0]]
     assert turns[0].children == {(0, 3): 0}  # only the best joint action continues
-    returns, adv = returns_and_advantages(turns, 0.5, "cross")
-    assert returns[0] == [[0.0, 2.0, 1.0, 3.0 + 0.5 * 1.5]]
-    assert adv[0] == [[-0.6875, 0.6875], [-1.1875, 1.1875]]
+    returns, adv = returns_and_advantages(turns, 0.5, "cross", dropped=[t.dropped for t in turns])
+    # the dropped siblings take the kept one's future (its child node's mean return, 1.5)
+    assert turns[0].dropped.tolist() == [[True, True, True, False]]
+    assert returns[0] == [[0.0 + 0.75, 2.0 + 0.75, 1.0 + 0.75, 3.0 + 0.75]]
+    # the future every sibling shares cancels: turn 1 is credited by its own rewards
+    assert adv[0] == [[-0.5, 0.5], [-1.0, 1.0]]
     assert adv[1] == [[-0.5, 0.5], [-1.0, 1.0]]
+
+
+def test_best_k_siblings_with_equal_rewards_have_equal_returns_and_no_advantage():
+    """Rewards 2 everywhere, best-k with k = 1: the kept branch's return is not longer than its
+    dropped siblings' (before: [3.8, 2, 2, 2] and advantages [1.35, -0.45, -0.45, -0.45])."""
+    turns = expand_tree(
+        [Agent(n) for n in NAMES],
+        [ScriptedEnv(lambda turn, joint, parent: 2.0)],
+        sample=scripted_sampler(4),
+        joint_mode="aligned",
+        num_generations=4,
+        num_turns=2,
+        expand="best-k",
+        expand_k=1,
+        item_keys=[7],
+    )
+    returns, adv = returns_and_advantages(turns, 0.9, "aligned", dropped=[t.dropped for t in turns])
+    assert returns[0] == [[3.8, 3.8, 3.8, 3.8]]
+    assert adv[0] == [[0.0] * 4, [0.0] * 4] and adv[1] == [[0.0] * 4, [0.0] * 4]
+
+
+def test_best_k_ties_are_broken_by_the_nodes_seeded_stream_not_by_index():
+    def kept(key):
+        turns = expand_tree(
+            [Agent(n) for n in NAMES],
+            [ScriptedEnv(lambda turn, joint, parent: 2.0)],
+            sample=scripted_sampler(4),
+            joint_mode="aligned",
+            num_generations=4,
+            num_turns=2,
+            expand="best-k",
+            expand_k=1,
+            item_keys=[key],
+        )
+        return list(turns[0].children)
+
+    chosen = [kept(key) for key in range(12)]
+    assert chosen == [kept(key) for key in range(12)]  # the same key, the same choice
+    assert len({c[0][1] for c in chosen}) > 1  # ties do not all go to joint action 0

@@ -90,6 +90,7 @@ def tree_returns(
     *,
     solved: Sequence[torch.Tensor] | None = None,
     num_turns: int | None = None,
+    dropped: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Discounted returns of every joint action of a rollout tree.
 
@@ -100,7 +101,15 @@ def tree_returns(
     terminated it, or early_stop_reward) is absorbing: it keeps earning its reward for each of
     the ``num_turns - 1 - t`` turns it skips, so its return is reward * sum_{k=0}^{num_turns-1-t}
     gamma^k and solving early is never worth less than solving later. Any other leaf (the last
-    turn, a truncation, a branch best-k did not keep) returns its reward.
+    turn, a truncation) returns its reward.
+
+    ``dropped[t][p, j]``: an open branch that best-k did not continue. Its future was never
+    sampled, so it takes its continued siblings' mean future: reward + gamma * (the mean, over the
+    siblings that continued, of their child nodes' mean return). Every sibling of a node is then
+    valued over the same horizon, so a kept branch is not preferred for having more turns in its
+    return: with the mean baseline, siblings with equal rewards get equal returns and zero
+    advantage, and the turn's advantages are the differences of its rewards (the continued
+    branches' own turns are credited at their own nodes).
     """
     if solved is not None and num_turns is None:
         raise ValueError("tree_returns: solved needs num_turns (the turns a solved branch skips)")
@@ -112,8 +121,15 @@ def tree_returns(
             carry = sum(gamma**k for k in range(skipped + 1))
             ret = torch.where(solved[t], ret * carry, ret)
         if t + 1 < len(rewards):
+            futures: dict[int, list[torch.Tensor]] = {}
             for (p, j), child in children[t].items():
-                ret[p, j] += gamma * returns[t + 1][child].mean()
+                future = returns[t + 1][child].mean()
+                ret[p, j] += gamma * future
+                futures.setdefault(p, []).append(future)
+            if dropped is not None and dropped[t] is not None:
+                for p, j in dropped[t].nonzero().tolist():
+                    if p in futures:  # a node with no continued sibling has no future to share
+                        ret[p, j] += gamma * torch.stack(futures[p]).mean()
         returns[t] = ret
     return returns
 

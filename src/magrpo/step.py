@@ -126,6 +126,7 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
         a.discount,
         solved=[t.solved for t in turns],
         num_turns=a.num_turns,
+        dropped=[t.dropped for t in turns],
     )
     # 3. + 4. per agent: its advantages, then its update (vLLM engines asleep on a GPU meanwhile)
     started = time.perf_counter()

@@ -48,6 +48,9 @@ class Turn:
     parents: list[tuple[int, int]] | None
     #: (node, joint action) of this turn -> node index in the next turn
     children: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: [P, J] bool: open branches that best-k did not continue (their future is not sampled; their
+    #: return takes the continued siblings' mean future, see :func:`magrpo.advantages.tree_returns`)
+    dropped: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -140,11 +143,15 @@ def expand_tree(
         turns.append(turn)
         if last:
             break
+        keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
         continuing = [
             (p, j)
             for p in range(len(nodes))
-            for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k)
+            for j in _joint_actions_to_expand(rewards[p], finished[p], expand, expand_k, mix_seed(keys[p], 1))
         ]
+        turn.dropped = ~finished
+        for p, j in continuing:
+            turn.dropped[p, j] = False
         if not continuing:
             break
         # only the branches that continue are asked for their next observations (feedback)
@@ -175,12 +182,16 @@ def _reached_goal(result: StepResult, early_stop_reward: float | None) -> bool:
     return terminated or (early_stop_reward is not None and result.joint_reward >= early_stop_reward)
 
 
-def _joint_actions_to_expand(rewards: torch.Tensor, finished: torch.Tensor, expand: str, k: int) -> list[int]:
+def _joint_actions_to_expand(
+    rewards: torch.Tensor, finished: torch.Tensor, expand: str, k: int, tie_key: int
+) -> list[int]:
+    """The open joint actions of a node that continue: all of them, or the k best by reward, ties
+    broken by a random order drawn from ``tie_key`` (the node's own stream), not by index."""
     open_ = [j for j in range(len(rewards)) if not finished[j]]
     if expand == "full":
         return open_
-    # best-k, stable: ties keep the earlier joint action
-    return sorted(sorted(open_, key=lambda j: -float(rewards[j]))[:k])
+    order = torch.randperm(len(rewards), generator=torch.Generator().manual_seed(tie_key % 2**63)).tolist()
+    return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), order.index(j)))[:k])
 
 
 __all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions"]
