@@ -37,3 +37,11 @@ def test_execution_feedback_static_checks():
     assert (
         main.startswith("Your code has a syntax error at line 2") and "The combined program does not parse." in helper
     )
+
+
+def test_a_helper_passed_by_name_is_not_called_never_called():
+    helper, main = execution_feedback(
+        "def aux(x):\n    return x + x\n", "def double(x):\n    return sum(map(aux, [x]))\n"
+    )
+    assert "Tests: 2/2 passed." in main
+    assert "never calls" not in helper + main and "ignores its result" not in helper + main

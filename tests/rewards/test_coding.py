@@ -91,6 +91,7 @@ def test_figures_for_evaluation():
         "tests_passed": 0.75,
         "pass@1": 0.0,
         "helper_used": 1.0,
+        "helper_counterfactual": 1.0,  # a test passed and the helper ran: its tests ran once more without it
     }
 
 
@@ -158,8 +159,17 @@ CORRECT_ALONE = "def add_all(xs):\n    return sum(xs)\n"
         (USELESS_HELPER, "def add_all(xs, aux=sum):\n    return aux(xs)\n", 5.0, "absent"),
         # the helper runs but its result never reaches the return value
         (HELPER, "def add_all(xs):\n    total = aux(xs)\n    print(total)\n    return sum(xs)\n", 4.5, "ignored"),
-        # real cooperation: by value, through a variable, through a condition
+        # its value discarded on the way, which no syntax rule sees: the tests without it pass as well
+        (USELESS_HELPER, "def add_all(xs):\n    return sum(xs) + (aux() or 0)\n", 4.5, "ignored"),
+        # real cooperation: by value, through a variable, through a condition, by name
         (HELPER, MAIN_USES, 5.5, "used"),
+        ("def aux(x):\n    return x\n", "def add_all(xs):\n    return sum(map(aux, xs))\n", 5.5, "used"),
+        (
+            "def aux(x):\n    return x == x\n",
+            "def add_all(xs):\n    return sum(filter(aux, xs))\n",
+            5.5,
+            "used",
+        ),
         (HELPER, "def add_all(xs):\n    out = []\n    out.append(aux(xs))\n    return out[0]\n", 5.5, "used"),
         (
             HELPER,

@@ -12,12 +12,13 @@ may call ``aux``. Levels, each paid only when the one before it pays (defaults o
    the sandbox (:mod:`magrpo.sandbox`), never in this process. Only plain values count as
    results: an object whose ``__eq__`` or ``__bool__`` always says yes passes nothing.
 4. cooperation, when at least one test passes and agent 1's ``aux`` really did work while the
-   tests ran (the calls that returned are counted in the sandbox; a nested or shadowing ``aux``
-   of the main agent, a call in dead code, or a call that raises into a fallback is never agent
-   1's helper doing work): +0.5 when the entry point uses every call's result and at least one
-   result reaches its return value; -0.5 when it throws a result away (a bare call statement, a
-   variable assigned and never read, a result that never reaches the return value); 0 when the
-   helper did no work.
+   tests ran (the calls that returned are counted in the sandbox, however ``aux`` was referenced:
+   ``aux(x)``, ``map(aux, xs)``, ``key=aux``; a nested or shadowing ``aux`` of the main agent, a
+   call in dead code, or a call that raises into a fallback is never agent 1's helper doing
+   work): decided by what ran, not by the syntax. The tests run once more with ``aux`` replaced
+   by a stub returning None: +0.5 when a test that passed fails without the helper (its work
+   reaches a checked result), -0.5 when no test changes (its result is thrown away, however
+   cleverly); 0 when the helper did no work.
 
 The combined program is: the problem's own imports, then from agent 1's part its imports and
 every function except the entry point, then from agent 2's part its imports and every function
@@ -256,6 +257,8 @@ class CodingScore:
     helper_usage: str
     reward: float
     run: TestRunResult | None = None
+    #: the tests ran a second time with the helper stubbed out (see decide_helper_use_by_counterfactual)
+    counterfactual: bool = False
 
     @property
     def fraction(self) -> float:
@@ -269,6 +272,7 @@ class CodingScore:
             "tests_passed": self.fraction,
             "pass@1": float(self.tests_total > 0 and self.tests_passed == self.tests_total),
             "helper_used": float(self.helper_usage == "used"),
+            "helper_counterfactual": float(self.counterfactual),
         }
 
     @property
@@ -311,8 +315,35 @@ def score_coding_batch(
             score.run, score.tests_passed, score.tests_total = run, run.passed, run.total
             if not score.helper_ran:  # never returned: dead code, a shadowing name, or a call that raised
                 score.helper_usage = "absent"
+            elif score.helper_usage == "absent":  # referenced by name (map(aux, xs), key=aux): it ran
+                score.helper_usage = "used"
+    decide_helper_use_by_counterfactual(scores, jobs, job_of, config.helper_name, limits)
+    for score in scores:
         score.reward = level_reward(score, config)
     return scores
+
+
+def decide_helper_use_by_counterfactual(
+    scores: Sequence["CodingScore"],
+    jobs: Sequence[dict[str, Any]],
+    job_of: dict[int, int],
+    helper_name: str,
+    limits: SandboxLimits | None,
+) -> None:
+    """Where a program passed a test and its helper ran, run its tests once more with the helper
+    replaced by a stub that returns None: the helper is "used" when a test that passed fails
+    without it (its work reaches a result the tests check), else "ignored" (whatever the syntax
+    says: a call whose value is discarded on the way, ``aux() or 0``, changes nothing). Only
+    these programs pay for the second run (``figures()["helper_counterfactual"]``)."""
+    checked = [k for k, score in enumerate(scores) if k in job_of and score.tests_passed > 0 and score.helper_ran]
+    stub = f"\n\ndef {helper_name}(*args, **kwargs):\n    return None\n"
+    stubbed = [{**jobs[job_of[k]], "code": jobs[job_of[k]]["code"] + stub, "count_calls": None} for k in checked]
+    for k, run in zip(checked, run_tests_many(stubbed, limits=limits) if stubbed else []):
+        passed_with = [o.status == "passed" for o in scores[k].run.outcomes]
+        passed_without = [o.status == "passed" for o in run.outcomes]
+        needed = any(w and not wo for w, wo in zip(passed_with, passed_without))
+        scores[k].helper_usage = "used" if needed else "ignored"
+        scores[k].counterfactual = True
 
 
 def level_reward(score: CodingScore, config: CodingRewardConfig) -> float:
