@@ -264,3 +264,46 @@ def test_no_resumable_checkpoint_when_both_save_intervals_are_zero(tiny_agents, 
     ).train(progress=False)
     assert not (tmp_path / "checkpoints").exists()
     assert {"agent_0", "agent_1"} <= {p.name for p in (tmp_path / "final").iterdir()}
+
+
+def rewrite_state(checkpoint: Path, state: dict) -> None:
+    """Replace a checkpoint's trainer state, its manifest updated (as another machine wrote it)."""
+    from magrpo.checkpoint import _sha256
+
+    path = checkpoint / "trainer_state.pt"
+    torch.save(state, path)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["trainer_state.pt"] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_resume_on_other_devices_or_ranks_that_would_change_the_maths_is_refused(finished_run, tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from magrpo.run import precision_policy
+    from tests.tiny_run import build
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    newest = run_dir / "checkpoints" / "step-6"
+    state = torch.load(newest / "trainer_state.pt", weights_only=True)
+    trainer = build(str(run_dir), "full")
+    assert state["world_size"] == 1 and state["precision"] == precision_policy(trainer.team.precision)
+    # what "auto" resolves to here is not what it resolved to there (as on a GPU after a CPU)
+    state["precision"] = {"autocast": "float16", "rollout_dtype": "float16"}
+    rewrite_state(newest, state)
+    now = precision_policy(trainer.team.precision)
+    with pytest.raises(ConfigError) as err:
+        trainer.train(progress=False, resume_from_checkpoint=newest)
+    assert str(err.value) == (
+        "this checkpoint ran with autocast=float16, rollout_dtype=float16; here the config resolves to "
+        f"autocast={now['autocast']}, rollout_dtype={now['rollout_dtype']} (other devices): resume with "
+        "--set autocast=float16 --set rollout_dtype=float16 to run as it ran"
+    )
+    state["precision"], state["world_size"] = now, 2  # written by a run on two ranks
+    rewrite_state(newest, state)
+    with pytest.raises(
+        ConfigError, match=r"this checkpoint ran on 2 rank\(s\) .*here there are 1: resume with --nproc 2"
+    ):
+        trainer.train(progress=False, resume_from_checkpoint=newest)

@@ -56,6 +56,10 @@ RESUMABLE_CHANGES = frozenset(
         "agent_devices",
         "data_parallel",
         "reference_device",
+        # "auto" and what it resolved to are the same maths: the resolved policy is checked on
+        # resume (magrpo.run.check_same_run)
+        "autocast",
+        "rollout_dtype",
         # an engine's memory, not the policy it serves
         "vllm_kv_cache_gib",
         "vllm_gpu_memory_utilization",

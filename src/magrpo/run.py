@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from magrpo.checkpoint import (
+    STATE_FILE,
     check_resumable_config,
     load_checkpoint,
     prune_checkpoints,
@@ -27,6 +28,7 @@ from magrpo.config import MAGRPOConfig
 from magrpo.envs.check import check_env
 from magrpo.errors import ConfigError
 from magrpo.report import RunLog, progress_bar
+from magrpo.step import Precision, Team
 from magrpo.trackers import Trackers
 
 if TYPE_CHECKING:
@@ -116,7 +118,15 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
         schedules = [scheduler.state_dict() for scheduler in team.schedulers or []]
-        state = {"step": trainer.step, **trainer.item_order.state(), "schedulers": schedules}
+        state = {
+            "step": trainer.step,
+            **trainer.item_order.state(),
+            "schedulers": schedules,
+            # what the config's "auto" resolved to and how many ranks shared the batch: a resume
+            # elsewhere must run the same maths (check_same_run)
+            "precision": precision_policy(team.precision),
+            "world_size": team.ranks.world_size,
+        }
         save_checkpoint(
             directory,
             agents=team.agents,
@@ -135,12 +145,40 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
     path = resolve_resume(trainer.args.output_dir if target is True else target)
     check_resumable_config(path, trainer.args)
+    check_same_run(torch.load(path / STATE_FILE, weights_only=True), trainer.team)
     state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers)
     trainer.step = int(state["step"])
     trainer.item_order.load_state(state)
     load_schedules(trainer.team.schedulers or [], state.get("schedulers"), trainer.step)
     trainer.cadence.saved(trainer.step)
     return path
+
+
+def precision_policy(precision: Precision) -> dict[str, str]:
+    """A run's resolved precision as plain names: the update's autocast and what samples."""
+    autocast = "no" if precision.autocast is None else str(precision.autocast).removeprefix("torch.")
+    return {"autocast": autocast, "rollout_dtype": precision.rollout_dtype}
+
+
+def check_same_run(state: dict[str, Any], team: Team) -> None:
+    """Refuse a resume whose devices or ranks would change the maths the checkpoint ran with: the
+    precision "auto" resolved to (a CPU run resumed on CUDA would switch to bf16), or the number
+    of ranks (the global batch is batch_size x ranks). Checkpoints written before these were
+    recorded are not checked."""
+    saved, now = state.get("precision"), precision_policy(team.precision)
+    if saved is not None and saved != now:
+        raise ConfigError(
+            f"this checkpoint ran with autocast={saved['autocast']}, rollout_dtype={saved['rollout_dtype']}; here "
+            f"the config resolves to autocast={now['autocast']}, rollout_dtype={now['rollout_dtype']} (other devices): "
+            f"resume with --set autocast={saved['autocast']} --set rollout_dtype={saved['rollout_dtype']} "
+            "to run as it ran"
+        )
+    ranks = state.get("world_size")
+    if ranks is not None and ranks != team.ranks.world_size:
+        raise ConfigError(
+            f"this checkpoint ran on {ranks} rank(s) (a global batch of batch_size x {ranks}); here there are "
+            f"{team.ranks.world_size}: resume with --nproc {ranks} (torchrun --nproc-per-node {ranks})"
+        )
 
 
 def load_schedules(schedulers: list[Any], states: list[dict[str, Any]] | None, step: int) -> None:
