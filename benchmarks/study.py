@@ -162,7 +162,7 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
         held_out,
         formatters=task.formatters,
         scorer=task.scorer,
-        max_new_tokens=args.max_new_tokens * args.turns,
+        max_new_tokens=setup_tokens("single", args),
         single_formatter=task.single_agent_formatter,
         split_single=task.split_single_answer,
     )
@@ -171,6 +171,13 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
         "held_out": figures,
         "tokens_generated": sum(h["tokens_generated"] for h in history),
     }
+
+
+def setup_tokens(setup: str, args) -> int:
+    """The new tokens per part a set-up answers with at evaluation: one model writing the whole
+    answer in one reply ("single", trained or not) gets every turn's tokens of the team, so the
+    trained and untrained single model answer on the same budget; the others answer per turn."""
+    return args.max_new_tokens * args.turns if setup == "single" else args.max_new_tokens
 
 
 def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -185,7 +192,7 @@ def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str,
             held_out,
             formatters=task.formatters,
             scorer=task.scorer,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=setup_tokens(name, args),
             roles=task.agent_roles,
             single_formatter=task.single_agent_formatter,
             split_single=task.split_single_answer,
@@ -201,6 +208,15 @@ def summarise(runs: Mapping[str, list[dict[str, Any]]], task) -> dict[str, dict[
         keys = [k for k in figures[0] if k != "items" and all(k in f for f in figures)]
         table[system] = {k: mean_interval([f[k] for f in figures]) for k in keys}
     return table
+
+
+def evaluated_items(runs: Mapping[str, list[dict[str, Any]]], args) -> int:
+    """How many held-out items the runs were scored on (the split may hold fewer than asked)."""
+    for seeds in runs.values():
+        for run in seeds:
+            if "items" in run.get("held_out", {}):
+                return int(run["held_out"]["items"])
+    return args.eval_items
 
 
 def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
@@ -219,7 +235,7 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
         + ", LoRA" * args.lora
         + ", "
         f"learning rate {args.lr:g}, "
-        f"{args.eval_items} held-out items, greedy. Mean and 95% t-interval over seeds "
+        f"{evaluated_items(runs, args)} held-out items, greedy. Mean and 95% t-interval over seeds "
         f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.",
         "",
     ]

@@ -88,3 +88,59 @@ def test_settings_that_shape_the_figures_must_not_change(study, earlier):
 
 def test_a_study_without_results_starts_afresh(study, tmp_path):
     assert study.finished_runs(arguments(tmp_path)) == ({}, 0.0)
+
+
+def test_the_95_percent_interval_is_students_t_over_the_seeds(study):
+    # three seeds: df 2, t = 4.303; stdev of (1, 2, 3) is 1; half-width 4.303 / sqrt(3)
+    mean, half = study.mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 / 3**0.5, rel=1e-12)
+    assert study.mean_interval([0.7]) == (0.7, 0.0)  # one run (an untrained baseline): no interval
+    assert study.mean_interval([0.5] * 40)[1] == 0.0
+
+
+def test_the_single_model_answers_on_the_same_budget_trained_or_not(study, tmp_path):
+    two_turns = arguments(tmp_path, turns=2, max_new_tokens=128)
+    # the trained single model and the untrained one both answer with the team's tokens over its turns
+    assert study.setup_tokens("single", two_turns) == 256
+    assert study.setup_tokens("parallel", two_turns) == study.setup_tokens("discussion", two_turns) == 128
+
+
+def test_the_header_names_the_items_evaluated_not_the_items_asked(study, tmp_path):
+    args = arguments(tmp_path, eval_items=50, batch_size=1, max_new_tokens=64, turns=1, lora=False)
+    runs = {"team": [{"seed": 0, "curve": [0.1], "held_out": {"reward": 0.5, "items": 8.0}}]}
+    assert study.evaluated_items(runs, args) == 8
+    study.write_markdown(tmp_path / "results.md", {"team": {"reward": (0.5, 0.0)}}, runs, args, 60.0)
+    assert "8 held-out items" in (tmp_path / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def results_doc():
+    spec = importlib.util.spec_from_file_location("results_doc", STUDY.parent / "results_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_separates_only_where_the_intervals_do_not_overlap(results_doc):
+    assert results_doc.compare([0.6, 0.1], [0.4, 0.05]) == "above"  # 0.5 > 0.45
+    assert results_doc.compare([0.3, 0.05], [0.5, 0.1]) == "below"
+    assert results_doc.compare([0.5, 0.1], [0.45, 0.0]) == "not separated from"
+    assert results_doc.compare([0.5, 0.05], [0.4, 0.05]) == "not separated from"  # they touch: not separated
+
+
+def test_the_verdicts_need_two_seeds_and_name_the_missing_ones(results_doc):
+    study = {
+        "args": {"seeds": 3},
+        "runs": {"team": [{"seed": s} for s in range(3)], "single-grpo": [{"seed": 0}], "parallel": [{"seed": None}]},
+        "summary": {
+            "team": {"reward_normalised": [0.6, 0.05]},
+            "single-grpo": {"reward_normalised": [0.2, 0.0]},
+            "parallel": {"reward_normalised": [0.3, 0.0]},
+        },
+    }
+    lines = results_doc.trained_verdicts(study, "")
+    assert "Cut short by this 2-core CPU: single-grpo has 1 of 3 seeds." in lines
+    assert lines[-1] == (
+        "On held-out normalised return (95% intervals): team is above the untrained team; "
+        "a system with one seed has no interval, so no verdict."
+    )
