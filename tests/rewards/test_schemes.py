@@ -13,11 +13,18 @@ PROGRAMS = {
     ],
     "strategy_filter": [
         "def f(xs):\n    return [x for x in xs if aux(x)]\n",
+        # an elif's test decides as an if's does (it sits in the outer if's else branch)
+        "def f(x):\n    if x > 10:\n        return 1\n    elif aux(x):\n        return 2\n    return 3\n",
+        "def f(x):\n    if aux(x):\n        return 2\n    return 3\n",
+        # the helper by name: filter's predicate, a sort key
+        "def f(xs):\n    return list(filter(aux, xs))\n",
+        "def f(xs):\n    return sorted(xs, key=aux)\n",
         "def f(s):\n    if aux(s):\n        return s.upper()\n    return s\n",
         "def f(x):\n    return x if aux(x) else -x\n",
     ],
     "coordinator": [
         "def f(a, b):\n    return aux(a) + aux(b)\n",
+        "def f(xs):\n    return list(map(aux, xs))\n",
         "def f(xs):\n    out = []\n    for x in xs:\n        out.append(aux(x))\n    return out\n",
         "def f(words):\n    return ' '.join(aux(w) for w in words)\n",
     ],
@@ -27,6 +34,10 @@ PROGRAMS = {
     ],
     "delegation": [
         "def f(numbers, threshold):\n    return aux(numbers, threshold)\n",
+        # the helper does the work; the other return is the empty input's answer, not a fallback
+        "def f(xs):\n    if xs:\n        return aux(xs)\n    return []\n",
+        # one call as a loop's iterable runs once: not a coordinator
+        "def f(xs):\n    out = []\n    for x in aux(xs):\n        out.append(x)\n    return out\n",
         "def f(s):\n    result = aux(s)\n    return result\n",
         "def f(xs):\n    return aux(xs[0]) + 1\n",
     ],

@@ -155,9 +155,11 @@ def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> 
         for n in ast.walk(func)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name
     ]
-    if not calls:
-        return "absent"
     loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    if not calls:
+        # passed by name (map(aux, xs), key=aux): the syntax cannot tell more; the sandbox's
+        # counterfactual decides (decide_helper_use_by_counterfactual)
+        return "used" if helper_name in loaded else "absent"
     for call in calls:
         parent = parents.get(call)
         if isinstance(parent, ast.Expr):
