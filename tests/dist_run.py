@@ -1,6 +1,7 @@
 """A small real training run for the data-parallel tests, under torchrun or alone:
 ``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
-of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base); --shard:
+of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
+turns with feedback, best-k); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer, distributed
+from magrpo.feedback import CallableFeedback
 from magrpo.models import build_agents
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
@@ -53,6 +55,10 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         log_samples_steps=0,
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
+        **(dict(num_turns=2, expand="best-k", expand_k=2) if variant == "turns" else {}),
+    )
+    feedback = (
+        CallableFeedback(lambda request: ("more a", f"turn {request.turn}: more q")) if variant == "turns" else None
     )
     return MAGRPOTrainer(
         agents=agents,
@@ -60,6 +66,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         train_dataset=ITEMS,
         formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
         args=args,
+        feedback=feedback,
     )
 
 

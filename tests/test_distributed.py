@@ -88,8 +88,35 @@ def two_ranks(out: Path, variant: str, steps: int = 3, *extra: str) -> subproces
     )
 
 
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+#: figures of the machine (wall-clock, memory), or of the update's float sums (summed over ranks
+#: in another order: equal to float32 rounding)
+MACHINE = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
+ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
+#: the same float64 values summed in another order (every rank's turns, one rank after the other)
+REORDERED = ("/advantage_mean", "/advantage_std")
+
+
+def assert_same_metrics(single: Path, parallel: Path) -> None:
+    """Every logged figure of the ranks is the global one: the one process's (the per-turn
+    rewards, the scorer's figures, the advantages' statistics exactly; the update's sums to rounding)."""
+    for one, two in zip(metrics_rows(single), metrics_rows(parallel), strict=True):
+        assert one.keys() == two.keys()
+        for key in one.keys() - MACHINE:
+            if key.endswith(ROUNDED):
+                assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+            elif key.endswith(REORDERED):
+                assert two[key] == pytest.approx(one[key], rel=1e-12, abs=1e-15), key
+            else:
+                assert two[key] == one[key], key
+
+
 def assert_same_training(single: Path, parallel: Path) -> None:
     assert rewards(single) == rewards(parallel)  # the same samples: each item drew from its own stream
+    assert_same_metrics(single, parallel)
     a, b = weights(single), weights(parallel)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -119,7 +146,7 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora"])
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns"])
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))

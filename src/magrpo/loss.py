@@ -161,6 +161,15 @@ class UpdateTally:
         self.add("clip_fraction", low + high, mask)
         self.add("ratio_mean", clip.ratio, mask)
 
+    def merged(self, others: "list[UpdateTally]") -> "UpdateTally":
+        """The tally of ``others`` together (every rank's share of an update)."""
+        out = UpdateTally()
+        for other in others:
+            for name, value in other.sums.items():
+                out.sums[name] = out.sums.get(name, 0.0) + value
+                out.tokens[name] = out.tokens.get(name, 0.0) + other.tokens[name]
+        return out
+
     def figures(self) -> dict[str, float]:
         return {name: self.sums[name] / self.tokens[name] for name in self.sums if self.tokens[name]}
 

@@ -209,6 +209,7 @@ def update_agent(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     agent.sync_sampling_copy()
+    tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
     return {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
 
 

@@ -1,5 +1,6 @@
-"""What a step reports: its metrics row (rewards over every rank's items, the scorer's figures,
-each agent's update figures, throughput) and its samples (prompts, completions, rewards, returns)."""
+"""What a step reports: its metrics row (rewards, the scorer's figures and the advantages over
+every rank's items, each agent's update figures, throughput) and its samples (prompts,
+completions, rewards, returns)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from magrpo.eval.figures import turn_mean_figures
+from magrpo.eval.figures import mean_figures, numeric_figures
 from magrpo.step import StepOutput, Team
 
 #: the update figures each agent reports under its own name
@@ -29,9 +30,16 @@ AGENT_FIGURES = (
 
 
 def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
-    """The metrics row of step ``step`` (1-based: the step just taken)."""
+    """The metrics row of step ``step`` (1-based: the step just taken). Every figure is the
+    global one, over every rank's items (one gather of what each rank holds)."""
     turns, ranks = out.turns, team.ranks
-    first = torch.cat(ranks.gather(turns[0].rewards.flatten().cpu()))  # every rank's items
+    mine = {
+        "rewards": [t.rewards.flatten().cpu() for t in turns],  # per turn (a rank's tree may end sooner)
+        "rows": [numeric_figures(result) for node in turns[0].results for result in node],
+        "advantages": [[adv.detach().cpu() for adv in per_agent] for per_agent in out.advantages],
+    }
+    every = ranks.gather(mine)
+    first = torch.cat([part["rewards"][0] for part in every])
     tokens = int(ranks.sum(sum(r.num_completion_tokens for t in turns for r in t.rollouts)))
     metrics: dict[str, Any] = {
         "step": step,
@@ -40,11 +48,14 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         "reward_min": float(first.min()),
         "reward_max": float(first.max()),
     }
-    for t in turns[1:]:
-        metrics[f"turn_{t.index + 1}/reward_mean"] = float(t.rewards.mean())
+    for t in range(1, max(len(part["rewards"]) for part in every)):
+        later = torch.cat([part["rewards"][t] for part in every if len(part["rewards"]) > t])
+        metrics[f"turn_{t + 1}/reward_mean"] = float(later.mean())
     # the scorer's own figures (reward levels, tests passed, cooperation schemes) over the first turn
-    metrics.update({f"figures/{k}": v for k, v in turn_mean_figures(turns[0]).items()})
-    for agent, optimizer, advantages, update in zip(team.agents, team.optimizers, out.advantages, out.agent_figures):
+    rows = [row for part in every for row in part["rows"]]
+    metrics.update({f"figures/{k}": v for k, v in mean_figures(rows).items()})
+    for i, (agent, optimizer, update) in enumerate(zip(team.agents, team.optimizers, out.agent_figures)):
+        advantages = [adv for part in every for adv in part["advantages"][i]]
         figures = {**update, **advantage_figures(advantages, team.args.num_generations)}
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]

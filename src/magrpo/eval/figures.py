@@ -30,11 +30,6 @@ def numeric_figures(result) -> dict[str, float]:
     return {k: float(v) for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def turn_mean_figures(turn: Turn) -> dict[str, float]:
-    """Each figure's mean over every joint action of a turn (what a training step logs)."""
-    return mean_figures([numeric_figures(result) for node in turn.results for result in node])
-
-
 def mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
     """The mean of each figure over the rows that have it, in first-seen order."""
     keys: list[str] = []
@@ -43,4 +38,4 @@ def mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows if k in r) / max(1, sum(1 for r in rows if k in r)) for k in keys}
 
 
-__all__ = ["final_figures_per_turn", "mean_figures", "numeric_figures", "turn_mean_figures"]
+__all__ = ["final_figures_per_turn", "mean_figures", "numeric_figures"]
