@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from magrpo.tasks import TASKS
+
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 
 #: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
@@ -293,7 +295,7 @@ def plot(out: Path, runs, table) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="summarize", choices=["coding", "summarize", "expand"])
+    parser.add_argument("--task", default="summarize", choices=list(TASKS))
     parser.add_argument("--model", default="default")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)

@@ -13,6 +13,12 @@ def _coding() -> Task:
     return coding_task()
 
 
+def _coding_paper() -> Task:
+    from magrpo.tasks.coding import paper_coding_task
+
+    return paper_coding_task()
+
+
 def _summarize() -> Task:
     from magrpo.tasks.writing import summarize_task
 
@@ -30,6 +36,7 @@ TASKS: dict[str, tuple[str, Callable[[], Task]]] = {
     "coding": ("HumanEval, helper + main function (2 agents)", _coding),
     "summarize": ("ACL papers: TL;DR + detailed summary of an introduction (2 agents)", _summarize),
     "expand": ("ACL papers: background + methods halves of an introduction from an abstract (2 agents)", _expand),
+    "coding-paper": ("HumanEval with the paper's own reward (max 4) and prompts (2 agents)", _coding_paper),
 }
 
 

@@ -106,6 +106,58 @@ def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
     return score
 
 
+# The paper's set-up (the authors' published code), in our words: the main agent is told it may
+# call the helper, and neither is told a reply form
+PAPER_HELPER_INSTRUCTION = (
+    "Write a helper function for the Python problem below. It MUST be named `aux` and return a value; "
+    "another programmer will write `{entry_point}` and can call it. Output only the function's code."
+)
+PAPER_MAIN_INSTRUCTION = (
+    "Write the function `{entry_point}` for the Python problem below. You have access to a helper function "
+    "`aux()` that you can call; do not write `aux` yourself. Output only the function's code."
+)
+
+
+def paper_helper_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    return _prompt(PAPER_HELPER_INSTRUCTION, item)
+
+
+def paper_main_prompt(item: Mapping[str, Any]) -> list[dict[str, str]]:
+    return _prompt(PAPER_MAIN_INSTRUCTION, item)
+
+
+def paper_coding_scorer():
+    from magrpo.rewards.paper_coding import score_paper_coding_batch
+
+    def score(*, completions, prompts, prompt, test, entry_point, **_: Any) -> list[dict[str, float]]:
+        problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
+        return [s.figures() for s in score_paper_coding_batch([(c[0], c[1]) for c in completions], problems)]
+
+    score.__name__ = "paper_coding_reward"
+    return score
+
+
+def paper_coding_task() -> Task:
+    """HumanEval with the paper's own reward and prompts (magrpo.rewards.paper_coding), to
+    reproduce its set-up beside ours. No execution feedback of its own (one turn, or your own)."""
+    from magrpo.rewards.paper_coding import MAXIMUM
+
+    return Task(
+        name="coding-paper",
+        description="HumanEval with the paper's reward (max 4) and prompts",
+        agent_roles=("helper", "main"),
+        formatters=(paper_helper_prompt, paper_main_prompt),
+        scorer=paper_coding_scorer(),
+        load_split=load_humaneval,
+        required_columns=("prompt", "test", "entry_point"),
+        config_overrides={"max_new_tokens": 128},
+        is_solved=lambda row: row["pass@1"] == 1.0,
+        single_agent_formatter=single_prompt,
+        split_single_answer=split_single,
+        max_reward=MAXIMUM,
+    )
+
+
 def coding_task(config: CodingRewardConfig = CodingRewardConfig()) -> Task:
     return Task(
         name="coding",
