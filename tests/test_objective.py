@@ -123,6 +123,13 @@ def test_truncated_completions_leave_the_loss_and_its_normaliser(tiny_tokenizer)
     update_agent(team_of([alone], learning_rate=1e-2), 0, [only_ended], [torch.tensor([1.0])])
     for mine, theirs in zip(masked.model.parameters(), alone.model.parameters()):
         assert torch.allclose(mine, theirs, rtol=0, atol=1e-7)
+    # nothing ended: nothing to learn from, and the run says so
+    cut = rollout_of(masked, ["a b"], [[4, 5, 2], [2, 3, 4]], generations=2)
+    with pytest.warns(UserWarning, match="every completion of agent_0 reached max_new_tokens=4 without an end-of"):
+        figures = update_agent(
+            team_of([masked], mask_truncated_completions=True), 0, [cut], [torch.tensor([1.0, -1.0])]
+        )
+    assert figures == {"loss": 0.0, "grad_norm": 0.0}
 
 
 def test_the_kl_term_is_zero_at_the_reference_and_pulls_a_moved_policy_back(tiny_tokenizer):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -168,6 +169,12 @@ def update_agent(
     agent, optimizer = team.agents[index], team.optimizers[index]
     device = agent.device
     counted = [counted_rows(agent, rollout, a.mask_truncated_completions) for rollout in rollouts]
+    if a.mask_truncated_completions and not any(rows.any() for rows in counted):
+        warnings.warn(
+            f"every completion of {agent.name} reached max_new_tokens={a.max_new_tokens} without an end-of-sequence "
+            "token: mask_truncated_completions leaves it nothing to learn from; raise max_new_tokens",
+            stacklevel=2,
+        )
     width = max(x.completion_mask.shape[1] for x in rollouts)
     all_masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
     normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_type, a.max_new_tokens), device)
