@@ -32,6 +32,8 @@ def reward(helper: str, main: str) -> float:
         # the main function missing, or not parsing: the scoring stops
         (HELPER, "def other(xs):\n    return 1\n", 0.4),
         (HELPER, "def add_all(xs):\n    return (aux(xs)\n", 0.4),
+        # the main function right, the helper's part not parsing: the combined program does not
+        ("def aux(xs):\n    return (xs\n", "def add_all(xs):\n    return sum(xs)\n", 0.6),
     ],
 )
 def test_the_papers_levels_on_hand_written_pairs(helper, main, expected):

@@ -95,7 +95,8 @@ def score_paper_coding_batch(
         helper_code, main_code = extract_code(helper_text), extract_code(main_text)
         helper, main = _function(helper_code, helper_name), _function(main_code, entry)
         program = combine_program(helper_code, main_code, entry, problem.get("prompt", ""), helper_name)
-        score = PaperCodingScore(_returns(helper), _returns(main), _returns(main) and _parse(program) is not None)
+        # combine_program is None where a part does not parse
+        score = PaperCodingScore(_returns(helper), _returns(main), _returns(main) and program is not None)
         if score.parses:
             calls = _calls(main, helper_name)
             score.uses_helper = bool(calls)
