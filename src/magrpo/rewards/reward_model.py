@@ -86,8 +86,11 @@ class RewardModel:
                 f"reward model {str(path)!r} is not a model folder (no config.json): give a local "
                 "AutoModelForSequenceClassification directory (save_pretrained), or a loaded model and tokenizer"
             )
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
+        from magrpo.models.store import quiet_library_progress
+
+        with quiet_library_progress():  # transformers' bars only with MAGRPO_VERBOSE, as for the agents
+            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
         return model, tokenizer, name or path.name
 
     def texts(self, completions: Sequence[Any], prompts: Sequence[Any] | None) -> list[str]:
