@@ -60,12 +60,31 @@ def extract_code(text: str) -> str:
     return "\n\n".join(b.strip("\n") for b in blocks) if blocks else text
 
 
+def top_level_function(tree: ast.Module | None, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The module's top-level function ``name`` (None when the code did not parse or lacks it)."""
+    if tree is None:
+        return None
+    return next(
+        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name), None
+    )
+
+
+def is_call_of(node: ast.AST, name: str) -> bool:
+    """``node`` is a call of the plain name ``name`` (``aux(...)``)."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+
+
+def calls_of(func: ast.AST, name: str) -> list[ast.Call]:
+    """Every call of ``name`` inside ``func``."""
+    return [n for n in ast.walk(func) if is_call_of(n, name)]
+
+
 def defines_function(code: str, name: str) -> bool:
     """``code`` defines a top-level function ``name`` (syntax tree). Code that does not parse is
     read token by token: a ``def name(`` made of code tokens, not of a string or a comment."""
     tree = _parse(code)
     if tree is not None:
-        return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+        return top_level_function(tree, name) is not None
     names: list[str] = []
     try:
         for token in tokenize.generate_tokens(io.StringIO(code).readline):
@@ -138,23 +157,14 @@ def helper_usage(main_code: str, entry_point: str, helper_name: str = "aux") -> 
     result is used and one reaches the return value), "ignored" (a result is thrown away or never
     reaches the return value) or "absent" (no call, or the name is the main agent's own: a nested
     function, a parameter, an assignment or an import of that name inside the entry point)."""
-    tree = _parse(main_code)
-    if tree is None:
-        return "absent"
-    func = next(
-        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point), None
-    )
+    func = top_level_function(_parse(main_code), entry_point)
     if func is None or _binds_locally(func, helper_name):
         return "absent"
     parents: dict[ast.AST, ast.AST] = {}
     for parent in ast.walk(func):
         for child in ast.iter_child_nodes(parent):
             parents[child] = parent
-    calls = [
-        n
-        for n in ast.walk(func)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name
-    ]
+    calls = calls_of(func, helper_name)
     loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     if not calls:
         # passed by name (map(aux, xs), key=aux): the syntax cannot tell more; the sandbox's
@@ -202,7 +212,7 @@ def _reaches_return(func: ast.AST, helper_name: str) -> bool:
         if expr is None:
             return False
         for n in ast.walk(expr):
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name:
+            if is_call_of(n, helper_name):
                 return True
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in tainted:
                 return True
@@ -317,7 +327,9 @@ def score_coding_batch(
             score.run, score.tests_passed, score.tests_total = run, run.passed, run.total
             if not score.helper_ran:  # never returned: dead code, a shadowing name, or a call that raised
                 score.helper_usage = "absent"
-            elif score.helper_usage == "absent":  # referenced by name (map(aux, xs), key=aux): it ran
+            elif (
+                score.helper_usage == "absent"
+            ):  # reached in a way the syntax does not show (another of agent 1's functions)
                 score.helper_usage = "used"
     decide_helper_use_by_counterfactual(scores, jobs, job_of, config.helper_name, limits)
     for score in scores:

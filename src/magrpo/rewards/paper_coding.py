@@ -22,7 +22,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from magrpo.rewards.coding import _parse, combine_program, extract_code
+from magrpo.rewards.coding import _parse, calls_of, combine_program, extract_code, is_call_of, top_level_function
 from magrpo.sandbox import SandboxLimits, TestRunResult, run_tests_many
 
 MAXIMUM = 4.0
@@ -54,31 +54,14 @@ class PaperCodingScore:
         }
 
 
-def _function(code: str, name: str) -> ast.FunctionDef | None:
-    tree = _parse(code)
-    if tree is None:
-        return None
-    return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
-
-
-def _returns(func: ast.FunctionDef | None) -> bool:
+def _returns(func: ast.AST | None) -> bool:
     return func is not None and any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(func))
 
 
-def _calls(func: ast.FunctionDef, name: str) -> list[ast.Call]:
-    return [n for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name]
-
-
-def is_thin_wrapper(func: ast.FunctionDef, helper_name: str = "aux") -> bool:
+def is_thin_wrapper(func: ast.AST, helper_name: str = "aux") -> bool:
     """The entry point's body (its docstring aside) is one ``return aux(...)``."""
     body = [s for s in func.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    return (
-        len(body) == 1
-        and isinstance(body[0], ast.Return)
-        and isinstance(body[0].value, ast.Call)
-        and isinstance(body[0].value.func, ast.Name)
-        and body[0].value.func.id == helper_name
-    )
+    return len(body) == 1 and isinstance(body[0], ast.Return) and is_call_of(body[0].value, helper_name)
 
 
 def score_paper_coding_batch(
@@ -93,12 +76,13 @@ def score_paper_coding_batch(
     for k, ((helper_text, main_text), problem) in enumerate(zip(completions, problems)):
         entry = problem["entry_point"]
         helper_code, main_code = extract_code(helper_text), extract_code(main_text)
-        helper, main = _function(helper_code, helper_name), _function(main_code, entry)
+        helper = top_level_function(_parse(helper_code), helper_name)
+        main = top_level_function(_parse(main_code), entry)
         program = combine_program(helper_code, main_code, entry, problem.get("prompt", ""), helper_name)
         # combine_program is None where a part does not parse
         score = PaperCodingScore(_returns(helper), _returns(main), _returns(main) and program is not None)
         if score.parses:
-            calls = _calls(main, helper_name)
+            calls = calls_of(main, helper_name)
             score.uses_helper = bool(calls)
             score.thin_wrapper = is_thin_wrapper(main, helper_name)
             bare = {id(s.value) for s in ast.walk(main) if isinstance(s, ast.Expr)}

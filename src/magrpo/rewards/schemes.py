@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import ast
 
-from magrpo.rewards.coding import _binds_locally, _parse, helper_usage
+from magrpo.rewards.coding import _binds_locally, _parse, calls_of, helper_usage, top_level_function
 
 SCHEMES = ("fallback", "strategy_filter", "coordinator", "decorator", "delegation", "ignored", "none")
-
-_LOOPS = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def cooperation_scheme(main_code: str, entry_point: str, helper_name: str = "aux", *, usage: str | None = None) -> str:
@@ -36,25 +34,13 @@ def cooperation_scheme(main_code: str, entry_point: str, helper_name: str = "aux
     ``usage``: :func:`magrpo.rewards.coding.helper_usage` as the reward decided it (after the
     sandbox counted the helper's calls); read from the code when None."""
     usage = helper_usage(main_code, entry_point, helper_name) if usage is None else usage
-    tree = _parse(main_code)
-    func = (
-        None
-        if tree is None
-        else next(
-            (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point),
-            None,
-        )
-    )
+    func = top_level_function(_parse(main_code), entry_point)
     if usage == "absent" or func is None or _binds_locally(func, helper_name):
         return "none"
     if usage == "ignored":
         return "ignored"
     parents = {child: parent for parent in ast.walk(func) for child in ast.iter_child_nodes(parent)}
-    calls = [
-        n
-        for n in ast.walk(func)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == helper_name
-    ]
+    calls = calls_of(func, helper_name)
     # the helper passed by name to another function: map(aux, xs), filter(aux, xs), key=aux
     by_name = [
         n

@@ -9,6 +9,7 @@ Each sees the problem and its own role instruction only. The reward is
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 from magrpo.feedback.execution import ExecutionFeedback
@@ -81,6 +82,11 @@ def split_single(reply: str, item: Mapping[str, Any]) -> tuple[str, str]:
     return split_whole_program(reply, item["entry_point"])
 
 
+def problems_of(prompt: Sequence[str], test: Sequence[str], entry_point: Sequence[str]) -> list[dict[str, str]]:
+    """The dataset columns a scorer receives, as one problem dict per joint action."""
+    return [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
+
+
 def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
     def score(
         *,
@@ -91,9 +97,8 @@ def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
         entry_point: Sequence[str],
         **_: Any,
     ) -> list[dict[str, float]]:
-        problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
         pairs = [(c[0], c[1]) for c in completions]
-        scores = score_coding_batch(pairs, problems, config)
+        scores = score_coding_batch(pairs, problems_of(prompt, test, entry_point), config)
         # the scheme is what the code is written to do (syntax tree), whether or not the tests reach the helper
         schemes = [
             cooperation_scheme(extract_code(main), e, config.helper_name) if s.parses else "none"
@@ -130,8 +135,8 @@ def paper_coding_scorer():
     from magrpo.rewards.paper_coding import score_paper_coding_batch
 
     def score(*, completions, prompts, prompt, test, entry_point, **_: Any) -> list[dict[str, float]]:
-        problems = [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
-        return [s.figures() for s in score_paper_coding_batch([(c[0], c[1]) for c in completions], problems)]
+        pairs = [(c[0], c[1]) for c in completions]
+        return [s.figures() for s in score_paper_coding_batch(pairs, problems_of(prompt, test, entry_point))]
 
     score.__name__ = "paper_coding_reward"
     return score
@@ -142,18 +147,14 @@ def paper_coding_task() -> Task:
     reproduce its set-up beside ours. No execution feedback of its own (one turn, or your own)."""
     from magrpo.rewards.paper_coding import MAXIMUM
 
-    return Task(
+    # the same HumanEval problems, split and single-model baseline as ours
+    return dataclasses.replace(
+        coding_task(),
         name="coding-paper",
         description="HumanEval with the paper's reward (max 4) and prompts",
-        agent_roles=("helper", "main"),
         formatters=(paper_helper_prompt, paper_main_prompt),
         scorer=paper_coding_scorer(),
-        load_split=load_humaneval,
-        required_columns=("prompt", "test", "entry_point"),
-        config_overrides={"max_new_tokens": 128},
-        is_solved=lambda row: row["pass@1"] == 1.0,
-        single_agent_formatter=single_prompt,
-        split_single_answer=split_single,
+        execution_feedback=None,
         max_reward=MAXIMUM,
     )
 
