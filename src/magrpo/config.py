@@ -301,8 +301,7 @@ class MAGRPOConfig:
 
     def learning_rate_per_agent(self) -> list[float]:
         """``learning_rate`` as one rate per agent."""
-        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate] * self.num_agents
-        return [float(r) for r in rates]
+        return [float(r) for r in _per_agent(self.learning_rate, self.num_agents)]
 
     def warmup(self) -> int:
         """The warm-up's steps: ``warmup_steps`` where given, else ``warmup_ratio`` of ``max_steps``."""
@@ -314,7 +313,7 @@ class MAGRPOConfig:
 
     def lora_per_agent(self) -> list[bool]:
         """``use_lora`` as one bool per agent."""
-        return list(self.use_lora) if isinstance(self.use_lora, list) else [self.use_lora] * self.num_agents
+        return _per_agent(self.use_lora, self.num_agents)
 
     def plan(self) -> RolloutPlan:
         """What one step will cost (generations and joint rewards), before it runs."""
@@ -444,25 +443,29 @@ def _flag(cfg: MAGRPOConfig, name: str) -> None:
         raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected true or false")
 
 
-def _use_lora(cfg: MAGRPOConfig, name: str) -> None:
-    # the list's length is checked here with num_agents, which comes (and is checked) before it
-    per_agent = isinstance(cfg.use_lora, list) and all(isinstance(v, bool) for v in cfg.use_lora)
-    if not (isinstance(cfg.use_lora, bool) or (per_agent and len(cfg.use_lora) == cfg.num_agents)):
-        raise ConfigError(
-            f"use_lora={cfg.use_lora!r} is not valid; expected true or false, or a list of "
-            f"{cfg.num_agents} of them (one per agent)"
-        )
+def _per_agent(value: Any, num_agents: int) -> list[Any]:
+    """A field that takes one value for the team or a list of one per agent, as that list."""
+    return list(value) if isinstance(value, list) else [value] * num_agents
 
 
-def _learning_rate(cfg: MAGRPOConfig, name: str) -> None:
-    # num_agents is checked before it (declaration order)
-    rates = cfg.learning_rate if isinstance(cfg.learning_rate, list) else [cfg.learning_rate]
-    numbers = all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in rates)
-    if not numbers or (isinstance(cfg.learning_rate, list) and len(rates) != cfg.num_agents):
-        raise ConfigError(
-            f"learning_rate={cfg.learning_rate!r} is not valid; expected a number >= 0, or a list of "
-            f"{cfg.num_agents} of them (one per agent)"
-        )
+def _one_or_per_agent(valid: Callable[[Any], bool], expected: str) -> FieldCheck:
+    """A check of a field that takes one valid value, or a list of num_agents of them (num_agents
+    is checked before it: declaration order)."""
+
+    def check(cfg: MAGRPOConfig, name: str) -> None:
+        value = getattr(cfg, name)
+        values = value if isinstance(value, list) else [value]
+        if not all(valid(v) for v in values) or (isinstance(value, list) and len(values) != cfg.num_agents):
+            raise ConfigError(
+                f"{name}={value!r} is not valid; expected {expected}, or a list of {cfg.num_agents} of them "
+                "(one per agent)"
+            )
+
+    return check
+
+
+def _is_number_at_least_0(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def _mapping(cfg: MAGRPOConfig, name: str) -> None:
@@ -470,21 +473,21 @@ def _mapping(cfg: MAGRPOConfig, name: str) -> None:
         raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected a mapping of name: value")
 
 
-def _warmup_ratio(cfg: MAGRPOConfig, name: str) -> None:
-    _number_in(cfg, name, 0.0, 1.0)
-    if cfg.warmup_ratio >= 1.0:  # a warm-up over the whole run never reaches the rate
-        raise ConfigError(f"warmup_ratio={cfg.warmup_ratio!r} is not valid; expected a number >= 0 and < 1")
+def _fraction_below_one(low_open: bool) -> FieldCheck:
+    """A number from 0 (excluded where ``low_open``) up to, not including, 1."""
+
+    def check(cfg: MAGRPOConfig, name: str) -> None:
+        _number_in(cfg, name, 0.0, 1.0, low_open=low_open)
+        if getattr(cfg, name) >= 1.0:
+            bound = ">" if low_open else ">="
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected a number {bound} 0 and < 1")
+
+    return check
 
 
 def _report_to(cfg: MAGRPOConfig, name: str) -> None:
     for tracker in cfg.report_to:
         check_choice(name, tracker, REPORT_TO)
-
-
-def _eval_fraction(cfg: MAGRPOConfig, name: str) -> None:
-    _number_in(cfg, name, 0.0, 1.0, low_open=True)
-    if cfg.eval_fraction >= 1.0:  # all of train_data held out would leave nothing to train on
-        raise ConfigError(f"eval_fraction={cfg.eval_fraction!r} is not valid; expected a number > 0 and < 1")
 
 
 def _device_name(name: str, value: Any) -> None:
@@ -508,11 +511,11 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "max_new_tokens": _int_at_least(1),
     "temperature": _number(0.0, None, low_open=True),
     "top_p": _number(0.0, 1.0, low_open=True),
-    "learning_rate": _learning_rate,
+    "learning_rate": _one_or_per_agent(_is_number_at_least_0, "a number >= 0"),
     "lr_scheduler_type": _one_of(LR_SCHEDULERS),
     "lr_scheduler_kwargs": _optional(_mapping),
     "warmup_steps": _int_at_least(0),
-    "warmup_ratio": _warmup_ratio,
+    "warmup_ratio": _fraction_below_one(low_open=False),  # a warm-up over the whole run never reaches the rate
     "weight_decay": _number(0.0, None),
     "adam_beta1": _number(0.0, 1.0),
     "adam_beta2": _number(0.0, 1.0),
@@ -537,7 +540,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "expand_k": _int_at_least(1),
     "early_stop_reward": _optional(_number(-math.inf, None)),
     "max_planned_generations": _int_at_least(1),
-    "use_lora": _use_lora,
+    "use_lora": _one_or_per_agent(lambda v: isinstance(v, bool), "true or false"),
     "lora_r": _int_at_least(1),
     "lora_alpha": _number(0.0, None, low_open=True),
     "lora_dropout": _number(0.0, 1.0),
@@ -559,7 +562,8 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "save_steps": _int_at_least(0),
     "save_minutes": _number(0.0, None),
     "save_total_limit": _optional(_int_at_least(1)),
-    "eval_fraction": _optional(_eval_fraction),
+    # all of train_data held out would leave nothing to train on
+    "eval_fraction": _optional(_fraction_below_one(low_open=True)),
     "eval_temperature": _number(0.0, None),
     "eval_max_items": _optional(_int_at_least(1)),
     "device": _device,
