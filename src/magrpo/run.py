@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from magrpo.checkpoint import (
-    STATE_FILE,
     check_resumable_config,
     load_checkpoint,
     prune_checkpoints,
@@ -145,8 +144,8 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
     path = resolve_resume(trainer.args.output_dir if target is True else target)
     check_resumable_config(path, trainer.args)
-    check_same_run(torch.load(path / STATE_FILE, weights_only=True), trainer.team)
     state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers)
+    check_same_run(state, trainer.team)  # still before any step
     trainer.step = int(state["step"])
     trainer.item_order.load_state(state)
     load_schedules(trainer.team.schedulers or [], state.get("schedulers"), trainer.step)
