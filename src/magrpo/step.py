@@ -19,7 +19,6 @@ at each turn (inside :class:`~magrpo.tree.Turn`). Data parallel stays out of sig
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -282,15 +281,20 @@ def chunk_loss(
 
 
 def micro_batch_logprobs(
-    team: Team, model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor
+    team: Team, model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, on: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(c_t | ...) of the completions ``rows`` of ``rollout`` under ``model``, and their
-    mask, trimmed to the longest of them."""
+    mask, trimmed to the longest of them. ``on``: the device ``model`` runs on when it is not the
+    rollout's (a reference copy elsewhere): only this micro-batch's tensors move there."""
     a = team.args
     # the distinct prompts of this chunk, and which one each row continues
     prompts, prompt_index = torch.unique(rows // rollout.num_generations, return_inverse=True)
     prompt_ids, prompt_mask = trim_left(rollout.prompt_ids[prompts], rollout.prompt_mask[prompts])
     completion_ids, mask = trim_right(rollout.completion_ids[rows], rollout.completion_mask[rows])
+    if on is not None:
+        prompt_ids, prompt_mask, prompt_index, completion_ids, mask = (
+            t.to(on) for t in (prompt_ids, prompt_mask, prompt_index, completion_ids, mask)
+        )
     # sharded: every rank's micro-batch must make the same collectives, so one model pass each
     shared = a.share_prompt_in_update and not a.gradient_checkpointing and not team.ranks.sharded
     if shared and len(prompts) < len(rows):  # each prompt through the model once
@@ -315,16 +319,8 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """The reference policy's log-probs of the completions ``rows``, computed on its own device."""
     where = next(reference.parameters()).device
-    if where != device:
-        rollout = dataclasses.replace(
-            rollout,
-            prompt_ids=rollout.prompt_ids.to(where),
-            prompt_mask=rollout.prompt_mask.to(where),
-            completion_ids=rollout.completion_ids.to(where),
-            completion_mask=rollout.completion_mask.to(where),
-        )
     with scoring_mode(reference) as model:
-        return micro_batch_logprobs(team, model, rollout, rows.to(where))[0].to(device)
+        return micro_batch_logprobs(team, model, rollout, rows, on=None if where == device else where)[0].to(device)
 
 
 __all__ = [
