@@ -207,10 +207,9 @@ def test_cross_tree_best_k_returns_and_advantages():
     assert adv[1] == [[-0.5, 0.5], [-1.0, 1.0]]
 
 
-def test_best_k_siblings_with_equal_rewards_have_equal_returns_and_no_advantage():
-    """Rewards 2 everywhere, best-k with k = 1: the kept branch's return is not longer than its
-    dropped siblings' (before: [3.8, 2, 2, 2] and advantages [1.35, -0.45, -0.45, -0.45])."""
-    turns = expand_tree(
+def equal_rewards_best_k_tree(item_key: int):
+    """Two turns, G = 4, reward 2 for every joint action, best-k with k = 1."""
+    return expand_tree(
         [Agent(n) for n in NAMES],
         [ScriptedEnv(lambda turn, joint, parent: 2.0)],
         sample=scripted_sampler(4),
@@ -219,8 +218,14 @@ def test_best_k_siblings_with_equal_rewards_have_equal_returns_and_no_advantage(
         num_turns=2,
         expand="best-k",
         expand_k=1,
-        item_keys=[7],
+        item_keys=[item_key],
     )
+
+
+def test_best_k_siblings_with_equal_rewards_have_equal_returns_and_no_advantage():
+    """Rewards 2 everywhere, best-k with k = 1: the kept branch's return is not longer than its
+    dropped siblings' (before: [3.8, 2, 2, 2] and advantages [1.35, -0.45, -0.45, -0.45])."""
+    turns = equal_rewards_best_k_tree(7)
     returns, adv = returns_and_advantages(turns, 0.9, "aligned", dropped=[t.dropped for t in turns])
     assert returns[0] == [[3.8, 3.8, 3.8, 3.8]]
     assert adv[0] == [[0.0] * 4, [0.0] * 4] and adv[1] == [[0.0] * 4, [0.0] * 4]
@@ -228,18 +233,7 @@ def test_best_k_siblings_with_equal_rewards_have_equal_returns_and_no_advantage(
 
 def test_best_k_ties_are_broken_by_the_nodes_seeded_stream_not_by_index():
     def kept(key):
-        turns = expand_tree(
-            [Agent(n) for n in NAMES],
-            [ScriptedEnv(lambda turn, joint, parent: 2.0)],
-            sample=scripted_sampler(4),
-            joint_mode="aligned",
-            num_generations=4,
-            num_turns=2,
-            expand="best-k",
-            expand_k=1,
-            item_keys=[key],
-        )
-        return list(turns[0].children)
+        return list(equal_rewards_best_k_tree(key)[0].children)
 
     chosen = [kept(key) for key in range(12)]
     assert chosen == [kept(key) for key in range(12)]  # the same key, the same choice
