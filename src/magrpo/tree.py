@@ -124,13 +124,11 @@ def expand_tree(
     roots = list(range(len(nodes)))  # the item each node belongs to
     turns: list[Turn] = []
     for t in range(num_turns):
+        # each node's stream: its samples (when keyed by item) and its best-k ties
+        keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
         per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
         rollouts = sample_team(
-            agents,
-            per_agent,
-            sample,
-            concurrent=concurrent_agents,
-            prompt_keys=None if item_keys is None else _node_keys(item_keys, roots, t),
+            agents, per_agent, sample, concurrent=concurrent_agents, prompt_keys=None if item_keys is None else keys
         )
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
@@ -143,7 +141,6 @@ def expand_tree(
         turns.append(turn)
         if last:
             break
-        keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
         continuing = [
             (p, j)
             for p in range(len(nodes))
@@ -191,7 +188,8 @@ def _joint_actions_to_expand(
     if expand == "full":
         return open_
     order = torch.randperm(len(rewards), generator=torch.Generator().manual_seed(tie_key % 2**63)).tolist()
-    return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), order.index(j)))[:k])
+    place = {j: i for i, j in enumerate(order)}
+    return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), place[j]))[:k])
 
 
 __all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions"]
