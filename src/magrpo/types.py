@@ -12,6 +12,15 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 #: template) or chat messages ``[{"role": ..., "content": ...}, ...]``.
 Observation = Union[str, list[dict[str, str]]]
 
+
+def observation_text(observation: Observation) -> str:
+    """An observation as plain text: a string as it is, chat messages' contents one after the
+    other (what a model without a chat template reads)."""
+    if isinstance(observation, str):
+        return observation
+    return "\n\n".join(str(message["content"]) for message in observation)
+
+
 #: Turns a dataset item into one agent's observation.
 Formatter = Callable[[Mapping[str, Any]], Observation]
 

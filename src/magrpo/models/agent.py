@@ -12,7 +12,7 @@ import torch
 
 from magrpo.errors import ModelError
 from magrpo.grouping import group_by_identity
-from magrpo.types import Observation
+from magrpo.types import Observation, observation_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -147,7 +147,7 @@ class AgentPolicy:
             )
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-        return "\n\n".join(m["content"] for m in messages), False
+        return observation_text(messages), False
 
 
 def attach_sampling_copies(agents: Sequence[AgentPolicy], dtype: torch.dtype) -> None:

@@ -17,14 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from magrpo.errors import ModelError
-from magrpo.types import Observation
-
-
-def observation_text(observation: Observation) -> str:
-    """A prompt as plain text: a string as it is, chat messages' contents one after the other."""
-    if isinstance(observation, str):
-        return observation
-    return "\n\n".join(str(message["content"]) for message in observation)
+from magrpo.types import observation_text
 
 
 def _parts(joint: Any) -> list[str]:
@@ -120,4 +113,4 @@ class RewardModel:
         return rewards
 
 
-__all__ = ["RewardModel", "observation_text"]
+__all__ = ["RewardModel"]
