@@ -9,6 +9,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# vLLM engines shut down at exit, after pytest closed the streams its log handler holds
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 TINY_WORDS = ["<eos>", "<unk>", "a", "b", "c", "q"]
 
@@ -122,3 +124,14 @@ def peaked_team(tiny_tokenizer):
 
     tok = tiny_tokenizer
     return build_agents([(peaked_model(tok, 11, 40.0), tok), (peaked_model(tok, 12, 40.0), tok)], device="cpu")
+
+
+def after_all_started(call, barrier):
+    """``call`` that first waits at ``barrier`` for the other parties: calls made one after the
+    other never get past it (the barrier times out and breaks), calls made at once do."""
+
+    def wrapped(*args, **kwargs):
+        barrier.wait()
+        return call(*args, **kwargs)
+
+    return wrapped

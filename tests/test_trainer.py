@@ -18,7 +18,7 @@ from magrpo.sampling.fast import sample_fast
 from magrpo.step import Precision
 from magrpo.trainer import DatasetError
 from magrpo.tree import expand_tree
-from tests.conftest import letter_count_reward, make_tiny_model
+from tests.conftest import after_all_started, letter_count_reward, make_tiny_model
 
 
 def both_agents_right(*, completions, prompts, **_):
@@ -306,45 +306,85 @@ def test_feedback_is_not_asked_for_branches_that_best_k_or_an_early_stop_ends(ti
     assert asked == expected
 
 
-def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokenizer, tmp_path):
-    """A whole training step (micro-batches that split groups, two agents): the weight change is
-    the same either way. Plain SGD, so the change is the (clipped) gradient itself; AdamW would
-    blow float noise in near-zero gradient entries up to +-lr."""
-    from magrpo import MAGRPOConfig, MAGRPOTrainer
+def sgd_step_deltas(tokenizer, folder, before_step=None, **config) -> list[torch.Tensor]:
+    """Two tiny full agents take one training step with plain SGD (lr 1: the change is the
+    clipped gradient itself; AdamW would blow float noise in near-zero gradient entries up to
+    +-lr); returns every parameter's change. ``before_step(trainer)`` runs just before the step."""
     from tests.conftest import letter_count_reward
 
-    deltas = []
-    for share in (True, False):
-        agents = build_agents(
-            [(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu"
-        )
-        initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
-        args = MAGRPOConfig(
-            num_generations=4,
-            batch_size=3,
-            max_new_tokens=4,
-            max_steps=1,
-            seed=3,
-            update_micro_batch_size=5,
-            share_prompt_in_update=share,
-            output_dir=str(tmp_path / str(share)),
-            log_samples_steps=0,
-            autocast="no",  # the two orders of summation agree to float32 rounding
-        )
-        trainer = MAGRPOTrainer(
-            agents=agents,
-            reward_func=letter_count_reward,
-            train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
-            formatters=[lambda item: item["q"]] * 2,
-            args=args,
-        )
-        trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
-        metrics, _ = trainer.train_step(trainer.next_batch())
-        assert metrics["reward_std"] > 0  # some rows carry advantage: there is a gradient to compare
-        deltas.append([p.detach() - p0 for p, p0 in zip((p for a in agents for p in a.model.parameters()), initial)])
+    agents = build_agents([(make_tiny_model(len(tokenizer), seed=s), tokenizer) for s in (1, 2)], device="cpu")
+    initial = [p.detach().clone() for a in agents for p in a.model.parameters()]
+    settings = dict(num_generations=4, batch_size=3, max_new_tokens=4, max_steps=1, seed=3, log_samples_steps=0)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q"}, {"q": "a b"}, {"q": "c"}],
+        formatters=[lambda item: item["q"]] * 2,
+        args=MAGRPOConfig(**settings, output_dir=str(folder), autocast="no", **config),
+    )
+    trainer.optimizers = [torch.optim.SGD(a.trainable_parameters(), lr=1.0) for a in agents]
+    if before_step is not None:
+        before_step(trainer)
+    metrics, _ = trainer.train_step(trainer.next_batch())
+    assert metrics["reward_std"] > 0  # some rows carry advantage: there is a gradient to compare
+    return [p.detach() - p0 for p, p0 in zip((p for a in agents for p in a.model.parameters()), initial)]
+
+
+def test_trainer_update_is_the_same_with_and_without_prompt_sharing(tiny_tokenizer, tmp_path):
+    """A whole training step (micro-batches that split groups, two agents): the weight change is
+    the same either way (the two orders of summation agree to float32 rounding)."""
+    deltas = [
+        sgd_step_deltas(tiny_tokenizer, tmp_path / str(share), update_micro_batch_size=5, share_prompt_in_update=share)
+        for share in (True, False)
+    ]
     assert max(d.abs().max().item() for d in deltas[0]) > 1e-3
     for shared, full in zip(*deltas):
         assert torch.allclose(shared, full, rtol=1e-4, atol=1e-6)
+
+
+def test_agents_with_their_own_models_update_at_once_as_they_would_one_after_the_other(tiny_tokenizer, tmp_path):
+    """On CPU in one process, two full agents' updates run in two threads (one core each): the
+    same weight change as one after the other, to float32 rounding (fewer threads per matmul may
+    round a last bit differently)."""
+    import threading
+
+    from magrpo.step import updates_at_once
+
+    threads = torch.get_num_threads()
+
+    def check(at_once):
+        def before_step(trainer):
+            assert updates_at_once(trainer.team) == at_once
+            if at_once:  # each update waits for the other to start: one after the other would break it
+                trainer.update_agent = after_all_started(trainer.update_agent, threading.Barrier(2, timeout=60))
+
+        return before_step
+
+    deltas = [
+        sgd_step_deltas(tiny_tokenizer, tmp_path / str(at_once), check(at_once), concurrent_agents=at_once)
+        for at_once in (False, True)
+    ]
+    assert torch.get_num_threads() == threads
+    assert max(d.abs().max().item() for d in deltas[0]) > 1e-3
+    for apart, together in zip(*deltas):
+        assert torch.allclose(apart, together, rtol=1e-4, atol=1e-6)
+
+
+def test_agents_on_one_base_update_one_after_the_other(tiny_tokenizer):
+    from magrpo.step import Team, updates_at_once
+
+    base = make_tiny_model(len(tiny_tokenizer), seed=4)
+    shared = build_agents([(base, tiny_tokenizer)] * 2, device="cpu", use_lora=True, lora_r=4)
+    own = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s), tiny_tokenizer) for s in (1, 2)], device="cpu")
+    precision = Precision(autocast=None, rollout_dtype="same")
+
+    def team(agents, **config):
+        return Team(agents, [], MAGRPOConfig(**config), OneProcess(), precision, [])
+
+    assert updates_at_once(team(own))
+    assert not updates_at_once(team(own, concurrent_agents=False))
+    assert not updates_at_once(team(shared))  # one model: its adapters take turns
+    assert not updates_at_once(team(own[:1]))
 
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]

@@ -30,6 +30,7 @@ from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.config import MAGRPOConfig
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.errors import ConfigError
+from magrpo.grouping import distinct_by_identity
 from magrpo.logprobs import (
     completion_token_logprobs,
     eos_tensor,
@@ -53,6 +54,7 @@ from magrpo.models import AgentPolicy
 from magrpo.ranks import OneProcess
 from magrpo.sampling import Rollout, concurrent_agents, sampler_for
 from magrpo.sampling.vllm_engine import engines_asleep
+from magrpo.threads import in_split_threads
 from magrpo.tree import Turn, expand_tree
 
 #: update(agent index, its rollouts per turn, their advantages per turn) -> the update's figures
@@ -130,24 +132,43 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
     )
     # 3. + 4. per agent: its advantages, then its update (vLLM engines asleep on a GPU meanwhile)
     started = time.perf_counter()
-    advantages, agent_figures = [], []
+
+    def advantages_and_update(i: int) -> tuple[list[torch.Tensor], dict[str, float]]:
+        mine = [
+            agent_advantages(
+                ret,
+                agent=i,
+                num_agents=len(team.agents),
+                joint_mode=a.joint_mode,
+                scaling=a.advantage_scaling,
+                cross_aggregation=a.cross_aggregation,
+                baseline=a.advantage_baseline,
+            )
+            for ret in returns
+        ]
+        return mine, update(i, [t.rollouts[i] for t in turns], mine)
+
+    jobs = [lambda i=i: advantages_and_update(i) for i in range(len(team.agents))]
     with engines_asleep(team.agents):
-        for i in range(len(team.agents)):
-            mine = [
-                agent_advantages(
-                    ret,
-                    agent=i,
-                    num_agents=len(team.agents),
-                    joint_mode=a.joint_mode,
-                    scaling=a.advantage_scaling,
-                    cross_aggregation=a.cross_aggregation,
-                    baseline=a.advantage_baseline,
-                )
-                for ret in returns
-            ]
-            agent_figures.append(update(i, [t.rollouts[i] for t in turns], mine))
-            advantages.append(mine)
+        done = in_split_threads(jobs) if updates_at_once(team) else [job() for job in jobs]
+    advantages, agent_figures = [mine for mine, _ in done], [figures for _, figures in done]
     return StepOutput(turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started)
+
+
+def updates_at_once(team: Team) -> bool:
+    """Whether the agents update at once, each in a thread with its share of the CPU threads: with
+    ``concurrent_agents``, in one process (ranks' collectives must come in one order), for agents
+    on CPU with models of their own. Each agent's update touches only its own weights, optimiser
+    and figures, and draws no random numbers (dropout is off while scoring)."""
+    agents = team.agents
+    return (
+        team.args.concurrent_agents
+        and not team.ranks.sharded
+        and team.ranks.world_size == 1
+        and len(agents) > 1
+        and len(distinct_by_identity(agents, key=lambda agent: agent.model)) == len(agents)
+        and all(agent.device.type == "cpu" for agent in agents)
+    )
 
 
 def update_agent(

@@ -13,7 +13,6 @@ matmul may round its last bit differently, which can, rarely, tip a draw to a ne
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
@@ -22,6 +21,7 @@ from magrpo.grouping import group_by_identity
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout
 from magrpo.seeds import mix_seed
+from magrpo.threads import in_split_threads
 from magrpo.types import Observation
 
 #: sample(agent, observations, generator=...) -> that agent's rollout
@@ -72,19 +72,9 @@ def sample_team(
     if not concurrent or len(groups) < 2:
         return [job() for job in jobs]
 
-    threads_before = torch.get_num_threads()
-    per_group = max(1, threads_before // len(groups))
-
-    def run_group(members: list[int]) -> list[tuple[int, Rollout]]:
-        torch.set_num_threads(per_group)
-        return [(i, jobs[i]()) for i in members]
-
-    try:
-        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="magrpo-agent") as pool:
-            done = [pair for future in [pool.submit(run_group, g) for g in groups] for pair in future.result()]
-    finally:
-        torch.set_num_threads(threads_before)
-    return [rollout for _, rollout in sorted(done, key=lambda pair: pair[0])]
+    done = in_split_threads([lambda members=members: [jobs[i]() for i in members] for members in groups])
+    by_agent = {i: rollout for members, rollouts in zip(groups, done) for i, rollout in zip(members, rollouts)}
+    return [by_agent[i] for i in range(len(agents))]
 
 
 def _groups_by_generating_model(agents: Sequence[AgentPolicy]) -> list[list[int]]:
