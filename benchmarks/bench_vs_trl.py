@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -132,8 +133,17 @@ def snapshot_weights() -> None:
     _INITIAL[:] = [[p.detach().clone() for p in model.parameters()] for model in WATCHED]
 
 
+ENGINE_PIDS: list[int] = []  # vLLM engines in processes of their own
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak RSS plus each engine process's own peak (Linux)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    engines = 0.0
+    for pid in ENGINE_PIDS:
+        status = Path(f"/proc/{pid}/status").read_text()
+        engines += int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    return own + engines
 
 
 # ---------------------------------------------------------------------------- one system per process
@@ -273,6 +283,8 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     trainer.update_agent = update_and_record
     SAMPLING_DTYPE.append(trainer.team.precision.rollout_dtype)
     WATCHED.extend(agent.model for agent in trainer.agents)
+    engines = {id(a.rollout_engine): a.rollout_engine for a in trainer.agents if a.rollout_engine is not None}
+    ENGINE_PIDS.extend(pid for engine in engines.values() for pid in engine.process_ids())
     snapshot_weights()
     steps = []
     for _ in range(args.steps):

@@ -33,6 +33,8 @@ EXPANSIONS = ("full", "best-k")
 #: the samplers; a run may also ask for "auto" (the trainer picks one: magrpo.prepare)
 SAMPLERS = ("fast", "plain", "vllm")
 ROLLOUT_BACKENDS = (*SAMPLERS, "auto")
+#: where the vLLM engines live (magrpo.sampling.vllm_engine.own_engine_processes)
+VLLM_ENGINE_PROCESSES = ("auto", "training", "own")
 ROLLOUT_DTYPES = ("auto", "same", "float32", "bfloat16", "float16")
 AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -66,6 +68,7 @@ __all__ = [
     "SAMPLERS",
     "REPORT_TO",
     "ROLLOUT_DTYPES",
+    "VLLM_ENGINE_PROCESSES",
     "SETUPS",
     "check_choice",
 ]

@@ -26,6 +26,7 @@ from magrpo.choices import (
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
+    VLLM_ENGINE_PROCESSES,
     check_choice,
 )
 from magrpo.errors import ConfigError
@@ -148,9 +149,14 @@ class MAGRPOConfig:
     #: number of engines); sleep mode frees it during the update
     vllm_gpu_memory_utilization: float | None = None
     vllm_sleep_mode: bool = True
-    #: agents with their own models sample at the same time, the CPU threads split between them
-    #: (same random draws as one after the other; "fast" backend only; shared-base LoRA agents
-    #: take turns)
+    #: vllm backend: where the engines live. "training": in the training process (no transfer);
+    #: "own": each engine in a process of its own (the CPU cores split between them), so that the
+    #: engines of a team of fully trained agents decode at the same time; "auto": "own" where two or
+    #: more engines run on CPU, else "training"
+    vllm_engine_process: str = "auto"
+    #: agents with their own models sample ("fast" backend) and update (on CPU, in one process) at
+    #: the same time, the CPU threads split between them (the same random draws as one after the
+    #: other; shared-base LoRA agents take turns)
     concurrent_agents: bool = True
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)
@@ -552,6 +558,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "vllm_kv_cache_gib": _number(0.0, None, low_open=True),
     "vllm_gpu_memory_utilization": _optional(_number(0.0, 1.0, low_open=True)),
     "vllm_sleep_mode": _flag,
+    "vllm_engine_process": _one_of(VLLM_ENGINE_PROCESSES),
     "concurrent_agents": _flag,
     "update_micro_batch_size": _int_at_least(1),
     "logprob_chunk_size": _optional(_int_at_least(1)),

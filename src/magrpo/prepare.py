@@ -111,6 +111,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             kv_cache_gib=args.vllm_kv_cache_gib,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
             sleep_mode=args.vllm_sleep_mode,
+            engine_process=args.vllm_engine_process,
         )
     elif precision.rollout_dtype != "same":
         dtype = getattr(torch, precision.rollout_dtype)

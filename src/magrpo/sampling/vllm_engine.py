@@ -30,16 +30,19 @@ import itertools
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
+from magrpo.choices import VLLM_ENGINE_PROCESSES, check_choice
 from magrpo.errors import ConfigError
 from magrpo.grouping import distinct_by_identity, group_by_identity
 from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.vllm_worker import EXTENSION
 from magrpo.types import Observation
 
 #: what to install for the backend
@@ -95,6 +98,8 @@ class VLLMEngine:
         kv_cache_gib: float,
         gpu_memory_utilization: float | None,
         sleep_mode: bool,
+        own_process: bool = False,
+        cpu_cores: Sequence[int] | None = None,
     ) -> None:
         from vllm import LLM
 
@@ -104,9 +109,14 @@ class VLLMEngine:
         self.device = self.agents[0].device
         self.workdir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-"))
         atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
+        shm = Path("/dev/shm")
+        self.shared_dir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-", dir=shm)) if shm.is_dir() else self.workdir
+        atexit.register(shutil.rmtree, self.shared_dir, ignore_errors=True)
         base_dir = self.workdir / "base"
         _write_base_model(model, self.agents[0].tokenizer, base_dir)
         self.max_model_len = max_model_len
+        self.dtype = dtype
+        self.own_process = own_process
         self.sleep_mode = sleep_mode and self.device.type == "cuda"  # vLLM sleeps on CUDA only
         options: dict[str, Any] = dict(
             model=str(base_dir),
@@ -117,6 +127,7 @@ class VLLMEngine:
             skip_tokenizer_init=True,
             logprobs_mode="processed_logprobs",
             enforce_eager=self.device.type != "cuda",  # CUDA graphs where they pay
+            worker_extension_cls=EXTENSION,
         )
         if self.lora:
             ranks = [int(_lora_config(agent).r) for agent in self.agents if agent.adapter is not None]
@@ -125,10 +136,18 @@ class VLLMEngine:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         else:
             options.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: no weight transfer
+        # in this process the weights need no transfer; in a process of its own the engine decodes
+        # while the others do, on the cores it is given
+        environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if own_process else "0"}
+        if own_process and cpu_cores:
+            environment["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cpu_cores)
+        import vllm.envs
+
+        vllm.envs.disable_envs_cache()  # an engine built before cached its environment: read ours
         set_num_threads = torch.set_num_threads
         try:
-            self.llm = LLM(**options)
+            with _environment(environment):
+                self.llm = LLM(**options)
         finally:
             # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
             torch.set_num_threads = set_num_threads
@@ -157,10 +176,33 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # prompt KV of the old weights must not be served again
 
     def _reload_weights(self, agent: AgentPolicy) -> None:
-        weights = [(name, tensor.detach()) for name, tensor in _base_state_dict(agent.model).items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        if self.device.type == "cpu":
-            self.llm.apply_model(_repack_output_head)
+        weights = _checkpoint_weights(agent.model)
+        if not self.own_process:
+            weights = [(name, tensor.detach()) for name, tensor in weights.items()]
+            self.llm.collective_rpc("magrpo_reload_weights", kwargs={"weights": weights})
+            return
+        from safetensors.torch import save_file
+
+        # to the engine's process through a file in memory (/dev/shm where there is one), in the
+        # engine's dtype: half the bytes for a bf16 engine
+        path = self.shared_dir / f"{agent.name}.safetensors"
+        save_file({name: tensor.detach().to("cpu", self.dtype).contiguous() for name, tensor in weights.items()}, path)
+        try:
+            self.llm.collective_rpc("magrpo_reload_weights", kwargs={"path": str(path)})
+        finally:
+            path.unlink()
+
+    def process_ids(self) -> list[int]:
+        """The engine's own processes: its engine core and the core's workers (none when it lives
+        in the training process; Linux, where /proc lists a process's children)."""
+        manager = getattr(getattr(self.llm.llm_engine.engine_core, "resources", None), "engine_manager", None)
+        found, pending = [], [process.pid for process in getattr(manager, "processes", [])]
+        while pending:
+            pid = pending.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                pending += [int(child) for child in task.read_text().split()]
+        return found
 
     def _load_adapter(self, agent: AgentPolicy) -> None:
         from vllm.lora.request import LoRARequest
@@ -226,18 +268,24 @@ def attach_vllm_engines(
     kv_cache_gib: float,
     gpu_memory_utilization: float | None,
     sleep_mode: bool,
+    engine_process: str = "auto",
 ) -> list[VLLMEngine]:
     """One engine per distinct model object; each agent's ``rollout_engine`` set to its engine.
     ``dtype``: the engine's weights (None: the training weights' own, exactly that policy).
-    ``max_model_len`` None: 2048 prompt tokens + ``max_new_tokens``, at most the model's limit."""
+    ``max_model_len`` None: 2048 prompt tokens + ``max_new_tokens``, at most the model's limit.
+    ``engine_process``: "training" (every engine in this process), "own" (each engine in a
+    process of its own, the CPU cores split between them, so engines decode at the same time),
+    "auto" ("own" where two or more engines run on CPU, else "training")."""
     check_vllm_installed()
     reason = unservable_reason(agents)
     if reason:
         raise ConfigError(f"rollout_backend='vllm' cannot serve this team: {reason}; use rollout_backend='fast'")
     groups = group_by_identity(agents, key=lambda agent: agent.model)
+    own = own_engine_processes(engine_process, len(groups), [agents[g[0]].device for g in groups])
     engines = []
-    for group in groups:
+    for index, group in enumerate(groups):
         members = [agents[i] for i in group]
+        on_cpu = members[0].device.type == "cpu"
         limit = getattr(members[0].model.config, "max_position_embeddings", None) or 2**20
         engine = VLLMEngine(
             members,
@@ -247,11 +295,36 @@ def attach_vllm_engines(
             kv_cache_gib=kv_cache_gib,
             gpu_memory_utilization=gpu_memory_utilization or 0.3 / len(groups),
             sleep_mode=sleep_mode,
+            own_process=own,
+            cpu_cores=share_of_cores(index, len(groups), _usable_cores()) if own and on_cpu else None,
         )
         for agent in members:
             agent.rollout_engine = engine
         engines.append(engine)
     return engines
+
+
+def own_engine_processes(engine_process: str, engines: int, devices: Sequence[torch.device]) -> bool:
+    """Whether the engines live in processes of their own. In one process two engines cannot
+    decode at the same time (vLLM's forward context is global to a process), so on CPU "auto"
+    gives two or more engines a process each; one engine is faster in the training process (no
+    transfer of its inputs, outputs and weights)."""
+    check_choice("vllm_engine_process", engine_process, VLLM_ENGINE_PROCESSES)
+    if engine_process == "auto":
+        return engines > 1 and all(device.type == "cpu" for device in devices)
+    return engine_process == "own"
+
+
+def share_of_cores(index: int, count: int, cores: Sequence[int]) -> list[int]:
+    """Engine ``index``'s share of ``cores`` when ``count`` engines split them: contiguous and as
+    even as they go; with more engines than cores, one core each, round-robin."""
+    if count > len(cores):
+        return [cores[index % len(cores)]]
+    return list(cores[index * len(cores) // count : (index + 1) * len(cores) // count])
+
+
+def _usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
@@ -316,10 +389,20 @@ def sample_vllm_agents(
         for agent, generator, (_, prompt_ids, prompt_mask) in zip(agents, generators, tokenized)
     ]
     outputs: list[list[Any]] = [[] for _ in agents]
-    for group in group_by_identity(agents, key=lambda agent: agent.rollout_engine):
-        engine = agents[group[0]].rollout_engine
-        for i, out in zip(group, engine.generate([requests[i] for i in group])):
+    groups = group_by_identity(agents, key=lambda agent: agent.rollout_engine)
+
+    def generate(group: list[int]) -> None:
+        for i, out in zip(group, agents[group[0]].rollout_engine.generate([requests[i] for i in group])):
             outputs[i] = out
+
+    if len(groups) > 1 and all(agents[g[0]].rollout_engine.own_process for g in groups):
+        # engines in processes of their own decode at the same time; each request has its own
+        # seed, so the samples are those of one engine after the other
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            list(pool.map(generate, groups))
+    else:
+        for group in groups:
+            generate(group)
     return [
         _rollout(agent, out, prompts, prompt_ids, prompt_mask, num_generations, greedy)
         for agent, out, (prompts, prompt_ids, prompt_mask) in zip(agents, outputs, tokenized)
@@ -418,6 +501,16 @@ def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _checkpoint_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights an engine loads: the base's, a tied output head left out (one tensor, read
+    once from the embeddings)."""
+    weights = _base_state_dict(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)
+    return weights
+
+
 def _write_base_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
     """The model as a checkpoint folder the engine starts from (its weights are replaced in
     place at every sync, so this is written once)."""
@@ -427,20 +520,23 @@ def _write_base_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    weights = _base_state_dict(model)
-    if getattr(base.config, "tie_word_embeddings", False):
-        weights.pop("lm_head.weight", None)  # one tensor, read once from the embeddings
+    weights = _checkpoint_weights(model)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"))
 
 
-def _repack_output_head(model: torch.nn.Module) -> None:
-    # vLLM's CPU linear layers run from a packed copy of their weights: rebuilt from the live
-    # (reloaded) weights, or a tied output head would keep answering with the old ones
-    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
-    head = getattr(model, "lm_head", None)
-    if head is not None and getattr(head, "weight", None) is not None and head.weight.numel():
-        dispatch_cpu_unquantized_gemm(head, remove_weight=False)
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for the block (an engine's processes inherit them), then restored."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _lora_config(agent: AgentPolicy) -> Any:
@@ -461,8 +557,10 @@ __all__ = [
     "attach_vllm_engines",
     "check_vllm_installed",
     "engines_asleep",
+    "own_engine_processes",
     "sample_vllm",
     "sample_vllm_agents",
+    "share_of_cores",
     "unservable_reason",
     "vllm_installed",
 ]
