@@ -91,6 +91,8 @@ def tree_returns(
     solved: Sequence[torch.Tensor] | None = None,
     num_turns: int | None = None,
     dropped: Sequence[torch.Tensor | None] | None = None,
+    values: Sequence[torch.Tensor] | None = None,
+    lam: float = 1.0,
 ) -> list[torch.Tensor]:
     """Discounted returns of every joint action of a rollout tree.
 
@@ -110,6 +112,11 @@ def tree_returns(
     return: with the mean baseline, siblings with equal rewards get equal returns and zero
     advantage, and the turn's advantages are the differences of its rewards (the continued
     branches' own turns are credited at their own nodes).
+
+    ``values[t]`` (``[P_t]``, a critic's value of each node) with ``lam`` < 1 makes these the
+    TD(lambda) returns of actor-critic methods: a continued joint action's future is
+    (1 - lam) * V(child) + lam * mean(returns of the child's joint actions); lam = 1 (or no
+    values) is the Monte-Carlo return above, lam = 0 the one-step TD target r + gamma * V(child).
     """
     if solved is not None and num_turns is None:
         raise ValueError("tree_returns: solved needs num_turns (the turns a solved branch skips)")
@@ -124,6 +131,8 @@ def tree_returns(
             futures: dict[int, list[torch.Tensor]] = {}
             for (p, j), child in children[t].items():
                 future = returns[t + 1][child].mean()
+                if values is not None and lam < 1.0:
+                    future = (1.0 - lam) * values[t + 1][child].to(torch.float64) + lam * future
                 ret[p, j] += gamma * future
                 futures.setdefault(p, []).append(future)
             if dropped is not None and dropped[t] is not None:
