@@ -385,6 +385,9 @@ def test_agents_on_one_base_update_one_after_the_other(tiny_tokenizer):
     assert not updates_at_once(team(own, concurrent_agents=False))
     assert not updates_at_once(team(shared))  # one model: its adapters take turns
     assert not updates_at_once(team(own[:1]))
+    # under bf16 autocast concurrent updates were not bit-for-bit repeatable: they take turns
+    bf16 = Team(own, [], MAGRPOConfig(), OneProcess(), Precision(autocast=torch.bfloat16, rollout_dtype="same"), [])
+    assert not updates_at_once(bf16)
 
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]

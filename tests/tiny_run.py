@@ -18,7 +18,7 @@ import torch
 from magrpo import MAGRPOConfig, MAGRPOTrainer
 from magrpo.feedback import CallableFeedback
 from magrpo.models import build_agents
-from tests.conftest import letter_count_reward, make_tiny_model, make_tiny_tokenizer
+from tests.conftest import BF16_ENGINE_SHAPE, letter_count_reward, make_tiny_model, make_tiny_tokenizer
 
 STEPS = 6
 
@@ -34,9 +34,9 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
     if variant == "lora":
         base = make_tiny_model(len(tok), seed=3)
         agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
-    else:  # vLLM's CPU attention serves head sizes from 32
-        hidden = 64 if variant == "vllm" else 32
-        agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=hidden), tok) for s in (1, 2)], device="cpu")
+    else:  # the vLLM engines sample in bf16 where the CPU computes it in hardware
+        shape = BF16_ENGINE_SHAPE if variant == "vllm" else {}
+        agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
     turns = 2 if variant == "turns" else 1
     engine = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128) if variant == "vllm" else {}
     objective = (

@@ -154,9 +154,9 @@ class MAGRPOConfig:
     #: engines of a team of fully trained agents decode at the same time; "auto": "own" where two or
     #: more engines run on CPU, else "training"
     vllm_engine_process: str = "auto"
-    #: agents with their own models sample ("fast" backend) and update (on CPU, in one process) at
-    #: the same time, the CPU threads split between them (the same random draws as one after the
-    #: other; shared-base LoRA agents take turns)
+    #: agents with their own models sample ("fast" backend) and update (on CPU, in one process,
+    #: without autocast) at the same time, the CPU threads split between them (the same random
+    #: draws as one after the other; shared-base LoRA agents take turns)
     concurrent_agents: bool = True
     # update
     #: completions per forward/backward pass in the update (gradient accumulation over chunks)

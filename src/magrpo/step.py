@@ -158,11 +158,15 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
 def updates_at_once(team: Team) -> bool:
     """Whether the agents update at once, each in a thread with its share of the CPU threads: with
     ``concurrent_agents``, in one process (ranks' collectives must come in one order), for agents
-    on CPU with models of their own. Each agent's update touches only its own weights, optimiser
-    and figures, and draws no random numbers (dropout is off while scoring)."""
+    on CPU with models of their own, in float32. Each agent's update touches only its own
+    weights, optimiser and figures, and draws no random numbers (dropout is off while scoring),
+    so the run is the same. Under bf16 autocast two runs of concurrent updates differed in the
+    last bits from the fifth step on (oneDNN's bf16 kernels, whose choice depends on the threads
+    of whoever built them first), which would break an exact resume: there they take turns."""
     agents = team.agents
     return (
-        team.args.concurrent_agents
+        team.precision.autocast is None
+        and team.args.concurrent_agents
         and not team.ranks.sharded
         and team.ranks.world_size == 1
         and len(agents) > 1

