@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -138,12 +137,10 @@ ENGINE_PIDS: list[int] = []  # vLLM engines in processes of their own
 
 def peak_rss_mib() -> float:
     """This process's peak RSS plus each engine process's own peak (Linux)."""
+    from magrpo.run import process_peak_rss_mib
+
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    engines = 0.0
-    for pid in ENGINE_PIDS:
-        status = Path(f"/proc/{pid}/status").read_text()
-        engines += int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
-    return own + engines
+    return own + sum(process_peak_rss_mib(Path(f"/proc/{pid}/status")) for pid in ENGINE_PIDS)
 
 
 # ---------------------------------------------------------------------------- one system per process
@@ -235,6 +232,7 @@ def completion_text(completion: Any) -> str:
 
 def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     from magrpo.config import MAGRPOConfig
+    from magrpo.grouping import distinct_by_identity
     from magrpo.tasks.coding import helper_prompt, main_prompt
     from magrpo.trainer import MAGRPOTrainer
 
@@ -283,8 +281,8 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     trainer.update_agent = update_and_record
     SAMPLING_DTYPE.append(trainer.team.precision.rollout_dtype)
     WATCHED.extend(agent.model for agent in trainer.agents)
-    engines = {id(a.rollout_engine): a.rollout_engine for a in trainer.agents if a.rollout_engine is not None}
-    ENGINE_PIDS.extend(pid for engine in engines.values() for pid in engine.process_ids())
+    engines = distinct_by_identity(trainer.agents, key=lambda agent: agent.rollout_engine)
+    ENGINE_PIDS.extend(pid for agent in engines if agent.rollout_engine for pid in agent.rollout_engine.process_ids())
     snapshot_weights()
     steps = []
     for _ in range(args.steps):

@@ -253,11 +253,16 @@ def reset_peak_memory() -> None:
         pass  # not Linux, or not allowed: the peak is then the process's so far
 
 
+def process_peak_rss_mib(status: Path = _HOST_PEAK) -> float:
+    """A process's peak resident set in MiB, from its ``/proc/<pid>/status`` (Linux: VmHWM)."""
+    return int(re.search(r"VmHWM:\s+(\d+)", status.read_text()).group(1)) / 1024
+
+
 def peak_memory_figures() -> dict[str, float]:
     """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and in host memory
     (``peak_rss_mib``: of this step on Linux, of the process so far elsewhere)."""
     try:
-        rss_mib = int(re.search(r"VmHWM:\s+(\d+)", _HOST_PEAK.read_text()).group(1)) / 1024
+        rss_mib = process_peak_rss_mib()
     except (OSError, AttributeError):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss_mib = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
@@ -273,6 +278,7 @@ __all__ = [
     "CheckpointCadence",
     "StopRequest",
     "peak_memory_figures",
+    "process_peak_rss_mib",
     "reset_peak_memory",
     "resume",
     "train_loop",

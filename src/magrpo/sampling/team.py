@@ -1,9 +1,8 @@
 """Every agent of the team samples its completions: one after the other, or concurrently.
 
-A decode step of a small model on a CPU is bound by per-op overhead and weight traffic, not by
-arithmetic, so one agent's decode uses a second core poorly; two agents decoding at once, one
-core each, finish sooner (measured in docs/performance.md). Agents that generate with the SAME
-model object (LoRA adapters on one shared base) switch adapters on it, so they never run at once.
+Agents with models of their own decode at once, one core each (:mod:`magrpo.threads` says why
+that pays). Agents that generate with the SAME model object (LoRA adapters on one shared base)
+switch adapters on it, so they never run at once.
 
 Randomness does not depend on the schedule: before anything runs, one seed per agent is drawn
 from torch's global RNG in agent order, and each agent samples from its own generator, so

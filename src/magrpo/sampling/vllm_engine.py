@@ -109,9 +109,10 @@ class VLLMEngine:
         self.device = self.agents[0].device
         self.workdir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-"))
         atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
-        shm = Path("/dev/shm")
-        self.shared_dir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-", dir=shm)) if shm.is_dir() else self.workdir
-        atexit.register(shutil.rmtree, self.shared_dir, ignore_errors=True)
+        self.shared_dir = self.workdir  # where weights cross to an engine of its own: in memory where it can
+        if own_process and Path("/dev/shm").is_dir():
+            self.shared_dir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-", dir="/dev/shm"))
+            atexit.register(shutil.rmtree, self.shared_dir, ignore_errors=True)
         base_dir = self.workdir / "base"
         _write_base_model(model, self.agents[0].tokenizer, base_dir)
         self.max_model_len = max_model_len
