@@ -57,6 +57,8 @@ def state_of(run_dir: Path) -> dict:
         for shard in sorted((run_dir / "final" / agent).glob("*.safetensors")):
             weights.update({f"{agent}/{k}": v for k, v in load_file(shard).items()})
         optim[agent] = torch.load(last / agent / "optimizer.pt", weights_only=True)
+    for head in sorted((run_dir / "final").glob("*/value_head.safetensors")):  # IAC, MAAC
+        weights.update({f"{head.parent.name}/{k}": v for k, v in load_file(head).items()})
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
         "weights": weights,
@@ -81,7 +83,9 @@ def assert_same_state(a: dict, b: dict) -> None:
 NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 
-@pytest.mark.parametrize("variant", ["full", "lora", "turns", "objective", pytest.param("vllm", marks=NO_VLLM)])
+@pytest.mark.parametrize(
+    "variant", ["full", "lora", "turns", "objective", "critic", pytest.param("vllm", marks=NO_VLLM)]
+)
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     finish(run(straight, variant))

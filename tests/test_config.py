@@ -11,7 +11,7 @@ from magrpo.config import ConfigError
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("num_generations", 1, "num_generations=1 is not valid; expected an integer >= 2"),
+        ("num_generations", 0, "num_generations=0 is not valid; expected an integer >= 1"),
         ("temperature", 0.0, "temperature=0.0 is not valid; expected a number > 0.0"),
         ("top_p", 1.5, "top_p=1.5 is not valid; expected a number > 0.0 and <= 1.0"),
         ("joint_mode", "diagonal", "joint_mode='diagonal' is not valid; choose one of 'aligned', 'cross'"),

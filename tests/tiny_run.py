@@ -1,8 +1,10 @@
 """A small real training run in its own process, for the checkpoint tests (which kill it):
 ``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
-(the full team sampling on vLLM engines), objective (the full team with a learning-rate schedule
-and warm-up, a rate per agent, two clipped updates per rollout, a KL term to frozen reference
-copies, TRL's grpo loss type and truncated completions masked).
+(the full team sampling on vLLM engines), critic (IAC over two turns: a value head per agent,
+TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
+objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
+clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
+truncated completions masked).
 
 With ``MAGRPO_SLOW_REWARD=s`` every reward call sleeps s seconds (time to kill the run mid-way;
 the numbers do not change)."""
@@ -37,7 +39,7 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
     else:  # the vLLM engines sample in bf16 where the CPU computes it in hardware
         shape = BF16_ENGINE_SHAPE if variant == "vllm" else {}
         agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
-    turns = 2 if variant == "turns" else 1
+    turns = 2 if variant in ("turns", "critic") else 1
     engine = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128) if variant == "vllm" else {}
     objective = (
         dict(
@@ -51,6 +53,15 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
             mask_truncated_completions=True,
         )
         if variant == "objective"
+        else dict(
+            algorithm="iac",
+            learning_rate=1e-2,
+            critic_lambda=0.5,
+            critic_value_clip=0.2,
+            num_iterations=2,
+            normalise_critic_advantages=True,
+        )
+        if variant == "critic"
         else dict(learning_rate=1e-2)
     )
     args = MAGRPOConfig(

@@ -2,11 +2,13 @@
 
 A checkpoint ``RUN/checkpoints/step-N/`` holds, for each agent, its trainable weights in the form
 transformers or peft loads directly (``agent_i/``) and its optimiser state
-(``agent_i/optimizer.pt``); the random states (python, numpy, torch, the data order) and the
-trainer's position (``trainer_state.pt``); the run's config (``config.yaml``); and last a
-``manifest.json`` with every file's size and sha256. It is written into a temporary folder,
-every file fsynced, then renamed into place: a folder named ``step-N`` is always complete, and a
-file damaged later is found by its hash and named.
+(``agent_i/optimizer.pt``); each critic's value head (IAC, MAAC:
+``<critic>/value_head.safetensors``; its AdamW moments are in its host agent's optimiser state);
+the random states (python, numpy, torch, the data order) and the trainer's position
+(``trainer_state.pt``); the run's config (``config.yaml``); and last a ``manifest.json`` with
+every file's size and sha256. It is written into a temporary folder, every file fsynced, then
+renamed into place: a folder named ``step-N`` is always complete, and a file damaged later is
+found by its hash and named.
 
 Sampling copies are not stored: they are the weights rounded once, so they are rebuilt exactly.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from magrpo.config import MAGRPOConfig, dump_yaml
+from magrpo.critics.critic import Critic, load_heads, save_heads
 from magrpo.errors import CheckpointError, ConfigError
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.loading import save_agent
@@ -76,6 +79,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     config: MAGRPOConfig,
     whole_states: Sequence[tuple[dict, dict | None]] | None = None,
+    critics: Sequence[Critic] = (),
 ) -> Path:
     """Write a full checkpoint to ``directory`` atomically; returns ``directory``.
     ``whole_states``: per agent, (weights, optimiser state) gathered from shards, written instead
@@ -88,6 +92,7 @@ def save_checkpoint(
             weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
             save_agent(agent, tmp / agent.name, state_dict=weights)
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
+        save_heads(critics, tmp)  # their moments are in their host agents' optimiser states
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -186,7 +191,11 @@ def check_resumable_config(directory: str | Path, config: MAGRPOConfig) -> None:
 
 
 def load_checkpoint(
-    directory: str | Path, *, agents: Sequence[AgentPolicy], optimizers: Sequence[torch.optim.Optimizer]
+    directory: str | Path,
+    *,
+    agents: Sequence[AgentPolicy],
+    optimizers: Sequence[torch.optim.Optimizer],
+    critics: Sequence[Critic] = (),
 ) -> dict[str, Any]:
     """Put a checkpoint's weights, optimiser states and random states back; returns the trainer
     state it saved (step, data order, ...). The caller verified the checkpoint."""
@@ -201,6 +210,7 @@ def load_checkpoint(
             shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))
         )
         agent.sync_sampling_copy()
+    load_heads(critics, directory)
     state = torch.load(directory / STATE_FILE, weights_only=True)
     _set_rng_states(state.pop("rng"))
     return state

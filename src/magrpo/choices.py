@@ -7,6 +7,8 @@ from typing import Sequence
 
 from magrpo.errors import ConfigError
 
+#: how advantages are made: the group baseline (MAGRPO), or a critic's (magrpo.critics)
+ALGORITHMS = ("magrpo", "iac", "maac")
 ADVANTAGE_SCALINGS = ("none", "std")
 ADVANTAGE_BASELINES = ("mean", "loo", "max", "none")
 #: the loss's normaliser (magrpo.loss): ours ("sequence", the paper's; "token") and TRL's
@@ -53,6 +55,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 
 __all__ = [
     "ADVANTAGE_BASELINES",
+    "ALGORITHMS",
     "ADVANTAGE_SCALINGS",
     "AUTOCASTS",
     "CROSS_AGGREGATIONS",

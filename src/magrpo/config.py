@@ -13,6 +13,7 @@ import yaml
 from magrpo.choices import (
     ADVANTAGE_BASELINES,
     ADVANTAGE_SCALINGS,
+    ALGORITHMS,
     AUTOCASTS,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -74,6 +75,23 @@ class MAGRPOConfig:
     #: the baseline b in A = R - b: "mean" (the group mean, MAGRPO), "loo" (mean of the other
     #: G - 1: RLOO), "max" (the group's best), "none" (raw returns: REINFORCE without a baseline)
     advantage_baseline: str = "mean"
+    #: how the advantages are made. "magrpo": the group baseline above (the paper's); "iac":
+    #: independent actor-critic, each agent's own critic (a value head on its model reading its own
+    #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
+    #: observation (a value head on the first agent's model) is every agent's baseline. The critics
+    #: train with their host agent's update; IAC and MAAC take num_generations >= 1 (magrpo.critics)
+    algorithm: str = "magrpo"
+    #: IAC, MAAC: the weight of the value loss (0.5 * MSE) in its host agent's loss
+    value_loss_coef: float = 0.5
+    #: IAC, MAAC: the value heads' learning rate (a parameter group of the host's optimiser)
+    critic_learning_rate: float = 1e-3
+    #: IAC, MAAC: lambda of the critic's TD(lambda) targets and returns (1: Monte-Carlo; 0: one-step
+    #: r + discount * V(next node)); only multi-turn trees have a next node to bootstrap from
+    critic_lambda: float = 1.0
+    #: IAC, MAAC: PPO's value clip around the values the advantages were made with (None: none)
+    critic_value_clip: float | None = None
+    #: IAC, MAAC: normalise each agent's advantages over the step to mean 0 and std 1 (as PPO does)
+    normalise_critic_advantages: bool = False
     #: the loss's normaliser, one line each in magrpo.loss: "sequence" (mean over completions of
     #: A * sum_t log p_t: the paper's objective), "token" (over every counted token of the step), and
     #: TRL's "grpo" (per-completion token mean, then the mean), "dr_grpo" (over completions *
@@ -251,6 +269,23 @@ class MAGRPOConfig:
 
     def _check_cross_field_rules(self) -> None:
         """Rules between fields that are each valid on their own."""
+        # a group of one is its own baseline; a critic's value is a baseline without a group
+        if self.algorithm == "magrpo" and self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations={self.num_generations} with algorithm='magrpo': a group of one is its own "
+                "baseline (every advantage 0); use num_generations >= 2, or algorithm='iac' or 'maac' "
+                "(a critic's value is the baseline)"
+            )
+        if self.algorithm != "magrpo" and self.joint_mode != "aligned":
+            raise ConfigError(
+                f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
+                f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
+            )
+        if self.algorithm != "magrpo" and self.data_parallel == "shard":
+            raise ConfigError(
+                f"algorithm={self.algorithm!r} keeps whole value heads beside the agents; data_parallel='shard' "
+                "is for algorithm='magrpo': use data_parallel='replicate'"
+            )
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -513,7 +548,7 @@ def _agent_devices(cfg: MAGRPOConfig, name: str) -> None:
 #: field name -> its check, in the fields' declaration order (fields with no entry take any value)
 _FIELD_CHECKS: dict[str, FieldCheck] = {
     "num_agents": _int_at_least(1),
-    "num_generations": _int_at_least(2),  # one sample has no group baseline
+    "num_generations": _int_at_least(1),  # MAGRPO needs 2 (a group baseline): a rule between fields
     "max_new_tokens": _int_at_least(1),
     "temperature": _number(0.0, None, low_open=True),
     "top_p": _number(0.0, 1.0, low_open=True),
@@ -530,6 +565,12 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "batch_size": _int_at_least(1),
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
+    "algorithm": _one_of(ALGORITHMS),
+    "value_loss_coef": _number(0.0, None, low_open=True),
+    "critic_learning_rate": _number(0.0, None),
+    "critic_lambda": _number(0.0, 1.0),
+    "critic_value_clip": _optional(_number(0.0, None, low_open=True)),
+    "normalise_critic_advantages": _flag,
     "loss_type": _one_of(LOSS_TYPES),
     "mask_truncated_completions": _flag,
     "num_iterations": _int_at_least(1),

@@ -14,6 +14,7 @@ import torch
 
 from magrpo import distributed, sharding
 from magrpo.config import MAGRPOConfig
+from magrpo.critics.critic import make_critics
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
@@ -125,8 +126,12 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
                 "or data_parallel='replicate'"
             )
         attach_reference_models(built, args.reference_device)
-    optimizers = [make_optimizer(agent, args, lr) for agent, lr in zip(built, args.learning_rate_per_agent())]
-    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args))
+    critics = make_critics(built, args.algorithm)  # IAC, MAAC: value heads on their hosts' models
+    optimizers = [
+        make_optimizer(agent, args, lr, heads=[c.head for c in critics if c.host == i])
+        for i, (agent, lr) in enumerate(zip(built, args.learning_rate_per_agent()))
+    ]
+    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), critics)
 
 
 def _build(agents: Sequence[Any], args: MAGRPOConfig) -> list[AgentPolicy]:
@@ -226,11 +231,16 @@ def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
         )
 
 
-def make_optimizer(agent: AgentPolicy, args: MAGRPOConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    agent: AgentPolicy, args: MAGRPOConfig, lr: float | None = None, heads: Sequence[torch.nn.Module] = ()
+) -> torch.optim.Optimizer:
     """One AdamW per agent, over what that agent trains (its model, or its own adapter), at
-    ``lr`` (None: the config's first rate)."""
+    ``lr`` (None: the config's first rate); the value ``heads`` it hosts (IAC, MAAC) are a second
+    parameter group at ``critic_learning_rate``."""
+    groups = [{"params": agent.trainable_parameters()}]
+    groups += [{"params": list(head.parameters()), "lr": args.critic_learning_rate} for head in heads]
     return torch.optim.AdamW(
-        agent.trainable_parameters(),
+        groups,
         lr=args.learning_rate_per_agent()[0] if lr is None else lr,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.weight_decay,

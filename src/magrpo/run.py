@@ -133,6 +133,7 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
             trainer_state=state,
             config=trainer.args,
             whole_states=whole,
+            critics=team.critics,
         )
         prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
     team.ranks.barrier()  # a checkpoint is complete before any rank goes on
@@ -144,7 +145,7 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
     path = resolve_resume(trainer.args.output_dir if target is True else target)
     check_resumable_config(path, trainer.args)
-    state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers)
+    state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers, critics=trainer.team.critics)
     check_same_run(state, trainer.team)  # still before any step
     trainer.step = int(state["step"])
     trainer.item_order.load_state(state)

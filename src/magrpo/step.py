@@ -5,11 +5,12 @@
                                                      node from its own observation; the joint actions
                                                      step the environments (joint rewards, next
                                                      observations), up to num_turns
-    returns    = tree_returns(rewards)            2. reward + discount * mean of the children's returns
+    returns    = turn_returns(turns)              2. reward + discount * mean of the children's returns
     advantages = agent_advantages(returns, i)     3. per agent, centred over the siblings of each node
+                 (IAC, MAAC: critic_step)            (or R - V(node), a critic's value: magrpo.critics)
     update_agent(i, rollouts, advantages)         4. per agent: -sum A * log pi_i(c_i | o_i) / normaliser,
-                                                     gradient clipping, one AdamW step (or
-                                                     num_iterations clipped ones: magrpo.loss)
+                                                     (+ its critic's value loss), gradient clipping, one
+                                                     AdamW step (or num_iterations clipped ones: magrpo.loss)
 
 The hand-off from sampling to the update is the :class:`~magrpo.sampling.Rollout` of each agent
 at each turn (inside :class:`~magrpo.tree.Turn`). Data parallel stays out of sight behind
@@ -21,13 +22,15 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
-from magrpo.advantages import agent_advantages, tree_returns
+from magrpo.advantages import agent_advantages
 from magrpo.config import MAGRPOConfig
+from magrpo.critics.critic import Critic, CriticBatch, chunked_values, critic_step
+from magrpo.critics.targets import value_loss
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.errors import ConfigError
 from magrpo.grouping import distinct_by_identity
@@ -55,10 +58,11 @@ from magrpo.ranks import OneProcess
 from magrpo.sampling import Rollout, concurrent_agents, sampler_for
 from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.threads import in_split_threads
-from magrpo.tree import Turn, expand_tree
+from magrpo.tree import Turn, expand_tree, turn_returns
 
-#: update(agent index, its rollouts per turn, their advantages per turn) -> the update's figures
-UpdateFn = Callable[[int, Sequence[Rollout], Sequence[torch.Tensor]], dict[str, float]]
+#: update(agent index, its rollouts per turn, their advantages per turn[, critic=the CriticBatch of
+#: the critic it hosts]) -> the update's figures
+UpdateFn = Callable[..., dict[str, float]]
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Team:
     precision: Precision
     #: one learning-rate schedule per optimiser, stepped once per training step (None: constant)
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] | None = None
+    #: IAC, MAAC: the critics (their heads are parameter groups of their host agents' optimisers)
+    critics: list[Critic] = field(default_factory=list)
 
 
 @dataclass
@@ -100,7 +106,7 @@ class StepOutput:
 def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: UpdateFn | None = None) -> StepOutput:
     """One MAGRPO step on ``envs`` (one per dataset item of this rank's share of the batch).
     ``update(i, rollouts, advantages)`` updates agent i (default :func:`update_agent` on ``team``)."""
-    update = update or (lambda i, rollouts, advantages: update_agent(team, i, rollouts, advantages))
+    update = update or (lambda i, rollouts, advantages, **critic: update_agent(team, i, rollouts, advantages, **critic))
     a, ranks = team.args, team.ranks
     started = time.perf_counter()
     # 1. rollout, with whole weights (sharded agents are gathered for it)
@@ -122,36 +128,49 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
         )
     rollout_seconds = time.perf_counter() - started
     # 2. returns over the tree
-    returns = tree_returns(
-        [t.rewards for t in turns],
-        [t.children for t in turns],
-        a.discount,
-        solved=[t.solved for t in turns],
-        num_turns=a.num_turns,
-        dropped=[t.dropped for t in turns],
-    )
+    returns = turn_returns(turns, a.discount, a.num_turns)
     # 3. + 4. per agent: its advantages, then its update (vLLM engines asleep on a GPU meanwhile)
     started = time.perf_counter()
-
-    def advantages_and_update(i: int) -> tuple[list[torch.Tensor], dict[str, float]]:
-        mine = [
-            agent_advantages(
-                ret,
-                agent=i,
-                num_agents=len(team.agents),
-                joint_mode=a.joint_mode,
-                scaling=a.advantage_scaling,
-                cross_aggregation=a.cross_aggregation,
-                baseline=a.advantage_baseline,
-            )
-            for ret in returns
-        ]
-        return mine, update(i, [t.rollouts[i] for t in turns], mine)
-
-    jobs = [lambda i=i: advantages_and_update(i) for i in range(len(team.agents))]
     with engines_asleep(team.agents):
-        done = in_split_threads(jobs) if updates_at_once(team) else [job() for job in jobs]
-    advantages, agent_figures = [mine for mine, _ in done], [figures for _, figures in done]
+        if team.critics:  # IAC, MAAC: the baseline is a critic's value of the node, not the group's mean
+            advantages, critic_batches = critic_step(
+                team.critics,
+                team.agents,
+                turns,
+                gamma=a.discount,
+                num_turns=a.num_turns,
+                lam=a.critic_lambda,
+                normalise=a.normalise_critic_advantages,
+                chunk=a.update_micro_batch_size,
+                autocast=lambda device: update_autocast(team, device),
+            )
+        else:
+            advantages = [
+                [
+                    agent_advantages(
+                        ret,
+                        agent=i,
+                        num_agents=len(team.agents),
+                        joint_mode=a.joint_mode,
+                        scaling=a.advantage_scaling,
+                        cross_aggregation=a.cross_aggregation,
+                        baseline=a.advantage_baseline,
+                    )
+                    for ret in returns
+                ]
+                for i in range(len(team.agents))
+            ]
+            critic_batches = {}
+        jobs = [
+            lambda i=i: update(
+                i,
+                [t.rollouts[i] for t in turns],
+                advantages[i],
+                **({"critic": critic_batches[i]} if i in critic_batches else {}),
+            )
+            for i in range(len(team.agents))
+        ]
+        agent_figures = in_split_threads(jobs) if updates_at_once(team) else [job() for job in jobs]
     return StepOutput(turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started)
 
 
@@ -176,7 +195,11 @@ def updates_at_once(team: Team) -> bool:
 
 
 def update_agent(
-    team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
+    team: Team,
+    index: int,
+    rollouts: Sequence[Rollout],
+    advantages: Sequence[torch.Tensor],
+    critic: CriticBatch | None = None,
 ) -> dict[str, float]:
     """``num_iterations`` AdamW steps of agent ``index`` (one: the paper's) on its completions of
     every turn: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * G]``, row p * G + g) are its samples
@@ -188,6 +211,10 @@ def update_agent(
     gradient for them); when no completion carries a signal there is no gradient and no optimiser
     step (no momentum or weight-decay move without a learning signal). Gradients are freed after
     each step: between updates an agent holds none. The figures are means over the steps.
+
+    ``critic``: the critic whose head sits on this agent's model (IAC, MAAC) and what it trains
+    on; its value loss (``value_loss_coef`` times :func:`critic_loss_sum`) joins the agent's loss
+    in every optimiser step, its head a parameter group of the agent's optimiser.
     """
     a, ranks = team.args, team.ranks
     agent, optimizer = team.agents[index], team.optimizers[index]
@@ -202,7 +229,8 @@ def update_agent(
     width = max(x.completion_mask.shape[1] for x in rollouts)
     all_masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
     normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_type, a.max_new_tokens), device)
-    params = agent.trainable_parameters()
+    params = agent.trainable_parameters() + (list(critic.critic.head.parameters()) if critic else [])
+    value_count = ranks.sum(critic.num_targets, device) if critic else 0
     optimizer.zero_grad(set_to_none=True)
     # micro-batches of the counted completions that carry a learning signal
     work = [
@@ -213,27 +241,25 @@ def update_agent(
         .split(a.update_micro_batch_size)
         if len(chunk)
     ]
-    if not ranks.sum(len(work), device):  # no rank has a signal: no pass, no step
+    if not ranks.sum(len(work), device) and not critic:  # no rank has a signal: no pass, no step
         return {"loss": 0.0, "grad_norm": 0.0}
     idle = ranks.idle_passes(len(work), device)
     tally = UpdateTally()
     memos: list[dict[str, torch.Tensor]] = [{} for _ in work]  # per micro-batch: pi_old, pi_ref
-    losses, grad_norms = [], []
-    autocast = (
-        torch.autocast(device.type, dtype=team.precision.autocast)
-        if team.precision.autocast is not None
-        else contextlib.nullcontext()
-    )
+    losses, grad_norms, value_losses = [], [], []
     for _ in range(a.num_iterations):
         loss_total = 0.0
         # dropout off: the update scores the policy that sampled (which samples in eval mode)
-        with agent.with_own_adapter() as on, scoring_mode(on) as model, autocast:
+        with agent.with_own_adapter() as on, scoring_mode(on) as model, update_autocast(team, device):
             for (rollout, adv, rows), memo in zip(work, memos):
                 loss = chunk_loss(team, agent, model, rollout, adv, rows, tally, memo) / normaliser
                 loss.backward()
                 loss_total += float(loss.detach())
             for _ in range(idle):
                 ranks.idle_pass(model, device)
+            if critic:
+                value_losses.append(ranks.sum(critic_loss_sum(team, model, critic, value_count), device))
+                loss_total += a.value_loss_coef * value_losses[-1]
         losses.append(ranks.sum(loss_total, device))
         ranks.sum_gradients(params)  # the global step's gradient: the sum of every rank's share
         grad_norms.append(ranks.clip_gradients(params, a.max_grad_norm))
@@ -241,7 +267,40 @@ def update_agent(
         optimizer.zero_grad(set_to_none=True)
     agent.sync_sampling_copy()
     tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
-    return {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
+    figures = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
+    if critic:
+        figures.update(value_loss=sum(value_losses) / len(value_losses), **critic.figures())
+    return figures
+
+
+def update_autocast(team: Team, device: torch.device) -> contextlib.AbstractContextManager:
+    """The update's forward passes' precision on ``device``: the run's autocast, or none."""
+    if team.precision.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=team.precision.autocast)
+
+
+def critic_loss_sum(team: Team, model: torch.nn.Module, batch: CriticBatch, count: int) -> float:
+    """Backpropagate this rank's share of the critic's value loss on ``model`` (its host, in
+    scoring mode): 0.5 * (V - R_j)^2 summed over the J joint actions' returns of every node of
+    every turn and divided by ``count`` (the targets of every rank), times ``value_loss_coef``;
+    with ``critic_value_clip``, PPO's clipped value loss against the values the advantages were
+    made with. Returns this rank's share of the un-weighted value loss."""
+    a = team.args
+    total = 0.0
+    for ids, mask, old, targets in zip(batch.prompt_ids, batch.prompt_mask, batch.old_values, batch.targets):
+        width = targets.shape[1]  # every joint action's return is a target of its node's value
+        for rows in torch.arange(ids.shape[0], device=ids.device).split(a.update_micro_batch_size):
+            values = chunked_values(model, batch.critic.head, ids[rows], mask[rows], len(rows))
+            loss = value_loss(
+                values.repeat_interleave(width),
+                targets[rows.cpu()].reshape(-1).to(values.device),
+                old[rows.cpu()].repeat_interleave(width).to(values.device),
+                a.critic_value_clip,
+            ) * (len(rows) * width / count)
+            (a.value_loss_coef * loss).backward()
+            total += float(loss.detach())
+    return total
 
 
 def counted_rows(agent: AgentPolicy, rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
@@ -355,7 +414,9 @@ __all__ = [
     "UpdateFn",
     "chunk_loss",
     "counted_rows",
+    "critic_loss_sum",
     "magrpo_step",
     "micro_batch_logprobs",
     "update_agent",
+    "update_autocast",
 ]

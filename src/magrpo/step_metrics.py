@@ -26,6 +26,10 @@ AGENT_FIGURES = (
     "clip_high_fraction",
     "ratio_mean",
     "kl",
+    # IAC, MAAC: the critic this agent hosts, before its update
+    "value_loss",
+    "value_mean",
+    "explained_variance",
 )
 
 

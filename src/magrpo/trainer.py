@@ -17,6 +17,7 @@ import torch
 
 from magrpo import distributed, run
 from magrpo.config import MAGRPOConfig
+from magrpo.critics.critic import CriticBatch, save_heads
 from magrpo.data import ItemOrder, as_items
 from magrpo.errors import ConfigError, DatasetError, RewardError
 from magrpo.eval.held_out import evaluate_team
@@ -173,10 +174,15 @@ class MAGRPOTrainer:
         return metrics, step_samples(out)
 
     def update_agent(
-        self, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
+        self,
+        index: int,
+        rollouts: Sequence[Rollout],
+        advantages: Sequence[torch.Tensor],
+        critic: CriticBatch | None = None,
     ) -> dict[str, float]:
-        """One AdamW step of agent ``index`` on its completions of every turn (see :func:`magrpo.step.update_agent`)."""
-        return update_one_agent(self.team, index, rollouts, advantages)
+        """One AdamW step of agent ``index`` on its completions of every turn, with the value loss
+        of the ``critic`` it hosts (IAC, MAAC; see :func:`magrpo.step.update_agent`)."""
+        return update_one_agent(self.team, index, rollouts, advantages, critic)
 
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
@@ -195,7 +201,8 @@ class MAGRPOTrainer:
         return run.write_checkpoint(self, directory)
 
     def save(self, directory: str | Path | None = None) -> Path:
-        """Each agent to ``directory/agent_i`` (transformers or peft loads it directly). Sharded
+        """Each agent to ``directory/agent_i`` (transformers or peft loads it directly), each
+        critic's value head (IAC, MAAC) to ``directory/<critic>/value_head.safetensors``. Sharded
         agents: every rank calls it (their weights are gathered), rank 0 writes."""
         directory = Path(directory or RunFolder(self.args.output_dir).final)
         team = self.team
@@ -204,6 +211,7 @@ class MAGRPOTrainer:
             return directory
         for i, agent in enumerate(team.agents):
             save_agent(agent, directory / agent.name, state_dict=whole[i][0] if whole else None)
+        save_heads(team.critics, directory)
         (directory / "trainer_state.json").write_text(
             json.dumps({"step": self.step, "agents": [a.name for a in team.agents]}, indent=2)
         )

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from magrpo.advantages import cross_joint_indices
+from magrpo.advantages import cross_joint_indices, tree_returns
 from magrpo.choices import EXPANSIONS, JOINT_MODES, check_choice
 from magrpo.envs.base import MultiAgentEnv, StepResult, observe_batch, step_batch
 from magrpo.envs.check import check_observations, check_step_result
@@ -162,6 +162,28 @@ def expand_tree(
     return turns
 
 
+def turn_returns(
+    turns: Sequence[Turn],
+    gamma: float,
+    num_turns: int,
+    values: Sequence[torch.Tensor] | None = None,
+    lam: float = 1.0,
+) -> list[torch.Tensor]:
+    """The discounted return of every joint action of ``turns`` (``[P_t, J]`` per turn):
+    :func:`magrpo.advantages.tree_returns` over the tree's rewards, branches, solved and dropped
+    branches; with a critic's node ``values`` and ``lam`` < 1, its TD(lambda) returns."""
+    return tree_returns(
+        [t.rewards for t in turns],
+        [t.children for t in turns],
+        gamma,
+        solved=[t.solved for t in turns],
+        num_turns=num_turns,
+        dropped=[t.dropped for t in turns],
+        values=values,
+        lam=lam,
+    )
+
+
 def _node_keys(item_keys: Sequence[int], roots: Sequence[int], turn: int) -> list[int]:
     """A key per node: its item's key, the turn and its place among that item's nodes (nodes of
     one item are adjacent and in the same order however the items are batched)."""
@@ -192,4 +214,4 @@ def _joint_actions_to_expand(
     return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), place[j]))[:k])
 
 
-__all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions"]
+__all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions", "turn_returns"]

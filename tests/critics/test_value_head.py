@@ -73,3 +73,13 @@ def test_a_critic_learns_which_observations_pay_its_explained_variance_rises(tin
         optimiser.step()
     print(f"explained variance: first {history[0]:.3f}, step 20 {history[20]:.3f}, last {history[-1]:.3f}")
     assert history[0] <= 0.0 and history[-1] > 0.95
+
+
+def test_the_head_values_in_float32_under_bf16_autocast():
+    head = ValueHead(8)
+    torch.nn.init.normal_(head.score.weight)
+    hidden = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = head(hidden)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, head(hidden), rtol=0, atol=0)

@@ -27,7 +27,9 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
+        # in the head's own precision even under autocast: a bf16 value would round R - V
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
 
 
 def observation_values(

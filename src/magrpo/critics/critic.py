@@ -1,0 +1,203 @@
+"""The critics of a team (IAC, MAAC) and what they do in a step: value the nodes of the rollout
+tree, turn the tree's returns into the actors' advantages A = R - V, and hand each critic the
+observations and targets its value loss trains on.
+
+    IAC   one critic per agent, a value head on that agent's own model, reading the agent's own
+          observation (its prompt at the turn: task, history and feedback)
+    MAAC  one centralised critic, a value head on the first agent's model, reading the joint
+          observation (every agent's prompt at the turn)
+
+A head on an agent's model is trained with that agent's update (one loss, one backward pass,
+one optimiser in which the head is a parameter group at ``critic_learning_rate``): the value
+loss reaches the shared body too (with LoRA, the adapter), as in PPO with a shared trunk; the
+actor's loss never reaches the head (the advantages take the values as constants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from magrpo.critics.targets import critic_advantages, explained_variance, normalise_advantages
+from magrpo.critics.value_head import ValueHead, observation_values
+from magrpo.errors import CheckpointError
+from magrpo.logprobs import scoring_mode, trim_left
+from magrpo.models import AgentPolicy
+from magrpo.tree import Turn, turn_returns
+
+#: the value-head weights' file in a checkpoint's (and the final weights') critic folder
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+@dataclass
+class Critic:
+    """One critic: a value head on the model of agent ``host``, reading that agent's own
+    observations (``joint=False``, IAC) or the team's joint observation (``joint=True``, MAAC)."""
+
+    name: str
+    head: ValueHead
+    host: int
+    joint: bool
+
+
+@dataclass
+class CriticBatch:
+    """What one critic trains on in a step, per turn: the observations it valued (left-padded ids
+    ``[P_t, L]``), their values when the advantages were made (``[P_t]``) and the returns of
+    each node's joint actions, the targets (``[P_t, J]``)."""
+
+    critic: Critic
+    prompt_ids: list[torch.Tensor]
+    prompt_mask: list[torch.Tensor]
+    old_values: list[torch.Tensor]
+    targets: list[torch.Tensor]
+
+    @property
+    def num_targets(self) -> int:
+        return sum(t.numel() for t in self.targets)
+
+    def figures(self) -> dict[str, float]:
+        """The critic's figures before its update: the mean value, and how much of the returns'
+        variance the values explain (1: all, 0: no better than their mean)."""
+        values = torch.cat([v.repeat_interleave(t.shape[1]) for v, t in zip(self.old_values, self.targets)])
+        targets = torch.cat([t.reshape(-1) for t in self.targets])
+        return {
+            "value_mean": float(torch.cat(self.old_values).double().mean()),
+            "explained_variance": explained_variance(values, targets),
+        }
+
+
+def make_critics(agents: Sequence[AgentPolicy], algorithm: str) -> list[Critic]:
+    """The critics ``algorithm`` trains: none for MAGRPO, one per agent for IAC, one for the team
+    (on the first agent's model) for MAAC. Zero-initialised heads: V = 0 at the start."""
+
+    def head_on(agent: AgentPolicy) -> ValueHead:
+        return ValueHead(agent.model.config.hidden_size).to(agent.device)
+
+    if algorithm == "iac":
+        return [Critic(f"{agent.name}_critic", head_on(agent), host=i, joint=False) for i, agent in enumerate(agents)]
+    if algorithm == "maac":
+        return [Critic("team_critic", head_on(agents[0]), host=0, joint=True)]
+    return []
+
+
+def critic_of(critics: Sequence[Critic], agent: int) -> Critic:
+    """The critic whose values are agent ``agent``'s baseline: its own (IAC) or the team's (MAAC)."""
+    return critics[0] if critics[0].joint else critics[agent]
+
+
+def joint_observation(names: Sequence[str], prompts: Sequence[str]) -> str:
+    """Every agent's observation at one node, as one text for a centralised critic."""
+    return "\n\n".join(f"[{name}]\n{prompt}" for name, prompt in zip(names, prompts))
+
+
+def critic_observations(critic: Critic, agents: Sequence[AgentPolicy], turn: Turn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observations ``critic`` values at ``turn``, one per node, left-padded ``[P, L]``: the
+    host's own prompt ids as it sampled from them, or the joint observation's tokens."""
+    if not critic.joint:
+        rollout = turn.rollouts[critic.host]
+        return rollout.prompt_ids, rollout.prompt_mask
+    host = agents[critic.host]
+    texts = [
+        joint_observation([a.name for a in agents], [r.prompts[p] for r in turn.rollouts])
+        for p in range(turn.num_nodes)
+    ]
+    # the rendered prompts carry their chat templates' special tokens already
+    batch = host.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return batch["input_ids"].to(host.device), batch["attention_mask"].to(host.device)
+
+
+def chunked_values(
+    model: torch.nn.Module, head: ValueHead, ids: torch.Tensor, mask: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """V of every observation ``[B]``, ``chunk`` observations per forward pass (each trimmed of
+    the padding it does not need), with whatever gradient mode the caller set."""
+    values = []
+    for rows in torch.arange(ids.shape[0], device=ids.device).split(chunk):
+        part_ids, part_mask = trim_left(ids[rows], mask[rows])
+        values.append(observation_values(model, head, part_ids, part_mask))
+    return torch.cat(values)
+
+
+def value_the_tree(
+    critic: Critic, agents: Sequence[AgentPolicy], turns: Sequence[Turn], chunk: int, autocast
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The critic's observations and values (float32, no gradient) of every node of every turn."""
+    host = agents[critic.host]
+    observed = [critic_observations(critic, agents, turn) for turn in turns]
+    values = []
+    with torch.no_grad(), host.with_own_adapter() as on, scoring_mode(on) as model, autocast(host.device):
+        for ids, mask in observed:
+            values.append(chunked_values(model, critic.head, ids, mask, chunk).float())
+    return [ids for ids, _ in observed], [mask for _, mask in observed], values
+
+
+def critic_step(
+    critics: Sequence[Critic],
+    agents: Sequence[AgentPolicy],
+    turns: Sequence[Turn],
+    *,
+    gamma: float,
+    num_turns: int,
+    lam: float,
+    normalise: bool,
+    chunk: int,
+    autocast,
+) -> tuple[list[list[torch.Tensor]], dict[int, CriticBatch]]:
+    """Every agent's advantages at every turn (``[P_t * J]``, row p * J + j) from its critic's
+    values, and each host agent's :class:`CriticBatch`. Each critic's targets are the tree's
+    returns with its own values for TD(lambda) (``lam`` = 1: Monte-Carlo)."""
+    batches: dict[int, CriticBatch] = {}
+    for critic in critics:
+        ids, mask, values = value_the_tree(critic, agents, turns, chunk, autocast)
+        returns = turn_returns(turns, gamma, num_turns, values=values, lam=lam)
+        batches[critic.host] = CriticBatch(critic, ids, mask, values, returns)
+    advantages = []
+    for i in range(len(agents)):
+        batch = batches[critic_of(critics, i).host]
+        mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
+        if normalise:  # over the whole step's advantages of this agent, then back into turns
+            flat = normalise_advantages(torch.cat(mine))
+            mine = list(flat.split([m.numel() for m in mine]))
+        advantages.append(mine)
+    return advantages, batches
+
+
+def save_heads(critics: Sequence[Critic], directory: Path) -> None:
+    """Each critic's head to ``directory/<critic name>/value_head.safetensors``."""
+    from safetensors.torch import save_file
+
+    for critic in critics:
+        (directory / critic.name).mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
+        save_file(state, directory / critic.name / VALUE_HEAD_FILE)
+
+
+def load_heads(critics: Sequence[Critic], directory: Path) -> None:
+    """Put each critic's head back from :func:`save_heads`' files, naming what is missing."""
+    from safetensors.torch import load_file
+
+    for critic in critics:
+        path = directory / critic.name / VALUE_HEAD_FILE
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {str(directory)!r} has no value head for {critic.name!r} ({path.name})")
+        critic.head.load_state_dict(load_file(path, device=str(next(critic.head.parameters()).device)))
+
+
+__all__ = [
+    "VALUE_HEAD_FILE",
+    "Critic",
+    "CriticBatch",
+    "chunked_values",
+    "critic_observations",
+    "critic_of",
+    "critic_step",
+    "joint_observation",
+    "load_heads",
+    "make_critics",
+    "save_heads",
+    "value_the_tree",
+]

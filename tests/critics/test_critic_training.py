@@ -1,0 +1,256 @@
+"""IAC and MAAC in the trainer: the advantages are the tree's returns less the critic's value of
+each node, computed by hand from the models' hidden states (one turn, and two turns with TD(lambda)
+targets); MAAC's one critic reads every agent's observation; the value loss trains the heads at
+their own rate; a critic's explained variance rises on a task built for it; both algorithms
+learn a cooperative task from one sample per item; bad settings stop before any compute."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
+from magrpo.critics.critic import joint_observation
+from magrpo.feedback import CallableFeedback
+from magrpo.logprobs import position_ids_from_mask
+from magrpo.models import build_agents
+from tests.conftest import letter_count_reward, make_tiny_model, make_tiny_tokenizer
+from tests.test_trainer import train_cooperative
+
+ITEMS = [{"q": w} for w in ("q a", "b", "c q", "a b c")]
+
+
+def critic_trainer(agents, tmp_path, reward=letter_count_reward, items=ITEMS, feedback=None, **config):
+    args = MAGRPOConfig(
+        **{
+            "num_generations": 2,
+            "batch_size": 2,
+            "max_new_tokens": 3,
+            "learning_rate": 1e-2,
+            "max_steps": 1,
+            "seed": 3,
+            "output_dir": str(tmp_path),
+            "log_samples_steps": 0,
+            "save_steps": 0,
+            "save_minutes": 0,
+            "autocast": "no",
+            "rollout_dtype": "same",
+            **config,
+        }
+    )
+    return MAGRPOTrainer(
+        agents=agents,
+        reward_func=reward,
+        train_dataset=items,
+        formatters=[lambda x: x["q"]] * 2,
+        args=args,
+        feedback=feedback,
+    )
+
+
+def spy_on_updates(trainer):
+    """Record what each agent's update is handed (its advantages, its critic's batch)."""
+    seen = {}
+    update = trainer.update_agent
+
+    def recording(index, rollouts, advantages, critic=None):
+        seen[index] = {"rollouts": rollouts, "advantages": advantages, "critic": critic}
+        return update(index, rollouts, advantages, critic)
+
+    trainer.update_agent = recording
+    return seen
+
+
+def values_by_hand(model, head, ids, mask) -> torch.Tensor:
+    """w . h + b, h the last layer's (normed) hidden state at each observation's last token."""
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            output_hidden_states=True,
+        )
+        hidden = out.hidden_states[-1][:, -1].double()
+        return hidden @ head.score.weight.double()[0] + head.score.bias.double()[0]
+
+
+def random_heads(trainer, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    for critic in trainer.team.critics:
+        with torch.no_grad():
+            critic.head.score.weight.copy_(torch.randn(critic.head.score.weight.shape, generator=generator))
+            critic.head.score.bias.fill_(0.25)
+
+
+def test_iac_advantages_are_the_rewards_less_each_agents_own_value_of_its_observation(tiny_agents, tmp_path):
+    trainer = critic_trainer(tiny_agents, tmp_path, algorithm="iac", num_generations=1, batch_size=4)
+    random_heads(trainer)
+    assert [c.name for c in trainer.team.critics] == ["agent_0_critic", "agent_1_critic"]
+    # the models and heads as they valued the step (the update moves them)
+    models, heads = [copy.deepcopy(a.model) for a in tiny_agents], [copy.deepcopy(c.head) for c in trainer.team.critics]
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    for i in range(2):
+        (rollout,) = seen[i]["rollouts"]
+        (advantages,) = seen[i]["advantages"]
+        values = values_by_hand(models[i], heads[i], rollout.prompt_ids, rollout.prompt_mask)
+        rewards = torch.tensor(
+            letter_count_reward(completions=list(zip(seen[0]["rollouts"][0].texts, seen[1]["rollouts"][0].texts))),
+            dtype=torch.float64,
+        )
+        assert advantages.shape == (4,) and rewards.abs().sum() > 0
+        torch.testing.assert_close(advantages, rewards - values, rtol=0, atol=1e-5)
+        torch.testing.assert_close(seen[i]["critic"].old_values[0].double(), values, rtol=0, atol=1e-5)
+    # each agent's own critic: the two agents' values of the same items differ
+    assert not torch.allclose(seen[0]["advantages"][0], seen[1]["advantages"][0])
+
+
+def test_two_turn_td_lambda_returns_bootstrap_from_the_critics_value_of_the_next_node(tiny_agents, tmp_path):
+    lam, gamma = 0.5, 0.9
+    feedback = CallableFeedback(lambda request: ("more a", "more b"))
+    trainer = critic_trainer(
+        tiny_agents, tmp_path, feedback=feedback, algorithm="maac", num_turns=2, critic_lambda=lam, discount=gamma
+    )
+    random_heads(trainer)
+    (critic,) = trainer.team.critics
+    model, head = copy.deepcopy(tiny_agents[0].model), copy.deepcopy(critic.head)  # as they valued the step
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    assert set(seen) == {0, 1} and seen[1]["critic"] is None  # one critic, hosted by the first agent
+    batch = seen[0]["critic"]
+    values = [values_by_hand(model, head, ids, mask) for ids, mask in zip(batch.prompt_ids, batch.prompt_mask)]
+    for v, old in zip(values, batch.old_values):
+        torch.testing.assert_close(old.double(), v, rtol=0, atol=1e-5)
+    first, second = (r.double() for r in batch.targets)
+    # turn 2 is the last: its returns are its rewards; turn 1 bootstraps from V(child) by lambda
+    rewards = [
+        letter_count_reward(completions=list(zip(*(r.texts for r in rollouts))))
+        for rollouts in (
+            [seen[0]["rollouts"][0], seen[1]["rollouts"][0]],
+            [seen[0]["rollouts"][1], seen[1]["rollouts"][1]],
+        )
+    ]
+    torch.testing.assert_close(second.reshape(-1), torch.tensor(rewards[1], dtype=torch.float64))
+    children = 0
+    for p in range(first.shape[0]):
+        for j in range(first.shape[1]):
+            child = 2 * p + j  # full expansion: every joint action of turn 1 is a node of turn 2
+            future = (1 - lam) * values[1][child] + lam * second[child].mean()
+            expected = rewards[0][2 * p + j] + gamma * future
+            assert math.isclose(float(first[p, j]), float(expected), abs_tol=1e-5)
+            children += 1
+    assert children == 4
+    # MAAC: the same advantages for both agents, A = R - V(node), at each turn
+    for t in range(2):
+        torch.testing.assert_close(seen[0]["advantages"][t], seen[1]["advantages"][t], rtol=0, atol=0)
+        expected = (batch.targets[t].double() - values[t][:, None]).reshape(-1)
+        torch.testing.assert_close(seen[0]["advantages"][t], expected, rtol=0, atol=1e-5)
+
+
+def test_the_centralised_critic_reads_every_agents_observation(tiny_agents, tmp_path):
+    trainer = critic_trainer(tiny_agents, tmp_path, algorithm="maac")
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    batch = seen[0]["critic"]
+    tok = tiny_agents[0].tokenizer
+    for p, ids in enumerate(batch.prompt_ids[0]):
+        prompts = [seen[i]["rollouts"][0].prompts[p] for i in range(2)]
+        text = joint_observation(["agent_0", "agent_1"], prompts)
+        assert text == f"[agent_0]\n{prompts[0]}\n\n[agent_1]\n{prompts[1]}"
+        assert ids[batch.prompt_mask[0][p].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_the_value_loss_trains_a_fresh_head_at_the_critic_rate_toward_the_mean_return(tiny_agents, tmp_path):
+    # V = 0 at first: the bias's gradient is mean(V - R) = -mean(R), so Adam's first step moves it
+    # by the critic rate toward the mean return, whatever the actor's rate
+    rate = 0.02
+    trainer = critic_trainer(tiny_agents, tmp_path, algorithm="iac", critic_learning_rate=rate, learning_rate=1e-4)
+    seen = spy_on_updates(trainer)
+    history = trainer.train(progress=False)
+    for i, critic in enumerate(trainer.team.critics):
+        mean_return = float(seen[i]["critic"].targets[0].mean())
+        assert mean_return != 0
+        assert math.isclose(critic.head.score.bias.item(), math.copysign(rate, mean_return), rel_tol=1e-4)
+        groups = trainer.optimizers[i].param_groups
+        assert [g["lr"] for g in groups] == [1e-4, rate]
+        assert groups[1]["params"] == list(critic.head.parameters())
+        # the figures: a fresh head values everything at 0, so its loss is 0.5 * mean(R^2)
+        targets = seen[i]["critic"].targets[0]
+        assert history[0][f"agent_{i}/value_mean"] == 0.0
+        assert math.isclose(history[0][f"agent_{i}/value_loss"], float(0.5 * (targets**2).mean()), rel_tol=1e-5)
+        assert history[0][f"agent_{i}/explained_variance"] == 0.0
+
+
+def observation_pays(*, completions, prompts, **_):
+    # the return is fixed by the observation alone: 1 where it holds "a"
+    return [float("a" in prompt[0]) for prompt in prompts]
+
+
+def test_a_critic_learns_which_observations_pay_its_explained_variance_rises(tiny_agents, tmp_path):
+    trainer = critic_trainer(
+        tiny_agents,
+        tmp_path,
+        reward=observation_pays,
+        algorithm="maac",
+        num_generations=1,
+        batch_size=4,
+        max_steps=40,
+        learning_rate=0.0,
+        critic_learning_rate=0.05,
+    )
+    history = trainer.train(progress=False)
+    explained = [h["agent_0/explained_variance"] for h in history]
+    print("explained variance per step:", [round(e, 3) for e in explained[::5]])
+    assert explained[0] == 0.0  # a fresh head values every observation at 0
+    assert min(explained[-5:]) > 0.9
+
+
+@pytest.mark.parametrize("algorithm,generations,steps", [("iac", 1, 80), ("maac", 2, 60)])
+def test_critic_baselines_learn_a_cooperative_task_from_few_samples(
+    tiny_agents, tmp_path, algorithm, generations, steps
+):
+    # the MAGRPO learning test's task (chance about 1/36, 0.9 at the end), with 1 or 2 samples
+    # per item where MAGRPO takes 8
+    trainer, history = train_cooperative(
+        tiny_agents, tmp_path, algorithm=algorithm, num_generations=generations, max_steps=steps
+    )
+    value = sum(h["agent_0/value_mean"] for h in history[-5:]) / 5
+    print(f"{algorithm}: the critic's mean value over the last 5 steps {value:.3f}")
+    assert value > 0.5  # the critic followed the reward up
+    assert trainer.evaluate()["reward"] == 1.0
+
+
+def test_lora_agents_on_one_base_each_train_their_own_head_and_adapter(tmp_path):
+    tok = make_tiny_tokenizer()
+    base = make_tiny_model(len(tok), seed=3)
+    agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
+    frozen = {k: v.detach().clone() for k, v in base.named_parameters() if "lora" not in k}
+    adapters = [[p.detach().clone() for p in agent.trainable_parameters()] for agent in agents]
+    trainer = critic_trainer(agents, tmp_path, algorithm="iac")
+    trainer.train(progress=False)
+    for agent, before, critic in zip(agents, adapters, trainer.team.critics):
+        assert any(not torch.equal(b, p) for b, p in zip(before, agent.trainable_parameters()))
+        assert critic.head.score.bias.item() != 0.0
+    for k, v in base.named_parameters():
+        if "lora" not in k:
+            assert torch.equal(v, frozen[k]), k
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (dict(num_generations=1), "num_generations=1 with algorithm='magrpo': a group of one"),
+        (dict(algorithm="iac", joint_mode="cross"), "joint_mode='cross' is for algorithm='magrpo'"),
+        (dict(algorithm="maac", data_parallel="shard"), "data_parallel='shard' is for algorithm='magrpo'"),
+        (dict(algorithm="ppo"), "algorithm='ppo' is not valid; choose one of 'magrpo', 'iac', 'maac'"),
+        (dict(algorithm="iac", critic_lambda=1.5), "critic_lambda=1.5 is not valid; expected a number >= 0.0"),
+        (dict(algorithm="iac", value_loss_coef=0), "value_loss_coef=0 is not valid"),
+        (dict(algorithm="iac", critic_value_clip=0.0), "critic_value_clip=0.0 is not valid"),
+    ],
+)
+def test_bad_critic_settings_are_named_before_any_compute(config, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MAGRPOConfig(**config)
