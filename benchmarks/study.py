@@ -1,6 +1,9 @@
 """Does MAGRPO beat the alternatives? Train and evaluate, on the same held-out items and reward:
 
 - ``team``: the MAGRPO-trained team (each agent writes its part);
+- ``maac``, ``iac``: the same team trained on the same samples, reward and update, with a
+  critic's value as the baseline instead of the group's mean (``algorithm="maac"``: one
+  centralised critic on the joint observation; ``"iac"``: each agent its own critic);
 - ``single-grpo``: one model trained with the same trainer (one agent, same reward, same steps,
   G and number of generated tokens: N times one agent's token budget per completion) to write
   the whole joint answer, which the task cuts into the same parts;
@@ -14,6 +17,8 @@ seeds) and ``held_out.png`` (a bar chart of the held-out figures).
 
     .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 12 --output docs/results/summarize
     .venv/bin/python benchmarks/study.py --task coding --turns 2 ...   # the team with execution feedback
+    .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 15 --lr 2e-5 \
+        --systems team,maac,iac,parallel --output docs/results/critics   # MAGRPO vs MAAC vs IAC
     .venv/bin/python benchmarks/study.py ... --resume   # a study cut short: only the runs it lacks
 """
 
@@ -32,6 +37,9 @@ from typing import Any, Callable, Mapping, Sequence
 from magrpo.tasks import TASKS
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
+#: the team trained with each algorithm: system -> MAGRPOConfig.algorithm
+TEAM_ALGORITHMS = {"team": "magrpo", "maac": "maac", "iac": "iac"}
+TRAINED = (*TEAM_ALGORITHMS, "single-grpo")
 
 #: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
 T95 = [
@@ -111,7 +119,7 @@ def config(args, seed: int, out: Path, **overrides):
     return MAGRPOConfig(**values)
 
 
-def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
+def train_team(task, args, seed: int, train_items, held_out, out: Path, algorithm: str = "magrpo") -> dict[str, Any]:
     from magrpo import MAGRPOTrainer
 
     feedback = task.execution_feedback() if args.turns > 1 else None
@@ -134,15 +142,21 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path) -> dict[
             # generates args.turns times the one-turn team's tokens, not G ** turns times
             expand="best-k",
             expand_k=args.expand_k,
+            algorithm=algorithm,
+            critic_learning_rate=args.critic_lr,
         ),
     )
     history = trainer.train(progress=False)
     figures = trainer.evaluate()
-    return {
+    result = {
         "curve": [h["reward_mean"] for h in history],
         "held_out": figures,
         "tokens_generated": sum(h["tokens_generated"] for h in history),
     }
+    if algorithm != "magrpo":  # the (first agent's) critic per step: its mean value, the returns it explained
+        result["value_mean"] = [h["agent_0/value_mean"] for h in history]
+        result["explained_variance"] = [h["agent_0/explained_variance"] for h in history]
+    return result
 
 
 def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
@@ -261,7 +275,7 @@ def plot(out: Path, runs, table) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for system in ("team", "single-grpo"):
+    for system in TRAINED:
         curves = [s["curve"] for s in runs.get(system, []) if s["curve"]]
         if not curves:
             continue
@@ -308,9 +322,14 @@ def main() -> None:
     parser.add_argument("--expand-k", type=int, default=1, help="joint actions of a node continued to the next turn")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--critic-lr", type=float, default=1e-3, help="maac, iac: the value heads' learning rate")
     parser.add_argument("--train-items", type=int, default=None, help="use only the first N training items")
     parser.add_argument("--eval-items", type=int, default=8)
-    parser.add_argument("--systems", default="team,single-grpo," + ",".join(UNTRAINED))
+    parser.add_argument(
+        "--systems",
+        default="team,single-grpo," + ",".join(UNTRAINED),
+        help=f"comma-separated, of {', '.join((*TRAINED, *UNTRAINED))}",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
     parser.add_argument(
@@ -335,6 +354,9 @@ def main() -> None:
     train_items = task.load_split("train")[: args.train_items]
     held_out = task.load_split("eval")[: args.eval_items]
     systems = args.systems.split(",")
+    unknown = sorted(set(systems) - {*TRAINED, *UNTRAINED})
+    if unknown:
+        parser.error(f"--systems: {unknown} unknown; choose among {', '.join((*TRAINED, *UNTRAINED))}")
     args.output.mkdir(parents=True, exist_ok=True)
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
     if missing:
@@ -343,12 +365,15 @@ def main() -> None:
         gc.collect()
         write_outputs(args, task, runs, started)
     for seed in range(args.seeds):
-        for system, fn in (("team", train_team), ("single-grpo", train_single)):
+        for system in TRAINED:
             if system not in systems or any(r["seed"] == seed for r in runs.get(system, [])):
                 continue
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix=f"study-{system}-") as run_dir:  # weights are not kept
-                result = fn(task, args, seed, train_items, held_out, Path(run_dir))
+                if system == "single-grpo":
+                    result = train_single(task, args, seed, train_items, held_out, Path(run_dir))
+                else:
+                    result = train_team(task, args, seed, train_items, held_out, Path(run_dir), TEAM_ALGORITHMS[system])
             result.update(seed=seed, seconds=time.perf_counter() - t0)
             runs.setdefault(system, []).append(result)
             print(
@@ -402,7 +427,7 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
 
 def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
     """results.json, results.md and the plots of the runs finished so far."""
-    order = [s for s in ("team", "single-grpo", *UNTRAINED) if s in runs]
+    order = [s for s in (*TRAINED, *UNTRAINED) if s in runs]
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
     seconds = time.perf_counter() - started

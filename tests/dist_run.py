@@ -1,7 +1,8 @@
 """A small real training run for the data-parallel tests, under torchrun or alone:
 ``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
 of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
-turns with feedback, best-k); --shard:
+turns with feedback, best-k), critic (turns with IAC: a value head per agent, TD(lambda) targets,
+advantages normalised over the step); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         log_samples_steps=0,
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
-        **(dict(num_turns=2, expand="best-k", expand_k=2) if variant == "turns" else {}),
+        **(dict(num_turns=2, expand="best-k", expand_k=2) if variant in ("turns", "critic") else {}),
+        **(
+            dict(algorithm="iac", critic_lambda=0.5, normalise_critic_advantages=True, critic_learning_rate=1e-2)
+            if variant == "critic"
+            else {}
+        ),
     )
     feedback = (
-        CallableFeedback(lambda request: ("more a", f"turn {request.turn}: more q")) if variant == "turns" else None
+        CallableFeedback(lambda request: ("more a", f"turn {request.turn}: more q"))
+        if variant in ("turns", "critic")
+        else None
     )
     return MAGRPOTrainer(
         agents=agents,

@@ -51,6 +51,17 @@ def test_invalid_config_value_names_the_choices():
     assert code == 2 and "--set 'temperature' is not of the form FIELD=VALUE" in out
 
 
+def test_the_algorithm_is_a_flag_and_a_group_of_one_needs_a_critic():
+    code, out = run_cli("train", "--help")
+    assert "--algorithm" in out and "maac (one centralised critic)" in out
+    code, out = run_cli("train", "--algorithm", "ppo")
+    assert code == 2 and "algorithm='ppo' is not valid; choose one of 'magrpo', 'iac', 'maac'" in out
+    code, out = run_cli("train", "-G", "1")
+    assert code == 2 and "num_generations=1 with algorithm='magrpo': a group of one is its own baseline" in out
+    code, out = run_cli("train", "--algorithm", "iac", "--joint-mode", "cross")
+    assert code == 2 and "joint_mode='cross' is for algorithm='magrpo'" in out
+
+
 def test_config_file_with_an_unknown_field(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("num_generations: 4\nlearnin_rate: 0.1\n")

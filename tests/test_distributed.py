@@ -51,10 +51,11 @@ def finish(*procs: subprocess.Popen) -> None:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every saved weight: the agents' and the critics' value heads (IAC, MAAC)."""
     out = {}
-    for agent in ("agent_0", "agent_1"):
-        for shard in sorted((run_dir / "final" / agent).glob("*.safetensors")):
-            out.update({f"{agent}/{k}": v for k, v in load_file(shard).items()})
+    for folder in sorted(p for p in (run_dir / "final").iterdir() if p.is_dir()):
+        for shard in sorted(folder.glob("*.safetensors")):
+            out.update({f"{folder.name}/{k}": v for k, v in load_file(shard).items()})
     return out
 
 
@@ -95,7 +96,8 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 #: figures of the machine (wall-clock, memory), or of the update's float sums (summed over ranks
 #: in another order: equal to float32 rounding)
 MACHINE = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
-ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
+#: (and a critic's values: float32 forward passes over other batches)
+ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean", "/value_loss", "/value_mean", "/explained_variance")
 #: the same float64 values summed in another order (every rank's turns, one rank after the other)
 REORDERED = ("/advantage_mean", "/advantage_std")
 
@@ -146,7 +148,7 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns"])
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic"])
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))

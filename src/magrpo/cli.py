@@ -59,6 +59,7 @@ class TrainArgs:
     max_new_tokens: Optional[int]
     learning_rate: Optional[float]
     joint_mode: Optional[str]
+    algorithm: Optional[str]
     lora: Optional[bool]
     seed: Optional[int]
     output_dir: Optional[Path]
@@ -245,6 +246,12 @@ def train(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest completion, in tokens."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
     joint_mode: Optional[str] = typer.Option(None, "--joint-mode", help="aligned (G joint actions) or cross (G**N)."),
+    algorithm: Optional[str] = typer.Option(
+        None,
+        "--algorithm",
+        help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic) or maac "
+        "(one centralised critic); the critic algorithms take -G 1 and up.",
+    ),
     lora: Optional[bool] = typer.Option(
         None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."
     ),
@@ -302,7 +309,7 @@ def train(
     ),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Train a team with MAGRPO, evaluating it on held-out items before and after."""
+    """Train a team (MAGRPO, or a critic baseline: --algorithm), evaluating it on held-out items before and after."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc)
     args = TrainArgs(
@@ -314,6 +321,7 @@ def train(
         max_new_tokens=max_new_tokens,
         learning_rate=learning_rate,
         joint_mode=joint_mode,
+        algorithm=algorithm,
         lora=lora,
         seed=seed,
         output_dir=output_dir,
@@ -369,6 +377,7 @@ def _train(args: TrainArgs) -> None:
         max_new_tokens=args.max_new_tokens,
         learning_rate=args.learning_rate,
         joint_mode=args.joint_mode,
+        algorithm=args.algorithm,
         use_lora=args.lora,
         seed=args.seed,
         output_dir=_path_or_none(output_dir),

@@ -75,7 +75,8 @@ class RunLog:
         return self.folder.final
 
     def plot_rewards(self, history: Sequence[dict[str, Any]]) -> Path | None:
-        """reward_curve.png: mean joint reward per step with its min-max band."""
+        """reward_curve.png: mean joint reward per step with its min-max band, and each critic's
+        mean value of the nodes (IAC, MAAC), which should follow it (for one turn, the mean return)."""
         if not history:
             return None
         import matplotlib
@@ -89,6 +90,8 @@ class RunLog:
             steps, [h["reward_min"] for h in history], [h["reward_max"] for h in history], alpha=0.2, label="min-max"
         )
         ax.plot(steps, [h["reward_mean"] for h in history], marker="o", label="mean joint reward")
+        for key in [k for k in history[0] if k.endswith("/value_mean")]:
+            ax.plot(steps, [h.get(key, float("nan")) for h in history], linestyle="--", label=f"{key} (critic)")
         ax.set_xlabel("step")
         ax.set_ylabel("joint reward")
         ax.legend(loc="best")
@@ -127,7 +130,7 @@ def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A rich progress bar over ``total`` steps; the yielded function advances it by one step's metrics
-    (step, mean joint reward, completion tokens/s, elapsed and remaining time)."""
+    (step, mean joint reward, completion tokens/s, the critics' value loss, elapsed and remaining time)."""
     if not enabled:
         yield lambda metrics: None
         return
@@ -146,16 +149,24 @@ def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Call
         BarColumn(),
         TextColumn("reward {task.fields[reward]}"),
         TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("{task.fields[critic]}"),
         TimeElapsedColumn(),
         TextColumn("left"),
         TimeRemainingColumn(),
     )
     with Progress(*columns) as progress:
-        task = progress.add_task("train", total=total, completed=completed, reward="-", tps="-")
+        task = progress.add_task("train", total=total, completed=completed, reward="-", tps="-", critic="")
 
         def advance(metrics: dict[str, Any]) -> None:
+            # IAC, MAAC: how far the critics are from the returns (their mean value loss)
+            losses = [v for k, v in metrics.items() if k.endswith("/value_loss")]
+            critic = f"value loss {sum(losses) / len(losses):.3f}" if losses else ""
             progress.update(
-                task, advance=1, reward=f"{metrics['reward_mean']:+.3f}", tps=f"{metrics['tokens_per_second']:.0f}"
+                task,
+                advance=1,
+                reward=f"{metrics['reward_mean']:+.3f}",
+                tps=f"{metrics['tokens_per_second']:.0f}",
+                critic=critic,
             )
 
         yield advance

@@ -143,6 +143,7 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
                 normalise=a.normalise_critic_advantages,
                 chunk=a.update_micro_batch_size,
                 autocast=lambda device: update_autocast(team, device),
+                ranks=ranks,
             )
         else:
             advantages = [
@@ -257,10 +258,12 @@ def update_agent(
                 loss_total += float(loss.detach())
             for _ in range(idle):
                 ranks.idle_pass(model, device)
-            if critic:
-                value_losses.append(ranks.sum(critic_loss_sum(team, model, critic, value_count), device))
-                loss_total += a.value_loss_coef * value_losses[-1]
+            if critic:  # this rank's share of the value loss
+                value_share = critic_loss_sum(team, model, critic, value_count)
+                loss_total += a.value_loss_coef * value_share
         losses.append(ranks.sum(loss_total, device))
+        if critic:
+            value_losses.append(ranks.sum(value_share, device))
         ranks.sum_gradients(params)  # the global step's gradient: the sum of every rank's share
         grad_norms.append(ranks.clip_gradients(params, a.max_grad_norm))
         optimizer.step()
@@ -269,7 +272,7 @@ def update_agent(
     tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
     figures = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
     if critic:
-        figures.update(value_loss=sum(value_losses) / len(value_losses), **critic.figures())
+        figures.update(value_loss=sum(value_losses) / len(value_losses), **critic.figures(ranks))
     return figures
 
 

@@ -15,9 +15,10 @@ actor's loss never reaches the head (the advantages take the values as constants
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -26,6 +27,7 @@ from magrpo.critics.value_head import ValueHead, observation_values
 from magrpo.errors import CheckpointError
 from magrpo.logprobs import scoring_mode, trim_left
 from magrpo.models import AgentPolicy
+from magrpo.ranks import OneProcess
 from magrpo.tree import Turn, turn_returns
 
 #: the value-head weights' file in a checkpoint's (and the final weights') critic folder
@@ -59,13 +61,18 @@ class CriticBatch:
     def num_targets(self) -> int:
         return sum(t.numel() for t in self.targets)
 
-    def figures(self) -> dict[str, float]:
-        """The critic's figures before its update: the mean value, and how much of the returns'
-        variance the values explain (1: all, 0: no better than their mean)."""
-        values = torch.cat([v.repeat_interleave(t.shape[1]) for v, t in zip(self.old_values, self.targets)])
-        targets = torch.cat([t.reshape(-1) for t in self.targets])
+    def figures(self, ranks: OneProcess) -> dict[str, float]:
+        """The critic's figures before its update, over every rank's nodes (collective): the
+        mean value, and how much of the returns' variance the values explain (1: all, 0: no
+        better than their mean)."""
+        mine = (
+            torch.cat([v.cpu().repeat_interleave(t.shape[1]) for v, t in zip(self.old_values, self.targets)]),
+            torch.cat([t.cpu().reshape(-1) for t in self.targets]),
+            torch.cat([v.cpu() for v in self.old_values]),
+        )
+        values, targets, nodes = (torch.cat(parts) for parts in zip(*ranks.gather(mine)))
         return {
-            "value_mean": float(torch.cat(self.old_values).double().mean()),
+            "value_mean": float(nodes.double().mean()),
             "explained_variance": explained_variance(values, targets),
         }
 
@@ -123,7 +130,11 @@ def chunked_values(
 
 
 def value_the_tree(
-    critic: Critic, agents: Sequence[AgentPolicy], turns: Sequence[Turn], chunk: int, autocast
+    critic: Critic,
+    agents: Sequence[AgentPolicy],
+    turns: Sequence[Turn],
+    chunk: int,
+    autocast: Callable[[torch.device], contextlib.AbstractContextManager],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """The critic's observations and values (float32, no gradient) of every node of every turn."""
     host = agents[critic.host]
@@ -145,7 +156,8 @@ def critic_step(
     lam: float,
     normalise: bool,
     chunk: int,
-    autocast,
+    autocast: Callable[[torch.device], contextlib.AbstractContextManager],
+    ranks: OneProcess,
 ) -> tuple[list[list[torch.Tensor]], dict[int, CriticBatch]]:
     """Every agent's advantages at every turn (``[P_t * J]``, row p * J + j) from its critic's
     values, and each host agent's :class:`CriticBatch`. Each critic's targets are the tree's
@@ -159,8 +171,9 @@ def critic_step(
     for i in range(len(agents)):
         batch = batches[critic_of(critics, i).host]
         mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
-        if normalise:  # over the whole step's advantages of this agent, then back into turns
-            flat = normalise_advantages(torch.cat(mine))
+        if normalise:  # by the mean and std of this agent's whole step (every rank's), then back into turns
+            flat = torch.cat(mine)
+            flat = normalise_advantages(flat, reference=torch.cat(ranks.gather(flat.cpu())).to(flat.device))
             mine = list(flat.split([m.numel() for m in mine]))
         advantages.append(mine)
     return advantages, batches

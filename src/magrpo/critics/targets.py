@@ -24,13 +24,15 @@ def critic_advantages(returns: torch.Tensor, values: torch.Tensor) -> torch.Tens
     return (returns.to(torch.float64) - values.detach().to(torch.float64)[:, None]).reshape(-1)
 
 
-def normalise_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    """(A - mean) / std over the whole batch (the unbiased std), as PPO implementations do; a
+def normalise_advantages(advantages: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """(A - mean) / std (the unbiased std), as PPO implementations do, with the mean and std of
+    ``reference`` (the whole batch, every rank's share; default: ``advantages`` themselves); a
     batch of one, or without spread, is only centred."""
-    centred = advantages - advantages.mean()
-    if advantages.numel() < 2:
+    reference = advantages if reference is None else reference
+    centred = advantages - reference.mean()
+    if reference.numel() < 2:
         return centred
-    std = advantages.std()
+    std = reference.std()
     return centred / std if std > NORMALISE_EPS else centred
 
 
