@@ -154,8 +154,9 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path, algorith
         "tokens_generated": sum(h["tokens_generated"] for h in history),
     }
     if algorithm != "magrpo":  # the (first agent's) critic per step: its mean value, the returns it explained
-        result["value_mean"] = [h["agent_0/value_mean"] for h in history]
-        result["explained_variance"] = [h["agent_0/explained_variance"] for h in history]
+        critic = "team_critic" if algorithm == "maac" else "agent_0_critic"
+        result["value_mean"] = [h[f"{critic}/value_mean"] for h in history]
+        result["explained_variance"] = [h[f"{critic}/explained_variance"] for h in history]
     return result
 
 

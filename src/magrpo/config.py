@@ -81,9 +81,16 @@ class MAGRPOConfig:
     #: observation (a value head on the first agent's model) is every agent's baseline. The critics
     #: train with their host agent's update; IAC and MAAC take num_generations >= 1 (magrpo.critics)
     algorithm: str = "magrpo"
+    #: IAC, MAAC: the critics' own model (a causal LM folder or a model name; IAC: one copy per
+    #: agent), trained by its own AdamW after the agents; None: each value head sits on an agent's
+    #: model (IAC: its own; MAAC: the first agent's) and trains with that agent's update
+    critic_model: str | None = None
+    #: with critic_model: train a LoRA adapter on it (lora_r, lora_alpha, ...) instead of all its weights
+    critic_use_lora: bool = False
     #: IAC, MAAC: the weight of the value loss (0.5 * MSE) in its host agent's loss
     value_loss_coef: float = 0.5
-    #: IAC, MAAC: the value heads' learning rate (a parameter group of the host's optimiser)
+    #: IAC, MAAC: the critics' learning rate (a head on an agent's model: a parameter group of
+    #: that agent's optimiser; a critic model: its own optimiser's, constant)
     critic_learning_rate: float = 1e-3
     #: IAC, MAAC: lambda of the critic's TD(lambda) targets and returns (1: Monte-Carlo; 0: one-step
     #: r + discount * V(next node)); only multi-turn trees have a next node to bootstrap from
@@ -280,6 +287,16 @@ class MAGRPOConfig:
             raise ConfigError(
                 f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
                 f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
+            )
+        if self.algorithm == "magrpo" and (self.critic_model is not None or self.critic_use_lora):
+            raise ConfigError(
+                f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r} set up a critic, "
+                "which algorithm='magrpo' has none of: use algorithm='iac' or 'maac'"
+            )
+        if self.critic_use_lora and self.critic_model is None:
+            raise ConfigError(
+                "critic_use_lora=True trains an adapter on the critic's own model: give critic_model (a head on an "
+                "agent's model trains with that agent, LoRA or not)"
             )
         if self.algorithm != "magrpo" and self.data_parallel == "shard":
             raise ConfigError(
@@ -566,6 +583,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
     "algorithm": _one_of(ALGORITHMS),
+    "critic_use_lora": _flag,
     "value_loss_coef": _number(0.0, None, low_open=True),
     "critic_learning_rate": _number(0.0, None),
     "critic_lambda": _number(0.0, 1.0),

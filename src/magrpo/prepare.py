@@ -126,12 +126,39 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
                 "or data_parallel='replicate'"
             )
         attach_reference_models(built, args.reference_device)
-    critics = make_critics(built, args.algorithm)  # IAC, MAAC: value heads on their hosts' models
+    critics = make_critics(built, args.algorithm, _critic_models(built, args))  # IAC, MAAC
     optimizers = [
-        make_optimizer(agent, args, lr, heads=[c.head for c in critics if c.host == i])
+        make_optimizer(agent, args, lr, heads=[c.head for c in critics if c.host == i and c.model is None])
         for i, (agent, lr) in enumerate(zip(built, args.learning_rate_per_agent()))
     ]
+    for critic in critics:  # a critic model of its own: its own AdamW over it and its head
+        if critic.model is not None:
+            critic.optimizer = torch.optim.AdamW(
+                critic.parameters(),
+                lr=args.critic_learning_rate,
+                betas=(args.adam_beta1, args.adam_beta2),
+                weight_decay=args.weight_decay,
+            )
     return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), critics)
+
+
+def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[AgentPolicy] | None:
+    """IAC, MAAC with ``critic_model``: one model per critic (IAC: each on its agent's device;
+    LoRA critics share one base), else None (the heads sit on the agents' models)."""
+    if args.algorithm == "magrpo" or args.critic_model is None:
+        return None
+    hosts = agents if args.algorithm == "iac" else agents[:1]
+    return build_agents(
+        [args.critic_model] * len(hosts),
+        device=[str(agent.device) for agent in hosts],
+        dtype=args.dtype,
+        use_lora=args.critic_use_lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_target_modules=args.lora_target_modules,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
 
 
 def _build(agents: Sequence[Any], args: MAGRPOConfig) -> list[AgentPolicy]:

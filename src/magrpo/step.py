@@ -60,6 +60,8 @@ from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.threads import in_split_threads
 from magrpo.tree import Turn, expand_tree, turn_returns
 
+#: what a critic reports each step, under its own name
+CRITIC_FIGURES = ("value_loss", "value_mean", "explained_variance")
 #: update(agent index, its rollouts per turn, their advantages per turn[, critic=the CriticBatch of
 #: the critic it hosts]) -> the update's figures
 UpdateFn = Callable[..., dict[str, float]]
@@ -101,6 +103,8 @@ class StepOutput:
     agent_figures: list[dict[str, float]]
     rollout_seconds: float
     update_seconds: float
+    #: IAC, MAAC: each critic's figures (CRITIC_FIGURES), by its name
+    critic_figures: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: UpdateFn | None = None) -> StepOutput:
@@ -161,18 +165,27 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
                 ]
                 for i in range(len(team.agents))
             ]
-            critic_batches = {}
+            critic_batches = []
+        # a head on an agent's model trains in that agent's update; a critic model after them
+        hosted = {b.critic.host: b for b in critic_batches if b.critic.model is None}
         jobs = [
             lambda i=i: update(
-                i,
-                [t.rollouts[i] for t in turns],
-                advantages[i],
-                **({"critic": critic_batches[i]} if i in critic_batches else {}),
+                i, [t.rollouts[i] for t in turns], advantages[i], **({"critic": hosted[i]} if i in hosted else {})
             )
             for i in range(len(team.agents))
         ]
         agent_figures = in_split_threads(jobs) if updates_at_once(team) else [job() for job in jobs]
-    return StepOutput(turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started)
+        critic_figures = {
+            batch.critic.name: (
+                {k: agent_figures[batch.critic.host].pop(k) for k in CRITIC_FIGURES}
+                if batch.critic.model is None
+                else update_critic(team, batch)
+            )
+            for batch in critic_batches
+        }
+    return StepOutput(
+        turns, returns, advantages, agent_figures, rollout_seconds, time.perf_counter() - started, critic_figures
+    )
 
 
 def updates_at_once(team: Team) -> bool:
@@ -276,6 +289,29 @@ def update_agent(
     return figures
 
 
+def update_critic(team: Team, batch: CriticBatch) -> dict[str, float]:
+    """``num_iterations`` AdamW steps of a critic with a model of its own on its value loss (the
+    agents' updates are done: they do not see it); gradients summed over the ranks and clipped at
+    ``max_grad_norm``, as an agent's."""
+    a, ranks, critic = team.args, team.ranks, batch.critic
+    body, params = critic.model, critic.parameters()
+    count = ranks.sum(batch.num_targets, body.device)
+    losses, grad_norms = [], []
+    critic.optimizer.zero_grad(set_to_none=True)
+    for _ in range(a.num_iterations):
+        with body.with_own_adapter() as on, scoring_mode(on) as model, update_autocast(team, body.device):
+            losses.append(ranks.sum(critic_loss_sum(team, model, batch, count), body.device))
+        ranks.sum_gradients(params)
+        grad_norms.append(ranks.clip_gradients(params, a.max_grad_norm))
+        critic.optimizer.step()
+        critic.optimizer.zero_grad(set_to_none=True)
+    return {
+        "value_loss": sum(losses) / len(losses),
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+        **batch.figures(ranks),
+    }
+
+
 def update_autocast(team: Team, device: torch.device) -> contextlib.AbstractContextManager:
     """The update's forward passes' precision on ``device``: the run's autocast, or none."""
     if team.precision.autocast is None:
@@ -284,7 +320,7 @@ def update_autocast(team: Team, device: torch.device) -> contextlib.AbstractCont
 
 
 def critic_loss_sum(team: Team, model: torch.nn.Module, batch: CriticBatch, count: int) -> float:
-    """Backpropagate this rank's share of the critic's value loss on ``model`` (its host, in
+    """Backpropagate this rank's share of the critic's value loss on ``model`` (its body, in
     scoring mode): 0.5 * (V - R_j)^2 summed over the J joint actions' returns of every node of
     every turn and divided by ``count`` (the targets of every rank), times ``value_loss_coef``;
     with ``critic_value_clip``, PPO's clipped value loss against the values the advantages were
@@ -411,6 +447,7 @@ def reference_logprobs(
 
 
 __all__ = [
+    "CRITIC_FIGURES",
     "Precision",
     "StepOutput",
     "Team",
@@ -422,4 +459,5 @@ __all__ = [
     "micro_batch_logprobs",
     "update_agent",
     "update_autocast",
+    "update_critic",
 ]

@@ -26,10 +26,6 @@ AGENT_FIGURES = (
     "clip_high_fraction",
     "ratio_mean",
     "kl",
-    # IAC, MAAC: the critic this agent hosts, before its update
-    "value_loss",
-    "value_mean",
-    "explained_variance",
 )
 
 
@@ -63,6 +59,10 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         figures = {**update, **advantage_figures(advantages, team.args.num_generations)}
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
+    for critic in team.critics:  # IAC, MAAC: under the critic's own name
+        metrics.update({f"{critic.name}/{key}": value for key, value in out.critic_figures[critic.name].items()})
+        if critic.optimizer is not None:
+            metrics[f"{critic.name}/learning_rate"] = critic.optimizer.param_groups[0]["lr"]
     metrics.update(
         tokens_generated=tokens,
         rollout_seconds=out.rollout_seconds,

@@ -202,7 +202,8 @@ class MAGRPOTrainer:
 
     def save(self, directory: str | Path | None = None) -> Path:
         """Each agent to ``directory/agent_i`` (transformers or peft loads it directly), each
-        critic's value head (IAC, MAAC) to ``directory/<critic>/value_head.safetensors``. Sharded
+        critic's value head (IAC, MAAC) to ``directory/<critic>/value_head.safetensors`` (and its
+        own model, where it has one, beside it). Sharded
         agents: every rank calls it (their weights are gathered), rank 0 writes."""
         directory = Path(directory or RunFolder(self.args.output_dir).final)
         team = self.team
@@ -211,6 +212,9 @@ class MAGRPOTrainer:
             return directory
         for i, agent in enumerate(team.agents):
             save_agent(agent, directory / agent.name, state_dict=whole[i][0] if whole else None)
+        for critic in team.critics:  # IAC, MAAC: a critic model of its own, beside its head
+            if critic.model is not None:
+                save_agent(critic.model, directory / critic.name)
         save_heads(team.critics, directory)
         (directory / "trainer_state.json").write_text(
             json.dumps({"step": self.step, "agents": [a.name for a in team.agents]}, indent=2)

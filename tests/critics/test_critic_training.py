@@ -17,7 +17,7 @@ from magrpo.critics.critic import joint_observation
 from magrpo.feedback import CallableFeedback
 from magrpo.logprobs import position_ids_from_mask
 from magrpo.models import build_agents
-from tests.conftest import letter_count_reward, make_tiny_model, make_tiny_tokenizer
+from tests.conftest import letter_count_reward, make_tiny_model, make_tiny_tokenizer, save_tiny_model
 from tests.test_trainer import train_cooperative
 
 ITEMS = [{"q": w} for w in ("q a", "b", "c q", "a b c")]
@@ -179,9 +179,9 @@ def test_the_value_loss_trains_a_fresh_head_at_the_critic_rate_toward_the_mean_r
         assert groups[1]["params"] == list(critic.head.parameters())
         # the figures: a fresh head values everything at 0, so its loss is 0.5 * mean(R^2)
         targets = seen[i]["critic"].targets[0]
-        assert history[0][f"agent_{i}/value_mean"] == 0.0
-        assert math.isclose(history[0][f"agent_{i}/value_loss"], float(0.5 * (targets**2).mean()), rel_tol=1e-5)
-        assert history[0][f"agent_{i}/explained_variance"] == 0.0
+        assert history[0][f"agent_{i}_critic/value_mean"] == 0.0
+        assert math.isclose(history[0][f"agent_{i}_critic/value_loss"], float(0.5 * (targets**2).mean()), rel_tol=1e-5)
+        assert history[0][f"agent_{i}_critic/explained_variance"] == 0.0
 
 
 def observation_pays(*, completions, prompts, **_):
@@ -202,7 +202,7 @@ def test_a_critic_learns_which_observations_pay_its_explained_variance_rises(tin
         critic_learning_rate=0.05,
     )
     history = trainer.train(progress=False)
-    explained = [h["agent_0/explained_variance"] for h in history]
+    explained = [h["team_critic/explained_variance"] for h in history]
     print("explained variance per step:", [round(e, 3) for e in explained[::5]])
     assert explained[0] == 0.0  # a fresh head values every observation at 0
     assert min(explained[-5:]) > 0.9
@@ -217,7 +217,8 @@ def test_critic_baselines_learn_a_cooperative_task_from_few_samples(
     trainer, history = train_cooperative(
         tiny_agents, tmp_path, algorithm=algorithm, num_generations=generations, max_steps=steps
     )
-    value = sum(h["agent_0/value_mean"] for h in history[-5:]) / 5
+    critic = "team_critic" if algorithm == "maac" else "agent_0_critic"
+    value = sum(h[f"{critic}/value_mean"] for h in history[-5:]) / 5
     print(f"{algorithm}: the critic's mean value over the last 5 steps {value:.3f}")
     assert value > 0.5  # the critic followed the reward up
     assert trainer.evaluate()["reward"] == 1.0
@@ -239,6 +240,47 @@ def test_lora_agents_on_one_base_each_train_their_own_head_and_adapter(tmp_path)
             assert torch.equal(v, frozen[k]), k
 
 
+def test_a_critic_model_of_its_own_trains_on_its_value_loss_alone_and_the_agents_never_see_it(tmp_path):
+    # V = 0 at the first step, so A = R: the agents' update is MAGRPO's with no baseline, to the
+    # bit, while the critic model (another width, its own tokenizer and optimiser) learns
+    critic_dir = save_tiny_model(tmp_path / "critic-model", seed=9, hidden=48)
+    runs = {}
+    maac = dict(algorithm="maac", critic_model=critic_dir, critic_learning_rate=1e-2)
+    for name, config in {
+        "maac": maac,
+        "raw returns": dict(advantage_baseline="none"),
+        "maac, 2 steps": dict(maac, max_steps=2),
+    }.items():
+        tok = make_tiny_tokenizer()
+        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
+        trainer = critic_trainer(agents, tmp_path / name, **config)
+        seen = spy_on_updates(trainer)
+        history = trainer.train(progress=False)
+        runs[name] = (agents, trainer, seen, history)
+    agents, trainer, seen, history = runs["maac"]
+    (critic,) = trainer.team.critics
+    assert all(s["critic"] is None for s in seen.values())  # no agent's update trains it
+    for a, b in zip(agents, runs["raw returns"][0]):
+        for (key, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+            assert torch.equal(p, q), key
+    # the first step trains the head alone (through a zero head no gradient reaches the body),
+    # the second the body too
+    start = make_tiny_model(len(make_tiny_tokenizer()), seed=9, hidden=48).state_dict()
+    for run, moves in (("maac", False), ("maac, 2 steps", True)):
+        body = runs[run][1].team.critics[0].model.model.state_dict()
+        moved = max((body[k] - v).abs().max().item() for k, v in start.items())
+        assert (moved > 1e-3) if moves else moved == 0.0, (run, moved)
+    assert critic.head.score.bias.item() != 0.0
+    assert critic.optimizer.param_groups[0]["params"] == critic.parameters()
+    assert history[0]["team_critic/learning_rate"] == 1e-2 and history[0]["team_critic/grad_norm"] > 0
+    # its model is saved beside its head, and loads as any model
+    from transformers import AutoModelForCausalLM
+
+    final = tmp_path / "maac" / "final" / "team_critic"
+    assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 48
+    assert (final / "value_head.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     "config,message",
     [
@@ -249,6 +291,8 @@ def test_lora_agents_on_one_base_each_train_their_own_head_and_adapter(tmp_path)
         (dict(algorithm="iac", critic_lambda=1.5), "critic_lambda=1.5 is not valid; expected a number >= 0.0"),
         (dict(algorithm="iac", value_loss_coef=0), "value_loss_coef=0 is not valid"),
         (dict(algorithm="iac", critic_value_clip=0.0), "critic_value_clip=0.0 is not valid"),
+        (dict(critic_model="default"), "which algorithm='magrpo' has none of: use algorithm='iac' or 'maac'"),
+        (dict(algorithm="iac", critic_use_lora=True), "critic_use_lora=True trains an adapter on the critic's own"),
     ],
 )
 def test_bad_critic_settings_are_named_before_any_compute(config, message):

@@ -2,15 +2,22 @@
 tree, turn the tree's returns into the actors' advantages A = R - V, and hand each critic the
 observations and targets its value loss trains on.
 
-    IAC   one critic per agent, a value head on that agent's own model, reading the agent's own
-          observation (its prompt at the turn: task, history and feedback)
-    MAAC  one centralised critic, a value head on the first agent's model, reading the joint
-          observation (every agent's prompt at the turn)
+    IAC   one critic per agent, reading that agent's own observation (its prompt at the turn:
+          task, history and feedback)
+    MAAC  one centralised critic, reading the joint observation (every agent's prompt at the turn)
 
-A head on an agent's model is trained with that agent's update (one loss, one backward pass,
-one optimiser in which the head is a parameter group at ``critic_learning_rate``): the value
-loss reaches the shared body too (with LoRA, the adapter), as in PPO with a shared trunk; the
-actor's loss never reaches the head (the advantages take the values as constants).
+A critic is a value head on a language model's last hidden state, either
+
+- on an agent's own model (the default; MAAC's on the first agent's): trained with that agent's
+  update (one loss, one backward pass, one optimiser in which the head is a parameter group at
+  ``critic_learning_rate``), so the value loss reaches the shared body too (with LoRA, the
+  adapter), as in PPO with a shared trunk; or
+- on a critic model of its own (``critic_model``: any causal LM; with ``critic_use_lora`` an
+  adapter on it), with its own AdamW at ``critic_learning_rate``, updated after the agents; it
+  reads the observations' text through its own tokenizer, and the agents' weights never see the
+  value loss.
+
+Either way the actor's loss never reaches a critic: the advantages take the values as constants.
 """
 
 from __future__ import annotations
@@ -36,13 +43,25 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 @dataclass
 class Critic:
-    """One critic: a value head on the model of agent ``host``, reading that agent's own
-    observations (``joint=False``, IAC) or the team's joint observation (``joint=True``, MAAC)."""
+    """One critic: a value head reading the observations of agent ``host`` (``joint=False``,
+    IAC) or the team's joint observation (``joint=True``, MAAC), on the host's model, or on a
+    ``model`` of its own trained by its own ``optimizer``."""
 
     name: str
     head: ValueHead
     host: int
     joint: bool
+    model: AgentPolicy | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+    def body(self, agents: Sequence[AgentPolicy]) -> AgentPolicy:
+        """The model the head reads: the critic's own, or its host agent's."""
+        return self.model if self.model is not None else agents[self.host]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the critic's own optimiser trains: its model's trainable weights and its head
+        (a head on an agent's model: the head only, the body is the agent's)."""
+        return (self.model.trainable_parameters() if self.model is not None else []) + list(self.head.parameters())
 
 
 @dataclass
@@ -77,18 +96,25 @@ class CriticBatch:
         }
 
 
-def make_critics(agents: Sequence[AgentPolicy], algorithm: str) -> list[Critic]:
+def make_critics(
+    agents: Sequence[AgentPolicy], algorithm: str, models: Sequence[AgentPolicy] | None = None
+) -> list[Critic]:
     """The critics ``algorithm`` trains: none for MAGRPO, one per agent for IAC, one for the team
-    (on the first agent's model) for MAAC. Zero-initialised heads: V = 0 at the start."""
-
-    def head_on(agent: AgentPolicy) -> ValueHead:
-        return ValueHead(agent.model.config.hidden_size).to(agent.device)
-
-    if algorithm == "iac":
-        return [Critic(f"{agent.name}_critic", head_on(agent), host=i, joint=False) for i, agent in enumerate(agents)]
-    if algorithm == "maac":
-        return [Critic("team_critic", head_on(agents[0]), host=0, joint=True)]
-    return []
+    for MAAC; on the agents' models (MAAC: the first agent's) or on ``models`` (one per critic).
+    Zero-initialised heads: V = 0 at the start."""
+    if algorithm == "magrpo":
+        return []
+    hosts = range(len(agents)) if algorithm == "iac" else [0]
+    if models is not None and len(models) != len(hosts):
+        raise ValueError(f"{len(models)} critic models for {len(hosts)} critics of algorithm={algorithm!r}")
+    critics = []
+    for k, host in enumerate(hosts):
+        model = models[k] if models is not None else None
+        body = model if model is not None else agents[host]
+        head = ValueHead(body.model.config.hidden_size).to(body.device)
+        name = f"{agents[host].name}_critic" if algorithm == "iac" else "team_critic"
+        critics.append(Critic(name, head, host=host, joint=algorithm == "maac", model=model))
+    return critics
 
 
 def critic_of(critics: Sequence[Critic], agent: int) -> Critic:
@@ -102,19 +128,23 @@ def joint_observation(names: Sequence[str], prompts: Sequence[str]) -> str:
 
 
 def critic_observations(critic: Critic, agents: Sequence[AgentPolicy], turn: Turn) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observations ``critic`` values at ``turn``, one per node, left-padded ``[P, L]``: the
-    host's own prompt ids as it sampled from them, or the joint observation's tokens."""
-    if not critic.joint:
+    """The observations ``critic`` values at ``turn``, one per node, left-padded ``[P, L]``: a
+    head on its host's model reads the host's own prompt ids as it sampled from them; a joint
+    observation, or a critic model of its own, the prompts' text through its own tokenizer."""
+    if not critic.joint and critic.model is None:
         rollout = turn.rollouts[critic.host]
         return rollout.prompt_ids, rollout.prompt_mask
-    host = agents[critic.host]
-    texts = [
-        joint_observation([a.name for a in agents], [r.prompts[p] for r in turn.rollouts])
-        for p in range(turn.num_nodes)
-    ]
+    if critic.joint:
+        texts = [
+            joint_observation([a.name for a in agents], [r.prompts[p] for r in turn.rollouts])
+            for p in range(turn.num_nodes)
+        ]
+    else:
+        texts = list(turn.rollouts[critic.host].prompts)
+    body = critic.body(agents)
     # the rendered prompts carry their chat templates' special tokens already
-    batch = host.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    return batch["input_ids"].to(host.device), batch["attention_mask"].to(host.device)
+    batch = body.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return batch["input_ids"].to(body.device), batch["attention_mask"].to(body.device)
 
 
 def chunked_values(
@@ -137,10 +167,10 @@ def value_the_tree(
     autocast: Callable[[torch.device], contextlib.AbstractContextManager],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """The critic's observations and values (float32, no gradient) of every node of every turn."""
-    host = agents[critic.host]
+    body = critic.body(agents)
     observed = [critic_observations(critic, agents, turn) for turn in turns]
     values = []
-    with torch.no_grad(), host.with_own_adapter() as on, scoring_mode(on) as model, autocast(host.device):
+    with torch.no_grad(), body.with_own_adapter() as on, scoring_mode(on) as model, autocast(body.device):
         for ids, mask in observed:
             values.append(chunked_values(model, critic.head, ids, mask, chunk).float())
     return [ids for ids, _ in observed], [mask for _, mask in observed], values
@@ -158,18 +188,19 @@ def critic_step(
     chunk: int,
     autocast: Callable[[torch.device], contextlib.AbstractContextManager],
     ranks: OneProcess,
-) -> tuple[list[list[torch.Tensor]], dict[int, CriticBatch]]:
+) -> tuple[list[list[torch.Tensor]], list[CriticBatch]]:
     """Every agent's advantages at every turn (``[P_t * J]``, row p * J + j) from its critic's
-    values, and each host agent's :class:`CriticBatch`. Each critic's targets are the tree's
-    returns with its own values for TD(lambda) (``lam`` = 1: Monte-Carlo)."""
-    batches: dict[int, CriticBatch] = {}
+    values, and each critic's :class:`CriticBatch` (in the order of ``critics``). Each critic's
+    targets are the tree's returns with its own values for TD(lambda) (``lam`` = 1: Monte-Carlo)."""
+    batches = []
     for critic in critics:
         ids, mask, values = value_the_tree(critic, agents, turns, chunk, autocast)
         returns = turn_returns(turns, gamma, num_turns, values=values, lam=lam)
-        batches[critic.host] = CriticBatch(critic, ids, mask, values, returns)
+        batches.append(CriticBatch(critic, ids, mask, values, returns))
     advantages = []
+    by_critic = {id(batch.critic): batch for batch in batches}
     for i in range(len(agents)):
-        batch = batches[critic_of(critics, i).host]
+        batch = by_critic[id(critic_of(critics, i))]
         mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
         if normalise:  # by the mean and std of this agent's whole step (every rank's), then back into turns
             flat = torch.cat(mine)
@@ -180,7 +211,8 @@ def critic_step(
 
 
 def save_heads(critics: Sequence[Critic], directory: Path) -> None:
-    """Each critic's head to ``directory/<critic name>/value_head.safetensors``."""
+    """Each critic's head to ``directory/<critic name>/value_head.safetensors`` (beside its own
+    model's weights, where it has one)."""
     from safetensors.torch import save_file
 
     for critic in critics:
