@@ -4,9 +4,10 @@
 - ``maac``, ``iac``: the same team trained on the same samples, reward and update, with a
   critic's value as the baseline instead of the group's mean (``algorithm="maac"``: one
   centralised critic on the joint observation; ``"iac"``: each agent its own critic);
-- ``single-grpo``: one model trained with the same trainer (one agent, same reward, same steps,
-  G and number of generated tokens: N times one agent's token budget per completion) to write
-  the whole joint answer, which the task cuts into the same parts;
+- ``single-grpo``: centralised MAGRPO, one model trained with the same trainer (one agent, same
+  reward, same steps, G and number of generated tokens: N times one agent's token budget per
+  completion) to write the whole joint answer, which the task cuts into the same parts (as
+  ``magrpo train --centralised``, ``Task.centralised``);
 - the untrained prompt-only set-ups of ``magrpo.eval.setups``: ``parallel`` (the untrained team),
   ``sequential``, ``discussion``, ``single``.
 
@@ -32,9 +33,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from magrpo.tasks import TASKS
+from magrpo.tasks.base import whole_answer_scorer
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 #: the team trained with each algorithm: system -> MAGRPOConfig.algorithm
@@ -84,19 +86,6 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     df = len(values) - 1
     t = T95[df - 1] if df <= len(T95) else 1.96
     return mean, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def whole_answer_scorer(task) -> Callable[..., list[dict[str, Any]]]:
-    """The task's scorer for one agent writing the whole answer: its reply cut into the parts."""
-
-    def score(*, completions, prompts, **columns):
-        items = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        # one agent: its completion as a string, or as an assistant message after a chat prompt
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        joint = [task.split_single_answer(text, item) for text, item in zip(texts, items)]
-        return task.scorer(completions=joint, prompts=prompts, **columns)
-
-    return score
 
 
 def config(args, seed: int, out: Path, **overrides):
@@ -167,7 +156,7 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
     budget = args.max_new_tokens * task.num_agents * args.turns  # the team's tokens per joint answer
     trainer = MAGRPOTrainer(
         agents=[args.model],
-        scorer=whole_answer_scorer(task),
+        scorer=whole_answer_scorer(task),  # centralised MAGRPO (Task.centralised), at this study's budget
         formatters=[task.single_agent_formatter],
         train_dataset=train_items,
         args=config(args, seed, out, num_agents=1, max_new_tokens=budget),

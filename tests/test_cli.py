@@ -62,6 +62,15 @@ def test_the_algorithm_is_a_flag_and_a_group_of_one_needs_a_critic():
     assert code == 2 and "joint_mode='cross' is for algorithm='magrpo'" in out
 
 
+def test_centralised_magrpo_is_a_flag_and_a_task_name():
+    code, out = run_cli("train", "--help")
+    assert "--centralised" in out and "Centralised MAGRPO: one model writes the whole joint answer" in out
+    code, out = run_cli("eval", "--task", "poetry-centralised")
+    assert code == 2 and "unknown task 'poetry-centralised'; choose one of coding" in out
+    code, out = run_cli("train", "--task", "summarize", "--centralised", "--turns", "2")
+    assert code == 2 and "task 'summarize-centralised' has no execution feedback; use --feedback reviewer" in out
+
+
 def test_config_file_with_an_unknown_field(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("num_generations: 4\nlearnin_rate: 0.1\n")

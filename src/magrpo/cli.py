@@ -20,7 +20,7 @@ from rich.table import Table
 
 from magrpo.config import MAGRPOConfig, load_yaml_mapping
 from magrpo.run_folder import FINAL, RunFolder
-from magrpo.tasks import TASKS
+from magrpo.tasks import CENTRALISED, TASKS, check_task_name
 
 console = Console()
 app = typer.Typer(
@@ -59,6 +59,7 @@ class TrainArgs:
     max_new_tokens: Optional[int]
     learning_rate: Optional[float]
     joint_mode: Optional[str]
+    centralised: bool
     algorithm: Optional[str]
     lora: Optional[bool]
     seed: Optional[int]
@@ -246,6 +247,12 @@ def train(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest completion, in tokens."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
     joint_mode: Optional[str] = typer.Option(None, "--joint-mode", help="aligned (G joint actions) or cross (G**N)."),
+    centralised: bool = typer.Option(
+        False,
+        "--centralised",
+        help="Centralised MAGRPO: one model writes the whole joint answer (the single set-up's prompt, its reply cut "
+        "into the parts and scored as the team's, with the team's tokens); the task is then NAME-centralised.",
+    ),
     algorithm: Optional[str] = typer.Option(
         None,
         "--algorithm",
@@ -321,6 +328,7 @@ def train(
         max_new_tokens=max_new_tokens,
         learning_rate=learning_rate,
         joint_mode=joint_mode,
+        centralised=centralised,
         algorithm=algorithm,
         lora=lora,
         seed=seed,
@@ -366,9 +374,9 @@ def _train(args: TrainArgs) -> None:
         # the folder given is the run's, wherever it was started from or moved to
         output_dir = output_dir or resumed.path
     task = task or "coding"
-    if task not in TASKS:
-        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    task_obj = get_task(task)
+    if args.centralised and not task.endswith(CENTRALISED):
+        task += CENTRALISED
+    task_obj = get_task(task)  # an unknown name stops here, naming the choices
     flags = dict(
         num_agents=task_obj.num_agents,
         num_generations=args.num_generations,
@@ -601,8 +609,7 @@ def _evaluate(args: EvalArgs) -> None:
     from magrpo.tasks import get_task
 
     task, checkpoint, setup = args.task, args.checkpoint, args.setup
-    if task not in TASKS:
-        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    check_task_name(task)  # before anything loads
     if setup is not None:
         from magrpo.choices import SETUPS, check_choice
 

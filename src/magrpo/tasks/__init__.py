@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from magrpo.tasks.base import Task, columns_of
+from magrpo.tasks.base import CENTRALISED, Task, columns_of
 
 
 def _coding() -> Task:
@@ -40,10 +40,24 @@ TASKS: dict[str, tuple[str, Callable[[], Task]]] = {
 }
 
 
+def check_task_name(name: str) -> str:
+    """``name`` without its ``-centralised`` suffix, if it names a built-in task; else a
+    ValueError naming the choices (nothing is loaded)."""
+    base = name.removesuffix(CENTRALISED)
+    if base not in TASKS:
+        raise ValueError(
+            f"unknown task {name!r}; choose one of {', '.join(TASKS)} (each also as NAME{CENTRALISED}: one model "
+            "writes the whole answer)"
+        )
+    return base
+
+
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[name][1]()
+    """The task ``name``; ``NAME-centralised`` is task NAME written whole by one policy
+    (:meth:`Task.centralised`: centralised MAGRPO)."""
+    base = check_task_name(name)
+    task = TASKS[base][1]()
+    return task.centralised() if name != base else task
 
 
-__all__ = ["TASKS", "Task", "columns_of", "get_task"]
+__all__ = ["CENTRALISED", "TASKS", "Task", "check_task_name", "columns_of", "get_task"]

@@ -7,6 +7,7 @@ averaged by ``magrpo eval``. ``Task.reward_func`` exposes the plain reward-funct
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -76,5 +77,46 @@ class Task:
     ) -> list[float]:
         return [row["reward"] for row in self.scorer(completions=completions, prompts=prompts, **columns)]
 
+    def centralised(self) -> "Task":
+        """Centralised MAGRPO's task: one policy writes the whole joint answer (the ``single``
+        set-up's prompt), its reply is cut into the agents' parts and scored as the team's, with
+        the team's new tokens per joint answer (the agents' budget times their number)."""
+        if self.single_agent_formatter is None or self.split_single_answer is None:
+            raise ValueError(f"task {self.name!r} has no single-model prompt to train one policy on")
+        from magrpo.config import MAGRPOConfig
 
-__all__ = ["Scorer", "Task", "columns_of"]
+        default = MAGRPOConfig.__dataclass_fields__["max_new_tokens"].default
+        per_agent = self.config_overrides.get("max_new_tokens", default)
+        return dataclasses.replace(
+            self,
+            name=self.name + CENTRALISED,
+            description=f"{self.description}, written whole by one model",
+            agent_roles=("the whole answer",),
+            formatters=[self.single_agent_formatter],
+            scorer=whole_answer_scorer(self),
+            config_overrides={**self.config_overrides, "max_new_tokens": per_agent * self.num_agents},
+            # the task's own feedback reads the agents' parts: a centralised run revises after a reviewer
+            execution_feedback=None,
+            single_agent_formatter=None,
+            split_single_answer=None,
+        )
+
+
+#: the suffix of a task's centralised form (``summarize-centralised``: :meth:`Task.centralised`)
+CENTRALISED = "-centralised"
+
+
+def whole_answer_scorer(task: Task) -> Scorer:
+    """``task``'s scorer for one model writing the whole answer: its reply cut into the parts."""
+
+    def score(*, completions, prompts, **columns):
+        items = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        # one agent: its completion as a string, or as an assistant message after a chat prompt
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        joint = [task.split_single_answer(text, item) for text, item in zip(texts, items)]
+        return task.scorer(completions=joint, prompts=prompts, **columns)
+
+    return score
+
+
+__all__ = ["CENTRALISED", "Scorer", "Task", "columns_of", "whole_answer_scorer"]
