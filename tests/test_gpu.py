@@ -82,3 +82,28 @@ def test_agent_placement_puts_each_agent_on_its_own_gpu(tiny_tokenizer, tmp_path
         ),
     )
     trainer.train(progress=False)
+
+
+@pytest.mark.parametrize("algorithm", ["iac", "maac"])
+def test_critics_train_on_cuda_with_their_values_in_float32(tiny_tokenizer, tmp_path, algorithm):
+    agents = cuda_team(tiny_tokenizer)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}, {"q": "b"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(
+            algorithm=algorithm,
+            num_generations=1,
+            batch_size=2,
+            max_new_tokens=4,
+            max_steps=2,
+            output_dir=str(tmp_path),
+            save_steps=0,
+            save_minutes=0,
+        ),
+    )
+    history = trainer.train(progress=False)
+    for critic in trainer.team.critics:
+        assert critic.head.score.weight.device.type == "cuda" and critic.head.score.bias.item() != 0.0
+        assert history[-1][f"{critic.name}/value_loss"] > 0

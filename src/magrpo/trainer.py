@@ -134,6 +134,14 @@ class MAGRPOTrainer:
 
     @optimizers.setter
     def optimizers(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:  # e.g. another optimiser class
+        for critic in self.team.critics:  # a head on an agent's model trains in that agent's optimiser
+            given = {id(p) for group in optimizers[critic.host].param_groups for p in group["params"]}
+            if critic.model is None and any(id(p) not in given for p in critic.head.parameters()):
+                raise ConfigError(
+                    f"the optimiser given for {self.team.agents[critic.host].name} does not train the value head of "
+                    f"{critic.name} that sits on its model: add trainer.team.critics[...].head.parameters() to it "
+                    "(as a parameter group at critic_learning_rate)"
+                )
         self.team.optimizers = list(optimizers)
         self.team.schedulers = make_schedulers(self.team.optimizers, self.args)
 

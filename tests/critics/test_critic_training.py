@@ -298,3 +298,14 @@ def test_a_critic_model_of_its_own_trains_on_its_value_loss_alone_and_the_agents
 def test_bad_critic_settings_are_named_before_any_compute(config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         MAGRPOConfig(**config)
+
+
+def test_an_optimiser_that_leaves_out_a_hosted_head_is_refused(tiny_agents, tmp_path):
+    trainer = critic_trainer(tiny_agents, tmp_path, algorithm="maac")
+    plain = [torch.optim.SGD(agent.trainable_parameters(), lr=0.1) for agent in tiny_agents]
+    with pytest.raises(ConfigError, match="does not train the value head of team_critic that sits on its model"):
+        trainer.optimizers = plain
+    (critic,) = trainer.team.critics
+    plain[0].add_param_group({"params": list(critic.head.parameters()), "lr": 1e-3})
+    trainer.optimizers = plain
+    assert trainer.optimizers[0] is plain[0]

@@ -67,8 +67,8 @@ class Critic:
 @dataclass
 class CriticBatch:
     """What one critic trains on in a step, per turn: the observations it valued (left-padded ids
-    ``[P_t, L]``), their values when the advantages were made (``[P_t]``) and the returns of
-    each node's joint actions, the targets (``[P_t, J]``)."""
+    ``[P_t, L]``), their values when the advantages were made (``[P_t]``, float32 on the CPU,
+    beside the rewards) and the returns of each node's joint actions, the targets (``[P_t, J]``)."""
 
     critic: Critic
     prompt_ids: list[torch.Tensor]
@@ -172,7 +172,7 @@ def value_the_tree(
     values = []
     with torch.no_grad(), body.with_own_adapter() as on, scoring_mode(on) as model, autocast(body.device):
         for ids, mask in observed:
-            values.append(chunked_values(model, critic.head, ids, mask, chunk).float())
+            values.append(chunked_values(model, critic.head, ids, mask, chunk).float().cpu())
     return [ids for ids, _ in observed], [mask for _, mask in observed], values
 
 
