@@ -2,12 +2,13 @@
 ``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
 of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
 turns with feedback, best-k), critic (turns with IAC: a value head per agent, TD(lambda) targets,
-advantages normalised over the step); --shard:
+advantages normalised over the step), critic-model (MAAC with a LoRA critic model of its own); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from magrpo import MAGRPOConfig, MAGRPOTrainer, distributed
 from magrpo.feedback import CallableFeedback
 from magrpo.models import build_agents
-from tests.conftest import make_tiny_model, make_tiny_tokenizer
+from tests.conftest import make_tiny_model, make_tiny_tokenizer, save_tiny_model
 
 
 def reward(*, completions, **_):
@@ -60,6 +61,18 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         **(
             dict(algorithm="iac", critic_lambda=0.5, normalise_critic_advantages=True, critic_learning_rate=1e-2)
             if variant == "critic"
+            else {}
+        ),
+        **(
+            dict(
+                algorithm="maac",
+                # each rank its own copy of the same weights: ranks writing one folder at once would race
+                critic_model=save_tiny_model(f"{out_dir}-critic-rank{os.environ.get('RANK', '0')}", 6, hidden=48),
+                critic_use_lora=True,
+                lora_r=4,
+                critic_learning_rate=1e-2,
+            )
+            if variant == "critic-model"
             else {}
         ),
     )

@@ -97,7 +97,8 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 #: in another order: equal to float32 rounding)
 MACHINE = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
 #: (and a critic's values: float32 forward passes over other batches)
-ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean", "/value_loss", "/value_mean", "/explained_variance")
+ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
+ROUNDED += ("/value_loss", "/value_grad_norm", "/value_mean", "/explained_variance")
 #: the same float64 values summed in another order (every rank's turns, one rank after the other)
 REORDERED = ("/advantage_mean", "/advantage_std")
 
@@ -107,8 +108,10 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
     rewards, the scorer's figures, the advantages' statistics exactly; the update's sums to rounding)."""
     for one, two in zip(metrics_rows(single), metrics_rows(parallel), strict=True):
         assert one.keys() == two.keys()
+        # a critic's advantages hold its values: float32 forward passes over other batches
+        rounded = ROUNDED + (REORDERED if any("critic/" in key for key in one) else ())
         for key in one.keys() - MACHINE:
-            if key.endswith(ROUNDED):
+            if key.endswith(rounded):
                 assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
             elif key.endswith(REORDERED):
                 assert two[key] == pytest.approx(one[key], rel=1e-12, abs=1e-15), key
@@ -148,7 +151,7 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic"])
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model"])
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))

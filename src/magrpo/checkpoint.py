@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from magrpo.config import MAGRPOConfig, dump_yaml
-from magrpo.critics.critic import Critic, load_heads, save_heads
+from magrpo.critics.critic import VALUE_HEAD_FILE, Critic, load_heads, save_heads
 from magrpo.errors import CheckpointError, ConfigError
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.loading import save_agent
@@ -268,7 +268,8 @@ def _load_weights(agent: AgentPolicy, folder: Path) -> None:
         return
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
+        if shard.name != VALUE_HEAD_FILE:  # a critic model's value head lies beside its weights
+            state.update(load_file(shard))
     missing, unexpected = agent.model.load_state_dict(state, strict=False)
     # a weight tied to a loaded one (lm_head to the embeddings) is saved once and comes back with it
     params = dict(agent.model.named_parameters(remove_duplicate=False))

@@ -78,8 +78,9 @@ class MAGRPOConfig:
     #: how the advantages are made. "magrpo": the group baseline above (the paper's); "iac":
     #: independent actor-critic, each agent's own critic (a value head on its model reading its own
     #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
-    #: observation (a value head on the first agent's model) is every agent's baseline. The critics
-    #: train with their host agent's update; IAC and MAAC take num_generations >= 1 (magrpo.critics)
+    #: observation (MAAC's head sits on the first agent's model) is every agent's baseline. A head
+    #: on an agent's model trains with that agent's update, a critic_model after the agents; IAC
+    #: and MAAC take num_generations >= 1 (magrpo.critics)
     algorithm: str = "magrpo"
     #: IAC, MAAC: the critics' own model (a causal LM folder or a model name; IAC: one copy per
     #: agent), trained by its own AdamW after the agents; None: each value head sits on an agent's
@@ -87,7 +88,7 @@ class MAGRPOConfig:
     critic_model: str | None = None
     #: with critic_model: train a LoRA adapter on it (lora_r, lora_alpha, ...) instead of all its weights
     critic_use_lora: bool = False
-    #: IAC, MAAC: the weight of the value loss (0.5 * MSE) in its host agent's loss
+    #: IAC, MAAC: the weight of a hosted head's value loss (0.5 * MSE) in its agent's loss
     value_loss_coef: float = 0.5
     #: IAC, MAAC: the critics' learning rate (a head on an agent's model: a parameter group of
     #: that agent's optimiser; a critic model: its own optimiser's, constant)
@@ -297,6 +298,17 @@ class MAGRPOConfig:
             raise ConfigError(
                 "critic_use_lora=True trains an adapter on the critic's own model: give critic_model (a head on an "
                 "agent's model trains with that agent, LoRA or not)"
+            )
+        if self.algorithm != "magrpo" and (self.advantage_scaling, self.advantage_baseline) != ("none", "mean"):
+            raise ConfigError(
+                f"advantage_scaling={self.advantage_scaling!r}, advantage_baseline={self.advantage_baseline!r} shape "
+                f"the group baseline, which algorithm={self.algorithm!r} replaces by a critic's value: leave them at "
+                "'none', 'mean' (normalise_critic_advantages rescales a critic's advantages)"
+            )
+        if self.normalise_critic_advantages and self.num_generations * self.batch_size == 1 and self.num_turns == 1:
+            raise ConfigError(
+                "normalise_critic_advantages=True with one sample per step (num_generations=1, batch_size=1, one "
+                "turn) centres the step's only advantage to 0: raise batch_size or num_generations"
             )
         if self.algorithm != "magrpo" and self.data_parallel == "shard":
             raise ConfigError(

@@ -102,6 +102,8 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     if backend != args.rollout_backend:  # "auto" resolved: the run's config names what samples
         args = dataclasses.replace(args, rollout_backend=backend)
     precision = resolve_precision(args, built, ranks)
+    # IAC, MAAC: the critics, their models before any engine reserves its share of a GPU
+    critics = make_critics(built, args.algorithm, _critic_models(built, args))
     if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
         attach_vllm_engines(
             built,
@@ -126,7 +128,6 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
                 "or data_parallel='replicate'"
             )
         attach_reference_models(built, args.reference_device)
-    critics = make_critics(built, args.algorithm, _critic_models(built, args))  # IAC, MAAC
     optimizers = [
         make_optimizer(agent, args, lr, heads=[c.head for c in critics if c.host == i and c.model is None])
         for i, (agent, lr) in enumerate(zip(built, args.learning_rate_per_agent()))
@@ -148,6 +149,13 @@ def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[Ag
     if args.algorithm == "magrpo" or args.critic_model is None:
         return None
     hosts = agents if args.algorithm == "iac" else agents[:1]
+    devices = sorted({str(agent.device) for agent in hosts})
+    if args.critic_use_lora and len(devices) > 1:
+        raise ConfigError(
+            f"critic_use_lora=True puts the {len(hosts)} IAC critics' adapters on one base model, and their agents "
+            f"sit on {', '.join(devices)}: place the agents on one device, or train whole critic models "
+            "(critic_use_lora=False)"
+        )
     return build_agents(
         [args.critic_model] * len(hosts),
         device=[str(agent.device) for agent in hosts],

@@ -61,7 +61,7 @@ from magrpo.threads import in_split_threads
 from magrpo.tree import Turn, expand_tree, turn_returns
 
 #: what a critic reports each step, under its own name
-CRITIC_FIGURES = ("value_loss", "value_mean", "explained_variance")
+CRITIC_FIGURES = ("value_loss", "value_grad_norm", "value_mean", "explained_variance")
 #: update(agent index, its rollouts per turn, their advantages per turn[, critic=the CriticBatch of
 #: the critic it hosts]) -> the update's figures
 UpdateFn = Callable[..., dict[str, float]]
@@ -88,7 +88,8 @@ class Team:
     precision: Precision
     #: one learning-rate schedule per optimiser, stepped once per training step (None: constant)
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] | None = None
-    #: IAC, MAAC: the critics (their heads are parameter groups of their host agents' optimisers)
+    #: IAC, MAAC: the critics (a head on an agent's model is a parameter group of that agent's
+    #: optimiser; a critic model has its own)
     critics: list[Critic] = field(default_factory=list)
 
 
@@ -228,7 +229,9 @@ def update_agent(
 
     ``critic``: the critic whose head sits on this agent's model (IAC, MAAC) and what it trains
     on; its value loss (``value_loss_coef`` times :func:`critic_loss_sum`) joins the agent's loss
-    in every optimiser step, its head a parameter group of the agent's optimiser.
+    in every optimiser step, its head a parameter group of the agent's optimiser, clipped at
+    ``max_grad_norm`` apart from the agent's weights (the value loss's gradient on the shared body
+    is clipped with the actor's, as a shared trunk's).
     """
     a, ranks = team.args, team.ranks
     agent, optimizer = team.agents[index], team.optimizers[index]
@@ -243,7 +246,8 @@ def update_agent(
     width = max(x.completion_mask.shape[1] for x in rollouts)
     all_masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
     normaliser = ranks.sum(loss_normaliser(all_masks, a.loss_type, a.max_new_tokens), device)
-    params = agent.trainable_parameters() + (list(critic.critic.head.parameters()) if critic else [])
+    params = agent.trainable_parameters()
+    head = list(critic.critic.head.parameters()) if critic else []
     value_count = ranks.sum(critic.num_targets, device) if critic else 0
     optimizer.zero_grad(set_to_none=True)
     # micro-batches of the counted completions that carry a learning signal
@@ -260,7 +264,7 @@ def update_agent(
     idle = ranks.idle_passes(len(work), device)
     tally = UpdateTally()
     memos: list[dict[str, torch.Tensor]] = [{} for _ in work]  # per micro-batch: pi_old, pi_ref
-    losses, grad_norms, value_losses = [], [], []
+    losses, grad_norms, value_losses, head_norms = [], [], [], []
     for _ in range(a.num_iterations):
         loss_total = 0.0
         # dropout off: the update scores the policy that sampled (which samples in eval mode)
@@ -272,27 +276,33 @@ def update_agent(
             for _ in range(idle):
                 ranks.idle_pass(model, device)
             if critic:  # this rank's share of the value loss
-                value_share = critic_loss_sum(team, model, critic, value_count)
+                value_share = critic_loss_sum(team, model, critic, value_count, a.value_loss_coef)
                 loss_total += a.value_loss_coef * value_share
         losses.append(ranks.sum(loss_total, device))
         if critic:
             value_losses.append(ranks.sum(value_share, device))
-        ranks.sum_gradients(params)  # the global step's gradient: the sum of every rank's share
+        ranks.sum_gradients(params + head)  # the global step's gradient: the sum of every rank's share
         grad_norms.append(ranks.clip_gradients(params, a.max_grad_norm))
+        if critic:  # clipped apart: the head's value gradient would otherwise set the actor's clip
+            head_norms.append(ranks.clip_gradients(head, a.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     agent.sync_sampling_copy()
     tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
     figures = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
     if critic:
-        figures.update(value_loss=sum(value_losses) / len(value_losses), **critic.figures(ranks))
+        figures.update(
+            value_loss=sum(value_losses) / len(value_losses),
+            value_grad_norm=sum(head_norms) / len(head_norms),
+            **critic.figures(ranks),
+        )
     return figures
 
 
 def update_critic(team: Team, batch: CriticBatch) -> dict[str, float]:
     """``num_iterations`` AdamW steps of a critic with a model of its own on its value loss (the
-    agents' updates are done: they do not see it); gradients summed over the ranks and clipped at
-    ``max_grad_norm``, as an agent's."""
+    agents' updates are done: they do not see it; ``value_loss_coef`` does not apply, the loss is
+    all it trains on); gradients summed over the ranks and clipped at ``max_grad_norm``, as an agent's."""
     a, ranks, critic = team.args, team.ranks, batch.critic
     body, params = critic.model, critic.parameters()
     count = ranks.sum(batch.num_targets, body.device)
@@ -307,7 +317,7 @@ def update_critic(team: Team, batch: CriticBatch) -> dict[str, float]:
         critic.optimizer.zero_grad(set_to_none=True)
     return {
         "value_loss": sum(losses) / len(losses),
-        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "value_grad_norm": sum(grad_norms) / len(grad_norms),
         **batch.figures(ranks),
     }
 
@@ -319,12 +329,12 @@ def update_autocast(team: Team, device: torch.device) -> contextlib.AbstractCont
     return torch.autocast(device.type, dtype=team.precision.autocast)
 
 
-def critic_loss_sum(team: Team, model: torch.nn.Module, batch: CriticBatch, count: int) -> float:
+def critic_loss_sum(team: Team, model: torch.nn.Module, batch: CriticBatch, count: int, weight: float = 1.0) -> float:
     """Backpropagate this rank's share of the critic's value loss on ``model`` (its body, in
     scoring mode): 0.5 * (V - R_j)^2 summed over the J joint actions' returns of every node of
-    every turn and divided by ``count`` (the targets of every rank), times ``value_loss_coef``;
-    with ``critic_value_clip``, PPO's clipped value loss against the values the advantages were
-    made with. Returns this rank's share of the un-weighted value loss."""
+    every turn and divided by ``count`` (the targets of every rank), times ``weight`` (a hosted
+    head's ``value_loss_coef``); with ``critic_value_clip``, PPO's clipped value loss against the
+    values the advantages were made with. Returns this rank's share of the un-weighted value loss."""
     a = team.args
     total = 0.0
     for ids, mask, old, targets in zip(batch.prompt_ids, batch.prompt_mask, batch.old_values, batch.targets):
@@ -337,7 +347,7 @@ def critic_loss_sum(team: Team, model: torch.nn.Module, batch: CriticBatch, coun
                 old[rows.cpu()].repeat_interleave(width).to(values.device),
                 a.critic_value_clip,
             ) * (len(rows) * width / count)
-            (a.value_loss_coef * loss).backward()
+            (weight * loss).backward()
             total += float(loss.detach())
     return total
 

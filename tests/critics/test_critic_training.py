@@ -272,13 +272,55 @@ def test_a_critic_model_of_its_own_trains_on_its_value_loss_alone_and_the_agents
         assert (moved > 1e-3) if moves else moved == 0.0, (run, moved)
     assert critic.head.score.bias.item() != 0.0
     assert critic.optimizer.param_groups[0]["params"] == critic.parameters()
-    assert history[0]["team_critic/learning_rate"] == 1e-2 and history[0]["team_critic/grad_norm"] > 0
+    assert history[0]["team_critic/learning_rate"] == 1e-2 and history[0]["team_critic/value_grad_norm"] > 0
     # its model is saved beside its head, and loads as any model
     from transformers import AutoModelForCausalLM
 
     final = tmp_path / "maac" / "final" / "team_critic"
     assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 48
     assert (final / "value_head.safetensors").is_file()
+
+
+def test_a_critic_models_values_through_its_own_tokenizer_are_every_agents_baseline(tiny_agents, tmp_path):
+    critic_dir = save_tiny_model(tmp_path / "critic-model", seed=9, hidden=48)
+    trainer = critic_trainer(tiny_agents, tmp_path / "run", algorithm="maac", critic_model=critic_dir)
+    random_heads(trainer)
+    (critic,) = trainer.team.critics
+    model, head = copy.deepcopy(critic.model.model), copy.deepcopy(critic.head)  # as they valued the step
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    rollouts = [seen[i]["rollouts"][0] for i in range(2)]
+    texts = [joint_observation(["agent_0", "agent_1"], [r.prompts[p] for r in rollouts]) for p in range(2)]
+    batch = critic.model.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+    values = values_by_hand(model, head, batch["input_ids"], batch["attention_mask"])
+    rewards = torch.tensor(
+        letter_count_reward(completions=list(zip(*(r.texts for r in rollouts)))), dtype=torch.float64
+    )
+    expected = rewards - values.repeat_interleave(2)
+    assert values.abs().min() > 0.1  # a value that matters, not a fresh head's 0
+    for i in range(2):
+        torch.testing.assert_close(seen[i]["advantages"][0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 16])
+def test_the_value_loss_gradient_on_the_head_is_its_mean_error_whatever_the_micro_batches(
+    tiny_agents, tmp_path, micro_batch
+):
+    # with plain SGD and no clipping the bias moves by exactly lr * coef * mean(R - V), V = 0 fresh
+    trainer = critic_trainer(
+        tiny_agents, tmp_path, algorithm="iac", batch_size=4, update_micro_batch_size=micro_batch, max_grad_norm=1e9
+    )
+    lr, coef = 0.1, trainer.args.value_loss_coef
+    trainer.optimizers = [
+        torch.optim.SGD([{"params": agent.trainable_parameters()}, {"params": list(critic.head.parameters())}], lr=lr)
+        for agent, critic in zip(tiny_agents, trainer.team.critics)
+    ]
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    for i, critic in enumerate(trainer.team.critics):
+        targets = seen[i]["critic"].targets[0]
+        assert targets.shape == (4, 2) and targets.std() > 0
+        assert math.isclose(critic.head.score.bias.item(), lr * coef * float(targets.mean()), rel_tol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -292,6 +334,11 @@ def test_a_critic_model_of_its_own_trains_on_its_value_loss_alone_and_the_agents
         (dict(algorithm="iac", value_loss_coef=0), "value_loss_coef=0 is not valid"),
         (dict(algorithm="iac", critic_value_clip=0.0), "critic_value_clip=0.0 is not valid"),
         (dict(critic_model="default"), "which algorithm='magrpo' has none of: use algorithm='iac' or 'maac'"),
+        (dict(algorithm="maac", advantage_scaling="std"), "shape the group baseline, which algorithm='maac' replaces"),
+        (
+            dict(algorithm="iac", num_generations=1, normalise_critic_advantages=True),
+            "with one sample per step (num_generations=1, batch_size=1, one turn) centres",
+        ),
         (dict(algorithm="iac", critic_use_lora=True), "critic_use_lora=True trains an adapter on the critic's own"),
     ],
 )
