@@ -344,6 +344,30 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
     assert trainer.evaluate()["reward"] == 1.0
 
 
+def test_a_critic_baseline_learns_on_vllm_rollouts(tiny_tokenizer_module, tmp_path):
+    # MAAC from 2 samples per item, on engines in the training process, kept on the weights the
+    # actor and the value loss together move (the head sits on the first agent's model)
+    from tests.test_trainer import train_cooperative
+
+    tok = tiny_tokenizer_module
+    agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu")
+    trainer, history = train_cooperative(
+        agents,
+        tmp_path,
+        algorithm="maac",
+        num_generations=2,
+        rollout_backend="vllm",
+        autocast="no",
+        vllm_engine_process="training",
+        vllm_kv_cache_gib=0.25,
+        vllm_max_model_len=128,
+        save_steps=0,
+        save_minutes=0,
+    )
+    assert all(agent.rollout_engine is not None for agent in agents)
+    assert sum(h["team_critic/value_mean"] for h in history[-5:]) / 5 > 0.5
+
+
 def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tiny_tokenizer_module):
     from magrpo.envs import RewardFunctionEnv
     from magrpo.feedback import CallableFeedback
