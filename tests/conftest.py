@@ -51,6 +51,18 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(tiny_llama_config(vocab_size, hidden, layers, **config))
 
 
+def final_weights(run_dir) -> dict:
+    """Every weight a run saved in ``final/``: each agent's, and each critic's (IAC, MAAC: its
+    head, and its own model's where it has one), keyed ``folder/name``."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for folder in sorted(p for p in (run_dir / "final").iterdir() if p.is_dir()):
+        for shard in sorted(folder.glob("*.safetensors")):
+            out.update({f"{folder.name}/{k}": v for k, v in load_file(shard).items()})
+    return out
+
+
 def save_tiny_model(directory, seed: int, **shape) -> str:
     """A tiny model and the tiny tokenizer saved as a model folder (what a user names by path)."""
     tokenizer = make_tiny_tokenizer()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from magrpo import CheckpointError, ConfigError, MAGRPOConfig
 from magrpo.checkpoint import checkpoints_of, prune_checkpoints, resolve_resume, verify_checkpoint
+from tests.conftest import final_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 #: figures of the machine, not of the run: wall-clock times and memory
@@ -52,17 +52,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 def state_of(run_dir: Path) -> dict:
     """Final weights, optimiser states and metrics rows (without wall-clock figures) of a run."""
     last = run_dir / "checkpoints" / "step-6"
-    weights, optim = {}, {}
-    # the agents' folders, and the critics' (IAC, MAAC: heads, a critic model of its own)
-    for folder in sorted(p for p in (run_dir / "final").iterdir() if p.is_dir()):
-        for shard in sorted(folder.glob("*.safetensors")):
-            weights.update({f"{folder.name}/{k}": v for k, v in load_file(shard).items()})
-    for path in sorted(last.glob("*/optimizer.pt")):
+    optim = {}
+    for path in sorted(last.glob("*/optimizer.pt")):  # the agents', and critic models' of their own
         optim[path.parent.name] = torch.load(path, weights_only=True)
     assert {"agent_0", "agent_1"} <= optim.keys()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
-        "weights": weights,
+        "weights": final_weights(run_dir),
         "optim": optim,
         "metrics": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
     }

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from magrpo import distributed
 from magrpo.checkpoint import verify_checkpoint
+from tests.conftest import final_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -48,15 +48,6 @@ def finish(*procs: subprocess.Popen) -> None:
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Every saved weight: the agents' and the critics' value heads (IAC, MAAC)."""
-    out = {}
-    for folder in sorted(p for p in (run_dir / "final").iterdir() if p.is_dir()):
-        for shard in sorted(folder.glob("*.safetensors")):
-            out.update({f"{folder.name}/{k}": v for k, v in load_file(shard).items()})
-    return out
 
 
 def rewards(run_dir: Path) -> list[float]:
@@ -122,7 +113,7 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
 def assert_same_training(single: Path, parallel: Path) -> None:
     assert rewards(single) == rewards(parallel)  # the same samples: each item drew from its own stream
     assert_same_metrics(single, parallel)
-    a, b = weights(single), weights(parallel)
+    a, b = final_weights(single), final_weights(parallel)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= ATOL, worst
@@ -136,7 +127,7 @@ def assert_trained(run_dir: Path) -> None:
     least, 10 x ATOL): agreement is not two unchanged models."""
     from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
-    trained, vocab = weights(run_dir), len(make_tiny_tokenizer())
+    trained, vocab = final_weights(run_dir), len(make_tiny_tokenizer())
     for agent, seed in (("agent_0", 1), ("agent_1", 2)):  # each agent's weights before training
         start = make_tiny_model(vocab, seed=seed).state_dict()
         moved = max((trained[f"{agent}/{k}"] - v).abs().max().item() for k, v in start.items())
@@ -145,7 +136,7 @@ def assert_trained(run_dir: Path) -> None:
 
 def assert_adapters_trained(run_dir: Path) -> None:
     """Each agent's LoRA B matrices (zero at the start) moved well beyond ATOL, as above."""
-    trained = weights(run_dir)
+    trained = final_weights(run_dir)
     for agent in ("agent_0", "agent_1"):
         moved = max(v.abs().max().item() for k, v in trained.items() if k.startswith(agent) and "lora_B" in k)
         assert moved > 10 * ATOL, (agent, moved)
@@ -181,7 +172,7 @@ def test_a_sharded_run_resumes_exactly_and_its_checkpoints_resume_replicated(tmp
     shutil.copytree(resumed, replicated)
     finish(two_ranks(resumed, "aligned", 3, "--shard", "--resume"))
     assert rewards(straight) == rewards(resumed)
-    a, b = weights(straight), weights(resumed)
+    a, b = final_weights(straight), final_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the checkpoint holds whole tensors, as a replicated run writes them: the run goes on replicated
     finish(two_ranks(replicated, "aligned", 3, "--resume"))
@@ -227,7 +218,7 @@ def test_a_data_parallel_run_resumes_exactly(tmp_path):
     finish(two_ranks(tmp_path / "straight", "aligned", 3), two_ranks(tmp_path / "resumed", "aligned", 2))
     finish(two_ranks(tmp_path / "resumed", "aligned", 3, "--resume"))
     assert rewards(tmp_path / "straight") == rewards(tmp_path / "resumed")
-    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

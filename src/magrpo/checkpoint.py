@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from magrpo.config import MAGRPOConfig, dump_yaml
-from magrpo.critics.critic import VALUE_HEAD_FILE, Critic, load_heads, save_heads
+from magrpo.critics.critic import VALUE_HEAD_FILE, Critic, load_heads, save_critics
 from magrpo.errors import CheckpointError, ConfigError
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.loading import save_agent
@@ -93,11 +93,10 @@ def save_checkpoint(
             weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
             save_agent(agent, tmp / agent.name, state_dict=weights)
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
-        for critic in critics:  # a critic model of its own: its weights and optimiser state
+        save_critics(critics, tmp)  # a head on an agent's model: its moments are in that agent's optimiser state
+        for critic in critics:  # a critic model of its own: its optimiser state beside its weights
             if critic.model is not None:
-                save_agent(critic.model, tmp / critic.name)
                 torch.save(critic.optimizer.state_dict(), tmp / critic.name / OPTIMIZER_FILE)
-        save_heads(critics, tmp)  # a head on an agent's model: its moments are in that agent's optimiser state
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
         (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -205,23 +204,19 @@ def load_checkpoint(
     """Put a checkpoint's weights, optimiser states and random states back; returns the trainer
     state it saved (step, data order, ...). The caller verified the checkpoint."""
     directory = Path(directory)
-    for agent, optimizer in zip(agents, optimizers):
-        folder = directory / agent.name
+    # every trained model with its optimiser: the agents, and the critics with models of their own
+    trained = [("agent", agent.name, agent, optimizer) for agent, optimizer in zip(agents, optimizers)]
+    trained += [("critic", c.name, c.model, c.optimizer) for c in critics if c.model is not None]
+    for kind, name, policy, optimizer in trained:
+        folder = directory / name
         if not folder.is_dir():
-            raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for agent {agent.name!r}")
-        _load_weights(agent, folder)
+            raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for {kind} {name!r}")
+        _load_weights(policy, folder)
         # whole tensors: a sharded optimiser takes its shards of them
         optimizer.load_state_dict(
             shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))
         )
-        agent.sync_sampling_copy()
-    for critic in critics:
-        if critic.model is not None:
-            folder = directory / critic.name
-            if not folder.is_dir():
-                raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for critic {critic.name!r}")
-            _load_weights(critic.model, folder)
-            critic.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+        policy.sync_sampling_copy()
     load_heads(critics, directory)
     state = torch.load(directory / STATE_FILE, weights_only=True)
     _set_rng_states(state.pop("rng"))

@@ -134,12 +134,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     ]
     for critic in critics:  # a critic model of its own: its own AdamW over it and its head
         if critic.model is not None:
-            critic.optimizer = torch.optim.AdamW(
-                critic.parameters(),
-                lr=args.critic_learning_rate,
-                betas=(args.adam_beta1, args.adam_beta2),
-                weight_decay=args.weight_decay,
-            )
+            critic.optimizer = _adamw(critic.parameters(), args, args.critic_learning_rate)
     return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), critics)
 
 
@@ -156,25 +151,25 @@ def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[Ag
             f"sit on {', '.join(devices)}: place the agents on one device, or train whole critic models "
             "(critic_use_lora=False)"
         )
-    return build_agents(
-        [args.critic_model] * len(hosts),
-        device=[str(agent.device) for agent in hosts],
-        dtype=args.dtype,
-        use_lora=args.critic_use_lora,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lora_target_modules=args.lora_target_modules,
-        gradient_checkpointing=args.gradient_checkpointing,
+    return _build_models(
+        [args.critic_model] * len(hosts), args, [str(agent.device) for agent in hosts], args.critic_use_lora
     )
 
 
 def _build(agents: Sequence[Any], args: MAGRPOConfig) -> list[AgentPolicy]:
+    device = list(args.agent_devices) if args.agent_devices else distributed.rank_device(args.device)
+    return _build_models(agents, args, device, args.lora_per_agent())
+
+
+def _build_models(
+    specs: Sequence[Any], args: MAGRPOConfig, device: str | Sequence[str], use_lora: bool | Sequence[bool]
+) -> list[AgentPolicy]:
+    """``build_agents`` with the config's dtype, LoRA shape and gradient checkpointing."""
     return build_agents(
-        agents,
-        device=list(args.agent_devices) if args.agent_devices else distributed.rank_device(args.device),
+        specs,
+        device=device,
         dtype=args.dtype,
-        use_lora=args.lora_per_agent(),
+        use_lora=use_lora,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -274,12 +269,12 @@ def make_optimizer(
     parameter group at ``critic_learning_rate``."""
     groups = [{"params": agent.trainable_parameters()}]
     groups += [{"params": list(head.parameters()), "lr": args.critic_learning_rate} for head in heads]
-    return torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate_per_agent()[0] if lr is None else lr,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.weight_decay,
-    )
+    return _adamw(groups, args, args.learning_rate_per_agent()[0] if lr is None else lr)
+
+
+def _adamw(params: Any, args: MAGRPOConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (parameters or parameter groups) with the config's betas and weight decay."""
+    return torch.optim.AdamW(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
 
 
 def make_schedulers(

@@ -142,6 +142,7 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int, update: Up
                 team.critics,
                 team.agents,
                 turns,
+                returns,
                 gamma=a.discount,
                 num_turns=a.num_turns,
                 lam=a.critic_lambda,

@@ -17,7 +17,7 @@ import torch
 
 from magrpo import distributed, run
 from magrpo.config import MAGRPOConfig
-from magrpo.critics.critic import CriticBatch, save_heads
+from magrpo.critics.critic import CriticBatch, save_critics
 from magrpo.data import ItemOrder, as_items
 from magrpo.errors import ConfigError, DatasetError, RewardError
 from magrpo.eval.held_out import evaluate_team
@@ -220,10 +220,7 @@ class MAGRPOTrainer:
             return directory
         for i, agent in enumerate(team.agents):
             save_agent(agent, directory / agent.name, state_dict=whole[i][0] if whole else None)
-        for critic in team.critics:  # IAC, MAAC: a critic model of its own, beside its head
-            if critic.model is not None:
-                save_agent(critic.model, directory / critic.name)
-        save_heads(team.critics, directory)
+        save_critics(team.critics, directory)  # IAC, MAAC
         (directory / "trainer_state.json").write_text(
             json.dumps({"step": self.step, "agents": [a.name for a in team.agents]}, indent=2)
         )

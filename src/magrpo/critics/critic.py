@@ -180,6 +180,7 @@ def critic_step(
     critics: Sequence[Critic],
     agents: Sequence[AgentPolicy],
     turns: Sequence[Turn],
+    returns: Sequence[torch.Tensor],
     *,
     gamma: float,
     num_turns: int,
@@ -191,12 +192,13 @@ def critic_step(
 ) -> tuple[list[list[torch.Tensor]], list[CriticBatch]]:
     """Every agent's advantages at every turn (``[P_t * J]``, row p * J + j) from its critic's
     values, and each critic's :class:`CriticBatch` (in the order of ``critics``). Each critic's
-    targets are the tree's returns with its own values for TD(lambda) (``lam`` = 1: Monte-Carlo)."""
+    targets are the tree's Monte-Carlo ``returns`` (``lam`` = 1), or its TD(lambda) returns with
+    its own values."""
     batches = []
     for critic in critics:
         ids, mask, values = value_the_tree(critic, agents, turns, chunk, autocast)
-        returns = turn_returns(turns, gamma, num_turns, values=values, lam=lam)
-        batches.append(CriticBatch(critic, ids, mask, values, returns))
+        targets = list(returns) if lam == 1.0 else turn_returns(turns, gamma, num_turns, values=values, lam=lam)
+        batches.append(CriticBatch(critic, ids, mask, values, targets))
     advantages = []
     by_critic = {id(batch.critic): batch for batch in batches}
     for i in range(len(agents)):
@@ -210,19 +212,23 @@ def critic_step(
     return advantages, batches
 
 
-def save_heads(critics: Sequence[Critic], directory: Path) -> None:
-    """Each critic's head to ``directory/<critic name>/value_head.safetensors`` (beside its own
-    model's weights, where it has one)."""
+def save_critics(critics: Sequence[Critic], directory: Path) -> None:
+    """Each critic to ``directory/<critic name>/``: its head as ``value_head.safetensors``, beside
+    its own model's weights (or adapter), where it has one."""
     from safetensors.torch import save_file
 
+    from magrpo.models.loading import save_agent
+
     for critic in critics:
+        if critic.model is not None:
+            save_agent(critic.model, directory / critic.name)
         (directory / critic.name).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
         save_file(state, directory / critic.name / VALUE_HEAD_FILE)
 
 
 def load_heads(critics: Sequence[Critic], directory: Path) -> None:
-    """Put each critic's head back from :func:`save_heads`' files, naming what is missing."""
+    """Put each critic's head back from :func:`save_critics`' files, naming what is missing."""
     from safetensors.torch import load_file
 
     for critic in critics:
@@ -243,6 +249,6 @@ __all__ = [
     "joint_observation",
     "load_heads",
     "make_critics",
-    "save_heads",
+    "save_critics",
     "value_the_tree",
 ]
