@@ -112,3 +112,6 @@ if __name__ == "__main__":
     if distributed.is_main():
         (Path(out) / "eval.json").write_text(json.dumps(figures))
     print(f"rank {distributed.rank()} of {distributed.world_size()} finished {trainer.step}", flush=True)
+    # a sharded model held until the interpreter's teardown keeps the gloo group alive into it,
+    # which can abort a finished rank: the trainer lets go of its models here
+    trainer.close()

@@ -764,3 +764,29 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(tiny_agen
     args = MAGRPOConfig(**settings)
     precision = resolve_precision(args, tiny_agents, OneProcess(), bf16_in_hardware=lambda device: hardware_bf16)
     assert (precision.autocast, precision.rollout_dtype) == expected
+
+
+def test_a_closed_trainer_lets_go_of_its_models_and_optimisers_and_says_so_when_used(tiny_tokenizer, tmp_path):
+    import gc
+    import weakref
+
+    models = [make_tiny_model(len(tiny_tokenizer), seed=s) for s in (1, 2)]
+    held = [weakref.ref(m) for m in models]
+    with MAGRPOTrainer(
+        agents=[(m, tiny_tokenizer) for m in models],
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"]] * 2,
+        args=MAGRPOConfig(max_new_tokens=2, max_steps=1, output_dir=str(tmp_path), log_samples_steps=0),
+    ) as trainer:
+        trainer.train(progress=False)
+        optimisers = [weakref.ref(o) for o in trainer.optimizers]
+    del models
+    gc.collect()
+    assert [r() for r in optimisers + held] == [None] * 4  # the trainer held the last references
+    assert (tmp_path / "final" / "agent_0").is_dir()  # the run's files stay
+    with pytest.raises(
+        RuntimeError, match=r"this MAGRPOTrainer was closed \(close\(\), or the end of its with-block\)"
+    ):
+        trainer.evaluate([{"q": "q"}])
+    trainer.close()  # a second close does nothing

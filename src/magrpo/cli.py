@@ -415,33 +415,33 @@ def _train(args: TrainArgs) -> None:
         f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run.path}"
     )
 
-    trainer = _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out)
-    from magrpo import distributed
-    from magrpo.report import RunLog
+    with _trainer(task_obj, specs, cfg, feedback_source, train_dataset=train_items, eval_dataset=held_out) as trainer:
+        from magrpo import distributed
+        from magrpo.report import RunLog
 
-    main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
-    log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=args.resume is not None, writes=main)
-    trainer.resume_hint = f"magrpo train --resume {run.path}"
-    if args.resume is None:
-        before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
-        if before is not None and main:
-            log.write_json("eval_before.json", before)
-    else:  # the figures the run started from
-        before_path = run.path / "eval_before.json"
-        before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
-    trainer.train(log=log, progress=not args.no_progress, resume_from_checkpoint=args.resume)
-    after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
-    if not main:
-        return
-    if after is not None:
-        log.write_json("eval_after.json", after)
-        console.print(_results_table(before, after))
-    last = trainer.history[-1] if trainer.history else {}
-    files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))
-    console.print(
-        f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
-        f"run files: {run.path} ({files}, {FINAL}/agent_*)"
-    )
+        main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
+        log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=args.resume is not None, writes=main)
+        trainer.resume_hint = f"magrpo train --resume {run.path}"
+        if args.resume is None:
+            before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
+            if before is not None and main:
+                log.write_json("eval_before.json", before)
+        else:  # the figures the run started from
+            before_path = run.path / "eval_before.json"
+            before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
+        trainer.train(log=log, progress=not args.no_progress, resume_from_checkpoint=args.resume)
+        after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
+        if not main:
+            return
+        if after is not None:
+            log.write_json("eval_after.json", after)
+            console.print(_results_table(before, after))
+        last = trainer.history[-1] if trainer.history else {}
+        files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))
+        console.print(
+            f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
+            f"run files: {run.path} ({files}, {FINAL}/agent_*)"
+        )
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:

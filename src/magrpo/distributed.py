@@ -33,7 +33,8 @@ def init_from_env(device: str = "auto") -> None:
         torch.cuda.set_device(local_rank())
     torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
     # leaving the group before the interpreter exits: a gloo group torn down at exit can abort
-    # the process ("terminate called without an active exception") after a finished run
+    # the process ("terminate called without an active exception") after a finished run. A
+    # sharded model holds the group too: MAGRPOTrainer.close() lets go of it before this runs
     atexit.register(_leave)
 
 

@@ -9,6 +9,7 @@ It holds the run's state and hands each job to the module that does it:
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ from magrpo.run_folder import RunFolder
 from magrpo.sampling import Rollout
 from magrpo.sampling.vllm_engine import check_vllm_installed
 from magrpo.seeds import mix_seed
-from magrpo.step import magrpo_step
+from magrpo.step import Team, magrpo_step
 from magrpo.step import update_agent as update_one_agent
 from magrpo.step_metrics import step_metrics, step_samples
 from magrpo.trackers import check_trackers_installed
@@ -115,7 +116,7 @@ class MAGRPOTrainer:
             torch.set_num_threads(self.args.num_threads)
         distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
-        self.team = prepare_team(agents, self.args)
+        self._team: Team | None = prepare_team(agents, self.args)
         self.args = self.team.args  # rollout_backend="auto" resolved to the backend that samples
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -123,6 +124,36 @@ class MAGRPOTrainer:
         self.cadence = run.CheckpointCadence(self.args)
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
+
+    @property
+    def team(self) -> Team:
+        """The agents, optimisers, critics and ranks a step works with."""
+        if self._team is None:
+            raise RuntimeError(
+                "this MAGRPOTrainer was closed (close(), or the end of its with-block): its models are let go; "
+                "build a new trainer, or load the saved agents from its output_dir"
+            )
+        return self._team
+
+    def close(self) -> None:
+        """Let go of the models, optimisers, critics and sampling engines now, not at interpreter
+        exit: their memory comes back, and under torchrun a sharded model's hold on the process
+        group ends while the interpreter is whole (a gloo group still held at its teardown can
+        abort a rank that finished). The run's files stay; the trainer cannot train or evaluate
+        afterwards. Models the caller still holds (agents built and passed in) stay with the caller.
+        ``with MAGRPOTrainer(...) as trainer:`` closes it at the end of the block."""
+        if self._team is None:
+            return
+        for agent in self._team.agents:
+            agent.rollout_engine = None  # the trainer's engines end with it
+        self._team = None
+        gc.collect()  # models in reference cycles go now, with the rest
+
+    def __enter__(self) -> "MAGRPOTrainer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def agents(self) -> list[AgentPolicy]:
