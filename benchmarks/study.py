@@ -4,6 +4,7 @@
 - ``maac``, ``iac``: the same team trained on the same samples, reward and update, with a
   critic's value as the baseline instead of the group's mean (``algorithm="maac"``: one
   centralised critic on the joint observation; ``"iac"``: each agent its own critic);
+  ``maac-q``, ``iac-q``: the same with Q critics (``critic_type="q"``, the action valued too);
 - ``single-grpo``: centralised MAGRPO, one model trained with the same trainer (one agent, same
   reward, same steps, G and number of generated tokens: N times one agent's token budget per
   completion) to write the whole joint answer, which the task cuts into the same parts (as
@@ -39,8 +40,14 @@ from magrpo.tasks import TASKS
 from magrpo.tasks.base import whole_answer_scorer
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
-#: the team trained with each algorithm: system -> MAGRPOConfig.algorithm
-TEAM_ALGORITHMS = {"team": "magrpo", "maac": "maac", "iac": "iac"}
+#: the team trained with each algorithm: system -> (MAGRPOConfig.algorithm, critic_type)
+TEAM_ALGORITHMS = {
+    "team": ("magrpo", "v"),
+    "maac": ("maac", "v"),
+    "iac": ("iac", "v"),
+    "maac-q": ("maac", "q"),
+    "iac-q": ("iac", "q"),
+}
 TRAINED = (*TEAM_ALGORITHMS, "single-grpo")
 
 #: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
@@ -108,11 +115,13 @@ def config(args, seed: int, out: Path, **overrides):
     return MAGRPOConfig(**values)
 
 
-def train_team(task, args, seed: int, train_items, held_out, out: Path, algorithm: str = "magrpo") -> dict[str, Any]:
+def train_team(
+    task, args, seed: int, train_items, held_out, out: Path, algorithm: str = "magrpo", critic_type: str = "v"
+) -> dict[str, Any]:
     from magrpo import MAGRPOTrainer
 
     feedback = task.execution_feedback() if args.turns > 1 else None
-    trainer = MAGRPOTrainer(
+    with MAGRPOTrainer(
         agents=[args.model] * task.num_agents,
         scorer=task.scorer,
         formatters=task.formatters,
@@ -132,11 +141,12 @@ def train_team(task, args, seed: int, train_items, held_out, out: Path, algorith
             expand="best-k",
             expand_k=args.expand_k,
             algorithm=algorithm,
+            critic_type=critic_type,
             critic_learning_rate=args.critic_lr,
         ),
-    )
-    history = trainer.train(progress=False)
-    figures = trainer.evaluate()
+    ) as trainer:
+        history = trainer.train(progress=False)
+        figures = trainer.evaluate()
     result = {
         "curve": [h["reward_mean"] for h in history],
         "held_out": figures,
@@ -312,7 +322,9 @@ def main() -> None:
     parser.add_argument("--expand-k", type=int, default=1, help="joint actions of a node continued to the next turn")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--lora", action="store_true")
-    parser.add_argument("--critic-lr", type=float, default=1e-3, help="maac, iac: the value heads' learning rate")
+    parser.add_argument(
+        "--critic-lr", type=float, default=1e-3, help="maac, iac, maac-q, iac-q: the critics' learning rate"
+    )
     parser.add_argument("--train-items", type=int, default=None, help="use only the first N training items")
     parser.add_argument("--eval-items", type=int, default=8)
     parser.add_argument(
@@ -363,7 +375,9 @@ def main() -> None:
                 if system == "single-grpo":
                     result = train_single(task, args, seed, train_items, held_out, Path(run_dir))
                 else:
-                    result = train_team(task, args, seed, train_items, held_out, Path(run_dir), TEAM_ALGORITHMS[system])
+                    result = train_team(
+                        task, args, seed, train_items, held_out, Path(run_dir), *TEAM_ALGORITHMS[system]
+                    )
             result.update(seed=seed, seconds=time.perf_counter() - t0)
             runs.setdefault(system, []).append(result)
             print(

@@ -2,7 +2,7 @@
 ``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
 of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
 turns with feedback, best-k), critic (turns with IAC: a value head per agent, TD(lambda) targets,
-advantages normalised over the step), critic-model (MAAC with a LoRA critic model of its own); --shard:
+advantages normalised over the step), critic-model (MAAC with a Q critic on a LoRA critic model of its own); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         **(
             dict(
                 algorithm="maac",
+                critic_type="q",
                 # each rank its own copy of the same weights: ranks writing one folder at once would race
                 critic_model=save_tiny_model(f"{out_dir}-critic-rank{os.environ.get('RANK', '0')}", 6, hidden=48),
                 critic_use_lora=True,

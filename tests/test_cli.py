@@ -60,6 +60,11 @@ def test_the_algorithm_is_a_flag_and_a_group_of_one_needs_a_critic():
     assert code == 2 and "num_generations=1 with algorithm='magrpo': a group of one is its own baseline" in out
     code, out = run_cli("train", "--algorithm", "iac", "--joint-mode", "cross")
     assert code == 2 and "joint_mode='cross' is for algorithm='magrpo'" in out
+    assert "--critic-type" in run_cli("train", "--help")[1]
+    code, out = run_cli("train", "--algorithm", "maac", "--critic-type", "q", "-G", "1")
+    assert code == 2 and "critic_type='q' with num_generations=1" in out
+    code, out = run_cli("train", "--critic-type", "q")
+    assert code == 2 and "critic_type='q' set up a critic, which algorithm='magrpo' has none of" in out
 
 
 def test_centralised_magrpo_is_a_flag_and_a_task_name():

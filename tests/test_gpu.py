@@ -84,8 +84,8 @@ def test_agent_placement_puts_each_agent_on_its_own_gpu(tiny_tokenizer, tmp_path
     trainer.train(progress=False)
 
 
-@pytest.mark.parametrize("algorithm", ["iac", "maac"])
-def test_critics_train_on_cuda_with_their_values_in_float32(tiny_tokenizer, tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm,critic_type", [("iac", "v"), ("maac", "v"), ("iac", "q"), ("maac", "q")])
+def test_critics_train_on_cuda_with_their_values_in_float32(tiny_tokenizer, tmp_path, algorithm, critic_type):
     agents = cuda_team(tiny_tokenizer)
     trainer = MAGRPOTrainer(
         agents=agents,
@@ -94,7 +94,8 @@ def test_critics_train_on_cuda_with_their_values_in_float32(tiny_tokenizer, tmp_
         formatters=[lambda x: x["q"]] * 2,
         args=MAGRPOConfig(
             algorithm=algorithm,
-            num_generations=1,
+            critic_type=critic_type,
+            num_generations=1 if critic_type == "v" else 2,
             batch_size=2,
             max_new_tokens=4,
             max_steps=2,

@@ -2,7 +2,7 @@
 ``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
 (the full team sampling on vLLM engines), critic (IAC over two turns: a value head per agent,
 TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
-critic-model (MAAC with a critic model of its own, fully trained), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
+critic-model (MAAC with a Q critic on a model of its own, fully trained), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
 clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
 truncated completions masked).
 
@@ -70,6 +70,7 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         if variant == "critic"
         else dict(
             algorithm="maac",
+            critic_type="q",
             learning_rate=1e-2,
             critic_model=save_tiny_model(f"{out_dir}-critic-model", seed=4, hidden=48),
             critic_learning_rate=1e-2,

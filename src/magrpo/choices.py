@@ -9,6 +9,8 @@ from magrpo.errors import ConfigError
 
 #: how advantages are made: the group baseline (MAGRPO), or a critic's (magrpo.critics)
 ALGORITHMS = ("magrpo", "iac", "maac")
+#: what a critic values: the observation, V(s), or the observation and the action taken, Q(s, a)
+CRITIC_TYPES = ("v", "q")
 ADVANTAGE_SCALINGS = ("none", "std")
 ADVANTAGE_BASELINES = ("mean", "loo", "max", "none")
 #: the loss's normaliser (magrpo.loss): ours ("sequence", the paper's; "token") and TRL's
@@ -56,6 +58,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ALGORITHMS",
+    "CRITIC_TYPES",
     "ADVANTAGE_SCALINGS",
     "AUTOCASTS",
     "CROSS_AGGREGATIONS",

@@ -61,6 +61,7 @@ class TrainArgs:
     joint_mode: Optional[str]
     centralised: bool
     algorithm: Optional[str]
+    critic_type: Optional[str]
     lora: Optional[bool]
     seed: Optional[int]
     output_dir: Optional[Path]
@@ -259,6 +260,12 @@ def train(
         help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic) or maac "
         "(one centralised critic); the critic algorithms take -G 1 and up.",
     ),
+    critic_type: Optional[str] = typer.Option(
+        None,
+        "--critic-type",
+        help="iac, maac: v (the critic values the observation, A = R - V; default) or q (the observation and the "
+        "action, A = Q - the mean Q of the node's joint actions; -G 2 and up).",
+    ),
     lora: Optional[bool] = typer.Option(
         None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."
     ),
@@ -330,6 +337,7 @@ def train(
         joint_mode=joint_mode,
         centralised=centralised,
         algorithm=algorithm,
+        critic_type=critic_type,
         lora=lora,
         seed=seed,
         output_dir=output_dir,
@@ -386,6 +394,7 @@ def _train(args: TrainArgs) -> None:
         learning_rate=args.learning_rate,
         joint_mode=args.joint_mode,
         algorithm=args.algorithm,
+        critic_type=args.critic_type,
         use_lora=args.lora,
         seed=args.seed,
         output_dir=_path_or_none(output_dir),

@@ -15,6 +15,7 @@ from magrpo.choices import (
     ADVANTAGE_SCALINGS,
     ALGORITHMS,
     AUTOCASTS,
+    CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
     DTYPES,
@@ -82,6 +83,10 @@ class MAGRPOConfig:
     #: on an agent's model trains with that agent's update, a critic_model after the agents; IAC
     #: and MAAC take num_generations >= 1 (magrpo.critics)
     algorithm: str = "magrpo"
+    #: IAC, MAAC: what the critic values. "v": the observation, V(s), and A = R - V(s); "q": the
+    #: observation and the action (IAC: the agent's own completion; MAAC: the joint action), Q(s, a),
+    #: and A = Q(s, a_j) - the mean Q of the node's J joint actions (needs num_generations >= 2)
+    critic_type: str = "v"
     #: IAC, MAAC: the critics' own model (a causal LM folder or a model name; IAC: one copy per
     #: agent), trained by its own AdamW after the agents; None: each value head sits on an agent's
     #: model (IAC: its own; MAAC: the first agent's) and trains with that agent's update
@@ -289,10 +294,19 @@ class MAGRPOConfig:
                 f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
                 f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
             )
-        if self.algorithm == "magrpo" and (self.critic_model is not None or self.critic_use_lora):
+        if self.algorithm == "magrpo" and (
+            self.critic_model is not None or self.critic_use_lora or self.critic_type != "v"
+        ):
             raise ConfigError(
-                f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r} set up a critic, "
-                "which algorithm='magrpo' has none of: use algorithm='iac' or 'maac'"
+                f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r}, critic_type="
+                f"{self.critic_type!r} set up a critic, which algorithm='magrpo' has none of: use algorithm='iac' "
+                "or 'maac'"
+            )
+        if self.critic_type == "q" and self.num_generations < 2:
+            raise ConfigError(
+                f"critic_type='q' with num_generations={self.num_generations}: a Q critic's baseline is the mean Q "
+                "of the node's joint actions, so one joint action has advantage 0; use num_generations >= 2, or "
+                "critic_type='v'"
             )
         if self.critic_use_lora and self.critic_model is None:
             raise ConfigError(
@@ -595,6 +609,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
     "algorithm": _one_of(ALGORITHMS),
+    "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,
     "value_loss_coef": _number(0.0, None, low_open=True),
     "critic_learning_rate": _number(0.0, None),

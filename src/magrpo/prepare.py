@@ -103,7 +103,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
         args = dataclasses.replace(args, rollout_backend=backend)
     precision = resolve_precision(args, built, ranks)
     # IAC, MAAC: the critics, their models before any engine reserves its share of a GPU
-    critics = make_critics(built, args.algorithm, _critic_models(built, args))
+    critics = make_critics(built, args.algorithm, _critic_models(built, args), args.critic_type)
     if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
         attach_vllm_engines(
             built,

@@ -6,6 +6,10 @@ observations and targets its value loss trains on.
           task, history and feedback)
     MAAC  one centralised critic, reading the joint observation (every agent's prompt at the turn)
 
+A V critic (``critic_type="v"``) values the observation, one value per node; a Q critic
+(``critic_type="q"``) the observation and the action taken (IAC: the agent's own completion;
+MAAC: every agent's), one value per joint action of a node.
+
 A critic is a value head on a language model's last hidden state, either
 
 - on an agent's own model (the default; MAAC's on the first agent's): trained with that agent's
@@ -29,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from magrpo.critics.targets import critic_advantages, explained_variance, normalise_advantages
+from magrpo.critics.targets import critic_advantages, explained_variance, normalise_advantages, q_advantages
 from magrpo.critics.value_head import ValueHead, observation_values
 from magrpo.errors import CheckpointError
 from magrpo.logprobs import scoring_mode, trim_left
@@ -44,8 +48,9 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 @dataclass
 class Critic:
     """One critic: a value head reading the observations of agent ``host`` (``joint=False``,
-    IAC) or the team's joint observation (``joint=True``, MAAC), on the host's model, or on a
-    ``model`` of its own trained by its own ``optimizer``."""
+    IAC) or the team's joint observation (``joint=True``, MAAC), with the action taken where
+    ``action`` (a Q critic), on the host's model, or on a ``model`` of its own trained by its own
+    ``optimizer``."""
 
     name: str
     head: ValueHead
@@ -53,6 +58,7 @@ class Critic:
     joint: bool
     model: AgentPolicy | None = None
     optimizer: torch.optim.Optimizer | None = None
+    action: bool = False
 
     def body(self, agents: Sequence[AgentPolicy]) -> AgentPolicy:
         """The model the head reads: the critic's own, or its host agent's."""
@@ -68,7 +74,9 @@ class Critic:
 class CriticBatch:
     """What one critic trains on in a step, per turn: the observations it valued (left-padded ids
     ``[P_t, L]``), their values when the advantages were made (``[P_t]``, float32 on the CPU,
-    beside the rewards) and the returns of each node's joint actions, the targets (``[P_t, J]``)."""
+    beside the rewards) and the returns of each node's joint actions, the targets (``[P_t, J]``).
+    A Q critic's observations are the node's joint actions (``[P_t * J, L]``, row p * J + j), each
+    with its own return (``[P_t * J, 1]``)."""
 
     critic: Critic
     prompt_ids: list[torch.Tensor]
@@ -97,11 +105,14 @@ class CriticBatch:
 
 
 def make_critics(
-    agents: Sequence[AgentPolicy], algorithm: str, models: Sequence[AgentPolicy] | None = None
+    agents: Sequence[AgentPolicy],
+    algorithm: str,
+    models: Sequence[AgentPolicy] | None = None,
+    critic_type: str = "v",
 ) -> list[Critic]:
     """The critics ``algorithm`` trains: none for MAGRPO, one per agent for IAC, one for the team
-    for MAAC; on the agents' models (MAAC: the first agent's) or on ``models`` (one per critic).
-    Zero-initialised heads: V = 0 at the start."""
+    for MAAC; on the agents' models (MAAC: the first agent's) or on ``models`` (one per critic);
+    V(s) or, with ``critic_type="q"``, Q(s, a) critics. Zero-initialised heads: V = 0 at the start."""
     if algorithm == "magrpo":
         return []
     hosts = range(len(agents)) if algorithm == "iac" else [0]
@@ -113,7 +124,7 @@ def make_critics(
         body = model if model is not None else agents[host]
         head = ValueHead(body.model.config.hidden_size).to(body.device)
         name = f"{agents[host].name}_critic" if algorithm == "iac" else "team_critic"
-        critics.append(Critic(name, head, host=host, joint=algorithm == "maac", model=model))
+        critics.append(Critic(name, head, host=host, joint=algorithm == "maac", model=model, action=critic_type == "q"))
     return critics
 
 
@@ -122,29 +133,81 @@ def critic_of(critics: Sequence[Critic], agent: int) -> Critic:
     return critics[0] if critics[0].joint else critics[agent]
 
 
-def joint_observation(names: Sequence[str], prompts: Sequence[str]) -> str:
-    """Every agent's observation at one node, as one text for a centralised critic."""
-    return "\n\n".join(f"[{name}]\n{prompt}" for name, prompt in zip(names, prompts))
+def joint_observation(names: Sequence[str], prompts: Sequence[str], actions: Sequence[str] | None = None) -> str:
+    """Every agent's observation at one node, as one text for a centralised critic; with
+    ``actions`` (a Q critic), the joint action after them, each agent's completion in a block of
+    its own (a completion never runs into the text before it)."""
+    text = "\n\n".join(f"[{name}]\n{prompt}" for name, prompt in zip(names, prompts))
+    if actions is None:
+        return text
+    return text + "".join(f"\n\n[{name} action]\n{action}" for name, action in zip(names, actions))
 
 
 def critic_observations(critic: Critic, agents: Sequence[AgentPolicy], turn: Turn) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observations ``critic`` values at ``turn``, one per node, left-padded ``[P, L]``: a
-    head on its host's model reads the host's own prompt ids as it sampled from them; a joint
-    observation, or a critic model of its own, the prompts' text through its own tokenizer."""
+    """The observations ``critic`` values at ``turn``, left-padded ``[P, L]`` (one per node; a Q
+    critic's ``[P * J, L]``, one per joint action, row p * J + j). A head on its host's model reads
+    the host's own ids as it sampled them (its prompt; a Q critic's, the prompt then the
+    completion); a joint observation, or a critic model of its own, the text through its own
+    tokenizer (a Q critic of its own: the prompt's tokens, then the completion's)."""
     if not critic.joint and critic.model is None:
         rollout = turn.rollouts[critic.host]
-        return rollout.prompt_ids, rollout.prompt_mask
-    if critic.joint:
-        texts = [
-            joint_observation([a.name for a in agents], [r.prompts[p] for r in turn.rollouts])
-            for p in range(turn.num_nodes)
-        ]
+        if not critic.action:
+            return rollout.prompt_ids, rollout.prompt_mask
+        nodes, completions = _joint_action_rows(turn, critic.host)
+        return packed_left(
+            rollout.prompt_ids[nodes],
+            rollout.prompt_mask[nodes],
+            rollout.completion_ids[completions],
+            rollout.completion_mask[completions],
+        )
+    names = [a.name for a in agents]
+    nodes = range(turn.num_nodes)
+    prompts = [[r.prompts[p] for r in turn.rollouts] for p in nodes]
+    if critic.action:  # one observation per joint action
+        acts = [(p, turn.joint_completions(p, j)) for p in nodes for j in range(turn.num_joint)]
+        if critic.joint:
+            pieces = [[joint_observation(names, prompts[p], done)] for p, done in acts]
+        else:
+            pieces = [[prompts[p][critic.host], done[critic.host]] for p, done in acts]
     else:
-        texts = list(turn.rollouts[critic.host].prompts)
+        pieces = [[joint_observation(names, prompts[p]) if critic.joint else prompts[p][critic.host]] for p in nodes]
     body = critic.body(agents)
-    # the rendered prompts carry their chat templates' special tokens already
-    batch = body.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    return batch["input_ids"].to(body.device), batch["attention_mask"].to(body.device)
+    return tokenized_left(body.tokenizer, pieces, body.device)
+
+
+def tokenized_left(tokenizer, rows: Sequence[Sequence[str]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's texts tokenized one by one and joined (a prompt's tokens, then a completion's, as
+    a model reads and writes them), left-padded ``[B, L]`` ids and mask. The rendered prompts carry
+    their chat templates' special tokens already."""
+    pieces = [piece for row in rows for piece in row]
+    ids = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"])
+    joined = [[token for _ in row for token in next(ids)] for row in rows]
+    width = max(len(row) for row in joined)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids_out = torch.tensor([[pad] * (width - len(row)) + row for row in joined], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in joined], dtype=torch.long)
+    return ids_out.to(device), mask.to(device)
+
+
+def _joint_action_rows(turn: Turn, agent: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every joint action of ``turn`` (row p * J + j): its node p and the row of ``agent``'s
+    completion in it (p * G + g)."""
+    G = turn.rollouts[agent].num_generations
+    nodes = torch.arange(turn.num_nodes).repeat_interleave(turn.num_joint)
+    mine = turn.joint_indices[:, agent].to(torch.long).repeat(turn.num_nodes)
+    return nodes, nodes * G + mine
+
+
+def packed_left(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts ``[B, Lp]`` and right-padded completions ``[B, Lc]`` as one left-padded
+    sequence each ``[B, Lp + Lc]`` (the padding between them moved to the left, the tokens in
+    order), so that a sequence's last position is its last token."""
+    ids = torch.cat([prompt_ids, completion_ids.to(prompt_ids.device)], dim=1)
+    mask = torch.cat([prompt_mask.bool(), completion_mask.to(prompt_mask.device).bool()], dim=1)
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # padding first, tokens in order
+    return ids.gather(1, order), mask.gather(1, order).to(prompt_mask.dtype)
 
 
 def chunked_values(
@@ -191,19 +254,26 @@ def critic_step(
     ranks: OneProcess,
 ) -> tuple[list[list[torch.Tensor]], list[CriticBatch]]:
     """Every agent's advantages at every turn (``[P_t * J]``, row p * J + j) from its critic's
-    values, and each critic's :class:`CriticBatch` (in the order of ``critics``). Each critic's
-    targets are the tree's Monte-Carlo ``returns`` (``lam`` = 1), or its TD(lambda) returns with
-    its own values."""
+    values (R - V(s); a Q critic's Q(s, a_j) - mean_j' Q(s, a_j')), and each critic's
+    :class:`CriticBatch` (in the order of ``critics``). Each critic's targets are the tree's
+    Monte-Carlo ``returns`` (``lam`` = 1), or its TD(lambda) returns with its own values."""
     batches = []
     for critic in critics:
         ids, mask, values = value_the_tree(critic, agents, turns, chunk, autocast)
-        targets = list(returns) if lam == 1.0 else turn_returns(turns, gamma, num_turns, values=values, lam=lam)
+        # a Q critic's V(node), where TD(lambda) bootstraps from one: the mean Q of its joint actions
+        nodes = [v.view(t.num_nodes, t.num_joint).mean(1) for v, t in zip(values, turns)] if critic.action else values
+        targets = list(returns) if lam == 1.0 else turn_returns(turns, gamma, num_turns, values=nodes, lam=lam)
+        if critic.action:  # each joint action is an observation of its own, with its own return
+            targets = [t.reshape(-1, 1) for t in targets]
         batches.append(CriticBatch(critic, ids, mask, values, targets))
     advantages = []
     by_critic = {id(batch.critic): batch for batch in batches}
     for i in range(len(agents)):
         batch = by_critic[id(critic_of(critics, i))]
-        mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
+        if batch.critic.action:
+            mine = [q_advantages(q.view(t.num_nodes, t.num_joint)) for q, t in zip(batch.old_values, turns)]
+        else:
+            mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
         if normalise:  # by the mean and std of this agent's whole step (every rank's), then back into turns
             flat = torch.cat(mine)
             flat = normalise_advantages(flat, reference=torch.cat(ranks.gather(flat.cpu())).to(flat.device))
@@ -249,6 +319,8 @@ __all__ = [
     "joint_observation",
     "load_heads",
     "make_critics",
+    "packed_left",
+    "tokenized_left",
     "save_critics",
     "value_the_tree",
 ]

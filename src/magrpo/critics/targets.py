@@ -5,6 +5,12 @@ or the team (MAAC: every agent's history) faces at a turn. Each of the node's J 
 has a return (:func:`magrpo.advantages.tree_returns`: Monte-Carlo, or TD(lambda) with the
 critic's values of the child nodes); that return is both the critic's regression target and,
 less the node's value, the actor's advantage. No group is needed: J = G = 1 works.
+
+A Q critic values each joint action of a node instead (the observation and the action taken),
+toward that joint action's return. Its advantage is Q(s, a_j) less the mean Q of the node's J
+sampled joint actions (the on-policy estimate of V(s)): a baseline that does not depend on the
+action, so J >= 2. (R - Q(s, a), as CoMLRL's Q critics take it, has a baseline that depends on
+the action: as Q learns, its expected gradient goes to zero.)
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ def critic_advantages(returns: torch.Tensor, values: torch.Tensor) -> torch.Tens
     if values.shape != returns.shape[:1]:
         raise ValueError(f"values of shape {tuple(values.shape)} for returns of shape {tuple(returns.shape)}")
     return (returns.to(torch.float64) - values.detach().to(torch.float64)[:, None]).reshape(-1)
+
+
+def q_advantages(q_values: torch.Tensor) -> torch.Tensor:
+    """A = Q(s, a_j) - mean_j' Q(s, a_j') for every joint action of one turn, flattened to
+    ``[P * J]`` (row p * J + j). ``q_values``: ``[P, J]``, taken as constants."""
+    if q_values.dim() != 2 or q_values.shape[1] < 2:
+        raise ValueError(f"Q values of shape {tuple(q_values.shape)}: a Q baseline needs [P, J] with J >= 2")
+    q = q_values.detach().to(torch.float64)
+    return (q - q.mean(dim=1, keepdim=True)).reshape(-1)
 
 
 def normalise_advantages(advantages: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,4 +88,11 @@ def explained_variance(values: torch.Tensor, targets: torch.Tensor) -> float:
     return float(1.0 - (targets - values).var(unbiased=False) / spread)
 
 
-__all__ = ["critic_advantages", "explained_variance", "normalise_advantages", "value_loss", "value_targets"]
+__all__ = [
+    "critic_advantages",
+    "explained_variance",
+    "normalise_advantages",
+    "q_advantages",
+    "value_loss",
+    "value_targets",
+]
