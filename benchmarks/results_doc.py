@@ -268,21 +268,22 @@ def critics_section() -> list[str]:
     out = ["## 5. Critic baselines (`summarize`): MAGRPO vs MAAC vs IAC on the same samples", ""]
     command = (
         ".venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 15 --max-new-tokens 64 \\\n"
-        "    --lr 2e-5 --eval-items 8 --systems team,maac,iac,parallel --output docs/results/critics"
+        "    --lr 2e-5 --eval-items 8 --systems team,maac,iac,maac-q,iac-q,parallel --output docs/results/critics"
     )
     study = load("critics")
     out += [
         "The same team, task, G = 4 samples per item, reward, steps and learning rate; only the baseline "
         "differs: the group's mean (MAGRPO, `team`), one centralised critic of the joint observation (`maac`), or "
         "each agent's own critic (`iac`), value heads on the agents' models at the default critic rate "
-        "(docs/critics.md).",
+        "(docs/critics.md); `maac-q` and `iac-q` are the same critics valuing the action too (Q(s, a), "
+        "`critic_type='q'`, the baseline the mean Q of the node's joint actions).",
         "",
     ]
     if study is None:
         return out + not_measured(command)
     s, runs = study["summary"], study["runs"]
     out += embed("critics", study, command)
-    present = [system for system in ("team", "maac", "iac") if system in s]
+    present = [system for system in ("team", "maac", "iac", "maac-q", "iac-q") if system in s]
     figures = ", ".join(f"{system} {fig(s, system, 'reward_normalised')}" for system in present)
     verdicts = [
         f"{system} is {compare(s[system]['reward_normalised'], s['team']['reward_normalised'])} MAGRPO"
@@ -303,24 +304,29 @@ def critics_section() -> list[str]:
     # how far each critic got: its mean value against the mean reward over the last 3 steps, and
     # the peak of its mean value curve (mean over seeds)
     tracking = []
-    for system in ("maac", "iac"):
+    for system in ("maac", "iac", "maac-q", "iac-q"):
         seeds_runs = [r for r in runs.get(system, []) if r.get("value_mean")]
         if seeds_runs:
             value = sum(sum(r["value_mean"][-3:]) / 3 for r in seeds_runs) / len(seeds_runs)
             reward = sum(sum(r["curve"][-3:]) / 3 for r in seeds_runs) / len(seeds_runs)
             curve = [sum(v) / len(v) for v in zip(*(r["value_mean"] for r in seeds_runs))]
             peak = max(range(len(curve)), key=curve.__getitem__)
+            explained = ""
+            if system.endswith("-q"):  # a Q critic's values differ between the joint actions of a node
+                late = [e for r in seeds_runs for e in r["explained_variance"][-3:] if e == e]
+                explained = f", explained variance {sum(late) / len(late):+.3f}" if late else ""
             tracking.append(
                 f"{system} {value:.3f} against a mean training reward of {reward:.3f} (its mean value peaked at "
-                f"{curve[peak]:.3f} at step {peak + 1})"
+                f"{curve[peak]:.3f} at step {peak + 1}{explained})"
             )
     if tracking:
         out += [
             "",
             "The critics' mean value over the last 3 training steps (mean over seeds): "
             + "; ".join(tracking)
-            + ". With one item per step the step's G joint actions share one node, so a critic's explained "
-            "variance is 0 by construction here; the value's distance from the reward is what a short run shows.",
+            + ". With one item per step the step's G joint actions share one node, so a V critic's explained "
+            "variance is 0 by construction here; the value's distance from the reward is what a short run shows "
+            "(a Q critic values each joint action, so its explained variance is its own).",
         ]
     earlier = load("summarize")
     if earlier is not None and "team" in earlier["summary"] and "team" in s:
@@ -333,7 +339,7 @@ def critics_section() -> list[str]:
             f"The MAGRPO team of section 1 ran with the same settings in an earlier sitting: "
             f"{fig(earlier['summary'], 'team', 'reward_normalised')} there, {fig(s, 'team', 'reward_normalised')} "
             "here: fifteen steps of one item leave wide intervals."
-            + (" At this budget none of the three baselines is shown better than another." if tied else ""),
+            + (" At this budget none of the baselines is shown better than another." if tied else ""),
         ]
     return out + [""]
 
