@@ -162,6 +162,60 @@ def test_a_gguf_file_or_its_folder_is_an_agent_converted_once_into_the_cache(tin
     assert tokenizer("def aux(x):").input_ids == tokenizer.__class__.from_pretrained(own_cache)("def aux(x):").input_ids
 
 
+#: one rank of a data-parallel run asking for a GGUF file's conversion, once its process group exists
+CONVERTING_RANK = """
+import sys, torch.distributed as dist
+from pathlib import Path
+from magrpo.models.store import converted_gguf_dir
+dist.init_process_group("gloo")
+dist.barrier()  # both ranks ask at once
+print(converted_gguf_dir(Path(sys.argv[1])))
+dist.destroy_process_group()
+"""
+
+
+def test_the_ranks_of_a_data_parallel_run_share_one_whole_conversion(tiny_gguf, tmp_path, monkeypatch):
+    """transformers writes a model's files on rank 0 only once a process group exists: rank 1 alone
+    would convert a tokenizer without weights. The conversion writes its weights itself, one
+    process at a time, and a broken entry left in the cache (a config but no weights) is replaced."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_distributed import free_port
+
+    path, written = tiny_gguf
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MAGRPO_CACHE": str(cache), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env |= {"WORLD_SIZE": "2", "GLOO_SOCKET_IFNAME": "lo"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONVERTING_RANK, str(path)],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    (converted,) = {Path(out.strip().splitlines()[-1]) for out, _ in outputs}
+    # no temporary left, only the entry and its lock
+    assert {p.name for p in converted.parent.iterdir()} == {converted.name, f".{converted.name}.lock"}
+    expected = written.state_dict()
+    model = type(written).from_pretrained(converted, dtype=torch.float32)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, expected[name]), name
+
+    (converted / "model.safetensors").unlink()  # as an interrupted or rank-1 conversion left it
+    monkeypatch.setenv("MAGRPO_CACHE", str(cache))
+    assert resolve_model_source(str(path)) == str(converted)
+    assert torch.equal(
+        type(written).from_pretrained(converted).model.embed_tokens.weight, expected["model.embed_tokens.weight"]
+    )
+
+
 def test_a_gguf_agent_trains_a_step_in_a_team_with_the_default_model(tiny_gguf, own_cache, tmp_path):
     path, _ = tiny_gguf
     agents = build_agents([str(path), str(own_cache)], device="cpu")

