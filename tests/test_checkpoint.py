@@ -49,6 +49,32 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command's name (state first), or None for no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` -> its start time (which tells it from a later process given its pid)."""
+    found, pending = {}, [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*/children"):
+            for child in map(int, task.read_text().split()):
+                if (fields := _stat(child)) is not None:
+                    found[child] = fields[19]  # starttime, field 22 of stat
+                    pending.append(child)
+    return found
+
+
+def running(pid: int, start: str) -> bool:
+    """The process that started at ``start`` is alive and not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == start and fields[0] != "Z"
+
+
 def state_of(run_dir: Path) -> dict:
     """Final weights, optimiser states and metrics rows (without wall-clock figures) of a run."""
     last = run_dir / "checkpoints" / "step-6"
@@ -88,9 +114,15 @@ def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path
     finish(run(straight, variant))
     proc = run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})
     wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
+    children = descendants(proc.pid)
+    assert children or variant != "vllm"  # the vLLM variant's engines live in processes of their own
     proc.send_signal(signal.SIGKILL)  # a real kill -9: nothing of the run gets to react
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while (left := [pid for pid, start in children.items() if running(pid, start)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes of the killed run still running: {left}"
     resumed_from = resolve_resume(killed)
     assert 3 <= int(resumed_from.name.split("-")[1]) < 6
     out = finish(run(killed, variant, "--resume"))

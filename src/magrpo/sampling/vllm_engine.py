@@ -152,6 +152,8 @@ class VLLMEngine:
         finally:
             # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
             torch.set_num_threads = set_num_threads
+        # an engine of its own process must not outlive the trainer, even one killed with SIGKILL
+        self.llm.collective_rpc("magrpo_die_with", kwargs={"trainer_pid": os.getpid()})
         self.stale = {agent.name for agent in self.agents if agent.adapter is not None}  # no adapter loaded yet
         self.adapters: dict[str, Any] = {}  # agent name -> its current LoRARequest
         self.asleep = False
