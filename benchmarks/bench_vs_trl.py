@@ -232,7 +232,7 @@ def completion_text(completion: Any) -> str:
 
 def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     from magrpo.config import MAGRPOConfig
-    from magrpo.grouping import distinct_by_identity
+    from magrpo.sampling.vllm_engine import engine_process_ids
     from magrpo.tasks.coding import helper_prompt, main_prompt
     from magrpo.trainer import MAGRPOTrainer
 
@@ -281,8 +281,7 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     trainer.update_agent = update_and_record
     SAMPLING_DTYPE.append(trainer.team.precision.rollout_dtype)
     WATCHED.extend(agent.model for agent in trainer.agents)
-    engines = distinct_by_identity(trainer.agents, key=lambda agent: agent.rollout_engine)
-    ENGINE_PIDS.extend(pid for agent in engines if agent.rollout_engine for pid in agent.rollout_engine.process_ids())
+    ENGINE_PIDS.extend(engine_process_ids(trainer.agents))
     snapshot_weights()
     steps = []
     for _ in range(args.steps):

@@ -51,6 +51,20 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(tiny_llama_config(vocab_size, hidden, layers, **config))
 
 
+#: metrics figures of the machine, not of the run: wall-clock times and memory peaks
+MACHINE_FIGURES = frozenset(
+    {
+        "seconds",
+        "rollout_seconds",
+        "update_seconds",
+        "tokens_per_second",
+        "peak_rss_mib",
+        "engines_peak_rss_mib",
+        "cuda_peak_mib",
+    }
+)
+
+
 def final_weights(run_dir) -> dict:
     """Every weight a run saved in ``final/``: each agent's, and each critic's (IAC, MAAC: its
     head, and its own model's where it has one), keyed ``folder/name``."""

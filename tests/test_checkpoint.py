@@ -17,11 +17,9 @@ import torch
 
 from magrpo import CheckpointError, ConfigError, MAGRPOConfig
 from magrpo.checkpoint import checkpoints_of, prune_checkpoints, resolve_resume, verify_checkpoint
-from tests.conftest import final_weights
+from tests.conftest import MACHINE_FIGURES, final_weights
 
 ROOT = Path(__file__).resolve().parent.parent
-#: figures of the machine, not of the run: wall-clock times and memory
-TIMING = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
 
 
 def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -86,7 +84,7 @@ def state_of(run_dir: Path) -> dict:
     return {
         "weights": final_weights(run_dir),
         "optim": optim,
-        "metrics": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+        "metrics": [{k: v for k, v in r.items() if k not in MACHINE_FIGURES} for r in rows],
     }
 
 

@@ -18,7 +18,7 @@ import torch
 
 from magrpo import distributed
 from magrpo.checkpoint import verify_checkpoint
-from tests.conftest import final_weights
+from tests.conftest import MACHINE_FIGURES, final_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -84,10 +84,8 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-#: figures of the machine (wall-clock, memory), or of the update's float sums (summed over ranks
-#: in another order: equal to float32 rounding)
-MACHINE = {"seconds", "rollout_seconds", "update_seconds", "tokens_per_second", "peak_rss_mib", "cuda_peak_mib"}
-#: (and a critic's values: float32 forward passes over other batches)
+#: the update's float sums (summed over ranks in another order: equal to float32 rounding), and
+#: a critic's values (float32 forward passes over other batches)
 ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
 ROUNDED += ("/value_loss", "/value_grad_norm", "/value_mean", "/explained_variance")
 #: the same float64 values summed in another order (every rank's turns, one rank after the other)
@@ -101,7 +99,7 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
         assert one.keys() == two.keys()
         # a critic's advantages hold its values: float32 forward passes over other batches
         rounded = ROUNDED + (REORDERED if any("critic/" in key for key in one) else ())
-        for key in one.keys() - MACHINE:
+        for key in one.keys() - MACHINE_FIGURES:
             if key.endswith(rounded):
                 assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
             elif key.endswith(REORDERED):

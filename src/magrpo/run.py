@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -244,14 +244,16 @@ class _Stopped(Exception):
 _HOST_PEAK = Path("/proc/self/status")  # Linux: VmHWM, the peak resident set, resettable per step
 
 
-def reset_peak_memory() -> None:
-    """Start a step's memory peaks afresh (host: Linux only; elsewhere the process's peak so far)."""
+def reset_peak_memory(processes: Sequence[int] = ()) -> None:
+    """Start a step's memory peaks afresh, this process's and those of ``processes`` (its vLLM
+    engines' own; host: Linux only; elsewhere the process's peak so far)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # "5": reset VmHWM to the current resident set
-    except OSError:
-        pass  # not Linux, or not allowed: the peak is then the process's so far
+    for process in ("self", *processes):
+        try:
+            Path(f"/proc/{process}/clear_refs").write_text("5")  # "5": reset VmHWM to the current resident set
+        except OSError:
+            pass  # not Linux, or not allowed: the peak is then the process's so far
 
 
 def process_peak_rss_mib(status: Path = _HOST_PEAK) -> float:
@@ -259,15 +261,25 @@ def process_peak_rss_mib(status: Path = _HOST_PEAK) -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", status.read_text()).group(1)) / 1024
 
 
-def peak_memory_figures() -> dict[str, float]:
+def _peak_or_zero(status: Path) -> float:
+    try:
+        return process_peak_rss_mib(status)
+    except OSError:  # the process has ended
+        return 0.0
+
+
+def peak_memory_figures(processes: Sequence[int] = ()) -> dict[str, float]:
     """Peak memory in MiB: of this step on each GPU in use (``cuda_peak_mib``), and in host memory
-    (``peak_rss_mib``: of this step on Linux, of the process so far elsewhere)."""
+    (``peak_rss_mib``: of this step on Linux, of the process so far elsewhere; with
+    ``processes``, the vLLM engines' own, ``engines_peak_rss_mib``: the sum of their peaks)."""
     try:
         rss_mib = process_peak_rss_mib()
     except (OSError, AttributeError):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss_mib = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
     figures = {"peak_rss_mib": rss_mib}
+    if processes:
+        figures["engines_peak_rss_mib"] = sum(_peak_or_zero(Path(f"/proc/{pid}/status")) for pid in processes)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         figures["cuda_peak_mib"] = (
             max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20

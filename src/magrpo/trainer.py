@@ -36,7 +36,7 @@ from magrpo.prepare import (
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
 from magrpo.sampling import Rollout
-from magrpo.sampling.vllm_engine import check_vllm_installed
+from magrpo.sampling.vllm_engine import check_vllm_installed, engine_process_ids
 from magrpo.seeds import mix_seed
 from magrpo.step import Team, magrpo_step
 from magrpo.step import update_agent as update_one_agent
@@ -200,7 +200,8 @@ class MAGRPOTrainer:
     def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
         torch.manual_seed(mix_seed(self.args.seed, self.step))
-        run.reset_peak_memory()
+        engines = engine_process_ids(self.team.agents)  # vLLM engines in processes of their own
+        run.reset_peak_memory(engines)
         try:
             out = magrpo_step(
                 self.team, [self.env_factory(item) for item in items], self.step, update=self.update_agent
@@ -208,7 +209,7 @@ class MAGRPOTrainer:
         except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
             raise RewardError(f"step {self.step + 1}: {exc}") from exc
         self.step += 1
-        metrics = {**step_metrics(self.team, out, self.step), **run.peak_memory_figures()}
+        metrics = {**step_metrics(self.team, out, self.step), **run.peak_memory_figures(engines)}
         step_schedulers(self.team)  # after the metrics, which log the rate this step used
         return metrics, step_samples(out)
 

@@ -335,6 +335,9 @@ def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
     )
     assert first < 0.2 and last >= 0.9
     assert len(weights) >= 20
+    own = engine_process == "auto"  # the engines' processes hold vLLM, torch and a model each
+    assert all(("engines_peak_rss_mib" in h) == own for h in history)
+    assert not own or min(h["engines_peak_rss_mib"] for h in history) > 200
     if trainer.team.precision.rollout_dtype == "same":  # a float32 engine samples the trained policy itself
         assert all(abs(w - 1.0) < 1e-3 for w in weights)
     else:  # a bf16 engine under a bf16-autocast update: close, corrected token by token

@@ -307,6 +307,12 @@ def attach_vllm_engines(
     return engines
 
 
+def engine_process_ids(agents: Sequence[AgentPolicy]) -> list[int]:
+    """The processes of the agents' vLLM engines that live outside this one (none without them)."""
+    engines = distinct_by_identity([a.rollout_engine for a in agents if isinstance(a.rollout_engine, VLLMEngine)])
+    return [pid for engine in engines for pid in engine.process_ids()]
+
+
 def own_engine_processes(engine_process: str, engines: int, devices: Sequence[torch.device]) -> bool:
     """Whether the engines live in processes of their own. In one process two engines cannot
     decode at the same time (vLLM's forward context is global to a process), so on CPU "auto"
