@@ -22,6 +22,12 @@ seeds) and ``held_out.png`` (a bar chart of the held-out figures).
     .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 15 --lr 2e-5 \
         --systems team,maac,iac,parallel --output docs/results/critics   # MAGRPO vs MAAC vs IAC
     .venv/bin/python benchmarks/study.py ... --resume   # a study cut short: only the runs it lacks
+    .venv/bin/python benchmarks/study.py --systems team --seeds 8 \
+        --precisions float32,bf16,bf16-autocast,bf16-sampling ...   # each trained system at each precision
+
+With several ``--precisions`` each trained system runs at each, named ``SYSTEM@PRECISION``
+(:data:`PRECISIONS`). ``results.json`` records what produced it (commit, package versions, CPU or
+GPU: ``benchmarks/provenance.py``) and each run's resolved precision.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import gc
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +45,9 @@ from typing import Any, Mapping, Sequence
 
 from magrpo.tasks import TASKS
 from magrpo.tasks.base import whole_answer_scorer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
+from provenance import describe, provenance  # noqa: E402
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 #: the team trained with each algorithm: system -> (MAGRPOConfig.algorithm, critic_type)
@@ -49,6 +59,25 @@ TEAM_ALGORITHMS = {
     "iac-q": ("iac", "q"),
 }
 TRAINED = (*TEAM_ALGORITHMS, "single-grpo")
+#: the precisions a trained system can run at: name -> MAGRPOConfig fields ("default": the config's own)
+PRECISIONS: dict[str, dict[str, str]] = {
+    "default": {},
+    "float32": {"autocast": "no", "rollout_dtype": "same"},
+    "bf16": {"autocast": "bfloat16", "rollout_dtype": "bfloat16"},  # bf16 update and bf16 sampling copy
+    "bf16-autocast": {"autocast": "bfloat16", "rollout_dtype": "same"},  # the update alone in bf16
+    "bf16-sampling": {"autocast": "no", "rollout_dtype": "bfloat16"},  # the sampling copy alone in bf16
+}
+
+
+def system_name(system: str, precision: str) -> str:
+    """A trained system's name in the results: ``team``, or ``team@float32`` at a named precision."""
+    return system if precision == "default" else f"{system}@{precision}"
+
+
+def base_system(name: str) -> str:
+    """``team@float32`` -> ``team``."""
+    return name.split("@", 1)[0]
+
 
 #: two-sided 95% Student-t quantiles by degrees of freedom (1..30); beyond, the normal 1.96
 T95 = [
@@ -115,8 +144,23 @@ def config(args, seed: int, out: Path, **overrides):
     return MAGRPOConfig(**values)
 
 
+def resolved_precision(trainer) -> dict[str, str]:
+    """What the run's precision resolved to on this machine (``autocast``, ``rollout_dtype``)."""
+    from magrpo.run import precision_policy
+
+    return precision_policy(trainer.team.precision)
+
+
 def train_team(
-    task, args, seed: int, train_items, held_out, out: Path, algorithm: str = "magrpo", critic_type: str = "v"
+    task,
+    args,
+    seed: int,
+    train_items,
+    held_out,
+    out: Path,
+    algorithm: str = "magrpo",
+    critic_type: str = "v",
+    precision: str = "default",
 ) -> dict[str, Any]:
     from magrpo import MAGRPOTrainer
 
@@ -143,14 +187,17 @@ def train_team(
             algorithm=algorithm,
             critic_type=critic_type,
             critic_learning_rate=args.critic_lr,
+            **PRECISIONS[precision],
         ),
     ) as trainer:
         history = trainer.train(progress=False)
         figures = trainer.evaluate()
+        resolved = resolved_precision(trainer)
     result = {
         "curve": [h["reward_mean"] for h in history],
         "held_out": figures,
         "tokens_generated": sum(h["tokens_generated"] for h in history),
+        "precision": resolved,
     }
     if algorithm != "magrpo":  # the (first agent's) critic per step: its mean value, the returns it explained
         critic = "team_critic" if algorithm == "maac" else "agent_0_critic"
@@ -159,7 +206,7 @@ def train_team(
     return result
 
 
-def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dict[str, Any]:
+def train_single(task, args, seed: int, train_items, held_out, out: Path, precision: str = "default") -> dict[str, Any]:
     from magrpo import MAGRPOTrainer
     from magrpo.eval.setups import evaluate_setup
 
@@ -169,9 +216,10 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
         scorer=whole_answer_scorer(task),  # centralised MAGRPO (Task.centralised), at this study's budget
         formatters=[task.single_agent_formatter],
         train_dataset=train_items,
-        args=config(args, seed, out, num_agents=1, max_new_tokens=budget),
+        args=config(args, seed, out, num_agents=1, max_new_tokens=budget, **PRECISIONS[precision]),
     )
     history = trainer.train(progress=False)
+    resolved = resolved_precision(trainer)
     figures = evaluate_setup(
         "single",
         trainer.agents,
@@ -186,6 +234,7 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path) -> dic
         "curve": [h["reward_mean"] for h in history],
         "held_out": figures,
         "tokens_generated": sum(h["tokens_generated"] for h in history),
+        "precision": resolved,
     }
 
 
@@ -254,6 +303,8 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
         f"{evaluated_items(runs, args)} held-out items, greedy. Mean and 95% t-interval over seeds "
         f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.",
         "",
+        f"Produced by {produced_by(runs)}. Precision as resolved: {precisions_run(runs)}.",
+        "",
     ]
     for columns in (keys, schemes):
         if not columns:
@@ -268,6 +319,22 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
     path.write_text("\n".join(lines))
 
 
+def produced_by(runs) -> str:
+    """The commits and machines the runs were produced on (several: the study's sittings differed)."""
+    seen = {describe(r["produced_by"]) for seeds in runs.values() for r in seeds if "produced_by" in r}
+    return " and ".join(sorted(seen)) or "not recorded"
+
+
+def precisions_run(runs) -> str:
+    """Each trained system's resolved precision (autocast / sampling weights), as the runs recorded it."""
+    seen = {}
+    for name, seeds in runs.items():
+        recorded = {(r["precision"]["autocast"], r["precision"]["rollout_dtype"]) for r in seeds if "precision" in r}
+        if recorded:
+            seen[name] = "; ".join(f"autocast {a}, sampling {d}" for a, d in sorted(recorded))
+    return ", ".join(f"{name}: {text}" for name, text in seen.items()) or "not recorded"
+
+
 def plot(out: Path, runs, table) -> None:
     import matplotlib
 
@@ -275,8 +342,8 @@ def plot(out: Path, runs, table) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for system in TRAINED:
-        curves = [s["curve"] for s in runs.get(system, []) if s["curve"]]
+    for system in [name for name in runs if base_system(name) in TRAINED]:
+        curves = [s["curve"] for s in runs[system] if s["curve"]]
         if not curves:
             continue
         steps = range(1, min(map(len, curves)) + 1)
@@ -332,6 +399,12 @@ def main() -> None:
         default="team,single-grpo," + ",".join(UNTRAINED),
         help=f"comma-separated, of {', '.join((*TRAINED, *UNTRAINED))}",
     )
+    parser.add_argument(
+        "--precisions",
+        default="default",
+        help=f"comma-separated, of {', '.join(PRECISIONS)}: each trained system runs at each "
+        "(several: named SYSTEM@PRECISION; 'default': the config's own, float32 on a CPU)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
     parser.add_argument(
@@ -351,6 +424,7 @@ def main() -> None:
         parser.error(f"--rerun {args.rerun} needs --resume (without it every system runs anyway)")
     # refused settings are told before any data or model loads
     runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
+    sitting = provenance()  # what produces this sitting's runs: each records it
     started = time.perf_counter() - earlier_seconds  # the study time counts the earlier sittings too
     task = get_task(args.task)
     train_items = task.load_split("train")[: args.train_items]
@@ -359,29 +433,35 @@ def main() -> None:
     unknown = sorted(set(systems) - {*TRAINED, *UNTRAINED})
     if unknown:
         parser.error(f"--systems: {unknown} unknown; choose among {', '.join((*TRAINED, *UNTRAINED))}")
+    precisions = args.precisions.split(",")
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        parser.error(f"--precisions: {unknown} unknown; choose among {', '.join(PRECISIONS)}")
     args.output.mkdir(parents=True, exist_ok=True)
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
     if missing:
         for name, figures in untrained(task, args, held_out, missing).items():
-            runs[name] = [{"seed": None, "held_out": figures, "curve": []}]
+            runs[name] = [{"seed": None, "held_out": figures, "curve": [], "produced_by": sitting}]
         gc.collect()
         write_outputs(args, task, runs, started)
+    # seed by seed, every system and precision within a seed: a study cut short stays balanced
     for seed in range(args.seeds):
-        for system in TRAINED:
-            if system not in systems or any(r["seed"] == seed for r in runs.get(system, [])):
+        for system, precision in [(s, p) for s in TRAINED for p in precisions]:
+            name = system_name(system, precision)
+            if system not in systems or any(r["seed"] == seed for r in runs.get(name, [])):
                 continue
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix=f"study-{system}-") as run_dir:  # weights are not kept
                 if system == "single-grpo":
-                    result = train_single(task, args, seed, train_items, held_out, Path(run_dir))
+                    result = train_single(task, args, seed, train_items, held_out, Path(run_dir), precision)
                 else:
                     result = train_team(
-                        task, args, seed, train_items, held_out, Path(run_dir), *TEAM_ALGORITHMS[system]
+                        task, args, seed, train_items, held_out, Path(run_dir), *TEAM_ALGORITHMS[system], precision
                     )
-            result.update(seed=seed, seconds=time.perf_counter() - t0)
-            runs.setdefault(system, []).append(result)
+            result.update(seed=seed, seconds=time.perf_counter() - t0, produced_by=sitting)
+            runs.setdefault(name, []).append(result)
             print(
-                f"{system} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
+                f"{name} seed {seed}: reward {result['curve'][0]:.3f} -> {result['curve'][-1]:.3f}, held-out "
                 f"{result['held_out']['reward']:.3f} ({result['seconds']:.0f} s)",
                 flush=True,
             )
@@ -396,7 +476,7 @@ def recorded_args(args) -> dict[str, Any]:
 
 
 #: arguments that may differ between the sittings of one study: they do not change any run's figures
-RESUMABLE_CHANGES = {"seeds", "systems", "device", "output", "resume", "rerun"}
+RESUMABLE_CHANGES = {"seeds", "systems", "precisions", "device", "output", "resume", "rerun"}
 
 
 def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
@@ -431,7 +511,8 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
 
 def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
     """results.json, results.md and the plots of the runs finished so far."""
-    order = [s for s in (*TRAINED, *UNTRAINED) if s in runs]
+    rank = {name: i for i, name in enumerate((*TRAINED, *UNTRAINED))}
+    order = sorted(runs, key=lambda name: (rank[base_system(name)], name))
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
     seconds = time.perf_counter() - started

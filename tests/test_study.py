@@ -144,3 +144,41 @@ def test_the_verdicts_need_two_seeds_and_name_the_missing_ones(results_doc):
         "On held-out normalised return (95% intervals): team is above the untrained team; "
         "a system with one seed has no interval, so no verdict."
     )
+
+
+def test_each_precision_names_its_own_system_and_sets_the_config_fields(study, tmp_path):
+    assert study.system_name("team", "default") == "team"
+    assert study.system_name("team", "bf16-sampling") == "team@bf16-sampling"
+    assert study.base_system("team@bf16-sampling") == "team"
+    args = arguments(tmp_path, batch_size=1, max_new_tokens=8, lora=False)
+    fp32 = study.config(args, 0, tmp_path, **study.PRECISIONS["float32"])
+    assert (fp32.autocast, fp32.rollout_dtype) == ("no", "same")
+    sampling = study.config(args, 0, tmp_path, **study.PRECISIONS["bf16-sampling"])
+    assert (sampling.autocast, sampling.rollout_dtype) == ("no", "bfloat16")
+    default = study.config(args, 0, tmp_path, **study.PRECISIONS["default"])
+    assert (default.autocast, default.rollout_dtype) == ("auto", "auto")
+
+
+def test_the_header_names_the_commit_machine_and_resolved_precision_of_the_runs(study, tmp_path):
+    args = arguments(tmp_path, eval_items=8, batch_size=1, max_new_tokens=64, turns=1, lora=False)
+    machine = {
+        "commit": "abc123",
+        "dirty": False,
+        "python": "3.11.7",
+        "packages": {"torch": "2.13.0+cpu", "transformers": "5.19.0"},
+        "cpu": {"model": "AMD EPYC", "cores": 2, "flags": ["avx2"]},
+        "gpu": None,
+    }
+    runs = {
+        "team@float32": [
+            {"seed": 0, "curve": [0.1], "held_out": {"reward": 0.5}, "produced_by": machine}
+            | {"precision": {"autocast": "no", "rollout_dtype": "same"}}
+        ]
+    }
+    study.write_markdown(tmp_path / "results.md", {"team@float32": {"reward": (0.5, 0.0)}}, runs, args, 60.0)
+    text = (tmp_path / "results.md").read_text()
+    assert (
+        "Produced by commit `abc123`; AMD EPYC x2 [avx2]; Python 3.11.7, torch 2.13.0+cpu, transformers 5.19.0. "
+        "Precision as resolved: team@float32: autocast no, sampling same." in text
+    )
+    assert "| team@float32 | 1 |" in text

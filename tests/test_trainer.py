@@ -11,7 +11,7 @@ import torch
 
 from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer, MultiAgentEnv, RewardError, StepResult
 from magrpo.models import build_agents
-from magrpo.prepare import computes_bf16_in_hardware, resolve_precision
+from magrpo.prepare import bf16_by_default, computes_bf16_in_hardware, resolve_precision
 from magrpo.ranks import OneProcess
 from magrpo.sampling import make_sampler
 from magrpo.sampling.fast import sample_fast
@@ -727,7 +727,7 @@ def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_
     assert mixed > 0.95 and pure < 0.3
 
 
-def test_the_default_precision_policy_follows_what_the_cpu_computes_in_hardware(tiny_agents, tmp_path):
+def test_the_default_precision_on_a_cpu_is_float32_whatever_it_computes_in_hardware(tiny_agents, tmp_path):
     trainer = MAGRPOTrainer(
         agents=tiny_agents,
         reward_func=letter_count_reward,
@@ -737,12 +737,13 @@ def test_the_default_precision_policy_follows_what_the_cpu_computes_in_hardware(
     )
     assert (trainer.args.dtype, trainer.args.autocast, trainer.args.rollout_dtype) == ("auto", "auto", "auto")
     assert all(a.model.dtype == torch.float32 for a in trainer.agents)  # master weights stay float32
-    if computes_bf16_in_hardware(torch.device("cpu")):  # AVX-512 BF16 / AMX: bf16 update, bf16 sampling copy
-        assert trainer.team.precision == Precision(autocast=torch.bfloat16, rollout_dtype="bfloat16")
-        assert all(a.sampling_copy is not None and a.sampling_copy.dtype == torch.bfloat16 for a in trainer.agents)
-    else:
-        assert trainer.team.precision == Precision(autocast=None, rollout_dtype="same")
-        assert all(a.sampling_copy is None for a in trainer.agents)
+    # bf16 learned less on a CPU that computes it (docs/performance.md): float32 there too, exactly on-policy
+    assert trainer.team.precision == Precision(autocast=None, rollout_dtype="same")
+    assert all(a.sampling_copy is None for a in trainer.agents)
+    assert not bf16_by_default(torch.device("cpu"))
+    assert bf16_by_default(torch.device("cuda")) == (
+        torch.cuda.is_available() and computes_bf16_in_hardware(torch.device("cuda"))
+    )
     with pytest.raises(
         ConfigError, match="autocast='fp8' is not valid; choose one of 'auto', 'no', 'bfloat16', 'float16'"
     ):
@@ -750,7 +751,7 @@ def test_the_default_precision_policy_follows_what_the_cpu_computes_in_hardware(
 
 
 @pytest.mark.parametrize(
-    "settings, hardware_bf16, expected",
+    "settings, bf16_default, expected",
     [
         ({}, True, (torch.bfloat16, "bfloat16")),
         ({}, False, (None, "same")),
@@ -758,12 +759,31 @@ def test_the_default_precision_policy_follows_what_the_cpu_computes_in_hardware(
         ({"rollout_backend": "plain"}, True, (torch.bfloat16, "same")),  # generate has no log-probs for a copy
         ({"autocast": "bfloat16"}, False, (torch.bfloat16, "bfloat16")),
         ({"rollout_dtype": "same"}, True, (torch.bfloat16, "same")),
+        ({"autocast": "no", "rollout_dtype": "bfloat16"}, False, (None, "bfloat16")),
     ],
 )
-def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(tiny_agents, settings, hardware_bf16, expected):
+def test_auto_precision_is_bf16_exactly_where_the_devices_take_it_by_default(
+    tiny_agents, settings, bf16_default, expected
+):
     args = MAGRPOConfig(**settings)
-    precision = resolve_precision(args, tiny_agents, OneProcess(), bf16_in_hardware=lambda device: hardware_bf16)
+    precision = resolve_precision(args, tiny_agents, OneProcess(), bf16_default=lambda device: bf16_default)
     assert (precision.autocast, precision.rollout_dtype) == expected
+
+
+def test_bf16_asked_for_on_a_device_without_bf16_hardware_is_warned_of_by_name(tiny_agents):
+    import warnings
+
+    from magrpo.prepare import warn_if_bf16_is_emulated
+
+    asked = Precision(autocast=torch.bfloat16, rollout_dtype="bfloat16")
+    with pytest.warns(UserWarning, match=r"autocast=bfloat16 and rollout_dtype=bfloat16 on cpu, which has no bf16"):
+        warn_if_bf16_is_emulated(asked, tiny_agents, bf16_in_hardware=lambda device: False)
+    with pytest.warns(UserWarning, match=r"^rollout_dtype=bfloat16 on cpu"):
+        warn_if_bf16_is_emulated(Precision(None, "bfloat16"), tiny_agents, bf16_in_hardware=lambda device: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_bf16_is_emulated(asked, tiny_agents, bf16_in_hardware=lambda device: True)
+        warn_if_bf16_is_emulated(Precision(None, "same"), tiny_agents, bf16_in_hardware=lambda device: False)
 
 
 def test_a_closed_trainer_lets_go_of_its_models_and_optimisers_and_says_so_when_used(tiny_tokenizer, tmp_path):

@@ -240,8 +240,9 @@ class MAGRPOConfig:
     #: (the trainer warns)
     dtype: str = "auto"
     #: the precision of the update's forward passes (torch.autocast) over float32 weights, as TRL's
-    #: bf16=True: "auto" is "bfloat16" where the devices compute bf16 in hardware (CUDA; CPUs with
-    #: AVX-512 BF16 or AMX) and "no" (float32) elsewhere; "no" keeps the update exactly float32
+    #: bf16=True: "auto" is "bfloat16" on CUDA GPUs that compute bf16 and "no" (float32) on every
+    #: CPU (on a CPU with AVX-512 BF16 the bf16 update is x2.5 faster but the team learned less:
+    #: docs/performance.md, "Precision"); "no" keeps the update exactly float32
     autocast: str = "auto"
     num_threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -102,6 +102,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     if backend != args.rollout_backend:  # "auto" resolved: the run's config names what samples
         args = dataclasses.replace(args, rollout_backend=backend)
     precision = resolve_precision(args, built, ranks)
+    warn_if_bf16_is_emulated(precision, built)
     # IAC, MAAC: the critics, their models before any engine reserves its share of a GPU
     critics = make_critics(built, args.algorithm, _critic_models(built, args), args.critic_type)
     if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
@@ -211,7 +212,7 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
 
 def computes_bf16_in_hardware(device: torch.device) -> bool:
     """Whether ``device`` runs bfloat16 matmuls in hardware: a CUDA GPU that supports it, or a CPU
-    with AVX-512 BF16 or AMX (elsewhere a CPU emulates bf16, slower than float32)."""
+    with AVX-512 BF16 or AMX (elsewhere a CPU emulates bf16, many times slower than float32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -219,17 +220,25 @@ def computes_bf16_in_hardware(device: torch.device) -> bool:
     return False
 
 
+def bf16_by_default(device: torch.device) -> bool:
+    """Whether ``autocast="auto"`` is bf16 on ``device``: on a CUDA GPU that computes bf16 (as
+    TRL's ``bf16=True`` recipes), never on a CPU. On a CPU with AVX-512 BF16 the bf16 update was
+    x2.5 faster but the team learned less (docs/performance.md, "Precision"), so there bf16 is the
+    user's choice (``autocast="bfloat16"``), not the default."""
+    return device.type == "cuda" and computes_bf16_in_hardware(device)
+
+
 def resolve_precision(
     args: MAGRPOConfig,
     agents: Sequence[AgentPolicy],
     ranks: OneProcess,
-    bf16_in_hardware: Callable[[torch.device], bool] = computes_bf16_in_hardware,
+    bf16_default: Callable[[torch.device], bool] = bf16_by_default,
 ) -> Precision:
     """``autocast`` and ``rollout_dtype`` with "auto" resolved by the devices: where every agent's
-    device computes bf16 in hardware (CUDA, or a CPU with AVX-512 BF16 / AMX), bf16 autocast for the
+    device takes bf16 by default (:func:`bf16_by_default`: a CUDA GPU), bf16 autocast for the
     update and a bf16 policy to sample with (the fast backend's copy, the vllm engine's dtype), the
-    gap closed by the truncated importance weights; float32 throughout elsewhere."""
-    bf16 = all(bf16_in_hardware(agent.device) for agent in agents)
+    gap closed by the truncated importance weights; float32 throughout elsewhere (every CPU)."""
+    bf16 = all(bf16_default(agent.device) for agent in agents)
     autocast = args.autocast
     if autocast == "auto":
         autocast = "bfloat16" if bf16 else "no"
@@ -240,6 +249,28 @@ def resolve_precision(
         copies = args.rollout_backend in ("fast", "vllm") and not ranks.sharded
         rollout_dtype = "bfloat16" if autocast == "bfloat16" and copies else "same"
     return Precision(autocast=None if autocast == "no" else getattr(torch, autocast), rollout_dtype=rollout_dtype)
+
+
+def warn_if_bf16_is_emulated(
+    precision: Precision,
+    agents: Sequence[AgentPolicy],
+    bf16_in_hardware: Callable[[torch.device], bool] = computes_bf16_in_hardware,
+) -> None:
+    """Warn where bf16 was asked for on a device that emulates it (a CPU without AVX-512 BF16 or
+    AMX: the bundled model's update took x17 the float32 time on an AVX2 CPU)."""
+    asked = [
+        what
+        for what, dtype in (("autocast", precision.autocast), ("rollout_dtype", precision.rollout_dtype))
+        if str(dtype).removeprefix("torch.") == "bfloat16"
+    ]
+    emulated = sorted({str(agent.device) for agent in agents if not bf16_in_hardware(agent.device)})
+    if asked and emulated:
+        warnings.warn(
+            f"{' and '.join(f'{what}=bfloat16' for what in asked)} on {', '.join(emulated)}, which has no bf16 "
+            "hardware (no AVX-512 BF16 or AMX): bf16 is emulated there, many times slower than float32 (x17 for the "
+            "bundled model's update on an AVX2 CPU); use autocast='no' and rollout_dtype='same' (the CPU default)",
+            stacklevel=4,
+        )
 
 
 def warn_if_weights_cannot_learn(agents: Sequence[AgentPolicy]) -> None:
@@ -316,6 +347,7 @@ __all__ = [
     "build_env_factory",
     "check_items",
     "choose_rollout_backend",
+    "bf16_by_default",
     "computes_bf16_in_hardware",
     "make_optimizer",
     "make_schedulers",

@@ -14,6 +14,8 @@ from typing import Iterable
 
 import torch
 
+from magrpo.sandbox.runner import has_ended
+
 #: seconds an engine process is given to shut down cleanly after the trainer died
 SHUTDOWN_GRACE_S = 10.0
 
@@ -66,20 +68,11 @@ def _end_after(trainer: int | None, core: int) -> None:
         select.select([trainer], [], [])  # readable once the trainer has exited
     os.kill(core, signal.SIGTERM)  # vLLM's handler shuts its executor and workers down
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
-    while _running(core) and time.monotonic() < deadline:
+    while not has_ended(core) and time.monotonic() < deadline:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.kill(core, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a process that has exited but is not yet reaped still takes signals)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 #: the qualified name vLLM imports in each worker

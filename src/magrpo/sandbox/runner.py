@@ -231,11 +231,12 @@ def _survivors(run: _Run, marker: str) -> list[int]:
                         found.append(int(entry))
         except OSError:
             continue
-    return [pid for pid in found if not _is_zombie(pid)]
+    return [pid for pid in found if not has_ended(pid)]
 
 
-def _is_zombie(pid: int) -> bool:
-    """Dead and waiting to be reaped (or already gone): nothing left to kill."""
+def has_ended(pid: int) -> bool:
+    """Dead and waiting to be reaped, or already gone: nothing left to kill (a zombie still takes
+    signals, so a kill's success says nothing)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
