@@ -364,11 +364,9 @@ class MAGRPOConfig:
             )
         # a schedule that needs arguments (cosine_with_min_lr, warmup_stable_decay) is built once now
         if self.lr_scheduler_type != "constant" or self.lr_scheduler_kwargs:
-            import torch
+            from magrpo.schedules import check_schedule  # loads torch: only for a schedule that needs the check
 
-            from magrpo.prepare import make_schedulers
-
-            make_schedulers([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)], self)
+            check_schedule(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.warmup(), self.max_steps)
         # agent placement names one device per agent
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
             raise ConfigError(
