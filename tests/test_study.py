@@ -1,5 +1,5 @@
 """benchmarks/study.py: a study cut short resumes with the runs it has, and only with the same settings;
-benchmarks/difference.py: how one system's held-out figure stands to another's."""
+benchmarks/difference.py and results_doc.py: verdicts come from a test of the difference."""
 
 from __future__ import annotations
 
@@ -223,29 +223,28 @@ def test_one_seed_or_no_spread_leaves_the_difference_untested(difference):
     assert str(difference.difference([0.5, 0.5], 0.4)) == "+0.100, untested: no spread over seeds"
 
 
-def test_compare_separates_only_where_the_intervals_do_not_overlap(results_doc):
-    assert results_doc.compare([0.6, 0.1], [0.4, 0.05]) == "above"  # 0.5 > 0.45
-    assert results_doc.compare([0.3, 0.05], [0.5, 0.1]) == "below"
-    assert results_doc.compare([0.5, 0.1], [0.45, 0.0]) == "not separated from"
-    assert results_doc.compare([0.5, 0.05], [0.4, 0.05]) == "not separated from"  # they touch: not separated
-
-
-def test_the_verdicts_need_two_seeds_and_name_the_missing_ones(results_doc):
+def test_the_verdicts_test_the_held_out_figures_of_the_seeds_and_name_the_missing_ones(results_doc):
+    # summarize's maximum reward is 3: normalised team 0.6, 0.5, 0.5 against 0.3 untrained;
+    # mean difference 0.2333, se 0.0577 / sqrt(3) = 0.0333, t = 7, p = 1 - 7 / sqrt(51) = 0.0198 at df 2
     study = {
-        "args": {"seeds": 3},
-        "runs": {"team": [{"seed": s} for s in range(3)], "single-grpo": [{"seed": 0}], "parallel": [{"seed": None}]},
-        "summary": {
-            "team": {"reward_normalised": [0.6, 0.05]},
-            "single-grpo": {"reward_normalised": [0.2, 0.0]},
-            "parallel": {"reward_normalised": [0.3, 0.0]},
+        "args": {"seeds": 3, "task": "summarize"},
+        "runs": {
+            "team": [{"seed": s, "held_out": {"reward": r}} for s, r in ((2, 1.5), (0, 1.8), (1, 1.5))],
+            "single-grpo": [{"seed": 0, "held_out": {"reward": 0.6}}],
+            "parallel": [{"seed": None, "held_out": {"reward": 0.9}}],
         },
+        "summary": {"team": {}, "single-grpo": {}, "parallel": {}},
     }
+    assert results_doc.held_out(study, "team") == pytest.approx([0.6, 0.5, 0.5])  # in seed order
+    assert results_doc.held_out(study, "parallel") == pytest.approx(0.3)  # one greedy run: a constant
     lines = results_doc.trained_verdicts(study, "")
     assert "Cut short by this 2-core CPU: single-grpo has 1 of 3 seeds." in lines
-    assert lines[-1] == (
-        "On held-out normalised return (95% intervals): team is above the untrained team; "
-        "a system with one seed has no interval, so no verdict."
-    )
+    assert lines[-4:] == [
+        "On held-out normalised return (difference of means [95% interval], test):",
+        "",
+        "- the team is above the untrained team: +0.233 [0.090, 0.377], one-sample t = 7.00, df 2, p = 0.020",
+        "- a system with one seed has no spread to test, so no verdict",
+    ]
 
 
 def test_each_precision_names_its_own_system_and_sets_the_config_fields(study, tmp_path):
