@@ -383,6 +383,9 @@ def critics_section() -> list[str]:
                 else "Fifteen steps of one item leave wide intervals."
             ),
         ]
+        if "single-grpo" in earlier["runs"]:
+            across = difference(held_out(study, "team"), held_out(earlier, "single-grpo"))
+            out[-1] += f" Set against section 1's single-agent GRPO, {verdict('this team', 'it', across)}."
     return out + [""]
 
 
