@@ -429,7 +429,13 @@ class MAGRPOConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> "MAGRPOConfig":
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(cls.field_names())}")
+            import difflib
+
+            close = {name: difflib.get_close_matches(name, cls.field_names(), n=1) for name in unknown}
+            several = len(unknown) > 1
+            guesses = [repr(match[0]) + (f" for {name!r}" if several else "") for name, match in close.items() if match]
+            guess = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+            raise ConfigError(f"unknown config field(s) {unknown}{guess} (`magrpo train --help` lists the fields)")
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
     @classmethod
