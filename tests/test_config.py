@@ -56,6 +56,14 @@ def test_an_unknown_field_in_a_yaml_file_gets_the_closest_field(tmp_path):
     )
 
 
+def test_every_field_has_help_text_in_the_comment_above_it():
+    from magrpo.cli_options import field_help
+
+    helps = field_help()
+    assert list(helps) == MAGRPOConfig.field_names()  # every field, in declaration order
+    assert [name for name, text in helps.items() if not text] == []
+
+
 def test_plan_over_budget_is_refused_with_the_numbers():
     with pytest.raises(ConfigError, match="samples 1092 completions per agent per step"):
         MAGRPOConfig(num_generations=3, num_turns=3, joint_mode="cross", batch_size=4, max_planned_generations=1000)
