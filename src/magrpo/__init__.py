@@ -30,6 +30,7 @@ _EXPORTS = {
     "ModelError": "magrpo.errors",
     "MultiAgentEnv": "magrpo.envs.base",
     "RewardError": "magrpo.errors",
+    "RolloutServerError": "magrpo.errors",
     "RewardFunctionEnv": "magrpo.envs.reward_env",
     "RewardModel": "magrpo.rewards.reward_model",
     "StepResult": "magrpo.envs.base",
@@ -62,7 +63,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from magrpo.envs.base import MultiAgentEnv, StepResult
     from magrpo.envs.check import check_env
     from magrpo.envs.reward_env import RewardFunctionEnv
-    from magrpo.errors import CheckpointError, ConfigError, DataError, DatasetError, EnvError, ModelError, RewardError
+    from magrpo.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        DatasetError,
+        EnvError,
+        ModelError,
+        RewardError,
+        RolloutServerError,
+    )
     from magrpo.models.agent import AgentPolicy
     from magrpo.models.loading import build_agents
     from magrpo.rewards.reward_model import RewardModel

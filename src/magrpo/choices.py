@@ -39,6 +39,8 @@ SAMPLERS = ("fast", "plain", "vllm")
 ROLLOUT_BACKENDS = (*SAMPLERS, "auto")
 #: where the vLLM engines live (magrpo.sampling.vllm_engine.own_engine_processes)
 VLLM_ENGINE_PROCESSES = ("auto", "training", "own")
+#: whose engines sample for the vllm backend: the trainer's own, or a rollout server's
+VLLM_MODES = ("colocate", "server")
 ROLLOUT_DTYPES = ("auto", "same", "float32", "bfloat16", "float16")
 AUTOCASTS = ("auto", "no", "bfloat16", "float16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -75,6 +77,7 @@ __all__ = [
     "REPORT_TO",
     "ROLLOUT_DTYPES",
     "VLLM_ENGINE_PROCESSES",
+    "VLLM_MODES",
     "SETUPS",
     "check_choice",
 ]

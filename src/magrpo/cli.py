@@ -589,6 +589,88 @@ def _evaluate(given: SimpleNamespace) -> None:
         given.output.write_text(json.dumps(figures, indent=2))
 
 
+#: the options of ``magrpo vllm-serve``
+SERVE_OPTIONS = (
+    Option(
+        ("--model", "-m"),
+        list[str],
+        [],
+        "A model to serve, repeatable: one per fully trained agent (each needs an engine of its own), one for "
+        "LoRA agents on one base (with --lora-rank). Names as for train: 'default', a preset, a folder, a GGUF file.",
+    ),
+    Option(("--host",), str, "127.0.0.1", "Address to answer on (0.0.0.0: every interface)."),
+    Option(("--port",), int, 8000, "Port to answer on."),
+    Option(
+        ("--devices",),
+        list[str],
+        [],
+        "Where each model's engine runs, one per --model: 'cpu', 'cpu:0-3', 'cuda:1', 'cuda:1,2' (tensor parallel). "
+        "Default: the first GPU, else the CPU (several engines split its cores).",
+    ),
+    Option(
+        ("--dtype",),
+        str,
+        "auto",
+        "The engines' dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16.",
+    ),  # fmt: skip
+    Option(("--lora-rank",), Optional[int], help="Serve LoRA adapters up to this rank (LoRA agents on one base)."),
+    Option(("--max-loras",), int, 4, "Adapters an engine holds at once (one per LoRA agent it serves)."),
+    Option(("--max-model-len",), int, 4096, "The longest prompt + completion an engine takes (at most the model's)."),
+    Option(("--kv-cache-gib",), float, 1.0, "On the CPU: GiB of KV cache per engine."),
+    Option(
+        ("--gpu-memory-utilization",),
+        Optional[float],
+        help="On a GPU: the share of its memory each engine takes (default 0.9 over the engines on it).",
+    ),
+    Option(("--seed",), int, 0, "The engines' seed (each request carries its own as well)."),
+    VERBOSE,
+)
+
+
+@command(app, "vllm-serve", SERVE_OPTIONS)
+def vllm_serve(given: SimpleNamespace) -> None:
+    """Serve vLLM engines that sample for a trainer elsewhere (train with --set vllm_mode=server --set
+    vllm_server_url=http://HOST:PORT): weights pushed after every update, each push a policy version."""
+    _set_verbose(given.verbose)
+    try:
+        from magrpo.sampling.placement import EnginePlacement
+        from magrpo.sampling.vllm_engine import check_vllm_installed
+        from magrpo.sampling.vllm_server import ServedModel, serve
+
+        check_vllm_installed()
+        models = given.model or ["default"]
+        devices = given.devices or [_default_engine_device()] * len(models)
+        if len(devices) != len(models):
+            raise UsageError(f"{len(devices)} --devices for {len(models)} --model; give one per model, or none")
+        served = [
+            ServedModel(
+                spec,
+                EnginePlacement.parse(device),
+                dtype=given.dtype,
+                max_model_len=given.max_model_len,
+                lora_rank=given.lora_rank,
+                max_loras=given.max_loras,
+            )
+            for spec, device in zip(_model_specs(models, len(models)), devices)
+        ]
+        serve(
+            served,
+            host=given.host,
+            port=given.port,
+            seed=given.seed,
+            kv_cache_gib=given.kv_cache_gib,
+            gpu_memory_utilization=given.gpu_memory_utilization,
+        )
+    except (UsageError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+
+
+def _default_engine_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -29,6 +29,7 @@ from magrpo.choices import (
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
     VLLM_ENGINE_PROCESSES,
+    VLLM_MODES,
     check_choice,
 )
 from magrpo.errors import ConfigError
@@ -206,8 +207,21 @@ class MAGRPOConfig:
     #: vllm backend: where the engines live. "training": in the training process (no transfer);
     #: "own": each engine in a process of its own (the CPU cores split between them), so that the
     #: engines of a team of fully trained agents decode at the same time; "auto": "own" where two or
-    #: more engines run on CPU, else "training"
+    #: more engines run on CPU or an engine is placed on other devices (vllm_devices), else "training"
     vllm_engine_process: str = "auto"
+    #: vllm backend: where each agent's engine runs, one entry per agent: "cpu", "cpu:0-3" (its
+    #: cores), "cuda:2", "cuda:2,3" (tensor parallel over two GPUs); agents that share a model share
+    #: its engine and give it one placement. None: each engine beside its agents (magrpo.sampling.placement)
+    vllm_devices: list[str] | None = None
+    #: vllm backend: "colocate" (the trainer's own engines: vllm_engine_process, vllm_devices) or
+    #: "server" (the engines of a rollout server, `magrpo vllm-serve`, at vllm_server_url: other
+    #: GPUs or another machine; magrpo.sampling.vllm_client)
+    vllm_mode: str = "colocate"
+    #: vllm_mode="server": the rollout server's URL, e.g. "http://127.0.0.1:8000"; one for the team,
+    #: or one per agent
+    vllm_server_url: str | list[str] | None = None
+    #: vllm_mode="server": seconds one request to the server may take before it counts as gone
+    vllm_server_timeout: float = 600.0
     #: agents with their own models sample ("fast" backend) and update (on CPU, in one process,
     #: without autocast) at the same time, the CPU threads split between them (the same random
     #: draws as one after the other; shared-base LoRA agents take turns)
@@ -388,6 +402,23 @@ class MAGRPOConfig:
                 f"rollout_dtype={self.rollout_dtype!r} would need a whole reduced-precision copy on every rank: "
                 "use rollout_dtype='same' (or 'auto')"
             )
+        # a rollout server's engines sample: for the vllm backend, at its URL, placed by the server
+        if self.vllm_mode == "server":
+            if self.rollout_backend not in ("vllm", "auto"):
+                raise ConfigError(
+                    f"vllm_mode='server' samples on a rollout server's vLLM engines; rollout_backend="
+                    f"{self.rollout_backend!r} samples in the trainer: use rollout_backend='vllm'"
+                )
+            if self.vllm_server_url is None:
+                raise ConfigError(
+                    "vllm_mode='server' needs vllm_server_url: the URL of a `magrpo vllm-serve` server, e.g. "
+                    "'http://127.0.0.1:8000'"
+                )
+            if self.vllm_devices is not None:
+                raise ConfigError(
+                    f"vllm_devices={self.vllm_devices!r} places the trainer's own engines; a rollout server places "
+                    "its own (magrpo vllm-serve --devices): leave vllm_devices unset with vllm_mode='server'"
+                )
         # an engine samples with whole weights: sharded agents would have to be gathered for every sync
         if self.rollout_backend == "vllm" and self.data_parallel == "shard":
             raise ConfigError(
@@ -625,6 +656,22 @@ def _agent_devices(cfg: MAGRPOConfig, name: str) -> None:
         _device_name(name, value)
 
 
+def _is_server_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _engine_placements(cfg: MAGRPOConfig, name: str) -> None:
+    from magrpo.sampling.placement import EnginePlacement
+
+    values = getattr(cfg, name)
+    if not isinstance(values, list) or len(values) != cfg.num_agents:
+        raise ConfigError(
+            f"{name}={values!r} is not valid; expected a list of {cfg.num_agents} placements (one per agent)"
+        )
+    for value in values:
+        EnginePlacement.parse(value)
+
+
 #: field name -> its check, in the fields' declaration order (fields with no entry take any value)
 _FIELD_CHECKS: dict[str, FieldCheck] = {
     "num_agents": _int_at_least(1),
@@ -682,6 +729,10 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "vllm_gpu_memory_utilization": _optional(_number(0.0, 1.0, low_open=True)),
     "vllm_sleep_mode": _flag,
     "vllm_engine_process": _one_of(VLLM_ENGINE_PROCESSES),
+    "vllm_devices": _optional(_engine_placements),
+    "vllm_mode": _one_of(VLLM_MODES),
+    "vllm_server_url": _optional(_one_or_per_agent(_is_server_url, "an http:// or https:// URL")),
+    "vllm_server_timeout": _number(0.0, None, low_open=True),
     "concurrent_agents": _flag,
     "update_micro_batch_size": _int_at_least(1),
     "logprob_chunk_size": _optional(_int_at_least(1)),

@@ -1,5 +1,6 @@
 """Every error magrpo raises on bad input, in one place: each message names the bad value and
-what would be accepted. All are ``ValueError`` subclasses, so one ``except ValueError`` catches them."""
+what would be accepted. All are ``ValueError`` subclasses, so one ``except ValueError`` catches them;
+a fault of a running job that is no bad input (a rollout server gone) is a ``RuntimeError``."""
 
 from __future__ import annotations
 
@@ -32,4 +33,23 @@ class EnvError(ValueError):
     """An environment that breaks the :class:`magrpo.envs.MultiAgentEnv` contract."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DatasetError", "EnvError", "ModelError", "RewardError"]
+class RolloutServerError(RuntimeError):
+    """A rollout server (``vllm_mode="server"``) that failed to answer or refused a request: not bad
+    input but a fault of the run; the message names the server's URL and what it said. The run
+    stops after writing a checkpoint of its last complete step (magrpo.run)."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(f"rollout server {url}: {message}")
+        self.url = url
+
+
+__all__ = [
+    "RolloutServerError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DatasetError",
+    "EnvError",
+    "ModelError",
+    "RewardError",
+]

@@ -108,7 +108,11 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     warn_if_bf16_is_emulated(precision, built)
     # IAC, MAAC: the critics, their models before any engine reserves its share of a GPU
     critics = make_critics(built, args.algorithm, _critic_models(built, args), args.critic_type)
-    if args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
+    if args.rollout_backend == "vllm" and args.vllm_mode == "server":  # a rollout server's engines sample
+        from magrpo.sampling.vllm_client import attach_remote_engines
+
+        attach_remote_engines(built, args.vllm_server_url, args.vllm_server_timeout)
+    elif args.rollout_backend == "vllm":  # the engines sample, in the rollout dtype (or the weights' own)
         attach_vllm_engines(
             built,
             dtype=None if precision.rollout_dtype == "same" else getattr(torch, precision.rollout_dtype),
@@ -119,6 +123,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
             sleep_mode=args.vllm_sleep_mode,
             engine_process=args.vllm_engine_process,
+            devices=args.vllm_devices,
         )
     elif precision.rollout_dtype != "same":
         dtype = getattr(torch, precision.rollout_dtype)
@@ -207,6 +212,8 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     memory."""
     if args.rollout_backend != "auto":
         return args.rollout_backend
+    if args.vllm_mode == "server":  # a rollout server was named: its engines sample
+        return "vllm"
     if ranks.sharded or not vllm_installed() or unservable_reason(agents):
         return "fast"
     if all(agent.device.type == "cuda" for agent in agents):

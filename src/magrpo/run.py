@@ -26,7 +26,7 @@ from magrpo.checkpoint import (
 )
 from magrpo.config import MAGRPOConfig
 from magrpo.envs.check import check_env
-from magrpo.errors import ConfigError
+from magrpo.errors import ConfigError, RolloutServerError
 from magrpo.report import RunLog, progress_bar
 from magrpo.team import Precision, Team
 from magrpo.trackers import Trackers
@@ -88,7 +88,7 @@ def train_loop(
     with progress_bar(progress and main, args.max_steps, completed=state.step) as bar, stop.on_signals(trainer):
         try:
             while state.step < args.max_steps:
-                metrics, samples = trainer.train_step(trainer.next_batch())
+                metrics, samples = take_step(trainer, log)
                 state.history.append(metrics)
                 log.metrics(metrics)
                 trackers.log(metrics, state.step)
@@ -121,6 +121,27 @@ def train_loop(
         log.plot_rewards(state.history)
     ranks.barrier()  # the other ranks return once the run's files are written
     return state.history
+
+
+def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One training step on the next batch. A rollout server that stops answering ends the run
+    with a checkpoint of its last complete step (the failed step changed no weight; its items come
+    again on resume) and a message naming the server and the resume command."""
+    state = trainer.state
+    position = state.item_order.state()
+    try:
+        return trainer.train_step(trainer.next_batch())
+    except RolloutServerError as exc:
+        state.item_order.load_state(position)
+        if state.step > state.cadence.last_step:
+            trainer.checkpoint(log.checkpoint_dir(state.step))
+        hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
+        saved = f"checkpoint {log.checkpoint_dir(state.step)}" if state.step else "no step had finished"
+        raise RolloutServerError(
+            exc.url,
+            f"{str(exc).removeprefix(f'rollout server {exc.url}: ')}; the run stopped after step {state.step} "
+            f"({saved}): restart the server, then resume with: {hint}",
+        ) from exc
 
 
 def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:

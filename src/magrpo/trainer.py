@@ -85,7 +85,7 @@ class MAGRPOTrainer:
         if len(agents) != self.args.num_agents:
             raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
         check_trackers_installed(self.args.report_to)  # before any model loads
-        if self.args.rollout_backend == "vllm":
+        if self.args.rollout_backend == "vllm" and self.args.vllm_mode == "colocate":  # a server's need no vLLM here
             check_vllm_installed()
         # the names the environments key observations by: those of pre-built agents, else agent_i
         self.agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]

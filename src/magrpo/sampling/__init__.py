@@ -44,7 +44,7 @@ def make_sampler(
     if backend == "fast":
         from magrpo.sampling.fast import FastSampler as backend_class
     elif backend == "vllm":
-        from magrpo.sampling.vllm_engine import VLLMSampler as backend_class
+        from magrpo.sampling.vllm_sampler import VLLMSampler as backend_class
     else:
         from magrpo.sampling.plain import PlainSampler as backend_class
     return backend_class(settings)

@@ -24,9 +24,9 @@ from typing import Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
-from magrpo.logprobs import cache_keyword, completion_mask, eos_tensor, prefill_prompts
+from magrpo.logprobs import cache_keyword, eos_tensor, prefill_prompts
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.rollout import Rollout, rollout_of, tokenize_prompts
 from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
 from magrpo.types import Observation
 
@@ -251,18 +251,7 @@ def sample_fast(
             pad_token_id=agent.pad_token_id,
             generator=generator,
         )
-    mask = completion_mask(completion_ids, agent.eos_token_ids)
-    texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        mask,
-        texts,
-        prompts,
-        settings.num_generations,
-        token_logprobs=logprobs,
-    )
+    return rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, logprobs)
 
 
 class FastSampler(Sampler):

@@ -10,9 +10,8 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig
 
-from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.rollout import Rollout, rollout_of, tokenize_prompts
 from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
 from magrpo.types import Observation
 
@@ -91,9 +90,7 @@ def sample_plain(
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:
         completion_ids = completion_ids.repeat_interleave(settings.num_generations, dim=0)
-    mask = completion_mask(completion_ids, agent.eos_token_ids)
-    texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, settings.num_generations)
+    return rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations)
 
 
 class PlainSampler(Sampler):

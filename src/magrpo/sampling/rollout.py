@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
 from magrpo.types import Observation
 
@@ -62,4 +63,19 @@ def decode_completions(agent: AgentPolicy, completion_ids: torch.Tensor, mask: t
     return agent.tokenizer.batch_decode(kept, skip_special_tokens=True)
 
 
-__all__ = ["Rollout", "decode_completions", "tokenize_prompts"]
+def rollout_of(
+    agent: AgentPolicy,
+    prompts: list[str],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    num_generations: int,
+    token_logprobs: torch.Tensor | None = None,
+) -> Rollout:
+    """The rollout of sampled ``completion_ids``: their mask (up to each row's first EOS) and texts."""
+    mask = completion_mask(completion_ids, agent.eos_token_ids)
+    texts = decode_completions(agent, completion_ids, mask)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs)
+
+
+__all__ = ["Rollout", "decode_completions", "rollout_of", "tokenize_prompts"]

@@ -1,5 +1,7 @@
-"""Rollouts on vLLM (``rollout_backend="vllm"``): engines in the training process that sample
-every agent's G completions per observation, kept on the current policy after every update.
+"""Rollouts on vLLM (``rollout_backend="vllm"``): engines in the training process, or each in a
+process of its own on the devices it is placed on (:mod:`magrpo.sampling.placement`), that sample
+every agent's G completions per observation, kept on the current policy after every update (the
+sampler, the same for these and a rollout server's engines: :mod:`magrpo.sampling.vllm_sampler`).
 
 - **One engine per distinct model object.** Agents with LoRA adapters on one shared base are
   served by one engine with vLLM's multi-LoRA: each agent's adapter is a request-level adapter
@@ -26,11 +28,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import itertools
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -39,12 +41,11 @@ import torch
 from magrpo.choices import VLLM_ENGINE_PROCESSES, check_choice
 from magrpo.errors import ConfigError
 from magrpo.grouping import distinct_by_identity, group_by_identity
-from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
-from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
+from magrpo.sampling.placement import EnginePlacement, engine_placements
+from magrpo.sampling.vllm_sampler import AgentRequests, Completion, vllm_completions
 from magrpo.sampling.vllm_worker import EXTENSION
-from magrpo.types import Observation
+from magrpo.sampling.weights import engine_weights, write_safetensors
 
 #: what to install for the backend
 INSTALL_HINT = (
@@ -100,14 +101,12 @@ class VLLMEngine:
         gpu_memory_utilization: float | None,
         sleep_mode: bool,
         own_process: bool = False,
-        cpu_cores: Sequence[int] | None = None,
+        placement: EnginePlacement | None = None,
     ) -> None:
-        from vllm import LLM
-
         self.agents = list(agents)
         self.lora = any(agent.adapter is not None for agent in self.agents)
         model = self.agents[0].model
-        self.device = self.agents[0].device
+        self.placement = placement or EnginePlacement.beside(self.agents[0].device)
         self.workdir = Path(tempfile.mkdtemp(prefix="magrpo-vllm-"))
         atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
         self.shared_dir = self.workdir  # where weights cross to an engine of its own: in memory where it can
@@ -119,40 +118,21 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self.dtype = dtype
         self.own_process = own_process
-        self.sleep_mode = sleep_mode and self.device.type == "cuda"  # vLLM sleeps on CUDA only
-        options: dict[str, Any] = dict(
-            model=str(base_dir),
-            dtype=str(dtype).removeprefix("torch."),
+        self.sleep_mode = sleep_mode and self.placement.device_type == "cuda"  # vLLM sleeps on CUDA only
+        ranks = [int(_lora_config(agent).r) for agent in self.agents if agent.adapter is not None]
+        self.llm = build_llm(
+            base_dir,
+            dtype=dtype,
             max_model_len=max_model_len,
             seed=seed,
-            enable_prefix_caching=True,
-            skip_tokenizer_init=True,
-            logprobs_mode="processed_logprobs",
-            enforce_eager=self.device.type != "cuda",  # CUDA graphs where they pay
-            worker_extension_cls=EXTENSION,
+            placement=self.placement,
+            own_process=own_process,
+            lora_rank=max(ranks) if ranks else None,
+            max_loras=len(self.agents),
+            kv_cache_gib=kv_cache_gib,
+            gpu_memory_utilization=gpu_memory_utilization,
+            sleep_mode=self.sleep_mode,
         )
-        if self.lora:
-            ranks = [int(_lora_config(agent).r) for agent in self.agents if agent.adapter is not None]
-            options.update(enable_lora=True, max_lora_rank=_supported_rank(max(ranks)), max_loras=len(self.agents))
-        if self.device.type == "cuda":
-            options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
-        else:
-            options.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
-        # in this process the weights need no transfer; in a process of its own the engine decodes
-        # while the others do, on the cores it is given
-        environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if own_process else "0"}
-        if own_process and cpu_cores:
-            environment["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cpu_cores)
-        import vllm.envs
-
-        vllm.envs.disable_envs_cache()  # an engine built before cached its environment: read ours
-        set_num_threads = torch.set_num_threads
-        try:
-            with _environment(environment):
-                self.llm = LLM(**options)
-        finally:
-            # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
-            torch.set_num_threads = set_num_threads
         # an engine of its own process must not outlive the trainer, even one killed with SIGKILL
         self.llm.collective_rpc("magrpo_die_with", kwargs={"trainer_pid": os.getpid()})
         self.stale = {agent.name for agent in self.agents if agent.adapter is not None}  # no adapter loaded yet
@@ -180,17 +160,14 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # prompt KV of the old weights must not be served again
 
     def _reload_weights(self, agent: AgentPolicy) -> None:
-        weights = _checkpoint_weights(agent.model)
-        if not self.own_process:
-            weights = [(name, tensor.detach()) for name, tensor in weights.items()]
+        if not self.own_process:  # the live tensors themselves, no copy
+            weights = [(source.name, source.fetch()) for source in engine_weights(agent.model, device=None)]
             self.llm.collective_rpc("magrpo_reload_weights", kwargs={"weights": weights})
             return
-        from safetensors.torch import save_file
-
         # to the engine's process through a file in memory (/dev/shm where there is one), in the
-        # engine's dtype: half the bytes for a bf16 engine
+        # engine's dtype (half the bytes for a bf16 engine), written one tensor at a time
         path = self.shared_dir / f"{agent.name}.safetensors"
-        save_file({name: tensor.detach().to("cpu", self.dtype).contiguous() for name, tensor in weights.items()}, path)
+        write_safetensors(path, engine_weights(agent.model, self.dtype))
         try:
             self.llm.collective_rpc("magrpo_reload_weights", kwargs={"path": str(path)})
         finally:
@@ -237,29 +214,34 @@ class VLLMEngine:
             self.asleep = False
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, requests: Sequence[tuple[AgentPolicy, Sequence[list[int]], Sequence[Any]]]) -> list[list[Any]]:
-        """Every ``(agent, prompt token lists, sampling params)`` in ``requests`` in ONE batch (each
-        row with its agent's adapter, if any); the outputs per request, in order."""
+    def generate(self, requests: Sequence[AgentRequests]) -> list[list[list[Completion]]]:
+        """Every ``(agent, prompt token lists, sampling requests)`` in ``requests`` in ONE batch
+        (each row with its agent's adapter, if any); per request, per prompt, its completions."""
         from vllm.inputs import TokensPrompt
 
         self.ensure_current()
         prompts, params, adapters = [], [], []
-        for agent, token_lists, agent_params in requests:
-            too_long = [len(p) for p in token_lists if len(p) + 1 > self.max_model_len]
-            if too_long:
-                raise ConfigError(
-                    f"a prompt of agent {agent.name!r} has {max(too_long)} tokens, more than vllm_max_model_len="
-                    f"{self.max_model_len} allows; raise vllm_max_model_len"
-                )
+        for agent, token_lists, agent_requests in requests:
+            check_prompt_lengths(agent.name, token_lists, self.max_model_len)
             prompts += [TokensPrompt(prompt_token_ids=list(p)) for p in token_lists]
-            params += list(agent_params)
+            params += [request.to_vllm() for request in agent_requests]
             adapters += [self.adapters.get(agent.name) if agent.adapter is not None else None] * len(token_lists)
         outputs = self.llm.generate(prompts, params, lora_request=adapters if self.lora else None, use_tqdm=False)
         split, start = [], 0
         for _, token_lists, _ in requests:
-            split.append(outputs[start : start + len(token_lists)])
+            split.append(vllm_completions(outputs[start : start + len(token_lists)]))
             start += len(token_lists)
         return split
+
+
+def check_prompt_lengths(agent: str, token_lists: Sequence[Sequence[int]], max_model_len: int) -> None:
+    """Refuse a prompt that leaves no room for a completion, naming the setting to raise."""
+    too_long = [len(p) for p in token_lists if len(p) + 1 > max_model_len]
+    if too_long:
+        raise ConfigError(
+            f"a prompt of agent {agent!r} has {max(too_long)} tokens, more than vllm_max_model_len="
+            f"{max_model_len} allows; raise vllm_max_model_len"
+        )
 
 
 def attach_vllm_engines(
@@ -273,23 +255,34 @@ def attach_vllm_engines(
     gpu_memory_utilization: float | None,
     sleep_mode: bool,
     engine_process: str = "auto",
+    devices: Sequence[str] | None = None,
 ) -> list[VLLMEngine]:
     """One engine per distinct model object; each agent's ``rollout_engine`` set to its engine.
     ``dtype``: the engine's weights (None: the training weights' own, exactly that policy).
     ``max_model_len`` None: 2048 prompt tokens + ``max_new_tokens``, at most the model's limit.
     ``engine_process``: "training" (every engine in this process), "own" (each engine in a
     process of its own, the CPU cores split between them, so engines decode at the same time),
-    "auto" ("own" where two or more engines run on CPU, else "training")."""
+    "auto" ("own" where two or more engines run on CPU or an engine is placed on a GPU of its own,
+    else "training"). ``devices``: one placement per agent (:meth:`EnginePlacement.parse`; agents
+    that share a model share its engine, and so its placement); None: each engine beside its agents."""
     check_vllm_installed()
     reason = unservable_reason(agents)
     if reason:
         raise ConfigError(f"rollout_backend='vllm' cannot serve this team: {reason}; use rollout_backend='fast'")
     groups = group_by_identity(agents, key=lambda agent: agent.model)
-    own = own_engine_processes(engine_process, len(groups), [agents[g[0]].device for g in groups])
+    placements = engine_placements(agents, groups, devices)
+    own = own_engine_processes(engine_process, placements)
+    if own and any(p.device_type == "cpu" and not p.indices for p in placements):
+        cores = usable_cores()  # engines of their own processes on the CPU split its cores
+        placements = [
+            dataclasses.replace(p, indices=tuple(share_of_cores(i, len(groups), cores)))
+            if p.device_type == "cpu" and not p.indices
+            else p
+            for i, p in enumerate(placements)
+        ]
     engines = []
-    for index, group in enumerate(groups):
+    for group, placement in zip(groups, placements):
         members = [agents[i] for i in group]
-        on_cpu = members[0].device.type == "cpu"
         limit = getattr(members[0].model.config, "max_position_embeddings", None) or 2**20
         engine = VLLMEngine(
             members,
@@ -300,7 +293,7 @@ def attach_vllm_engines(
             gpu_memory_utilization=gpu_memory_utilization or 0.3 / len(groups),
             sleep_mode=sleep_mode,
             own_process=own,
-            cpu_cores=share_of_cores(index, len(groups), usable_cores()) if own and on_cpu else None,
+            placement=placement,
         )
         for agent in members:
             agent.rollout_engine = engine
@@ -314,15 +307,24 @@ def engine_process_ids(agents: Sequence[AgentPolicy]) -> list[int]:
     return [pid for engine in engines for pid in engine.process_ids()]
 
 
-def own_engine_processes(engine_process: str, engines: int, devices: Sequence[torch.device]) -> bool:
+def own_engine_processes(engine_process: str, placements: Sequence[EnginePlacement]) -> bool:
     """Whether the engines live in processes of their own. In one process two engines cannot
-    decode at the same time (vLLM's forward context is global to a process), so on CPU "auto"
-    gives two or more engines a process each; one engine is faster in the training process (no
-    transfer of its inputs, outputs and weights)."""
+    decode at the same time (vLLM's forward context is global to a process), so "auto" gives two
+    or more engines on the CPU a process each; an engine placed on a GPU the trainer does not
+    compute on, or on several GPUs (tensor parallel), needs one too (a process sees only its
+    GPUs: vLLM's worker takes the first it sees). One engine beside the trainer is faster in its
+    process (no transfer of its inputs, outputs and weights)."""
     check_choice("vllm_engine_process", engine_process, VLLM_ENGINE_PROCESSES)
-    if engine_process == "auto":
-        return engines > 1 and all(device.type == "cpu" for device in devices)
-    return engine_process == "own"
+    if engine_process != "auto":
+        return engine_process == "own"
+    on_cpu = [p for p in placements if p.device_type == "cpu"]
+    pinned = [p for p in on_cpu if p.indices]  # cores of its own: only a process of its own can keep to them
+    elsewhere = [p for p in placements if p.device_type == "cuda" and p.gpus != (_current_gpu(),)]
+    return len(on_cpu) > 1 or bool(pinned) or bool(elsewhere)
+
+
+def _current_gpu() -> int:
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def share_of_cores(index: int, count: int, cores: Sequence[int]) -> list[int]:
@@ -349,168 +351,73 @@ def engines_asleep(agents: Sequence[AgentPolicy]) -> Iterator[None]:
     yield
 
 
-class VLLMSampler(Sampler):
-    """``rollout_backend="vllm"``: the agents' engines; the agents that share an engine decode in
-    one batch. The engine samples the current policy for training and evaluation alike
-    (``use_sampling_copy`` has nothing to choose here)."""
-
-    def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
-        """All P prompts of one agent, G samples each, from the agent's engine."""
-        return self.sample_agents([agent], [observations], [generator])[0]
-
-    @torch.no_grad()
-    def sample_agents(
-        self,
-        agents: Sequence[AgentPolicy],
-        observations: Sequence[Sequence[Observation]],
-        generators: Sequence[Generators],
-    ) -> list[Rollout]:
-        """Every agent's rollout (``observations[i]`` are agent i's prompts), the agents that share
-        an engine in one batch: LoRA agents on one base decode together, each row with its own
-        adapter. Each prompt's seed comes from its agent's generator, so the draws do not depend on
-        the batch."""
-        for agent in agents:
-            if getattr(agent, "rollout_engine", None) is None:
-                raise ConfigError(
-                    f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
-                )
-        settings = self.settings
-        greedy = settings.temperature == 0.0
-        tokenized = [tokenize_prompts(agent, obs) for agent, obs in zip(agents, observations)]
-        requests = [
-            (
-                agent,
-                [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)],
-                _sampling_params(agent, generator, len(prompt_ids), settings),
-            )
-            for agent, generator, (_, prompt_ids, prompt_mask) in zip(agents, generators, tokenized)
-        ]
-        outputs: list[list[Any]] = [[] for _ in agents]
-        groups = group_by_identity(agents, key=lambda agent: agent.rollout_engine)
-
-        def generate(group: list[int]) -> None:
-            for i, out in zip(group, agents[group[0]].rollout_engine.generate([requests[i] for i in group])):
-                outputs[i] = out
-
-        if len(groups) > 1 and all(agents[g[0]].rollout_engine.own_process for g in groups):
-            # engines in processes of their own decode at the same time; each request has its own
-            # seed, so the samples are those of one engine after the other
-            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                list(pool.map(generate, groups))
-        else:
-            for group in groups:
-                generate(group)
-        return [
-            _rollout(agent, out, prompts, prompt_ids, prompt_mask, settings.num_generations, greedy)
-            for agent, out, (prompts, prompt_ids, prompt_mask) in zip(agents, outputs, tokenized)
-        ]
-
-
-def _sampling_params(agent: AgentPolicy, generator: Generators, count: int, settings: SamplingSettings) -> list[Any]:
-    from vllm import SamplingParams
-
-    greedy = settings.temperature == 0.0
-    return [
-        SamplingParams(
-            n=1 if greedy else settings.num_generations,  # greedy: one answer, the same for every generation
-            temperature=0.0 if greedy else settings.temperature,
-            top_p=1.0 if greedy else settings.top_p,
-            top_k=0,
-            max_tokens=settings.max_new_tokens,
-            stop_token_ids=list(agent.eos_token_ids),
-            ignore_eos=False,
-            logprobs=None if greedy else 0,
-            seed=seed,
-            detokenize=False,
-            skip_special_tokens=False,
-        )
-        for seed in _request_seeds(generator, count)
-    ]
-
-
-def _rollout(
-    agent: AgentPolicy,
-    outputs: Sequence[Any],
-    prompts: list[str],
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    num_generations: int,
-    greedy: bool,
-) -> Rollout:
-    """One agent's engine outputs as its :class:`Rollout` (ids padded, sampled-token log-probs)."""
-    copies = num_generations if greedy else 1
-    rows = [completion for output in outputs for completion in output.outputs for _ in range(copies)]
-    length = max(1, max(len(row.token_ids) for row in rows))
-    completion_ids = torch.full((len(rows), length), agent.pad_token_id, dtype=torch.long)
-    logprobs = torch.zeros((len(rows), length), dtype=torch.float32)
-    for r, row in enumerate(rows):
-        completion_ids[r, : len(row.token_ids)] = torch.tensor(row.token_ids, dtype=torch.long)
-        if row.logprobs:
-            logprobs[r, : len(row.token_ids)] = torch.tensor(
-                [step[token].logprob for step, token in zip(row.logprobs, row.token_ids)], dtype=torch.float32
-            )
-    completion_ids, logprobs = completion_ids.to(agent.device), logprobs.to(agent.device)
-    mask = completion_mask(completion_ids, agent.eos_token_ids)
-    texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        mask,
-        texts,
-        prompts,
-        num_generations,
-        token_logprobs=None if greedy else torch.where(mask, logprobs, torch.zeros_like(logprobs)),
-    )
-
-
-def _request_seeds(generator: Generators, count: int) -> list[int]:
-    """One seed per prompt: from that prompt's own generator, else drawn in order from one."""
-    if generator is None or isinstance(generator, torch.Generator):
-        source = [generator] * count
-    else:
-        source = list(generator)
-    return [
-        int(torch.randint(0, 2**62, (1,), generator=g, device=g.device if g is not None else "cpu")) for g in source
-    ]
-
-
-def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights under the names of its own checkpoint: a peft model's frozen base
-    (adapters left out, ``base_layer`` unwrapped), or the full model's."""
-    if not hasattr(model, "get_base_model"):
-        return dict(model.state_dict())
-    prefix = "base_model.model."
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name:
-            continue
-        name = name.removeprefix(prefix).replace(".base_layer.", ".")
-        out[name] = tensor
-    return out
-
-
-def _checkpoint_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights an engine loads: the base's, a tied output head left out (one tensor, read
-    once from the embeddings)."""
-    weights = _base_state_dict(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "tie_word_embeddings", False):
-        weights.pop("lm_head.weight", None)
-    return weights
-
-
 def _write_base_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
     """The model as a checkpoint folder the engine starts from (its weights are replaced in
     place at every sync, so this is written once)."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    weights = _checkpoint_weights(model)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"))
+    write_safetensors(directory / "model.safetensors", engine_weights(model))
+
+
+def build_llm(
+    model_dir: Path,
+    *,
+    dtype: torch.dtype,
+    max_model_len: int,
+    seed: int,
+    placement: EnginePlacement,
+    own_process: bool,
+    lora_rank: int | None,
+    max_loras: int,
+    kv_cache_gib: float,
+    gpu_memory_utilization: float | None,
+    sleep_mode: bool,
+) -> Any:
+    """A vLLM ``LLM`` on the checkpoint folder ``model_dir`` as magrpo's engines run: token ids in
+    and out, prefix caching, the log-probs of the distribution that sampled, magrpo's worker
+    extension, LoRA up to ``lora_rank`` (None: no LoRA), on ``placement``'s devices (in a process
+    of its own where ``own_process``, which sees only those devices)."""
+    from vllm import LLM
+
+    cuda = placement.device_type == "cuda"
+    options: dict[str, Any] = dict(
+        model=str(model_dir),
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=max_model_len,
+        seed=seed,
+        enable_prefix_caching=True,
+        skip_tokenizer_init=True,
+        logprobs_mode="processed_logprobs",
+        enforce_eager=not cuda,  # CUDA graphs where they pay
+        worker_extension_cls=EXTENSION,
+    )
+    if lora_rank is not None:
+        options.update(enable_lora=True, max_lora_rank=_supported_rank(lora_rank), max_loras=max_loras)
+    if cuda:
+        options.update(
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=sleep_mode,
+            tensor_parallel_size=placement.tensor_parallel_size,
+        )
+    else:
+        options.update(kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+    # in this process the weights need no transfer; in a process of its own the engine decodes
+    # while the others do, on the cores or GPUs it is given
+    environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if own_process else "0"}
+    if own_process:
+        environment.update(placement.environment())
+    import vllm.envs
+
+    vllm.envs.disable_envs_cache()  # an engine built before cached its environment: read ours
+    set_num_threads = torch.set_num_threads
+    try:
+        with _environment(environment):
+            return LLM(**options)
+    finally:
+        # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
+        torch.set_num_threads = set_num_threads
 
 
 @contextlib.contextmanager
@@ -546,8 +453,9 @@ __all__ = [
     "attach_vllm_engines",
     "check_vllm_installed",
     "engines_asleep",
+    "build_llm",
+    "check_prompt_lengths",
     "own_engine_processes",
-    "VLLMSampler",
     "share_of_cores",
     "unservable_reason",
     "usable_cores",

