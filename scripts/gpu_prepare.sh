@@ -51,13 +51,18 @@ WHEELS=(
 )
 
 mkdir -p "$OUT/whl"
+norm() { echo "$1" | tr '[:upper:]-' '[:lower:]_'; } # a wheel file's spelling of a name
+has_wheel() { # has_wheel NAME==VERSION: its wheel is in $OUT/whl
+  local wheel prefix
+  prefix=$(norm "${1%%==*}_${1##*==}_")
+  for wheel in "$OUT"/whl/*.whl; do
+    [[ $(norm "$(basename "$wheel")") == "$prefix"* ]] && return 0
+  done
+  return 1
+}
 wanted=()
 for spec in "${WHEELS[@]}"; do
-  name=${spec%%==*}; version=${spec##*==}
-  stem=$(echo "$name" | tr '-' '_')
-  if ! compgen -G "$OUT/whl/${stem}-${version}-*.whl" > /dev/null && ! compgen -G "$OUT/whl/${name}-${version}-*.whl" > /dev/null; then
-    wanted+=("$spec")
-  fi
+  has_wheel "$spec" || wanted+=("$spec")
 done
 if ((${#wanted[@]})); then
   echo "downloading ${#wanted[@]} wheels for the GPU machine (CPython 3.12, x86-64 Linux)..."
@@ -70,10 +75,7 @@ fi
 for wheel in "$OUT"/whl/*.whl; do
   keep=0
   for spec in "${WHEELS[@]}"; do
-    name=$(echo "${spec%%==*}" | tr '-' '_'); version=${spec##*==}
-    case "$(basename "$wheel" | tr '-' '_' | tr 'A-Z' 'a-z')" in
-      "$(echo "${name}_${version}_" | tr 'A-Z' 'a-z')"*) keep=1 ;;
-    esac
+    [[ $(norm "$(basename "$wheel")") == $(norm "${spec%%==*}_${spec##*==}_")* ]] && keep=1
   done
   ((keep)) || { echo "dropping $(basename "$wheel") (not pinned)"; rm -f "$wheel"; }
 done
