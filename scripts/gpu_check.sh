@@ -12,7 +12,8 @@
 #   bash scripts/gpu_check.sh --stash-only   # with .gpu/load1, then .gpu/load2, ... (a few seconds each)
 #   bash scripts/gpu_check.sh                # with the last load: the check itself
 #
-# one after the other on the same machine (the loads wait under $MAGRPO_GPU_HOME, /tmp/magrpo-gpu).
+# one after the other on the same machine while it stays up (the loads wait under
+# $MAGRPO_GPU_HOME, /tmp/magrpo-gpu).
 # A run without every load still runs what it can: without the model the tests run and the
 # quick start and benchmarks are skipped; without trl the benchmarks are.
 #
