@@ -244,8 +244,6 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     from magrpo.tasks.coding import helper_prompt, main_prompt
     from magrpo.trainer import MAGRPOTrainer
 
-    sampled: list[Any] = []
-
     def reward(*, completions: list[Any], **_: Any) -> list[float]:
         # a team's joint actions are tuples; one agent's completions come as TRL passes them
         joints = [joint if isinstance(joint, tuple) else (completion_text(joint),) for joint in completions]
@@ -280,22 +278,15 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
     trainer = MAGRPOTrainer(
         ["default"] * agents, reward, train_dataset=humaneval_items(prompts), formatters=formatters, args=config
     )
-    update_agent = trainer.update_agent
-
-    def update_and_record(index: int, rollouts: Any, returns: Any) -> Any:
-        sampled.extend(rollouts)  # what each agent's update pass runs over
-        return update_agent(index, rollouts, returns)
-
-    trainer.update_agent = update_and_record
     SAMPLING_DTYPE.append(trainer.team.precision.rollout_dtype)
     WATCHED.extend(agent.model for agent in trainer.agents)
     ENGINE_PIDS.extend(engine_process_ids(trainer.agents))
     snapshot_weights()
     steps = []
     for _ in range(args.steps):
-        sampled.clear()
         metrics, _ = trainer.train_step(trainer.next_batch())
         flops = tokens = 0.0
+        sampled = [rollout for turn in trainer.last_step.turns for rollout in turn.rollouts]
         for rollout in sampled:  # one update pass per agent over all its rows (micro-batch >= rows)
             rows = rollout.completion_ids.shape[0]
             prompt_len = int(rollout.prompt_mask.sum(dim=1).max())

@@ -1,8 +1,9 @@
 """Write docs/results.md from the files the studies wrote: no figure in it is typed by hand.
 
 Each section embeds a study's ``results.md`` (benchmarks/study.py) or a latency JSON (``magrpo
-eval --latency-items``) and states what holds from the same numbers. A study not run yet is
-named as not measured, with its command.
+eval --latency-items``) and states what holds from the same numbers: each verdict tests the
+difference of two systems' held-out means on their per-seed figures (benchmarks/difference.py).
+A study not run yet is named as not measured, with its command.
 
     .venv/bin/python benchmarks/results_doc.py          # after the studies below
 """
@@ -10,12 +11,37 @@ named as not measured, with its command.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+from magrpo.tasks import get_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
+from difference import Difference, difference, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 #: the systems a study trains (the others are the untrained prompt-only set-ups)
 TRAINED = ("team", "single-grpo")  # the critic baselines have their own section
+#: how a verdict names a system
+NAMES = {"team": "the team", "single-grpo": "single-agent GRPO", "parallel": "the untrained team"}
+#: how a verdict is reached, said once at the top of the page
+METHOD = (
+    "How a verdict is reached: each one tests the difference of two systems' held-out means and states it "
+    "with its 95% interval and two-sided p-value: above or below where p < 0.05, else not separated. Two "
+    "trained systems: Welch's t-test on their per-seed figures, the interval from the t distribution with "
+    "Welch-Satterthwaite degrees of freedom (one system's seeds may spread far wider than another's). An "
+    "untrained set-up decodes greedily once on the same items and has no spread over seeds: the trained "
+    "seeds are tested against its figure as a constant (one-sample t-test). The two-turn team's answers "
+    "after feedback against its first answers, both from the same runs: a paired t-test of the per-seed "
+    "differences. Whether two 95% intervals overlap is no test of the difference: they can overlap while "
+    "the difference's own interval excludes 0. Why a t-test over seeds rather than a bootstrap: each "
+    "`results.json` holds each run's mean over the held-out items, not per-item figures, so no bootstrap "
+    "paired by item can be computed from it (and one over items would leave out how training varies from "
+    "seed to seed); three seeds give a bootstrap ten distinct resamples, too few for an interval, where the "
+    "t distribution allows for having few seeds. Each verdict is a test of its own at the 5% level, not "
+    "corrected for the number of verdicts on the page."
+)
 
 
 def load(folder: str) -> dict | None:
@@ -28,14 +54,23 @@ def fig(summary: dict, system: str, key: str) -> str:
     return f"{mean:.3f} ± {half:.3f}"
 
 
-def compare(a: list[float], b: list[float]) -> str:
-    """How (mean, half-interval) ``a`` stands to ``b``: above or below when the 95% intervals do
-    not overlap, else not separated (one untrained run has an interval of 0)."""
-    if a[0] - a[1] > b[0] + b[1]:
-        return "above"
-    if a[0] + a[1] < b[0] - b[1]:
-        return "below"
-    return "not separated from"
+def held_out(study: dict, system: str, key: str = "reward_normalised") -> list[float] | float:
+    """A trained system's held-out figure per seed (in seed order), or an untrained set-up's one
+    greedy run: a constant."""
+    task = get_task(study["args"]["task"])
+    runs = study["runs"][system]
+    if runs[0]["seed"] is None:
+        return task.with_normalised_return(runs[0]["held_out"])[key]
+    return [task.with_normalised_return(run["held_out"])[key] for run in sorted(runs, key=lambda r: r["seed"])]
+
+
+def between(study: dict, a: str, b: str, key: str = "reward_normalised") -> Difference:
+    """How system ``a`` of ``study`` stands to system ``b`` on held-out ``key``."""
+    return difference(held_out(study, a, key), held_out(study, b, key))
+
+
+def bullets(lines: list[str]) -> list[str]:
+    return [f"- {line}" for line in lines]
 
 
 def seeds(study: dict, system: str) -> int:
@@ -92,23 +127,20 @@ def trained_verdicts(study: dict, caveat: str) -> list[str]:
             )
             + ".",
         ]
-    # a verdict needs an interval: a trained system with one seed has none
+    # a test needs a spread over seeds: a trained system with one seed has none
     judged = [system for system in present if seeds(study, system) >= 2]
     verdicts = [
-        f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} the untrained team"
+        verdict(NAMES[system], NAMES["parallel"], between(study, system, "parallel"))
         for system in judged
         if "parallel" in s
     ]
     if len(judged) < len(present):
-        verdicts.append("a system with one seed has no interval, so no verdict")
+        verdicts.append("a system with one seed has no spread to test, so no verdict")
     if "team" in judged and "single-grpo" in judged:
-        verdicts.append(
-            f"the team is {compare(s['team']['reward_normalised'], s['single-grpo']['reward_normalised'])} "
-            "single-agent GRPO"
-        )
+        verdicts.append(verdict(NAMES["team"], NAMES["single-grpo"], between(study, "team", "single-grpo")))
     if verdicts:
-        out += ["", ("On held-out normalised return (95% intervals): " + "; ".join(verdicts) + ". " + caveat).rstrip()]
-    return out
+        out += ["", "On held-out normalised return (difference of means [95% interval], test):", "", *bullets(verdicts)]
+    return out + (["", caveat] if verdicts and caveat else [])
 
 
 def writing_section(task: str, number: str, reference: str) -> list[str]:
@@ -124,8 +156,8 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
     out += embed(task, study, command)
     rouge = (
         f"ROUGE-L against the reference {reference}: team {fig(s, 'team', 'rougeL')}, untrained team "
-        f"{fig(s, 'parallel', 'rougeL')}, so on ROUGE-L the team is "
-        f"{compare(s['team']['rougeL'], s['parallel']['rougeL'])} the untrained team. "
+        f"{fig(s, 'parallel', 'rougeL')}, so on ROUGE-L "
+        f"{verdict(NAMES['team'], NAMES['parallel'], between(study, 'team', 'parallel', 'rougeL'))}. "
         "The writing reward is structural (docs/writing.md): ROUGE is reported beside it. "
         if "rougeL" in s["team"]
         else ""
@@ -230,15 +262,18 @@ def turns_section() -> list[str]:
         out.append(f"Held out, after the last turn ({seeds(one, 'team')} and {seeds(two, 'team')} seeds): {cells}.")
         if "turn_1/reward_normalised" in b:
             first, second = b["turn_1/reward_normalised"], b["turn_2/reward_normalised"]
+            feedback = difference(
+                held_out(two, "team", "turn_2/reward_normalised"),
+                held_out(two, "team", "turn_1/reward_normalised"),
+                paired=True,
+            )
             out.append(
                 f"Within the two-turn team, the held-out normalised return after feedback is "
                 f"{second[0]:.3f} ± {second[1]:.3f} against {first[0]:.3f} ± {first[1]:.3f} for its first answers: "
-                f"{compare(second, first)} them."
+                f"{feedback.relation} them, {feedback}."
             )
-        out.append(
-            f"On held-out normalised return the two-turn team is {compare(b['reward_normalised'], a['reward_normalised'])} "
-            "the one-turn team (95% intervals)."
-        )
+        turns = difference(held_out(two, "team"), held_out(one, "team"))
+        out.append(f"On held-out normalised return {verdict('the two-turn team', 'the one-turn team', turns)}.")
     return out + [""]
 
 
@@ -286,21 +321,25 @@ def critics_section() -> list[str]:
     present = [system for system in ("team", "maac", "iac", "maac-q", "iac-q") if system in s]
     figures = ", ".join(f"{system} {fig(s, system, 'reward_normalised')}" for system in present)
     verdicts = [
-        f"{system} is {compare(s[system]['reward_normalised'], s['team']['reward_normalised'])} MAGRPO"
+        verdict(system, "MAGRPO", between(study, system, "team"))
         for system in present
         if system != "team" and "team" in s
     ]
     if "parallel" in s:
         verdicts += [
-            f"{system} is {compare(s[system]['reward_normalised'], s['parallel']['reward_normalised'])} "
-            "the untrained team"
+            verdict("MAGRPO" if system == "team" else system, NAMES["parallel"], between(study, system, "parallel"))
             for system in present
         ]
-    out.append(
-        f"Held-out normalised return: {figures}. On it (95% intervals): " + "; ".join(verdicts) + "."
-        if verdicts
-        else f"Held-out normalised return: {figures}."
-    )
+    out.append(f"Held-out normalised return: {figures}.")
+    if verdicts:
+        out += ["", "On it (difference of means [95% interval], test):", "", *bullets(verdicts)]
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1 :]]
+    if pairs and all(between(study, a, b).relation == "not separated from" for a, b in pairs):
+        out += [
+            "",
+            "At this budget none of MAGRPO and the critic baselines is shown better than another "
+            "(Welch, p ≥ 0.05 for each pair).",
+        ]
     # how far each critic got: its mean value against the mean reward over the last 3 steps, and
     # the peak of its mean value curve (mean over seeds)
     tracking = []
@@ -330,17 +369,23 @@ def critics_section() -> list[str]:
         ]
     earlier = load("summarize")
     if earlier is not None and "team" in earlier["summary"] and "team" in s:
-        pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1 :]]
-        tied = all(
-            compare(s[a]["reward_normalised"], s[b]["reward_normalised"]) == "not separated from" for a, b in pairs
-        )
+        sittings = difference(held_out(earlier, "team"), held_out(study, "team"))
         out += [
             "",
-            f"The MAGRPO team of section 1 ran with the same settings in an earlier sitting: "
+            f"The MAGRPO team of section 1 ran with the same settings and seeds in an earlier sitting: "
             f"{fig(earlier['summary'], 'team', 'reward_normalised')} there, {fig(s, 'team', 'reward_normalised')} "
-            "here: fifteen steps of one item leave wide intervals."
-            + (" At this budget none of the baselines is shown better than another." if tied else ""),
+            f"here; {verdict('the earlier team', 'this one', sittings)}. "
+            + (
+                "The same settings and seeds gave teams further apart than their spread over seeds explains: "
+                "something the runs do not record differs between the sittings, and a comparison of two "
+                "studies (section 3's) may carry such a difference beside the one it tests."
+                if sittings.relation != "not separated from"
+                else "Fifteen steps of one item leave wide intervals."
+            ),
         ]
+        if "single-grpo" in earlier["runs"]:
+            across = difference(held_out(study, "team"), held_out(earlier, "single-grpo"))
+            out[-1] += f" Set against section 1's single-agent GRPO, {verdict('this team', 'it', across)}."
     return out + [""]
 
 
@@ -351,6 +396,8 @@ def main() -> None:
         "Every number below comes from a file a command wrote (this page is written by "
         "`benchmarks/results_doc.py` from them); the commands are given. Measured on a 2-core CPU machine "
         "without a GPU.",
+        "",
+        METHOD,
         "",
     ]
     lines += writing_section("summarize", "1", "summary")

@@ -199,3 +199,18 @@ def after_all_started(call, barrier):
         return call(*args, **kwargs)
 
     return wrapped
+
+
+def scripted_sampler_of(sample, num_generations: int, concurrent_agents: bool = False):
+    """A :class:`~magrpo.sampling.Sampler` whose ``sample`` is the plain function
+    ``sample(agent, observations, generator=None) -> Rollout`` (scripted completions)."""
+    from magrpo.sampling import Sampler, SamplingSettings
+
+    class Scripted(Sampler):
+        def sample(self, agent, observations, generator=None):
+            return sample(agent, observations, generator)
+
+    settings = SamplingSettings(
+        num_generations=num_generations, max_new_tokens=1, temperature=1.0, concurrent_agents=concurrent_agents
+    )
+    return Scripted(settings)

@@ -1,16 +1,13 @@
-"""Every choice is checked against one tuple, by the config and by the functions that take it."""
+"""Every choice is checked once, against one tuple, where a run is configured: the functions of
+the step take the names as given (a sampler made directly by name is checked where it is made)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from magrpo import ConfigError, MAGRPOConfig
-from magrpo.advantages import agent_advantages, group_advantages
-from magrpo.choices import ADVANTAGE_SCALINGS, JOINT_MODES, LOSS_AGGREGATIONS, check_choice
-from magrpo.loss import loss_normaliser
+from magrpo.choices import ADVANTAGE_SCALINGS, JOINT_MODES, LOSS_TYPES, check_choice
 from magrpo.sampling import make_sampler
-from magrpo.tree import joint_action_indices
 
 
 def test_check_choice_names_the_value_and_the_choices():
@@ -23,28 +20,22 @@ def test_check_choice_names_the_value_and_the_choices():
     "call, message",
     [
         (
-            lambda: group_advantages(torch.zeros(2), "rank"),
+            lambda: MAGRPOConfig(advantage_scaling="rank"),
             f"advantage_scaling='rank' is not valid; choose one of {', '.join(map(repr, ADVANTAGE_SCALINGS))}",
         ),
-        (
-            lambda: agent_advantages(torch.zeros(1, 2), agent=0, num_agents=2, joint_mode="diagonal"),
-            "joint_mode='diagonal'",
-        ),
-        (
-            lambda: loss_normaliser(torch.ones(2, 2, dtype=torch.bool), "mean"),
-            f"choose one of {', '.join(map(repr, LOSS_AGGREGATIONS))}",
-        ),
-        (lambda: joint_action_indices("diagonal", 2, 2), "joint_mode='diagonal'"),
-        (
-            lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="sglang"),
-            "rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'",
-        ),
+        (lambda: MAGRPOConfig(joint_mode="diagonal"), "joint_mode='diagonal'"),
+        (lambda: MAGRPOConfig(loss_type="mean"), f"choose one of {', '.join(map(repr, LOSS_TYPES))}"),
+        (lambda: MAGRPOConfig(expand="some"), "expand='some' is not valid; choose one of 'full', 'best-k'"),
         (
             lambda: MAGRPOConfig(rollout_backend="sglang"),
             "rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'",
         ),
+        (
+            lambda: make_sampler(num_generations=2, max_new_tokens=1, temperature=1.0, backend="sglang"),
+            "rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'",
+        ),
     ],
 )
-def test_functions_and_config_refuse_the_same_way(call, message):
+def test_the_config_and_a_sampler_made_by_name_refuse_a_name_naming_the_choices(call, message):
     with pytest.raises(ConfigError, match=message):
         call()

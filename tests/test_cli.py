@@ -310,3 +310,163 @@ def test_eval_on_the_data_a_run_trained_on_scores_only_what_the_run_held_out(tmp
     assert held_out_part(items, tmp_path / "other.jsonl", run_dir / "final") == (items, None)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"config": {**trained, "eval_fraction": None}}))
     assert held_out_part(items, data, run_dir / "final") == (items, None)
+
+
+def test_train_help_ends_with_every_config_field_its_default_and_its_help():
+    from magrpo import MAGRPOConfig
+
+    code, out = run_cli("train", "--help")
+    assert code == 0
+    assert (
+        "Config fields: --set FIELD=VALUE sets any of them (repeatable; a --config YAML file takes the same fields, "
+        "and flags win over both). VALUE is read as YAML: --set use_lora=[true,false], --set autocast=no, "
+        "--set 'lr_scheduler_kwargs={min_lr_rate: 0.1}'. The fields, with their defaults:"
+    ) in out
+    fields = out.split("The fields, with their defaults:")[1]
+    # the first sentence of each field's #: comment in config.py, and the flag that sets it, if one does
+    assert "warmup_ratio=0.0 ... or over this fraction of max_steps" in fields
+    assert "max_steps=10 (--steps) training steps of the run" in fields
+    assert "use_lora=false (--lora/--full) True / False for the whole team, or one bool per agent" in fields
+    assert "algorithm=magrpo (--algorithm) how the advantages are made " in fields
+    assert "lr_scheduler_kwargs=null the schedule's own arguments (see lr_scheduler_type)" in fields
+    assert "report_to=[] experiment trackers" in fields and "extra={} your own values" in fields
+    assert [name for name in MAGRPOConfig.field_names() if f" {name}=" not in f" {fields}"] == []
+
+
+def test_eval_help_lists_the_fields_with_the_flags_of_eval():
+    code, out = run_cli("eval", "--help")
+    assert code == 0 and "VALUE is read as YAML" in out
+    fields = out.split("The fields, with their defaults:")[1]
+    assert "eval_data=null (--data) your own held-out data" in fields
+    assert "max_steps=10 training steps of the run" in fields  # no flag of eval sets it
+
+
+def test_an_option_without_help_of_its_own_shows_the_help_of_its_config_field():
+    code, out = run_cli("train", "--help")
+    assert (
+        '--joint-mode <str> "aligned": G joint actions, the g-th completion of every agent together; "cross": every '
+        "combination, G ** num_agents joint actions."
+    ) in out
+    assert "-G <int> G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)." in out
+    code, out = run_cli("eval", "--help")  # eval's options show help they had none of before
+    assert "--max-new-tokens <int> The longest completion, in tokens." in out
+    assert "--reviewer-model <str> Model name sent to the reviewer endpoint." in out
+
+
+def test_a_typo_in_set_names_the_closest_field():
+    code, out = run_cli("train", "--set", "lerning_rate=1e-5")
+    assert code == 2
+    assert (
+        "unknown config field(s) ['lerning_rate']; did you mean 'learning_rate'? (`magrpo train --help` lists the "
+        "fields)"
+    ) in out
+    code, out = run_cli("eval", "--set", "max_new_token=8")
+    assert code == 2 and "did you mean 'max_new_tokens'?" in out
+
+
+def test_a_typo_in_a_config_file_names_the_closest_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("num_generations: 4\nlearnin_rate: 0.1\n")
+    code, out = run_cli("train", "--config", str(path))
+    assert code == 2
+    assert "unknown config field(s) ['learnin_rate']; did you mean 'learning_rate'?" in out
+    assert "num_agents" not in out  # not every field's name
+
+
+def test_a_set_value_that_is_not_yaml_says_that_values_are_read_as_yaml():
+    code, out = run_cli("train", "--set", "use_lora=[true,")
+    assert code == 2
+    assert (
+        "--set 'use_lora=[true,': VALUE is read as YAML, and '[true,' is not valid YAML (expected the node content, "
+        "but found '<stream end>')"
+    ) in out
+    code, out = run_cli("train", "--set", "temperature")
+    assert code == 2
+    assert "--set 'temperature' is not of the form FIELD=VALUE (VALUE read as YAML; --help lists the fields)" in out
+
+
+def test_every_option_that_sets_a_config_field_names_an_existing_field():
+    from magrpo import MAGRPOConfig
+    from magrpo.cli import EVAL_OPTIONS, TRAIN_OPTIONS
+
+    fields = set(MAGRPOConfig.field_names())
+    assert [o.flags[0] for o in TRAIN_OPTIONS + EVAL_OPTIONS if o.field is not None and o.field not in fields] == []
+    assert {o.flags[0]: o.field for o in TRAIN_OPTIONS if o.field} == {
+        "--num-generations": "num_generations",
+        "--steps": "max_steps",
+        "--batch-size": "batch_size",
+        "--max-new-tokens": "max_new_tokens",
+        "--lr": "learning_rate",
+        "--joint-mode": "joint_mode",
+        "--algorithm": "algorithm",
+        "--critic-type": "critic_type",
+        "--lora/--full": "use_lora",
+        "--seed": "seed",
+        "--output-dir": "output_dir",
+        "--turns": "num_turns",
+        "--expand": "expand",
+        "--expand-k": "expand_k",
+        "--data": "train_data",
+        "--data-split": "train_split",
+        "--eval-data": "eval_data",
+        "--eval-split": "eval_split",
+        "--eval-fraction": "eval_fraction",
+        "--columns": "column_map",
+    }
+    assert {o.flags[0]: o.field for o in EVAL_OPTIONS if o.field} == {
+        "--max-new-tokens": "max_new_tokens",
+        "--turns": "num_turns",
+        "--data": "eval_data",
+        "--data-split": "eval_split",
+        "--columns": "column_map",
+    }
+
+
+def flags_given_to_the_config(monkeypatch, *args):
+    """The config values a command's flags set (those given), caught before any task data or model loads."""
+    from magrpo import cli
+
+    seen = {}
+
+    def catch(task, config_file, flags, overrides):
+        seen.update({k: v for k, v in flags.items() if v is not None})
+        raise cli.UsageError("caught")
+
+    monkeypatch.setattr(cli, "resolve_config", catch)
+    code, out = run_cli(*args)
+    assert code == 2 and "caught" in out
+    return seen
+
+
+def test_train_flags_set_their_config_fields(monkeypatch):
+    seen = flags_given_to_the_config(
+        monkeypatch,
+        *("train", "-G", "3", "--steps", "5", "--lr", "2e-5", "--full", "-o", "runs/x", "--turns", "2"),
+        *("--data", "mine.jsonl", "--data-split", "train", "--columns", "source=article", "--eval-fraction", "0.5"),
+    )
+    assert seen == {
+        "num_agents": 2,
+        "num_generations": 3,
+        "max_steps": 5,
+        "learning_rate": 2e-5,
+        "use_lora": False,
+        "output_dir": "runs/x",
+        "num_turns": 2,
+        "train_data": "mine.jsonl",
+        "train_split": "train",
+        "column_map": {"source": "article"},
+        "eval_fraction": 0.5,
+    }
+
+
+def test_eval_flags_set_their_config_fields(monkeypatch):
+    seen = flags_given_to_the_config(
+        monkeypatch, "eval", "--data", "held.jsonl", "--data-split", "test", "--max-new-tokens", "9", "--turns", "2"
+    )
+    assert seen == {
+        "num_agents": 2,
+        "eval_data": "held.jsonl",
+        "eval_split": "test",
+        "max_new_tokens": 9,
+        "num_turns": 2,
+    }

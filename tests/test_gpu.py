@@ -7,7 +7,7 @@ import torch
 
 from magrpo import MAGRPOConfig, MAGRPOTrainer
 from magrpo.models import build_agents
-from magrpo.sampling import make_sampler, sample_team
+from magrpo.sampling import make_sampler
 from tests.conftest import assert_frequencies, first_token_probs, letter_count_reward, make_tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -20,11 +20,16 @@ def cuda_team(tokenizer, **kwargs):
 @pytest.mark.parametrize("backend", ["plain", "fast"])
 def test_both_samplers_run_on_cuda_with_per_agent_generators(tiny_tokenizer, backend):
     agents = cuda_team(tiny_tokenizer)
-    sample = make_sampler(
-        num_generations=4, max_new_tokens=5, temperature=1.0, backend=backend, use_sampling_copy=False
-    )
     for concurrent in (False, True):
-        rollouts = sample_team(agents, [["q a", "b"], ["c", "q"]], sample, concurrent=concurrent)
+        sampler = make_sampler(
+            num_generations=4,
+            max_new_tokens=5,
+            temperature=1.0,
+            backend=backend,
+            use_sampling_copy=False,
+            concurrent_agents=concurrent,
+        )
+        rollouts = sampler.sample_team(agents, [["q a", "b"], ["c", "q"]])
         assert [r.completion_ids.device.type for r in rollouts] == ["cuda", "cuda"]
         assert all(len(r.texts) == 8 for r in rollouts)
 
@@ -36,7 +41,7 @@ def test_the_fast_sampler_follows_the_softmax_on_cuda(tiny_tokenizer):
     agent.model.to("cuda")
     probs = first_token_probs(agent, "q a", temperature=0.8).cpu()
     sample = make_sampler(num_generations=4000, max_new_tokens=1, temperature=0.8, use_sampling_copy=False)
-    rollout = sample(agent, ["q a"], generator=torch.Generator(device="cuda").manual_seed(0))
+    rollout = sample.sample(agent, ["q a"], generator=torch.Generator(device="cuda").manual_seed(0))
     assert_frequencies(rollout.completion_ids[:, 0].cpu(), probs)
 
 

@@ -11,6 +11,7 @@ from magrpo.logprobs import (
     selected_token_logprobs,
     shared_prompt_token_logprobs,
 )
+from magrpo.sampling import SamplingSettings
 from magrpo.sampling.fast import sample_fast
 from tests.conftest import PROMPTS, agent_for
 
@@ -85,7 +86,7 @@ def test_shared_prompt_scoring_matches_the_full_pass_in_value_and_gradient(tiny_
     agent = agent_for(tiny_tokenizer, seed=4, scale=8.0)
     torch.manual_seed(0)
     G = 3
-    rollout = sample_fast(agent, PROMPTS, num_generations=G, max_new_tokens=10, temperature=1.0)
+    rollout = sample_fast(agent, PROMPTS, SamplingSettings(num_generations=G, max_new_tokens=10, temperature=1.0))
     mask = rollout.completion_mask
     assert len(set(mask.sum(dim=1).tolist())) > 1
     # rows of a micro-batch need not cover whole groups: drop a few and shuffle the rest

@@ -114,11 +114,14 @@ def test_every_loss_type_against_a_hand_computation(loss_type, normaliser, value
     assert torch.allclose(lp.grad, expected, rtol=0, atol=1e-15)
 
 
-def test_dr_grpo_needs_max_new_tokens_and_unknown_types_are_named():
+def test_dr_grpo_needs_max_new_tokens_and_unknown_types_are_named_by_the_config():
+    from magrpo import MAGRPOConfig
+
     with pytest.raises(ValueError, match="max_new_tokens"):
         loss_normaliser(MASK, "dr_grpo")
+    # names are checked once, where the run is configured: the loss takes them as given
     with pytest.raises(Exception, match="loss_type='mean' is not valid; choose one of 'sequence', 'token', 'grpo'"):
-        loss_normaliser(MASK, "mean")
+        MAGRPOConfig(loss_type="mean")
 
 
 # ---------------------------------------------------------------------- the clipped surrogate

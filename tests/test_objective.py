@@ -10,14 +10,15 @@ import copy
 import pytest
 import torch
 
-from magrpo import MAGRPOConfig, MAGRPOTrainer
+from magrpo import MAGRPOConfig, MAGRPOTrainer, step
+from magrpo.baselines import NO_EXTRA_LOSS
+from magrpo.experience import build_experience, counted_rows
 from magrpo.logprobs import completion_mask, completion_token_logprobs, scoring_mode
 from magrpo.loss import k3_kl, policy_gradient_loss_sum
 from magrpo.models import build_agents
 from magrpo.prepare import prepare_team
 from magrpo.sampling import Rollout
 from magrpo.sampling.rollout import tokenize_prompts
-from magrpo.step import counted_rows, update_agent
 from tests.conftest import make_tiny_model
 from tests.test_trainer import both_agents_right, train_cooperative
 
@@ -30,6 +31,11 @@ def rollout_of(agent, prompts: list[str], completions: list[list[int]], generati
     width = max(len(c) for c in completions)
     ids = torch.tensor([c + [EOS] * (width - len(c)) for c in completions])
     return Rollout(prompt_ids, prompt_mask, ids, completion_mask(ids, [EOS]), [""] * len(ids), texts, generations)
+
+
+def update_agent(team, index, rollouts, advantages):
+    """Agent ``index``'s experience of these rollouts, then its update (as a step makes them)."""
+    return step.update_agent(team, index, build_experience(team, index, rollouts, advantages), NO_EXTRA_LOSS)
 
 
 def team_of(agents, **config):

@@ -1,23 +1,31 @@
-"""benchmarks/study.py: a study cut short resumes with the runs it has, and only with the same settings."""
+"""benchmarks/study.py: a study cut short resumes with the runs it has, and only with the same settings;
+benchmarks/difference.py and results_doc.py: verdicts come from a test of the difference."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import math
+import sys
 from pathlib import Path
 
 import pytest
 
-STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "study.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """benchmarks/NAME.py as a module (registered, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("study")
 
 
 def arguments(output: Path, **changes) -> argparse.Namespace:
@@ -115,35 +123,128 @@ def test_the_header_names_the_items_evaluated_not_the_items_asked(study, tmp_pat
 
 @pytest.fixture(scope="module")
 def results_doc():
-    spec = importlib.util.spec_from_file_location("results_doc", STUDY.parent / "results_doc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("results_doc")
 
 
-def test_compare_separates_only_where_the_intervals_do_not_overlap(results_doc):
-    assert results_doc.compare([0.6, 0.1], [0.4, 0.05]) == "above"  # 0.5 > 0.45
-    assert results_doc.compare([0.3, 0.05], [0.5, 0.1]) == "below"
-    assert results_doc.compare([0.5, 0.1], [0.45, 0.0]) == "not separated from"
-    assert results_doc.compare([0.5, 0.05], [0.4, 0.05]) == "not separated from"  # they touch: not separated
+@pytest.fixture(scope="module")
+def difference():
+    return load("difference")
 
 
-def test_the_verdicts_need_two_seeds_and_name_the_missing_ones(results_doc):
+def mean(values):
+    return sum(values) / len(values)
+
+
+def variance(values):
+    return sum((v - mean(values)) ** 2 for v in values) / (len(values) - 1)
+
+
+def two_sided_p(t, df, steps=20_000):
+    """P(|T| > |t|) of Student's t with df degrees of freedom: its density integrated (Simpson) from 0 to |t|."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = [c * (1 + (abs(t) * i / steps) ** 2 / df) ** (-(df + 1) / 2) for i in range(steps + 1)]
+    weights = [1 if i in (0, steps) else 4 if i % 2 else 2 for i in range(steps + 1)]
+    return 1 - 2 * abs(t) / steps / 3 * sum(w * f for w, f in zip(weights, density))
+
+
+# section 1's held-out reward per seed, to three decimals (the unrounded figures give t = 5.47):
+# the MAGRPO team and single-agent GRPO
+TEAM, SINGLE = [1.888, 1.510, 1.414], [0.675, 0.143, 0.501]
+
+
+def test_two_trained_systems_are_compared_by_welchs_t_on_their_seeds(difference):
+    se2 = variance(TEAM) / 3 + variance(SINGLE) / 3
+    t = (mean(TEAM) - mean(SINGLE)) / math.sqrt(se2)
+    df = se2**2 / ((variance(TEAM) / 3) ** 2 / 2 + (variance(SINGLE) / 3) ** 2 / 2)  # Welch-Satterthwaite
+    d = difference.difference(TEAM, SINGLE)
+    assert d.test == "Welch"
+    assert d.difference == pytest.approx(1.604 - 1.319 / 3, rel=1e-12)
+    assert (d.t, d.df) == (pytest.approx(t, rel=1e-9), pytest.approx(df, rel=1e-9))
+    assert (round(t, 2), round(df, 2)) == (5.46, 3.98)
+    assert d.p == pytest.approx(two_sided_p(t, df), abs=1e-6) and round(d.p, 3) == 0.006
+    # the 95% interval's half-width is the t quantile at which the two-sided p is 0.05
+    half = d.high - d.difference
+    assert d.difference - d.low == pytest.approx(half, rel=1e-12)
+    assert two_sided_p(half / math.sqrt(se2), df) == pytest.approx(0.05, abs=1e-6)
+    assert (round(d.low, 3), round(d.high, 3)) == (0.571, 1.758)
+
+
+def test_a_trained_system_is_tested_against_an_untrained_run_as_a_constant(difference):
+    # df 2: P(|T| > t) = 1 - t / sqrt(2 + t^2), and the 0.975 quantile is 0.95 * sqrt(2 / (1 - 0.95^2))
+    se = math.sqrt(variance(TEAM) / 3)
+    t = (mean(TEAM) - 0.5808) / se
+    d = difference.difference(TEAM, 0.5808)
+    assert (d.test, d.df) == ("one-sample", 2)
+    assert d.difference == pytest.approx(1.604 - 0.5808, rel=1e-12)
+    assert d.t == pytest.approx(t, rel=1e-9) and round(t, 2) == 7.07
+    assert d.p == pytest.approx(1 - t / math.sqrt(2 + t**2), rel=1e-9)
+    half = 0.95 * math.sqrt(2 / (1 - 0.95**2)) * se
+    assert (d.low, d.high) == (
+        pytest.approx(d.difference - half, rel=1e-9),
+        pytest.approx(d.difference + half, rel=1e-9),
+    )
+
+
+def test_figures_of_the_same_seeds_are_tested_on_their_differences(difference):
+    after, before = [0.30, 0.35, 0.37], [0.20, 0.31, 0.36]  # differences 0.10, 0.04, 0.01
+    d = difference.difference(after, before, paired=True)
+    t = 0.05 / math.sqrt(variance([0.10, 0.04, 0.01]) / 3)
+    assert (d.test, d.df) == ("paired", 2)
+    assert d.difference == pytest.approx(0.05) and d.t == pytest.approx(t, rel=1e-9)
+    assert d.p == pytest.approx(1 - t / math.sqrt(2 + t**2), rel=1e-9)
+    with pytest.raises(ValueError, match="one figure of b per seed of a"):
+        difference.difference(after, before[:2], paired=True)
+
+
+def test_the_verdict_states_the_difference_its_interval_and_p(difference):
+    assert difference.verdict("the team", "single-agent GRPO", difference.difference(TEAM, SINGLE)) == (
+        "the team is above single-agent GRPO: +1.164 [0.571, 1.758], Welch t = 5.46, df 4.0, p = 0.006"
+    )
+    assert difference.verdict("single-agent GRPO", "the team", difference.difference(SINGLE, TEAM)) == (
+        "single-agent GRPO is below the team: -1.164 [-1.758, -0.571], Welch t = -5.46, df 4.0, p = 0.006"
+    )
+    # t = 0.1 / (0.1 / sqrt(3)) = sqrt(3) at df 2: p = 1 - sqrt(3) / sqrt(5) = 0.225 (not below 0.05)
+    level = difference.difference([0.5, 0.6, 0.7], 0.5)
+    assert level.p == pytest.approx(1 - math.sqrt(3) / math.sqrt(5), rel=1e-9)
+    assert difference.verdict("the team", "the untrained team", level) == (
+        "the team is not separated from the untrained team: +0.100 [-0.148, 0.348], one-sample t = 1.73, df 2, p = 0.225"
+    )
+    far = difference.difference([10.0, 10.1, 10.2], [0.0, 0.1, 0.2])
+    assert str(far).endswith("p < 0.001")
+
+
+def test_one_seed_or_no_spread_leaves_the_difference_untested(difference):
+    for d in (
+        difference.difference([0.5, 0.5], [0.4, 0.4]),
+        difference.difference([0.5, 0.5], 0.4),
+        difference.difference([0.5], [0.3, 0.4]),
+    ):
+        assert math.isnan(d.p) and d.relation == "not separated from"
+    assert str(difference.difference([0.5, 0.5], 0.4)) == "+0.100, untested: no spread over seeds"
+
+
+def test_the_verdicts_test_the_held_out_figures_of_the_seeds_and_name_the_missing_ones(results_doc):
+    # summarize's maximum reward is 3: normalised team 0.6, 0.5, 0.5 against 0.3 untrained;
+    # mean difference 0.2333, se 0.0577 / sqrt(3) = 0.0333, t = 7, p = 1 - 7 / sqrt(51) = 0.0198 at df 2
     study = {
-        "args": {"seeds": 3},
-        "runs": {"team": [{"seed": s} for s in range(3)], "single-grpo": [{"seed": 0}], "parallel": [{"seed": None}]},
-        "summary": {
-            "team": {"reward_normalised": [0.6, 0.05]},
-            "single-grpo": {"reward_normalised": [0.2, 0.0]},
-            "parallel": {"reward_normalised": [0.3, 0.0]},
+        "args": {"seeds": 3, "task": "summarize"},
+        "runs": {
+            "team": [{"seed": s, "held_out": {"reward": r}} for s, r in ((2, 1.5), (0, 1.8), (1, 1.5))],
+            "single-grpo": [{"seed": 0, "held_out": {"reward": 0.6}}],
+            "parallel": [{"seed": None, "held_out": {"reward": 0.9}}],
         },
+        "summary": {"team": {}, "single-grpo": {}, "parallel": {}},
     }
+    assert results_doc.held_out(study, "team") == pytest.approx([0.6, 0.5, 0.5])  # in seed order
+    assert results_doc.held_out(study, "parallel") == pytest.approx(0.3)  # one greedy run: a constant
     lines = results_doc.trained_verdicts(study, "")
     assert "Cut short by this 2-core CPU: single-grpo has 1 of 3 seeds." in lines
-    assert lines[-1] == (
-        "On held-out normalised return (95% intervals): team is above the untrained team; "
-        "a system with one seed has no interval, so no verdict."
-    )
+    assert lines[-4:] == [
+        "On held-out normalised return (difference of means [95% interval], test):",
+        "",
+        "- the team is above the untrained team: +0.233 [0.090, 0.377], one-sample t = 7.00, df 2, p = 0.020",
+        "- a system with one seed has no spread to test, so no verdict",
+    ]
 
 
 def test_each_precision_names_its_own_system_and_sets_the_config_fields(study, tmp_path):

@@ -4,6 +4,7 @@ fast paths change nothing, and bad input stops it before any compute."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,9 +14,9 @@ from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer, MultiAgentEnv, Rewa
 from magrpo.models import build_agents
 from magrpo.prepare import bf16_by_default, computes_bf16_in_hardware, resolve_precision
 from magrpo.ranks import OneProcess
-from magrpo.sampling import make_sampler
+from magrpo.sampling import SamplingSettings, make_sampler
 from magrpo.sampling.fast import sample_fast
-from magrpo.step import Precision
+from magrpo.team import Precision
 from magrpo.trainer import DatasetError
 from magrpo.tree import expand_tree
 from tests.conftest import after_all_started, letter_count_reward, make_tiny_model
@@ -212,9 +213,7 @@ def test_token_ids_are_scored_exactly_as_sampled_across_turns(tiny_agents, backe
             agent.model.generate = recording_generate
     sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, top_p=1.0, backend=backend)
     torch.manual_seed(3)
-    turns = expand_tree(
-        tiny_agents, [SecretEnv({"secret": "b"})], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2
-    )
+    turns = expand_tree(tiny_agents, [SecretEnv({"secret": "b"})], sampler=sampler, joint_mode="aligned", num_turns=2)
     from magrpo.logprobs import completion_token_logprobs
 
     calls = iter(at_sampling)
@@ -349,15 +348,15 @@ def test_agents_with_their_own_models_update_at_once_as_they_would_one_after_the
     round a last bit differently)."""
     import threading
 
-    from magrpo.step import updates_at_once
-
     threads = torch.get_num_threads()
 
     def check(at_once):
         def before_step(trainer):
-            assert updates_at_once(trainer.team) == at_once
-            if at_once:  # each update waits for the other to start: one after the other would break it
-                trainer.update_agent = after_all_started(trainer.update_agent, threading.Barrier(2, timeout=60))
+            assert trainer.team.updates_at_once() == at_once
+            if at_once:  # each optimiser step waits for the other's: one update after the other would break it
+                barrier = threading.Barrier(2, timeout=60)
+                for optimizer in trainer.optimizers:
+                    optimizer.step = after_all_started(optimizer.step, barrier)
 
         return before_step
 
@@ -372,7 +371,7 @@ def test_agents_with_their_own_models_update_at_once_as_they_would_one_after_the
 
 
 def test_agents_on_one_base_update_one_after_the_other(tiny_tokenizer):
-    from magrpo.step import Team, updates_at_once
+    from magrpo.team import Team
 
     base = make_tiny_model(len(tiny_tokenizer), seed=4)
     shared = build_agents([(base, tiny_tokenizer)] * 2, device="cpu", use_lora=True, lora_r=4)
@@ -380,15 +379,15 @@ def test_agents_on_one_base_update_one_after_the_other(tiny_tokenizer):
     precision = Precision(autocast=None, rollout_dtype="same")
 
     def team(agents, **config):
-        return Team(agents, [], MAGRPOConfig(**config), OneProcess(), precision, [])
+        return Team(agents, [], MAGRPOConfig(**config), OneProcess(), precision)
 
-    assert updates_at_once(team(own))
-    assert not updates_at_once(team(own, concurrent_agents=False))
-    assert not updates_at_once(team(shared))  # one model: its adapters take turns
-    assert not updates_at_once(team(own[:1]))
+    assert team(own).updates_at_once()
+    assert not team(own, concurrent_agents=False).updates_at_once()
+    assert not team(shared).updates_at_once()  # one model: its adapters take turns
+    assert not team(own[:1]).updates_at_once()
     # under bf16 autocast concurrent updates were not bit-for-bit repeatable: they take turns
-    bf16 = Team(own, [], MAGRPOConfig(), OneProcess(), Precision(autocast=torch.bfloat16, rollout_dtype="same"), [])
-    assert not updates_at_once(bf16)
+    bf16 = Team(own, [], MAGRPOConfig(), OneProcess(), Precision(autocast=torch.bfloat16, rollout_dtype="same"))
+    assert not bf16.updates_at_once()
 
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]
@@ -464,10 +463,10 @@ def test_evaluation_decodes_with_the_training_weights_not_the_copy(tiny_tokenize
     agents[0].sampling_copy.load_state_dict(stranger.state_dict())
     assert trainer.evaluate() == exact
     stranger_agent = build_agents([(stranger, tiny_tokenizer)], device="cpu")[0]
-    greedy = dict(num_generations=1, max_new_tokens=6, temperature=0.0)
-    by_copy = sample_fast(agents[0], PROMPTS, **greedy)
-    by_stranger = sample_fast(stranger_agent, PROMPTS, **greedy)
-    by_training_weights = sample_fast(agents[0], PROMPTS, use_sampling_copy=False, **greedy)
+    greedy = SamplingSettings(num_generations=1, max_new_tokens=6, temperature=0.0)
+    by_copy = sample_fast(agents[0], PROMPTS, greedy)
+    by_stranger = sample_fast(stranger_agent, PROMPTS, greedy)
+    by_training_weights = sample_fast(agents[0], PROMPTS, dataclasses.replace(greedy, use_sampling_copy=False))
     assert torch.equal(by_copy.completion_ids, by_stranger.completion_ids)
     assert not torch.equal(by_copy.completion_ids, by_training_weights.completion_ids)
 
@@ -612,13 +611,10 @@ def test_every_updated_row_carries_the_advantage_of_what_it_sampled(tiny_agents,
         args=args,
         feedback=feedback,
     )
-    captured = []
-    update = trainer.update_agent
-    trainer.update_agent = lambda index, rollouts, advantages: (
-        captured.append((index, rollouts, advantages)) or update(index, rollouts, advantages)
-    )
     trainer.train_step(trainer.next_batch())
-    assert [c[0] for c in captured] == [0, 1] and len(captured[0][1]) == num_turns
+    out = trainer.last_step  # each agent's rollouts per turn and the advantages its update ran on
+    captured = [(i, [turn.rollouts[i] for turn in out.turns], out.advantages[i]) for i in range(2)]
+    assert len(captured[0][1]) == num_turns
     if num_turns > 1:  # full expansion: node k of turn 2 continues row k of turn 1, with that row's answers
         for i in range(2):
             first, second = captured[i][1]
@@ -657,13 +653,8 @@ def test_the_trainer_gives_a_branch_solved_at_the_first_turn_its_absorbing_retur
         args=args,
         feedback=CallableFeedback(lambda request: ("again", "again")),
     )
-    captured = []
-    update = trainer.update_agent
-    trainer.update_agent = lambda index, rollouts, advantages: (
-        captured.append(advantages) or update(index, rollouts, advantages)
-    )
     trainer.train_step(trainer.next_batch())
-    for advantages in captured:  # agent 0, agent 1
+    for advantages in trainer.last_step.advantages:  # agent 0, agent 1
         assert advantages[0].tolist() == pytest.approx([2.625, -0.875, -0.875, -0.875], abs=1e-6)
         assert advantages[1].tolist() == pytest.approx([0.0] * 12, abs=1e-6)  # the revisions all tie
 

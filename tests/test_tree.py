@@ -10,6 +10,7 @@ from magrpo import MultiAgentEnv, StepResult
 from magrpo.advantages import agent_advantages, tree_returns
 from magrpo.sampling import Rollout
 from magrpo.tree import expand_tree
+from tests.conftest import scripted_sampler_of
 
 NAMES = ["agent_0", "agent_1"]
 
@@ -63,7 +64,7 @@ def scripted_sampler(num_generations):
             num_generations,
         )
 
-    return sample
+    return scripted_sampler_of(sample, num_generations)
 
 
 def aligned_reward(turn, joint, parent):
@@ -91,9 +92,8 @@ def test_aligned_tree_returns_and_advantages_with_discount():
     turns = expand_tree(
         [Agent(n) for n in NAMES],
         [ScriptedEnv(aligned_reward)],
-        sample=scripted_sampler(2),
+        sampler=scripted_sampler(2),
         joint_mode="aligned",
-        num_generations=2,
         num_turns=2,
     )
     assert [t.rewards.tolist() for t in turns] == [[[1.0, 3.0]], [[0.0, 2.0], [4.0, 8.0]]]
@@ -107,9 +107,8 @@ def test_early_stop_makes_an_absorbing_leaf():
     turns = expand_tree(
         [Agent(n) for n in NAMES],
         [ScriptedEnv(aligned_reward)],
-        sample=scripted_sampler(2),
+        sampler=scripted_sampler(2),
         joint_mode="aligned",
-        num_generations=2,
         num_turns=2,
         early_stop_reward=3.0,
     )
@@ -161,7 +160,11 @@ def test_solving_at_the_first_turn_is_never_worse_than_solving_after_feedback():
         )
 
     turns = expand_tree(
-        [Agent(n) for n in NAMES], [SolvableEnv()], sample=sample, joint_mode="aligned", num_generations=4, num_turns=2
+        [Agent(n) for n in NAMES],
+        [SolvableEnv()],
+        sampler=scripted_sampler_of(sample, 4),
+        joint_mode="aligned",
+        num_turns=2,
     )
     assert turns[0].rewards.tolist() == [[5.5, 2.0, 2.0, 2.0]] and turns[0].solved.tolist() == [
         [True, False, False, False]
@@ -189,9 +192,8 @@ def test_cross_tree_best_k_returns_and_advantages():
     turns = expand_tree(
         [Agent(n) for n in NAMES],
         [ScriptedEnv(cross_reward)],
-        sample=scripted_sampler(2),
+        sampler=scripted_sampler(2),
         joint_mode="cross",
-        num_generations=2,
         num_turns=2,
         expand="best-k",
         expand_k=1,
@@ -212,9 +214,8 @@ def equal_rewards_best_k_tree(item_key: int):
     return expand_tree(
         [Agent(n) for n in NAMES],
         [ScriptedEnv(lambda turn, joint, parent: 2.0)],
-        sample=scripted_sampler(4),
+        sampler=scripted_sampler(4),
         joint_mode="aligned",
-        num_generations=4,
         num_turns=2,
         expand="best-k",
         expand_k=1,

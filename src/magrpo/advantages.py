@@ -10,8 +10,6 @@ from typing import Mapping, Sequence
 
 import torch
 
-from magrpo.choices import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, CROSS_AGGREGATIONS, JOINT_MODES, check_choice
-
 #: a group whose rewards spread less than this has no signal: its advantages are exactly zero
 STD_EPS = 1e-6
 
@@ -29,10 +27,8 @@ def group_advantages(rewards: torch.Tensor, scaling: str = "none", baseline: str
     are all equal gets advantage 0 under ``std`` scaling (never NaN), and under ``none`` scaling
     with every baseline but ``none`` (raw returns keep their value).
     """
-    check_choice("advantage_scaling", scaling, ADVANTAGE_SCALINGS)
     if rewards.shape[-1] < 2:
         raise ValueError(f"a group needs at least 2 members for a baseline; got {rewards.shape[-1]}")
-    check_choice("advantage_baseline", baseline, ADVANTAGE_BASELINES)
     rewards = rewards.to(torch.float64)
     if baseline == "max":
         centred = rewards - rewards.amax(dim=-1, keepdim=True)
@@ -68,7 +64,6 @@ def cross_completion_returns(
     Completion g of agent i took part in the G**(N-1) joint actions whose i-th index is g; its
     return is the mean (or max) of their rewards. Result: ``[..., G]``.
     """
-    check_choice("cross_aggregation", aggregation, CROSS_AGGREGATIONS)
     total = rewards.shape[-1]
     g = round(total ** (1.0 / num_agents))
     if g**num_agents != total:
@@ -160,7 +155,6 @@ def agent_advantages(
     g's return is aggregated over the joint actions it took part in, then centred over the G
     completions of the same agent at the same node.
     """
-    check_choice("joint_mode", joint_mode, JOINT_MODES)
     if joint_mode == "aligned":
         per_completion = returns
     else:

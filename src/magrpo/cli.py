@@ -10,14 +10,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from magrpo.cli_options import Option, command, config_fields_epilog, config_values
 from magrpo.config import MAGRPOConfig, load_yaml_mapping
 from magrpo.run_folder import FINAL, RunFolder
 from magrpo.tasks import CENTRALISED, TASKS, check_task_name
@@ -47,70 +50,8 @@ class UsageError(Exception):
     """Bad input from the command line; printed without a traceback."""
 
 
-@dataclass(frozen=True)
-class TrainArgs:
-    """The options of ``magrpo train`` (but ``--nproc``, spent on the launch); None: not given."""
-
-    task: Optional[str]
-    model: list[str]
-    num_generations: Optional[int]
-    steps: Optional[int]
-    batch_size: Optional[int]
-    max_new_tokens: Optional[int]
-    learning_rate: Optional[float]
-    joint_mode: Optional[str]
-    centralised: bool
-    algorithm: Optional[str]
-    critic_type: Optional[str]
-    lora: Optional[bool]
-    seed: Optional[int]
-    output_dir: Optional[Path]
-    config: Optional[Path]
-    overrides: list[str]  # --set FIELD=VALUE pairs
-    turns: Optional[int]
-    expand: Optional[str]
-    expand_k: Optional[int]
-    feedback: str
-    reviewer_url: Optional[str]
-    reviewer_model: Optional[str]
-    eval_items: int
-    data: Optional[Path]
-    data_split: Optional[str]
-    eval_data: Optional[Path]
-    eval_split: Optional[str]
-    eval_fraction: Optional[float]
-    columns: Optional[str]
-    no_progress: bool
-    resume: Optional[Path]
-    verbose: bool
-
-
-@dataclass(frozen=True)
-class EvalArgs:
-    """The options of ``magrpo eval``; None: not given."""
-
-    task: str
-    checkpoint: Optional[Path]
-    model: list[str]
-    eval_items: Optional[int]
-    max_new_tokens: Optional[int]
-    turns: Optional[int]
-    feedback: str
-    reviewer_url: Optional[str]
-    reviewer_model: Optional[str]
-    config: Optional[Path]
-    overrides: list[str]  # --set FIELD=VALUE pairs
-    data: Optional[Path]
-    data_split: Optional[str]
-    columns: Optional[str]
-    setup: Optional[str]  # a prompt-only set-up (magrpo.eval.setups) instead of the team
-    latency_items: int
-    output: Optional[Path]
-    verbose: bool
-
-
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -121,10 +62,16 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         if "=" not in pair:
             raise UsageError(
-                f"--set {pair!r} is not of the form FIELD=VALUE; fields: {', '.join(MAGRPOConfig.field_names())}"
+                f"--set {pair!r} is not of the form FIELD=VALUE (VALUE read as YAML; --help lists the fields)"
             )
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise UsageError(
+                f"--set {pair!r}: VALUE is read as YAML, and {value!r} is not valid YAML ({problem})"
+            ) from None
     return out
 
 
@@ -166,10 +113,6 @@ def _explicit_fields(config_file: Optional[Path], overrides: list[str]) -> set[s
     if config_file is not None:
         fields |= set(load_yaml_mapping(config_file))
     return fields
-
-
-def _path_or_none(path: Optional[Path]) -> Optional[str]:
-    return str(path) if path is not None else None
 
 
 def _columns(columns: Optional[str]) -> Optional[dict[str, str]]:
@@ -236,189 +179,159 @@ def tasks() -> None:
         console.print(f"[bold]{name}[/]: {desc}")
 
 
-@app.command()
-def train(
-    task: Optional[str] = typer.Option(None, help=TASK_HELP + " Default: coding (with --resume: the run's task)."),
-    model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP),
-    num_generations: Optional[int] = typer.Option(
-        None, "--num-generations", "-G", help="Completions per agent per item (G)."
-    ),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Dataset items per step."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest completion, in tokens."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
-    joint_mode: Optional[str] = typer.Option(None, "--joint-mode", help="aligned (G joint actions) or cross (G**N)."),
-    centralised: bool = typer.Option(
+# ---------------------------------------------------------------------- options, each declared once
+# Each command's parameters and the config fields its flags set come from its table of options
+# (magrpo.cli_options); an option with a field and no help of its own shows the field's #: comment
+# in config.py. These are the options train and eval share.
+MODEL = Option(("--model", "-m"), list[str], [], MODEL_HELP)
+MAX_NEW_TOKENS = Option(("--max-new-tokens",), Optional[int], field="max_new_tokens")
+TURNS = Option(("--turns",), Optional[int], field="num_turns")
+CONFIG = Option(("--config", "-c"), Optional[Path], help="YAML file of MAGRPOConfig fields; flags override it.")
+SET = Option(("--set",), list[str], [], "Set any config field (listed below): --set FIELD=VALUE, VALUE read as YAML.")
+FEEDBACK = Option(("--feedback",), str, "execution", FEEDBACK_HELP)
+REVIEWER_URL = Option(("--reviewer-url",), help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+REVIEWER_MODEL = Option(("--reviewer-model",), help="Model name sent to the reviewer endpoint.")
+COLUMNS = Option(
+    ("--columns",), help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data.", field="column_map", to_field=_columns
+)
+VERBOSE = Option(("--verbose",), bool, False, VERBOSE_HELP)
+
+#: the options of ``magrpo train``
+TRAIN_OPTIONS = (
+    Option(("--task",), help=TASK_HELP + " Default: coding (with --resume: the run's task)."),
+    MODEL,
+    Option(("--num-generations", "-G"), Optional[int], field="num_generations"),
+    Option(("--steps",), Optional[int], field="max_steps"),
+    Option(("--batch-size",), Optional[int], field="batch_size"),
+    MAX_NEW_TOKENS,
+    Option(("--lr",), Optional[float], help="AdamW learning rate.", field="learning_rate"),
+    Option(("--joint-mode",), field="joint_mode"),
+    Option(
+        ("--centralised",),
+        bool,
         False,
-        "--centralised",
-        help="Centralised MAGRPO: one model writes the whole joint answer (the single set-up's prompt, its reply cut "
+        "Centralised MAGRPO: one model writes the whole joint answer (the single set-up's prompt, its reply cut "
         "into the parts and scored as the team's, with the team's tokens); the task is then NAME-centralised.",
     ),
-    algorithm: Optional[str] = typer.Option(
-        None,
-        "--algorithm",
+    Option(
+        ("--algorithm",),
         help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic) or maac "
         "(one centralised critic); the critic algorithms take -G 1 and up.",
+        field="algorithm",
     ),
-    critic_type: Optional[str] = typer.Option(
-        None,
-        "--critic-type",
+    Option(
+        ("--critic-type",),
         help="iac, maac: v (the critic values the observation, A = R - V; default) or q (the observation and the "
         "action, A = Q - the mean Q of the node's joint actions; -G 2 and up).",
+        field="critic_type",
     ),
-    lora: Optional[bool] = typer.Option(
-        None, "--lora/--full", help="LoRA adapters per agent on one shared base, or full fine-tuning."
+    Option(
+        ("--lora/--full",),
+        Optional[bool],
+        help="LoRA adapters per agent on one shared base, or full fine-tuning.",
+        field="use_lora",
     ),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", "-o", help="Run directory (default runs/TASK-TIMESTAMP)."
+    Option(("--seed",), Optional[int], field="seed"),
+    Option(
+        ("--output-dir", "-o"),
+        Optional[Path],
+        help="Run directory (default runs/TASK-TIMESTAMP).",
+        field="output_dir",
+        to_field=str,
     ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="YAML file of MAGRPOConfig fields; flags override it."
+    CONFIG,
+    SET,
+    TURNS,
+    Option(
+        ("--expand",),
+        help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue).",
+        field="expand",
     ),
-    set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE (repeatable)."),
-    turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode (>1: agents revise after feedback)."),
-    expand: Optional[str] = typer.Option(
-        None, "--expand", help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue)."
+    Option(("--expand-k",), Optional[int], help="k of --expand best-k (1: the greedy chain).", field="expand_k"),
+    FEEDBACK,
+    REVIEWER_URL,
+    REVIEWER_MODEL,
+    Option(("--eval-items",), int, 8, "Held-out items evaluated before and after training (0: none).", min=0),
+    Option(
+        ("--data",),
+        Optional[Path],
+        help="Your own training data (JSONL, JSON, CSV, Parquet, or a datasets save_to_disk folder).",
+        field="train_data",
+        to_field=str,
     ),
-    expand_k: Optional[int] = typer.Option(None, "--expand-k", help="k of --expand best-k (1: the greedy chain)."),
-    feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
-    reviewer_url: Optional[str] = typer.Option(
-        None, "--reviewer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."
+    Option(
+        ("--data-split",),
+        help="The split of --data to train on (a multi-split JSON or DatasetDict).",
+        field="train_split",
     ),
-    reviewer_model: Optional[str] = typer.Option(
-        None, "--reviewer-model", help="Model name sent to the reviewer endpoint."
+    Option(
+        ("--eval-data",), Optional[Path], help="Your own held-out data (same formats).", field="eval_data", to_field=str
     ),
-    eval_items: int = typer.Option(
-        8, "--eval-items", min=0, help="Held-out items evaluated before and after training (0: none)."
-    ),
-    data: Optional[Path] = typer.Option(
-        None, "--data", help="Your own training data (JSONL, JSON, CSV, Parquet, or a datasets save_to_disk folder)."
-    ),
-    data_split: Optional[str] = typer.Option(
-        None, "--data-split", help="The split of --data to train on (a multi-split JSON or DatasetDict)."
-    ),
-    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Your own held-out data (same formats)."),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="The split of --eval-data to evaluate on."),
-    eval_fraction: Optional[float] = typer.Option(
-        None,
-        "--eval-fraction",
+    Option(("--eval-split",), help="The split of --eval-data to evaluate on.", field="eval_split"),
+    Option(
+        ("--eval-fraction",),
+        Optional[float],
         help="Hold out this fraction of --data for evaluation (seeded by --seed; no --eval-data).",
+        field="eval_fraction",
     ),
-    columns: Optional[str] = typer.Option(
-        None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data."
-    ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (for logs)."),
-    resume: Optional[Path] = typer.Option(
-        None,
-        "--resume",
+    COLUMNS,
+    Option(("--no-progress",), bool, False, "No progress bar (for logs)."),
+    Option(
+        ("--resume",),
+        Optional[Path],
         help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
         "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging.",
     ),
-    nproc: int = typer.Option(
+    Option(
+        ("--nproc",),
+        int,
         1,
-        "--nproc",
+        "Data-parallel processes on this machine (launches torchrun; --batch-size is per process).",
         min=1,
-        help="Data-parallel processes on this machine (launches torchrun; --batch-size is per process).",
     ),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-) -> None:
+    VERBOSE,
+)
+
+
+@command(app, "train", TRAIN_OPTIONS, epilog=config_fields_epilog(TRAIN_OPTIONS))
+def train(given: SimpleNamespace) -> None:
     """Train a team (MAGRPO, or a critic baseline: --algorithm), evaluating it on held-out items before and after."""
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_with_torchrun(nproc)
-    args = TrainArgs(
-        task=task,
-        model=model,
-        num_generations=num_generations,
-        steps=steps,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        learning_rate=learning_rate,
-        joint_mode=joint_mode,
-        centralised=centralised,
-        algorithm=algorithm,
-        critic_type=critic_type,
-        lora=lora,
-        seed=seed,
-        output_dir=output_dir,
-        config=config,
-        overrides=set_,
-        turns=turns,
-        expand=expand,
-        expand_k=expand_k,
-        feedback=feedback,
-        reviewer_url=reviewer_url,
-        reviewer_model=reviewer_model,
-        eval_items=eval_items,
-        data=data,
-        data_split=data_split,
-        eval_data=eval_data,
-        eval_split=eval_split,
-        eval_fraction=eval_fraction,
-        columns=columns,
-        no_progress=no_progress,
-        resume=resume,
-        verbose=verbose,
-    )
+    if given.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(given.nproc)
     try:
-        _train(args)
+        _train(given)
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
 
 
-def _train(args: TrainArgs) -> None:
-    _set_verbose(args.verbose)
+def _train(given: SimpleNamespace) -> None:
+    _set_verbose(given.verbose)
     from magrpo.tasks import get_task
 
-    task, model, config, output_dir = args.task, args.model, args.config, args.output_dir
-    if args.resume is not None:  # the run's own task, models and config, unless given again
-        saved = _saved_run(args.resume)
-        resumed = RunFolder.of(args.resume)
-        task = task or saved.get("task")
-        model = model or list(saved.get("models") or [])
-        config = config or resumed.config
+    if given.resume is not None:  # the run's own task, models and config, unless given again
+        saved = _saved_run(given.resume)
+        resumed = RunFolder.of(given.resume)
+        given.task = given.task or saved.get("task")
+        given.model = given.model or list(saved.get("models") or [])
+        given.config = given.config or resumed.config
         # the folder given is the run's, wherever it was started from or moved to
-        output_dir = output_dir or resumed.path
-    task = task or "coding"
-    if args.centralised and not task.endswith(CENTRALISED):
+        given.output_dir = given.output_dir or resumed.path
+    task = given.task or "coding"
+    if given.centralised and not task.endswith(CENTRALISED):
         task += CENTRALISED
     task_obj = get_task(task)  # an unknown name stops here, naming the choices
-    flags = dict(
-        num_agents=task_obj.num_agents,
-        num_generations=args.num_generations,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        learning_rate=args.learning_rate,
-        joint_mode=args.joint_mode,
-        algorithm=args.algorithm,
-        critic_type=args.critic_type,
-        use_lora=args.lora,
-        seed=args.seed,
-        output_dir=_path_or_none(output_dir),
-        num_turns=args.turns,
-        expand=args.expand,
-        expand_k=args.expand_k,
-    )
-    flags.update(
-        train_data=_path_or_none(args.data),
-        eval_data=_path_or_none(args.eval_data),
-        column_map=_columns(args.columns),
-        train_split=args.data_split,
-        eval_split=args.eval_split,
-        eval_fraction=args.eval_fraction,
-    )
-    cfg = resolve_config(task, config, flags, args.overrides)
-    if "output_dir" not in _explicit_fields(config, args.overrides) and output_dir is None:
+    flags = {"num_agents": task_obj.num_agents, **config_values(TRAIN_OPTIONS, given)}
+    cfg = resolve_config(task, given.config, flags, given.set)
+    if "output_dir" not in _explicit_fields(given.config, given.set) and given.output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
     run = RunFolder(cfg.output_dir)
-    feedback_source = _feedback(task_obj, cfg, args.feedback, args.reviewer_url, args.reviewer_model)
-    specs = _model_specs(model, cfg.num_agents)
+    feedback_source = _feedback(task_obj, cfg, given.feedback, given.reviewer_url, given.reviewer_model)
+    specs = _model_specs(given.model, cfg.num_agents)
     train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train", cfg.train_split)
     train_items, held_out = _held_out_items(task_obj, cfg, train_items)
-    held_out = held_out[: args.eval_items]
+    held_out = held_out[: given.eval_items]
     _print_skipped(task_obj, held_out)
     console.print(
         f"[bold]magrpo[/] task={task} agents={specs} G={cfg.num_generations} steps={cfg.max_steps} -> {run.path}"
@@ -429,16 +342,16 @@ def _train(args: TrainArgs) -> None:
         from magrpo.report import RunLog
 
         main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
-        log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=args.resume is not None, writes=main)
+        log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=given.resume is not None, writes=main)
         trainer.resume_hint = f"magrpo train --resume {run.path}"
-        if args.resume is None:
+        if given.resume is None:
             before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
             if before is not None and main:
                 log.write_json("eval_before.json", before)
         else:  # the figures the run started from
             before_path = run.path / "eval_before.json"
             before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
-        trainer.train(log=log, progress=not args.no_progress, resume_from_checkpoint=args.resume)
+        trainer.train(log=log, progress=not given.no_progress, resume_from_checkpoint=given.resume)
         after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if not main:
             return
@@ -520,70 +433,58 @@ def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
     )
 
 
-@app.command("eval")
-def evaluate(
-    task: str = typer.Option("coding", help=TASK_HELP),
-    checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="A run's checkpoint directory holding agent_0, agent_1, ..."
+#: the options of ``magrpo eval``
+EVAL_OPTIONS = (
+    Option(("--task",), str, "coding", TASK_HELP),
+    Option(("--checkpoint",), Optional[Path], help="A run's checkpoint directory holding agent_0, agent_1, ..."),
+    replace(MODEL, help=MODEL_HELP + " Ignored with --checkpoint."),
+    Option(
+        ("--eval-items",),
+        Optional[int],
+        help="Evaluate the first N held-out items (default: all; 0: none, as in train).",
+        min=0,
     ),
-    model: list[str] = typer.Option([], "--model", "-m", help=MODEL_HELP + " Ignored with --checkpoint."),
-    eval_items: Optional[int] = typer.Option(
-        None, "--eval-items", min=0, help="Evaluate the first N held-out items (default: all; 0: none, as in train)."
+    MAX_NEW_TOKENS,
+    replace(TURNS, help="Turns per episode; figures are reported per turn."),
+    FEEDBACK,
+    REVIEWER_URL,
+    REVIEWER_MODEL,
+    CONFIG,
+    SET,
+    Option(
+        ("--data",),
+        Optional[Path],
+        help="Your own held-out data instead of the task's.",
+        field="eval_data",
+        to_field=str,
     ),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    turns: Optional[int] = typer.Option(None, "--turns", help="Turns per episode; figures are reported per turn."),
-    feedback: str = typer.Option("execution", "--feedback", help=FEEDBACK_HELP),
-    reviewer_url: Optional[str] = typer.Option(None, "--reviewer-url"),
-    reviewer_model: Optional[str] = typer.Option(None, "--reviewer-model"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of MAGRPOConfig fields."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config field: --set FIELD=VALUE."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Your own held-out data instead of the task's."),
-    data_split: Optional[str] = typer.Option(None, "--data-split", help="The split of --data to evaluate on."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping TASK_COLUMN=YOUR_COLUMN,..."),
-    setup: Optional[str] = typer.Option(
-        None,
-        "--setup",
+    Option(("--data-split",), help="The split of --data to evaluate on.", field="eval_split"),
+    COLUMNS,
+    Option(
+        ("--setup",),
         help="Evaluate an alternative to the team on the same reward: single (one model writes the whole "
         "answer), parallel (the team as given), sequential (agent 2 sees agent 1's answer), "
         "discussion (one round of revision).",
     ),
     # the old name of --setup, kept so that existing scripts run; not in the help
-    deprecated_baseline: Optional[str] = typer.Option(None, "--baseline", hidden=True),
-    latency_items: int = typer.Option(
-        4, "--latency-items", help="Writing tasks: items timed for team vs single-model latency (0: skip)."
-    ),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the figures to this JSON file."),
-    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
-) -> None:
+    Option(("--baseline",), hidden=True),
+    Option(("--latency-items",), int, 4, "Writing tasks: items timed for team vs single-model latency (0: skip)."),
+    Option(("--output",), Optional[Path], help="Write the figures to this JSON file."),
+    VERBOSE,
+)
+
+
+@command(app, "eval", EVAL_OPTIONS, epilog=config_fields_epilog(EVAL_OPTIONS))
+def evaluate(given: SimpleNamespace) -> None:
     """Evaluate a trained team (or untrained models) on the held-out split."""
     try:
-        if setup is None:
-            setup = deprecated_baseline
-        elif deprecated_baseline not in (None, setup):
+        if given.setup is None:
+            given.setup = given.baseline
+        elif given.baseline not in (None, given.setup):
             raise UsageError(
-                f"--setup {setup} and --baseline {deprecated_baseline} (its old name) disagree; give --setup alone"
+                f"--setup {given.setup} and --baseline {given.baseline} (its old name) disagree; give --setup alone"
             )
-        args = EvalArgs(
-            task=task,
-            checkpoint=checkpoint,
-            model=model,
-            eval_items=eval_items,
-            max_new_tokens=max_new_tokens,
-            turns=turns,
-            feedback=feedback,
-            reviewer_url=reviewer_url,
-            reviewer_model=reviewer_model,
-            config=config,
-            overrides=set_,
-            data=data,
-            data_split=data_split,
-            columns=columns,
-            setup=setup,
-            latency_items=latency_items,
-            output=output,
-            verbose=verbose,
-        )
-        _evaluate(args)
+        _evaluate(given)
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))
 
@@ -613,27 +514,20 @@ def held_out_part(items: list[dict[str, Any]], data: Path, checkpoint: Path) -> 
     )
 
 
-def _evaluate(args: EvalArgs) -> None:
-    _set_verbose(args.verbose)
+def _evaluate(given: SimpleNamespace) -> None:
+    _set_verbose(given.verbose)
     from magrpo.tasks import get_task
 
-    task, checkpoint, setup = args.task, args.checkpoint, args.setup
+    task, checkpoint, setup = given.task, given.checkpoint, given.setup
     check_task_name(task)  # before anything loads
     if setup is not None:
         from magrpo.choices import SETUPS, check_choice
 
         check_choice("--setup", setup, SETUPS)
     task_obj = get_task(task)
-    flags = {
-        "num_agents": task_obj.num_agents,
-        "max_new_tokens": args.max_new_tokens,
-        "num_turns": args.turns,
-        "eval_data": _path_or_none(args.data),
-        "eval_split": args.data_split,
-        "column_map": _columns(args.columns),
-    }
-    cfg = resolve_config(task, args.config, flags, args.overrides)
-    feedback_source = _feedback(task_obj, cfg, args.feedback, args.reviewer_url, args.reviewer_model)
+    flags = {"num_agents": task_obj.num_agents, **config_values(EVAL_OPTIONS, given)}
+    cfg = resolve_config(task, given.config, flags, given.set)
+    feedback_source = _feedback(task_obj, cfg, given.feedback, given.reviewer_url, given.reviewer_model)
     if checkpoint is not None:
         from magrpo.models.agent import agent_name
 
@@ -646,13 +540,13 @@ def _evaluate(args: EvalArgs) -> None:
         specs = [str(d) for d in dirs]
         cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
     else:
-        specs = _model_specs(args.model, cfg.num_agents)
+        specs = _model_specs(given.model, cfg.num_agents)
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
     if checkpoint is not None and cfg.eval_data is not None:
         items, note = held_out_part(items, Path(cfg.eval_data), checkpoint)
         if note:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
-    items = items if args.eval_items is None else items[: args.eval_items]
+    items = items if given.eval_items is None else items[: given.eval_items]
     trainer = _trainer(task_obj, specs, cfg, feedback_source, eval_dataset=items)
     if items and setup is not None:
         if setup != "parallel" and cfg.num_turns > 1:
@@ -677,7 +571,7 @@ def _evaluate(args: EvalArgs) -> None:
     else:
         console.print("no held-out items evaluated (--eval-items 0)")
         figures = {"items": 0.0}
-    if args.latency_items and items and task_obj.single_agent_formatter is not None:
+    if given.latency_items and items and task_obj.single_agent_formatter is not None:
         from magrpo.eval.latency import team_vs_single_latency
 
         figures.update(
@@ -685,14 +579,14 @@ def _evaluate(args: EvalArgs) -> None:
                 trainer.agents,
                 task_obj.formatters,
                 task_obj.single_agent_formatter,
-                items[: args.latency_items],
+                items[: given.latency_items],
                 max_new_tokens=cfg.max_new_tokens,
             )
         )
     figures = task_obj.with_normalised_return(figures)
     console.print(_results_table(None, figures))
-    if args.output:
-        args.output.write_text(json.dumps(figures, indent=2))
+    if given.output:
+        given.output.write_text(json.dumps(figures, indent=2))
 
 
 def main() -> None:  # pragma: no cover

@@ -46,11 +46,16 @@ class MAGRPOConfig:
     """
 
     # team
+    #: agents in the team
     num_agents: int = 2
     # sampling
+    #: G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)
     num_generations: int = 4
+    #: the longest completion, in tokens
     max_new_tokens: int = 128
+    #: sampling: softmax(logits / temperature), no top-k, no repetition penalty
     temperature: float = 1.0
+    #: nucleus sampling (1: off); the loss scores the untruncated softmax, as TRL does
     top_p: float = 1.0
     # optimisation
     #: one rate for the team, or one per agent
@@ -59,17 +64,25 @@ class MAGRPOConfig:
     #: stepped once per training step over max_steps; lr_scheduler_kwargs go to it as
     #: scheduler_specific_kwargs (e.g. {"min_lr_rate": 0.1} for "cosine_with_min_lr")
     lr_scheduler_type: str = "constant"
+    #: the schedule's own arguments (see lr_scheduler_type), e.g. {"min_lr_rate": 0.1}
     lr_scheduler_kwargs: dict[str, Any] | None = None
     #: linear warm-up over this many steps (> 0 wins over warmup_ratio, as in transformers) ...
     warmup_steps: int = 0
     #: ... or over this fraction of max_steps
     warmup_ratio: float = 0.0
+    #: AdamW's weight decay (one AdamW per agent)
     weight_decay: float = 0.0
+    #: AdamW's beta1
     adam_beta1: float = 0.9
+    #: AdamW's beta2
     adam_beta2: float = 0.999
+    #: clip each agent's gradient to this norm
     max_grad_norm: float = 1.0
+    #: training steps of the run
     max_steps: int = 10
+    #: dataset items per step (per process under torchrun)
     batch_size: int = 1
+    #: seeds the run: new weights (LoRA adapters, value heads), the sampling, the item order, the eval_fraction split
     seed: int = 0
     #: "none": A = R - mean(R); "std": A = (R - mean(R)) / std(R), zero where std(R) == 0
     advantage_scaling: str = "none"
@@ -121,6 +134,7 @@ class MAGRPOConfig:
     num_iterations: int = 1
     #: the clip of r: [1 - epsilon, 1 + epsilon_high] (epsilon_high None: epsilon; DAPO uses 0.28)
     epsilon: float = 0.2
+    #: the clip's upper width (None: epsilon)
     epsilon_high: float | None = None
     #: r per token ("token": PPO, GRPO) or one per completion ("sequence": GSPO)
     importance_sampling_level: str = "token"
@@ -128,6 +142,7 @@ class MAGRPOConfig:
     #: reference of a LoRA agent is its own base with the adapter off (no memory); of a fully
     #: trained agent, a frozen copy of its initial weights on reference_device (None: the agent's)
     beta: float = 0.0
+    #: where a fully trained agent's frozen reference sits (None: the agent's device)
     reference_device: str | None = None
     #: "aligned": G joint actions, the g-th completion of every agent together;
     #: "cross": every combination, G ** num_agents joint actions
@@ -135,11 +150,13 @@ class MAGRPOConfig:
     #: how a completion's return is taken over the joint actions it is part of (cross mode)
     cross_aggregation: str = "mean"
     # multi-turn (num_turns = 1 is the single-turn setting)
+    #: turns per episode (> 1: the agents revise after feedback)
     num_turns: int = 1
     #: return of an inner joint action = reward + discount * mean(returns of its children)
     discount: float = 0.9
     #: "full": every unfinished joint action continues; "best-k": only the k best of each node
     expand: str = "full"
+    #: k of expand="best-k" (1: the greedy chain)
     expand_k: int = 1
     #: a joint action whose reward reaches this ends its branch (None: only the env ends branches)
     early_stop_reward: float | None = None
@@ -148,9 +165,13 @@ class MAGRPOConfig:
     # LoRA (peft)
     #: True / False for the whole team, or one bool per agent (a team of full and LoRA agents)
     use_lora: bool | list[bool] = False
+    #: LoRA rank
     lora_r: int = 16
+    #: LoRA scaling (the adapter's update is scaled by lora_alpha / lora_r)
     lora_alpha: int = 32
+    #: peft's LoRA dropout, kept in the adapter's config (magrpo samples and scores with dropout off)
     lora_dropout: float = 0.0
+    #: the modules that take adapters: peft's "all-linear", or a list of module names
     lora_target_modules: list[str] | str = "all-linear"
     #: "fast": prefill each prompt once and sample its G completions from the shared cache
     #: (magrpo.sampling.fast); "plain": transformers' generate; "vllm": vLLM engines in the training
@@ -167,6 +188,7 @@ class MAGRPOConfig:
     #: the engine's own dtype). "auto": "bfloat16" where the update runs under bf16 autocast (with the
     #: fast or vllm backend, not sharded), else "same"
     rollout_dtype: str = "auto"
+    #: the cap of the truncated importance-sampling weight min(pi / pi_sampler, rollout_is_cap)
     rollout_is_cap: float = 3.0
     #: vllm backend: weight each token by min(pi / pi_engine, rollout_is_cap) with the engine's
     #: sampled-token log-probabilities (TRL's vllm_importance_sampling_correction)
@@ -179,6 +201,7 @@ class MAGRPOConfig:
     #: vllm backend on CUDA: the share of the GPU's memory each engine takes (None: 0.3 over the
     #: number of engines); sleep mode frees it during the update
     vllm_gpu_memory_utilization: float | None = None
+    #: vllm backend on CUDA: the engines sleep (free their GPU memory) during the update
     vllm_sleep_mode: bool = True
     #: vllm backend: where the engines live. "training": in the training process (no transfer);
     #: "own": each engine in a process of its own (the CPU cores split between them), so that the
@@ -198,8 +221,10 @@ class MAGRPOConfig:
     #: run each distinct prompt through the model once per micro-batch, not once per completion
     #: (same loss and gradient; not combined with gradient checkpointing, which drops the cache)
     share_prompt_in_update: bool = True
+    #: recompute activations in the update's backward pass (less memory; same result)
     gradient_checkpointing: bool = False
     # run directory
+    #: the run's folder: config, metrics, samples, checkpoints, final weights
     output_dir: str = "runs/magrpo"
     #: every n-th step also writes prompts, completions and rewards to samples.jsonl
     log_samples_steps: int = 1
@@ -216,18 +241,23 @@ class MAGRPOConfig:
     # your own data for the CLI's built-in tasks (the Python API takes datasets directly)
     #: JSONL / JSON / CSV / Parquet files or a ``datasets`` folder (save_to_disk); None: the task's own data
     train_data: str | None = None
+    #: your own held-out data (same formats); None: the task's own, or none beside your train_data
     eval_data: str | None = None
     #: the split to read from a multi-split JSON file or a DatasetDict folder
     train_split: str | None = None
+    #: the split of eval_data to evaluate on
     eval_split: str | None = None
     #: hold out this fraction of train_data for evaluation (a split seeded by ``seed``), when no eval_data
     eval_fraction: float | None = None
     #: task column -> your column, e.g. {"source": "article"}
     column_map: dict[str, str] | None = None
     # evaluation
+    #: sampling temperature of evaluation (0: greedy)
     eval_temperature: float = 0.0
+    #: evaluate at most this many held-out items (None: all)
     eval_max_items: int | None = None
     # hardware
+    #: "auto" (CUDA where there is a GPU, else CPU), "cpu" or "cuda[:N]"
     device: str = "auto"
     #: one device per agent (agent placement, e.g. ["cuda:0", "cuda:1"]), instead of ``device``
     agent_devices: list[str] | None = None
@@ -244,7 +274,9 @@ class MAGRPOConfig:
     #: CPU (on a CPU with AVX-512 BF16 the bf16 update is x2.5 faster but the team learned less:
     #: docs/performance.md, "Precision"); "no" keeps the update exactly float32
     autocast: str = "auto"
+    #: torch's CPU threads (None: torch's own count)
     num_threads: int | None = None
+    #: your own values, saved with the run's config (magrpo reads none of them)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -364,11 +396,9 @@ class MAGRPOConfig:
             )
         # a schedule that needs arguments (cosine_with_min_lr, warmup_stable_decay) is built once now
         if self.lr_scheduler_type != "constant" or self.lr_scheduler_kwargs:
-            import torch
+            from magrpo.schedules import check_schedule  # loads torch: only for a schedule that needs the check
 
-            from magrpo.prepare import make_schedulers
-
-            make_schedulers([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)], self)
+            check_schedule(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.warmup(), self.max_steps)
         # agent placement names one device per agent
         if self.agent_devices is not None and len(self.agent_devices) != self.num_agents:
             raise ConfigError(
@@ -429,7 +459,13 @@ class MAGRPOConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> "MAGRPOConfig":
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {', '.join(cls.field_names())}")
+            import difflib
+
+            close = {name: difflib.get_close_matches(name, cls.field_names(), n=1) for name in unknown}
+            several = len(unknown) > 1
+            guesses = [repr(match[0]) + (f" for {name!r}" if several else "") for name, match in close.items() if match]
+            guess = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+            raise ConfigError(f"unknown config field(s) {unknown}{guess} (`magrpo train --help` lists the fields)")
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
     @classmethod

@@ -29,13 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from magrpo.choices import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, check_choice
-
 
 def loss_normaliser(masks: torch.Tensor, loss_type: str, max_new_tokens: int | None = None) -> float:
     """The divisor N of the summed loss terms over a WHOLE batch (``masks``: its counted tokens),
-    by loss type (module docstring). ``dr_grpo`` needs ``max_new_tokens``."""
-    check_choice("loss_type", loss_type, LOSS_TYPES)
+    by loss type (module docstring; the config checks the name). ``dr_grpo`` needs ``max_new_tokens``."""
     if loss_type in ("sequence", "grpo"):
         return float(masks.shape[0])
     if loss_type == "dr_grpo":
@@ -111,7 +108,6 @@ def clipped_surrogate(
     """PPO's clipped surrogate per token, -min(r A, clamp(r, 1 - eps_low, 1 + eps_high) A), with
     r = pi / pi_old per token (``level="token"``) or per completion (``"sequence"``, GSPO: r =
     exp(mean_t log(pi / pi_old)) over its counted tokens, one ratio for all its tokens)."""
-    check_choice("importance_sampling_level", level, IMPORTANCE_SAMPLING_LEVELS)
     log_ratio = token_logprobs - old_logprobs.to(token_logprobs.dtype)
     if level == "sequence":
         counted = mask.sum(dim=-1, keepdim=True).clamp(min=1)
@@ -161,13 +157,17 @@ class UpdateTally:
         self.add("clip_fraction", low + high, mask)
         self.add("ratio_mean", clip.ratio, mask)
 
+    def include(self, other: "UpdateTally") -> None:
+        """Add ``other``'s sums and token counts to this tally's (a micro-batch's to its update's)."""
+        for name, value in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.tokens[name] = self.tokens.get(name, 0.0) + other.tokens[name]
+
     def merged(self, others: "list[UpdateTally]") -> "UpdateTally":
         """The tally of ``others`` together (every rank's share of an update)."""
         out = UpdateTally()
         for other in others:
-            for name, value in other.sums.items():
-                out.sums[name] = out.sums.get(name, 0.0) + value
-                out.tokens[name] = out.tokens.get(name, 0.0) + other.tokens[name]
+            out.include(other)
         return out
 
     def figures(self) -> dict[str, float]:

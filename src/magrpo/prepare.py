@@ -13,7 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from magrpo import distributed, sharding
+from magrpo.baselines import GroupBaseline
 from magrpo.config import MAGRPOConfig
+from magrpo.critics.baseline import CriticBaseline
 from magrpo.critics.critic import make_critics
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
@@ -24,7 +26,8 @@ from magrpo.models import AgentPolicy, attach_reference_models, attach_sampling_
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
 from magrpo.rewards.reward_model import RewardModel
 from magrpo.sampling.vllm_engine import attach_vllm_engines, unservable_reason, vllm_installed
-from magrpo.step import Precision, Team
+from magrpo.schedules import make_schedulers
+from magrpo.team import Precision, Team
 from magrpo.types import Formatter, Scorer
 
 EnvFactory = Callable[[Mapping[str, Any]], MultiAgentEnv]
@@ -136,7 +139,9 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     for critic in critics:  # a critic model of its own: its own AdamW over it and its head
         if critic.model is not None:
             critic.optimizer = _adamw(critic.parameters(), args, args.critic_learning_rate)
-    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), critics)
+    # the baseline: the group's (MAGRPO), or the critics' (IAC, MAAC)
+    baseline = CriticBaseline(critics, built, args, precision, ranks) if critics else GroupBaseline.from_config(args)
+    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), baseline)
 
 
 def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[AgentPolicy] | None:
@@ -308,39 +313,6 @@ def _adamw(params: Any, args: MAGRPOConfig, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
 
 
-def make_schedulers(
-    optimizers: Sequence[torch.optim.Optimizer], args: MAGRPOConfig
-) -> list[torch.optim.lr_scheduler.LRScheduler]:
-    """One transformers schedule per optimiser (``lr_scheduler_type``, the warm-up, over
-    ``max_steps`` training steps), each at its own agent's rate."""
-    from transformers import get_scheduler
-
-    try:
-        return [
-            get_scheduler(
-                args.lr_scheduler_type,
-                optimizer,
-                num_warmup_steps=args.warmup(),
-                num_training_steps=args.max_steps,
-                scheduler_specific_kwargs=args.lr_scheduler_kwargs,
-            )
-            for optimizer in optimizers
-        ]
-    except (TypeError, ValueError) as exc:  # a schedule that needs arguments it was not given
-        raise ConfigError(
-            f"lr_scheduler_type={args.lr_scheduler_type!r} with lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}: {exc}"
-        ) from exc
-
-
-def step_schedulers(team: Team) -> None:
-    """Move every agent's learning rate on by one training step (a step without an optimiser
-    step, no agent having a signal, still counts: the schedule follows the run's steps)."""
-    with warnings.catch_warnings():  # torch warns when a schedule moves before its optimiser's first step
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-        for scheduler in team.schedulers or []:
-            scheduler.step()
-
-
 __all__ = [
     "EnvFactory",
     "RewardFuncs",
@@ -350,8 +322,6 @@ __all__ = [
     "bf16_by_default",
     "computes_bf16_in_hardware",
     "make_optimizer",
-    "make_schedulers",
-    "step_schedulers",
     "prepare_team",
     "resolve_precision",
 ]

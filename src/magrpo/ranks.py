@@ -78,8 +78,9 @@ class OneProcess:
         """How many idle passes this rank runs after its own ``passes`` (collective when sharded)."""
         return 0
 
-    def idle_pass(self, model: torch.nn.Module, device: torch.device) -> None:
-        """A forward and backward adding exactly zero gradient: another rank's collectives matched."""
+    def idle_pass(self, model: torch.nn.Module, device: torch.device, backward: bool = True) -> None:
+        """A forward (and backward, adding exactly zero gradient) without data: another rank's
+        collectives matched."""
         raise RuntimeError("an idle pass is only needed by sharded ranks")
 
     def whole_weights(self, models: Iterable[torch.nn.Module]) -> contextlib.AbstractContextManager:
@@ -143,8 +144,8 @@ class ShardedRanks(ReplicatedRanks):
         # every forward/backward is a collective: every rank runs as many as the busiest one
         return int(self.max(passes, device)) - passes
 
-    def idle_pass(self, model: torch.nn.Module, device: torch.device) -> None:
-        sharding.idle_pass(model, device)
+    def idle_pass(self, model: torch.nn.Module, device: torch.device, backward: bool = True) -> None:
+        sharding.idle_pass(model, device, backward)
 
     def whole_weights(self, models: Iterable[torch.nn.Module]) -> contextlib.AbstractContextManager:
         return sharding.gathered(models)

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -27,10 +28,11 @@ from magrpo.config import MAGRPOConfig
 from magrpo.envs.check import check_env
 from magrpo.errors import ConfigError
 from magrpo.report import RunLog, progress_bar
-from magrpo.step import Precision, Team
+from magrpo.team import Precision, Team
 from magrpo.trackers import Trackers
 
 if TYPE_CHECKING:
+    from magrpo.data import ItemOrder
     from magrpo.trainer import MAGRPOTrainer
 
 
@@ -50,11 +52,22 @@ class CheckpointCadence:
         return bool(by_steps or by_time)
 
 
+@dataclass
+class RunState:
+    """Where a run stands: the steps taken, their metrics rows, the position in the data, and
+    when the next checkpoint is due. Checkpoints carry it; a resume puts it back."""
+
+    item_order: ItemOrder
+    cadence: CheckpointCadence
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def train_loop(
     trainer: "MAGRPOTrainer", log: RunLog | None, progress: bool, resume_from_checkpoint: str | Path | bool | None
 ) -> list[dict[str, Any]]:
     """:meth:`MAGRPOTrainer.train`: steps until ``max_steps``, logging, checkpointing, stopping cleanly."""
-    args, ranks = trainer.args, trainer.team.ranks
+    args, ranks, state = trainer.args, trainer.team.ranks, trainer.state
     if not trainer.train_items:
         raise ConfigError("train_dataset is empty")
     # the first item's environment must keep the contract before any compute is spent on it
@@ -65,27 +78,27 @@ def train_loop(
     trackers = Trackers(args.report_to if main else [], args.output_dir, args.to_dict())
     log = log or RunLog(args.output_dir, args, resume=resumed is not None, writes=main)
     if resumed is not None:
-        trainer.history = log.resume_at(trainer.step)
+        state.history = log.resume_at(state.step)
         if main:
-            print(f"resumed from {resumed} at step {trainer.step}", flush=True)
+            print(f"resumed from {resumed} at step {state.step}", flush=True)
     if main:
         on_ranks = f" on {ranks.world_size} ranks" if ranks.world_size > 1 else ""
         print(f"plan: {args.plan().describe()}{on_ranks}", flush=True)
     stop = StopRequest()
-    with progress_bar(progress and main, args.max_steps, completed=trainer.step) as bar, stop.on_signals(trainer):
+    with progress_bar(progress and main, args.max_steps, completed=state.step) as bar, stop.on_signals(trainer):
         try:
-            while trainer.step < args.max_steps:
+            while state.step < args.max_steps:
                 metrics, samples = trainer.train_step(trainer.next_batch())
-                trainer.history.append(metrics)
+                state.history.append(metrics)
                 log.metrics(metrics)
-                trackers.log(metrics, trainer.step)
-                if args.log_samples_steps and trainer.step % args.log_samples_steps == 0:
-                    log.samples(trainer.step, samples)
+                trackers.log(metrics, state.step)
+                if args.log_samples_steps and state.step % args.log_samples_steps == 0:
+                    log.samples(state.step, samples)
                 if ranks.any(stop.signal is not None) and stop.signal is None:
                     stop.signal = signal.SIGTERM  # another rank was asked to stop: stop together
                 # decided together: the minutes since the last save differ a little between ranks
-                if ranks.any(trainer.cadence.due(trainer.step)) or stop.signal is not None:
-                    trainer.checkpoint(log.checkpoint_dir(trainer.step))
+                if ranks.any(state.cadence.due(state.step)) or stop.signal is not None:
+                    trainer.checkpoint(log.checkpoint_dir(state.step))
                 bar(metrics)
                 if stop.signal is not None:
                     stop.raise_stop(trainer, log)
@@ -95,31 +108,31 @@ def train_loop(
             trackers.close()
             # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
             # weights of its last step when the last full checkpoint is older
-            died = trainer.step < args.max_steps and stop.signal is None
+            died = state.step < args.max_steps and stop.signal is None
             # (not when sharded: gathering the weights needs every rank, and the others may be gone)
-            if died and trainer.step > trainer.cadence.last_step and main and not ranks.sharded:
-                trainer.save(log.checkpoint_dir(trainer.step, suffix="-interrupted"))
+            if died and state.step > state.cadence.last_step and main and not ranks.sharded:
+                trainer.save(log.checkpoint_dir(state.step, suffix="-interrupted"))
     saves_checkpoints = bool(args.save_steps or args.save_minutes)  # both 0: final weights only
-    if saves_checkpoints and trainer.cadence.last_step != trainer.step:
-        trainer.checkpoint(log.checkpoint_dir(trainer.step))
+    if saves_checkpoints and state.cadence.last_step != state.step:
+        trainer.checkpoint(log.checkpoint_dir(state.step))
     if main or ranks.sharded:
         trainer.save(log.final_dir())
     if main:
-        log.plot_rewards(trainer.history)
+        log.plot_rewards(state.history)
     ranks.barrier()  # the other ranks return once the run's files are written
-    return trainer.history
+    return state.history
 
 
 def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     """A full, resumable checkpoint (see :mod:`magrpo.checkpoint`); older ones beyond
     ``save_total_limit`` are deleted."""
-    team = trainer.team
+    team, state = trainer.team, trainer.state
     whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
         schedules = [scheduler.state_dict() for scheduler in team.schedulers or []]
-        state = {
-            "step": trainer.step,
-            **trainer.item_order.state(),
+        saved = {
+            "step": state.step,
+            **state.item_order.state(),
             "schedulers": schedules,
             # what the config's "auto" resolved to and how many ranks shared the batch: a resume
             # elsewhere must run the same maths (check_same_run)
@@ -130,14 +143,14 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
             directory,
             agents=team.agents,
             optimizers=team.optimizers,
-            trainer_state=state,
+            trainer_state=saved,
             config=trainer.args,
             whole_states=whole,
             critics=team.critics,
         )
         prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
     team.ranks.barrier()  # a checkpoint is complete before any rank goes on
-    trainer.cadence.saved(trainer.step)
+    state.cadence.saved(state.step)
     return Path(directory)
 
 
@@ -145,12 +158,13 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
     path = resolve_resume(trainer.args.output_dir if target is True else target)
     check_resumable_config(path, trainer.args)
-    state = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers, critics=trainer.team.critics)
-    check_same_run(state, trainer.team)  # still before any step
-    trainer.step = int(state["step"])
-    trainer.item_order.load_state(state)
-    load_schedules(trainer.team.schedulers or [], state.get("schedulers"), trainer.step)
-    trainer.cadence.saved(trainer.step)
+    saved = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers, critics=trainer.team.critics)
+    check_same_run(saved, trainer.team)  # still before any step
+    state = trainer.state
+    state.step = int(saved["step"])
+    state.item_order.load_state(saved)
+    load_schedules(trainer.team.schedulers or [], saved.get("schedulers"), state.step)
+    state.cadence.saved(state.step)
     return path
 
 
@@ -210,7 +224,7 @@ class StopRequest:
                 raise KeyboardInterrupt
             self.signal = signum
             print(
-                f"\n{signal.Signals(signum).name}: finishing step {trainer.step + 1}, then saving a checkpoint "
+                f"\n{signal.Signals(signum).name}: finishing step {trainer.state.step + 1}, then saving a checkpoint "
                 "(Ctrl-C again to abort at once)",
                 flush=True,
             )
@@ -225,7 +239,8 @@ class StopRequest:
     def raise_stop(self, trainer: "MAGRPOTrainer", log: RunLog) -> None:
         hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
         print(
-            f"stopped after step {trainer.step}; checkpoint {log.checkpoint_dir(trainer.step)}\nresume with: {hint}",
+            f"stopped after step {trainer.state.step}; checkpoint {log.checkpoint_dir(trainer.state.step)}\n"
+            f"resume with: {hint}",
             flush=True,
         )
         exit_ = KeyboardInterrupt() if self.signal == signal.SIGINT else SystemExit(128 + int(self.signal))
@@ -289,6 +304,7 @@ def peak_memory_figures(processes: Sequence[int] = ()) -> dict[str, float]:
 
 __all__ = [
     "CheckpointCadence",
+    "RunState",
     "StopRequest",
     "peak_memory_figures",
     "process_peak_rss_mib",

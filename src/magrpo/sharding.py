@@ -80,11 +80,14 @@ def gathered(models: Iterable[torch.nn.Module]) -> Iterator[None]:
             unit.reshard()
 
 
-def idle_pass(model: torch.nn.Module, device: torch.device) -> None:
-    """A forward and backward that adds exactly zero to every gradient: the collectives of one
-    micro-batch, for a rank that has run out of its own."""
+def idle_pass(model: torch.nn.Module, device: torch.device, backward: bool = True) -> None:
+    """A forward and backward that adds exactly zero to every gradient (``backward=False``: the
+    forward alone, as a pass without gradient makes): the collectives of one micro-batch, for a
+    rank that has run out of its own."""
     ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-    (model(input_ids=ids).logits.float().sum() * 0.0).backward()
+    logits = model(input_ids=ids).logits
+    if backward:
+        (logits.float().sum() * 0.0).backward()
 
 
 def full_weights(model: torch.nn.Module, *, only_adapter: bool) -> dict[str, torch.Tensor]:

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import torch
 
 from magrpo.eval.figures import mean_figures, numeric_figures
-from magrpo.step import StepOutput, Team
+from magrpo.step import StepOutput
+from magrpo.team import Team
 
 #: the update figures each agent reports under its own name
 AGENT_FIGURES = (

@@ -2,8 +2,9 @@
 
 It holds the run's state and hands each job to the module that does it:
     prepare.py   the set-up: environments, input checks, agents, sharding, precision, optimisers
+    team.py      what a step works with (agents, optimisers, precision, sampler, baseline, objective)
     step.py      the algorithm: one MAGRPO step (rollout -> returns -> advantages -> per-agent update)
-    run.py       the run around the steps: resume, logs, checkpoints, signals, the final save
+    run.py       the run around the steps (its RunState): resume, logs, checkpoints, signals, the final save
     eval/held_out.py   the held-out figures
 """
 
@@ -18,29 +19,21 @@ import torch
 
 from magrpo import distributed, run
 from magrpo.config import MAGRPOConfig
-from magrpo.critics.critic import CriticBatch, save_critics
+from magrpo.critics.critic import save_critics
 from magrpo.data import ItemOrder, as_items
 from magrpo.errors import ConfigError, DatasetError, RewardError
 from magrpo.eval.held_out import evaluate_team
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
-from magrpo.prepare import (
-    EnvFactory,
-    RewardFuncs,
-    build_env_factory,
-    check_items,
-    make_schedulers,
-    prepare_team,
-    step_schedulers,
-)
+from magrpo.prepare import EnvFactory, RewardFuncs, build_env_factory, check_items, prepare_team
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
-from magrpo.sampling import Rollout
 from magrpo.sampling.vllm_engine import check_vllm_installed, engine_process_ids
+from magrpo.schedules import make_schedulers, step_schedulers
 from magrpo.seeds import mix_seed
-from magrpo.step import Team, magrpo_step
-from magrpo.step import update_agent as update_one_agent
+from magrpo.step import StepOutput, magrpo_step
 from magrpo.step_metrics import step_metrics, step_samples
+from magrpo.team import Team
 from magrpo.trackers import check_trackers_installed
 from magrpo.types import Formatter, Scorer
 
@@ -118,10 +111,10 @@ class MAGRPOTrainer:
         torch.manual_seed(self.args.seed)
         self._team: Team | None = prepare_team(agents, self.args)
         self.args = self.team.args  # rollout_backend="auto" resolved to the backend that samples
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.item_order = ItemOrder(len(self.train_items), self.args.seed)
-        self.cadence = run.CheckpointCadence(self.args)
+        #: where the run stands: steps taken, their metrics, the data position, the checkpoint cadence
+        self.state = run.RunState(ItemOrder(len(self.train_items), self.args.seed), run.CheckpointCadence(self.args))
+        #: what the last step did: its tree, returns, advantages, update and baseline figures
+        self.last_step: StepOutput | None = None
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
 
@@ -146,7 +139,7 @@ class MAGRPOTrainer:
             return
         for agent in self._team.agents:
             agent.rollout_engine = None  # the trainer's engines end with it
-        self._team = None
+        self._team = self.last_step = None
         gc.collect()  # models in reference cycles go now, with the rest
 
     def __enter__(self) -> "MAGRPOTrainer":
@@ -154,6 +147,16 @@ class MAGRPOTrainer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def step(self) -> int:
+        """The training steps taken (and resumed)."""
+        return self.state.step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One metrics dict per step taken in this process (a resumed run: from the run's log)."""
+        return self.state.history
 
     @property
     def agents(self) -> list[AgentPolicy]:
@@ -194,35 +197,24 @@ class MAGRPOTrainer:
         """This rank's batch_size items of the step's global batch: the next batch_size x
         world_size items of a seeded shuffle (the same on every rank), reshuffled at every epoch."""
         size, ranks = self.args.batch_size, self.team.ranks
-        batch = [self.train_items[self.item_order.next()] for _ in range(size * ranks.world_size)]
+        batch = [self.train_items[self.state.item_order.next()] for _ in range(size * ranks.world_size)]
         return batch[ranks.rank * size : (ranks.rank + 1) * size]
 
     def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One MAGRPO step on ``items``; returns the step's metrics and its samples."""
-        torch.manual_seed(mix_seed(self.args.seed, self.step))
+        """One MAGRPO step on ``items``; returns the step's metrics and its samples (the step itself:
+        :attr:`last_step`)."""
+        torch.manual_seed(mix_seed(self.args.seed, self.state.step))
         engines = engine_process_ids(self.team.agents)  # vLLM engines in processes of their own
         run.reset_peak_memory(engines)
         try:
-            out = magrpo_step(
-                self.team, [self.env_factory(item) for item in items], self.step, update=self.update_agent
-            )
+            out = magrpo_step(self.team, [self.env_factory(item) for item in items], self.state.step)
         except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
-            raise RewardError(f"step {self.step + 1}: {exc}") from exc
-        self.step += 1
-        metrics = {**step_metrics(self.team, out, self.step), **run.peak_memory_figures(engines)}
-        step_schedulers(self.team)  # after the metrics, which log the rate this step used
+            raise RewardError(f"step {self.state.step + 1}: {exc}") from exc
+        self.state.step += 1
+        self.last_step = out
+        metrics = {**step_metrics(self.team, out, self.state.step), **run.peak_memory_figures(engines)}
+        step_schedulers(self.team.schedulers)  # after the metrics, which log the rate this step used
         return metrics, step_samples(out)
-
-    def update_agent(
-        self,
-        index: int,
-        rollouts: Sequence[Rollout],
-        advantages: Sequence[torch.Tensor],
-        critic: CriticBatch | None = None,
-    ) -> dict[str, float]:
-        """One AdamW step of agent ``index`` on its completions of every turn, with the value loss
-        of the ``critic`` it hosts (IAC, MAAC; see :func:`magrpo.step.update_agent`)."""
-        return update_one_agent(self.team, index, rollouts, advantages, critic)
 
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
@@ -254,7 +246,7 @@ class MAGRPOTrainer:
             save_agent(agent, directory / agent.name, state_dict=whole[i][0] if whole else None)
         save_critics(team.critics, directory)  # IAC, MAAC
         (directory / "trainer_state.json").write_text(
-            json.dumps({"step": self.step, "agents": [a.name for a in team.agents]}, indent=2)
+            json.dumps({"step": self.state.step, "agents": [a.name for a in team.agents]}, indent=2)
         )
         return directory
 

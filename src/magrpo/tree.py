@@ -7,7 +7,7 @@ own branch of the environment; a branch that is not finished becomes a node of t
 (all of them, or only the best k of each node by reward). All nodes of a turn are sampled
 together in one batch per agent.
 
-One turn reads as the data flow: observations -> ``sample_team`` (one Rollout per agent) ->
+One turn reads as the data flow: observations -> ``sampler.sample_team`` (one Rollout per agent) ->
 ``step_joint_actions`` (joint actions -> joint rewards and next observations) -> the nodes of the
 next turn.
 """
@@ -20,11 +20,10 @@ from typing import Sequence
 import torch
 
 from magrpo.advantages import cross_joint_indices, tree_returns
-from magrpo.choices import EXPANSIONS, JOINT_MODES, check_choice
 from magrpo.envs.base import MultiAgentEnv, StepResult, observe_batch, step_batch
 from magrpo.envs.check import check_observations, check_step_result
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling import Rollout, SampleFn, sample_team
+from magrpo.sampling import Rollout, Sampler
 from magrpo.seeds import mix_seed
 
 
@@ -66,7 +65,6 @@ class Turn:
 
 def joint_action_indices(joint_mode: str, num_generations: int, num_agents: int) -> torch.Tensor:
     """[J, N]: which completion of each agent joint action j takes (J = G aligned, G**N cross)."""
-    check_choice("joint_mode", joint_mode, JOINT_MODES)
     if joint_mode == "aligned":
         return torch.arange(num_generations).unsqueeze(1).expand(num_generations, num_agents).clone()
     return cross_joint_indices(num_generations, num_agents)
@@ -98,26 +96,23 @@ def expand_tree(
     agents: Sequence[AgentPolicy],
     envs: Sequence[MultiAgentEnv],
     *,
-    sample: SampleFn,
+    sampler: Sampler,
     joint_mode: str,
-    num_generations: int,
     num_turns: int = 1,
     expand: str = "full",
     expand_k: int = 1,
     early_stop_reward: float | None = None,
-    concurrent_agents: bool = False,
     item_keys: Sequence[int] | None = None,
 ) -> list[Turn]:
     """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
 
-    ``sample(agent, observations, generator=...)`` samples one agent's G completions per
-    observation; ``concurrent_agents`` lets agents with their own models sample at once.
-    ``item_keys`` (one per env, e.g. the item's place in the step's global batch) give every node
-    its own random stream, keyed by its item and its place in that item's tree, so an item's
-    samples do not depend on the other items beside it (data-parallel ranks sample the same)."""
-    check_choice("expand", expand, EXPANSIONS)
+    ``sampler`` samples every agent's G completions per observation (G: its settings'
+    ``num_generations``). ``item_keys`` (one per env, e.g. the item's place in the step's global
+    batch) give every node its own random stream, keyed by its item and its place in that item's
+    tree, so an item's samples do not depend on the other items beside it (data-parallel ranks
+    sample the same)."""
     names = [a.name for a in agents]
-    joint_indices = joint_action_indices(joint_mode, num_generations, len(agents))
+    joint_indices = joint_action_indices(joint_mode, sampler.settings.num_generations, len(agents))
     nodes: list[MultiAgentEnv] = list(envs)
     observations = [env.reset()[0] for env in nodes]
     parents: list[tuple[int, int]] | None = None
@@ -127,9 +122,7 @@ def expand_tree(
         # each node's stream: its samples (when keyed by item) and its best-k ties
         keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
         per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
-        rollouts = sample_team(
-            agents, per_agent, sample, concurrent=concurrent_agents, prompt_keys=None if item_keys is None else keys
-        )
+        rollouts = sampler.sample_team(agents, per_agent, prompt_keys=None if item_keys is None else keys)
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
         solved = torch.tensor([[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool)

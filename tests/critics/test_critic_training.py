@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -51,17 +52,39 @@ def critic_trainer(agents, tmp_path, reward=letter_count_reward, items=ITEMS, fe
     )
 
 
+class LastStepSeen(Mapping):
+    """What each agent's update was handed in the trainer's last step (``trainer.last_step``): its
+    rollouts per turn, its advantages, and the batch of the critic whose head sits on its model
+    (None: it hosts none), by agent index."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def _by_agent(self):
+        out = self.trainer.last_step
+        hosted = {b.critic.host: b for b in out.baseline_training.batches if b.critic.model is None}
+        return {
+            i: {
+                "rollouts": [turn.rollouts[i] for turn in out.turns],
+                "advantages": out.advantages[i],
+                "critic": hosted.get(i),
+            }
+            for i in range(len(out.advantages))
+        }
+
+    def __getitem__(self, index):
+        return self._by_agent()[index]
+
+    def __iter__(self):
+        return iter(self._by_agent())
+
+    def __len__(self):
+        return len(self._by_agent())
+
+
 def spy_on_updates(trainer):
-    """Record what each agent's update is handed (its advantages, its critic's batch)."""
-    seen = {}
-    update = trainer.update_agent
-
-    def recording(index, rollouts, advantages, critic=None):
-        seen[index] = {"rollouts": rollouts, "advantages": advantages, "critic": critic}
-        return update(index, rollouts, advantages, critic)
-
-    trainer.update_agent = recording
-    return seen
+    """What each agent's update is handed, read after the trainer's last step."""
+    return LastStepSeen(trainer)
 
 
 def values_by_hand(model, head, ids, mask) -> torch.Tensor:

@@ -9,6 +9,7 @@ from magrpo import MultiAgentEnv, StepResult
 from magrpo.eval.figures import final_figures_per_turn, mean_figures
 from magrpo.sampling import Rollout
 from magrpo.tree import expand_tree
+from tests.conftest import scripted_sampler_of
 
 NAMES = ["agent_0", "agent_1"]
 
@@ -26,7 +27,7 @@ def echo_sampler():
         ids = torch.zeros(P, 1, dtype=torch.long)
         return Rollout(ids, torch.ones(P, 1), ids, ids == 0, list(observations), list(observations), 1)
 
-    return sample
+    return scripted_sampler_of(sample, 1)
 
 
 class TwoTurnEnv(MultiAgentEnv):
@@ -56,9 +57,7 @@ class TwoTurnEnv(MultiAgentEnv):
 
 def test_an_early_finish_is_carried_forward_to_later_turns():
     envs = [TwoTurnEnv({"kind": "done"}), TwoTurnEnv({"kind": "open"})]
-    turns = expand_tree(
-        [Agent(n) for n in NAMES], envs, sample=echo_sampler(), joint_mode="aligned", num_generations=1, num_turns=2
-    )
+    turns = expand_tree([Agent(n) for n in NAMES], envs, sampler=echo_sampler(), joint_mode="aligned", num_turns=2)
     assert [t.num_nodes for t in turns] == [2, 1]  # the solved item is not expanded
     per_turn = final_figures_per_turn(turns, num_items=2, num_turns=2)
     assert per_turn == [

@@ -15,7 +15,7 @@ FORMATTERS = [lambda x: x["q"], lambda x: x["q"] + " c"]
 
 def greedy(agent, observation, max_new_tokens=4):
     sample = make_sampler(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False)
-    return sample(agent, [observation]).texts[0]
+    return sample.sample(agent, [observation]).texts[0]
 
 
 def content(observation):

@@ -10,6 +10,7 @@ import torch
 
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import attach_sampling_copies, build_agents
+from magrpo.sampling import SamplingSettings
 from magrpo.sampling.fast import sample_fast
 from magrpo.sampling.plain import sample_plain
 from tests.conftest import PROMPTS, make_tiny_model, peaked_model, repeat_prompts
@@ -24,7 +25,7 @@ def test_lora_agents_on_one_base_score_like_separate_models_and_stay_independent
     assert shared[0].model is shared[1].model and shared[0].adapter != shared[1].adapter
 
     torch.manual_seed(0)
-    rollout = sample_fast(separate[0], PROMPTS, num_generations=2, max_new_tokens=8, temperature=1.0)
+    rollout = sample_fast(separate[0], PROMPTS, SamplingSettings(num_generations=2, max_new_tokens=8, temperature=1.0))
     prompt_ids, prompt_mask = repeat_prompts(rollout, 2)
 
     def logprobs(agent) -> torch.Tensor:
@@ -47,8 +48,12 @@ def test_lora_agents_on_one_base_score_like_separate_models_and_stay_independent
     assert torch.equal(after[1], before[1])
 
     # and the fast sampler samples each agent with its own adapter
-    greedy_shared = sample_fast(shared[1], PROMPTS, num_generations=1, max_new_tokens=8, temperature=0.0)
-    greedy_separate = sample_plain(separate[1], PROMPTS, num_generations=1, max_new_tokens=8, temperature=0.0)
+    greedy_shared = sample_fast(
+        shared[1], PROMPTS, SamplingSettings(num_generations=1, max_new_tokens=8, temperature=0.0)
+    )
+    greedy_separate = sample_plain(
+        separate[1], PROMPTS, SamplingSettings(num_generations=1, max_new_tokens=8, temperature=0.0)
+    )
     assert torch.equal(greedy_shared.completion_ids, greedy_separate.completion_ids)
 
 
@@ -66,7 +71,7 @@ def test_sampling_logprobs_come_from_the_copy_and_sit_close_to_the_float32_polic
     attach_sampling_copies([agent], torch.bfloat16)
     torch.manual_seed(0)
     G = 3
-    rollout = sample_fast(agent, COPY_PROMPTS, num_generations=G, max_new_tokens=10, temperature=1.0)
+    rollout = sample_fast(agent, COPY_PROMPTS, SamplingSettings(num_generations=G, max_new_tokens=10, temperature=1.0))
     prompt_ids = rollout.prompt_ids.repeat_interleave(G, 0)
     prompt_mask = rollout.prompt_mask.repeat_interleave(G, 0)
     mask = rollout.completion_mask

@@ -11,6 +11,7 @@ import importlib.util
 import pytest
 
 from magrpo.models import ModelError, presets
+from magrpo.sampling import SamplingSettings
 
 
 def _fake_preset(tmp_path, monkeypatch, chunks: list[bytes], *, sha256: str | None = None) -> str:
@@ -88,5 +89,7 @@ def test_the_qwen_preset_loads_and_writes_python():
     agent = build_agents(["qwen2.5-coder-0.5b"], device="cpu", dtype="float32")[0]
     assert agent.model.config.model_type == "qwen2" and agent.model.num_parameters() > 400_000_000
     item = load_humaneval("eval")[0]
-    rollout = sample_fast(agent, [main_prompt(item)], num_generations=1, max_new_tokens=48, temperature=0.0)
+    rollout = sample_fast(
+        agent, [main_prompt(item)], SamplingSettings(num_generations=1, max_new_tokens=48, temperature=0.0)
+    )
     assert f"def {item['entry_point']}(" in rollout.texts[0]

@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from magrpo.logprobs import cache_keyword, completion_token_logprobs
+from magrpo.sampling import SamplingSettings
 from magrpo.sampling.fast import draw, new_cache, sample_fast
 from magrpo.sampling.plain import sample_plain
 from magrpo.sampling.rollout import Rollout
@@ -21,8 +22,8 @@ def test_greedy_fast_sampler_equals_generate_token_for_token(tiny_tokenizer):
     lengths = set()
     for seed in range(6):
         agent = agent_for(tiny_tokenizer, seed)
-        plain = sample_plain(agent, PROMPTS, num_generations=1, max_new_tokens=12, temperature=0.0)
-        fast = sample_fast(agent, PROMPTS, num_generations=1, max_new_tokens=12, temperature=0.0)
+        plain = sample_plain(agent, PROMPTS, SamplingSettings(num_generations=1, max_new_tokens=12, temperature=0.0))
+        fast = sample_fast(agent, PROMPTS, SamplingSettings(num_generations=1, max_new_tokens=12, temperature=0.0))
         assert isinstance(fast, Rollout)
         assert torch.equal(fast.prompt_ids, plain.prompt_ids) and torch.equal(fast.prompt_mask, plain.prompt_mask)
         assert torch.equal(fast.completion_ids, plain.completion_ids), f"seed {seed}"
@@ -36,8 +37,8 @@ def test_greedy_fast_sampler_equals_generate_token_for_token(tiny_tokenizer):
 def test_greedy_with_several_generations_repeats_the_greedy_answer(tiny_tokenizer):
     # generate refuses greedy with num_return_sequences > 1; the fast sampler gives G equal rows
     agent = agent_for(tiny_tokenizer, seed=2)
-    one = sample_plain(agent, PROMPTS, num_generations=1, max_new_tokens=10, temperature=0.0)
-    three = sample_fast(agent, PROMPTS, num_generations=3, max_new_tokens=10, temperature=0.0)
+    one = sample_plain(agent, PROMPTS, SamplingSettings(num_generations=1, max_new_tokens=10, temperature=0.0))
+    three = sample_fast(agent, PROMPTS, SamplingSettings(num_generations=3, max_new_tokens=10, temperature=0.0))
     assert torch.equal(three.completion_ids, one.completion_ids.repeat_interleave(3, 0))
 
 
@@ -47,7 +48,9 @@ def test_sampling_logprobs_match_a_full_forward(tiny_tokenizer, temperature, top
     agent = agent_for(tiny_tokenizer, seed=4, scale=8.0)
     torch.manual_seed(0)
     G = 3
-    rollout = sample_fast(agent, PROMPTS, num_generations=G, max_new_tokens=16, temperature=temperature, top_p=top_p)
+    rollout = sample_fast(
+        agent, PROMPTS, SamplingSettings(num_generations=G, max_new_tokens=16, temperature=temperature, top_p=top_p)
+    )
     prompt_ids, prompt_mask = repeat_prompts(rollout, G)
     with torch.no_grad():
         full = completion_token_logprobs(
@@ -85,7 +88,9 @@ def test_first_tokens_follow_the_softmax(tiny_tokenizer, temperature):
     probs = first_token_probs(agent, PROMPTS[0], temperature)
     assert (probs > 0.05).sum() >= 3  # a distribution worth testing
     torch.manual_seed(1234)
-    rollout = sample_fast(agent, PROMPTS[:1], num_generations=20_000, max_new_tokens=1, temperature=temperature)
+    rollout = sample_fast(
+        agent, PROMPTS[:1], SamplingSettings(num_generations=20_000, max_new_tokens=1, temperature=temperature)
+    )
     assert_frequencies(rollout.completion_ids[:, 0], probs)
 
 
@@ -99,7 +104,9 @@ def test_top_p_keeps_the_nucleus_renormalised(tiny_tokenizer):
     nucleus[kept] = probs[kept] / probs[kept].sum()
     assert 1 < len(kept) < len(probs)
     torch.manual_seed(99)
-    rollout = sample_fast(agent, PROMPTS[:1], num_generations=20_000, max_new_tokens=1, temperature=1.0, top_p=top_p)
+    rollout = sample_fast(
+        agent, PROMPTS[:1], SamplingSettings(num_generations=20_000, max_new_tokens=1, temperature=1.0, top_p=top_p)
+    )
     assert_frequencies(rollout.completion_ids[:, 0], nucleus)
 
 
@@ -117,5 +124,9 @@ def test_same_seed_same_samples(tiny_tokenizer):
     runs = []
     for _ in range(2):
         torch.manual_seed(5)
-        runs.append(sample_fast(agent, PROMPTS, num_generations=4, max_new_tokens=10, temperature=1.0).completion_ids)
+        runs.append(
+            sample_fast(
+                agent, PROMPTS, SamplingSettings(num_generations=4, max_new_tokens=10, temperature=1.0)
+            ).completion_ids
+        )
     assert torch.equal(runs[0], runs[1])

@@ -7,8 +7,8 @@ import torch
 
 from magrpo.models import build_agents
 from magrpo.sampling import make_sampler
-from magrpo.sampling.team import _groups_by_generating_model, sample_team
-from tests.conftest import make_tiny_model, peaked_model
+from magrpo.sampling.sampler import _groups_by_generating_model
+from tests.conftest import make_tiny_model, peaked_model, scripted_sampler_of
 
 PROMPTS = ["a b c", "q", "a a b b c c q q a"]
 
@@ -18,9 +18,11 @@ def _peaked_agents(tokenizer, seeds, **build):
 
 
 def _run(agents, concurrent: bool, seed: int = 0):
-    sampler = make_sampler(num_generations=3, max_new_tokens=8, temperature=1.0, top_p=1.0)
+    sampler = make_sampler(
+        num_generations=3, max_new_tokens=8, temperature=1.0, top_p=1.0, concurrent_agents=concurrent
+    )
     torch.manual_seed(seed)
-    return sample_team(agents, [PROMPTS] * len(agents), sampler, concurrent=concurrent)
+    return sampler.sample_team(agents, [PROMPTS] * len(agents))
 
 
 def test_concurrent_sampling_gives_the_sequential_tokens_and_restores_the_thread_count(tiny_tokenizer):
@@ -68,9 +70,9 @@ def test_an_error_in_one_agent_reaches_the_caller(tiny_tokenizer):
     def sample(agent, observations, generator=None):
         if agent is agents[1]:
             raise RuntimeError(f"{agent.name} failed")
-        return make_sampler(num_generations=2, max_new_tokens=2, temperature=1.0, top_p=1.0)(
+        return make_sampler(num_generations=2, max_new_tokens=2, temperature=1.0, top_p=1.0).sample(
             agent, observations, generator
         )
 
     with pytest.raises(RuntimeError, match="agent_1 failed"):
-        sample_team(agents, [PROMPTS] * 2, sample, concurrent=True)
+        scripted_sampler_of(sample, 2, concurrent_agents=True).sample_team(agents, [PROMPTS] * 2)

@@ -16,6 +16,7 @@ import torch
 
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import build_agents
+from magrpo.sampling import SamplingSettings
 from tests.conftest import (
     BF16_ENGINE_SHAPE,
     PROMPTS,
@@ -65,12 +66,12 @@ def attach_engines(agents, engine_process: str = "auto") -> None:
     attach_vllm_engines(agents, dtype=None, gpu_memory_utilization=None, sleep_mode=False, **options)
 
 
-def sample(agent, prompts, **options):
-    from magrpo.sampling.vllm_engine import sample_vllm
+def sample(agent, prompts, generator=None, **options):
+    from magrpo.sampling import make_sampler
 
     settings = dict(num_generations=4, max_new_tokens=8, temperature=1.0)
     settings.update(options)
-    return sample_vllm(agent, prompts, **settings)
+    return make_sampler(backend="vllm", **settings).sample(agent, prompts, generator)
 
 
 def engine_gap(agent, rollout) -> float:
@@ -141,7 +142,7 @@ def test_greedy_answers_are_the_fast_samplers_token_for_token(peaked):
     from magrpo.sampling.fast import sample_fast
 
     engine = sample(peaked, PROMPTS, num_generations=2, max_new_tokens=10, temperature=0.0)
-    fast = sample_fast(peaked, PROMPTS, num_generations=2, max_new_tokens=10, temperature=0.0)
+    fast = sample_fast(peaked, PROMPTS, SamplingSettings(num_generations=2, max_new_tokens=10, temperature=0.0))
     width = max(engine.completion_ids.shape[1], fast.completion_ids.shape[1])
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
     assert torch.equal(
@@ -196,8 +197,7 @@ def test_lora_agents_on_one_base_share_one_engine_each_with_its_current_adapter(
 
 
 def test_lora_agents_sharing_an_engine_sample_in_one_batch_the_samples_each_would_alone(tiny_tokenizer_module):
-    from magrpo.sampling import make_sampler, sample_team
-    from magrpo.sampling.team import agent_generators
+    from magrpo.sampling import agent_generators, make_sampler
 
     agents = engine_agents(tiny_tokenizer_module, seeds=(7,), scale=2.0, lora=True)
     for agent in agents:
@@ -210,7 +210,7 @@ def test_lora_agents_sharing_an_engine_sample_in_one_batch_the_samples_each_woul
     engine.llm.generate = lambda prompts, *a, **k: calls.append(len(prompts)) or generate(prompts, *a, **k)
     try:
         torch.manual_seed(3)
-        together = sample_team(agents, prompts, sampler)
+        together = sampler.sample_team(agents, prompts)
     finally:
         engine.llm.generate = generate
     assert calls == [4]  # both agents' two prompts, each with its own adapter, in one engine call
@@ -228,8 +228,7 @@ def test_full_agents_on_engines_of_their_own_decode_at_once_the_samples_of_one_a
 ):
     import threading
 
-    from magrpo.sampling import make_sampler, sample_team
-    from magrpo.sampling.team import agent_generators
+    from magrpo.sampling import agent_generators, make_sampler
 
     agents = engine_agents(tiny_tokenizer_module, seeds=(3, 6), scale=2.0)  # "auto": two engines on CPU
     engines = [agent.rollout_engine for agent in agents]
@@ -244,7 +243,7 @@ def test_full_agents_on_engines_of_their_own_decode_at_once_the_samples_of_one_a
     sampler = make_sampler(num_generations=4, max_new_tokens=8, temperature=1.0, backend="vllm")
     try:
         torch.manual_seed(3)
-        together = sample_team(agents, prompts, sampler)
+        together = sampler.sample_team(agents, prompts)
     finally:
         for engine, generate in zip(engines, originals):
             engine.generate = generate
@@ -398,9 +397,7 @@ def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tin
         num_turns=2,
     )
     sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, backend="vllm")
-    turns = expand_tree(
-        agents, [env], sample=sampler, joint_mode="aligned", num_generations=2, num_turns=2, item_keys=[0]
-    )
+    turns = expand_tree(agents, [env], sampler=sampler, joint_mode="aligned", num_turns=2, item_keys=[0])
     assert len(turns) == 2 and all("more a" in p for p in turns[1].rollouts[0].prompts)
     for turn in turns:
         for agent, rollout in zip(agents, turn.rollouts):

@@ -9,8 +9,8 @@ import torch
 
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.eval.figures import final_figures_per_turn, mean_figures
-from magrpo.sampling import concurrent_agents, sampler_for
-from magrpo.step import Team
+from magrpo.sampling import sampler_for
+from magrpo.team import Team
 from magrpo.tree import expand_tree
 
 
@@ -23,7 +23,7 @@ def evaluate_team(
 ) -> dict[str, float]:
     """``{"items": n, "reward": ..., <scorer figures>..., "turn_2/reward": ...}`` over ``items``."""
     a, ranks = team.args, team.ranks
-    sample = sampler_for(a, training=False)
+    sampler = sampler_for(a, training=False)
     mine = ranks.share(items)
     per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
     with ranks.whole_weights(agent.model for agent in team.agents):
@@ -32,12 +32,10 @@ def evaluate_team(
             turns = expand_tree(
                 team.agents,
                 envs,
-                sample=sample,
+                sampler=sampler,
                 joint_mode="aligned",
-                num_generations=1,
                 num_turns=a.num_turns,
                 early_stop_reward=a.early_stop_reward,
-                concurrent_agents=concurrent_agents(a),
             )
             for t, figures in enumerate(final_figures_per_turn(turns, len(envs), a.num_turns)):
                 per_turn[t].extend(figures)

@@ -1,7 +1,7 @@
 """How long a complete joint answer takes: the team (its agents sampling at the same time) against
 one model writing the whole answer, on the same prompts.
 
-The team samples through :func:`magrpo.sampling.sample_team` exactly as in training (agents with
+The team samples through :meth:`magrpo.sampling.Sampler.sample_team` exactly as in training (agents with
 their own models in threads, the CPU threads split between them; agents on one LoRA base take
 turns); the single model gets every thread and N times the new-token budget of one agent (it
 writes every part). Greedy decoding with the default (fast) sampler, one item at a time: the
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling import make_sampler, sample_team
+from magrpo.sampling import greedy_sampler
 from magrpo.types import Formatter
 
 
@@ -29,20 +29,16 @@ def team_vs_single_latency(
     *,
     max_new_tokens: int,
 ) -> dict[str, float]:
-    team_sampler = make_sampler(
-        num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False
-    )
-    single_sampler = make_sampler(
-        num_generations=1, max_new_tokens=max_new_tokens * len(agents), temperature=0.0, use_sampling_copy=False
-    )
+    team_sampler = greedy_sampler(max_new_tokens)
+    single_sampler = greedy_sampler(max_new_tokens * len(agents))
     team_times, single_times, team_tokens, single_tokens = [], [], 0, 0
     for item in items:
         started = time.perf_counter()
-        rollouts = sample_team(agents, [[fmt(item)] for fmt in formatters], team_sampler, concurrent=True)
+        rollouts = team_sampler.sample_team(agents, [[fmt(item)] for fmt in formatters])
         team_times.append(time.perf_counter() - started)
         team_tokens += sum(r.num_completion_tokens for r in rollouts)
         started = time.perf_counter()
-        single_tokens += single_sampler(agents[0], [single_formatter(item)]).num_completion_tokens
+        single_tokens += single_sampler.sample(agents[0], [single_formatter(item)]).num_completion_tokens
         single_times.append(time.perf_counter() - started)
     team, single = statistics.mean(team_times), statistics.mean(single_times)
     return {

@@ -21,7 +21,7 @@ from magrpo.data import columns_of
 from magrpo.envs.reward_env import as_messages
 from magrpo.eval.figures import mean_figures
 from magrpo.models.agent import AgentPolicy
-from magrpo.sampling import make_sampler, sample_team
+from magrpo.sampling import greedy_sampler
 from magrpo.types import Formatter, JointAction, Observation, Scorer
 
 #: ``split_single(reply, item) -> joint action``: one model's whole answer cut into the agents' parts
@@ -59,7 +59,7 @@ def setup_answers(
     # the error messages keep the old word "baseline": scripts and tests match their wording
     check_choice("baseline", name, SETUPS)
     roles = list(roles or [a.name for a in agents])
-    sample = make_sampler(num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0, use_sampling_copy=False)
+    sampler = greedy_sampler(max_new_tokens)
     first = [[fmt(item) for item in items] for fmt in formatters]  # per agent, per item
     if name == "single":
         if single_formatter is None or split_single is None:
@@ -67,14 +67,12 @@ def setup_answers(
                 "the 'single' baseline needs the task's single-model prompt and the way to split its reply"
             )
         # N = the team's parts (formatters), not the agents given: a single trained model comes alone
-        whole = make_sampler(
-            num_generations=1, max_new_tokens=max_new_tokens * len(formatters), temperature=0.0, use_sampling_copy=False
-        )
+        whole = greedy_sampler(max_new_tokens * len(formatters))
         prompts = [single_formatter(item) for item in items]
-        replies = whole(agents[0], prompts).texts
+        replies = whole.sample(agents[0], prompts).texts
         return [split_single(reply, item) for reply, item in zip(replies, items)], [(p,) for p in prompts]
     if name == "parallel":
-        texts = [r.texts for r in sample_team(agents, first, sample, concurrent=True)]
+        texts = [r.texts for r in sampler.sample_team(agents, first)]
         return list(zip(*texts)), list(zip(*first))
     if name == "sequential":
         seen: list[list[Observation]] = []
@@ -90,10 +88,10 @@ def setup_answers(
                 for k in range(len(items))
             ]
             seen.append(observations)
-            texts.append(sample(agent, observations).texts)
+            texts.append(sampler.sample(agent, observations).texts)
         return list(zip(*texts)), list(zip(*seen))
     # discussion: a first round apart, then one revision seeing the others' first answers
-    drafts = [r.texts for r in sample_team(agents, first, sample, concurrent=True)]
+    drafts = [r.texts for r in sampler.sample_team(agents, first)]
 
     def revision(i: int, k: int) -> Observation:  # agent i, item k: its first exchange, then the others' drafts
         asked = as_messages(first[i][k])
@@ -109,7 +107,7 @@ def setup_answers(
         ]
 
     revise = [[revision(i, k) for k in range(len(items))] for i in range(len(agents))]
-    texts = [r.texts for r in sample_team(agents, revise, sample, concurrent=True)]
+    texts = [r.texts for r in sampler.sample_team(agents, revise)]
     return list(zip(*texts)), list(zip(*revise))
 
 

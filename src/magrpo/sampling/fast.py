@@ -1,4 +1,5 @@
-"""The fast sampler (the default): a drop-in for :func:`magrpo.sampling.plain.sample_plain`.
+"""The fast sampler (the default): a drop-in for :func:`magrpo.sampling.plain.sample_plain`
+(:class:`FastSampler`, the :class:`~magrpo.sampling.sampler.Sampler` of ``rollout_backend="fast"``).
 
 Same contract and the same sampling policy (softmax(logits / temperature), optional top-p
 nucleus, no top-k, no repetition penalty; temperature 0 is greedy; torch's global RNG), three
@@ -18,7 +19,7 @@ update scores (``log_softmax(logits / temperature)``, no top-p renormalisation),
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
@@ -26,6 +27,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types
 from magrpo.logprobs import cache_keyword, completion_mask, eos_tensor, prefill_prompts
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
 from magrpo.types import Observation
 
 
@@ -111,10 +113,6 @@ def new_cache(model: torch.nn.Module, capacity: int) -> DynamicCache:
     if layer_types and all(t == "full_attention" for t in layer_types):
         cache.layers = [ReservedLayer(capacity) for _ in layer_types]
     return cache
-
-
-#: a generator for every row, or one per prompt (None: torch's global RNG)
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def uniforms(rows: int, generator: Generators, row_prompt: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -233,30 +231,22 @@ def _decode(
 
 @torch.no_grad()
 def sample_fast(
-    agent: AgentPolicy,
-    observations: Sequence[Observation],
-    *,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-    use_sampling_copy: bool = True,
-    generator: Generators = None,
+    agent: AgentPolicy, observations: Sequence[Observation], settings: SamplingSettings, generator: Generators = None
 ) -> Rollout:
     """All P prompts of one agent, G samples each: the same result as
     :func:`magrpo.sampling.plain.sample_plain` (token for token when greedy), done faster.
     Random draws come from ``generator`` (torch's global RNG when None), or from one generator
     per prompt."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
-    with agent.generating(use_sampling_copy) as model:
+    with agent.generating(settings.use_sampling_copy) as model:
         completion_ids, logprobs = _decode(
             model,
             prompt_ids,
             prompt_mask,
-            num_generations=num_generations,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
+            num_generations=settings.num_generations,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
             eos_token_ids=agent.eos_token_ids,
             pad_token_id=agent.pad_token_id,
             generator=generator,
@@ -264,8 +254,23 @@ def sample_fast(
     mask = completion_mask(completion_ids, agent.eos_token_ids)
     texts = decode_completions(agent, completion_ids, mask)
     return Rollout(
-        prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs=logprobs
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        mask,
+        texts,
+        prompts,
+        settings.num_generations,
+        token_logprobs=logprobs,
     )
 
 
-__all__ = ["ReservedLayer", "draw", "new_cache", "sample_fast", "sample_next_tokens"]
+class FastSampler(Sampler):
+    """``rollout_backend="fast"``: :func:`sample_fast`; agents with their own models may sample
+    at once (each from its own generator)."""
+
+    def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
+        return sample_fast(agent, observations, self.settings, generator)
+
+
+__all__ = ["FastSampler", "ReservedLayer", "draw", "new_cache", "sample_fast", "sample_next_tokens"]

@@ -1,9 +1,10 @@
-"""The plain sampler: transformers' ``generate``, configured to sample exactly the policy the
-loss scores. The reference the fast sampler is tested against."""
+"""The plain sampler (``rollout_backend="plain"``): transformers' ``generate``, configured to
+sample exactly the policy the loss scores. The reference the fast sampler is tested against."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -12,6 +13,7 @@ from transformers import GenerationConfig
 from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
 from magrpo.types import Observation
 
 
@@ -64,38 +66,45 @@ def _seeded_from(generator, model):
 
 @torch.no_grad()
 def sample_plain(
-    agent: AgentPolicy,
-    observations: Sequence[Observation],
-    *,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-    use_sampling_copy: bool = True,
-    generator: torch.Generator | None = None,
+    agent: AgentPolicy, observations: Sequence[Observation], settings: SamplingSettings, generator: Generators = None
 ) -> Rollout:
     """All P prompts of one agent in one batched generate call, G samples each.
 
     ``generate`` draws from torch's global RNG; given a ``generator``, the global RNG is seeded
     from it for the call and restored after (so never call this from several threads at once)."""
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
-    greedy = temperature == 0.0
+    greedy = settings.temperature == 0.0
     config = generation_config(
         agent,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
         # greedy decoding gives G identical rows: decode once, repeat below
-        num_return_sequences=1 if greedy else num_generations,
+        num_return_sequences=1 if greedy else settings.num_generations,
     )
-    with agent.generating(use_sampling_copy) as model, _bare_generation_defaults(model), _seeded_from(generator, model):
+    with (
+        agent.generating(settings.use_sampling_copy) as model,
+        _bare_generation_defaults(model),
+        _seeded_from(generator, model),
+    ):
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:
-        completion_ids = completion_ids.repeat_interleave(num_generations, dim=0)
+        completion_ids = completion_ids.repeat_interleave(settings.num_generations, dim=0)
     mask = completion_mask(completion_ids, agent.eos_token_ids)
     texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, settings.num_generations)
 
 
-__all__ = ["generation_config", "sample_plain"]
+class PlainSampler(Sampler):
+    """``rollout_backend="plain"``: :func:`sample_plain`. ``generate`` draws from the one global
+    RNG, so its agents never sample at once."""
+
+    def __init__(self, settings: SamplingSettings) -> None:
+        super().__init__(dataclasses.replace(settings, concurrent_agents=False))
+
+    def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
+        return sample_plain(agent, observations, self.settings, generator)
+
+
+__all__ = ["PlainSampler", "generation_config", "sample_plain"]

@@ -42,6 +42,7 @@ from magrpo.grouping import distinct_by_identity, group_by_identity
 from magrpo.logprobs import completion_mask
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, decode_completions, tokenize_prompts
+from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
 from magrpo.sampling.vllm_worker import EXTENSION
 from magrpo.types import Observation
 
@@ -348,96 +349,74 @@ def engines_asleep(agents: Sequence[AgentPolicy]) -> Iterator[None]:
     yield
 
 
-@torch.no_grad()
-def sample_vllm(
-    agent: AgentPolicy,
-    observations: Sequence[Observation],
-    *,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-    use_sampling_copy: bool = True,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-) -> Rollout:
-    """All P prompts of one agent, G samples each, from the agent's engine (the contract of
-    :func:`magrpo.sampling.fast.sample_fast`). The engine samples the current policy for
-    training and evaluation alike (``use_sampling_copy`` has nothing to choose here)."""
-    settings = dict(
-        num_generations=num_generations, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
-    )
-    return sample_vllm_agents([agent], [observations], generators=[generator], **settings)[0]
+class VLLMSampler(Sampler):
+    """``rollout_backend="vllm"``: the agents' engines; the agents that share an engine decode in
+    one batch. The engine samples the current policy for training and evaluation alike
+    (``use_sampling_copy`` has nothing to choose here)."""
 
+    def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
+        """All P prompts of one agent, G samples each, from the agent's engine."""
+        return self.sample_agents([agent], [observations], [generator])[0]
 
-@torch.no_grad()
-def sample_vllm_agents(
-    agents: Sequence[AgentPolicy],
-    observations: Sequence[Sequence[Observation]],
-    *,
-    generators: Sequence[torch.Generator | Sequence[torch.Generator] | None],
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-) -> list[Rollout]:
-    """Every agent's rollout (``observations[i]`` are agent i's prompts), the agents that share an
-    engine in one batch: LoRA agents on one base decode together, each row with its own adapter.
-    Each prompt's seed comes from its agent's generator, so the draws do not depend on the batch."""
-    for agent in agents:
-        if getattr(agent, "rollout_engine", None) is None:
-            raise ConfigError(
-                f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
+    @torch.no_grad()
+    def sample_agents(
+        self,
+        agents: Sequence[AgentPolicy],
+        observations: Sequence[Sequence[Observation]],
+        generators: Sequence[Generators],
+    ) -> list[Rollout]:
+        """Every agent's rollout (``observations[i]`` are agent i's prompts), the agents that share
+        an engine in one batch: LoRA agents on one base decode together, each row with its own
+        adapter. Each prompt's seed comes from its agent's generator, so the draws do not depend on
+        the batch."""
+        for agent in agents:
+            if getattr(agent, "rollout_engine", None) is None:
+                raise ConfigError(
+                    f"agent {agent.name!r} has no vLLM engine; the trainer builds them for rollout_backend='vllm'"
+                )
+        settings = self.settings
+        greedy = settings.temperature == 0.0
+        tokenized = [tokenize_prompts(agent, obs) for agent, obs in zip(agents, observations)]
+        requests = [
+            (
+                agent,
+                [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)],
+                _sampling_params(agent, generator, len(prompt_ids), settings),
             )
-    greedy = temperature == 0.0
-    tokenized = [tokenize_prompts(agent, obs) for agent, obs in zip(agents, observations)]
-    requests = [
-        (
-            agent,
-            [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)],
-            _sampling_params(agent, generator, len(prompt_ids), num_generations, max_new_tokens, temperature, top_p),
-        )
-        for agent, generator, (_, prompt_ids, prompt_mask) in zip(agents, generators, tokenized)
-    ]
-    outputs: list[list[Any]] = [[] for _ in agents]
-    groups = group_by_identity(agents, key=lambda agent: agent.rollout_engine)
+            for agent, generator, (_, prompt_ids, prompt_mask) in zip(agents, generators, tokenized)
+        ]
+        outputs: list[list[Any]] = [[] for _ in agents]
+        groups = group_by_identity(agents, key=lambda agent: agent.rollout_engine)
 
-    def generate(group: list[int]) -> None:
-        for i, out in zip(group, agents[group[0]].rollout_engine.generate([requests[i] for i in group])):
-            outputs[i] = out
+        def generate(group: list[int]) -> None:
+            for i, out in zip(group, agents[group[0]].rollout_engine.generate([requests[i] for i in group])):
+                outputs[i] = out
 
-    if len(groups) > 1 and all(agents[g[0]].rollout_engine.own_process for g in groups):
-        # engines in processes of their own decode at the same time; each request has its own
-        # seed, so the samples are those of one engine after the other
-        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-            list(pool.map(generate, groups))
-    else:
-        for group in groups:
-            generate(group)
-    return [
-        _rollout(agent, out, prompts, prompt_ids, prompt_mask, num_generations, greedy)
-        for agent, out, (prompts, prompt_ids, prompt_mask) in zip(agents, outputs, tokenized)
-    ]
+        if len(groups) > 1 and all(agents[g[0]].rollout_engine.own_process for g in groups):
+            # engines in processes of their own decode at the same time; each request has its own
+            # seed, so the samples are those of one engine after the other
+            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+                list(pool.map(generate, groups))
+        else:
+            for group in groups:
+                generate(group)
+        return [
+            _rollout(agent, out, prompts, prompt_ids, prompt_mask, settings.num_generations, greedy)
+            for agent, out, (prompts, prompt_ids, prompt_mask) in zip(agents, outputs, tokenized)
+        ]
 
 
-def _sampling_params(
-    agent: AgentPolicy,
-    generator: torch.Generator | Sequence[torch.Generator] | None,
-    count: int,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-) -> list[Any]:
+def _sampling_params(agent: AgentPolicy, generator: Generators, count: int, settings: SamplingSettings) -> list[Any]:
     from vllm import SamplingParams
 
-    greedy = temperature == 0.0
+    greedy = settings.temperature == 0.0
     return [
         SamplingParams(
-            n=1 if greedy else num_generations,  # greedy: one answer, the same for every generation
-            temperature=0.0 if greedy else temperature,
-            top_p=1.0 if greedy else top_p,
+            n=1 if greedy else settings.num_generations,  # greedy: one answer, the same for every generation
+            temperature=0.0 if greedy else settings.temperature,
+            top_p=1.0 if greedy else settings.top_p,
             top_k=0,
-            max_tokens=max_new_tokens,
+            max_tokens=settings.max_new_tokens,
             stop_token_ids=list(agent.eos_token_ids),
             ignore_eos=False,
             logprobs=None if greedy else 0,
@@ -485,7 +464,7 @@ def _rollout(
     )
 
 
-def _request_seeds(generator: torch.Generator | Sequence[torch.Generator] | None, count: int) -> list[int]:
+def _request_seeds(generator: Generators, count: int) -> list[int]:
     """One seed per prompt: from that prompt's own generator, else drawn in order from one."""
     if generator is None or isinstance(generator, torch.Generator):
         source = [generator] * count
@@ -568,8 +547,7 @@ __all__ = [
     "check_vllm_installed",
     "engines_asleep",
     "own_engine_processes",
-    "sample_vllm",
-    "sample_vllm_agents",
+    "VLLMSampler",
     "share_of_cores",
     "unservable_reason",
     "usable_cores",

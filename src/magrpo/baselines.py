@@ -1,0 +1,140 @@
+"""The baseline interface: how a step turns the tree's returns into every agent's advantages, and
+what it trains beside the agents. Chosen once when the team is prepared:
+
+- :class:`GroupBaseline` (MAGRPO, the paper's): A = R - b over the G siblings of each node,
+  b the group's mean (or RLOO's leave-one-out mean, the group's best, or 0); nothing to train;
+- :class:`magrpo.critics.baseline.CriticBaseline` (IAC, MAAC): A = R - V (or Q - mean Q), the
+  critics' value losses trained with their hosts' updates or by a critic model's own optimiser.
+
+``advantages, training = baseline(turns, returns)``; then each agent's update adds
+``training.extra_loss(i)`` to its own loss, and ``training.train()`` trains what is left once the
+agents are done and returns the baseline's figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import torch
+
+from magrpo.advantages import agent_advantages
+
+if TYPE_CHECKING:
+    from magrpo.config import MAGRPOConfig
+    from magrpo.critics.critic import Critic
+    from magrpo.ranks import OneProcess
+    from magrpo.tree import Turn
+
+
+class ExtraLoss(Protocol):
+    """A loss term an agent's update carries beside its policy loss (a critic's value loss on a
+    head that sits on the agent's model), with parameters of its own."""
+
+    #: summed over the ranks with the agent's gradients, clipped apart from them
+    parameters: list[torch.nn.Parameter]
+
+    def backward(self, model: torch.nn.Module) -> float:
+        """Backpropagate this rank's share through ``model`` (the agent's, in scoring mode);
+        returns the share as it adds to the agent's loss."""
+        ...
+
+    def clip(self, ranks: OneProcess) -> None:
+        """After the ranks' gradients are summed: clip :attr:`parameters` and keep the figures."""
+        ...
+
+
+class BaselineTraining(Protocol):
+    """What a baseline trains in one step, beside the agents."""
+
+    def extra_loss(self, agent: int) -> ExtraLoss:
+        """The loss term agent ``agent``'s update carries (:data:`NO_EXTRA_LOSS`: none)."""
+        ...
+
+    def train(self) -> dict[str, dict[str, float]]:
+        """After the agents' updates: train what has an optimiser of its own; every trained
+        part's figures by its name."""
+        ...
+
+
+class Baseline(Protocol):
+    #: the critics it trains (none for the group's baseline)
+    critics: Sequence[Critic]
+
+    def __call__(
+        self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
+    ) -> tuple[list[list[torch.Tensor]], BaselineTraining]:
+        """Every agent's advantages at every turn (``[P_t * G]``, row p * G + g) and what the
+        baseline trains in this step."""
+        ...
+
+
+class _NoExtraLoss:
+    parameters: list[torch.nn.Parameter] = []
+
+    def backward(self, model: torch.nn.Module) -> float:
+        return 0.0
+
+    def clip(self, ranks: OneProcess) -> None:
+        pass
+
+
+class _NothingToTrain:
+    def extra_loss(self, agent: int) -> ExtraLoss:
+        return NO_EXTRA_LOSS
+
+    def train(self) -> dict[str, dict[str, float]]:
+        return {}
+
+
+#: an update without a loss term beside its policy loss
+NO_EXTRA_LOSS: ExtraLoss = _NoExtraLoss()
+#: a baseline that trains nothing
+NOTHING_TO_TRAIN: BaselineTraining = _NothingToTrain()
+
+
+@dataclass(frozen=True)
+class GroupBaseline:
+    """MAGRPO's baseline: every agent's completions centred over the siblings of their node
+    (:func:`magrpo.advantages.agent_advantages`; cross mode aggregates each completion's joint
+    actions first)."""
+
+    num_agents: int
+    joint_mode: str = "aligned"
+    scaling: str = "none"
+    cross_aggregation: str = "mean"
+    baseline: str = "mean"
+    critics: tuple = ()
+
+    @classmethod
+    def from_config(cls, args: MAGRPOConfig) -> "GroupBaseline":
+        return cls(
+            num_agents=args.num_agents,
+            joint_mode=args.joint_mode,
+            scaling=args.advantage_scaling,
+            cross_aggregation=args.cross_aggregation,
+            baseline=args.advantage_baseline,
+        )
+
+    def __call__(
+        self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
+    ) -> tuple[list[list[torch.Tensor]], BaselineTraining]:
+        advantages = [
+            [
+                agent_advantages(
+                    ret,
+                    agent=i,
+                    num_agents=self.num_agents,
+                    joint_mode=self.joint_mode,
+                    scaling=self.scaling,
+                    cross_aggregation=self.cross_aggregation,
+                    baseline=self.baseline,
+                )
+                for ret in returns
+            ]
+            for i in range(self.num_agents)
+        ]
+        return advantages, NOTHING_TO_TRAIN
+
+
+__all__ = ["NOTHING_TO_TRAIN", "NO_EXTRA_LOSS", "Baseline", "BaselineTraining", "ExtraLoss", "GroupBaseline"]

@@ -1,0 +1,197 @@
+"""The hand-off from rollout to update: one agent's :class:`Experience`, built before its first
+optimiser step. Its completions that carry a learning signal, cut into micro-batches, each with
+everything the loss needs besides the weights being trained: the advantages, pi_old (several
+updates per rollout), the reference's log-probs (the KL term) and the sampler's (a
+reduced-precision copy or an engine sampled), and the step's loss normaliser."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+
+from magrpo.errors import ConfigError
+from magrpo.logprobs import (
+    completion_token_logprobs,
+    eos_tensor,
+    pad_right,
+    scoring_mode,
+    shared_prompt_token_logprobs,
+    trim_left,
+    trim_right,
+)
+from magrpo.models import AgentPolicy
+from magrpo.sampling import Rollout
+
+if TYPE_CHECKING:
+    from magrpo.objective import Objective
+    from magrpo.team import Precision, Team
+
+
+@dataclass
+class MicroBatch:
+    """B completions of one turn's rollout that one forward/backward pass scores."""
+
+    prompt_ids: torch.Tensor  # [U, Lp] the distinct prompts they continue, left-padded
+    prompt_mask: torch.Tensor  # [U, Lp]
+    prompt_index: torch.Tensor  # [B] which of the U prompts each completion continues
+    completion_ids: torch.Tensor  # [B, L] right-padded, trimmed to the longest
+    completion_mask: torch.Tensor  # [B, L] bool: the counted tokens
+    advantages: torch.Tensor  # [B] float32
+    old_logprobs: torch.Tensor | None = None  # [B, L] pi_old, the weights that sampled (num_iterations > 1)
+    ref_logprobs: torch.Tensor | None = None  # [B, L] the reference policy's (beta > 0)
+    sampler_logprobs: torch.Tensor | None = None  # [B, L] the sampling copy's or engine's, where one sampled
+
+
+@dataclass
+class Experience:
+    """What one agent's update runs on: its micro-batches and the step's loss normaliser N (over
+    every turn, micro-batch and rank, so splitting the batch changes nothing but memory)."""
+
+    micro_batches: list[MicroBatch]
+    normaliser: float
+    #: whether any rank has a completion with a learning signal (else no pass and no optimiser step)
+    has_signal: bool
+    #: sharded ranks: the passes this rank runs without data, so every rank makes the same collectives
+    idle_passes: int
+
+
+def build_experience(
+    team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
+) -> Experience:
+    """Agent ``index``'s experience of the step: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * G]``,
+    row p * G + g) are its samples and their advantages at turn t.
+
+    Completions with advantage exactly 0 add exactly 0 gradient and are left out (unless the KL
+    term, ``beta`` > 0, has a gradient for them); with ``mask_truncated_completions`` so are those
+    cut at max_new_tokens, from the normaliser too. pi_old and pi_ref are scored here, without
+    gradient, before any optimiser step."""
+    objective, ranks = team.objective, team.ranks
+    agent = team.agents[index]
+    counted = [counted_rows(agent, rollout, objective.mask_truncated_completions) for rollout in rollouts]
+    if objective.mask_truncated_completions and not any(rows.any() for rows in counted):
+        warnings.warn(
+            f"every completion of {agent.name} reached max_new_tokens={objective.max_new_tokens} without an "
+            "end-of-sequence token: mask_truncated_completions leaves it nothing to learn from; raise max_new_tokens",
+            stacklevel=2,
+        )
+    width = max(rollout.completion_mask.shape[1] for rollout in rollouts)
+    masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
+    normaliser = ranks.sum(objective.normaliser(masks), agent.device)
+    correct_sampler = samples_elsewhere(agent, team.args.vllm_importance_sampling_correction)
+    if correct_sampler and any(r.token_logprobs is None for r in rollouts):
+        raise ConfigError(
+            f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "
+            "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
+        )
+    micro_batches = [
+        micro_batch(rollout, adv, chunk, agent.device, correct_sampler)
+        for rollout, adv, rows in zip(rollouts, advantages, counted)
+        for chunk in torch.nonzero(rows.to(adv.device) & ((adv != 0) | objective.needs_reference))
+        .flatten()
+        .split(team.args.update_micro_batch_size)
+        if len(chunk)
+    ]
+    experience = Experience(
+        micro_batches,
+        normaliser,
+        has_signal=bool(ranks.sum(len(micro_batches), agent.device)),
+        idle_passes=ranks.idle_passes(len(micro_batches), agent.device),
+    )
+    if objective.needs_old_logprobs:  # the weights that sampled, before the first optimiser step
+        with scoring(agent, team.precision) as model:
+            score_all(team, model, experience, "old_logprobs")
+    if objective.needs_reference:
+        with scoring(agent, team.precision), agent.as_reference() as reference, scoring_mode(reference) as model:
+            score_all(team, model, experience, "ref_logprobs")
+    return experience
+
+
+def micro_batch(
+    rollout: Rollout, advantages: torch.Tensor, rows: torch.Tensor, device: torch.device, correct_sampler: bool
+) -> MicroBatch:
+    """The completions ``rows`` of ``rollout``, with their prompts (each distinct one once) and
+    their advantages as float32 on ``device``."""
+    on_rollout = rows.to(rollout.completion_ids.device)
+    prompts, prompt_index = torch.unique(on_rollout // rollout.num_generations, return_inverse=True)
+    prompt_ids, prompt_mask = trim_left(rollout.prompt_ids[prompts], rollout.prompt_mask[prompts])
+    completion_ids, mask = trim_right(rollout.completion_ids[on_rollout], rollout.completion_mask[on_rollout])
+    sampler = rollout.token_logprobs[on_rollout][:, : mask.shape[1]] if correct_sampler else None
+    return MicroBatch(
+        prompt_ids,
+        prompt_mask,
+        prompt_index,
+        completion_ids,
+        mask,
+        advantages[rows].to(device=device, dtype=torch.float32),
+        sampler_logprobs=sampler,
+    )
+
+
+def samples_elsewhere(agent: AgentPolicy, engine_correction: bool) -> bool:
+    """Whether another policy than the training weights sampled for ``agent`` and the update
+    corrects for the gap: a reduced-precision copy, or an engine (``engine_correction``)."""
+    return agent.sampling_copy is not None or (agent.rollout_engine is not None and engine_correction)
+
+
+@torch.no_grad()
+def score_all(team: Team, model: torch.nn.Module, experience: Experience, field: str) -> None:
+    """Set ``field`` of every micro-batch to ``model``'s log-probs of its completions (a reference
+    on another device scores there), with the idle passes of a sharded rank."""
+    where = next(model.parameters()).device
+    for mb in experience.micro_batches:
+        on = None if where == mb.completion_ids.device else where
+        setattr(mb, field, micro_batch_logprobs(model, mb, team.objective, on=on).to(mb.completion_ids.device))
+    for _ in range(experience.idle_passes):
+        team.ranks.idle_pass(model, where, backward=False)
+
+
+def micro_batch_logprobs(
+    model: torch.nn.Module, mb: MicroBatch, objective: Objective, on: torch.device | None = None
+) -> torch.Tensor:
+    """log pi(c_t | ...) ``[B, L]`` of the micro-batch's completions under ``model``. ``on``: the
+    device ``model`` runs on when it is not the micro-batch's (a reference copy elsewhere)."""
+    tensors = (mb.prompt_ids, mb.prompt_mask, mb.prompt_index, mb.completion_ids, mb.completion_mask)
+    prompt_ids, prompt_mask, prompt_index, completion_ids, mask = (
+        tensors if on is None else tuple(t.to(on) for t in tensors)
+    )
+    chunk, temperature = objective.logprob_chunk_size, objective.temperature
+    if objective.share_prompt and len(prompt_ids) < len(completion_ids):  # each prompt through the model once
+        return shared_prompt_token_logprobs(
+            model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature, chunk
+        )
+    return completion_token_logprobs(
+        model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature, chunk
+    )
+
+
+@contextlib.contextmanager
+def scoring(agent: AgentPolicy, precision: Precision) -> Iterator[torch.nn.Module]:
+    """``agent``'s model as the update scores it: its adapter on, dropout off (the policy that
+    sampled, which samples in eval mode), the forward passes at the run's precision."""
+    with agent.with_own_adapter() as on, scoring_mode(on) as model, precision.autocast_on(agent.device):
+        yield model
+
+
+def counted_rows(agent: AgentPolicy, rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
+    """[P * G] bool on the CPU: the completions the loss counts. All of them, or with
+    ``mask_truncated`` only those that ended with an end-of-sequence token within max_new_tokens."""
+    if not mask_truncated:
+        return torch.ones(rollout.completion_ids.shape[0], dtype=torch.bool)
+    ended = torch.isin(rollout.completion_ids, eos_tensor(agent.eos_token_ids, rollout.completion_ids))
+    return (ended & rollout.completion_mask).any(dim=-1).cpu()
+
+
+__all__ = [
+    "Experience",
+    "MicroBatch",
+    "build_experience",
+    "counted_rows",
+    "micro_batch",
+    "micro_batch_logprobs",
+    "samples_elsewhere",
+    "scoring",
+]

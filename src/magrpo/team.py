@@ -1,0 +1,92 @@
+"""What a step works with, resolved once when the run is set up (:func:`magrpo.prepare.prepare_team`):
+the agents with their optimisers and schedules, the ranks, the precision policy, the sampler, the
+baseline that turns returns into advantages and the objective each agent minimises."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from magrpo.grouping import distinct_by_identity
+
+if TYPE_CHECKING:
+    from magrpo.baselines import Baseline
+    from magrpo.config import MAGRPOConfig
+    from magrpo.critics.critic import Critic
+    from magrpo.models import AgentPolicy
+    from magrpo.objective import Objective
+    from magrpo.ranks import OneProcess
+    from magrpo.sampling import Sampler
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision policy of a run, resolved once from the config and the devices."""
+
+    #: the dtype of the update's forward passes under torch.autocast; None: the weights' own
+    autocast: torch.dtype | None
+    #: the weights that sample: "same" (the training weights) or a reduced-precision copy's dtype
+    rollout_dtype: str
+
+    def autocast_on(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The update's forward passes' precision on ``device``: the run's autocast, or none."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
+
+
+@dataclass
+class Team:
+    """The agents and everything their steps need. ``baseline``, ``objective`` and ``sampler``
+    left out are the config's own (MAGRPO's group baseline, the config's loss, its sampler)."""
+
+    agents: list[AgentPolicy]
+    optimizers: list[torch.optim.Optimizer]
+    args: MAGRPOConfig
+    ranks: OneProcess
+    precision: Precision
+    #: one learning-rate schedule per optimiser, stepped once per training step (None: constant)
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler] | None = None
+    baseline: Baseline | None = field(default=None)
+    objective: Objective | None = field(default=None)
+    sampler: Sampler | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        from magrpo.baselines import GroupBaseline
+        from magrpo.objective import Objective
+        from magrpo.sampling import sampler_for
+
+        self.baseline = self.baseline or GroupBaseline.from_config(self.args)
+        self.objective = self.objective or Objective.from_config(self.args, sharded=self.ranks.sharded)
+        self.sampler = self.sampler or sampler_for(self.args, training=True)
+
+    @property
+    def critics(self) -> list[Critic]:
+        """The critics the baseline trains (IAC, MAAC; none for MAGRPO)."""
+        return list(self.baseline.critics)
+
+    def updates_at_once(self) -> bool:
+        """Whether the agents update at once, each in a thread with its share of the CPU threads:
+        with ``concurrent_agents``, in one process (ranks' collectives must come in one order),
+        for agents on CPU with models of their own, in float32. Each agent's update touches only
+        its own weights, optimiser and figures, and draws no random numbers (dropout is off while
+        scoring), so the run is the same. Under bf16 autocast two runs of concurrent updates
+        differed in the last bits from the fifth step on (oneDNN's bf16 kernels, whose choice
+        depends on the threads of whoever built them first), which would break an exact resume:
+        there they take turns."""
+        agents = self.agents
+        return (
+            self.precision.autocast is None
+            and self.args.concurrent_agents
+            and not self.ranks.sharded
+            and self.ranks.world_size == 1
+            and len(agents) > 1
+            and len(distinct_by_identity(agents, key=lambda agent: agent.model)) == len(agents)
+            and all(agent.device.type == "cpu" for agent in agents)
+        )
+
+
+__all__ = ["Precision", "Team"]
