@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/bench_vs_trl.py [--steps N] [--quick] [--rollout fast,vllm,plain|both]
                                                 [--rollout-dtype auto|same|bfloat16|both]
-                                                [--precision fp32,mixed,bf16]
+                                                [--precision fp32,mixed,bf16] [--systems ...] [--plan]
 
 Every system trains the bundled SmolLM2-135M-Instruct (full fine-tuning, float32 weights, AdamW lr 1e-5,
 grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at temperature 1
 (top-p 1, no top-k) on HumanEval prompts, and produces the same number of completions per step:
 
     trl             GRPOTrainer, one policy: P prompts x G completions
+    trl-vllm        the same with use_vllm=True (a vLLM engine in the training process; needs vllm)
     magrpo-single   MAGRPOTrainer with one agent: P prompts x G completions
     magrpo-team     MAGRPOTrainer with two agents (helper + main): P/2 prompts x 2 agents x G
 
@@ -24,7 +25,8 @@ truncated importance-sampling correction); those rows say "+bf16". The reward is
 cheap function everywhere (closeness of the completion to 200 characters): it varies between
 completions, so no completion gets a zero advantage that one trainer would skip and the other not.
 Each system runs in its own subprocess (clean peak RSS); the first step is warm-up, the figures
-are medians of the others. Ends with one JSON line holding every figure.
+are medians of the others. Ends with one JSON line holding every figure. ``--plan`` prints the
+runs the options ask for and exits (nothing loads).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from typing import Any
 TARGET_CHARS = 200
 SEED = 0
 LEARNING_RATE = 1e-5
+SYSTEMS = ("trl", "trl-vllm", "magrpo-single", "magrpo-team")
+ROLLOUTS = ("fast", "plain", "vllm")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -194,6 +198,10 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
         seed=SEED,
         use_cpu=args.device == "cpu",
         bf16=args.precision != "fp32",  # "mixed": autocast over float32 weights; "bf16": bf16 weights too
+        # trl-vllm: an engine in this process, as magrpo's vllm rollout with one agent
+        use_vllm=args.worker == "trl-vllm",
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=0.3,
         save_strategy="no",
         report_to=[],
         logging_steps=1,
@@ -309,7 +317,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     started = time.perf_counter()
-    steps = run_trl(args) if args.worker == "trl" else run_magrpo(args, team=args.worker == "magrpo-team")
+    steps = run_trl(args) if args.worker.startswith("trl") else run_magrpo(args, team=args.worker == "magrpo-team")
     wall = time.perf_counter() - started
     cuda = {"cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}
     measured = steps[1:] or steps  # the first step is warm-up
@@ -318,8 +326,8 @@ def worker(args: argparse.Namespace) -> None:
     result = {
         "system": args.worker,
         "rollout": (args.rollout + ("+bf16" if SAMPLING_DTYPE[-1] == "bfloat16" else ""))
-        if args.worker != "trl"
-        else "generate",
+        if not args.worker.startswith("trl")
+        else {"trl": "generate", "trl-vllm": "vllm"}[args.worker],
         "precision": args.precision,
         "steps": len(steps),
         "sec_per_step": median["seconds"],
@@ -437,7 +445,7 @@ def parse_args() -> argparse.Namespace:
         help="magrpo's sampling weights: its default for the precision (auto: a bf16 copy or engine under "
         "bf16 autocast, else the float32 policy), the float32 policy itself, a bfloat16 copy, or same and bfloat16",
     )
-    p.add_argument("--systems", default="trl,magrpo-team,magrpo-single")
+    p.add_argument("--systems", default="trl,magrpo-team,magrpo-single", help=f"comma-separated: {', '.join(SYSTEMS)}")
     p.add_argument("--prompts", type=int, default=2, help="P, prompts per step (even: the team takes P/2)")
     p.add_argument("--num-generations", type=int, default=4, help="G, completions per prompt and policy")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -450,6 +458,7 @@ def parse_args() -> argparse.Namespace:
         "autocast: TRL bf16=True, magrpo's default where the CPU computes bf16 in hardware), bf16 (the weights "
         "themselves in bf16)",
     )
+    p.add_argument("--plan", action="store_true", help="print the runs these options ask for, and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -461,7 +470,31 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--precision {sorted(unknown)} is not valid; choose from fp32, mixed, bf16")
     if args.steps < 2:
         p.error("--steps must be at least 2 (the first is warm-up)")
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        p.error(f"--systems {sorted(unknown)} is not valid; choose from {', '.join(SYSTEMS)}")
+    unknown = set(args.rollout.split(",")) - {*ROLLOUTS, "both"}
+    if unknown:
+        p.error(f"--rollout {sorted(unknown)} is not valid; choose from {', '.join(ROLLOUTS)} or both")
     return args
+
+
+def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """(system, rollout, sampling dtype, precision) of every run the options ask for, in order."""
+    rollouts = ["plain", "fast"] if args.rollout == "both" else args.rollout.split(",")
+    dtypes = ["same", "bfloat16"] if args.rollout_dtype == "both" else [args.rollout_dtype]
+    runs = []
+    for precision in args.precision.split(","):
+        for system in args.systems.split(","):
+            if system.startswith("trl"):  # TRL ignores both settings
+                runs.append((system, "vllm" if system == "trl-vllm" else "plain", "same", precision))
+                continue
+            for rollout in rollouts:
+                for dtype in dtypes:
+                    if dtype == "bfloat16" and rollout == "plain":
+                        continue  # the bf16 copy needs the fast sampler's log-probs
+                    runs.append((system, rollout, dtype, precision))
+    return runs
 
 
 SHAPES: dict[str, Any] = {}
@@ -469,28 +502,23 @@ SAMPLING_DTYPE: list[str] = []  # what magrpo's run resolved rollout_dtype to
 
 if __name__ == "__main__":
     ARGS = parse_args()
+    if ARGS.plan:
+        for system, rollout, dtype, precision in planned_runs(ARGS):
+            print(f"{system} {precision} rollout={rollout} sampling_dtype={dtype} device={ARGS.device}")
+        raise SystemExit(0)
     SHAPES.update(model_shapes())
     if ARGS.worker:
         worker(ARGS)
     else:
-        rollouts = ["plain", "fast"] if ARGS.rollout == "both" else ARGS.rollout.split(",")
-        dtypes = ["same", "bfloat16"] if ARGS.rollout_dtype == "both" else [ARGS.rollout_dtype]
-        runs = []
-        for precision in ARGS.precision.split(","):
-            at_precision = argparse.Namespace(**{**vars(ARGS), "precision": precision})
-            for system in ARGS.systems.split(","):
-                if system == "trl":  # TRL ignores both settings
-                    runs.append(launch(system, "plain", "same", at_precision))
-                    continue
-                for rollout in rollouts:
-                    for dtype in dtypes:
-                        if dtype == "bfloat16" and rollout == "plain":
-                            continue  # the bf16 copy needs the fast sampler's log-probs
-                        runs.append(launch(system, rollout, dtype, at_precision))
+        runs = [
+            launch(system, rollout, dtype, argparse.Namespace(**{**vars(ARGS), "precision": precision}))
+            for system, rollout, dtype, precision in planned_runs(ARGS)
+        ]
         summary = report(runs)
         summary["config"] = {
             k: getattr(ARGS, k)
             for k in (
+                "systems",
                 "steps",
                 "prompts",
                 "num_generations",

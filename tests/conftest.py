@@ -14,6 +14,20 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 TINY_WORDS = ["<eos>", "<unk>", "a", "b", "c", "q"]
 
+#: where the shared agent fixtures (and the vLLM tests' tiny agents) live: the CPU unless
+#: MAGRPO_TEST_DEVICE names another device (scripts/gpu_check.sh sets cuda)
+TEST_DEVICE = os.environ.get("MAGRPO_TEST_DEVICE", "cpu")
+
+#: a test that takes its agents from one of these is device-generic: marked so, it runs wherever
+#: TEST_DEVICE is (``-m device_generic``)
+DEVICE_GENERIC_FIXTURES = frozenset({"tiny_agents", "peaked_team"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if DEVICE_GENERIC_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.device_generic)
+
 
 def make_tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -146,7 +160,19 @@ def tiny_tokenizer():
 
 @pytest.fixture
 def tiny_agents(tiny_tokenizer):
-    """Two independent tiny agents (AgentPolicy) on the CPU."""
+    """Two independent tiny agents (AgentPolicy) on TEST_DEVICE (the CPU unless set)."""
+    from magrpo.models import build_agents
+
+    tok = tiny_tokenizer
+    return build_agents(
+        [(make_tiny_model(len(tok), seed=1), tok), (make_tiny_model(len(tok), seed=2), tok)], device=TEST_DEVICE
+    )
+
+
+@pytest.fixture
+def cpu_agents(tiny_tokenizer):
+    """Two independent tiny agents on the CPU whatever TEST_DEVICE says: for tests of what
+    happens on a CPU."""
     from magrpo.models import build_agents
 
     tok = tiny_tokenizer
@@ -157,11 +183,11 @@ def tiny_agents(tiny_tokenizer):
 
 @pytest.fixture
 def peaked_team(tiny_tokenizer):
-    """Two tiny agents whose greedy answers differ and end (peaked output layers)."""
+    """Two tiny agents whose greedy answers differ and end (peaked output layers), on TEST_DEVICE."""
     from magrpo.models import build_agents
 
     tok = tiny_tokenizer
-    return build_agents([(peaked_model(tok, 11, 40.0), tok), (peaked_model(tok, 12, 40.0), tok)], device="cpu")
+    return build_agents([(peaked_model(tok, 11, 40.0), tok), (peaked_model(tok, 12, 40.0), tok)], device=TEST_DEVICE)
 
 
 def after_all_started(call, barrier):

