@@ -42,10 +42,12 @@ from magrpo.choices import VLLM_ENGINE_PROCESSES, check_choice
 from magrpo.errors import ConfigError
 from magrpo.grouping import distinct_by_identity, group_by_identity
 from magrpo.models.agent import AgentPolicy
+from magrpo.models.store import ensure_architectures
 from magrpo.sampling.placement import EnginePlacement, engine_placements
 from magrpo.sampling.vllm_sampler import AgentRequests, Completion, vllm_completions
 from magrpo.sampling.vllm_worker import EXTENSION
 from magrpo.sampling.weights import engine_weights, write_safetensors
+from magrpo.spawn_guard import check_main_is_guarded
 
 #: what to install for the backend
 INSTALL_HINT = (
@@ -272,6 +274,8 @@ def attach_vllm_engines(
     groups = group_by_identity(agents, key=lambda agent: agent.model)
     placements = engine_placements(agents, groups, devices)
     own = own_engine_processes(engine_process, placements)
+    if own:  # engines of their own processes re-run the user's script: it must be guarded
+        check_main_is_guarded()
     if own and any(p.device_type == "cpu" and not p.indices for p in placements):
         cores = usable_cores()  # engines of their own processes on the CPU split its cores
         placements = [
@@ -357,6 +361,7 @@ def _write_base_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -
     directory.mkdir(parents=True, exist_ok=True)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.config.save_pretrained(directory)
+    ensure_architectures(directory, base)  # vLLM picks its model class by it (a converted GGUF names none)
     tokenizer.save_pretrained(directory)
     write_safetensors(directory / "model.safetensors", engine_weights(model))
 
