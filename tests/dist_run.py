@@ -2,7 +2,8 @@
 ``python -m tests.dist_run OUT_DIR VARIANT BATCH_PER_RANK STEPS [--resume] [--shard]``, VARIANT one
 of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
 turns with feedback, best-k), critic (turns with IAC: a value head per agent, TD(lambda) targets,
-advantages normalised over the step), critic-model (MAAC with a Q critic on a LoRA critic model of its own); --shard:
+advantages normalised over the step), critic-model (MAAC with a Q critic on a LoRA critic model of its own), vllm
+(the aligned team sampling on vLLM engines, each rank its own); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         agents = build_agents(
             [(make_tiny_model(len(tok), seed=s), tok) for s in (3, 4)], device="cpu", use_lora=True, lora_r=4
         )
-    else:
-        agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
+    else:  # vLLM's CPU attention serves heads of 32
+        shape = dict(hidden=64) if variant == "vllm" else {}
+        agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
+    engines = dict(
+        rollout_backend="vllm", vllm_kv_cache_gib=0.125, vllm_max_model_len=64, vllm_engine_process="training"
+    )
     args = MAGRPOConfig(
         num_generations=2 if variant == "cross" else 4,
         batch_size=batch,
@@ -57,6 +62,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         log_samples_steps=0,
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
+        **(engines if variant == "vllm" else {}),
         **(dict(num_turns=2, expand="best-k", expand_k=2) if variant in ("turns", "critic") else {}),
         **(
             dict(algorithm="iac", critic_lambda=0.5, normalise_critic_advantages=True, critic_learning_rate=1e-2)

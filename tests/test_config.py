@@ -130,15 +130,16 @@ def test_data_parallel_is_checked_with_what_sharding_excludes():
         MAGRPOConfig(data_parallel="shard", rollout_dtype="bfloat16")
 
 
-def test_the_vllm_backend_settings_are_checked_and_sharding_is_refused_by_name():
+def test_the_vllm_backend_settings_are_checked_and_sharded_agents_may_sample_on_engines():
     config = MAGRPOConfig(rollout_backend="vllm", rollout_dtype="bfloat16")  # the engine's dtype
     assert config.vllm_importance_sampling_correction and config.vllm_max_model_len is None
     with pytest.raises(
         ConfigError, match="rollout_backend='sglang' is not valid; choose one of 'fast', 'plain', 'vllm'"
     ):
         MAGRPOConfig(rollout_backend="sglang")
-    with pytest.raises(ConfigError, match=r"rollout_backend='vllm' keeps whole weights .* data_parallel='shard'"):
-        MAGRPOConfig(rollout_backend="vllm", data_parallel="shard")
+    # an engine holds its own copy: a sharded agent's weights reach it one tensor at a time, in its dtype
+    sharded = MAGRPOConfig(rollout_backend="vllm", data_parallel="shard", rollout_dtype="bfloat16")
+    assert (sharded.data_parallel, sharded.rollout_dtype) == ("shard", "bfloat16")
     with pytest.raises(ConfigError, match="vllm_kv_cache_gib=0 is not valid; expected a number > 0.0"):
         MAGRPOConfig(vllm_kv_cache_gib=0)
     with pytest.raises(

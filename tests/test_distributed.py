@@ -5,6 +5,7 @@ ranks and gives the figures of one process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -120,14 +121,14 @@ def assert_same_training(single: Path, parallel: Path) -> None:
     assert held_out_figures(single)["items"] == 5.0
 
 
-def assert_trained(run_dir: Path) -> None:
+def assert_trained(run_dir: Path, **shape) -> None:
     """The run moved each agent's weights well beyond ATOL (by half an AdamW step of lr 1e-2 at
     least, 10 x ATOL): agreement is not two unchanged models."""
     from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
     trained, vocab = final_weights(run_dir), len(make_tiny_tokenizer())
     for agent, seed in (("agent_0", 1), ("agent_1", 2)):  # each agent's weights before training
-        start = make_tiny_model(vocab, seed=seed).state_dict()
+        start = make_tiny_model(vocab, seed=seed, **shape).state_dict()
         moved = max((trained[f"{agent}/{k}"] - v).abs().max().item() for k, v in start.items())
         assert moved > 10 * ATOL, (agent, moved)
 
@@ -162,6 +163,18 @@ def test_two_sharded_ranks_train_as_one_rank_with_two_items(tmp_path, variant):
     assert all(h["moments"] == 2 * h["local"] for h in held)
     replicated = json.loads((single / "held-by-rank-0.json").read_text())
     assert replicated == {"local": whole, "whole": whole, "moments": 2 * whole}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_two_sharded_ranks_sample_on_vllm_engines_what_one_unsharded_process_samples(tmp_path):
+    """Each rank's engine takes its agents' weights gathered one tensor at a time after every
+    update: the same samples, rewards and metrics rows as one process, each item from its own seeds."""
+    single, sharded = tmp_path / "one", tmp_path / "sharded"
+    finish(one_rank(single, "vllm"), two_ranks(sharded, "vllm", 3, "--shard"))
+    assert_same_training(single, sharded)
+    assert_trained(sharded, hidden=64)
+    held = [json.loads((sharded / f"held-by-rank-{r}.json").read_text()) for r in (0, 1)]
+    assert max(h["local"] for h in held) <= 0.55 * held[0]["whole"]  # each rank held half of every weight
 
 
 def test_a_sharded_run_resumes_exactly_and_its_checkpoints_resume_replicated(tmp_path):

@@ -396,7 +396,11 @@ class MAGRPOConfig:
                 f"agent_devices={self.agent_devices!r} places agents itself: give one or the other"
             )
         # a sharded agent samples with its gathered weights: a reduced copy would be whole on every rank
-        if self.data_parallel == "shard" and self.rollout_dtype not in ("auto", "same"):
+        if (
+            self.data_parallel == "shard"
+            and self.rollout_dtype not in ("auto", "same")
+            and self.rollout_backend != "vllm"
+        ):
             raise ConfigError(
                 "data_parallel='shard' samples with the gathered training weights; "
                 f"rollout_dtype={self.rollout_dtype!r} would need a whole reduced-precision copy on every rank: "
@@ -419,12 +423,6 @@ class MAGRPOConfig:
                     f"vllm_devices={self.vllm_devices!r} places the trainer's own engines; a rollout server places "
                     "its own (magrpo vllm-serve --devices): leave vllm_devices unset with vllm_mode='server'"
                 )
-        # an engine samples with whole weights: sharded agents would have to be gathered for every sync
-        if self.rollout_backend == "vllm" and self.data_parallel == "shard":
-            raise ConfigError(
-                "rollout_backend='vllm' keeps whole weights in every rank's engine, which data_parallel='shard' "
-                "avoids: use data_parallel='replicate' with vllm, or rollout_backend='fast' with sharding"
-            )
         # a schedule that needs arguments (cosine_with_min_lr, warmup_stable_decay) is built once now
         if self.lr_scheduler_type != "constant" or self.lr_scheduler_kwargs:
             from magrpo.schedules import check_schedule  # loads torch: only for a schedule that needs the check

@@ -256,9 +256,9 @@ def resolve_precision(
         autocast = "bfloat16" if bf16 else "no"
     rollout_dtype = args.rollout_dtype
     if rollout_dtype == "auto":
-        # sharded: a whole sampling copy on every rank is what sharding avoids; a float32 update
-        # samples with its own weights (exactly on-policy)
-        copies = args.rollout_backend in ("fast", "vllm") and not ranks.sharded
+        # sharded: a whole sampling copy on every rank is what sharding avoids (an engine holds a
+        # copy anyway); a float32 update samples with its own weights (exactly on-policy)
+        copies = args.rollout_backend == "vllm" or (args.rollout_backend == "fast" and not ranks.sharded)
         rollout_dtype = "bfloat16" if autocast == "bfloat16" and copies else "same"
     return Precision(autocast=None if autocast == "no" else getattr(torch, autocast), rollout_dtype=rollout_dtype)
 

@@ -57,8 +57,8 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int) -> StepOut
     """One MAGRPO step on ``envs`` (one per dataset item of this rank's share of the batch)."""
     args, ranks = team.args, team.ranks
     started = time.perf_counter()
-    # 1. rollout, with whole weights (sharded agents are gathered for it)
-    with ranks.whole_weights(agent.model for agent in team.agents):
+    # 1. rollout, with whole weights (sharded agents are gathered for a sampler that runs them)
+    with ranks.whole_weights(team.sampler.models_to_gather(team.agents)):
         turns = expand_tree(
             team.agents,
             envs,

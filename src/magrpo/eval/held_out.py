@@ -26,7 +26,7 @@ def evaluate_team(
     sampler = sampler_for(a, training=False)
     mine = ranks.share(items)
     per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
-    with ranks.whole_weights(agent.model for agent in team.agents):
+    with ranks.whole_weights(sampler.models_to_gather(team.agents)):
         for start in range(0, len(mine), batch_size):
             envs = [env_factory(item) for item in mine[start : start + batch_size]]
             turns = expand_tree(

@@ -54,6 +54,11 @@ class Sampler:
     def __init__(self, settings: SamplingSettings) -> None:
         self.settings = settings
 
+    def models_to_gather(self, agents: Sequence[AgentPolicy]) -> list[torch.nn.Module]:
+        """The models that sample and so must be whole while they do (sharded agents are gathered
+        for the rollout): the agents' own, unless an engine holding its own copy samples."""
+        return [agent.model for agent in agents]
+
     def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
         """All P observations of one agent, G completions each (rows p * G + g)."""
         raise NotImplementedError

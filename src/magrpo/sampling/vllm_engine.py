@@ -162,8 +162,8 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # prompt KV of the old weights must not be served again
 
     def _reload_weights(self, agent: AgentPolicy) -> None:
-        if not self.own_process:  # the live tensors themselves, no copy
-            weights = [(source.name, source.fetch()) for source in engine_weights(agent.model, device=None)]
+        if not self.own_process:  # the live tensors themselves, no copy; a sharded agent's gathered one at a time
+            weights = ((source.name, source.fetch()) for source in engine_weights(agent.model, device=None))
             self.llm.collective_rpc("magrpo_reload_weights", kwargs={"weights": weights})
             return
         # to the engine's process through a file in memory (/dev/shm where there is one), in the

@@ -91,6 +91,9 @@ class VLLMSampler(Sampler):
     one batch. The engine samples the current policy for training and evaluation alike
     (``use_sampling_copy`` has nothing to choose here)."""
 
+    def models_to_gather(self, agents: Sequence[AgentPolicy]) -> list[torch.nn.Module]:
+        return []  # the engines hold their own weights: a sharded agent's reach them one tensor at a time
+
     def sample(self, agent: AgentPolicy, observations: Sequence[Observation], generator: Generators = None) -> Rollout:
         """All P prompts of one agent, G samples each, from the agent's engine."""
         return self.sample_agents([agent], [observations], [generator])[0]

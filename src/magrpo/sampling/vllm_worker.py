@@ -34,10 +34,8 @@ class PolicySyncExtension:
         from vllm.platforms import current_platform
 
         if path is not None:
-            from safetensors.torch import load_file
-
-            weights = load_file(path).items()
-        self.reload_weights(weights_iterator=list(weights or ()))
+            weights = _file_tensors(path)
+        self.reload_weights(weights_iterator=iter(weights or ()))  # read once, a tensor at a time
         if current_platform.is_cpu():
             from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
@@ -73,6 +71,15 @@ def _end_after(trainer: int | None, core: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(core, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _file_tensors(path: str) -> Iterable[tuple[str, torch.Tensor]]:
+    """The tensors of a safetensors file, one at a time (never the whole model in memory twice)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as tensors:
+        for name in tensors.keys():
+            yield name, tensors.get_tensor(name)
 
 
 #: the qualified name vLLM imports in each worker
