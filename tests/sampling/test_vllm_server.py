@@ -8,12 +8,7 @@ tiny random models (the bundled model: the CLI test)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +17,7 @@ import torch
 from magrpo import MAGRPOConfig, RolloutServerError
 from magrpo.models import build_agents
 from magrpo.sampling import make_sampler
+from magrpo.sampling.vllm_server import ServerProcess, free_port
 from tests.conftest import BF16_ENGINE_SHAPE, make_tiny_tokenizer, save_tiny_model
 from tests.sampling.test_vllm_engine import AGREE, LONG, engine_gap, nudge
 
@@ -34,62 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(hidden=64)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``magrpo vllm-serve`` in a process of its own on a free port of 127.0.0.1."""
-
-    def __init__(self, models: list[str], *options: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.models, self.options, self.log = models, options, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Server":
-        import requests
-
-        command = [sys.executable, "-m", "magrpo.cli", "vllm-serve", "--port", str(self.port), *self.options]
-        for model in self.models:
-            command += ["--model", model]
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=self.log.open("a"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLLM_LOGGING_LEVEL": "WARNING"},
-            start_new_session=True,  # its engine processes are killed with it (its process group)
-        )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"the server never answered:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def full_server(tmp_path_factory):
     """Two engines (one per fully trained agent) of the tiny shape."""
     folder = tmp_path_factory.mktemp("full-server")
     models = [save_tiny_model(folder / f"model-{s}", seed=s, **SHAPE) for s in (11, 12)]
-    server = Server(models, "--kv-cache-gib", "0.25", "--max-model-len", "256", log=folder / "server.log").start()
+    server = ServerProcess(
+        models, "--kv-cache-gib", "0.25", "--max-model-len", "256", log=folder / "server.log"
+    ).start()
     yield server
     server.stop()
 
@@ -99,7 +47,7 @@ def lora_server(tmp_path_factory):
     """One engine serving LoRA adapters on the tiny base in ``base``."""
     folder = tmp_path_factory.mktemp("lora-server")
     base = save_tiny_model(folder / "base", seed=7, **SHAPE)
-    server = Server([base], "--kv-cache-gib", "0.25", "--max-model-len", "256", "--lora-rank", "8",
+    server = ServerProcess([base], "--kv-cache-gib", "0.25", "--max-model-len", "256", "--lora-rank", "8",
                     log=folder / "server.log").start()  # fmt: skip
     server.base = base
     yield server
@@ -196,10 +144,10 @@ def test_an_unknown_or_ill_fitting_server_is_refused_before_any_step(full_server
 
 
 # ---------------------------------------------------------------------- whole runs (tests/tiny_run.py)
-def tiny_server(folder: Path) -> Server:
+def tiny_server(folder: Path) -> ServerProcess:
     """A server for tests/tiny_run.py's "server" variant: two engines of its agents' shape."""
     models = [save_tiny_model(folder / f"model-{s}", seed=s, **BF16_ENGINE_SHAPE) for s in (21, 22)]
-    return Server(models, "--kv-cache-gib", "0.25", "--max-model-len", "128", log=folder / "server.log")
+    return ServerProcess(models, "--kv-cache-gib", "0.25", "--max-model-len", "128", log=folder / "server.log")
 
 
 def test_a_server_that_stops_answering_ends_the_run_after_a_checkpoint_naming_it(tmp_path):
@@ -220,9 +168,10 @@ def test_a_server_that_stops_answering_ends_the_run_after_a_checkpoint_naming_it
     assert f"rollout server {server.url}" in log and f"the run stopped after step {steps}" in log, log[-3000:]
     assert f"resume with: python -m tests.tiny_run {out} server --resume" in log
     assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file()
-    restarted = tiny_server(tmp_path / "again")
-    restarted.port, restarted.url = server.port, server.url
-    restarted.start()
+    again = tmp_path / "again"
+    again.mkdir()
+    spec = tiny_server(again)  # the same models, on the same port
+    restarted = ServerProcess(spec.models, *spec.options, port=server.port, log=spec.log).start()
     try:
         resumed = finish(run(out, "server", "--resume", env={"MAGRPO_SERVER_URL": server.url}))
     finally:

@@ -352,8 +352,93 @@ def serve(models: Sequence[ServedModel], *, host: str, port: int, seed: int, kv_
     uvicorn.run(create_app(engines), host=host, port=port, log_level=log_level)
 
 
+class ServerProcess:
+    """``magrpo vllm-serve`` in a process of its own (its own process group, so its engine
+    processes end with it), on ``host:port`` (port 0: a free one), ready once ``/health`` answers::
+
+        with ServerProcess(["default", "default"], "--kv-cache-gib", "0.5") as server:
+            config = MAGRPOConfig(rollout_backend="vllm", vllm_mode="server", vllm_server_url=server.url, ...)
+    """
+
+    def __init__(
+        self, models: Sequence[str], *options: str, host: str = "127.0.0.1", port: int = 0, log: Path | None = None
+    ) -> None:
+        self.models, self.options, self.host = list(models), options, host
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.log = log
+        self.proc: Any = None
+
+    def start(self, timeout: float = 300.0) -> "ServerProcess":
+        import subprocess
+        import sys
+        import time
+
+        import requests
+
+        command = [sys.executable, "-m", "magrpo.cli", "vllm-serve", "--host", self.host, "--port", str(self.port)]
+        for model in self.models:
+            command += ["--model", model]
+        out = self.log.open("a") if self.log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [*command, *self.options], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text()[-3000:] if self.log is not None else "(no log kept)"
+                raise RuntimeError(f"magrpo vllm-serve exited with {self.proc.returncode} before answering:\n{tail}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"magrpo vllm-serve did not answer on {self.url} within {timeout:.0f} s")
+
+    def process_ids(self) -> list[int]:
+        """The server's process and every process below it (its engines'), Linux."""
+        found, pending = [], [self.proc.pid] if self.proc is not None else []
+        while pending:
+            pid = pending.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                pending += [int(child) for child in task.read_text().split()]
+        return found
+
+    def stop(self, sig: int | None = None) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig or signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 __all__ = [
     "HostedEngine",
+    "ServerProcess",
+    "free_port",
     "ServedModel",
     "VersionError",
     "create_app",
