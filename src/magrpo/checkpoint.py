@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ RESUMABLE_CHANGES = frozenset(
     {
         "max_steps",
         "log_samples_steps",
+        "vllm_server_url",  # a server restarted elsewhere serves the same policy: the trainer pushes it
+        "vllm_server_timeout",
         "save_steps",
         "save_minutes",
         "save_total_limit",
@@ -81,10 +83,13 @@ def save_checkpoint(
     config: MAGRPOConfig,
     whole_states: Sequence[tuple[dict, dict | None]] | None = None,
     critics: Sequence[Critic] = (),
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a full checkpoint to ``directory`` atomically; returns ``directory``.
     ``whole_states``: per agent, (weights, optimiser state) gathered from shards, written instead
-    of the agent's and optimiser's own (the same files: any run resumes from them)."""
+    of the agent's and optimiser's own (the same files: any run resumes from them).
+    ``write_extra(folder)`` writes more of the run's state into it (a rollout sampled ahead), in
+    the manifest like the rest."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -98,6 +103,8 @@ def save_checkpoint(
             if critic.model is not None:
                 torch.save(critic.optimizer.state_dict(), tmp / critic.name / OPTIMIZER_FILE)
         torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
+        if write_extra is not None:
+            write_extra(tmp)
         (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}

@@ -222,6 +222,11 @@ class MAGRPOConfig:
     vllm_server_url: str | list[str] | None = None
     #: vllm_mode="server": seconds one request to the server may take before it counts as gone
     vllm_server_timeout: float = 600.0
+    #: 1: the vLLM engines sample step t+1's rollout while step t updates (one-step-off; each update
+    #: learns from samples one policy version old, the truncated importance weights correcting for
+    #: it; the engines must live apart from the training process). 0: each step samples, then
+    #: updates (magrpo.overlap)
+    async_rollouts: int = 0
     #: agents with their own models sample ("fast" backend) and update (on CPU, in one process,
     #: without autocast) at the same time, the CPU threads split between them (the same random
     #: draws as one after the other; shared-base LoRA agents take turns)
@@ -422,6 +427,24 @@ class MAGRPOConfig:
                 raise ConfigError(
                     f"vllm_devices={self.vllm_devices!r} places the trainer's own engines; a rollout server places "
                     "its own (magrpo vllm-serve --devices): leave vllm_devices unset with vllm_mode='server'"
+                )
+        # rollouts sampled ahead: engines that hold their own weights sample while the update moves the trainer's
+        if self.async_rollouts:
+            if self.rollout_backend not in ("vllm", "auto"):
+                raise ConfigError(
+                    f"async_rollouts={self.async_rollouts} samples the next step's rollout during the update, on vLLM "
+                    f"engines that hold their own weights; rollout_backend={self.rollout_backend!r} samples with the "
+                    "weights being updated: use rollout_backend='vllm'"
+                )
+            if not self.vllm_importance_sampling_correction:
+                raise ConfigError(
+                    f"async_rollouts={self.async_rollouts} learns from samples one policy version old, which the "
+                    "truncated importance weights correct for: keep vllm_importance_sampling_correction=True"
+                )
+            if self.vllm_mode == "colocate" and self.vllm_engine_process == "training":
+                raise ConfigError(
+                    f"async_rollouts={self.async_rollouts} samples while the update runs: the engines must live apart "
+                    "from the training process: set vllm_engine_process='own' (or 'auto'), or vllm_mode='server'"
                 )
         # a schedule that needs arguments (cosine_with_min_lr, warmup_stable_decay) is built once now
         if self.lr_scheduler_type != "constant" or self.lr_scheduler_kwargs:
@@ -731,6 +754,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "vllm_mode": _one_of(VLLM_MODES),
     "vllm_server_url": _optional(_one_or_per_agent(_is_server_url, "an http:// or https:// URL")),
     "vllm_server_timeout": _number(0.0, None, low_open=True),
+    "async_rollouts": _number(0, 1),
     "concurrent_agents": _flag,
     "update_micro_batch_size": _int_at_least(1),
     "logprob_chunk_size": _optional(_int_at_least(1)),

@@ -129,6 +129,8 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
         dtype = getattr(torch, precision.rollout_dtype)
         if any(agent.model.dtype != dtype for agent in built):  # the same dtype needs no copy: exact
             attach_sampling_copies(built, dtype)
+    if args.async_rollouts:  # sampled during the update: by engines of their own, never the trainer's process
+        check_engines_apart(built, args)
     if args.beta > 0:  # the KL term's reference: a full agent's frozen copy (LoRA: its base)
         if ranks.sharded and any(agent.adapter is None for agent in built):
             raise ConfigError(
@@ -147,6 +149,21 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     # the baseline: the group's (MAGRPO), or the critics' (IAC, MAAC)
     baseline = CriticBaseline(critics, built, args, precision, ranks) if critics else GroupBaseline.from_config(args)
     return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), baseline)
+
+
+def check_engines_apart(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> None:
+    """Rollouts sampled during the update need engines that hold their own weights apart from the
+    training process (a process of its own, or a rollout server)."""
+    if args.rollout_backend != "vllm":
+        raise ConfigError(
+            f"async_rollouts={args.async_rollouts} needs vLLM engines (rollout_backend resolved to "
+            f"{args.rollout_backend!r}: is vLLM installed?): use rollout_backend='vllm'"
+        )
+    if not all(agent.rollout_engine.own_process for agent in agents):
+        raise ConfigError(
+            f"async_rollouts={args.async_rollouts} samples while the update runs: the engines must live apart from "
+            "the training process: set vllm_engine_process='own', or vllm_mode='server'"
+        )
 
 
 def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[AgentPolicy] | None:

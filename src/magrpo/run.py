@@ -124,14 +124,23 @@ def train_loop(
 
 
 def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One training step on the next batch. A rollout server that stops answering ends the run
-    with a checkpoint of its last complete step (the failed step changed no weight; its items come
-    again on resume) and a message naming the server and the resume command."""
-    state = trainer.state
+    """One training step on the next batch (with rollouts sampled ahead: on the tree sampled
+    during the last update, the next one started first: magrpo.overlap). A rollout server that
+    stops answering ends the run with a checkpoint of its last complete step (the failed step
+    changed no weight; its items come again on resume) and a message naming the server and the
+    resume command."""
+    state, ahead = trainer.state, trainer.ahead
     position = state.item_order.state()
     try:
-        return trainer.train_step(trainer.next_batch())
+        if ahead is None:
+            return trainer.train_step(trainer.next_batch())
+        sampled = ahead.next()
+        if state.step + 1 < trainer.args.max_steps:
+            ahead.start(state.step + 1)
+        return trainer.train_step_on(sampled)
     except RolloutServerError as exc:
+        if ahead is not None:
+            ahead.forget()
         state.item_order.load_state(position)
         if state.step > state.cadence.last_step:
             trainer.checkpoint(log.checkpoint_dir(state.step))
@@ -168,6 +177,7 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
             config=trainer.args,
             whole_states=whole,
             critics=team.critics,
+            write_extra=trainer.ahead.save if trainer.ahead is not None else None,  # a rollout sampled ahead
         )
         prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
     team.ranks.barrier()  # a checkpoint is complete before any rank goes on
@@ -184,6 +194,8 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     state = trainer.state
     state.step = int(saved["step"])
     state.item_order.load_state(saved)
+    if trainer.ahead is not None:  # the rollout the straight run had sampled ahead
+        trainer.ahead.restore(path)
     load_schedules(trainer.team.schedulers or [], saved.get("schedulers"), state.step)
     state.cadence.saved(state.step)
     return path

@@ -1,7 +1,7 @@
 """One MAGRPO step, top to bottom: the whole algorithm, and nothing but the algorithm.
 
     envs        = one environment per dataset item
-    turns       = expand_tree(agents, envs)      1. rollout: every agent samples G completions per
+    turns       = sample_tree(team, envs)        1. rollout: every agent samples G completions per
                                                     node from its own observation; the joint actions
                                                     step the environments (joint rewards, next
                                                     observations), up to num_turns
@@ -33,9 +33,22 @@ from magrpo.experience import Experience, build_experience, micro_batch_logprobs
 from magrpo.loss import UpdateTally
 from magrpo.objective import policy_loss
 from magrpo.sampling.vllm_engine import engines_asleep
+from magrpo.seeds import mix_seed
 from magrpo.team import Team
 from magrpo.threads import in_split_threads
 from magrpo.tree import Turn, expand_tree, turn_returns
+
+
+@dataclass
+class SampledTree:
+    """A step's rollout: its tree, the seconds it took, the step it is for (its items' random
+    streams) and the policy version (updates taken before it) whose weights sampled it: the
+    step's own, or the one before with rollouts sampled ahead (magrpo.overlap)."""
+
+    turns: list[Turn]
+    seconds: float
+    step: int
+    version: int
 
 
 @dataclass
@@ -54,10 +67,18 @@ class StepOutput:
 
 
 def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int) -> StepOutput:
-    """One MAGRPO step on ``envs`` (one per dataset item of this rank's share of the batch)."""
+    """One MAGRPO step on ``envs`` (one per dataset item of this rank's share of the batch): the
+    tree sampled with the current weights, then learnt from."""
+    return learn(team, sample_tree(team, envs, step))
+
+
+def sample_tree(team: Team, envs: Sequence[MultiAgentEnv], step: int, version: int | None = None) -> SampledTree:
+    """1. rollout: every agent samples G completions per node from its own observation; the joint
+    actions step the environments (joint rewards, next observations), up to num_turns. Its
+    random draws come from the step's own seed, whatever else draws from torch's RNG meanwhile."""
     args, ranks = team.args, team.ranks
     started = time.perf_counter()
-    # 1. rollout, with whole weights (sharded agents are gathered for a sampler that runs them)
+    # with whole weights: sharded agents are gathered for a sampler that runs them
     with ranks.whole_weights(team.sampler.models_to_gather(team.agents)):
         turns = expand_tree(
             team.agents,
@@ -71,8 +92,14 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int) -> StepOut
             # each item's place in the step's global batch keys its random stream: the same
             # samples whichever rank, and whichever other items, it is sampled with
             item_keys=[(step * ranks.world_size + ranks.rank) * len(envs) + k for k in range(len(envs))],
+            seed_source=torch.Generator().manual_seed(mix_seed(args.seed, step)),
         )
-    rollout_seconds = time.perf_counter() - started
+    return SampledTree(turns, time.perf_counter() - started, step, step if version is None else version)
+
+
+def learn(team: Team, sampled: SampledTree) -> StepOutput:
+    """2. - 4.: the tree's returns, every agent's advantages, and each agent's update."""
+    args, turns = team.args, sampled.turns
     # 2. returns over the tree
     returns = turn_returns(turns, args.discount, args.num_turns)
     started = time.perf_counter()
@@ -90,7 +117,7 @@ def magrpo_step(team: Team, envs: Sequence[MultiAgentEnv], step: int) -> StepOut
         critic_figures = training.train()  # a critic model of its own trains after the agents
     update_seconds = time.perf_counter() - started
     return StepOutput(
-        turns, returns, advantages, agent_figures, rollout_seconds, update_seconds, training, critic_figures
+        turns, returns, advantages, agent_figures, sampled.seconds, update_seconds, training, critic_figures
     )
 
 
@@ -141,4 +168,4 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
     return {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
 
 
-__all__ = ["StepOutput", "magrpo_step", "update_agent"]
+__all__ = ["SampledTree", "StepOutput", "learn", "magrpo_step", "sample_tree", "update_agent"]

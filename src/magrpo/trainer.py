@@ -25,13 +25,14 @@ from magrpo.errors import ConfigError, DatasetError, RewardError
 from magrpo.eval.held_out import evaluate_team
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
+from magrpo.overlap import RolloutsAhead
 from magrpo.prepare import EnvFactory, RewardFuncs, build_env_factory, check_items, prepare_team
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
 from magrpo.sampling.vllm_engine import check_vllm_installed, engine_process_ids
 from magrpo.schedules import make_schedulers, step_schedulers
 from magrpo.seeds import mix_seed
-from magrpo.step import StepOutput, magrpo_step
+from magrpo.step import SampledTree, StepOutput, learn, magrpo_step
 from magrpo.step_metrics import step_metrics, step_samples
 from magrpo.team import Team
 from magrpo.trackers import check_trackers_installed
@@ -115,6 +116,8 @@ class MAGRPOTrainer:
         self.state = run.RunState(ItemOrder(len(self.train_items), self.args.seed), run.CheckpointCadence(self.args))
         #: what the last step did: its tree, returns, advantages, update and baseline figures
         self.last_step: StepOutput | None = None
+        #: async_rollouts: the rollout sampled during the last update, and the next one's thread
+        self.ahead = RolloutsAhead(self) if self.args.async_rollouts else None
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
 
@@ -137,9 +140,11 @@ class MAGRPOTrainer:
         ``with MAGRPOTrainer(...) as trainer:`` closes it at the end of the block."""
         if self._team is None:
             return
+        if self.ahead is not None:
+            self.ahead.close()
         for agent in self._team.agents:
             agent.rollout_engine = None  # the trainer's engines end with it
-        self._team = self.last_step = None
+        self._team = self.last_step = self.ahead = None
         gc.collect()  # models in reference cycles go now, with the rest
 
     def __enter__(self) -> "MAGRPOTrainer":
@@ -203,11 +208,21 @@ class MAGRPOTrainer:
     def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples (the step itself:
         :attr:`last_step`)."""
+        return self._step(lambda: magrpo_step(self.team, [self.env_factory(item) for item in items], self.state.step))
+
+    def train_step_on(self, sampled: SampledTree) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One step that learns from a tree sampled earlier, with older weights (``async_rollouts``);
+        its metrics say how many policy versions old it was (``rollout_staleness``)."""
+        metrics, samples = self._step(lambda: learn(self.team, sampled))
+        metrics["rollout_staleness"] = self.state.step - 1 - sampled.version
+        return metrics, samples
+
+    def _step(self, run_step: Callable[[], StepOutput]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         torch.manual_seed(mix_seed(self.args.seed, self.state.step))
         engines = engine_process_ids(self.team.agents)  # vLLM engines in processes of their own
         run.reset_peak_memory(engines)
         try:
-            out = magrpo_step(self.team, [self.env_factory(item) for item in items], self.state.step)
+            out = run_step()
         except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
             raise RewardError(f"step {self.state.step + 1}: {exc}") from exc
         self.state.step += 1

@@ -103,6 +103,7 @@ def expand_tree(
     expand_k: int = 1,
     early_stop_reward: float | None = None,
     item_keys: Sequence[int] | None = None,
+    seed_source: torch.Generator | None = None,
 ) -> list[Turn]:
     """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
 
@@ -110,7 +111,8 @@ def expand_tree(
     ``num_generations``). ``item_keys`` (one per env, e.g. the item's place in the step's global
     batch) give every node its own random stream, keyed by its item and its place in that item's
     tree, so an item's samples do not depend on the other items beside it (data-parallel ranks
-    sample the same)."""
+    sample the same). ``seed_source``: where each turn's agent seeds are drawn from (None: torch's
+    global RNG)."""
     names = [a.name for a in agents]
     joint_indices = joint_action_indices(joint_mode, sampler.settings.num_generations, len(agents))
     nodes: list[MultiAgentEnv] = list(envs)
@@ -122,7 +124,9 @@ def expand_tree(
         # each node's stream: its samples (when keyed by item) and its best-k ties
         keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
         per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
-        rollouts = sampler.sample_team(agents, per_agent, prompt_keys=None if item_keys is None else keys)
+        rollouts = sampler.sample_team(
+            agents, per_agent, prompt_keys=None if item_keys is None else keys, seed_source=seed_source
+        )
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
         solved = torch.tensor([[_reached_goal(r, early_stop_reward) for r in row] for row in results], dtype=torch.bool)

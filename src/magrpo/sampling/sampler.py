@@ -68,10 +68,12 @@ class Sampler:
         agents: Sequence[AgentPolicy],
         observations: Sequence[Sequence[Observation]],
         prompt_keys: Sequence[int] | None = None,
+        seed_source: torch.Generator | None = None,
     ) -> list[Rollout]:
         """``observations[i]`` are agent i's prompts; one rollout per agent, in agent order.
-        ``prompt_keys``: one key per prompt, for per-prompt random streams (:func:`agent_generators`)."""
-        generators = agent_generators(agents, prompt_keys)
+        ``prompt_keys``: one key per prompt, for per-prompt random streams; ``seed_source``: where
+        the agents' seeds are drawn from (None: torch's global RNG; :func:`agent_generators`)."""
+        generators = agent_generators(agents, prompt_keys, seed_source)
         return self.sample_agents(agents, observations, generators)
 
     def sample_agents(
@@ -92,13 +94,15 @@ class Sampler:
 
 
 def agent_generators(
-    agents: Sequence[AgentPolicy], prompt_keys: Sequence[int] | None = None
+    agents: Sequence[AgentPolicy],
+    prompt_keys: Sequence[int] | None = None,
+    seed_source: torch.Generator | None = None,
 ) -> list[torch.Generator] | list[list[torch.Generator]]:
-    """One generator per agent, seeded from torch's global RNG in agent order; with
-    ``prompt_keys``, one generator per agent and prompt, seeded from the agent's seed and the
-    prompt's key, so that a prompt's draws depend on its key, not on its place in the batch (the
-    same item sampled on another rank, beside other items, draws the same numbers)."""
-    seeds = torch.randint(0, 2**62, (len(agents),)).tolist()
+    """One generator per agent, seeded from ``seed_source`` (None: torch's global RNG) in agent
+    order; with ``prompt_keys``, one generator per agent and prompt, seeded from the agent's seed
+    and the prompt's key, so that a prompt's draws depend on its key, not on its place in the batch
+    (the same item sampled on another rank, beside other items, draws the same numbers)."""
+    seeds = torch.randint(0, 2**62, (len(agents),), generator=seed_source).tolist()
     if prompt_keys is None:
         return [torch.Generator(device=_sampling_device(agent)).manual_seed(seed) for agent, seed in zip(agents, seeds)]
     return [

@@ -64,6 +64,8 @@ class RemoteEngine:
     """One engine of a rollout server serving ``agents`` (one full agent, or LoRA agents on one base)."""
 
     own_process = True  # it decodes elsewhere: the team's engines decode at the same time
+    sync_before_generate = True  # rollouts sampled ahead push between updates themselves (magrpo.overlap)
+    sleep_mode = False  # the server's engines stay awake: the trainer's update does not share their devices
 
     def __init__(self, agents: Sequence[AgentPolicy], connection: ServerConnection, model: str, dtype: str) -> None:
         self.agents, self.connection, self.model = list(agents), connection, model
@@ -100,7 +102,8 @@ class RemoteEngine:
         return int(answer["version"])
 
     def generate(self, requests: Sequence[AgentRequests]) -> list[list[list[Completion]]]:
-        self.ensure_current()
+        if self.sync_before_generate:
+            self.ensure_current()
         body = {
             "model": self.model,
             "requests": [

@@ -91,6 +91,9 @@ class VLLMEngine:
     LoRA adapters on one shared base)."""
 
     _ids = itertools.count(1)  # LoRA ids are global to the process
+    #: take the agents' new weights before each generation (rollouts sampled ahead push them
+    #: themselves, between updates: magrpo.overlap)
+    sync_before_generate = True
 
     def __init__(
         self,
@@ -221,7 +224,9 @@ class VLLMEngine:
         (each row with its agent's adapter, if any); per request, per prompt, its completions."""
         from vllm.inputs import TokensPrompt
 
-        self.ensure_current()
+        self.wake()
+        if self.sync_before_generate:
+            self.ensure_current()
         prompts, params, adapters = [], [], []
         for agent, token_lists, agent_requests in requests:
             check_prompt_lengths(agent.name, token_lists, self.max_model_len)
