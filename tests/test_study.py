@@ -283,3 +283,32 @@ def test_the_header_names_the_commit_machine_and_resolved_precision_of_the_runs(
         "Precision as resolved: team@float32: autocast no, sampling same." in text
     )
     assert "| team@float32 | 1 |" in text
+
+
+@pytest.fixture(scope="module")
+def learning_check():
+    return load("learning_check")
+
+
+def test_the_learning_check_compares_each_precision_with_the_last_entry_of_its_machine_paired_by_seed(
+    learning_check,
+):
+    machine = {"commit": "old", "cpu": {"model": "EPYC", "cores": 2, "flags": ["avx2"]}, "gpu": None}
+    other = {**machine, "cpu": {"model": "Xeon", "cores": 2, "flags": ["avx512_bf16"]}}
+    settings = learning_check.SETTINGS
+
+    def entry(produced_by, rewards, **changes):
+        return {"produced_by": produced_by, "settings": {**settings, **changes}, "held_out_reward": rewards}
+
+    entries = [
+        entry(machine, {"float32": {"0": 1.0, "1": 1.2, "2": 0.8}}),
+        entry(other, {"float32": {"0": 9.0, "1": 9.0, "2": 9.0}}),  # another machine kind: not compared
+        entry(machine, {"float32": {"0": 0.0, "1": 0.0, "2": 0.0}}, steps=3),  # other settings: not compared
+    ]
+    now = entry({**machine, "commit": "new"}, {"float32": {"0": 0.9, "1": 1.0, "2": 0.5}})
+    (line,) = learning_check.compare(entries, now)
+    # differences -0.1, -0.2, -0.3: mean -0.2, sd 0.1, t = -0.2 / (0.1 / sqrt 3) = -3.464, df 2
+    assert line.startswith("float32: not separated from commit old on seeds 0, 1, 2")
+    assert "paired t = -3.46, df 2, p = 0.074" in line
+    first = learning_check.compare([], now)
+    assert first == ["float32: the first entry of this machine kind and settings (nothing to compare)"]
