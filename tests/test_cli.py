@@ -470,3 +470,19 @@ def test_eval_flags_set_their_config_fields(monkeypatch):
         "max_new_tokens": 9,
         "num_turns": 2,
     }
+
+
+def test_own_data_without_a_held_out_part_is_said_before_training(tmp_path):
+    from tests.conftest import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", seed=1)
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps({"source": f"a b c {i}"}) + "\n" for i in range(3)))
+    code, out = run_cli(
+        "train", "--task", "summarize", "--model", model, "--data", str(path), "--steps", "0",
+        "--output-dir", str(tmp_path / "run"), "--set", "max_new_tokens=2", "--set", "save_steps=0",
+    )  # fmt: skip
+    assert code == 0, out
+    note = "--eval-items 8 asks for a held-out evaluation, but --data alone holds nothing out: add --eval-fraction 0.1"
+    assert note in out
+    assert out.index(note) < out.index("trained 0 steps")

@@ -331,6 +331,12 @@ def _train(given: SimpleNamespace) -> None:
     specs = _model_specs(given.model, cfg.num_agents)
     train_items = _load_items(task_obj, cfg.train_data, cfg.column_map, "train", cfg.train_split)
     train_items, held_out = _held_out_items(task_obj, cfg, train_items)
+    if given.eval_items and not held_out and cfg.train_data:  # said before any training, not after
+        console.print(
+            f"[yellow]note:[/] --eval-items {given.eval_items} asks for a held-out evaluation, but --data alone "
+            "holds nothing out: add --eval-fraction 0.1 (a seeded part of your data) or --eval-data FILE",
+            highlight=False,
+        )
     held_out = held_out[: given.eval_items]
     _print_skipped(task_obj, held_out)
     console.print(

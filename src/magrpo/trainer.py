@@ -32,6 +32,7 @@ from magrpo.run_folder import RunFolder
 from magrpo.sampling.vllm_engine import check_vllm_installed, engine_process_ids
 from magrpo.schedules import make_schedulers, step_schedulers
 from magrpo.seeds import mix_seed
+from magrpo.signal_watch import SignalWatch
 from magrpo.step import SampledTree, StepOutput, learn, magrpo_step
 from magrpo.step_metrics import step_metrics, step_samples
 from magrpo.team import Team
@@ -118,6 +119,8 @@ class MAGRPOTrainer:
         self.last_step: StepOutput | None = None
         #: async_rollouts: the rollout sampled during the last update, and the next one's thread
         self.ahead = RolloutsAhead(self) if self.args.async_rollouts else None
+        #: warns of steps that give no agent a learning signal (every group tied)
+        self.signal_watch = SignalWatch(self.team.ranks)
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
 
@@ -227,6 +230,7 @@ class MAGRPOTrainer:
             raise RewardError(f"step {self.state.step + 1}: {exc}") from exc
         self.state.step += 1
         self.last_step = out
+        self.signal_watch.observe(out, self.state.step)
         metrics = {**step_metrics(self.team, out, self.state.step), **run.peak_memory_figures(engines)}
         step_schedulers(self.team.schedulers)  # after the metrics, which log the rate this step used
         return metrics, step_samples(out)
