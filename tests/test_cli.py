@@ -187,7 +187,7 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
             "--task",
             "coding",
             "--checkpoint",
-            str(run_dir / "final"),
+            str(run_dir),  # a run folder: its final weights (as --resume takes a run folder)
             "--eval-items",
             "1",
             "--max-new-tokens",
@@ -486,3 +486,15 @@ def test_own_data_without_a_held_out_part_is_said_before_training(tmp_path):
     note = "--eval-items 8 asks for a held-out evaluation, but --data alone holds nothing out: add --eval-fraction 0.1"
     assert note in out
     assert out.index(note) < out.index("trained 0 steps")
+
+
+def test_eval_checkpoint_takes_a_run_folder_or_a_folder_of_agents(tmp_path):
+    from magrpo.cli import _agents_folder
+
+    run = tmp_path / "run"
+    (run / "final" / "agent_0").mkdir(parents=True)
+    (run / "checkpoints" / "step-2" / "agent_0").mkdir(parents=True)
+    assert _agents_folder(run) == run / "final"
+    assert _agents_folder(run / "final") == run / "final"
+    assert _agents_folder(run / "checkpoints" / "step-2") == run / "checkpoints" / "step-2"
+    assert _agents_folder(tmp_path) == tmp_path  # neither: refused later, naming the missing agent folders

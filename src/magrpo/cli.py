@@ -442,7 +442,12 @@ def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
 #: the options of ``magrpo eval``
 EVAL_OPTIONS = (
     Option(("--task",), str, "coding", TASK_HELP),
-    Option(("--checkpoint",), Optional[Path], help="A run's checkpoint directory holding agent_0, agent_1, ..."),
+    Option(
+        ("--checkpoint",),
+        Optional[Path],
+        help="A run folder (its final weights), or a folder holding agent_0, agent_1, ... (RUN/final, "
+        "RUN/checkpoints/step-N).",
+    ),
     replace(MODEL, help=MODEL_HELP + " Ignored with --checkpoint."),
     Option(
         ("--eval-items",),
@@ -495,6 +500,13 @@ def evaluate(given: SimpleNamespace) -> None:
         _fail(str(exc))
 
 
+def _agents_folder(path: Path) -> Path:
+    """The folder of a run's agents that ``--checkpoint`` names: the folder itself, or a run
+    folder's final weights (RUN/final), as --resume takes a run folder."""
+    final = RunFolder(path).final
+    return final if not (path / "agent_0").is_dir() and (final / "agent_0").is_dir() else path
+
+
 def trained_config(checkpoint: Path) -> dict[str, Any] | None:
     """The config a checkpoint was trained with: its own config.yaml (a checkpoints/step-N
     folder) or its run's (a final folder); None where there is neither."""
@@ -537,6 +549,7 @@ def _evaluate(given: SimpleNamespace) -> None:
     if checkpoint is not None:
         from magrpo.models.agent import agent_name
 
+        checkpoint = _agents_folder(checkpoint)
         dirs = [checkpoint / agent_name(i) for i in range(cfg.num_agents)]
         missing = [str(d) for d in dirs if not d.is_dir()]
         if missing:
