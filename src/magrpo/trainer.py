@@ -10,6 +10,7 @@ It holds the run's state and hands each job to the module that does it:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from pathlib import Path
@@ -56,11 +57,13 @@ class MAGRPOTrainer:
             or already built :class:`AgentPolicy` objects.
         reward_func: a reward function or a list of them (summed, weighted by ``reward_weights``), see
             :class:`magrpo.types.RewardFunction`; a path among them is a reward model's local folder
-            (:class:`magrpo.RewardModel`).
+            (:class:`magrpo.RewardModel`). ``reward_funcs=`` (TRL's name) is the same.
+        model: instead of ``agents``, one agent (TRL's ``model=``); ``num_agents`` follows the agents given.
         scorer: instead of ``reward_func``, a function returning one dict per joint action with
             ``"reward"`` and any further figures that :meth:`evaluate` averages.
         train_dataset / eval_dataset: lists of dicts or ``datasets.Dataset`` objects.
-        formatters: one callable per agent, item -> that agent's observation.
+        formatters: one callable per agent, item -> that agent's observation; without them, the
+            items' ``prompt_<i>`` column for agent i, else their ``prompt`` column (as TRL reads it).
         env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (your own env).
         feedback: with ``num_turns > 1``, what each agent is told between turns
             (:mod:`magrpo.feedback`); ``is_solved(score_row)`` ends a branch early.
@@ -69,13 +72,15 @@ class MAGRPOTrainer:
 
     def __init__(
         self,
-        agents: Sequence[AgentSpec | AgentPolicy],
+        agents: Sequence[AgentSpec | AgentPolicy] | None = None,
         reward_func: RewardFuncs | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         formatters: Sequence[Formatter] | None = None,
         args: MAGRPOConfig | None = None,
         *,
+        model: AgentSpec | None = None,
+        reward_funcs: RewardFuncs | None = None,
         scorer: Scorer | None = None,
         env_factory: EnvFactory | None = None,
         reward_weights: Sequence[float] | None = None,
@@ -83,9 +88,12 @@ class MAGRPOTrainer:
         is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
         agent_roles: Sequence[str] | None = None,
     ) -> None:
+        agents = _agents_given(agents, model)
+        reward_func = _reward_given(reward_func, reward_funcs)
+        # the team is the agents given: num_agents follows them (a per-agent list of another length is named)
         self.args = args or MAGRPOConfig(num_agents=len(agents))
         if len(agents) != self.args.num_agents:
-            raise ConfigError(f"{len(agents)} agents given but num_agents={self.args.num_agents}")
+            self.args = dataclasses.replace(self.args, num_agents=len(agents))
         check_trackers_installed(self.args.report_to)  # before any model loads
         if self.args.rollout_backend == "vllm" and self.args.vllm_mode == "colocate":  # a server's need no vLLM here
             check_vllm_installed()
@@ -93,6 +101,8 @@ class MAGRPOTrainer:
         self.agent_names = [a.name if isinstance(a, AgentPolicy) else agent_name(i) for i, a in enumerate(agents)]
         self.train_items = as_items(train_dataset, "train_dataset")
         self.eval_items = as_items(eval_dataset, "eval_dataset")
+        if formatters is None and env_factory is None:  # TRL's prompt column (prompt_<i> for agent i)
+            formatters = prompt_column_formatters(self.train_items or self.eval_items, len(agents))
         self.env_factory = build_env_factory(
             self.args,
             self.agent_names,
@@ -270,4 +280,32 @@ class MAGRPOTrainer:
         return directory
 
 
-__all__ = ["DatasetError", "MAGRPOTrainer"]
+def _agents_given(agents: Sequence[Any] | None, model: Any) -> list[Any]:
+    """``agents``, or TRL's ``model=`` as a team of one."""
+    if (agents is None) == (model is None):
+        raise ConfigError(
+            "give the team as agents=[...] (one entry per agent), or one agent as model=... (as TRL's GRPOTrainer)"
+            + (", not both" if agents is not None else "")
+        )
+    return [model] if agents is None else list(agents)
+
+
+def _reward_given(reward_func: RewardFuncs | None, reward_funcs: RewardFuncs | None) -> RewardFuncs | None:
+    """``reward_func``, or TRL's name for it, ``reward_funcs``."""
+    if reward_func is not None and reward_funcs is not None:
+        raise ConfigError("give reward_func or reward_funcs (TRL's name for the same), not both")
+    return reward_func if reward_func is not None else reward_funcs
+
+
+def prompt_column_formatters(items: Sequence[Mapping[str, Any]], num_agents: int) -> list[Formatter] | None:
+    """Without formatters, each agent's observation is a column of the items, as TRL reads its
+    ``prompt`` column: agent i's ``prompt_<i>`` where the items have one, else ``prompt`` (a text
+    or a list of chat messages). None where the items have neither."""
+    columns = set(items[0]) if items else set()
+    chosen = [f"prompt_{i}" if f"prompt_{i}" in columns else "prompt" for i in range(num_agents)]
+    if not all(column in columns for column in chosen):
+        return None
+    return [lambda item, column=column: item[column] for column in chosen]
+
+
+__all__ = ["DatasetError", "MAGRPOTrainer", "prompt_column_formatters"]
