@@ -89,6 +89,19 @@ def test_the_peak_is_the_largest_phase_over_what_is_held():
     assert device.fits and device.margin == CPU.memory - update
 
 
+def test_gradients_are_alive_with_the_activations_only_where_the_update_takes_several_passes():
+    one_pass = plan_memory(tiny_config(), [TINY], [CPU], Workload(5)).devices[0]
+    phases = {t.what.split(" (")[0]: t.phases for t in one_pass.terms}
+    assert phases["gradients"] == ("optimiser step of agent_0",)
+    assert phases["output layer's gradient"] == ("update of agent_0",)
+    assert term(plan_memory(tiny_config(), [TINY], [CPU], Workload(5)), "output layer's gradient") == 10 * 4 * 4
+    # 2 rows in micro-batches of 1: the second pass adds to every gradient the first made
+    two_passes = plan_memory(tiny_config(update_micro_batch_size=1), [TINY], [CPU], Workload(5)).devices[0]
+    phases = {t.what.split(" (")[0]: t.phases for t in two_passes.terms}
+    assert phases["gradients"] == ("update of agent_0", "optimiser step of agent_0")
+    assert "output layer's gradient" not in phases
+
+
 def test_the_plain_pass_runs_every_rows_prompt():
     shared = activation_bytes(
         TINY, rows=2, prompts=1, prompt=5, completion=3, weight_bytes=4, compute_bytes=4, autocast=False

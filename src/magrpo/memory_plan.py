@@ -536,6 +536,10 @@ class _Run:
             if device.is_gpu
             else "a stated constant: the interpreter with torch and transformers imported (457 MiB measured here)",
         )
+        if self.cfg.algorithm != "magrpo":
+            plan.notes.append(
+                f"algorithm={self.cfg.algorithm!r}: its critics (value heads, critic models) are not planned"
+            )
         if self.placement.ranks > 1 and device.is_gpu:
             plan.notes.append(f"each of the {self.placement.ranks} ranks holds this, on its own GPU")
         elif self.placement.ranks > 1:
@@ -677,12 +681,19 @@ class _Run:
         concurrent = self.concurrent_updates(plan.device)
         update = "update" if concurrent else f"update of {name}"
         step = "optimiser step" if concurrent else f"optimiser step of {name}"
-        plan.add(
-            f"gradients ({name})",
-            trainable * nbytes / shards,
-            (update, step),
-            f"{trainable / 1e9:.3f} B trainable x {nbytes} B{per_shard}; freed after the optimiser step",
-        )
+        passes = self._passes()
+        grads_how = f"{trainable / 1e9:.3f} B trainable x {nbytes} B{per_shard}; freed after the optimiser step"
+        if passes > 1 or self.lora[i]:
+            plan.add(f"gradients ({name})", trainable * nbytes / shards, (update, step), grads_how)
+        else:  # one pass: backward makes the gradients as it frees the activations, the output layer's first
+            plan.add(f"gradients ({name})", trainable * nbytes / shards, step, grads_how)
+            plan.add(
+                f"output layer's gradient ({name})",
+                model.vocab * model.hidden * nbytes,
+                update,
+                f"{model.vocab} vocab x {model.hidden} hidden x {nbytes} B: the update is one pass, and backward "
+                "makes this gradient first, while the activations are alive; the rest come as they go",
+            )
         activations, rows, how = self._micro_batch(i)
         plan.add(f"activations ({name})", activations, update, how)
         logits, logits_how = self._logits(model, rows)
@@ -727,6 +738,12 @@ class _Run:
                 )
 
     # -------------------------------------------------------------- the update
+    def _passes(self) -> int:
+        """Forward and backward passes of one agent's update: micro-batches of every turn, each iteration."""
+        cfg = self.cfg
+        rows = [cfg.batch_size * nodes * cfg.num_generations for nodes in self.rollout_plan.nodes_per_turn]
+        return cfg.num_iterations * sum(-(-r // cfg.update_micro_batch_size) for r in rows)
+
     def _micro_batch(self, i: int) -> tuple[int, int, str]:
         """The largest micro-batch's activations: (bytes, rows, how)."""
         model, cfg = self.models[i], self.cfg
