@@ -599,8 +599,8 @@ def _evaluate(given: SimpleNamespace) -> None:
 
 
 # ---------------------------------------------------------------------- magrpo plan
-#: the longest first-turn prompt of each task's train split in tokens (the bundled model's
-#: tokenizer and chat template; the Qwen tokenizers count within a few percent of it)
+#: the longest first-turn prompt of each task's train split in tokens, counted with the bundled
+#: model's tokenizer and chat template (another model's tokenizer counts otherwise: --prompt-tokens)
 TASK_PROMPT_TOKENS = {"coding": 507, "coding-paper": 477, "summarize": 535, "expand": 488}
 DEVICES_HELP = (
     "Devices to plan: 4xH100-80GB (4 GPUs, with a suggested placement for 1, 2, 4 and 8 of them), 2x80GB, "
@@ -729,7 +729,7 @@ def _suggestions_table(gpu, suggestions) -> Table:
         table.add_column(column, overflow="fold")
     for count, plans, chosen in suggestions:
         for candidate in plans:
-            mark = "suggested" if candidate is chosen else ""
+            mark = ("suggested" if chosen.fits else "least short") if candidate is chosen else ""
             verdict = "fits" if candidate.fits else "does not fit"
             table.add_row(
                 str(count),

@@ -286,7 +286,8 @@ class Placement:
         smaller = f", micro-batch {self.micro_batch}" if self.micro_batch else ""
         if self.ranks > 1:
             how = "sharded (FSDP2)" if self.shard else "replicated"
-            return f"{self.ranks} ranks, one GPU each, the team {how}{smaller}"
+            where = "one GPU each" if self.agent_devices[0].startswith("cuda") else f"all on {self.agent_devices[0]}"
+            return f"{self.ranks} ranks, {where}, the team {how}{smaller}"
         devices = sorted(set(self.agent_devices))
         if len(devices) == 1:
             return f"one process, every agent on {devices[0]}{smaller}"
