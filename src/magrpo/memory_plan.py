@@ -805,10 +805,12 @@ def activation_bytes(
     """What autograd keeps for backward in one micro-batch's forward pass, and how it is counted.
 
     ``prompts``: the distinct prompts run once each (share_prompt_in_update), None: each of the
-    ``rows`` runs its prompt. Queries are the positions a pass computes, keys those it attends to:
-    shared, the prompts' positions once and each row's completion attending to its whole prompt;
-    plain, every row's prompt and completion. Per layer (transformers' Llama/Qwen decoder layer,
-    an attention mask present, so grouped keys and values are repeated to every head):
+    ``rows`` runs its prompt. ``autocast``: the passes run under autocast over weights of another
+    dtype, so that every linear layer casts its input. Queries are the positions a pass
+    computes, keys those it attends to: shared, the prompts' positions once and each row's
+    completion attending to its whole prompt; plain, every row's prompt and completion. Per
+    layer (transformers' Llama/Qwen decoder layer, an attention mask present, so grouped keys and
+    values are repeated to every head):
 
     * per query position: each of the 2 RMSNorms keeps its input in float32 (4 h B) and, where its
       weight trains, its normalised output (h x weight bytes); the linear layers keep their inputs
@@ -955,7 +957,9 @@ __all__ = [
     "BYTES",
     "CPU_OVERHEAD",
     "GPU_OVERHEAD",
+    "HELD",
     "KNOWN_MODELS",
+    "GiB",
     "Device",
     "DevicePlan",
     "MemoryPlan",
