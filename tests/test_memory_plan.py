@@ -371,3 +371,20 @@ def test_the_activation_formula_counts_what_autograd_keeps_for_each_layer(family
     if autocast:
         casts = 2 * sum(a * b + (4 * (a + b) if lora else 0) for a, b in shape.linears().values())
     assert planned.per_layer + casts == counted
+
+
+def test_ranks_that_share_one_cpu_each_count_in_its_memory():
+    one = plan_memory(tiny_config(), [TINY], [CPU], Workload(5), Placement(("cpu",))).devices[0]
+    two = plan_memory(tiny_config(), [TINY], [CPU], Workload(5), Placement(("cpu",), ranks=2)).devices[0]
+    assert two.peak == 2 * one.peak
+
+
+def test_the_memory_table_in_the_docs_is_the_one_the_planner_gives():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("memory_table", root / "benchmarks" / "memory_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.table() in (root / "docs" / "distributed.md").read_text()
