@@ -196,23 +196,47 @@ COLUMNS = Option(
 )
 VERBOSE = Option(("--verbose",), bool, False, VERBOSE_HELP)
 
+NUM_GENERATIONS = Option(("--num-generations", "-G"), Optional[int], field="num_generations")
+BATCH_SIZE = Option(("--batch-size",), Optional[int], field="batch_size")
+JOINT_MODE = Option(("--joint-mode",), field="joint_mode")
+CENTRALISED_OPTION = Option(
+    ("--centralised",),
+    bool,
+    False,
+    "Centralised MAGRPO: one model writes the whole joint answer (the single set-up's prompt, its reply cut "
+    "into the parts and scored as the team's, with the team's tokens); the task is then NAME-centralised.",
+)
+LORA = Option(
+    ("--lora/--full",),
+    Optional[bool],
+    help="LoRA adapters per agent on one shared base, or full fine-tuning.",
+    field="use_lora",
+)
+EXPAND = Option(
+    ("--expand",),
+    help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue).",
+    field="expand",
+)
+EXPAND_K = Option(("--expand-k",), Optional[int], help="k of --expand best-k (1: the greedy chain).", field="expand_k")
+NPROC = Option(
+    ("--nproc",),
+    int,
+    1,
+    "Data-parallel processes on this machine (launches torchrun; --batch-size is per process).",
+    min=1,
+)
+
 #: the options of ``magrpo train``
 TRAIN_OPTIONS = (
     Option(("--task",), help=TASK_HELP + " Default: coding (with --resume: the run's task)."),
     MODEL,
-    Option(("--num-generations", "-G"), Optional[int], field="num_generations"),
+    NUM_GENERATIONS,
     Option(("--steps",), Optional[int], field="max_steps"),
-    Option(("--batch-size",), Optional[int], field="batch_size"),
+    BATCH_SIZE,
     MAX_NEW_TOKENS,
     Option(("--lr",), Optional[float], help="AdamW learning rate.", field="learning_rate"),
-    Option(("--joint-mode",), field="joint_mode"),
-    Option(
-        ("--centralised",),
-        bool,
-        False,
-        "Centralised MAGRPO: one model writes the whole joint answer (the single set-up's prompt, its reply cut "
-        "into the parts and scored as the team's, with the team's tokens); the task is then NAME-centralised.",
-    ),
+    JOINT_MODE,
+    CENTRALISED_OPTION,
     Option(
         ("--algorithm",),
         help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic) or maac "
@@ -225,12 +249,7 @@ TRAIN_OPTIONS = (
         "action, A = Q - the mean Q of the node's joint actions; -G 2 and up).",
         field="critic_type",
     ),
-    Option(
-        ("--lora/--full",),
-        Optional[bool],
-        help="LoRA adapters per agent on one shared base, or full fine-tuning.",
-        field="use_lora",
-    ),
+    LORA,
     Option(("--seed",), Optional[int], field="seed"),
     Option(
         ("--output-dir", "-o"),
@@ -242,12 +261,8 @@ TRAIN_OPTIONS = (
     CONFIG,
     SET,
     TURNS,
-    Option(
-        ("--expand",),
-        help="Multi-turn tree: full, or best-k (only the k best joint actions of a node continue).",
-        field="expand",
-    ),
-    Option(("--expand-k",), Optional[int], help="k of --expand best-k (1: the greedy chain).", field="expand_k"),
+    EXPAND,
+    EXPAND_K,
     FEEDBACK,
     REVIEWER_URL,
     REVIEWER_MODEL,
@@ -282,13 +297,7 @@ TRAIN_OPTIONS = (
         help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
         "RUN/checkpoints/step-N. Task, models and config come from the run; flags may change max steps and logging.",
     ),
-    Option(
-        ("--nproc",),
-        int,
-        1,
-        "Data-parallel processes on this machine (launches torchrun; --batch-size is per process).",
-        min=1,
-    ),
+    NPROC,
     VERBOSE,
 )
 
@@ -688,6 +697,149 @@ def _default_engine_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------- magrpo plan
+#: the longest first-turn prompt of each task's train split in tokens, counted with the bundled
+#: model's tokenizer and chat template (another model's tokenizer counts otherwise: --prompt-tokens)
+TASK_PROMPT_TOKENS = {"coding": 507, "coding-paper": 477, "summarize": 535, "expand": 488}
+DEVICES_HELP = (
+    "Devices to plan: 4xH100-80GB (4 GPUs, with a suggested placement for 1, 2, 4 and 8 of them), 2x80GB, "
+    "cuda:0=80GB,cuda:1=40GB, cpu (this machine's memory), cpu=24GB. GB is read as GiB. Default: this machine."
+)
+
+#: the options of ``magrpo plan``: the train command's that shape memory, and what a plan needs besides
+PLAN_OPTIONS = (
+    Option(("--task",), str, "coding", TASK_HELP + " Its longest prompt is the default --prompt-tokens."),
+    MODEL,
+    NUM_GENERATIONS,
+    BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    TURNS,
+    EXPAND,
+    EXPAND_K,
+    JOINT_MODE,
+    CENTRALISED_OPTION,
+    LORA,
+    CONFIG,
+    SET,
+    replace(NPROC, help="Data-parallel processes to plan, one GPU each (sharded with --set data_parallel=shard)."),
+    Option(("--devices",), help=DEVICES_HELP),
+    Option(("--prompt-tokens",), Optional[int], help="The longest first-turn prompt in tokens (default: the task's)."),
+    Option(
+        ("--feedback-tokens",),
+        int,
+        128,
+        "Tokens a later turn's prompt adds beside the previous answer (the feedback and the request to revise).",
+        min=0,
+    ),
+)
+
+
+@command(app, "plan", PLAN_OPTIONS, epilog=config_fields_epilog(PLAN_OPTIONS))
+def plan(given: SimpleNamespace) -> None:
+    """Plan a run's memory per device before it runs (weights, copies, gradients, AdamW moments, activations,
+    engines), say whether it fits, and suggest where to place it on 1, 2, 4 and 8 GPUs."""
+    try:
+        _plan(given)
+    except (UsageError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _plan(given: SimpleNamespace) -> None:
+    from magrpo import memory_plan as mp
+    from magrpo.tasks import get_task
+
+    task = given.task + (CENTRALISED if given.centralised and not given.task.endswith(CENTRALISED) else "")
+    task_obj = get_task(task)
+    flags = {"num_agents": task_obj.num_agents, **config_values(PLAN_OPTIONS, given)}
+    cfg = resolve_config(task, given.config, flags, given.set)
+    specs = given.model or ["default"]
+    specs = specs * cfg.num_agents if len(specs) == 1 else specs
+    if len(specs) != cfg.num_agents:
+        raise UsageError(f"{len(specs)} --model values for {cfg.num_agents} agents; give one for all or one per agent")
+    models = [mp.model_shape(spec) for spec in specs]
+    devices = mp.parse_devices(given.devices or "auto")
+    prompt = given.prompt_tokens or TASK_PROMPT_TOKENS[task.removesuffix(CENTRALISED)]
+    workload = mp.Workload(prompt, given.feedback_tokens if cfg.num_turns > 1 else 0)
+    uniform_gpus = all(d.is_gpu and d.memory == devices[0].memory for d in devices)
+    suggestions = mp.suggest_placements(cfg, models, devices[0], workload) if uniform_gpus else []
+    if given.nproc > 1:
+        shard = cfg.data_parallel == "shard"
+        placement = mp.Placement((devices[0].name,) * cfg.num_agents, ranks=given.nproc, shard=shard)
+        cfg = mp.for_placement(cfg, placement)
+        devices = devices[:1]
+    elif cfg.agent_devices or len(devices) == 1 or not suggestions:
+        placement = None
+    else:  # several GPUs and no placement asked for: the one suggested for this many
+        chosen = [s for n, _, s in suggestions if n == len(devices)]
+        found = chosen[0] if chosen else mp.suggest_placements(cfg, models, devices[0], workload, [len(devices)])[0][2]
+        placement = found.placement
+        cfg = mp.for_placement(cfg, placement)
+    result = mp.plan_memory(cfg, models, devices, workload, placement)
+    _print_plan(task, cfg, models, workload, result)
+    if suggestions:
+        console.print(_suggestions_table(devices[0], suggestions))
+
+
+def _print_plan(task: str, cfg: MAGRPOConfig, models, workload, result) -> None:
+    from magrpo.memory_plan import HELD, GiB
+
+    names = sorted({m.name for m in models})
+    lora = cfg.lora_per_agent()
+    training = "LoRA" if all(lora) else "full fine-tuning" if not any(lora) else "LoRA and full agents"
+    console.print(
+        f"[bold]magrpo plan[/]: task {task}, {cfg.num_agents} agent(s) of {', '.join(names)}, {training}, "
+        f"G={cfg.num_generations}, {cfg.batch_size} item(s) per step, {cfg.max_new_tokens} new tokens, "
+        f"{cfg.num_turns} turn(s), micro-batch {cfg.update_micro_batch_size}",
+        highlight=False,
+    )
+    later = ""
+    if cfg.num_turns > 1:
+        later = f"; a later turn adds the answer and {workload.feedback_tokens} feedback tokens"
+    precision = ", ".join(f"{k} {v}" for k, v in result.precision.items())
+    console.print(f"prompts up to {workload.prompt_tokens} tokens{later}; {precision}", highlight=False)
+    console.print(f"placement: {escape(result.placement.describe())}{_run_with(result.placement)}", highlight=False)
+    for device_plan in result.devices:
+        title = device_plan.device.describe()
+        table = Table(title=escape(title), show_lines=False, title_justify="left")
+        for column, justify in (("term", "left"), ("GiB", "right"), ("alive", "left"), ("how estimated", "left")):
+            table.add_column(column, justify=justify, overflow="fold")
+        for term in device_plan.terms:
+            alive = "whole step" if HELD in term.phases else ", ".join(term.phases)
+            table.add_row(escape(term.what), f"{term.bytes / GiB:.2f}", escape(alive), escape(term.how))
+        console.print(table)
+        phases = ", ".join(f"{phase} {nbytes / GiB:.1f}" for phase, nbytes in device_plan.phase_bytes().items())
+        console.print(f"GiB by phase (held + the phase's own): {escape(phases)}", highlight=False)
+        for note in device_plan.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        colour = "green" if device_plan.fits else "red"
+        console.print(f"[bold {colour}]{escape(device_plan.verdict())}[/]", highlight=False)
+
+
+def _run_with(placement) -> str:
+    flags = placement.train_flags()
+    return f" (magrpo train {flags})" if flags else ""
+
+
+def _suggestions_table(gpu, suggestions) -> Table:
+    from magrpo.memory_plan import GiB
+
+    table = Table(title=escape(f"placements on GPUs of {gpu.memory / GiB:.0f} GiB ({gpu.label or gpu.name})"))
+    for column in ("GPUs", "placement", "peak GiB per GPU", "verdict", ""):
+        table.add_column(column, overflow="fold")
+    for count, plans, chosen in suggestions:
+        for candidate in plans:
+            mark = ("suggested" if chosen.fits else "least short") if candidate is chosen else ""
+            verdict = "fits" if candidate.fits else "does not fit"
+            table.add_row(
+                str(count),
+                escape(candidate.placement.describe() + _run_with(candidate.placement)),
+                f"{candidate.peak / GiB:.1f}",
+                verdict,
+                mark,
+            )
+    return table
 
 
 def main() -> None:  # pragma: no cover
