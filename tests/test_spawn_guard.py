@@ -99,16 +99,16 @@ def test_a_thread_started_by_unguarded_module_level_code_is_refused(tmp_path):
     script = write(
         tmp_path / "train.py",
         """
-        import threading
+        from concurrent.futures import ThreadPoolExecutor
 
-        worker = threading.Thread(target=start_engines)
-        worker.start()
-        worker.join()
+        ThreadPoolExecutor(1).submit(start_engines).result()
         """,
     )
+    # one statement starts the thread and waits for it: the main thread is on that line throughout
     result = run([str(script)], tmp_path)
     assert "engines started" not in result.stdout
-    assert refusal(script, 12, "worker.join()").removeprefix("magrpo.errors.") in result.stderr
+    line = "ThreadPoolExecutor(1).submit(start_engines).result()"
+    assert refusal(script, 10, line).removeprefix("magrpo.errors.") in result.stderr
 
 
 @pytest.mark.parametrize(

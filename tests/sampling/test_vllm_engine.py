@@ -256,17 +256,53 @@ def test_full_agents_on_engines_of_their_own_decode_at_once_the_samples_of_one_a
 
 def test_engines_of_their_own_split_the_cores_and_auto_gives_them_to_two_or_more_cpu_engines():
     from magrpo import ConfigError
+    from magrpo.sampling.placement import EnginePlacement
     from magrpo.sampling.vllm_engine import own_engine_processes, share_of_cores
 
     assert [share_of_cores(i, 2, [0, 1]) for i in range(2)] == [[0], [1]]
     assert [share_of_cores(i, 3, list(range(8))) for i in range(3)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
     assert [share_of_cores(i, 3, [4, 5]) for i in range(3)] == [[4], [5], [4]]  # more engines than cores
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert own_engine_processes("auto", 2, [cpu, cpu]) and not own_engine_processes("auto", 1, [cpu])
-    assert not own_engine_processes("auto", 2, [cuda, cuda])
-    assert own_engine_processes("own", 1, [cpu]) and not own_engine_processes("training", 2, [cpu, cpu])
+    cpu, pinned, gpu0 = EnginePlacement("cpu"), EnginePlacement("cpu", (0, 1)), EnginePlacement("cuda", (0,))
+    assert own_engine_processes("auto", [cpu, cpu]) and not own_engine_processes("auto", [cpu])
+    assert own_engine_processes("auto", [pinned])  # cores of its own: only a process of its own keeps to them
+    assert not own_engine_processes("auto", [gpu0, gpu0])  # beside the trainer on its GPU
+    assert own_engine_processes("auto", [EnginePlacement("cuda", (1,))])  # another GPU: a process that sees it
+    assert own_engine_processes("auto", [EnginePlacement("cuda", (0, 1))])  # tensor parallel
+    assert own_engine_processes("own", [cpu]) and not own_engine_processes("training", [cpu, cpu])
     with pytest.raises(ConfigError, match=r"vllm_engine_process='worker' is not valid; choose one of 'auto', "):
-        own_engine_processes("worker", 2, [cpu, cpu])
+        own_engine_processes("worker", [cpu, cpu])
+
+
+def test_an_engine_placement_is_read_from_its_text_and_names_what_its_process_sees(monkeypatch):
+    from magrpo import ConfigError
+    from magrpo.sampling.placement import EnginePlacement, engine_placements
+
+    assert EnginePlacement.parse("cpu") == EnginePlacement("cpu")
+    assert EnginePlacement.parse("cpu:0-3") == EnginePlacement("cpu", (0, 1, 2, 3))
+    assert EnginePlacement.parse("cuda:2,3") == EnginePlacement("cuda", (2, 3))
+    assert EnginePlacement.parse("cuda:2,3").tensor_parallel_size == 2
+    for bad in ("gpu:1", "cuda:x", "cpu:1,1", "cuda:1-"):
+        with pytest.raises(ConfigError, match=f"engine placement '{bad}' "):
+            EnginePlacement.parse(bad)
+    # the GPUs a process of its own sees, named as the trainer's CUDA_VISIBLE_DEVICES names them
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    assert EnginePlacement.parse("cuda:1,2").environment() == {"CUDA_VISIBLE_DEVICES": "5,6"}
+    with pytest.raises(ConfigError, match="names a GPU this process does not see"):
+        EnginePlacement.parse("cuda:3").environment()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert EnginePlacement.parse("cuda:1").environment() == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert EnginePlacement.parse("cpu:2-3").environment() == {"VLLM_CPU_OMP_THREADS_BIND": "2,3"}
+    assert EnginePlacement.beside(torch.device("cuda", 1)) == EnginePlacement("cuda", (1,))
+
+    class Agent:
+        def __init__(self, name):
+            self.name, self.device = name, torch.device("cpu")
+
+    agents = [Agent("agent_0"), Agent("agent_1")]
+    assert engine_placements(agents, [[0, 1]], ["cuda:1", "cuda:1"]) == [EnginePlacement("cuda", (1,))]
+    with pytest.raises(ConfigError, match="agent_0='cuda:1', agent_1='cuda:2' share one model and so one engine"):
+        engine_placements(agents, [[0, 1]], ["cuda:1", "cuda:2"])
+    assert engine_placements(agents, [[0], [1]], None) == [EnginePlacement("cpu"), EnginePlacement("cpu")]
 
 
 def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model_loads(tmp_path):
