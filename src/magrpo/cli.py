@@ -22,6 +22,7 @@ from rich.table import Table
 
 from magrpo.cli_options import Option, command, config_fields_epilog, config_values
 from magrpo.config import MAGRPOConfig, load_yaml_mapping
+from magrpo.errors import DiskFullError
 from magrpo.run_folder import FINAL, RunFolder
 from magrpo.tasks import CENTRALISED, TASKS, check_task_name
 
@@ -309,7 +310,7 @@ def train(given: SimpleNamespace) -> None:
         _relaunch_with_torchrun(given.nproc)
     try:
         _train(given)
-    except (UsageError, ValueError, ImportError) as exc:
+    except (UsageError, ValueError, ImportError, DiskFullError) as exc:  # a full disk: one message, no traceback
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None

@@ -33,6 +33,12 @@ class EnvError(ValueError):
     """An environment that breaks the :class:`magrpo.envs.MultiAgentEnv` contract."""
 
 
+class DiskFullError(RuntimeError):
+    """A save that ran out of disk space: not bad input but a fault of the run. Nothing of the
+    failed save is left on the disk; the message names what ran out, how much was needed, the
+    newest complete checkpoint and the command that resumes from it."""
+
+
 class RolloutServerError(RuntimeError):
     """A rollout server (``vllm_mode="server"``) that failed to answer or refused a request: not bad
     input but a fault of the run; the message names the server's URL and what it said. The run
@@ -44,6 +50,7 @@ class RolloutServerError(RuntimeError):
 
 
 __all__ = [
+    "DiskFullError",
     "RolloutServerError",
     "CheckpointError",
     "ConfigError",

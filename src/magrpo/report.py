@@ -1,11 +1,13 @@
-"""What a run shows and leaves behind: the run directory (the resolved config, metrics.jsonl,
-samples.jsonl, checkpoint folders, the reward curve) and the progress bar of a training run."""
+"""What a run shows and leaves behind: the run directory (the resolved config, what produced it,
+metrics.jsonl, samples.jsonl, checkpoint folders, the reward curve) and the progress bar of a
+training run."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -36,9 +38,27 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         resolved = {"config": config.to_dict(), **(extra or {})}
         self.folder.config.write_text(dump_yaml(resolved))
+        self.record_provenance(resume)
         if not resume:
             for path in (self.metrics_path, self.samples_path):  # a re-used directory starts afresh
                 path.unlink(missing_ok=True)
+
+    def record_provenance(self, resume: bool) -> None:
+        """``provenance.json``: what produces this sitting of the run (the commit, the versions of
+        magrpo, torch, transformers, peft and vLLM, the CPU and GPU), after those of the sittings
+        it resumes (a run resumed elsewhere shows it)."""
+        from magrpo.provenance import provenance
+
+        path, sittings = self.folder.provenance, []
+        if resume and path.is_file():
+            try:
+                sittings = list(json.loads(path.read_text())["sittings"])
+            except (ValueError, KeyError, TypeError):
+                sittings = []  # a damaged record: this sitting's stands alone
+        sittings.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume, **provenance()})
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"sittings": sittings}, indent=1) + "\n")
+        os.replace(tmp, path)
 
     def resume_at(self, step: int) -> list[dict[str, Any]]:
         """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them;

@@ -5,12 +5,16 @@ computes; :mod:`magrpo.step` is the algorithm."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -18,15 +22,18 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from magrpo.checkpoint import (
+    MANIFEST,
     check_resumable_config,
+    checkpoints_of,
     load_checkpoint,
     prune_checkpoints,
     resolve_resume,
     save_checkpoint,
 )
 from magrpo.config import MAGRPOConfig
+from magrpo.disk import check_free_space, checkpoint_size, is_out_of_space, out_of_space_message
 from magrpo.envs.check import check_env
-from magrpo.errors import ConfigError, RolloutServerError
+from magrpo.errors import ConfigError, DiskFullError, RolloutServerError
 from magrpo.report import RunLog, progress_bar
 from magrpo.team import Precision, Team
 from magrpo.trackers import Trackers
@@ -81,10 +88,11 @@ def train_loop(
         state.history = log.resume_at(state.step)
         if main:
             print(f"resumed from {resumed} at step {state.step}", flush=True)
+    check_space(trainer)  # before step 1: a checkpoint's size is known
     if main:
         on_ranks = f" on {ranks.world_size} ranks" if ranks.world_size > 1 else ""
         print(f"plan: {args.plan().describe()}{on_ranks}", flush=True)
-    stop = StopRequest()
+    stop, out_of_space = StopRequest(), False
     with progress_bar(progress and main, args.max_steps, completed=state.step) as bar, stop.on_signals(trainer):
         try:
             while state.step < args.max_steps:
@@ -104,19 +112,22 @@ def train_loop(
                     stop.raise_stop(trainer, log)
         except _Stopped as stopped:
             raise stopped.exit from None
+        except DiskFullError:
+            out_of_space = True  # the weights alone would not fit either
+            raise
         finally:
             trackers.close()
             # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
             # weights of its last step when the last full checkpoint is older
-            died = state.step < args.max_steps and stop.signal is None
+            died = state.step < args.max_steps and stop.signal is None and not out_of_space
             # (not when sharded: gathering the weights needs every rank, and the others may be gone)
             if died and state.step > state.cadence.last_step and main and not ranks.sharded:
-                trainer.save(log.checkpoint_dir(state.step, suffix="-interrupted"))
+                save_interrupted(trainer, log.checkpoint_dir(state.step, suffix="-interrupted"))
     saves_checkpoints = bool(args.save_steps or args.save_minutes)  # both 0: final weights only
     if saves_checkpoints and state.cadence.last_step != state.step:
         trainer.checkpoint(log.checkpoint_dir(state.step))
     if main or ranks.sharded:
-        trainer.save(log.final_dir())
+        save_weights(trainer, log.final_dir(), what="the final weights")
     if main:
         log.plot_rewards(state.history)
     ranks.barrier()  # the other ranks return once the run's files are written
@@ -153,9 +164,76 @@ def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], li
         ) from exc
 
 
+def check_space(trainer: "MAGRPOTrainer") -> None:
+    """Refuse to start where the output folder cannot hold one checkpoint, warn where it cannot
+    hold the checkpoints the run keeps (:func:`magrpo.disk.check_free_space`); decided on the
+    first rank, which writes them, and obeyed by all."""
+    ranks, refusal = trainer.team.ranks, None
+    if ranks.is_main:
+        existing = [p for p in checkpoints_of(trainer.args.output_dir) if (p / MANIFEST).is_file()]
+        try:
+            check_free_space(trainer, existing)
+        except ConfigError as exc:
+            refusal = exc
+    if ranks.any(refusal is not None):
+        raise refusal or ConfigError("the first rank's output folder cannot hold a checkpoint of this run")
+
+
+def resume_hint(trainer: "MAGRPOTrainer") -> str:
+    """The command (CLI) or call (Python) that resumes this run."""
+    return trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(trainer.args.output_dir)!r})"
+
+
+def newest_complete(run_dir: str | Path) -> tuple[Path | None, int | None]:
+    """The run's newest checkpoint that has its manifest (written last), and its step."""
+    for path in reversed(checkpoints_of(run_dir)):
+        if (path / MANIFEST).is_file():
+            return path, int(path.name.split("-")[1])
+    return None, None
+
+
+def disk_full(trainer: "MAGRPOTrainer", what: str, folder: Path, needed: int) -> DiskFullError:
+    newest, step = newest_complete(trainer.args.output_dir)
+    return DiskFullError(out_of_space_message(what, folder, needed, newest, step, resume_hint(trainer)))
+
+
+def save_weights(trainer: "MAGRPOTrainer", directory: str | Path, what: str) -> Path:
+    """The agents' weights (:meth:`MAGRPOTrainer.save`) into ``directory`` written whole or not
+    at all: into a hidden folder beside it, renamed at the end; a save that runs out of space is
+    a :class:`DiskFullError` naming what was needed."""
+    directory = Path(directory)
+    if not trainer.team.ranks.is_main:  # a sharded run's other ranks gather; the first writes
+        return trainer.save(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        trainer.save(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.chmod(0o755)
+        os.rename(tmp, directory)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = checkpoint_size(trainer, current=True).weights
+        if is_out_of_space(exc, directory.parent, needed):
+            raise disk_full(trainer, f"{what} ({directory})", directory.parent, needed) from exc
+        raise
+    return directory
+
+
+def save_interrupted(trainer: "MAGRPOTrainer", directory: Path) -> None:
+    """The weights of a run that died, where they can be written: a failure here is a warning,
+    never the error the run died of."""
+    try:
+        save_weights(trainer, directory, what=f"the weights of step {trainer.state.step}")
+    except Exception as exc:  # the run's own error is on its way up
+        warnings.warn(f"the weights of step {trainer.state.step} could not be saved: {exc}", stacklevel=2)
+
+
 def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     """A full, resumable checkpoint (see :mod:`magrpo.checkpoint`); older ones beyond
-    ``save_total_limit`` are deleted."""
+    ``save_total_limit`` are deleted. A save that runs out of space leaves nothing of itself and
+    is a :class:`DiskFullError` naming what was needed and the newest complete checkpoint."""
     team, state = trainer.team, trainer.state
     whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
@@ -169,16 +247,22 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
             "precision": precision_policy(team.precision),
             "world_size": team.ranks.world_size,
         }
-        save_checkpoint(
-            directory,
-            agents=team.agents,
-            optimizers=team.optimizers,
-            trainer_state=saved,
-            config=trainer.args,
-            whole_states=whole,
-            critics=team.critics,
-            write_extra=trainer.ahead.save if trainer.ahead is not None else None,  # a rollout sampled ahead
-        )
+        try:
+            save_checkpoint(
+                directory,
+                agents=team.agents,
+                optimizers=team.optimizers,
+                trainer_state=saved,
+                config=trainer.args,
+                whole_states=whole,
+                critics=team.critics,
+                write_extra=trainer.ahead.save if trainer.ahead is not None else None,  # a rollout sampled ahead
+            )
+        except Exception as exc:
+            needed = checkpoint_size(trainer, current=True).total
+            if is_out_of_space(exc, Path(directory).parent, needed):
+                raise disk_full(trainer, f"checkpoint {Path(directory).name}", Path(directory).parent, needed) from exc
+            raise
         prune_checkpoints(Path(directory).parent.parent, trainer.args.save_total_limit)
     team.ranks.barrier()  # a checkpoint is complete before any rank goes on
     state.cadence.saved(state.step)

@@ -1,6 +1,8 @@
 """The layout of a run folder, in one place (the trainer, checkpoints and the CLI all read it):
 
 RUN/config.yaml              the resolved config (and the CLI's task and models)
+RUN/provenance.json          what produced it, per sitting (a resume adds one): the commit, the
+                             versions of magrpo, torch, transformers, peft, vLLM, the CPU and GPU
 RUN/metrics.jsonl            one row per step
 RUN/samples.jsonl            prompts, completions, rewards
 RUN/reward_curve.png
@@ -14,6 +16,7 @@ import re
 from pathlib import Path
 
 CONFIG_FILE = "config.yaml"
+PROVENANCE_FILE = "provenance.json"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 #: a complete checkpoint's folder name; unfinished saves are hidden (``.step-N.*``)
@@ -35,6 +38,10 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.path / CONFIG_FILE
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / PROVENANCE_FILE
 
     @property
     def metrics(self) -> Path:
@@ -60,4 +67,4 @@ class RunFolder:
         return self.path / FINAL
 
 
-__all__ = ["CHECKPOINTS", "CONFIG_FILE", "FINAL", "STEP_DIR", "RunFolder"]
+__all__ = ["CHECKPOINTS", "CONFIG_FILE", "FINAL", "PROVENANCE_FILE", "STEP_DIR", "RunFolder"]

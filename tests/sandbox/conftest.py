@@ -10,8 +10,11 @@ import pytest
 
 from magrpo.sandbox import run_tests
 
-# Small limits keep the suite fast on a 2-core machine; each test states what it overrides.
-FAST = dict(timeout_s=4.0, test_timeout_s=1.0, memory_bytes=512 << 20)
+# Small limits keep the suite fast on a 2-core machine; each test states what it overrides. The
+# wall-clock backstops are five times the CPU limits, as the defaults' are.
+FAST = dict(cpu_time_s=4.0, test_cpu_time_s=1.0, timeout_s=20.0, test_timeout_s=5.0, memory_bytes=512 << 20)
+#: FAST with a short wall-clock backstop per test, for tests that sleep or block
+SHORT_WALL = {**FAST, "test_timeout_s": 1.0}
 
 
 def processes_matching(needle: str) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 
 from magrpo.sandbox import run_tests, runner
 
-from .conftest import FAST
+from .conftest import FAST, SHORT_WALL
 
 CODE = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(1, 2) == 4", "import socket\nsocket.socket()"]
@@ -40,5 +40,9 @@ def test_degraded_tier_grades_and_warns(tier, monkeypatch):
 @pytest.mark.filterwarnings("ignore:sandbox")
 def test_degraded_tier_still_times_out_and_cleans_up(monkeypatch):
     monkeypatch.setenv("MAGRPO_SANDBOX_ISOLATION", "none")
-    r = run_tests("import time\n", ["time.sleep(30)", "assert True"], **FAST)
-    assert [o.status for o in r.outcomes] == ["timeout", "passed"]
+    r = run_tests("import time\n", ["time.sleep(30)", "assert True"], **SHORT_WALL)
+    assert [(o.status, o.reason) for o in r.outcomes] == [("timeout", "wall"), ("passed", "")]
+    r = run_tests(
+        "import os\n", ["if os.fork() == 0:\n    os.setsid()\n    while True:\n        pass\nos.wait()"], **FAST
+    )
+    assert [(o.status, o.reason) for o in r.outcomes] == [("timeout", "cpu")]  # its orphan's CPU counted too

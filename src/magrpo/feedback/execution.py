@@ -38,6 +38,16 @@ def _short(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: what each limit that stops a program is called in the feedback
+STOP_REASONS = {
+    "cpu": "it used more than its CPU time",
+    "wall": "it ran past its wall-clock time (it blocked or slept)",
+    "memory": "out of memory",
+    "output": "too much output",
+    "file_size": "a file grew too large",
+}
+
+
 def _error_kind(message: str) -> str:
     """``"ExcType: message"`` -> ``ExcType`` (the message may quote the test's values)."""
     kind = message.split(":", 1)[0].strip()
@@ -70,7 +80,7 @@ def test_summary(score: CodingScore, show_failed_tests: bool = False) -> str:
     kinds = f"; {failure_kinds(failures)}" if failures and not show_failed_tests else ""
     lines = [f"Tests: {run.passed}/{run.total} passed{kinds}."]
     if run.killed_reason:
-        lines.append(f"The program was stopped: {run.killed_reason}.")
+        lines.append(f"The program was stopped: {STOP_REASONS.get(run.killed_reason, run.killed_reason)}.")
     if run.setup_error:  # the program's own load error (a SyntaxError, a NameError at import): no test in it
         lines.append(f"The program failed to load: {_short(run.setup_error)}")
     if show_failed_tests:

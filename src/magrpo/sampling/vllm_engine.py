@@ -33,6 +33,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -43,6 +44,7 @@ from magrpo.errors import ConfigError
 from magrpo.grouping import distinct_by_identity, group_by_identity
 from magrpo.models.agent import AgentPolicy
 from magrpo.models.store import ensure_architectures
+from magrpo.sampling.engine_watch import EngineWatch
 from magrpo.sampling.placement import EnginePlacement, engine_placements
 from magrpo.sampling.vllm_sampler import AgentRequests, Completion, vllm_completions
 from magrpo.sampling.vllm_worker import EXTENSION
@@ -138,8 +140,6 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             sleep_mode=self.sleep_mode,
         )
-        # an engine of its own process must not outlive the trainer, even one killed with SIGKILL
-        self.llm.collective_rpc("magrpo_die_with", kwargs={"trainer_pid": os.getpid()})
         self.stale = {agent.name for agent in self.agents if agent.adapter is not None}  # no adapter loaded yet
         self.adapters: dict[str, Any] = {}  # agent name -> its current LoRARequest
         self.asleep = False
@@ -416,18 +416,29 @@ def build_llm(
     # in this process the weights need no transfer; in a process of its own the engine decodes
     # while the others do, on the cores or GPUs it is given
     environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if own_process else "0"}
+    watch = None
     if own_process:
         environment.update(placement.environment())
+        # its processes must not outlive this one, even killed with SIGKILL while the engine is built
+        watch = EngineWatch()
+        environment.update(watch.environment)
     import vllm.envs
 
     vllm.envs.disable_envs_cache()  # an engine built before cached its environment: read ours
     set_num_threads = torch.set_num_threads
     try:
         with _environment(environment):
-            return LLM(**options)
+            llm = LLM(**options)
+    except BaseException:
+        if watch is not None:
+            watch.release()  # what the failed engine started is ended
+        raise
     finally:
         # the CPU worker replaces torch.set_num_threads by a no-op; the trainer still sets its own threads
         torch.set_num_threads = set_num_threads
+    if watch is not None:
+        weakref.finalize(llm, watch.release)  # let go (vLLM shuts it down): what hangs is ended
+    return llm
 
 
 @contextlib.contextmanager

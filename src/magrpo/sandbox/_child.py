@@ -11,6 +11,10 @@ Only cheap stdlib modules are imported (no re, json, enum) because every
 millisecond here is paid once per graded program.  Each test
 reports on a dedicated pipe with a per-test random token; anything else the
 program writes (stdout, fake report lines) earns nothing.
+
+A test is timed by the CPU its processes spend (read from /proc while it runs, from the
+loader's rusage of its reaped children after), with a wall-clock backstop for a test that
+blocks or sleeps; the whole program's limits are the parent's (runner.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import resource
 import select
 import sys
+import time
 
 _EFBIG = 27
 _MAX_MSG = 1000  # bytes of message per report: keeps each report line < PIPE_BUF (atomic write)
@@ -31,10 +36,10 @@ _MAX_MSG = 1000  # bytes of message per report: keeps each report line < PIPE_BU
 _SIGNAL_NAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
 
 
-def _load_isolation():
+def _load(name: str):
     # Loaded by path: -I keeps this directory off sys.path, which we want for the program.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_isolation.py")
-    module = type(sys)("_magrpo_sandbox_isolation")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    module = type(sys)(f"_magrpo_sandbox{name}")
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), module.__dict__)
     return module
@@ -92,10 +97,13 @@ def _set_limits(lim: dict, cap_processes: bool) -> None:
             resource.setrlimit(which, (min(value, hard) if hard != resource.RLIM_INFINITY else value, hard))
 
     setr(resource.RLIMIT_AS, lim["memory_bytes"])
+    # A backstop only (the program's CPU is measured as a whole by the parent, each test's by the
+    # loader): no one process may spend more than the whole program's CPU time.
+    cpu = int(lim["cpu_time_s"]) + 1
     try:  # soft < hard: SIGXCPU (classified as "cpu") arrives before the kernel's SIGKILL
-        resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_time_s"], lim["cpu_time_s"] + 1))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     except (ValueError, OSError):
-        setr(resource.RLIMIT_CPU, lim["cpu_time_s"])
+        setr(resource.RLIMIT_CPU, cpu)
     setr(resource.RLIMIT_FSIZE, lim["file_size_bytes"])
     setr(resource.RLIMIT_NOFILE, lim["open_files"])
     setr(resource.RLIMIT_CORE, 0)
@@ -126,28 +134,48 @@ def _block_sockets() -> None:
     sys.addaudithook(hook)
 
 
-def _wait(pid: int, timeout: float) -> int | None:
-    """Wait status of child ``pid`` or None after ``timeout`` seconds."""
-    try:
-        pfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pfd = None
-    if pfd is not None:
-        try:
-            ready, _, _ = select.select([pfd], [], [], timeout)
-        finally:
-            os.close(pfd)
-        return os.waitpid(pid, 0)[1] if ready else None
-    import time
+def _watcher(tree_cpu_s):
+    """``watch(pid, cpu_limit, wall_limit) -> (wait status or None, "cpu" | "wall" | "")``: wait
+    for test process ``pid`` to end while its processes (it and its descendants, this process's
+    other children being none: the loader sweeps between tests) spend less than ``cpu_limit``
+    seconds of CPU and ``wall_limit`` seconds pass. Built before the program loads, from the
+    functions it will use."""
+    pidfd_open, select_, waitpid = getattr(os, "pidfd_open", None), select.select, os.waitpid
+    monotonic, sleep = time.monotonic, time.sleep
+    readlink, close, cores, WNOHANG = os.readlink, os.close, max(1, os.cpu_count() or 1), os.WNOHANG
 
-    deadline, step = time.monotonic() + timeout, 0.0005
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(step)
-        step = min(step * 2, 0.02)
-    return None
+    def watch(pid: int, cpu_limit: float, wall_limit: float) -> tuple[int | None, str]:
+        me = int(readlink("/proc/self"))  # this process as its /proc numbers it (pid 1 in its own namespace)
+        start = checked = monotonic()
+        used = 0.0
+        try:
+            pfd = pidfd_open(pid) if pidfd_open is not None else None
+        except OSError:
+            pfd = None
+        try:
+            while True:
+                now = monotonic()
+                if now - start >= wall_limit:
+                    return None, "wall"
+                if used + (now - checked) * cores >= cpu_limit:  # it may have reached the limit: measure
+                    used, checked = tree_cpu_s(me, include_root=False), now
+                    if used >= cpu_limit:
+                        return None, "cpu"
+                # the earliest the limit can be reached, with every core busy; at least 10 ms apart
+                pause = min(start + wall_limit, checked + max(0.01, (cpu_limit - used) / cores)) - now
+                if pfd is not None:
+                    if select_([pfd], [], [], max(0.0, pause))[0]:
+                        return waitpid(pid, 0)[1], ""
+                else:
+                    done, status = waitpid(pid, WNOHANG)
+                    if done:
+                        return status, ""
+                    sleep(min(max(0.0, pause), 0.02))
+        finally:
+            if pfd is not None:
+                close(pfd)
+
+    return watch
 
 
 def _classify_exit(status: int, lim: dict) -> tuple[str, str, str] | None:
@@ -155,7 +183,7 @@ def _classify_exit(status: int, lim: dict) -> tuple[str, str, str] | None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU:
-            return "killed", "cpu", f"CPU time limit exceeded ({lim['cpu_time_s']} s)"
+            return "timeout", "cpu", f"a process used more than the program's {lim['cpu_time_s']} s of CPU time"
         if sig == signal.SIGXFSZ:
             return "killed", "file_size", f"file size limit exceeded ({lim['file_size_bytes']} bytes)"
         return "error", "", f"test process died from signal {_SIGNAL_NAMES.get(sig, sig)}"
@@ -165,7 +193,7 @@ def _classify_exit(status: int, lim: dict) -> tuple[str, str, str] | None:
     return None  # exit 0: it reported (or chose not to; the parent treats that as an error)
 
 
-def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
+def _run_program(job: dict, res_fd: int, sweep_namespace: bool, proctree) -> None:
     """Load the program, then run each test in its own forked process.  Never returns."""
     # Everything the harness needs is bound here, before untrusted code can patch modules.
     fork, write, _exit, getpid, kill, killpg = os.fork, os.write, os._exit, os.getpid, os.kill, os.killpg
@@ -175,6 +203,12 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
     lim, tests, tokens, entry = job["limits"], job["tests"], job["tokens"], job["entry_point"]
     strict, counted = job.get("strict_results", False), job.get("count_calls")
     is_plain, callable_, type_ = _plain_checker(), callable, type
+    watch, descendants, monotonic = _watcher(proctree.tree_cpu_s), proctree.descendants, time.monotonic
+    getrusage, RUSAGE_CHILDREN, readlink = resource.getrusage, resource.RUSAGE_CHILDREN, os.readlink
+
+    def children_cpu() -> float:
+        usage = getrusage(RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
     def type_name(value) -> str:
         try:
@@ -275,6 +309,22 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
                 waitpid(pid, 0)
             except ChildProcessError:
                 pass
+            # a process that left the test's group came to us (a child subreaper): kill and reap it
+            for _ in range(100):
+                left = descendants(int(readlink("/proc/self")))
+                for stray in left:
+                    try:
+                        kill(stray, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                try:
+                    while waitpid(-1, os.WNOHANG)[0]:
+                        pass
+                except ChildProcessError:
+                    return
+                if not left:
+                    return
+                time.sleep(0.01)
 
     function_type = type(_plain_checker)
     graded = (
@@ -289,7 +339,9 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
     write(res_fd, _line(job["setup_token"], "loaded", "", ""))
     if sweep_namespace:
         sweep(0)  # nothing the program started while loading survives into the tests
+    cpu_limit, wall_limit = lim["test_cpu_time_s"], lim["test_timeout_s"]
     for i, (source, token) in enumerate(zip(tests, tokens)):
+        spent_before, started = children_cpu(), monotonic()
         pid = fork()
         if pid == 0:
             me = getpid()
@@ -324,15 +376,19 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
             flush()
             write(res_fd, _line(token, result[0], result[1], result[2], calls[0]))
             _exit(0)
-        status = _wait(pid, lim["test_timeout_s"])
-        if status is None:
-            sweep(pid)
-            write(res_fd, _line(token, "timeout", "timeout", f"test exceeded {lim['test_timeout_s']} s"))
-            continue
-        verdict = _classify_exit(status, lim)
-        if verdict is not None:
-            write(res_fd, _line(token, *verdict))
-        sweep(pid)
+        status, limit = watch(pid, cpu_limit, wall_limit)
+        sweep(pid)  # every process of the test reaped: their CPU is in our children's rusage
+        cpu, wall = children_cpu() - spent_before, monotonic() - started
+        if limit == "cpu":
+            write(res_fd, _line(token, "timeout", "cpu", f"test used more than {cpu_limit} s of CPU time"))
+        elif limit == "wall":
+            message = f"test exceeded {wall_limit} s wall clock, using {cpu:.2f} s of CPU time (it blocked or slept)"
+            write(res_fd, _line(token, "timeout", "wall", message))
+        else:
+            verdict = _classify_exit(status, lim)
+            if verdict is not None:
+                write(res_fd, _line(token, *verdict))
+        write(res_fd, _line(token, "usage", "", f"{cpu:.3f} {wall:.3f}"))
     flush()
     _exit(0)
 
@@ -340,7 +396,7 @@ def _run_program(job: dict, res_fd: int, sweep_namespace: bool) -> None:
 def _supervise(job: dict) -> None:
     res_fd, ctl_fd = job["res_fd"], job["ctl_fd"]
     lim, workdir, want = job["limits"], job["workdir"], job["isolation"]
-    iso = _load_isolation()
+    iso, proctree = _load("_isolation"), _load("_proctree")
     notes: list[str] = []
     euid, egid = os.geteuid(), os.getegid()
     tier = "none"
@@ -403,6 +459,10 @@ def _supervise(job: dict) -> None:
         os._exit(0)
     # Loader: still trusted until the program is exec'd below.
     if tier == "none":
+        try:  # a test's orphans come to the loader, which measures and sweeps them (pid 1 does elsewhere)
+            iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            notes.append("no child subreaper: a test's orphaned processes are neither timed nor swept by the loader")
         msg = {
             "tier": tier,
             "loader": os.getpid(),
@@ -435,7 +495,7 @@ def _supervise(job: dict) -> None:
     if tier == "none" and not lim["network"]:
         _block_sockets()
     sys.path.extend(job["site_paths"])  # started with -S: site-packages without running .pth hooks
-    _run_program(job, res_fd, sweep_namespace=tier != "none")
+    _run_program(job, res_fd, sweep_namespace=tier != "none", proctree=proctree)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Parent side of the sandbox: start the child, watch it, kill it, grade it.
 
 Nothing here runs generated code; the parent only reads pipes.  Per program:
-one interpreter start, one temp directory, one select loop.
+one interpreter start, one temp directory, one select loop, which also keeps the whole
+program's limits: the CPU its process tree spends (read from /proc, only as often as the limit
+could be reached with every core busy) and the wall-clock backstop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from ._proctree import process_cpu_s, tree_cpu_s
 from .split import split_tests
 from .types import SandboxLimits, TestOutcome, TestRunResult
 
@@ -91,6 +94,7 @@ class _Run:
     tokens: dict[str, int]
     setup_token: str
     reports: dict[int, tuple[str, str, str, int]] = dataclasses.field(default_factory=dict)
+    usage: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # per test: CPU s, wall s
     setup: tuple[str, str] | None = None  # (reason, message)
     info: dict = dataclasses.field(default_factory=dict)
     loader_fd: int | None = None
@@ -99,6 +103,7 @@ class _Run:
     seen: dict[str, int] = dataclasses.field(default_factory=dict)
     loaded: bool = False  # the program finished loading (tests were started)
     loader_exit: int | None = None  # exit code (negative: signal) of the loader, from the supervisor
+    cpu_s: float = 0.0  # CPU seconds of the whole process tree, last measured
 
     def on_report_line(self, line: bytes) -> None:
         parts = line.split(b" ")
@@ -117,6 +122,12 @@ class _Run:
         elif token in self.tokens and status in ("passed", "failed", "error", "timeout", "killed"):
             count = int(calls) if calls.isdigit() else 0
             self.reports.setdefault(self.tokens[token], (status, reason, message, count))  # first report wins
+        elif token in self.tokens and status == "usage":
+            try:
+                cpu, wall = (float(x) for x in message.split())
+            except ValueError:
+                return
+            self.usage.setdefault(self.tokens[token], (cpu, wall))
 
     def on_ctl_line(self, line: bytes) -> None:
         msg = ast.literal_eval(line.decode())
@@ -134,13 +145,19 @@ class _Run:
 
 def _kill_message(reason: str, lim: SandboxLimits) -> str:
     return {
-        "timeout": f"program exceeded {lim.timeout_s} s wall clock",
+        "cpu": f"program used more than {lim.cpu_time_s} s of CPU time",
+        "wall": f"program exceeded {lim.timeout_s} s wall clock",
         "output": f"output limit exceeded ({lim.output_bytes} bytes)",
     }.get(reason, reason)
 
 
-def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes, deadline: float) -> None:
-    """Move bytes until the child exits, the deadline passes or output overflows."""
+#: the CPU of the program's tree is read at least this many seconds apart
+_MIN_CPU_CHECK_S = 0.01
+
+
+def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes, start: float) -> None:
+    """Move bytes until the child exits, a time limit is reached (the program's CPU, or the wall
+    clock) or output overflows."""
     sel = selectors.DefaultSelector()
     names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", res_r: "res", ctl_r: "ctl"}
     for fd, name in names.items():
@@ -153,13 +170,22 @@ def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes,
     os.set_blocking(stdin, False)
     sel.register(stdin, selectors.EVENT_WRITE, "stdin")
     view, exited = memoryview(job), False
+    lim, cores = run.limits, max(1, os.cpu_count() or 1)
+    wall_deadline, checked = start + lim.timeout_s, start
     try:
         while not exited:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                run.killed = "timeout"
+            now = time.monotonic()
+            if now >= wall_deadline:
+                run.killed = "wall"
                 return
-            for key, _ in sel.select(left):
+            if run.cpu_s + (now - checked) * cores >= lim.cpu_time_s:  # it may have reached the limit: measure
+                run.cpu_s, checked = tree_cpu_s(proc.pid), now
+                if run.cpu_s >= lim.cpu_time_s:
+                    run.killed = "cpu"
+                    return
+            # the earliest the CPU limit can be reached, with every core busy
+            next_check = checked + max(_MIN_CPU_CHECK_S, (lim.cpu_time_s - run.cpu_s) / cores)
+            for key, _ in sel.select(max(0.0, min(wall_deadline, next_check) - now)):
                 name = key.data
                 if name == "exit":
                     exited = True
@@ -173,6 +199,7 @@ def _pump(proc: subprocess.Popen, run: _Run, res_r: int, ctl_r: int, job: bytes,
                         proc.stdin.close()
                 elif not _read(key.fd, name, run, sel):
                     return
+        run.cpu_s = process_cpu_s(proc.pid)  # exited, not yet reaped: its own CPU and its reaped tree's
         for fd, name in names.items():  # drain what the dead tree left in the pipes
             if fd in sel.get_map() and not _read(fd, name, run, sel, drain=True):
                 return
@@ -278,23 +305,27 @@ def _terminate(proc: subprocess.Popen, run: _Run, marker: str) -> None:
 def _outcomes(run: _Run, tests: list[tuple[str, str]], exit_code: int | None) -> list[TestOutcome]:
     out = []
     for i, (shown, _) in enumerate(tests):
-        calls = 0
+        calls, reason = 0, ""
         if i in run.reports:
-            status, _, message, calls = run.reports[i]
+            status, reason, message, calls = run.reports[i]
         elif run.killed:
-            status = "timeout" if run.killed == "timeout" else "killed"
+            status, reason = ("timeout" if run.killed in ("cpu", "wall") else "killed"), run.killed
             message = _kill_message(run.killed, run.limits)
         elif run.setup is not None:
-            status = "killed" if run.setup[0] else "error"
+            status, reason = ("killed" if run.setup[0] else "error"), run.setup[0]
             message = run.setup[1]
         elif run.loader_exit == -signal.SIGXCPU:
-            status, message = "killed", f"CPU time limit exceeded ({run.limits.cpu_time_s} s)"
+            status, reason = "timeout", "cpu"
+            message = f"a process used more than the program's {run.limits.cpu_time_s} s of CPU time"
         elif not run.loaded:
             code = run.loader_exit if run.loader_exit is not None else exit_code
             status, message = "error", f"program exited (status {code}) while loading"
         else:
             status, message = "error", "test process exited without reporting a result"
-        out.append(TestOutcome(test=shown, status=status, message=message, calls=calls))
+        cpu, wall = run.usage.get(i, (0.0, 0.0))
+        out.append(
+            TestOutcome(test=shown, status=status, message=message, calls=calls, reason=reason, cpu_s=cpu, wall_s=wall)
+        )
     return out
 
 
@@ -372,7 +403,7 @@ def run_tests(
         os.close(res_w)
         os.close(ctl_w)
         res_w = ctl_w = -1
-        _pump(proc, run, res_r, ctl_r, marshal.dumps(job), start + lim.timeout_s)
+        _pump(proc, run, res_r, ctl_r, marshal.dumps(job), start)
     finally:
         for fd in (res_r, ctl_r, res_w, ctl_w):
             if fd >= 0:
@@ -394,6 +425,7 @@ def run_tests(
         setup_error=run.setup[1] if run.setup else None,
         isolation=run.info.get("tier", ""),
         notes=list(run.info.get("notes", [])),
+        cpu_s=run.cpu_s,
     )
 
 

@@ -9,11 +9,17 @@ STATUSES = ("passed", "failed", "error", "timeout", "killed")
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits of one graded program (all have safe defaults)."""
+    """Resource limits of one graded program (all have safe defaults).
 
-    timeout_s: float = 10.0  # wall clock for the whole program
-    test_timeout_s: float = 3.0  # wall clock per test case
-    cpu_time_s: int = 10  # RLIMIT_CPU, per process (program load, and each test)
+    Time is graded by the CPU a program spends, which does not depend on what else the machine
+    is doing; the wall-clock limits are backstops, several times larger, for programs that block
+    or sleep (at four busy processes per core a program gets about a fifth of a core).
+    """
+
+    cpu_time_s: float = 10.0  # CPU seconds of the whole program: loading and every test, all their processes
+    test_cpu_time_s: float = 3.0  # CPU seconds per test: the test's process and its children
+    timeout_s: float = 50.0  # wall clock for the whole program (backstop)
+    test_timeout_s: float = 15.0  # wall clock per test (backstop)
     memory_bytes: int = 1 << 30  # RLIMIT_AS
     file_size_bytes: int = 1 << 24  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
@@ -31,6 +37,9 @@ class TestOutcome:
     status: str  # "passed" | "failed" | "error" | "timeout" | "killed"
     message: str = ""  # assertion message, "ExcType: msg", or the limit that killed it
     calls: int = 0  # calls of the run's ``count_calls`` function that returned while this test ran (0 if none reported)
+    reason: str = ""  # the limit that stopped it: "cpu", "wall", "memory", "output", "file_size"; "" otherwise
+    cpu_s: float = 0.0  # CPU seconds the test's processes used (0.0 if it never ran)
+    wall_s: float = 0.0  # wall-clock seconds from its start to its end
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -38,13 +47,14 @@ class TestOutcome:
 @dataclass
 class TestRunResult:
     outcomes: list[TestOutcome]
-    killed_reason: str | None  # "timeout", "memory", "output", "cpu", "file_size" or None
+    killed_reason: str | None  # "cpu", "wall" (time limits), "memory", "output", "file_size" or None
     stdout: str
     stderr: str
     duration_s: float
     setup_error: str | None = None  # the program failed to load: every test is "error" with this
     isolation: str = ""  # tier actually used: "namespaces", "userns" or "none"
     notes: list[str] = field(default_factory=list)  # isolation that could not be applied
+    cpu_s: float = 0.0  # CPU seconds of the whole program (loading, every test, the harness)
 
     __test__ = False
 
