@@ -140,7 +140,9 @@ def test_truncated_completions_leave_the_loss_and_its_normaliser(tiny_tokenizer)
 
 def test_the_kl_term_is_zero_at_the_reference_and_pulls_a_moved_policy_back(tiny_tokenizer):
     (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=5), tiny_tokenizer)], device="cpu")
-    team = team_of([agent], beta=1.0, learning_rate=1e-3)
+    # the k3 term itself: its gradient on these fixed samples descends their k3 (TRL's default
+    # use_bias_correction_kl=True adds k3 * grad log pi, unbiased only for samples of the policy)
+    team = team_of([agent], beta=1.0, learning_rate=1e-3, use_bias_correction_kl=False)
     initial = [p.detach().clone() for p in agent.model.parameters()]
     rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
     no_signal = torch.zeros(4)
@@ -187,3 +189,31 @@ def test_a_lora_agents_reference_is_its_own_base_with_the_adapter_off(tiny_token
         ref = logprobs(agent.model)
     expected = k3_kl(policy, ref)[rollout.completion_mask].double().mean().item()
     assert expected > 0.01 and figures["kl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_entropy_options_run_through_the_update_and_adapt_the_coefficient(tiny_tokenizer):
+    """top_entropy_quantile picks tokens by pi_old's entropies over the step; the adaptive bonus
+    applies nothing at the first optimiser step (no entropy measured yet), then moves its
+    coefficient by entropy_coef_delta after each step (up: the entropy is below the target)."""
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=7), tiny_tokenizer)], device="cpu")
+    team = team_of(
+        [agent],
+        learning_rate=1e-3,
+        num_iterations=2,
+        top_entropy_quantile=0.5,
+        entropy_coef=0.1,
+        use_adaptive_entropy=True,
+        entropy_target=100.0,
+        update_micro_batch_size=2,
+    )
+    rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
+    experience = build_experience(team, 0, [rollout], [torch.tensor([1.5, -0.5, 0.0, -3.0])])
+    # the zero-advantage completion stays: the quantile and the bonus count it
+    assert sum(len(mb.advantages) for mb in experience.micro_batches) == 4
+    kept = sum(int(mb.entropy_mask.sum()) for mb in experience.micro_batches)
+    counted = sum(int(mb.completion_mask.sum()) for mb in experience.micro_batches)
+    assert experience.entropy_tokens == kept and 0 < kept < counted and kept >= counted // 2
+    figures = step.update_agent(team, 0, experience, NO_EXTRA_LOSS)
+    control = team.entropy_controls[0]
+    assert control.coef == pytest.approx(0.1 + 2 * 0.005) and 0 < control.last_entropy < 100
+    assert 0 < figures["entropy_exact"] < 100

@@ -27,6 +27,10 @@ AGENT_FIGURES = (
     "clip_high_fraction",
     "ratio_mean",
     "kl",
+    "vespo_weight_mean",
+    "off_policy_masked_fraction",
+    "entropy_exact",
+    "entropy_coef",
 )
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from magrpo.config import MAGRPOConfig
     from magrpo.critics.critic import Critic
     from magrpo.models import AgentPolicy
-    from magrpo.objective import Objective
+    from magrpo.objective import EntropyControl, Objective
     from magrpo.ranks import OneProcess
     from magrpo.sampling import Sampler
 
@@ -53,6 +53,9 @@ class Team:
     baseline: Baseline | None = field(default=None)
     objective: Objective | None = field(default=None)
     sampler: Sampler | None = field(default=None)
+    #: each agent's entropy coefficient, moved after every optimiser step by use_adaptive_entropy
+    #: (in every checkpoint)
+    entropy_controls: list[EntropyControl] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from magrpo.baselines import GroupBaseline
@@ -62,6 +65,7 @@ class Team:
         self.baseline = self.baseline or GroupBaseline.from_config(self.args)
         self.objective = self.objective or Objective.from_config(self.args, sharded=self.ranks.sharded)
         self.sampler = self.sampler or sampler_for(self.args, training=True)
+        self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
 
     @property
     def critics(self) -> list[Critic]:
