@@ -64,7 +64,9 @@ class Team:
 
         self.baseline = self.baseline or GroupBaseline.from_config(self.args)
         self.objective = self.objective or Objective.from_config(self.args, sharded=self.ranks.sharded)
-        self.sampler = self.sampler or sampler_for(self.args, training=True)
+        self.sampler = self.sampler or sampler_for(
+            self.args, training=True, agent_names=[agent.name for agent in self.agents]
+        )
         self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
 
     @property
