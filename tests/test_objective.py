@@ -217,3 +217,31 @@ def test_the_entropy_options_run_through_the_update_and_adapt_the_coefficient(ti
     control = team.entropy_controls[0]
     assert control.coef == pytest.approx(0.1 + 2 * 0.005) and 0 < control.last_entropy < 100
     assert 0 < figures["entropy_exact"] < 100
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference_every_tau_steps_and_checkpoints_keep_it(
+    tiny_tokenizer, tmp_path
+):
+    from magrpo.checkpoint import load_checkpoint, save_checkpoint
+
+    def agent():
+        return build_agents([(make_tiny_model(len(tiny_tokenizer), seed=8), tiny_tokenizer)], device="cpu")[0]
+
+    moved = agent()
+    team = team_of([moved], beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=0.25)
+    with torch.no_grad():  # the policy moves away from its reference
+        for p in moved.model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    before = [p.detach().clone() for p in moved.reference_model.parameters()]
+    team.after_step(1)  # not a multiple of ref_model_sync_steps: nothing moves
+    assert all(torch.equal(p, q) for p, q in zip(moved.reference_model.parameters(), before))
+    team.after_step(2)
+    for ref, old, policy in zip(moved.reference_model.parameters(), before, moved.model.parameters()):
+        assert torch.allclose(ref, 0.25 * policy + 0.75 * old, rtol=0, atol=1e-7)
+    save_checkpoint(tmp_path / "step-2", agents=[moved], optimizers=team.optimizers, trainer_state={"step": 2},
+                    config=team.args)  # fmt: skip
+    resumed = agent()
+    resumed_team = team_of([resumed], beta=0.1, sync_ref_model=True, ref_model_sync_steps=2)
+    load_checkpoint(tmp_path / "step-2", agents=[resumed], optimizers=resumed_team.optimizers)
+    for mine, theirs in zip(resumed.reference_model.parameters(), moved.reference_model.parameters()):
+        assert torch.equal(mine, theirs)

@@ -69,6 +69,14 @@ class Team:
         )
         self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
 
+    def after_step(self, step: int) -> None:
+        """What follows training step ``step`` (1-based) besides the schedules: with
+        ``sync_ref_model``, every ``ref_model_sync_steps``-th step each agent's reference moves
+        towards its policy (TR-DPO's mix; TRL counts optimiser steps, magrpo training steps)."""
+        if self.args.sync_ref_model and step % self.args.ref_model_sync_steps == 0:
+            for agent in self.agents:
+                agent.mix_into_reference(self.args.ref_model_mixup_alpha)
+
     @property
     def critics(self) -> list[Critic]:
         """The critics the baseline trains (IAC, MAAC; none for MAGRPO)."""

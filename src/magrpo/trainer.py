@@ -226,6 +226,7 @@ class MAGRPOTrainer:
         except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
             raise RewardError(f"step {self.state.step + 1}: {exc}") from exc
         self.state.step += 1
+        self.team.after_step(self.state.step)
         self.last_step = out
         metrics = {**step_metrics(self.team, out, self.state.step), **run.peak_memory_figures(engines)}
         step_schedulers(self.team.schedulers)  # after the metrics, which log the rate this step used
