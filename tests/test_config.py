@@ -289,6 +289,11 @@ def test_a_schedule_missing_its_arguments_is_refused_when_the_config_is_built():
         ("top_k", [5], "top_k=[5] is not valid; expected an integer >= 0 (0: off), or a list of 2 of them"),
         ("min_p", 2.0, "min_p=2.0 is not valid; expected None or a number in [0, 1], or a list of 2 of them"),
         ("repetition_penalty", 0.0, "repetition_penalty=0.0 is not valid; expected a number > 0 (1: off), or a list"),
+        (
+            "multi_objective_aggregation",
+            "sum",
+            "multi_objective_aggregation='sum' is not valid; choose one of 'sum_then_normalize', 'normalize_then_sum'",
+        ),
     ],
 )
 def test_trls_options_name_the_value_and_what_is_accepted(field, value, message):

@@ -245,3 +245,46 @@ def test_sync_ref_model_mixes_the_policy_into_the_reference_every_tau_steps_and_
     load_checkpoint(tmp_path / "step-2", agents=[resumed], optimizers=resumed_team.optimizers)
     for mine, theirs in zip(resumed.reference_model.parameters(), moved.reference_model.parameters()):
         assert torch.equal(mine, theirs)
+
+
+def test_trls_completion_figures_count_lengths_cut_completions_and_tied_groups(tiny_tokenizer):
+    from magrpo.step_metrics import completion_figures, merged_completion_figures, zero_reward_std
+
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=9), tiny_tokenizer)], device="cpu")
+    # 3 tokens up to its EOS; 4 tokens without one: cut at max_new_tokens
+    rollout = rollout_of(agent, ["a b"], [[2, 3, 0], [4, 5, 2, 3]], generations=2)
+    assert completion_figures(agent, [rollout]) == (7.0, 1.0, 2)
+    assert merged_completion_figures([(7.0, 1.0, 2), (3.0, 0.0, 2)]) == {
+        "completions/mean_length": 2.5,
+        "completions/clipped_ratio": 0.25,
+    }
+    assert zero_reward_std(torch.tensor([[1.0, 1.0], [0.0, 1.0]])).tolist() == [True, False]
+
+
+def test_normalize_then_sum_learns_from_each_functions_values_normalised_per_node(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from magrpo.envs.base import StepResult
+    from magrpo.errors import ConfigError
+    from magrpo.prepare import build_env_factory
+
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=10), tiny_tokenizer)], device="cpu")
+    team = team_of([agent], multi_objective_aggregation="normalize_then_sum")
+    assert team.learning_rewards([]) is None  # no reward functions named: the turns' own rewards
+
+    def result(f, g):
+        return StepResult({}, {"agent_0": f - g}, {}, {}, {"agent_0": {"reward/f": f, "reward/g": g}})
+
+    # one node of two joint actions: f = [1, 3] -> z = [-1, 1] / (sqrt(2) + 1e-4); g ties -> z = 0
+    team.reward_parts = [("f", 1.0), ("g", -1.0)]
+    (rewards,) = team.learning_rewards([SimpleNamespace(results=[[result(1.0, 5.0), result(3.0, 5.0)]])])
+    z = 1 / (2**0.5 + 1e-4)
+    assert rewards[0].tolist() == pytest.approx([-z, z], rel=1e-12)
+    args = MAGRPOConfig(num_agents=1, multi_objective_aggregation="normalize_then_sum")
+    with pytest.raises(ConfigError, match="normalize_then_sum' normalises each reward function's values: give"):
+        build_env_factory(args, ["agent_0"], reward_func=None, scorer=lambda **k: [], formatters=[str],
+                          env_factory=None, reward_weights=None, feedback=None, is_solved=None, agent_roles=None)  # fmt: skip
+    factory = build_env_factory(args, ["agent_0"], reward_func=[len, abs], scorer=None, formatters=[str],
+                                env_factory=None, reward_weights=[1.0, 0.5], feedback=None, is_solved=None,
+                                agent_roles=None)  # fmt: skip
+    assert factory.reward_parts == [("len", 1.0), ("abs", 0.5)]

@@ -441,3 +441,55 @@ def test_the_sequence_level_sampler_correction_reaches_each_token_as_its_complet
     expected = torch.tensor([[-1.25 / 2, -1.25 / 2, 0.0], [5 / 3, 5 / 3, 5 / 3]], dtype=torch.float64)
     assert torch.allclose(lp.grad, expected, rtol=1e-15, atol=0)
     assert figures.figures()["is_weight_mean"] == pytest.approx((2 + 0.5 + 1 + 1 + 3) / 5)
+
+
+# ---------------------------------------------------------------------- several reward functions
+def trl_reward_aggregation_block():
+    """The lines of TRL's ``_generate_and_score_completions`` that aggregate several reward
+    functions' values into ``rewards`` (and the advantages), as a function of those values."""
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions).splitlines()
+    start = next(i for i, line in enumerate(source) if 'if self.multi_objective_aggregation == "sum_then' in line)
+    end = next(i for i in range(start, len(source)) if "Unscorable completions" in source[i])
+    code = compile(textwrap.dedent("\n".join(source[start:end])), "trl-reward-aggregation", "exec")
+
+    def aggregate(mode, values, weights, generations):
+        from trl.trainer.utils import nanstd
+
+        trainer = SimpleNamespace(
+            multi_objective_aggregation=mode,
+            reward_weights=torch.tensor(weights, dtype=torch.float64),
+            scale_rewards="group",
+            reward_funcs=[None] * len(weights),
+        )
+        scope = {"self": trainer, "rewards_per_func": values, "num_generations": generations, "torch": torch,
+                 "unscorable_mask": torch.zeros(len(values), dtype=torch.bool), "device": "cpu", "nanstd": nanstd}  # fmt: skip
+        exec(code, scope)
+        return scope["rewards"]
+
+    return aggregate
+
+
+@pytest.mark.parametrize("mode", ["sum_then_normalize", "normalize_then_sum"])
+def test_several_reward_functions_make_trls_rewards(mode):
+    """Three nodes of four joint actions, two reward functions of weights 1 and -0.5: the rewards
+    the team learns from are those TRL's aggregation makes of them (before TRL's own advantages)."""
+    from magrpo.envs.base import StepResult
+    from magrpo.rewards.aggregation import normalize_then_sum
+
+    g = torch.Generator().manual_seed(5)
+    values = torch.randint(0, 4, (12, 2), generator=g).double()
+    values[4:8, 0] = 2.0  # a node where one function ties
+    weights = [1.0, -0.5]
+    theirs = trl_reward_aggregation_block()(mode, values, weights, generations=4)
+
+    def result(v):
+        row = {"reward": float(v[0] * weights[0] + v[1] * weights[1]), "reward/f": float(v[0]), "reward/g": float(v[1])}
+        return StepResult({}, {"agent_0": row["reward"]}, {}, {}, {"agent_0": row})
+
+    results = [[result(values[p * 4 + j]) for j in range(4)] for p in range(3)]
+    if mode == "normalize_then_sum":
+        ours = normalize_then_sum(results, [("f", 1.0), ("g", -0.5)]).flatten()
+    else:
+        ours = torch.tensor([r.joint_reward for node in results for r in node], dtype=torch.float64)
+    # TRL's nanstd takes its Bessel factor count / (count - 1) in float32: 2e-8 apart, rounding
+    assert float((ours - theirs).abs().max()) <= 1e-6 * float(theirs.abs().max()), ours - theirs

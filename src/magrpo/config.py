@@ -27,6 +27,7 @@ from magrpo.choices import (
     LOSS_AGGREGATIONS,
     LOSS_TYPES,
     LR_SCHEDULERS,
+    MULTI_OBJECTIVE_AGGREGATIONS,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -100,6 +101,11 @@ class MAGRPOConfig:
     #: the baseline b in A = R - b: "mean" (the group mean, MAGRPO), "loo" (mean of the other
     #: G - 1: RLOO), "max" (the group's best), "none" (raw returns: REINFORCE without a baseline)
     advantage_baseline: str = "mean"
+    #: how several reward functions make the reward learnt from (TRL's option): "sum_then_normalize"
+    #: (their weighted sum, then the advantage baseline and scaling) or "normalize_then_sum" (GDPO:
+    #: each function's values normalised over their node's joint actions first, then summed with
+    #: the weights; the logged reward stays the weighted sum)
+    multi_objective_aggregation: str = "sum_then_normalize"
     #: how the advantages are made. "magrpo": the group baseline above (the paper's); "iac":
     #: independent actor-critic, each agent's own critic (a value head on its model reading its own
     #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
@@ -828,6 +834,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "batch_size": _int_at_least(1),
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
+    "multi_objective_aggregation": _one_of(MULTI_OBJECTIVE_AGGREGATIONS),
     "algorithm": _one_of(ALGORITHMS),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,

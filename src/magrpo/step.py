@@ -101,7 +101,7 @@ def learn(team: Team, sampled: SampledTree) -> StepOutput:
     """2. - 4.: the tree's returns, every agent's advantages, and each agent's update."""
     args, turns = team.args, sampled.turns
     # 2. returns over the tree
-    returns = turn_returns(turns, args.discount, args.num_turns)
+    returns = turn_returns(turns, args.discount, args.num_turns, rewards=team.learning_rewards(turns))
     started = time.perf_counter()
     with engines_asleep(team.agents):  # vLLM engines asleep on a GPU during the update
         # 3. advantages: the group's baseline (or a critic's), and what the baseline trains

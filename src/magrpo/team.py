@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from magrpo.objective import EntropyControl, Objective
     from magrpo.ranks import OneProcess
     from magrpo.sampling import Sampler
+    from magrpo.tree import Turn
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Team:
     #: each agent's entropy coefficient, moved after every optimiser step by use_adaptive_entropy
     #: (in every checkpoint)
     entropy_controls: list[EntropyControl] = field(default_factory=list)
+    #: multi_objective_aggregation="normalize_then_sum": the reward functions' (name, weight) pairs
+    reward_parts: list[tuple[str, float]] | None = None
 
     def __post_init__(self) -> None:
         from magrpo.baselines import GroupBaseline
@@ -68,6 +71,15 @@ class Team:
             self.args, training=True, agent_names=[agent.name for agent in self.agents]
         )
         self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
+
+    def learning_rewards(self, turns: Sequence[Turn]) -> list[torch.Tensor] | None:
+        """The rewards the returns are made of where they are not the turns' own (the weighted
+        sums): with ``normalize_then_sum``, each function's values normalised per node first."""
+        if self.args.multi_objective_aggregation != "normalize_then_sum" or not self.reward_parts:
+            return None
+        from magrpo.rewards.aggregation import normalize_then_sum
+
+        return [normalize_then_sum(turn.results, self.reward_parts) for turn in turns]
 
     def after_step(self, step: int) -> None:
         """What follows training step ``step`` (1-based) besides the schedules: with

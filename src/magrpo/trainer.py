@@ -111,6 +111,7 @@ class MAGRPOTrainer:
         distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
         self._team: Team | None = prepare_team(agents, self.args)
+        self.team.reward_parts = getattr(self.env_factory, "reward_parts", None)  # normalize_then_sum's
         self.args = self.team.args  # rollout_backend="auto" resolved to the backend that samples
         #: where the run stands: steps taken, their metrics, the data position, the checkpoint cadence
         self.state = run.RunState(ItemOrder(len(self.train_items), self.args.seed), run.CheckpointCadence(self.args))
