@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import textwrap
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -493,3 +495,13 @@ def test_several_reward_functions_make_trls_rewards(mode):
         ours = torch.tensor([r.joint_reward for node in results for r in node], dtype=torch.float64)
     # TRL's nanstd takes its Bessel factor count / (count - 1) in float32: 2e-8 apart, rounding
     assert float((ours - theirs).abs().max()) <= 1e-6 * float(theirs.abs().max()), ours - theirs
+# ---------------------------------------------------------------------- the migration table
+def test_the_migration_table_covers_every_grpo_config_field():
+    """docs/objective.md's table from TRL's GRPOConfig names every one of its fields (its own and
+    those it inherits from transformers' TrainingArguments) in backticks."""
+    doc = (Path(__file__).parent.parent / "docs" / "objective.md").read_text()
+    table = doc[doc.index("## From TRL's GRPOConfig") :]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    named = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert sorted(fields - named) == []
