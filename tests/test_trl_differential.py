@@ -495,6 +495,8 @@ def test_several_reward_functions_make_trls_rewards(mode):
         ours = torch.tensor([r.joint_reward for node in results for r in node], dtype=torch.float64)
     # TRL's nanstd takes its Bessel factor count / (count - 1) in float32: 2e-8 apart, rounding
     assert float((ours - theirs).abs().max()) <= 1e-6 * float(theirs.abs().max()), ours - theirs
+
+
 # ---------------------------------------------------------------------- the migration table
 def test_the_migration_table_covers_every_grpo_config_field():
     """docs/objective.md's table from TRL's GRPOConfig names every one of its fields (its own and
