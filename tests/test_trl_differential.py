@@ -507,3 +507,59 @@ def test_the_migration_table_covers_every_grpo_config_field():
     named = {name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])}
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
     assert sorted(fields - named) == []
+
+
+# ---------------------------------------------------------------------- state across optimiser steps
+def test_sync_ref_model_mixes_as_trls_callback():
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from magrpo.models.agent import AgentPolicy
+
+    g = torch.Generator().manual_seed(1)
+    policy = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).double()
+    for p in policy.parameters():
+        p.data = torch.randn(p.shape, generator=g, dtype=torch.float64)
+    reference = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in policy.parameters()]
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).double()
+    ours = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).double()
+    for t, o, r in zip(theirs.parameters(), ours.parameters(), reference):
+        t.data, o.data = r.clone(), r.clone()
+    SyncRefModelCallback._sync_target_model(policy, theirs, 0.6)
+    AgentPolicy("agent_0", policy, None, reference_model=ours).mix_into_reference(0.6)
+    assert all(torch.equal(t, o) for t, o in zip(theirs.parameters(), ours.parameters()))
+
+
+def test_the_adaptive_entropy_coefficient_follows_trls_over_several_steps():
+    """Five optimiser steps, each one micro-batch with its own entropies around the target: TRL's
+    coefficient after each step and the bonus it applies (seen in the entropies' gradient) are
+    magrpo's EntropyControl's."""
+    from magrpo.objective import EntropyControl
+
+    options = {"entropy_coef": 0.05, "use_adaptive_entropy": True, "entropy_target": 2.0,
+               "entropy_coef_delta": 0.02, "entropy_coef_min": 0.01, "entropy_coef_max": 0.08}  # fmt: skip
+    config = trl_config(1, loss_type="dapo", **options)
+    trainer = trl_trainer(config, accumulation=1)
+    objective = Objective.from_config(MAGRPOConfig(max_new_tokens=T, loss_type="dapo", **options))
+    control = EntropyControl(objective.entropy_coef)
+    x = tensors(2)
+    for step, scale in enumerate([1.5, 0.3, 0.3, 1.5, 0.3]):  # mean entropies 2.51 (above the target), 0.50
+        entropies = (x.entropies * scale).requires_grad_()
+        trainer._get_per_token_logps_and_entropies = lambda *a, _e=entropies, **k: (
+            x.lp.clone().requires_grad_(),
+            _e,
+            None,
+        )
+        inputs = {"prompt_ids": torch.zeros(6, 0, dtype=torch.long), "prompt_mask": torch.zeros(6, 0, dtype=torch.long),
+                  "completion_ids": torch.zeros(6, T, dtype=torch.long), "completion_mask": x.mask.long(),
+                  "advantages": x.adv, "num_items_in_batch": torch.tensor(float(x.mask.sum()))}  # fmt: skip
+        trainer._compute_loss(None, inputs).backward()
+        ours = entropies.detach().clone().requires_grad_()
+        bonus = EntropyBonus(control.applied(objective.adaptive_entropy), float(x.mask.sum()), ours)
+        loss, figures = policy_loss(objective, x.lp.clone().requires_grad_(), x.mask, x.adv,
+                                    normaliser=float(x.mask.sum()), entropy_bonus=bonus)  # fmt: skip
+        loss.backward()
+        our_grad = torch.zeros_like(ours) if ours.grad is None else ours.grad  # no bonus applied: no term
+        assert torch.allclose(our_grad, entropies.grad, rtol=1e-12, atol=1e-15), step
+        control.update(objective.adaptive_entropy, figures.figures()["entropy_exact"])
+        assert control.coef == pytest.approx(trainer.entropy_coef, abs=1e-15), step
+        assert control.last_entropy == pytest.approx(trainer._last_world_entropy, rel=1e-12), step

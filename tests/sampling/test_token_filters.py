@@ -93,3 +93,38 @@ def test_the_plain_and_vllm_samplers_pass_the_filters_on(tiny_tokenizer):
     params = request.to_vllm()
     assert (params.top_k, params.min_p, params.repetition_penalty) == (20, 0.05, 1.1)
     assert request.to_dict()["top_k"] == 20  # what a rollout server receives
+
+
+def test_the_filtered_distribution_is_transformers_logits_processors():
+    """The fast sampler's distribution against transformers' own processors, in generate's order:
+    the repetition penalty, the temperature, top-k, top-p, min-p."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from magrpo.sampling.fast import sampling_probs
+
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(6, 40, generator=g) * 3
+    history = torch.randint(0, 40, (6, 9), generator=g)  # the prompt and the tokens sampled so far
+    seen = torch.zeros(6, 40, dtype=torch.bool).scatter_(1, history, True)
+    token_filter = TokenFilter(top_k=12, min_p=0.05, repetition_penalty=1.3)
+    processors = LogitsProcessorList(
+        [
+            RepetitionPenaltyLogitsProcessor(1.3),
+            TemperatureLogitsWarper(0.8),
+            TopKLogitsWarper(12),
+            TopPLogitsWarper(0.9),
+            MinPLogitsWarper(0.05),
+        ]
+    )
+    theirs = torch.softmax(processors(history, logits.clone()), dim=-1)
+    ours = sampling_probs(logits, 0.8, 0.9, token_filter, seen)
+    ours = ours / ours.sum(dim=-1, keepdim=True)
+    assert torch.equal(ours > 0, theirs > 0)  # the same tokens kept
+    assert torch.allclose(ours, theirs, atol=1e-6)

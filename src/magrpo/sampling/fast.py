@@ -155,17 +155,36 @@ def sample_next_tokens(
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row of float32 ``logits`` [B, V]: greedy for temperature 0, else a draw from
-    softmax(logits / temperature), restricted to the top-p nucleus when top_p < 1. With a
-    ``token_filter`` as transformers' ``generate`` applies it: the repetition penalty on the
-    tokens ``seen`` ([B, V] bool: in the prompt or sampled) first, greedy or not; then, sampling,
-    top-k, top-p and min-p."""
+    :func:`sampling_probs` (softmax(logits / temperature), restricted to the top-p nucleus when
+    top_p < 1, and to what ``token_filter`` keeps). A repetition penalty acts on the tokens
+    ``seen`` ([B, V] bool: in the prompt or sampled), greedy or not."""
     token_filter = token_filter or TokenFilter()
-    if token_filter.repetition_penalty != 1.0 and seen is not None:
-        penalty = token_filter.repetition_penalty
-        logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+        return penalised(logits, token_filter, seen).argmax(dim=-1)
+    return draw(sampling_probs(logits, temperature, top_p, token_filter, seen), generator, row_prompt)
+
+
+def penalised(logits: torch.Tensor, token_filter: TokenFilter, seen: torch.Tensor | None) -> torch.Tensor:
+    """transformers' repetition penalty: a seen token's logit divided by the penalty where
+    positive, multiplied where negative."""
+    if token_filter.repetition_penalty == 1.0 or seen is None:
+        return logits
+    penalty = token_filter.repetition_penalty
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def sampling_probs(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    token_filter: TokenFilter | None = None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The distribution a token is drawn from, [B, V] (unnormalised where filtered: draw()
+    renormalises), in transformers' order: the repetition penalty on the raw logits, the
+    temperature, then top-k, top-p and min-p."""
+    token_filter = token_filter or TokenFilter()
+    probs = torch.softmax(penalised(logits, token_filter, seen) / temperature, dim=-1)
     if token_filter.top_k > 0 and token_filter.top_k < probs.shape[-1]:
         kth = probs.topk(token_filter.top_k, dim=-1).values[:, -1:]
         probs = probs.masked_fill(probs < kth, 0.0)
@@ -179,7 +198,7 @@ def sample_next_tokens(
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     if token_filter.min_p is not None:  # relative to the likeliest token: the same before or after renormalising
         probs = probs.masked_fill(probs < token_filter.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-    return draw(probs, generator, row_prompt)
+    return probs
 
 
 def _decode(
@@ -288,4 +307,13 @@ class FastSampler(Sampler):
         return sample_fast(agent, observations, self.settings, generator)
 
 
-__all__ = ["FastSampler", "ReservedLayer", "draw", "new_cache", "sample_fast", "sample_next_tokens"]
+__all__ = [
+    "FastSampler",
+    "ReservedLayer",
+    "draw",
+    "new_cache",
+    "penalised",
+    "sample_fast",
+    "sample_next_tokens",
+    "sampling_probs",
+]
