@@ -167,7 +167,7 @@ def test_an_unquoted_no_from_yaml_is_autocast_no(tmp_path):
         (
             "loss_type",
             "ppo",
-            "loss_type='ppo' is not valid; choose one of 'sequence', 'token', 'grpo', 'dr_grpo', 'dapo', 'bnpo'",
+            "loss_type='ppo' is not valid; choose one of 'sequence', 'token', 'grpo', 'dr_grpo', 'dapo', 'bnpo', 'cispo'",
         ),
         ("num_iterations", 0, "num_iterations=0 is not valid; expected an integer >= 1"),
         ("epsilon", 0.0, "epsilon=0.0 is not valid; expected a number > 0.0 and <= 1.0"),
@@ -248,3 +248,111 @@ def test_a_schedule_missing_its_arguments_is_refused_when_the_config_is_built():
         ConfigError, match="lr_scheduler_type='cosine_with_min_lr' with lr_scheduler_kwargs=None: .*min_lr"
     ):
         MAGRPOConfig(lr_scheduler_type="cosine_with_min_lr")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "loss_type",
+            "gspo",
+            "loss_type='gspo' is not valid; choose one of 'sequence', 'token', 'grpo', 'dr_grpo', 'dapo', 'bnpo', "
+            "'cispo', 'sapo', 'luspo', 'vespo'",
+        ),
+        ("delta", 1.0, "delta=1.0 is not valid; expected a number > 1.0"),
+        ("sapo_temperature_neg", 0, "sapo_temperature_neg=0 is not valid; expected a number > 0.0"),
+        ("vespo_lambda_pos", 0.0, "vespo_lambda_pos=0.0 is not valid; expected a number > 0.0"),
+        ("vespo_k_neg", -1.0, "vespo_k_neg=-1.0 is not valid; expected a number >= 0.0"),
+        ("off_policy_mask_threshold", -0.5, "off_policy_mask_threshold=-0.5 is not valid; expected a number >= 0.0"),
+        ("top_entropy_quantile", 1.2, "top_entropy_quantile=1.2 is not valid; expected a number >= 0.0 and <= 1.0"),
+        ("entropy_coef", -0.1, "entropy_coef=-0.1 is not valid; expected a number >= 0.0"),
+        ("use_adaptive_entropy", "on", "use_adaptive_entropy='on' is not valid; expected true or false"),
+        ("use_bias_correction_kl", 1, "use_bias_correction_kl=1 is not valid; expected true or false"),
+        ("ref_model_mixup_alpha", 0.0, "ref_model_mixup_alpha=0.0 is not valid; expected a number > 0.0 and <= 1.0"),
+        ("ref_model_sync_steps", 0, "ref_model_sync_steps=0 is not valid; expected an integer >= 1"),
+        (
+            "vllm_importance_sampling_mode",
+            "truncate",
+            "vllm_importance_sampling_mode='truncate' is not valid; choose one of 'token_truncate', 'token_mask', "
+            "'sequence_truncate', 'sequence_mask'",
+        ),
+        (
+            "vllm_importance_sampling_clip_min",
+            1.5,
+            "vllm_importance_sampling_clip_min=1.5 is not valid; expected a number >= 0.0 and <= 1.0",
+        ),
+        (
+            "top_k",
+            -1,
+            "top_k=-1 is not valid; expected an integer >= 0 (0: off), or a list of 2 of them (one per agent)",
+        ),
+        ("top_k", [5], "top_k=[5] is not valid; expected an integer >= 0 (0: off), or a list of 2 of them"),
+        ("min_p", 2.0, "min_p=2.0 is not valid; expected None or a number in [0, 1], or a list of 2 of them"),
+        ("repetition_penalty", 0.0, "repetition_penalty=0.0 is not valid; expected a number > 0 (1: off), or a list"),
+        (
+            "multi_objective_aggregation",
+            "sum",
+            "multi_objective_aggregation='sum' is not valid; choose one of 'sum_then_normalize', 'normalize_then_sum'",
+        ),
+    ],
+)
+def test_trls_options_name_the_value_and_what_is_accepted(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        MAGRPOConfig(**{field: value})
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"loss_type": "cispo", "delta": 2.0},
+            "delta=2.0 caps r in the clipped surrogate, which loss_type='cispo' does not use: choose one of "
+            "'sequence', 'token', 'grpo', 'dr_grpo', 'dapo', 'bnpo', 'luspo', or leave delta unset",
+        ),
+        (
+            {"loss_type": "vespo", "vllm_importance_sampling_mode": "sequence_mask"},
+            "loss_type='vespo' folds each token's sampler weight into its sequence weight; "
+            "vllm_importance_sampling_mode='sequence_mask' leaves it one per completion: choose 'token_truncate' "
+            "or 'token_mask'",
+        ),
+        (
+            {"vllm_importance_sampling_clip_min": 1.0, "rollout_is_cap": 1.0},
+            "vllm_importance_sampling_clip_min=1.0 must be below rollout_is_cap=1.0 (the weight's bounds)",
+        ),
+        (
+            {"use_adaptive_entropy": True, "entropy_coef_min": 0.5, "entropy_coef_max": 0.1},
+            "entropy_coef_min=0.5 is above entropy_coef_max=0.1: the adaptive coefficient moves between them",
+        ),
+        (
+            {"sync_ref_model": True},
+            "sync_ref_model=True moves the reference of the KL term, and beta=0 has none: set beta > 0, or leave "
+            "sync_ref_model off",
+        ),
+        (
+            {"sync_ref_model": True, "beta": 0.1, "use_lora": [False, True]},
+            "sync_ref_model=True mixes the policy into a frozen reference copy; use_lora=[False, True]: a LoRA "
+            "agent's reference is its own base with the adapter off",
+        ),
+    ],
+)
+def test_trls_options_that_do_not_go_together_are_refused_with_the_reason(config, message):
+    with pytest.raises(ConfigError) as err:
+        MAGRPOConfig(**config)
+    assert str(err.value).startswith(message)
+
+
+def test_trls_options_take_their_values_and_per_agent_lists():
+    cfg = MAGRPOConfig(
+        loss_type="sapo",
+        top_k=[0, 20],
+        min_p=[None, 0.05],
+        repetition_penalty=1.1,
+        vllm_importance_sampling_mode="sequence_mask",
+        vllm_importance_sampling_clip_min=0.5,
+        sync_ref_model=True,
+        beta=0.04,
+    )
+    assert (cfg.top_k, cfg.min_p, cfg.repetition_penalty) == ([0, 20], [None, 0.05], 1.1)
+    assert MAGRPOConfig(loss_type="grpo", delta=1.5).delta == 1.5
+    assert MAGRPOConfig().use_bias_correction_kl is True  # TRL's default

@@ -178,3 +178,20 @@ def test_chunks_are_recomputed_in_the_backward_pass_not_kept():
             chunked = max(kept)
     assert full >= 2 * 64 * 1000 * 4  # the whole float32 copy
     assert chunked <= 2 * 64 * 1000 * 2  # never more than the bf16 logits themselves
+
+
+def test_the_entropies_are_the_tempered_distributions_with_their_gradient_chunked_or_not():
+    torch.manual_seed(2)
+    logits = (torch.randn(2, 6, 50) * 3).double()
+    tokens = torch.randint(0, 50, (2, 6))
+    log_probs = torch.log_softmax(logits.double() / 0.7, dim=-1)
+    reference = -(log_probs.exp() * log_probs).sum(-1)
+    grads = []
+    for chunk in (None, 4):
+        leaf = logits.float().requires_grad_()
+        lp, entropies = selected_token_logprobs(leaf, tokens, chunk, temperature=0.7, with_entropy=True)
+        assert torch.allclose(entropies.double(), reference, atol=1e-5)
+        assert torch.allclose(lp.double(), log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-5)
+        (entropies.sum() + lp.sum()).backward()
+        grads.append(leaf.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)  # recomputed chunks: the same gradient

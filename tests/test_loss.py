@@ -188,5 +188,158 @@ def test_the_tally_averages_each_figure_over_the_counted_tokens_it_saw():
     mask = torch.tensor([[True, True, False]])
     tally.add("kl", torch.tensor([[1.0, 3.0, 100.0]]), mask)
     tally.add("kl", torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([[True, False, False]]))
-    tally.add_importance_weights(torch.tensor([[1.0, 3.0, 9.0]]), mask, cap=3.0)
+    # ratios [1, 3, 9] truncated at 3: the 9 fell outside the bounds (it is not counted)
+    tally.add_importance_weights(torch.tensor([[1.0, 3.0, 3.0]]), torch.tensor([[False, True, True]]), mask)
     assert tally.figures() == {"kl": 3.0, "is_weight_mean": 2.0, "is_capped_fraction": 0.5}
+
+
+# ---------------------------------------------------------------------- TRL's other loss types
+def objective_of(**config):
+    from magrpo import MAGRPOConfig
+    from magrpo.objective import Objective
+
+    return Objective.from_config(MAGRPOConfig(max_new_tokens=4, **config))
+
+
+@pytest.mark.parametrize(
+    "loss_type, normaliser, lengths, g, value",
+    [
+        # cispo: its weight min(r, epsilon_high) = 0.2 at r = 1 (TRL's epsilon_high defaults to epsilon)
+        ("cispo", 4.0, (1.0, 1.0), 0.2, 0.2 * 6.75 / 4),
+        ("sapo", 2.0, (3.0, 1.0), 1.0, 1.0 + 1 / 24),  # the gate's slope at r = 1 is 1; grpo's aggregation
+        ("luspo", 2.0, (1.0, 1.0), 1.0, 3.375),  # the paper's "sequence" aggregation
+        ("vespo", 4.0, (1.0, 1.0), 1.0, 1.6875),  # phi(1) = exp(lambda - lambda) = 1
+    ],
+)
+def test_trls_other_loss_types_against_a_hand_computation(loss_type, normaliser, lengths, g, value):
+    """One update: -(1/N) sum_s c_s A_s g sum_t log p, its gradient -c_s A_s g / N per counted token."""
+    from magrpo.objective import policy_loss
+
+    lp = LP.clone().requires_grad_()
+    objective = objective_of(loss_type=loss_type)
+    assert objective.normaliser(MASK) == normaliser
+    loss, _ = policy_loss(objective, lp, MASK, ADV, normaliser=normaliser)
+    assert loss.item() == pytest.approx(value, rel=1e-12)
+    loss.backward()
+    expected = -(ADV * g / torch.tensor(lengths, dtype=torch.float64))[:, None] * MASK / normaliser
+    assert torch.allclose(lp.grad, expected, rtol=1e-12, atol=0)
+
+
+def test_cispo_weights_each_token_by_its_capped_ratio_as_a_constant():
+    from magrpo.loss import SurrogateSettings, surrogate_terms
+
+    # r = [0.5, 2, 6] with epsilon_high = 5: weights [0.5, 2, 5], A = 1
+    lp = torch.tensor([[0.5, 2.0, 6.0]], dtype=torch.float64).log().requires_grad_()
+    out = surrogate_terms("cispo", SurrogateSettings(epsilon_high=5.0), lp, torch.zeros_like(lp),
+                          torch.ones(1, 3, dtype=torch.bool), torch.tensor([1.0], dtype=torch.float64))  # fmt: skip
+    out.terms.sum().backward()
+    assert torch.allclose(lp.grad, torch.tensor([[-0.5, -2.0, -5.0]], dtype=torch.float64))
+    assert out.clipped_high.tolist() == [[False, False, True]]
+
+
+def test_sapos_gate_against_a_hand_computation():
+    from magrpo.loss import SurrogateSettings, surrogate_terms
+
+    # r = 1.5, A = +1 (tau_pos = 2) and A = -1 (tau_neg = 0.5): -sigmoid(tau (r - 1)) 4 / tau A
+    lp = torch.full((2, 1), math.log(1.5), dtype=torch.float64).requires_grad_()
+    settings = SurrogateSettings(sapo_temperature_pos=2.0, sapo_temperature_neg=0.5)
+    out = surrogate_terms("sapo", settings, lp, torch.zeros_like(lp), torch.ones(2, 1, dtype=torch.bool),
+                          torch.tensor([1.0, -1.0], dtype=torch.float64))  # fmt: skip
+
+    def sigmoid(z):
+        return 1 / (1 + math.exp(-z))
+
+    assert out.terms[:, 0].tolist() == pytest.approx([-sigmoid(1.0) * 2, sigmoid(0.25) * 8], rel=1e-12)
+    out.terms.sum().backward()
+    # d/d log pi = r * d/dr: -A r * 4 sigmoid' (tau (r - 1))
+    slopes = [4 * sigmoid(1.0) * (1 - sigmoid(1.0)), 4 * sigmoid(0.25) * (1 - sigmoid(0.25))]
+    assert lp.grad[:, 0].tolist() == pytest.approx([-1.5 * slopes[0], 1.5 * slopes[1]], rel=1e-12)
+
+
+def test_vespos_gamma_weight_against_a_hand_computation():
+    from magrpo.loss import SurrogateSettings, vespo_weights
+
+    settings = SurrogateSettings()  # (k, lambda) = (2, 3) where A >= 0, (3, 2) where A < 0
+    # w = prod r = 0.5 * 1 (the padding's log-ratio 5 is not counted), times the sampler weights 2 * 1
+    log_ratio = torch.tensor([[math.log(0.5), 0.0, 5.0]] * 2, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]] * 2)
+    sampler = torch.tensor([[2.0, 1.0, 1.0]] * 2, dtype=torch.float64)
+    adv = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    phi = vespo_weights(settings, adv, log_ratio, mask, sampler)
+    assert phi[:, 0].tolist() == pytest.approx([1.0, 1.0], rel=1e-12)  # w = 1: phi(1) = 1
+    phi = vespo_weights(settings, adv, log_ratio, mask, None)  # w = 0.5
+    expected = [math.exp(3 + 2 * math.log(0.5) - 3 * 0.5), math.exp(2 + 3 * math.log(0.5) - 2 * 0.5)]
+    assert phi[:, 0].tolist() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "mode, weights, outside",
+    [
+        # token ratios [4, 0.5 | 1] (the padding's ratio is 1), bounds [0.6, 3]
+        ("token_truncate", [[3.0, 0.6, 1.0]], [[True, True, False]]),
+        ("token_mask", [[0.0, 0.0, 1.0]], [[True, True, False]]),
+        # the completion's ratio: 4 * 0.5 = 2, inside
+        ("sequence_truncate", [[2.0]], [[False]]),
+        ("sequence_mask", [[2.0]], [[False]]),
+    ],
+)
+def test_every_importance_sampling_mode_against_a_hand_computation(mode, weights, outside):
+    from magrpo.loss import importance_weights
+
+    old = torch.tensor([[math.log(0.4), math.log(0.1), 0.0]], dtype=torch.float64)
+    sampler = torch.tensor([[math.log(0.1), math.log(0.2), -7.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]])
+    got, out = importance_weights(old, sampler, mask, mode, clip_min=0.6, clip_max=3.0)
+    assert torch.allclose(got, torch.tensor(weights, dtype=torch.float64), rtol=1e-12)
+    assert out.tolist() == outside
+
+
+def test_the_off_policy_mask_drops_only_far_completions_with_negative_advantage():
+    from magrpo.loss import off_policy_sequence_mask
+
+    lp = torch.zeros(3, 2, dtype=torch.float64)
+    # mean log(pi_sampler / pi): 0.5, 0.5, 0.1
+    sampling = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.1, 0.1]], dtype=torch.float64)
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    keep = off_policy_sequence_mask(torch.tensor([1.0, -1.0, -1.0]), lp, sampling, mask, threshold=0.2)
+    assert keep[:, 0].tolist() == [1.0, 0.0, 1.0]  # far with A > 0 kept; far with A < 0 dropped; near kept
+
+
+def test_the_entropy_masks_keep_the_top_share_of_every_batchs_counted_tokens_together():
+    from magrpo.loss import high_entropy_masks
+
+    # counted entropies 1..6 over two batches; the 0.5 quantile (linear) is 3.5: keep 4, 5, 6
+    first = torch.tensor([[1.0, 5.0, 99.0]])
+    second = torch.tensor([[6.0, 2.0], [3.0, 4.0]])
+    masks = high_entropy_masks(
+        [first, second], [torch.tensor([[True, True, False]]), torch.ones(2, 2, dtype=torch.bool)], 0.5
+    )
+    assert masks[0].tolist() == [[False, True, False]]  # the padding's 99 neither counts nor is kept
+    assert masks[1].tolist() == [[True, False], [False, True]]
+
+
+def test_the_bias_corrected_kl_adds_k3_times_the_score_at_the_first_update():
+    from magrpo.objective import policy_loss
+
+    lp = torch.tensor([[math.log(0.5), math.log(0.25)]], dtype=torch.float64).requires_grad_()
+    ref = torch.tensor([[math.log(0.25), math.log(0.25)]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    grads = {}
+    for on in (False, True):
+        lp.grad = None
+        objective = objective_of(beta=1.0, use_bias_correction_kl=on)
+        loss, _ = policy_loss(objective, lp, mask, torch.zeros(1, dtype=torch.float64), ref_logprobs=ref)
+        assert loss.item() == pytest.approx(math.log(2) - 0.5, rel=1e-12)  # the value: k3 alone
+        loss.backward()
+        grads[on] = lp.grad.clone()
+    # d k3 / d log pi = 1 - pi_ref / pi = [0.5, 0]; corrected: + k3 = [log 2 - 0.5, 0]
+    assert grads[False].tolist()[0] == pytest.approx([0.5, 0.0], abs=1e-15)
+    assert grads[True].tolist()[0] == pytest.approx([0.5 + math.log(2) - 0.5, 0.0], abs=1e-15)
+
+
+def test_the_loss_type_table_names_the_configs_choices_and_the_clipped_ones():
+    from magrpo.choices import CLIPPED_LOSS_TYPES, LOSS_TYPES
+    from magrpo.loss import LOSS_TYPE_TABLE
+
+    assert tuple(LOSS_TYPE_TABLE) == LOSS_TYPES
+    assert tuple(n for n, row in LOSS_TYPE_TABLE.items() if row.surrogate == "clip") == CLIPPED_LOSS_TYPES

@@ -140,7 +140,9 @@ def test_truncated_completions_leave_the_loss_and_its_normaliser(tiny_tokenizer)
 
 def test_the_kl_term_is_zero_at_the_reference_and_pulls_a_moved_policy_back(tiny_tokenizer):
     (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=5), tiny_tokenizer)], device="cpu")
-    team = team_of([agent], beta=1.0, learning_rate=1e-3)
+    # the k3 term itself: its gradient on these fixed samples descends their k3 (TRL's default
+    # use_bias_correction_kl=True adds k3 * grad log pi, unbiased only for samples of the policy)
+    team = team_of([agent], beta=1.0, learning_rate=1e-3, use_bias_correction_kl=False)
     initial = [p.detach().clone() for p in agent.model.parameters()]
     rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
     no_signal = torch.zeros(4)
@@ -187,3 +189,102 @@ def test_a_lora_agents_reference_is_its_own_base_with_the_adapter_off(tiny_token
         ref = logprobs(agent.model)
     expected = k3_kl(policy, ref)[rollout.completion_mask].double().mean().item()
     assert expected > 0.01 and figures["kl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_entropy_options_run_through_the_update_and_adapt_the_coefficient(tiny_tokenizer):
+    """top_entropy_quantile picks tokens by pi_old's entropies over the step; the adaptive bonus
+    applies nothing at the first optimiser step (no entropy measured yet), then moves its
+    coefficient by entropy_coef_delta after each step (up: the entropy is below the target)."""
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=7), tiny_tokenizer)], device="cpu")
+    team = team_of(
+        [agent],
+        learning_rate=1e-3,
+        num_iterations=2,
+        top_entropy_quantile=0.5,
+        entropy_coef=0.1,
+        use_adaptive_entropy=True,
+        entropy_target=100.0,
+        update_micro_batch_size=2,
+    )
+    rollout = rollout_of(agent, ["a b", "q"], [[2, 3, 0], [4, 5, 2, 3], [3, 0], [5, 5, 5]], generations=2)
+    experience = build_experience(team, 0, [rollout], [torch.tensor([1.5, -0.5, 0.0, -3.0])])
+    # the zero-advantage completion stays: the quantile and the bonus count it
+    assert sum(len(mb.advantages) for mb in experience.micro_batches) == 4
+    kept = sum(int(mb.entropy_mask.sum()) for mb in experience.micro_batches)
+    counted = sum(int(mb.completion_mask.sum()) for mb in experience.micro_batches)
+    assert experience.entropy_tokens == kept and 0 < kept < counted and kept >= counted // 2
+    figures = step.update_agent(team, 0, experience, NO_EXTRA_LOSS)
+    control = team.entropy_controls[0]
+    assert control.coef == pytest.approx(0.1 + 2 * 0.005) and 0 < control.last_entropy < 100
+    assert 0 < figures["entropy_exact"] < 100
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference_every_tau_steps_and_checkpoints_keep_it(
+    tiny_tokenizer, tmp_path
+):
+    from magrpo.checkpoint import load_checkpoint, save_checkpoint
+
+    def agent():
+        return build_agents([(make_tiny_model(len(tiny_tokenizer), seed=8), tiny_tokenizer)], device="cpu")[0]
+
+    moved = agent()
+    team = team_of([moved], beta=0.1, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=0.25)
+    with torch.no_grad():  # the policy moves away from its reference
+        for p in moved.model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    before = [p.detach().clone() for p in moved.reference_model.parameters()]
+    team.after_step(1)  # not a multiple of ref_model_sync_steps: nothing moves
+    assert all(torch.equal(p, q) for p, q in zip(moved.reference_model.parameters(), before))
+    team.after_step(2)
+    for ref, old, policy in zip(moved.reference_model.parameters(), before, moved.model.parameters()):
+        assert torch.allclose(ref, 0.25 * policy + 0.75 * old, rtol=0, atol=1e-7)
+    save_checkpoint(tmp_path / "step-2", agents=[moved], optimizers=team.optimizers, trainer_state={"step": 2},
+                    config=team.args)  # fmt: skip
+    resumed = agent()
+    resumed_team = team_of([resumed], beta=0.1, sync_ref_model=True, ref_model_sync_steps=2)
+    load_checkpoint(tmp_path / "step-2", agents=[resumed], optimizers=resumed_team.optimizers)
+    for mine, theirs in zip(resumed.reference_model.parameters(), moved.reference_model.parameters()):
+        assert torch.equal(mine, theirs)
+
+
+def test_trls_completion_figures_count_lengths_cut_completions_and_tied_groups(tiny_tokenizer):
+    from magrpo.step_metrics import completion_figures, merged_completion_figures, zero_reward_std
+
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=9), tiny_tokenizer)], device="cpu")
+    # 3 tokens up to its EOS; 4 tokens without one: cut at max_new_tokens
+    rollout = rollout_of(agent, ["a b"], [[2, 3, 0], [4, 5, 2, 3]], generations=2)
+    assert completion_figures(agent, [rollout]) == (7.0, 1.0, 2)
+    assert merged_completion_figures([(7.0, 1.0, 2), (3.0, 0.0, 2)]) == {
+        "completions/mean_length": 2.5,
+        "completions/clipped_ratio": 0.25,
+    }
+    assert zero_reward_std(torch.tensor([[1.0, 1.0], [0.0, 1.0]])).tolist() == [True, False]
+
+
+def test_normalize_then_sum_learns_from_each_functions_values_normalised_per_node(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from magrpo.envs.base import StepResult
+    from magrpo.errors import ConfigError
+    from magrpo.prepare import build_env_factory
+
+    (agent,) = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=10), tiny_tokenizer)], device="cpu")
+    team = team_of([agent], multi_objective_aggregation="normalize_then_sum")
+    assert team.learning_rewards([]) is None  # no reward functions named: the turns' own rewards
+
+    def result(f, g):
+        return StepResult({}, {"agent_0": f - g}, {}, {}, {"agent_0": {"reward/f": f, "reward/g": g}})
+
+    # one node of two joint actions: f = [1, 3] -> z = [-1, 1] / (sqrt(2) + 1e-4); g ties -> z = 0
+    team.reward_parts = [("f", 1.0), ("g", -1.0)]
+    (rewards,) = team.learning_rewards([SimpleNamespace(results=[[result(1.0, 5.0), result(3.0, 5.0)]])])
+    z = 1 / (2**0.5 + 1e-4)
+    assert rewards[0].tolist() == pytest.approx([-z, z], rel=1e-12)
+    args = MAGRPOConfig(num_agents=1, multi_objective_aggregation="normalize_then_sum")
+    with pytest.raises(ConfigError, match="normalize_then_sum' normalises each reward function's values: give"):
+        build_env_factory(args, ["agent_0"], reward_func=None, scorer=lambda **k: [], formatters=[str],
+                          env_factory=None, reward_weights=None, feedback=None, is_solved=None, agent_roles=None)  # fmt: skip
+    factory = build_env_factory(args, ["agent_0"], reward_func=[len, abs], scorer=None, formatters=[str],
+                                env_factory=None, reward_weights=[1.0, 0.5], feedback=None, is_solved=None,
+                                agent_roles=None)  # fmt: skip
+    assert factory.reward_parts == [("len", 1.0), ("abs", 0.5)]

@@ -2,7 +2,8 @@
 
 A checkpoint ``RUN/checkpoints/step-N/`` holds, for each agent, its trainable weights in the form
 transformers or peft loads directly (``agent_i/``) and its optimiser state
-(``agent_i/optimizer.pt``); each critic's value head (IAC, MAAC:
+(``agent_i/optimizer.pt``), and with ``sync_ref_model`` its moved reference
+(``agent_i/reference/model.safetensors``); each critic's value head (IAC, MAAC:
 ``<critic>/value_head.safetensors``; its AdamW moments are in its host agent's optimiser state,
 or, for a critic model of its own, beside its weights in ``<critic>/optimizer.pt``);
 the random states (python, numpy, torch, the data order) and the trainer's position
@@ -40,6 +41,8 @@ from magrpo.sharding import shard_optimizer_state
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+#: a fully trained agent's reference where sync_ref_model moves it (beside the agent's weights)
+REFERENCE_FILE = "reference/model.safetensors"
 
 #: config fields a resumed run may change: they do not change the maths of the steps to come
 RESUMABLE_CHANGES = frozenset(
@@ -98,6 +101,11 @@ def save_checkpoint(
             weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
             save_agent(agent, tmp / agent.name, state_dict=weights)
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
+            if config.sync_ref_model and agent.reference_model is not None:  # moved since the run began
+                from safetensors.torch import save_model
+
+                (tmp / agent.name / REFERENCE_FILE).parent.mkdir()
+                save_model(agent.reference_model, str(tmp / agent.name / REFERENCE_FILE))
         save_critics(critics, tmp)  # a head on an agent's model: its moments are in that agent's optimiser state
         for critic in critics:  # a critic model of its own: its optimiser state beside its weights
             if critic.model is not None:
@@ -219,6 +227,10 @@ def load_checkpoint(
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for {kind} {name!r}")
         _load_weights(policy, folder)
+        if kind == "agent" and (folder / REFERENCE_FILE).is_file() and policy.reference_model is not None:
+            from safetensors.torch import load_model
+
+            load_model(policy.reference_model, str(folder / REFERENCE_FILE), device=str(policy.reference_model.device))
         # whole tensors: a sharded optimiser takes its shards of them
         optimizer.load_state_dict(
             shard_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))

@@ -13,12 +13,20 @@ ALGORITHMS = ("magrpo", "iac", "maac")
 CRITIC_TYPES = ("v", "q")
 ADVANTAGE_SCALINGS = ("none", "std")
 ADVANTAGE_BASELINES = ("mean", "loo", "max", "none")
-#: the loss's normaliser (magrpo.loss): ours ("sequence", the paper's; "token") and TRL's
-LOSS_TYPES = ("sequence", "token", "grpo", "dr_grpo", "dapo", "bnpo")
+#: the loss type (magrpo.loss.LOSS_TYPE_TABLE: its normaliser, row scale and surrogate): ours
+#: ("sequence", the paper's; "token") and TRL's
+LOSS_TYPES = ("sequence", "token", "grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+#: the loss types whose surrogate is PPO's clip (the others: cispo, sapo, vespo), which delta caps
+CLIPPED_LOSS_TYPES = ("sequence", "token", "grpo", "dr_grpo", "dapo", "bnpo", "luspo")
 #: the old name's values (loss_aggregation), each still a loss_type
 LOSS_AGGREGATIONS = ("sequence", "token")
 #: where the clipped ratio pi / pi_old is taken: per token (PPO, GRPO) or per completion (GSPO)
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+#: how the sampler correction pi_old / pi_sampler is taken (TRL's vllm_importance_sampling_mode):
+#: per token or per completion, truncated to its bounds or masked (0) outside them
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+#: how several reward functions make one reward (TRL's multi_objective_aggregation)
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 #: transformers' get_scheduler names magrpo accepts
 LR_SCHEDULERS = (
     "constant",
@@ -60,6 +68,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ALGORITHMS",
+    "CLIPPED_LOSS_TYPES",
     "CRITIC_TYPES",
     "ADVANTAGE_SCALINGS",
     "AUTOCASTS",
@@ -68,10 +77,12 @@ __all__ = [
     "DTYPES",
     "EXPANSIONS",
     "IMPORTANCE_SAMPLING_LEVELS",
+    "IMPORTANCE_SAMPLING_MODES",
     "JOINT_MODES",
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
     "LR_SCHEDULERS",
+    "MULTI_OBJECTIVE_AGGREGATIONS",
     "ROLLOUT_BACKENDS",
     "SAMPLERS",
     "REPORT_TO",

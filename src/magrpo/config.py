@@ -15,16 +15,19 @@ from magrpo.choices import (
     ADVANTAGE_SCALINGS,
     ALGORITHMS,
     AUTOCASTS,
+    CLIPPED_LOSS_TYPES,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
     DTYPES,
     EXPANSIONS,
     IMPORTANCE_SAMPLING_LEVELS,
+    IMPORTANCE_SAMPLING_MODES,
     JOINT_MODES,
     LOSS_AGGREGATIONS,
     LOSS_TYPES,
     LR_SCHEDULERS,
+    MULTI_OBJECTIVE_AGGREGATIONS,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -54,10 +57,18 @@ class MAGRPOConfig:
     num_generations: int = 4
     #: the longest completion, in tokens
     max_new_tokens: int = 128
-    #: sampling: softmax(logits / temperature), no top-k, no repetition penalty
+    #: sampling: softmax(logits / temperature); the loss scores this tempered softmax, untruncated
     temperature: float = 1.0
     #: nucleus sampling (1: off); the loss scores the untruncated softmax, as TRL does
     top_p: float = 1.0
+    #: sample among the k likeliest tokens only (0: off), one for the team or one per agent; the
+    #: loss scores the untruncated softmax, as TRL does
+    top_k: int | list[int] = 0
+    #: drop tokens less likely than min_p times the likeliest one (None: off), one or one per agent
+    min_p: float | None | list[float | None] = None
+    #: transformers' repetition penalty of the tokens already in the prompt or completion (1: off;
+    #: > 1 repeats less), one or one per agent; the loss scores the unpenalised softmax, as TRL does
+    repetition_penalty: float | list[float] = 1.0
     # optimisation
     #: one rate for the team, or one per agent
     learning_rate: float | list[float] = 1e-5
@@ -90,6 +101,11 @@ class MAGRPOConfig:
     #: the baseline b in A = R - b: "mean" (the group mean, MAGRPO), "loo" (mean of the other
     #: G - 1: RLOO), "max" (the group's best), "none" (raw returns: REINFORCE without a baseline)
     advantage_baseline: str = "mean"
+    #: how several reward functions make the reward learnt from (TRL's option): "sum_then_normalize"
+    #: (their weighted sum, then the advantage baseline and scaling) or "normalize_then_sum" (GDPO:
+    #: each function's values normalised over their node's joint actions first, then summed with
+    #: the weights; the logged reward stays the weighted sum)
+    multi_objective_aggregation: str = "sum_then_normalize"
     #: how the advantages are made. "magrpo": the group baseline above (the paper's); "iac":
     #: independent actor-critic, each agent's own critic (a value head on its model reading its own
     #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
@@ -137,14 +153,63 @@ class MAGRPOConfig:
     epsilon: float = 0.2
     #: the clip's upper width (None: epsilon)
     epsilon_high: float | None = None
-    #: r per token ("token": PPO, GRPO) or one per completion ("sequence": GSPO)
+    #: r per token ("token": PPO, GRPO) or one per completion ("sequence": GSPO); with one update
+    #: per rollout it says how a completion's sampler correction reaches its tokens (spread evenly
+    #: at the sequence level, as the first of several updates does)
     importance_sampling_level: str = "token"
+    #: INTELLECT-2's cap of r in the clipped surrogate of grpo, dr_grpo, dapo, bnpo, luspo,
+    #: sequence and token (None: none; > 1, and above 1 + epsilon_high to act as TRL recommends)
+    delta: float | None = None
+    #: SAPO's gate temperature where A <= 0 (loss_type="sapo")
+    sapo_temperature_neg: float = 1.05
+    #: SAPO's gate temperature where A > 0
+    sapo_temperature_pos: float = 1.0
+    #: VESPO's power k of phi(w) = exp(lambda + k log w - lambda w) where A >= 0 (loss_type="vespo")
+    vespo_k_pos: float = 2.0
+    #: VESPO's decay lambda where A >= 0
+    vespo_lambda_pos: float = 3.0
+    #: VESPO's power k where A < 0
+    vespo_k_neg: float = 3.0
+    #: VESPO's decay lambda where A < 0
+    vespo_lambda_neg: float = 2.0
+    #: DeepSeek-V3.2's off-policy sequence mask: a completion with A < 0 whose mean
+    #: log(pi_sampler / pi) exceeds this leaves the policy term (None: off)
+    off_policy_mask_threshold: float | None = None
+    #: "Beyond the 80/20 rule": only this share of the counted tokens, those of highest entropy
+    #: under the weights that sampled (a quantile over the whole step), carry the policy term (1: all)
+    top_entropy_quantile: float = 1.0
+    #: the entropy bonus: the loss minus this times the mean token entropy over the step's counted
+    #: tokens (those the policy term acts on), whatever the loss type (0: none)
+    entropy_coef: float = 0.0
+    #: Skywork-OR1's adaptive entropy control: after every optimiser step entropy_coef moves by
+    #: entropy_coef_delta, up where the step's mean entropy is at most entropy_target, down
+    #: otherwise, within [entropy_coef_min, entropy_coef_max]; it applies only while the last
+    #: step's entropy is at most entropy_target (the first step: not at all)
+    use_adaptive_entropy: bool = False
+    #: the adaptive coefficient's floor
+    entropy_coef_min: float = 0.0
+    #: the adaptive coefficient's ceiling
+    entropy_coef_max: float = 1.0
+    #: the adaptive coefficient's step
+    entropy_coef_delta: float = 0.005
+    #: the mean token entropy (nats) at or below which the adaptive bonus acts
+    entropy_target: float = 0.2
     #: weight of the per-token k3 KL to a reference policy in the loss (0: none, the paper's). The
     #: reference of a LoRA agent is its own base with the adapter off (no memory); of a fully
     #: trained agent, a frozen copy of its initial weights on reference_device (None: the agent's)
     beta: float = 0.0
     #: where a fully trained agent's frozen reference sits (None: the agent's device)
     reference_device: str | None = None
+    #: multiply the KL term by r = pi / pi_old (DeepSeek-V3.2: the unbiased reverse-KL gradient;
+    #: its value at r = 1 is unchanged, its gradient not), as TRL's default does
+    use_bias_correction_kl: bool = True
+    #: TR-DPO's reference updates: every ref_model_sync_steps training steps the reference becomes
+    #: ref_model_mixup_alpha * policy + (1 - alpha) * reference (fully trained agents, beta > 0)
+    sync_ref_model: bool = False
+    #: alpha of sync_ref_model
+    ref_model_mixup_alpha: float = 0.6
+    #: tau of sync_ref_model: training steps between two reference updates
+    ref_model_sync_steps: int = 512
     #: "aligned": G joint actions, the g-th completion of every agent together;
     #: "cross": every combination, G ** num_agents joint actions
     joint_mode: str = "aligned"
@@ -189,8 +254,15 @@ class MAGRPOConfig:
     #: the engine's own dtype). "auto": "bfloat16" where the update runs under bf16 autocast (with the
     #: fast or vllm backend, not sharded), else "same"
     rollout_dtype: str = "auto"
-    #: the cap of the truncated importance-sampling weight min(pi / pi_sampler, rollout_is_cap)
+    #: the cap of the importance-sampling weight pi / pi_sampler (TRL's vllm_importance_sampling_clip_max)
     rollout_is_cap: float = 3.0
+    #: how the weight pi_old / pi_sampler is taken, for a sampling copy and an engine alike:
+    #: "token_truncate" (per token, truncated to [clip_min, rollout_is_cap]: ours), "token_mask"
+    #: (per token, 0 outside the bounds), "sequence_truncate", "sequence_mask" (one weight per
+    #: completion, the product of its tokens': TRL's default)
+    vllm_importance_sampling_mode: str = "token_truncate"
+    #: the weight's lower bound (None: none; at most 1)
+    vllm_importance_sampling_clip_min: float | None = None
     #: vllm backend: weight each token by min(pi / pi_engine, rollout_is_cap) with the engine's
     #: sampled-token log-probabilities (TRL's vllm_importance_sampling_correction)
     vllm_importance_sampling_correction: bool = True
@@ -381,6 +453,7 @@ class MAGRPOConfig:
                 f"algorithm={self.algorithm!r} keeps whole value heads beside the agents; data_parallel='shard' "
                 "is for algorithm='magrpo': use data_parallel='replicate'"
             )
+        self._check_objective_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -465,6 +538,43 @@ class MAGRPOConfig:
                 f"({plan.describe()}), more than max_planned_generations={self.max_planned_generations}; "
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
+
+    def _check_objective_rules(self) -> None:
+        """Rules between the objective's fields (magrpo.loss, docs/objective.md)."""
+        if self.delta is not None and self.loss_type not in CLIPPED_LOSS_TYPES:
+            raise ConfigError(
+                f"delta={self.delta!r} caps r in the clipped surrogate, which loss_type={self.loss_type!r} does not "
+                f"use: choose one of {', '.join(map(repr, CLIPPED_LOSS_TYPES))}, or leave delta unset"
+            )
+        if self.loss_type == "vespo" and self.vllm_importance_sampling_mode.startswith("sequence"):
+            raise ConfigError(
+                f"loss_type='vespo' folds each token's sampler weight into its sequence weight; "
+                f"vllm_importance_sampling_mode={self.vllm_importance_sampling_mode!r} leaves it one per completion: "
+                "choose 'token_truncate' or 'token_mask'"
+            )
+        low = self.vllm_importance_sampling_clip_min
+        if low is not None and low >= self.rollout_is_cap:
+            raise ConfigError(
+                f"vllm_importance_sampling_clip_min={low!r} must be below rollout_is_cap={self.rollout_is_cap!r} "
+                "(the weight's bounds)"
+            )
+        if self.use_adaptive_entropy and self.entropy_coef_min > self.entropy_coef_max:
+            raise ConfigError(
+                f"entropy_coef_min={self.entropy_coef_min!r} is above entropy_coef_max={self.entropy_coef_max!r}: "
+                "the adaptive coefficient moves between them"
+            )
+        if self.sync_ref_model:
+            if self.beta == 0:
+                raise ConfigError(
+                    "sync_ref_model=True moves the reference of the KL term, and beta=0 has none: set beta > 0, or "
+                    "leave sync_ref_model off"
+                )
+            if any(self.lora_per_agent()):
+                raise ConfigError(
+                    f"sync_ref_model=True mixes the policy into a frozen reference copy; use_lora={self.use_lora!r}: a "
+                    "LoRA agent's reference is its own base with the adapter off, which has no copy to move: train "
+                    "the agents fully (use_lora=False), or leave sync_ref_model off"
+                )
 
     def learning_rate_per_agent(self) -> list[float]:
         """``learning_rate`` as one rate per agent."""
@@ -637,8 +747,16 @@ def _one_or_per_agent(valid: Callable[[Any], bool], expected: str) -> FieldCheck
     return check
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_number_at_least_0(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return _is_number(value) and value >= 0
 
 
 def _mapping(cfg: MAGRPOConfig, name: str) -> None:
@@ -700,6 +818,9 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "max_new_tokens": _int_at_least(1),
     "temperature": _number(0.0, None, low_open=True),
     "top_p": _number(0.0, 1.0, low_open=True),
+    "top_k": _one_or_per_agent(lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: off)"),
+    "min_p": _one_or_per_agent(lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "None or a number in [0, 1]"),
+    "repetition_penalty": _one_or_per_agent(lambda v: _is_number(v) and v > 0, "a number > 0 (1: off)"),
     "learning_rate": _one_or_per_agent(_is_number_at_least_0, "a number >= 0"),
     "lr_scheduler_type": _one_of(LR_SCHEDULERS),
     "lr_scheduler_kwargs": _optional(_mapping),
@@ -713,6 +834,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "batch_size": _int_at_least(1),
     "advantage_scaling": _one_of(ADVANTAGE_SCALINGS),
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
+    "multi_objective_aggregation": _one_of(MULTI_OBJECTIVE_AGGREGATIONS),
     "algorithm": _one_of(ALGORITHMS),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,
@@ -727,8 +849,27 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "epsilon": _number(0.0, 1.0, low_open=True),
     "epsilon_high": _optional(_number(0.0, None, low_open=True)),
     "importance_sampling_level": _one_of(IMPORTANCE_SAMPLING_LEVELS),
+    "delta": _optional(_number(1.0, None, low_open=True)),
+    "sapo_temperature_neg": _number(0.0, None, low_open=True),
+    "sapo_temperature_pos": _number(0.0, None, low_open=True),
+    "vespo_k_pos": _number(0.0, None),
+    "vespo_lambda_pos": _number(0.0, None, low_open=True),
+    "vespo_k_neg": _number(0.0, None),
+    "vespo_lambda_neg": _number(0.0, None, low_open=True),
+    "off_policy_mask_threshold": _optional(_number(0.0, None)),
+    "top_entropy_quantile": _number(0.0, 1.0),
+    "entropy_coef": _number(0.0, None),
+    "use_adaptive_entropy": _flag,
+    "entropy_coef_min": _number(0.0, None),
+    "entropy_coef_max": _number(0.0, None),
+    "entropy_coef_delta": _number(0.0, None),
+    "entropy_target": _number(0.0, None),
     "beta": _number(0.0, None),
     "reference_device": _optional(_device),
+    "use_bias_correction_kl": _flag,
+    "sync_ref_model": _flag,
+    "ref_model_mixup_alpha": _number(0.0, 1.0, low_open=True),
+    "ref_model_sync_steps": _int_at_least(1),
     "joint_mode": _one_of(JOINT_MODES),
     "cross_aggregation": _one_of(CROSS_AGGREGATIONS),
     "num_turns": _int_at_least(1),
@@ -744,6 +885,8 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "rollout_backend": _one_of(ROLLOUT_BACKENDS),
     "rollout_dtype": _one_of(ROLLOUT_DTYPES),
     "rollout_is_cap": _number(1.0, None),
+    "vllm_importance_sampling_mode": _one_of(IMPORTANCE_SAMPLING_MODES),
+    "vllm_importance_sampling_clip_min": _optional(_number(0.0, 1.0)),
     "vllm_importance_sampling_correction": _flag,
     "vllm_max_model_len": _optional(_int_at_least(16)),
     "vllm_kv_cache_gib": _number(0.0, None, low_open=True),

@@ -2,7 +2,8 @@
 optimiser step. Its completions that carry a learning signal, cut into micro-batches, each with
 everything the loss needs besides the weights being trained: the advantages, pi_old (several
 updates per rollout), the reference's log-probs (the KL term) and the sampler's (a
-reduced-precision copy or an engine sampled), and the step's loss normaliser."""
+reduced-precision copy or an engine sampled), the tokens that carry the policy term where only
+the highest-entropy ones do, and the step's loss normaliser."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from magrpo.logprobs import (
     trim_left,
     trim_right,
 )
+from magrpo.loss import entropy_threshold
 from magrpo.models import AgentPolicy
 from magrpo.sampling import Rollout
 
@@ -44,6 +46,18 @@ class MicroBatch:
     old_logprobs: torch.Tensor | None = None  # [B, L] pi_old, the weights that sampled (num_iterations > 1)
     ref_logprobs: torch.Tensor | None = None  # [B, L] the reference policy's (beta > 0)
     sampler_logprobs: torch.Tensor | None = None  # [B, L] the sampling copy's or engine's, where one sampled
+    entropy_mask: torch.Tensor | None = (
+        None  # [B, L] bool: the tokens that carry the policy term (top_entropy_quantile)
+    )
+
+    def loss_inputs(self) -> dict[str, torch.Tensor | None]:
+        """What :func:`magrpo.objective.policy_loss` takes of the micro-batch besides the log-probs."""
+        return {
+            "old_logprobs": self.old_logprobs,
+            "ref_logprobs": self.ref_logprobs,
+            "sampler_logprobs": self.sampler_logprobs,
+            "entropy_mask": self.entropy_mask,
+        }
 
 
 @dataclass
@@ -57,6 +71,8 @@ class Experience:
     has_signal: bool
     #: sharded ranks: the passes this rank runs without data, so every rank makes the same collectives
     idle_passes: int
+    #: the counted tokens the policy term acts on over the step (every rank): the entropy bonus' divisor
+    entropy_tokens: float = 1.0
 
 
 def build_experience(
@@ -65,10 +81,12 @@ def build_experience(
     """Agent ``index``'s experience of the step: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * G]``,
     row p * G + g) are its samples and their advantages at turn t.
 
-    Completions with advantage exactly 0 add exactly 0 gradient and are left out (unless the KL
-    term, ``beta`` > 0, has a gradient for them); with ``mask_truncated_completions`` so are those
-    cut at max_new_tokens, from the normaliser too. pi_old and pi_ref are scored here, without
-    gradient, before any optimiser step."""
+    Completions with advantage exactly 0 add exactly 0 policy gradient and are left out (unless
+    another term has a gradient for them or counts them: the KL term, ``beta`` > 0; the entropy
+    bonus; the entropy quantile); with ``mask_truncated_completions`` so are those cut at
+    max_new_tokens, from the normaliser too. pi_old, pi_ref and pi_old's entropies (the quantile
+    of ``top_entropy_quantile``, taken over the whole step) are scored here, without gradient,
+    before any optimiser step."""
     objective, ranks = team.objective, team.ranks
     agent = team.agents[index]
     counted = [counted_rows(agent, rollout, objective.mask_truncated_completions) for rollout in rollouts]
@@ -87,10 +105,11 @@ def build_experience(
             f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "
             "sampling-time log-probabilities; use rollout_backend='fast' or rollout_dtype='same'"
         )
+    keep_zero = objective.needs_reference or objective.has_entropy_bonus or objective.needs_entropy_mask
     micro_batches = [
         micro_batch(rollout, adv, chunk, agent.device, correct_sampler)
         for rollout, adv, rows in zip(rollouts, advantages, counted)
-        for chunk in torch.nonzero(rows.to(adv.device) & ((adv != 0) | objective.needs_reference))
+        for chunk in torch.nonzero(rows.to(adv.device) & ((adv != 0) | keep_zero))
         .flatten()
         .split(team.args.update_micro_batch_size)
         if len(chunk)
@@ -101,9 +120,25 @@ def build_experience(
         has_signal=bool(ranks.sum(len(micro_batches), agent.device)),
         idle_passes=ranks.idle_passes(len(micro_batches), agent.device),
     )
-    if objective.needs_old_logprobs:  # the weights that sampled, before the first optimiser step
+    if objective.needs_old_logprobs or objective.needs_entropy_mask:  # the weights that sampled, before any step
         with scoring(agent, team.precision) as model:
-            score_all(team, model, experience, "old_logprobs")
+            entropies = score_all(team, model, experience, "old_logprobs", with_entropy=objective.needs_entropy_mask)
+        if not objective.needs_old_logprobs:  # scored for the entropies only: one update is on-policy
+            for mb in micro_batches:
+                mb.old_logprobs = None
+        if objective.needs_entropy_mask:
+            set_entropy_masks(team, experience, entropies)
+    experience.entropy_tokens = (
+        ranks.sum(
+            sum(
+                float(mb.completion_mask.sum() if mb.entropy_mask is None else mb.entropy_mask.sum())
+                for mb in micro_batches
+            ),
+            agent.device,
+        )
+        if objective.has_entropy_bonus
+        else 1.0
+    )
     if objective.needs_reference:
         with scoring(agent, team.precision), agent.as_reference() as reference, scoring_mode(reference) as model:
             score_all(team, model, experience, "ref_logprobs")
@@ -138,22 +173,46 @@ def samples_elsewhere(agent: AgentPolicy, engine_correction: bool) -> bool:
 
 
 @torch.no_grad()
-def score_all(team: Team, model: torch.nn.Module, experience: Experience, field: str) -> None:
+def score_all(
+    team: Team, model: torch.nn.Module, experience: Experience, field: str, with_entropy: bool = False
+) -> list[torch.Tensor]:
     """Set ``field`` of every micro-batch to ``model``'s log-probs of its completions (a reference
-    on another device scores there), with the idle passes of a sharded rank."""
+    on another device scores there), with the idle passes of a sharded rank. ``with_entropy``:
+    returns each micro-batch's entropies too (else an empty list)."""
     where = next(model.parameters()).device
+    entropies = []
     for mb in experience.micro_batches:
         on = None if where == mb.completion_ids.device else where
-        setattr(mb, field, micro_batch_logprobs(model, mb, team.objective, on=on).to(mb.completion_ids.device))
+        scores = micro_batch_logprobs(model, mb, team.objective, on=on, with_entropy=with_entropy)
+        if with_entropy:
+            scores, entropy = scores
+            entropies.append(entropy.to(mb.completion_ids.device))
+        setattr(mb, field, scores.to(mb.completion_ids.device))
     for _ in range(experience.idle_passes):
         team.ranks.idle_pass(model, where, backward=False)
+    return entropies
+
+
+def set_entropy_masks(team: Team, experience: Experience, entropies: Sequence[torch.Tensor]) -> None:
+    """Mark in every micro-batch the counted tokens whose entropy under pi_old is in the top
+    ``top_entropy_quantile`` of the step's counted tokens (every micro-batch, every rank)."""
+    mine = [e[mb.completion_mask].float().cpu() for e, mb in zip(entropies, experience.micro_batches)]
+    every = [t for part in team.ranks.gather(mine) for t in part]
+    threshold = entropy_threshold(every, team.objective.top_entropy_quantile)
+    for e, mb in zip(entropies, experience.micro_batches):
+        mb.entropy_mask = mb.completion_mask & (e >= threshold) if threshold is not None else None
 
 
 def micro_batch_logprobs(
-    model: torch.nn.Module, mb: MicroBatch, objective: Objective, on: torch.device | None = None
-) -> torch.Tensor:
-    """log pi(c_t | ...) ``[B, L]`` of the micro-batch's completions under ``model``. ``on``: the
-    device ``model`` runs on when it is not the micro-batch's (a reference copy elsewhere)."""
+    model: torch.nn.Module,
+    mb: MicroBatch,
+    objective: Objective,
+    on: torch.device | None = None,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log pi(c_t | ...) ``[B, L]`` of the micro-batch's completions under ``model`` (and, with
+    ``with_entropy``, each position's entropy). ``on``: the device ``model`` runs on when it is
+    not the micro-batch's (a reference copy elsewhere)."""
     tensors = (mb.prompt_ids, mb.prompt_mask, mb.prompt_index, mb.completion_ids, mb.completion_mask)
     prompt_ids, prompt_mask, prompt_index, completion_ids, mask = (
         tensors if on is None else tuple(t.to(on) for t in tensors)
@@ -161,10 +220,17 @@ def micro_batch_logprobs(
     chunk, temperature = objective.logprob_chunk_size, objective.temperature
     if objective.share_prompt and len(prompt_ids) < len(completion_ids):  # each prompt through the model once
         return shared_prompt_token_logprobs(
-            model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature, chunk
+            model, prompt_ids, prompt_mask, prompt_index, completion_ids, mask, temperature, chunk, with_entropy
         )
     return completion_token_logprobs(
-        model, prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, mask, temperature, chunk
+        model,
+        prompt_ids[prompt_index],
+        prompt_mask[prompt_index],
+        completion_ids,
+        mask,
+        temperature,
+        chunk,
+        with_entropy,
     )
 
 
@@ -194,4 +260,5 @@ __all__ = [
     "micro_batch_logprobs",
     "samples_elsewhere",
     "scoring",
+    "set_entropy_masks",
 ]

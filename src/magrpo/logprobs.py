@@ -67,8 +67,12 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def selected_token_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = None, temperature: float = 1.0
-) -> torch.Tensor:
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits)[token] for each position, in float32, without keeping a
     full-vocabulary log-softmax of every position: ``logit[token] - logsumexp(logits)``.
 
@@ -77,28 +81,46 @@ def selected_token_logprobs(
     the whole vocabulary is never kept for more than one chunk: same values and gradients, memory
     bounded by the chunk. The division by the temperature happens in float32, so bf16 logits are
     rounded once, not twice.
+
+    ``with_entropy``: also the entropy of each position's whole (tempered) distribution, [B, L]
+    with its gradient, returned second (the entropy bonus and mask of TRL's options).
     """
     batch, length, _ = logits.shape
+    score = _token_logprobs_and_entropies if with_entropy else _token_logprobs
     if chunk_size is None or chunk_size >= length:
-        return _token_logprobs(logits, tokens, temperature)
+        return score(logits, tokens, temperature)
     recompute = torch.is_grad_enabled() and logits.requires_grad
     parts = []
     for start in range(0, length, chunk_size):
         part, tok = logits[:, start : start + chunk_size], tokens[:, start : start + chunk_size]
         if recompute:
-            parts.append(
-                torch.utils.checkpoint.checkpoint(_token_logprobs, part, tok, temperature, use_reentrant=False)
-            )
+            parts.append(torch.utils.checkpoint.checkpoint(score, part, tok, temperature, use_reentrant=False))
         else:
-            parts.append(_token_logprobs(part, tok, temperature))
+            parts.append(score(part, tok, temperature))
+    if with_entropy:
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
     return torch.cat(parts, dim=1)
 
 
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logits32 = logits.float()
-    if temperature != 1.0:
-        logits32 = logits32 / temperature
+    return logits32 / temperature if temperature != 1.0 else logits32
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits32 = _tempered(logits, temperature)
     return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
+
+
+def _token_logprobs_and_entropies(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p[token] and H = logsumexp - sum_v p_v * logit_v per position, from one float32 copy."""
+    logits32 = _tempered(logits, temperature)
+    lse = torch.logsumexp(logits32, dim=-1)
+    probs = torch.exp(logits32 - lse.unsqueeze(-1))
+    entropies = lse - (probs * logits32).sum(dim=-1)
+    return logits32.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse, entropies
 
 
 def completion_token_logprobs(
@@ -109,9 +131,11 @@ def completion_token_logprobs(
     completion_token_mask: torch.Tensor,
     temperature: float = 1.0,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log pi(c_t | prompt, c_<t) for every completion token, [B, Lc], in ONE forward pass over
     the batch. Logits are divided by the sampling temperature (the policy that was sampled).
+    ``with_entropy``: and each position's entropy (:func:`selected_token_logprobs`).
 
     Prompts are left-padded ([B, Lp] with ``prompt_mask``), completions right-padded. Only the
     Lc positions that predict completion tokens are projected to the vocabulary.
@@ -127,7 +151,7 @@ def completion_token_logprobs(
         logits_to_keep=length + 1,
     )
     logits = out.logits[:, :-1]  # the logit at position t predicts token t + 1
-    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
+    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature, with_entropy)
 
 
 def prefill_prompts(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache) -> torch.Tensor:
@@ -153,7 +177,8 @@ def shared_prompt_token_logprobs(
     completion_token_mask: torch.Tensor,
     temperature: float = 1.0,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The same [B, Lc] log-probabilities as :func:`completion_token_logprobs`, with each distinct
     prompt run through the model ONCE, however many of the B completions continue it.
 
@@ -170,7 +195,7 @@ def shared_prompt_token_logprobs(
     first = prefill_prompts(model, prompt_ids, prompt_mask, cache).unsqueeze(1).index_select(0, prompt_index)
     length = completion_ids.shape[1]
     if length == 1:
-        return selected_token_logprobs(first, completion_ids, chunk_size, temperature)
+        return selected_token_logprobs(first, completion_ids, chunk_size, temperature, with_entropy)
     cache.batch_select_indices(prompt_index)  # differentiable gather: one prompt, many rows
     row_prompt_mask = prompt_mask.index_select(0, prompt_index)
     attention_mask = torch.cat([row_prompt_mask, completion_token_mask.long()], dim=1)
@@ -183,7 +208,7 @@ def shared_prompt_token_logprobs(
         use_cache=True,
     ).logits
     logits = torch.cat([first, rest], dim=1)
-    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature)
+    return selected_token_logprobs(logits, completion_ids, chunk_size, temperature, with_entropy)
 
 
 def pad_right(mask: torch.Tensor, length: int) -> torch.Tensor:

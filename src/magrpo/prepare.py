@@ -61,6 +61,11 @@ def build_env_factory(
         )
     if (reward_func is None) == (scorer is None):
         raise ConfigError("give exactly one of reward_func or scorer (or an env_factory)")
+    if args.multi_objective_aggregation == "normalize_then_sum" and reward_func is None:
+        raise ConfigError(
+            "multi_objective_aggregation='normalize_then_sum' normalises each reward function's values: give "
+            "reward_func (one or several functions), not a scorer"
+        )
     if formatters is None or len(formatters) != n:
         got = "none" if formatters is None else len(formatters)
         raise ConfigError(f"formatters: {got} given for num_agents={n}; give one formatter per agent")
@@ -68,7 +73,8 @@ def build_env_factory(
         funcs = list(reward_func) if isinstance(reward_func, (list, tuple)) else [reward_func]
         # a path among them is a reward model's local folder (as TRL takes a model in reward_funcs)
         funcs = [RewardModel(f) if isinstance(f, (str, Path)) else f for f in funcs]
-        scorer = scorer_from_reward_funcs(funcs, reward_weights)
+        keep_parts = args.multi_objective_aggregation == "normalize_then_sum"
+        scorer = scorer_from_reward_funcs(funcs, reward_weights, keep_parts=keep_parts)
     return reward_env_factory(
         formatters,
         scorer,

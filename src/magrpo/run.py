@@ -242,6 +242,8 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
             "step": state.step,
             **state.item_order.state(),
             "schedulers": schedules,
+            # each agent's entropy coefficient (use_adaptive_entropy moves it every optimiser step)
+            "entropy_controls": [control.state_dict() for control in team.entropy_controls],
             # what the config's "auto" resolved to and how many ranks shared the batch: a resume
             # elsewhere must run the same maths (check_same_run)
             "precision": precision_policy(team.precision),
@@ -281,6 +283,8 @@ def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     if trainer.ahead is not None:  # the rollout the straight run had sampled ahead
         trainer.ahead.restore(path)
     load_schedules(trainer.team.schedulers or [], saved.get("schedulers"), state.step)
+    for control, control_state in zip(trainer.team.entropy_controls, saved.get("entropy_controls") or []):
+        control.load_state_dict(control_state)
     state.cadence.saved(state.step)
     return path
 

@@ -31,7 +31,7 @@ from magrpo.baselines import BaselineTraining, ExtraLoss
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.experience import Experience, build_experience, micro_batch_logprobs, scoring
 from magrpo.loss import UpdateTally
-from magrpo.objective import policy_loss
+from magrpo.objective import EntropyBonus, EntropyControl, policy_loss
 from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.seeds import mix_seed
 from magrpo.team import Team
@@ -101,7 +101,7 @@ def learn(team: Team, sampled: SampledTree) -> StepOutput:
     """2. - 4.: the tree's returns, every agent's advantages, and each agent's update."""
     args, turns = team.args, sampled.turns
     # 2. returns over the tree
-    returns = turn_returns(turns, args.discount, args.num_turns)
+    returns = turn_returns(turns, args.discount, args.num_turns, rewards=team.learning_rewards(turns))
     started = time.perf_counter()
     with engines_asleep(team.agents):  # vLLM engines asleep on a GPU during the update
         # 3. advantages: the group's baseline (or a critic's), and what the baseline trains
@@ -134,24 +134,27 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
     if not (experience.has_signal or extra_loss.parameters):
         return {"loss": 0.0, "grad_norm": 0.0}
     params, device = agent.trainable_parameters(), agent.device
+    control, with_entropy = team.entropy_controls[index], objective.has_entropy_bonus
     tally, losses, grad_norms = UpdateTally(), [], []
     optimizer.zero_grad(set_to_none=True)
     for _ in range(objective.num_iterations):
-        loss_sum = 0.0
+        loss_sum, step_tally = 0.0, UpdateTally()
+        bonus = EntropyBonus(control.applied(objective.adaptive_entropy), experience.entropy_tokens)
         with scoring(agent, team.precision) as model:
             for mb in experience.micro_batches:
-                logprobs = micro_batch_logprobs(model, mb, objective)
+                logprobs = micro_batch_logprobs(model, mb, objective, with_entropy=with_entropy)
+                if with_entropy:
+                    logprobs, bonus.entropies = logprobs
                 loss, figures = policy_loss(
                     objective,
                     logprobs,
                     mb.completion_mask,
                     mb.advantages,
-                    old_logprobs=mb.old_logprobs,
-                    ref_logprobs=mb.ref_logprobs,
-                    sampler_logprobs=mb.sampler_logprobs,
+                    normaliser=experience.normaliser,
+                    entropy_bonus=bonus,
+                    **mb.loss_inputs(),
                 )
-                tally.include(figures)
-                loss = loss / experience.normaliser
+                step_tally.include(figures)
                 loss.backward()
                 loss_sum += float(loss.detach())
             for _ in range(experience.idle_passes):  # sharded: every rank makes the same collectives
@@ -163,9 +166,23 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
         extra_loss.clip(ranks)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        adapt_entropy(team, control, step_tally)
+        tally.include(step_tally)
     agent.sync_sampling_copy()
     tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
-    return {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
+    figures = {"loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms), **tally.figures()}
+    return {**figures, "entropy_coef": control.coef} if with_entropy else figures
 
 
-__all__ = ["SampledTree", "StepOutput", "learn", "magrpo_step", "sample_tree", "update_agent"]
+def adapt_entropy(team: Team, control: EntropyControl, step_tally: UpdateTally) -> None:
+    """After an optimiser step: with use_adaptive_entropy, move the agent's entropy coefficient by
+    the step's mean token entropy over every rank (the others: nothing)."""
+    adaptive = team.objective.adaptive_entropy
+    if adaptive is None:
+        return
+    figures = step_tally.merged(team.ranks.gather(step_tally)).figures()
+    if "entropy_exact" in figures:
+        control.update(adaptive, figures["entropy_exact"])
+
+
+__all__ = ["SampledTree", "StepOutput", "adapt_entropy", "learn", "magrpo_step", "sample_tree", "update_agent"]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from magrpo.eval.figures import mean_figures, numeric_figures
+from magrpo.experience import counted_rows
 from magrpo.step import StepOutput
 from magrpo.team import Team
 
@@ -27,6 +28,12 @@ AGENT_FIGURES = (
     "clip_high_fraction",
     "ratio_mean",
     "kl",
+    "vespo_weight_mean",
+    "off_policy_masked_fraction",
+    "entropy_exact",
+    "entropy_coef",
+    "completions/mean_length",
+    "completions/clipped_ratio",
 )
 
 
@@ -38,6 +45,11 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         "rewards": [t.rewards.flatten().cpu() for t in turns],  # per turn (a rank's tree may end sooner)
         "rows": [numeric_figures(result) for node in turns[0].results for result in node],
         "advantages": [[adv.detach().cpu() for adv in per_agent] for per_agent in out.advantages],
+        "zero_std_nodes": [float(zero_reward_std(t.rewards).sum()) for t in turns],
+        "nodes": sum(t.num_nodes for t in turns),
+        "completions": [
+            completion_figures(agent, [t.rollouts[i] for t in turns]) for i, agent in enumerate(team.agents)
+        ],
     }
     every = ranks.gather(mine)
     first = torch.cat([part["rewards"][0] for part in every])
@@ -55,9 +67,12 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
     # the scorer's own figures (reward levels, tests passed, cooperation schemes) over the first turn
     rows = [row for part in every for row in part["rows"]]
     metrics.update({f"figures/{k}": v for k, v in mean_figures(rows).items()})
+    # TRL's: the share of nodes (groups) whose joint rewards all tie, every turn
+    metrics["frac_reward_zero_std"] = sum(sum(p["zero_std_nodes"]) for p in every) / sum(p["nodes"] for p in every)
     for i, (agent, optimizer, update) in enumerate(zip(team.agents, team.optimizers, out.agent_figures)):
         advantages = [adv for part in every for adv in part["advantages"][i]]
         figures = {**update, **advantage_figures(advantages, team.args.num_generations)}
+        figures.update(merged_completion_figures([part["completions"][i] for part in every]))
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
     for critic in team.critics:  # IAC, MAAC: under the critic's own name
@@ -72,6 +87,33 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         tokens_per_second=tokens / out.rollout_seconds if out.rollout_seconds > 0 else 0.0,
     )
     return metrics
+
+
+def zero_reward_std(rewards: torch.Tensor) -> torch.Tensor:
+    """[P] bool: the nodes whose J joint rewards have (close to) zero spread, as TRL's isclose."""
+    if rewards.shape[1] < 2:
+        return torch.ones(rewards.shape[0], dtype=torch.bool)
+    std = rewards.double().std(dim=1)
+    return torch.isclose(std, torch.zeros_like(std))
+
+
+def completion_figures(agent: Any, rollouts: Sequence[Any]) -> tuple[float, float, int]:
+    """An agent's completions of the step: their summed lengths (counted tokens), how many were cut
+    at max_new_tokens without an end-of-sequence token, and how many there are."""
+    lengths = sum(float(r.completion_mask.sum()) for r in rollouts)
+    cut = sum(float((~counted_rows(agent, r, mask_truncated=True)).sum()) for r in rollouts)
+    return lengths, cut, sum(r.completion_ids.shape[0] for r in rollouts)
+
+
+def merged_completion_figures(parts: Sequence[tuple[float, float, int]]) -> dict[str, float]:
+    """TRL's completion figures over every rank's share: the mean length, the share cut."""
+    total = sum(p[2] for p in parts)
+    if not total:
+        return {}
+    return {
+        "completions/mean_length": sum(p[0] for p in parts) / total,
+        "completions/clipped_ratio": sum(p[1] for p in parts) / total,
+    }
 
 
 def advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
@@ -105,4 +147,12 @@ def step_samples(out: StepOutput) -> list[dict[str, Any]]:
     return samples
 
 
-__all__ = ["AGENT_FIGURES", "advantage_figures", "step_metrics", "step_samples"]
+__all__ = [
+    "AGENT_FIGURES",
+    "advantage_figures",
+    "completion_figures",
+    "merged_completion_figures",
+    "step_metrics",
+    "step_samples",
+    "zero_reward_std",
+]

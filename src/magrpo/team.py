@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from magrpo.config import MAGRPOConfig
     from magrpo.critics.critic import Critic
     from magrpo.models import AgentPolicy
-    from magrpo.objective import Objective
+    from magrpo.objective import EntropyControl, Objective
     from magrpo.ranks import OneProcess
     from magrpo.sampling import Sampler
+    from magrpo.tree import Turn
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Team:
     baseline: Baseline | None = field(default=None)
     objective: Objective | None = field(default=None)
     sampler: Sampler | None = field(default=None)
+    #: each agent's entropy coefficient, moved after every optimiser step by use_adaptive_entropy
+    #: (in every checkpoint)
+    entropy_controls: list[EntropyControl] = field(default_factory=list)
+    #: multi_objective_aggregation="normalize_then_sum": the reward functions' (name, weight) pairs
+    reward_parts: list[tuple[str, float]] | None = None
 
     def __post_init__(self) -> None:
         from magrpo.baselines import GroupBaseline
@@ -61,7 +67,27 @@ class Team:
 
         self.baseline = self.baseline or GroupBaseline.from_config(self.args)
         self.objective = self.objective or Objective.from_config(self.args, sharded=self.ranks.sharded)
-        self.sampler = self.sampler or sampler_for(self.args, training=True)
+        self.sampler = self.sampler or sampler_for(
+            self.args, training=True, agent_names=[agent.name for agent in self.agents]
+        )
+        self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
+
+    def learning_rewards(self, turns: Sequence[Turn]) -> list[torch.Tensor] | None:
+        """The rewards the returns are made of where they are not the turns' own (the weighted
+        sums): with ``normalize_then_sum``, each function's values normalised per node first."""
+        if self.args.multi_objective_aggregation != "normalize_then_sum" or not self.reward_parts:
+            return None
+        from magrpo.rewards.aggregation import normalize_then_sum
+
+        return [normalize_then_sum(turn.results, self.reward_parts) for turn in turns]
+
+    def after_step(self, step: int) -> None:
+        """What follows training step ``step`` (1-based) besides the schedules: with
+        ``sync_ref_model``, every ``ref_model_sync_steps``-th step each agent's reference moves
+        towards its policy (TR-DPO's mix; TRL counts optimiser steps, magrpo training steps)."""
+        if self.args.sync_ref_model and step % self.args.ref_model_sync_steps == 0:
+            for agent in self.agents:
+                agent.mix_into_reference(self.args.ref_model_mixup_alpha)
 
     @property
     def critics(self) -> list[Critic]:

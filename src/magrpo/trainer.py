@@ -122,6 +122,7 @@ class MAGRPOTrainer:
         distributed.init_from_env(self.args.device)  # under torchrun: join the other ranks
         torch.manual_seed(self.args.seed)
         self._team: Team | None = prepare_team(agents, self.args)
+        self.team.reward_parts = getattr(self.env_factory, "reward_parts", None)  # normalize_then_sum's
         self.args = self.team.args  # rollout_backend="auto" resolved to the backend that samples
         #: where the run stands: steps taken, their metrics, the data position, the checkpoint cadence
         self.state = run.RunState(ItemOrder(len(self.train_items), self.args.seed), run.CheckpointCadence(self.args))
@@ -239,6 +240,7 @@ class MAGRPOTrainer:
         except RewardError as exc:  # name the step; the run keeps its last checkpoint (magrpo.run)
             raise RewardError(f"step {self.state.step + 1}: {exc}") from exc
         self.state.step += 1
+        self.team.after_step(self.state.step)
         self.last_step = out
         self.signal_watch.observe(out, self.state.step)
         metrics = {**step_metrics(self.team, out, self.state.step), **run.peak_memory_figures(engines)}

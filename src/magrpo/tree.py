@@ -165,12 +165,14 @@ def turn_returns(
     num_turns: int,
     values: Sequence[torch.Tensor] | None = None,
     lam: float = 1.0,
+    rewards: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """The discounted return of every joint action of ``turns`` (``[P_t, J]`` per turn):
-    :func:`magrpo.advantages.tree_returns` over the tree's rewards, branches, solved and dropped
-    branches; with a critic's node ``values`` and ``lam`` < 1, its TD(lambda) returns."""
+    :func:`magrpo.advantages.tree_returns` over the tree's rewards (or ``rewards``, one ``[P_t, J]``
+    per turn: what the team learns from where it is not the logged reward), branches, solved and
+    dropped branches; with a critic's node ``values`` and ``lam`` < 1, its TD(lambda) returns."""
     return tree_returns(
-        [t.rewards for t in turns],
+        [t.rewards for t in turns] if rewards is None else list(rewards),
         [t.children for t in turns],
         gamma,
         solved=[t.solved for t in turns],

@@ -25,10 +25,17 @@ from magrpo.rewards.validation import validate_rewards
 from magrpo.types import Formatter, JointAction, Observation, Scorer
 
 
+def reward_func_name(func: Callable[..., Any]) -> str:
+    """How a reward function's value is named in a score row (``reward/NAME``)."""
+    return getattr(func, "__name__", type(func).__name__)
+
+
 def scorer_from_reward_funcs(
-    reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None
+    reward_funcs: Sequence[Callable[..., Any]], weights: Sequence[float] | None = None, keep_parts: bool = False
 ) -> Scorer:
-    """Reward functions -> one scorer: the weighted sum, each function's value kept as a figure."""
+    """Reward functions -> one scorer: the weighted sum, each function's value kept as a figure
+    (``reward/NAME``: with several functions, or ``keep_parts``). The scorer's ``reward_parts``
+    are the (name, weight) pairs."""
     funcs = list(reward_funcs)
     weights = list(weights) if weights is not None else [1.0] * len(funcs)
     if len(weights) != len(funcs):
@@ -37,16 +44,17 @@ def scorer_from_reward_funcs(
     def scorer(*, completions, prompts, **columns) -> list[dict[str, float]]:
         rows = [{"reward": 0.0} for _ in completions]
         for func, weight in zip(funcs, weights):
-            name = getattr(func, "__name__", type(func).__name__)
+            name = reward_func_name(func)
             with naming_failures("reward function", name, columns):
                 returned = func(completions=completions, prompts=prompts, **columns)
             values = validate_rewards(func, returned, len(completions))
             for row, value in zip(rows, values):
                 row["reward"] += weight * value
-                if len(funcs) > 1:
+                if len(funcs) > 1 or keep_parts:
                     row[f"reward/{name}"] = value
         return rows
 
+    scorer.reward_parts = [(reward_func_name(f), float(w)) for f, w in zip(funcs, weights)]  # type: ignore[attr-defined]
     return scorer
 
 
@@ -233,7 +241,9 @@ def reward_env_factory(
     formatters: Sequence[Formatter], scorer: Scorer, agent_names: Sequence[str], **options: Any
 ) -> Callable[[Mapping[str, Any]], RewardFunctionEnv]:
     """item -> RewardFunctionEnv; ``options`` are its keyword arguments (feedback, is_solved, agent_roles,
-    num_turns)."""
-    return functools.partial(
+    num_turns). Its ``reward_parts``: the scorer's (name, weight) pairs, if it has them."""
+    factory = functools.partial(
         RewardFunctionEnv, formatters=formatters, scorer=scorer, agent_names=agent_names, **options
     )
+    factory.reward_parts = getattr(scorer, "reward_parts", None)  # type: ignore[attr-defined]
+    return factory

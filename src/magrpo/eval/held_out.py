@@ -23,7 +23,7 @@ def evaluate_team(
 ) -> dict[str, float]:
     """``{"items": n, "reward": ..., <scorer figures>..., "turn_2/reward": ...}`` over ``items``."""
     a, ranks = team.args, team.ranks
-    sampler = sampler_for(a, training=False)
+    sampler = sampler_for(a, training=False, agent_names=[agent.name for agent in team.agents])
     mine = ranks.share(items)
     per_turn: list[list[dict[str, float]]] = [[] for _ in range(a.num_turns)]
     with ranks.whole_weights(sampler.models_to_gather(team.agents)):

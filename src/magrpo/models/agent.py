@@ -65,6 +65,15 @@ class AgentPolicy:
         else:
             yield self.reference_model
 
+    @torch.no_grad()
+    def mix_into_reference(self, alpha: float) -> None:
+        """TR-DPO's reference update (TRL's ``sync_ref_model``): reference = alpha * policy +
+        (1 - alpha) * reference, weight by weight (a fully trained agent's frozen copy)."""
+        if self.reference_model is None:
+            raise ModelError(f"agent {self.name!r} has no reference copy to move (LoRA agents, or beta = 0)")
+        for reference, weight in zip(self.reference_model.parameters(), self.model.parameters(), strict=True):
+            reference.mul_(1.0 - alpha).add_(weight.to(reference.device, reference.dtype), alpha=alpha)
+
     @contextlib.contextmanager
     def generating(self, use_sampling_copy: bool = True) -> Iterator["PreTrainedModel"]:
         """The model that samples (the sampling copy if there is one and ``use_sampling_copy``,

@@ -9,11 +9,11 @@ three ways. :func:`make_sampler` is the one place a backend's name becomes a sam
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from magrpo.choices import SAMPLERS, check_choice
 from magrpo.sampling.rollout import Rollout
-from magrpo.sampling.sampler import Sampler, SamplingSettings, agent_generators
+from magrpo.sampling.sampler import Sampler, SamplingSettings, TokenFilter, agent_generators
 
 
 def make_sampler(
@@ -25,13 +25,15 @@ def make_sampler(
     backend: str = "fast",
     use_sampling_copy: bool = True,
     concurrent_agents: bool = False,
+    token_filters: dict[str, TokenFilter] | None = None,
 ) -> Sampler:
     """The ``backend``'s sampler ("fast", "plain" or "vllm") with these settings.
 
     ``use_sampling_copy=False`` samples with the training weights even where agents carry a
     reduced-precision sampling copy (evaluation measures the policy itself);
     ``concurrent_agents`` lets agents with models of their own sample at once where the backend
-    can (the fast sampler)."""
+    can (the fast sampler); ``token_filters``: each agent's top-k, min-p and repetition penalty,
+    by its name."""
     check_choice("rollout_backend", backend, SAMPLERS)  # for direct callers: a run's config is checked already
     settings = SamplingSettings(
         num_generations=num_generations,
@@ -40,6 +42,7 @@ def make_sampler(
         top_p=top_p,
         use_sampling_copy=use_sampling_copy,
         concurrent_agents=concurrent_agents,
+        token_filters=tuple((token_filters or {}).items()),
     )
     if backend == "fast":
         from magrpo.sampling.fast import FastSampler as backend_class
@@ -62,11 +65,12 @@ def greedy_sampler(max_new_tokens: int) -> Sampler:
     )
 
 
-def sampler_for(args: Any, *, training: bool) -> Sampler:
+def sampler_for(args: Any, *, training: bool, agent_names: Sequence[str] = ()) -> Sampler:
     """A run's sampler (``args``: a :class:`~magrpo.config.MAGRPOConfig` whose backend is resolved).
     Training samples G completions at ``temperature`` (with the sampling copy, if any), the agents
     at once where ``concurrent_agents``; evaluation one answer at ``eval_temperature`` with the
-    training weights."""
+    training weights. Either way agent i (``agent_names[i]``) samples with its own top_k, min_p
+    and repetition_penalty."""
     return make_sampler(
         num_generations=args.num_generations if training else 1,
         max_new_tokens=args.max_new_tokens,
@@ -75,15 +79,30 @@ def sampler_for(args: Any, *, training: bool) -> Sampler:
         backend=args.rollout_backend,
         use_sampling_copy=training,
         concurrent_agents=args.concurrent_agents,
+        token_filters=token_filters(args, agent_names),
     )
+
+
+def token_filters(args: Any, agent_names: Sequence[str]) -> dict[str, TokenFilter]:
+    """Each named agent's :class:`TokenFilter` from the config's values (one, or one per agent)."""
+
+    def of(value: Any, i: int) -> Any:
+        return value[i] if isinstance(value, list) else value
+
+    return {
+        name: TokenFilter(of(args.top_k, i), of(args.min_p, i), of(args.repetition_penalty, i))
+        for i, name in enumerate(agent_names)
+    }
 
 
 __all__ = [
     "Rollout",
     "Sampler",
     "SamplingSettings",
+    "TokenFilter",
     "agent_generators",
     "greedy_sampler",
     "make_sampler",
     "sampler_for",
+    "token_filters",
 ]

@@ -27,7 +27,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types
 from magrpo.logprobs import cache_keyword, eos_tensor, prefill_prompts
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, rollout_of, tokenize_prompts
-from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
+from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings, TokenFilter
 from magrpo.types import Observation
 
 
@@ -151,12 +151,44 @@ def sample_next_tokens(
     top_p: float,
     generator: Generators = None,
     row_prompt: torch.Tensor | None = None,
+    token_filter: TokenFilter | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row of float32 ``logits`` [B, V]: greedy for temperature 0, else a draw from
-    softmax(logits / temperature), restricted to the top-p nucleus when top_p < 1."""
+    :func:`sampling_probs` (softmax(logits / temperature), restricted to the top-p nucleus when
+    top_p < 1, and to what ``token_filter`` keeps). A repetition penalty acts on the tokens
+    ``seen`` ([B, V] bool: in the prompt or sampled), greedy or not."""
+    token_filter = token_filter or TokenFilter()
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+        return penalised(logits, token_filter, seen).argmax(dim=-1)
+    return draw(sampling_probs(logits, temperature, top_p, token_filter, seen), generator, row_prompt)
+
+
+def penalised(logits: torch.Tensor, token_filter: TokenFilter, seen: torch.Tensor | None) -> torch.Tensor:
+    """transformers' repetition penalty: a seen token's logit divided by the penalty where
+    positive, multiplied where negative."""
+    if token_filter.repetition_penalty == 1.0 or seen is None:
+        return logits
+    penalty = token_filter.repetition_penalty
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def sampling_probs(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    token_filter: TokenFilter | None = None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The distribution a token is drawn from, [B, V] (unnormalised where filtered: draw()
+    renormalises), in transformers' order: the repetition penalty on the raw logits, the
+    temperature, then top-k, top-p and min-p."""
+    token_filter = token_filter or TokenFilter()
+    probs = torch.softmax(penalised(logits, token_filter, seen) / temperature, dim=-1)
+    if token_filter.top_k > 0 and token_filter.top_k < probs.shape[-1]:
+        kth = probs.topk(token_filter.top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # drop a token once the strictly more likely ones already hold top_p of the mass (the
@@ -164,7 +196,9 @@ def sample_next_tokens(
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return draw(probs, generator, row_prompt)
+    if token_filter.min_p is not None:  # relative to the likeliest token: the same before or after renormalising
+        probs = probs.masked_fill(probs < token_filter.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    return probs
 
 
 def _decode(
@@ -179,8 +213,10 @@ def _decode(
     eos_token_ids: Sequence[int],
     pad_token_id: int,
     generator: Generators = None,
+    token_filter: TokenFilter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Completion ids [P * G, Lc] (pad after the first EOS) and their log-probs [P * G, Lc]."""
+    """Completion ids [P * G, Lc] (pad after the first EOS) and their log-probs [P * G, Lc]: those
+    of the tempered softmax the loss scores, whatever ``token_filter`` keeps of it."""
     device = prompt_ids.device
     prompt_mask = prompt_mask.long()
     cache = new_cache(model, prompt_ids.shape[1] + max_new_tokens)
@@ -199,9 +235,16 @@ def _decode(
     active = torch.arange(rows, device=device)  # original row of each batch row still decoding
     eos = eos_tensor(eos_token_ids, tokens)
     scale = temperature if temperature > 0.0 else 1.0
+    seen = None  # [rows still decoding, V]: the tokens a repetition penalty acts on
+    if token_filter is not None and token_filter.repetition_penalty != 1.0:
+        seen = torch.zeros((prompt_ids.shape[0], logits.shape[-1]), dtype=torch.bool, device=device)
+        seen.scatter_(1, prompt_ids, prompt_mask.bool())  # padding marks nothing
+        seen = seen.repeat_interleave(G, dim=0)
     length = 0
     for step in range(max_new_tokens):
-        chosen = sample_next_tokens(logits, temperature, top_p, generator, active // G)
+        chosen = sample_next_tokens(logits, temperature, top_p, generator, active // G, token_filter, seen)
+        if seen is not None:
+            seen[torch.arange(len(chosen), device=device), chosen] = True
         tokens[active, step] = chosen
         logprobs[active, step] = torch.log_softmax(logits / scale, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
         length = step + 1
@@ -215,6 +258,7 @@ def _decode(
             keep = going.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             active, chosen = active[keep], chosen[keep]
+            seen = None if seen is None else seen[keep]
             attention, next_position = attention[keep], next_position[keep]
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         out = model(
@@ -250,6 +294,7 @@ def sample_fast(
             eos_token_ids=agent.eos_token_ids,
             pad_token_id=agent.pad_token_id,
             generator=generator,
+            token_filter=settings.filter_for(agent),
         )
     return rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, logprobs)
 
@@ -262,4 +307,13 @@ class FastSampler(Sampler):
         return sample_fast(agent, observations, self.settings, generator)
 
 
-__all__ = ["FastSampler", "ReservedLayer", "draw", "new_cache", "sample_fast", "sample_next_tokens"]
+__all__ = [
+    "FastSampler",
+    "ReservedLayer",
+    "draw",
+    "new_cache",
+    "penalised",
+    "sample_fast",
+    "sample_next_tokens",
+    "sampling_probs",
+]

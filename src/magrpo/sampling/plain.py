@@ -12,22 +12,32 @@ from transformers import GenerationConfig
 
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling.rollout import Rollout, rollout_of, tokenize_prompts
-from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings
+from magrpo.sampling.sampler import Generators, Sampler, SamplingSettings, TokenFilter
 from magrpo.types import Observation
 
 
 def generation_config(
-    agent: AgentPolicy, *, max_new_tokens: int, temperature: float, top_p: float, num_return_sequences: int
+    agent: AgentPolicy,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    num_return_sequences: int,
+    token_filter: TokenFilter | None = None,
 ) -> GenerationConfig:
-    """Exactly the sampling policy the loss scores: no top-k, no repetition penalty, nothing
-    inherited from the model's own generation defaults. temperature 0 means greedy."""
+    """Exactly the sampling policy asked for: the tempered softmax with top-p and the agent's own
+    filters (top-k, min-p, a repetition penalty; none by default), nothing inherited from the
+    model's own generation defaults. temperature 0 means greedy (the repetition penalty still acts)."""
     greedy = temperature == 0.0
+    token_filter = token_filter or TokenFilter()
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=not greedy,
         temperature=None if greedy else temperature,
         top_p=None if greedy else top_p,
-        top_k=None if greedy else 0,
+        top_k=None if greedy else token_filter.top_k,
+        min_p=None if greedy else token_filter.min_p,
+        repetition_penalty=None if token_filter.repetition_penalty == 1.0 else token_filter.repetition_penalty,
         num_return_sequences=num_return_sequences,
         eos_token_id=agent.eos_token_ids,
         pad_token_id=agent.pad_token_id,
@@ -80,6 +90,7 @@ def sample_plain(
         top_p=settings.top_p,
         # greedy decoding gives G identical rows: decode once, repeat below
         num_return_sequences=1 if greedy else settings.num_generations,
+        token_filter=settings.filter_for(agent),
     )
     with (
         agent.generating(settings.use_sampling_copy) as model,

@@ -30,9 +30,29 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass(frozen=True)
+class TokenFilter:
+    """An agent's own sampling filters, as transformers' ``generate`` applies them: the
+    repetition penalty on the raw logits (a token already in the prompt or the completion has its
+    logit divided by the penalty where positive, multiplied where negative), then after the
+    temperature top-k, top-p and min-p. The loss scores the plain tempered softmax, as TRL does."""
+
+    #: the k likeliest tokens only (0: off)
+    top_k: int = 0
+    #: drop tokens less likely than min_p times the likeliest one (None: off)
+    min_p: float | None = None
+    #: 1: off; > 1 repeats less
+    repetition_penalty: float = 1.0
+
+    @property
+    def is_off(self) -> bool:
+        return self.top_k == 0 and self.min_p is None and self.repetition_penalty == 1.0
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """How a sampler samples: G completions of at most ``max_new_tokens`` per observation, at
-    ``temperature`` (0: greedy) with nucleus ``top_p``."""
+    ``temperature`` (0: greedy) with nucleus ``top_p``, each agent with its own
+    :class:`TokenFilter` (by its name; an agent not named: none)."""
 
     num_generations: int
     max_new_tokens: int
@@ -44,6 +64,12 @@ class SamplingSettings:
     #: agents with models of their own sample at the same time, each in a thread with its share
     #: of the CPU threads (only a sampler whose draws come from its own generators may)
     concurrent_agents: bool = False
+    #: (agent name, its filters) pairs
+    token_filters: tuple[tuple[str, TokenFilter], ...] = ()
+
+    def filter_for(self, agent: AgentPolicy) -> TokenFilter:
+        """The agent's own filters (none where it is not named)."""
+        return dict(self.token_filters).get(getattr(agent, "name", None), TokenFilter())
 
 
 class Sampler:
@@ -123,4 +149,4 @@ def _sampling_device(agent: AgentPolicy) -> torch.device:
     return agent.device if isinstance(agent, AgentPolicy) else torch.device("cpu")
 
 
-__all__ = ["Generators", "Sampler", "SamplingSettings", "agent_generators"]
+__all__ = ["Generators", "Sampler", "SamplingSettings", "TokenFilter", "agent_generators"]

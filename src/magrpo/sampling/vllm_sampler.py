@@ -6,7 +6,8 @@ server's (:mod:`magrpo.sampling.vllm_client`). The requests and the completions 
 
 The same policy as the other samplers: the agent's own tokenizer renders and tokenises the prompt;
 the engine stops at exactly the agent's EOS ids and samples softmax(logits / temperature) with
-optional top-p and no top-k; temperature 0 is greedy. Sampled-token log-probabilities come back
+optional top-p and the agent's own top-k, min-p and repetition penalty (vLLM's SamplingParams
+has all three); temperature 0 is greedy. Sampled-token log-probabilities come back
 for the truncated importance-sampling correction the update applies. Every prompt's request
 carries a seed drawn from that prompt's random stream, so the draws do not depend on the batch.
 """
@@ -41,6 +42,9 @@ class SamplingRequest:
     stop_token_ids: tuple[int, ...]
     seed: int
     logprobs: bool
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -48,14 +52,16 @@ class SamplingRequest:
         return values
 
     def to_vllm(self) -> Any:
-        """vLLM's SamplingParams for this request: no top-k, no special-token skipping, ids only."""
+        """vLLM's SamplingParams for this request: no special-token skipping, ids only."""
         from vllm import SamplingParams
 
         return SamplingParams(
             n=self.n,
             temperature=self.temperature,
             top_p=self.top_p,
-            top_k=0,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
             max_tokens=self.max_tokens,
             stop_token_ids=list(self.stop_token_ids),
             ignore_eos=False,
@@ -148,6 +154,7 @@ def sampling_requests(
 ) -> list[SamplingRequest]:
     """One request per prompt; greedy decoding samples one answer, the same for every generation."""
     greedy = settings.temperature == 0.0
+    token_filter = settings.filter_for(agent)
     return [
         SamplingRequest(
             n=1 if greedy else settings.num_generations,
@@ -157,6 +164,9 @@ def sampling_requests(
             stop_token_ids=tuple(agent.eos_token_ids),
             seed=seed,
             logprobs=not greedy,
+            top_k=0 if greedy else token_filter.top_k,
+            min_p=0.0 if greedy or token_filter.min_p is None else token_filter.min_p,
+            repetition_penalty=token_filter.repetition_penalty,
         )
         for seed in request_seeds(generator, count)
     ]
