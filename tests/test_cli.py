@@ -133,6 +133,8 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
             "--output-dir",
             str(run_dir),
             "--no-progress",
+            "--set",
+            "save_final_checkpoint=true",  # the end resumable too
         ],
         capture_output=True,
         text=True,
@@ -162,7 +164,7 @@ def test_train_one_step_on_the_default_model_then_eval_the_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run_dir / "final" / "agent_1")  # loads directly
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]  # the run's end is resumable
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]  # the run's end is resumable, as asked
 
     moved = tmp_path / "moved"  # a run folder moved elsewhere resumes where it now is
     run_dir.rename(moved)

@@ -87,8 +87,11 @@ def save_checkpoint(
     whole_states: Sequence[tuple[dict, dict | None]] | None = None,
     critics: Sequence[Critic] = (),
     write_extra: Callable[[Path], None] | None = None,
+    model_only: bool = False,
 ) -> Path:
-    """Write a full checkpoint to ``directory`` atomically; returns ``directory``.
+    """Write a full checkpoint to ``directory`` atomically; returns ``directory``. With
+    ``model_only`` (save_only_model) the agents' weights and the critics' heads only: no optimiser,
+    reference, random or trainer state, so it loads as a model but resumes no run.
     ``whole_states``: per agent, (weights, optimiser state) gathered from shards, written instead
     of the agent's and optimiser's own (the same files: any run resumes from them).
     ``write_extra(folder)`` writes more of the run's state into it (a rollout sampled ahead), in
@@ -100,6 +103,8 @@ def save_checkpoint(
         for i, (agent, optimizer) in enumerate(zip(agents, optimizers)):
             weights, optimizer_state = whole_states[i] if whole_states else (None, optimizer.state_dict())
             save_agent(agent, tmp / agent.name, state_dict=weights)
+            if model_only:
+                continue
             torch.save(optimizer_state, tmp / agent.name / OPTIMIZER_FILE)
             if config.sync_ref_model and agent.reference_model is not None:  # moved since the run began
                 from safetensors.torch import save_model
@@ -107,16 +112,18 @@ def save_checkpoint(
                 (tmp / agent.name / REFERENCE_FILE).parent.mkdir()
                 save_model(agent.reference_model, str(tmp / agent.name / REFERENCE_FILE))
         save_critics(critics, tmp)  # a head on an agent's model: its moments are in that agent's optimiser state
-        for critic in critics:  # a critic model of its own: its optimiser state beside its weights
-            if critic.model is not None:
-                torch.save(critic.optimizer.state_dict(), tmp / critic.name / OPTIMIZER_FILE)
-        torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
-        if write_extra is not None:
-            write_extra(tmp)
+        if not model_only:
+            for critic in critics:  # a critic model of its own: its optimiser state beside its weights
+                if critic.model is not None:
+                    torch.save(critic.optimizer.state_dict(), tmp / critic.name / OPTIMIZER_FILE)
+            torch.save({**trainer_state, "rng": _rng_states()}, tmp / STATE_FILE)
+            if write_extra is not None:
+                write_extra(tmp)
         (tmp / CONFIG_FILE).write_text(dump_yaml(config.to_dict()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-        (tmp / MANIFEST).write_text(json.dumps({"step": trainer_state["step"], "files": manifest}, indent=1))
+        described = {"step": trainer_state["step"], "model_only": model_only, "files": manifest}
+        (tmp / MANIFEST).write_text(json.dumps(described, indent=1))
         folders = sorted({p.parent for p in files} | {tmp}, key=lambda p: len(p.parts), reverse=True)
         for path in [*files, tmp / MANIFEST, *folders]:
             _fsync(path)
@@ -154,6 +161,16 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
         if _sha256(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: its sha256 differs from the manifest's")
     return manifest
+
+
+def check_holds_run_state(directory: str | Path) -> None:
+    """Refuse to resume from a checkpoint written with save_only_model: it has weights, no run."""
+    if verify_checkpoint(directory).get("model_only"):
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} holds the agents' weights only (written with save_only_model=True): it "
+            f"cannot resume a run; start a new run from its weights (magrpo train --model "
+            f"{Path(directory) / 'agent_0'} ...), or resume from a checkpoint written without save_only_model"
+        )
 
 
 def checkpoints_of(run_dir: str | Path) -> list[Path]:

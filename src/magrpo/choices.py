@@ -9,6 +9,8 @@ from magrpo.errors import ConfigError
 
 #: how advantages are made: the group baseline (MAGRPO), or a critic's (magrpo.critics)
 ALGORITHMS = ("magrpo", "iac", "maac")
+#: what a run writes to disk (TRL's save_strategy, by steps or not at all)
+SAVE_STRATEGIES = ("steps", "no")
 #: what a critic values: the observation, V(s), or the observation and the action taken, Q(s, a)
 CRITIC_TYPES = ("v", "q")
 ADVANTAGE_SCALINGS = ("none", "std")
@@ -68,6 +70,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ALGORITHMS",
+    "SAVE_STRATEGIES",
     "CLIPPED_LOSS_TYPES",
     "CRITIC_TYPES",
     "ADVANTAGE_SCALINGS",

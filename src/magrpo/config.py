@@ -31,6 +31,7 @@ from magrpo.choices import (
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
+    SAVE_STRATEGIES,
     VLLM_ENGINE_PROCESSES,
     VLLM_MODES,
     check_choice,
@@ -329,6 +330,15 @@ class MAGRPOConfig:
     save_minutes: float = 30.0
     #: keep the newest k checkpoints (the newest complete one is never deleted); None keeps all
     save_total_limit: int | None = 2
+    #: what the run writes to disk: "steps" (checkpoints by save_steps / save_minutes, the final
+    #: weights at the end) or "no" (no checkpoint and no weights: the logs, metrics and samples only)
+    save_strategy: str = "steps"
+    #: checkpoints hold the agents' weights only, without optimiser and random states (a third of a
+    #: full agent's checkpoint); such a checkpoint cannot resume a run, only be loaded as a model
+    save_only_model: bool = False
+    #: also write a checkpoint at the last step, so that the run can go on later with a larger
+    #: max_steps (by default the end of a run writes its final weights only)
+    save_final_checkpoint: bool = False
     # your own data for the CLI's built-in tasks (the Python API takes datasets directly)
     #: JSONL / JSON / CSV / Parquet files or a ``datasets`` folder (save_to_disk); None: the task's own data
     train_data: str | None = None
@@ -452,6 +462,11 @@ class MAGRPOConfig:
             raise ConfigError(
                 f"algorithm={self.algorithm!r} keeps whole value heads beside the agents; data_parallel='shard' "
                 "is for algorithm='magrpo': use data_parallel='replicate'"
+            )
+        if self.save_strategy == "no" and (self.save_final_checkpoint or self.save_only_model):
+            asked = "save_final_checkpoint=True" if self.save_final_checkpoint else "save_only_model=True"
+            raise ConfigError(
+                f"{asked} with save_strategy='no': 'no' writes no checkpoint at all; use save_strategy='steps'"
             )
         self._check_objective_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
@@ -908,6 +923,9 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "save_steps": _int_at_least(0),
     "save_minutes": _number(0.0, None),
     "save_total_limit": _optional(_int_at_least(1)),
+    "save_strategy": _one_of(SAVE_STRATEGIES),
+    "save_only_model": _flag,
+    "save_final_checkpoint": _flag,
     # all of train_data held out would leave nothing to train on
     "eval_fraction": _optional(_fraction_below_one(low_open=True)),
     "eval_temperature": _number(0.0, None),

@@ -127,7 +127,7 @@ def checkpoint_size(trainer: "MAGRPOTrainer", current: bool = False) -> Checkpoi
     tokenizers: dict[int, int] = {}
     for agent, opt in zip(team.agents, team.optimizers):
         weights += _tensor_bytes(_saved_weights(agent)) + FILE_OVERHEAD * AGENT_FILES
-        optimizer += _optimizer_bytes(opt, agent.trainable_parameters(), current)
+        optimizer += 0 if args.save_only_model else _optimizer_bytes(opt, agent.trainable_parameters(), current)
         key = id(agent.tokenizer)
         if key not in tokenizers:
             tokenizers[key] = _tokenizer_bytes(agent.tokenizer)
@@ -136,23 +136,25 @@ def checkpoint_size(trainer: "MAGRPOTrainer", current: bool = False) -> Checkpoi
         other += _tensor_bytes(critic.head.parameters()) + FILE_OVERHEAD
         if critic.model is not None:
             weights += _tensor_bytes(_saved_weights(critic.model)) + FILE_OVERHEAD * AGENT_FILES
-            optimizer += _optimizer_bytes(critic.optimizer, critic.parameters(), current)
-    if trainer.ahead is not None:  # a rollout sampled ahead: ids, masks and log-probs of every completion
+            optimizer += 0 if args.save_only_model else _optimizer_bytes(critic.optimizer, critic.parameters(), current)
+    # a rollout sampled ahead: ids, masks and log-probs of every completion
+    if trainer.ahead is not None and not args.save_only_model:
         rows = args.batch_size * args.num_generations * len(team.agents) * args.num_turns
         other += rows * (PROMPT_TOKENS + args.max_new_tokens) * 24
     return CheckpointSize(weights=weights, optimizer=optimizer, other=other + RUN_FILES_BYTES)
 
 
 def checkpoints_planned(args: Any, step: int) -> int:
-    """How many checkpoints the run writes from ``step`` on: every ``save_steps`` steps and one
-    at the end (every step at most where ``save_minutes`` may be due sooner)."""
+    """How many checkpoints the run writes from ``step`` on: every ``save_steps`` steps and, with
+    ``save_final_checkpoint``, one at the end (every step at most where ``save_minutes`` may be due
+    sooner)."""
     left = max(0, args.max_steps - step)
     if not (args.save_steps or args.save_minutes):
         return 1  # a clean stop still writes one
     if args.save_minutes:
         return max(1, left)
     every = len(range(step + args.save_steps, args.max_steps + 1, args.save_steps))
-    return every + (args.max_steps % args.save_steps != 0)  # and one at the end
+    return every + (args.save_final_checkpoint and args.max_steps % args.save_steps != 0)  # one at the end if asked
 
 
 def check_free_space(trainer: "MAGRPOTrainer", existing: Sequence[Path] = ()) -> CheckpointSize:
@@ -168,7 +170,7 @@ def check_free_space(trainer: "MAGRPOTrainer", existing: Sequence[Path] = ()) ->
     planned = checkpoints_planned(args, trainer.state.step)
     kept = args.save_total_limit if args.save_total_limit is not None else len(existing) + planned
     peak = min(max(1, kept) + 1, len(existing) + planned)  # checkpoints on the disk at once
-    existing_bytes = sum(_folder_bytes(p) for p in existing[-peak:]) if existing else 0
+    existing_bytes = sum(folder_bytes(p) for p in existing[-peak:]) if existing else 0
     needed = max(size.total, peak * size.total - existing_bytes)
     if free < size.total:
         raise ConfigError(
@@ -218,7 +220,8 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def _folder_bytes(folder: Path) -> int:
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
@@ -247,6 +250,7 @@ __all__ = [
     "check_free_space",
     "checkpoint_size",
     "checkpoints_planned",
+    "folder_bytes",
     "human",
     "is_out_of_space",
     "out_of_space_message",

@@ -23,6 +23,7 @@ import torch
 
 from magrpo.checkpoint import (
     MANIFEST,
+    check_holds_run_state,
     check_resumable_config,
     checkpoints_of,
     load_checkpoint,
@@ -31,7 +32,7 @@ from magrpo.checkpoint import (
     save_checkpoint,
 )
 from magrpo.config import MAGRPOConfig
-from magrpo.disk import check_free_space, checkpoint_size, is_out_of_space, out_of_space_message
+from magrpo.disk import check_free_space, checkpoint_size, folder_bytes, human, is_out_of_space, out_of_space_message
 from magrpo.envs.check import check_env
 from magrpo.errors import ConfigError, DiskFullError, RolloutServerError
 from magrpo.report import RunLog, progress_bar
@@ -44,16 +45,20 @@ if TYPE_CHECKING:
 
 
 class CheckpointCadence:
-    """When the next full checkpoint is due: every ``save_steps`` steps or ``save_minutes`` minutes."""
+    """When the next full checkpoint is due: every ``save_steps`` steps or ``save_minutes`` minutes;
+    never with ``save_strategy="no"``."""
 
     def __init__(self, args: MAGRPOConfig, step: int = 0) -> None:
         self.args = args
+        self.writes = args.save_strategy != "no"  # checkpoints and weights at all
         self.saved(step)
 
     def saved(self, step: int) -> None:
         self.last_step, self.last_time = step, time.monotonic()
 
     def due(self, step: int) -> bool:
+        if not self.writes:
+            return False
         by_steps = self.args.save_steps and step % self.args.save_steps == 0
         by_time = self.args.save_minutes and time.monotonic() - self.last_time >= 60 * self.args.save_minutes
         return bool(by_steps or by_time)
@@ -105,7 +110,7 @@ def train_loop(
                 if ranks.any(stop.signal is not None) and stop.signal is None:
                     stop.signal = signal.SIGTERM  # another rank was asked to stop: stop together
                 # decided together: the minutes since the last save differ a little between ranks
-                if ranks.any(state.cadence.due(state.step)) or stop.signal is not None:
+                if ranks.any(state.cadence.due(state.step)) or (stop.signal is not None and state.cadence.writes):
                     trainer.checkpoint(log.checkpoint_dir(state.step))
                 bar(metrics)
                 if stop.signal is not None:
@@ -119,17 +124,18 @@ def train_loop(
             trackers.close()
             # a run that died (an error; not a clean stop, nor a second Ctrl-C) still leaves the
             # weights of its last step when the last full checkpoint is older
-            died = state.step < args.max_steps and stop.signal is None and not out_of_space
+            died = state.step < args.max_steps and stop.signal is None and not out_of_space and state.cadence.writes
             # (not when sharded: gathering the weights needs every rank, and the others may be gone)
             if died and state.step > state.cadence.last_step and main and not ranks.sharded:
                 save_interrupted(trainer, log.checkpoint_dir(state.step, suffix="-interrupted"))
-    saves_checkpoints = bool(args.save_steps or args.save_minutes)  # both 0: final weights only
-    if saves_checkpoints and state.cadence.last_step != state.step:
+    # the end writes the final weights; a resumable checkpoint of the last step only when asked
+    if args.save_final_checkpoint and state.cadence.last_step != state.step:
         trainer.checkpoint(log.checkpoint_dir(state.step))
-    if main or ranks.sharded:
+    if state.cadence.writes and (main or ranks.sharded):
         save_weights(trainer, log.final_dir(), what="the final weights")
     if main:
         log.plot_rewards(state.history)
+        print(f"the run folder {str(log.dir)!r} holds {human(folder_bytes(log.dir))}", flush=True)
     ranks.barrier()  # the other ranks return once the run's files are written
     return state.history
 
@@ -153,10 +159,12 @@ def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], li
         if ahead is not None:
             ahead.forget()
         state.item_order.load_state(position)
-        if state.step > state.cadence.last_step:
+        if state.step > state.cadence.last_step and state.cadence.writes:
             trainer.checkpoint(log.checkpoint_dir(state.step))
         hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
         saved = f"checkpoint {log.checkpoint_dir(state.step)}" if state.step else "no step had finished"
+        if not state.cadence.writes:
+            saved, hint = "save_strategy='no': nothing saved", "a new run"
         raise RolloutServerError(
             exc.url,
             f"{str(exc).removeprefix(f'rollout server {exc.url}: ')}; the run stopped after step {state.step} "
@@ -169,6 +177,8 @@ def check_space(trainer: "MAGRPOTrainer") -> None:
     hold the checkpoints the run keeps (:func:`magrpo.disk.check_free_space`); decided on the
     first rank, which writes them, and obeyed by all."""
     ranks, refusal = trainer.team.ranks, None
+    if not trainer.state.cadence.writes:
+        return
     if ranks.is_main:
         existing = [p for p in checkpoints_of(trainer.args.output_dir) if (p / MANIFEST).is_file()]
         try:
@@ -235,7 +245,9 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
     ``save_total_limit`` are deleted. A save that runs out of space leaves nothing of itself and
     is a :class:`DiskFullError` naming what was needed and the newest complete checkpoint."""
     team, state = trainer.team, trainer.state
-    whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=True)  # sharded: every rank gathers
+    model_only = trainer.args.save_only_model
+    # sharded: every rank gathers
+    whole = team.ranks.whole_states(team.agents, team.optimizers, with_optimizers=not model_only)
     if team.ranks.is_main:  # the same weights and states on every rank (or gathered): one writes them
         schedules = [scheduler.state_dict() for scheduler in team.schedulers or []]
         saved = {
@@ -259,6 +271,7 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
                 whole_states=whole,
                 critics=team.critics,
                 write_extra=trainer.ahead.save if trainer.ahead is not None else None,  # a rollout sampled ahead
+                model_only=model_only,
             )
         except Exception as exc:
             needed = checkpoint_size(trainer, current=True).total
@@ -274,6 +287,7 @@ def write_checkpoint(trainer: "MAGRPOTrainer", directory: str | Path) -> Path:
 def resume(trainer: "MAGRPOTrainer", target: str | Path | bool) -> Path:
     """Put a checkpoint back into ``trainer``: weights, optimiser and random states, the data position."""
     path = resolve_resume(trainer.args.output_dir if target is True else target)
+    check_holds_run_state(path)
     check_resumable_config(path, trainer.args)
     saved = load_checkpoint(path, agents=trainer.agents, optimizers=trainer.optimizers, critics=trainer.team.critics)
     check_same_run(saved, trainer.team)  # still before any step
@@ -359,11 +373,11 @@ class StopRequest:
 
     def raise_stop(self, trainer: "MAGRPOTrainer", log: RunLog) -> None:
         hint = trainer.resume_hint or f"trainer.train(resume_from_checkpoint={str(log.dir)!r})"
-        print(
-            f"stopped after step {trainer.state.step}; checkpoint {log.checkpoint_dir(trainer.state.step)}\n"
-            f"resume with: {hint}",
-            flush=True,
-        )
+        if trainer.state.cadence.writes:
+            said = f"checkpoint {log.checkpoint_dir(trainer.state.step)}\nresume with: {hint}"
+        else:
+            said = "nothing saved (save_strategy='no')"
+        print(f"stopped after step {trainer.state.step}; {said}", flush=True)
         exit_ = KeyboardInterrupt() if self.signal == signal.SIGINT else SystemExit(128 + int(self.signal))
         raise _Stopped(exit_)
 
