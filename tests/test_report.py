@@ -45,3 +45,34 @@ def test_a_run_directory_records_the_versions_machine_and_commit_of_each_sitting
     assert first["commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
     RunLog(tmp_path, MAGRPOConfig())  # a new run in the same folder starts the record afresh
     assert len(json.loads((tmp_path / "provenance.json").read_text())["sittings"]) == 1
+
+
+def test_progress_prints_one_plain_line_per_step_where_no_bar_can_show(cpu_agents, tmp_path, capsys):
+    import re
+
+    from magrpo import MAGRPOTrainer
+
+    def reward(*, completions, **_):
+        return [float(len(c0) - len(c1)) for c0, c1 in completions]
+
+    def train(progress, folder):
+        args = MAGRPOConfig(num_generations=2, max_new_tokens=2, max_steps=2, output_dir=str(tmp_path / folder))
+        trainer = MAGRPOTrainer(
+            agents=cpu_agents,
+            reward_func=reward,
+            train_dataset=[{"q": "q"}] * 2,
+            formatters=[lambda item: item["q"]] * 2,
+            args=args,
+        )
+        history = trainer.train(progress=progress)
+        return history, [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+
+    line = r"step {}/2  reward ([+-]\d+\.\d{{3}})  loss [+-]\d+\.\d{{4}} [+-]\d+\.\d{{4}}  \d+ tok/s  \d+\.\d s"
+    for progress in ("lines", True):  # True: pytest's output is no terminal, so lines, not a bar
+        history, lines = train(progress, str(progress))
+        assert len(lines) == 2, lines
+        for step, (printed, metrics) in enumerate(zip(lines, history), start=1):
+            match = re.fullmatch(line.format(step), printed)
+            assert match, printed
+            assert float(match.group(1)) == round(metrics["reward_mean"], 3)
+    assert train(False, "quiet")[1] == []

@@ -291,7 +291,7 @@ TRAIN_OPTIONS = (
         field="eval_fraction",
     ),
     COLUMNS,
-    Option(("--no-progress",), bool, False, "No progress bar (for logs)."),
+    Option(("--no-progress",), bool, False, "No progress bar: one plain line per step (for logs)."),
     Option(
         ("--resume",),
         Optional[Path],
@@ -367,7 +367,7 @@ def _train(given: SimpleNamespace) -> None:
         else:  # the figures the run started from
             before_path = run.path / "eval_before.json"
             before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
-        trainer.train(log=log, progress=not given.no_progress, resume_from_checkpoint=given.resume)
+        trainer.train(log=log, progress="lines" if given.no_progress else True, resume_from_checkpoint=given.resume)
         after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if not main:
             return

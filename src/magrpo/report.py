@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -147,12 +148,29 @@ def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         f.flush()
 
 
+def step_line(metrics: dict[str, Any], total: int) -> str:
+    """One plain line for a step, for logs: the step, the mean joint reward, each agent's loss,
+    the critics' value loss, completion tokens/s and the step's seconds."""
+    losses = [f"{v:+.4f}" for k, v in sorted(metrics.items()) if k.startswith("agent_") and k.endswith("/loss")]
+    values = [v for k, v in metrics.items() if k.endswith("/value_loss")]
+    critic = f"  value loss {sum(values) / len(values):.3f}" if values else ""
+    return (
+        f"step {metrics['step']}/{total}  reward {metrics['reward_mean']:+.3f}  loss {' '.join(losses) or '-'}"
+        f"{critic}  {metrics['tokens_per_second']:.0f} tok/s  {metrics['seconds']:.1f} s"
+    )
+
+
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A rich progress bar over ``total`` steps; the yielded function advances it by one step's metrics
-    (step, mean joint reward, completion tokens/s, the critics' value loss, elapsed and remaining time)."""
+def progress_bar(enabled: bool | str, total: int, completed: int = 0) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Progress over ``total`` steps; the yielded function advances it by one step's metrics.
+    ``enabled``: True, a rich bar on a terminal (step, mean joint reward, completion tokens/s, the
+    critics' value loss, elapsed and remaining time) and one plain line per step elsewhere (a log
+    file); ``"lines"``: the plain lines; False: nothing."""
     if not enabled:
         yield lambda metrics: None
+        return
+    if enabled == "lines" or not sys.stdout.isatty():
+        yield lambda metrics: print(step_line(metrics, total), flush=True)
         return
     from rich.progress import (
         BarColumn,
@@ -192,4 +210,4 @@ def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Call
         yield advance
 
 
-__all__ = ["RunLog", "progress_bar"]
+__all__ = ["RunLog", "progress_bar", "step_line"]

@@ -76,7 +76,7 @@ class RunState:
 
 
 def train_loop(
-    trainer: "MAGRPOTrainer", log: RunLog | None, progress: bool, resume_from_checkpoint: str | Path | bool | None
+    trainer: "MAGRPOTrainer", log: RunLog | None, progress: bool | str, resume_from_checkpoint: str | Path | bool | None
 ) -> list[dict[str, Any]]:
     """:meth:`MAGRPOTrainer.train`: steps until ``max_steps``, logging, checkpointing, stopping cleanly."""
     args, ranks, state = trainer.args, trainer.team.ranks, trainer.state
@@ -98,7 +98,10 @@ def train_loop(
         on_ranks = f" on {ranks.world_size} ranks" if ranks.world_size > 1 else ""
         print(f"plan: {args.plan().describe()}{on_ranks}", flush=True)
     stop, out_of_space = StopRequest(), False
-    with progress_bar(progress and main, args.max_steps, completed=state.step) as bar, stop.on_signals(trainer):
+    with (
+        progress_bar(progress if main else False, args.max_steps, completed=state.step) as bar,
+        stop.on_signals(trainer),
+    ):
         try:
             while state.step < args.max_steps:
                 metrics, samples = take_step(trainer, log)

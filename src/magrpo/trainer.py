@@ -199,14 +199,21 @@ class MAGRPOTrainer:
         self.team.schedulers = make_schedulers(self.team.optimizers, self.args)
 
     def train(
-        self, log: RunLog | None = None, progress: bool = True, resume_from_checkpoint: str | Path | bool | None = None
+        self,
+        log: RunLog | None = None,
+        progress: bool | str = True,
+        resume_from_checkpoint: str | Path | bool | None = None,
     ) -> list[dict[str, Any]]:
         """Train until ``max_steps``; returns one metrics dict per step.
+
+        ``progress``: True shows a progress bar on a terminal and prints one plain line per step
+        elsewhere (a log file); ``"lines"`` the plain lines; False nothing.
 
         ``resume_from_checkpoint``: a checkpoint folder, a run folder (its newest complete
         checkpoint), or True (this run's ``output_dir``): weights, optimiser states, random states
         and the data position come back, and the run continues exactly where it stopped. A full
-        checkpoint is written every ``save_steps`` steps or ``save_minutes`` minutes and at the end.
+        checkpoint is written every ``save_steps`` steps or ``save_minutes`` minutes (and at the end
+        with ``save_final_checkpoint``).
         SIGTERM or a first Ctrl-C finishes the current step, writes a checkpoint and stops
         (SystemExit 143 / KeyboardInterrupt); a second Ctrl-C aborts at once.
         """
