@@ -78,6 +78,7 @@ def test_a_model_only_checkpoint_has_the_weights_and_refuses_to_resume(cpu_agent
 
 
 def test_the_storage_options_are_checked_before_any_compute():
+    assert MAGRPOConfig.from_dict({"save_strategy": False}).save_strategy == "no"  # --set save_strategy=no in YAML
     with pytest.raises(ConfigError, match=r"save_strategy='epoch' is not valid; choose one of 'steps', 'no'"):
         MAGRPOConfig(save_strategy="epoch")
     with pytest.raises(ConfigError, match=r"save_final_checkpoint=True with save_strategy='no'"):

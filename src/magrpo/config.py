@@ -391,8 +391,11 @@ class MAGRPOConfig:
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if isinstance(self.use_lora, tuple):  # a tuple from Python code: stored (and saved) as a list
             self.use_lora = list(self.use_lora)
-        if self.autocast is False:  # YAML (a config file, --set) reads an unquoted `no` as false
+        # YAML (a config file, --set) reads an unquoted `no` as false
+        if self.autocast is False:
             self.autocast = "no"
+        if self.save_strategy is False:
+            self.save_strategy = "no"
         if isinstance(self.learning_rate, tuple):
             self.learning_rate = list(self.learning_rate)
         self._take_loss_aggregation()
