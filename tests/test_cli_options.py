@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from typer.testing import CliRunner
 
-from magrpo.cli_options import Option, command, config_values, field_help, one_line, yaml_value
+from magrpo.cli_options import Option, command, config_values, one_line, yaml_value
+from magrpo.config import field_help
 
 
 def test_a_fields_help_is_its_comment_lines_joined():

@@ -57,11 +57,20 @@ def test_an_unknown_field_in_a_yaml_file_gets_the_closest_field(tmp_path):
 
 
 def test_every_field_has_help_text_in_the_comment_above_it():
-    from magrpo.cli_options import field_help
+    from magrpo.config import field_help
 
     helps = field_help()
     assert list(helps) == MAGRPOConfig.field_names()  # every field, in declaration order
     assert [name for name, text in helps.items() if not text] == []
+
+
+def test_help_and_the_api_reference_show_every_field_with_its_help_and_default():
+    from magrpo.config import field_help
+
+    doc = MAGRPOConfig.__doc__
+    for name, text in field_help().items():
+        default = MAGRPOConfig.defaults()[name]
+        assert f"        {name} (" in doc and f"): {text} Default: ``{default!r}``." in doc, name
 
 
 def test_plan_over_budget_is_refused_with_the_numbers():

@@ -8,14 +8,11 @@ Only light modules are imported here: ``--help`` loads neither torch nor transfo
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,30 +20,10 @@ import typer
 import yaml
 from rich.markup import escape
 
-from magrpo import config
-from magrpo.config import MAGRPOConfig
+from magrpo.config import MAGRPOConfig, field_help
 
 #: the end of a comment's first sentence: a full stop after a word, not the one of "e.g." or "i.e."
 _SENTENCE_END = re.compile(r"(?<=[\w)\"'])(?<!e\.g)(?<!i\.e)\.\s")
-
-
-@cache
-def field_help() -> dict[str, str]:
-    """Every MAGRPOConfig field's help: the ``#:`` comment lines just above it in config.py,
-    joined into one text ("" for a field without one)."""
-    source = Path(config.__file__).read_text()
-    lines = source.splitlines()
-    [cls] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == MAGRPOConfig.__name__]
-    helps: dict[str, str] = {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            comment: list[str] = []
-            above = node.lineno - 2  # the line above the field (lineno counts from 1)
-            while above >= 0 and lines[above].lstrip().startswith("#:"):
-                comment.insert(0, lines[above].lstrip()[2:].strip())
-                above -= 1
-            helps[node.target.id] = " ".join(comment)
-    return helps
 
 
 def one_line(text: str, width: int = 90) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -940,3 +942,35 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "autocast": _one_of(AUTOCASTS),
     "num_threads": _optional(_int_at_least(1)),
 }
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Every MAGRPOConfig field's help: the ``#:`` comment lines just above it in this file,
+    joined into one text ("" for a field without one)."""
+    source = Path(__file__).read_text()
+    lines = source.splitlines()
+    [cls] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == MAGRPOConfig.__name__]
+    helps: dict[str, str] = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            comment: list[str] = []
+            above = node.lineno - 2  # the line above the field (lineno counts from 1)
+            while above >= 0 and lines[above].lstrip().startswith("#:"):
+                comment.insert(0, lines[above].lstrip()[2:].strip())
+                above -= 1
+            helps[node.target.id] = " ".join(comment)
+    return helps
+
+
+def _fields_section() -> str:
+    """The fields with their defaults and help, as a docstring's Attributes section: help() and
+    the API reference show what the CLI's --help shows."""
+    entries = []
+    for f in dataclasses.fields(MAGRPOConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        entries.append(f"        {f.name} ({f.type}): {field_help()[f.name]} Default: ``{default!r}``.")
+    return "\n    Attributes:\n" + "\n".join(entries) + "\n"
+
+
+MAGRPOConfig.__doc__ = (MAGRPOConfig.__doc__ or "").rstrip() + "\n" + _fields_section()

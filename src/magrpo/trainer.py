@@ -61,13 +61,19 @@ class MAGRPOTrainer:
         model: instead of ``agents``, one agent (TRL's ``model=``); ``num_agents`` follows the agents given.
         scorer: instead of ``reward_func``, a function returning one dict per joint action with
             ``"reward"`` and any further figures that :meth:`evaluate` averages.
-        train_dataset / eval_dataset: lists of dicts or ``datasets.Dataset`` objects.
+        train_dataset: a list of dicts or a ``datasets.Dataset``.
+        eval_dataset: the held-out items, the same way.
         formatters: one callable per agent, item -> that agent's observation; without them, the
             items' ``prompt_<i>`` column for agent i, else their ``prompt`` column (as TRL reads it).
         env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (your own env).
         feedback: with ``num_turns > 1``, what each agent is told between turns
-            (:mod:`magrpo.feedback`); ``is_solved(score_row)`` ends a branch early.
+            (:mod:`magrpo.feedback`).
         args: a :class:`MAGRPOConfig`.
+        reward_funcs: TRL's name for ``reward_func``.
+        reward_weights: one weight per reward function.
+        is_solved: with ``num_turns > 1``, ``is_solved(score_row)`` ends a branch early.
+        agent_roles: one role name per agent (e.g. "helper", "main"), the names feedback gives each
+            agent's part; by default the agents' names.
     """
 
     def __init__(
