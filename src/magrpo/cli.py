@@ -375,10 +375,12 @@ def _train(given: SimpleNamespace) -> None:
             log.write_json("eval_after.json", after)
             console.print(_results_table(before, after))
         last = trainer.history[-1] if trainer.history else {}
-        files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))
+        written = [p.name for p in (run.config, run.metrics, run.samples, run.reward_curve) if p.is_file()]
+        if (run.path / FINAL).is_dir():
+            written.append(f"{FINAL}/agent_*")
         console.print(
             f"trained {trainer.step} steps; last step mean joint reward {last.get('reward_mean', float('nan')):+.3f}\n"
-            f"run files: {run.path} ({files}, {FINAL}/agent_*)"
+            f"run files: {run.path} ({', '.join(written)})"
         )
 
 
