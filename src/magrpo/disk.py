@@ -40,6 +40,7 @@ PROMPT_TOKENS = 2048
 SHRINK = (
     "LoRA agents (use_lora=True; magrpo train --lora: a checkpoint of adapters is a few percent of a full one), "
     "fewer checkpoints kept (save_total_limit=1), checkpoints less often (a larger save_steps or save_minutes), "
+    "checkpoints of the weights only (save_only_model=True: a third of a full agent's, not resumable), "
     "or an output folder on a larger disk"
 )
 
