@@ -7,8 +7,17 @@ from typing import Sequence
 
 from magrpo.errors import ConfigError
 
-#: how advantages are made: the group baseline (MAGRPO), or a critic's (magrpo.critics)
-ALGORITHMS = ("magrpo", "iac", "maac")
+#: how advantages are made: the group baseline (MAGRPO), a critic's (magrpo.critics), or the
+#: DPO weights of the node's preference pairs (MADPO, magrpo.preference)
+ALGORITHMS = ("magrpo", "iac", "maac", "madpo")
+#: the algorithms whose baseline is a critic
+CRITIC_ALGORITHMS = ("iac", "maac")
+#: MADPO: which of a node's ordered pairs of joint actions are kept (magrpo.preference.preference_pairs)
+PAIR_SELECTIONS = ("reward_gap", "all", "random")
+#: MADPO: each agent's DPO logit: the team's summed margins ("joint") or its own ("own")
+PREFERENCE_LOSSES = ("joint", "own")
+#: MADPO: the DPO margins' reference: the agent's initial policy, or none (the policy's alone)
+PREFERENCE_REFERENCES = ("initial", "none")
 #: what a critic values: the observation, V(s), or the observation and the action taken, Q(s, a)
 CRITIC_TYPES = ("v", "q")
 ADVANTAGE_SCALINGS = ("none", "std")
@@ -68,6 +77,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ALGORITHMS",
+    "CRITIC_ALGORITHMS",
     "CLIPPED_LOSS_TYPES",
     "CRITIC_TYPES",
     "ADVANTAGE_SCALINGS",
@@ -83,6 +93,9 @@ __all__ = [
     "LOSS_TYPES",
     "LR_SCHEDULERS",
     "MULTI_OBJECTIVE_AGGREGATIONS",
+    "PAIR_SELECTIONS",
+    "PREFERENCE_LOSSES",
+    "PREFERENCE_REFERENCES",
     "ROLLOUT_BACKENDS",
     "SAMPLERS",
     "REPORT_TO",

@@ -16,6 +16,7 @@ from magrpo.choices import (
     ALGORITHMS,
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
+    CRITIC_ALGORITHMS,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -28,6 +29,9 @@ from magrpo.choices import (
     LOSS_TYPES,
     LR_SCHEDULERS,
     MULTI_OBJECTIVE_AGGREGATIONS,
+    PAIR_SELECTIONS,
+    PREFERENCE_LOSSES,
+    PREFERENCE_REFERENCES,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -37,6 +41,9 @@ from magrpo.choices import (
 )
 from magrpo.errors import ConfigError
 from magrpo.plan import RolloutPlan, plan_rollout
+
+#: MADPO's fields (magrpo.preference): set to other than their defaults only with algorithm='madpo'
+PREFERENCE_FIELDS = ("dpo_beta", "pair_selection", "pairs_per_node", "preference_loss", "preference_reference")
 
 
 @dataclass
@@ -111,8 +118,22 @@ class MAGRPOConfig:
     #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
     #: observation (MAAC's head sits on the first agent's model) is every agent's baseline. A head
     #: on an agent's model trains with that agent's update, a critic_model after the agents; IAC
-    #: and MAAC take num_generations >= 1 (magrpo.critics)
+    #: and MAAC take num_generations >= 1 (magrpo.critics). "madpo": every agent's DPO loss on
+    #: the pairs of each node's joint actions ranked by their returns (docs/preference.md)
     algorithm: str = "magrpo"
+    #: MADPO: DPO's beta, the inverse temperature of -log sigmoid(beta z)
+    dpo_beta: float = 0.1
+    #: MADPO: which ordered pairs (w, l) of a node's joint actions with return_w > return_l are
+    #: kept: "reward_gap" (the largest gaps first), "all" (every one), "random"
+    pair_selection: str = "reward_gap"
+    #: MADPO: at most this many pairs per node ("reward_gap", "random"; None: every one)
+    pairs_per_node: int | None = 16
+    #: MADPO: each agent's DPO logit z: "joint", the team's summed margins (DPO on the joint
+    #: policy, the others' parts constants); "own", the agent's own margin alone
+    preference_loss: str = "joint"
+    #: MADPO: the margins' reference: "initial" (the agent's reference policy, as the KL term's:
+    #: a LoRA agent's base, a full agent's initial weights) or "none" (the policy's log-ratio alone)
+    preference_reference: str = "initial"
     #: IAC, MAAC: what the critic values. "v": the observation, V(s), and A = R - V(s); "q": the
     #: observation and the action (IAC: the agent's own completion; MAAC: the joint action), Q(s, a),
     #: and A = Q(s, a_j) - the mean Q of the node's J joint actions (needs num_generations >= 2)
@@ -418,13 +439,13 @@ class MAGRPOConfig:
                 f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
                 f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
             )
-        if self.algorithm == "magrpo" and (
+        if self.algorithm not in CRITIC_ALGORITHMS and (
             self.critic_model is not None or self.critic_use_lora or self.critic_type != "v"
         ):
             raise ConfigError(
                 f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r}, critic_type="
-                f"{self.critic_type!r} set up a critic, which algorithm='magrpo' has none of: use algorithm='iac' "
-                "or 'maac'"
+                f"{self.critic_type!r} set up a critic, which algorithm={self.algorithm!r} has none of: use "
+                "algorithm='iac' or 'maac'"
             )
         if self.critic_type == "q" and self.num_generations < 2:
             raise ConfigError(
@@ -437,7 +458,10 @@ class MAGRPOConfig:
                 "critic_use_lora=True trains an adapter on the critic's own model: give critic_model (a head on an "
                 "agent's model trains with that agent, LoRA or not)"
             )
-        if self.algorithm != "magrpo" and (self.advantage_scaling, self.advantage_baseline) != ("none", "mean"):
+        if self.algorithm in CRITIC_ALGORITHMS and (self.advantage_scaling, self.advantage_baseline) != (
+            "none",
+            "mean",
+        ):
             raise ConfigError(
                 f"advantage_scaling={self.advantage_scaling!r}, advantage_baseline={self.advantage_baseline!r} shape "
                 f"the group baseline, which algorithm={self.algorithm!r} replaces by a critic's value: leave them at "
@@ -448,12 +472,13 @@ class MAGRPOConfig:
                 "normalise_critic_advantages=True with one sample per step (num_generations=1, batch_size=1, one "
                 "turn) centres the step's only advantage to 0: raise batch_size or num_generations"
             )
-        if self.algorithm != "magrpo" and self.data_parallel == "shard":
+        if self.algorithm in CRITIC_ALGORITHMS and self.data_parallel == "shard":
             raise ConfigError(
                 f"algorithm={self.algorithm!r} keeps whole value heads beside the agents; data_parallel='shard' "
                 "is for algorithm='magrpo': use data_parallel='replicate'"
             )
         self._check_objective_rules()
+        self._check_preference_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -539,6 +564,45 @@ class MAGRPOConfig:
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
 
+    def _check_preference_rules(self) -> None:
+        """MADPO hands the update the weights whose gradient is DPO's (magrpo.preference): the
+        settings under which that holds exactly (docs/preference.md)."""
+        if self.algorithm != "madpo":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            changed = [f"{n}={getattr(self, n)!r}" for n in PREFERENCE_FIELDS if getattr(self, n) != defaults[n]]
+            if changed:
+                raise ConfigError(
+                    f"{', '.join(changed)} set up preference pairs, which algorithm={self.algorithm!r} has none of: "
+                    "use algorithm='madpo'"
+                )
+            return
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations={self.num_generations} with algorithm='madpo': a node's pairs are two of its joint "
+                "actions; use num_generations >= 2"
+            )
+        # each rule: a setting that would change the gradient the DPO weights stand for
+        rules: list[tuple[str, object, object, str]] = [
+            (
+                "num_iterations",
+                self.num_iterations,
+                1,
+                "one optimiser step per rollout (the rollout's margins)",
+            ),
+            ("loss_type", self.loss_type, "sequence", "a completion's summed log-probabilities (DPO's)"),
+            ("mask_truncated_completions", self.mask_truncated_completions, False, "both sides of every pair"),
+            ("top_entropy_quantile", self.top_entropy_quantile, 1.0, "every token of both sides"),
+            ("off_policy_mask_threshold", self.off_policy_mask_threshold, None, "both sides of every pair"),
+            ("advantage_scaling", self.advantage_scaling, "none", "the DPO weights as they are"),
+            ("advantage_baseline", self.advantage_baseline, "mean", "the DPO weights as they are (no group baseline)"),
+            ("data_parallel", self.data_parallel, "replicate", "every agent whole on every rank to score the margins"),
+        ]
+        for name, value, needed, why in rules:
+            if value != needed:
+                raise ConfigError(
+                    f"{name}={value!r} is not valid with algorithm='madpo', which needs {name}={needed!r}: {why}"
+                )
+
     def _check_objective_rules(self) -> None:
         """Rules between the objective's fields (magrpo.loss, docs/objective.md)."""
         if self.delta is not None and self.loss_type not in CLIPPED_LOSS_TYPES:
@@ -575,6 +639,10 @@ class MAGRPOConfig:
                     "LoRA agent's reference is its own base with the adapter off, which has no copy to move: train "
                     "the agents fully (use_lora=False), or leave sync_ref_model off"
                 )
+
+    def preference_reference_used(self) -> bool:
+        """Whether MADPO's margins take each agent's reference policy."""
+        return self.algorithm == "madpo" and self.preference_reference == "initial"
 
     def learning_rate_per_agent(self) -> list[float]:
         """``learning_rate`` as one rate per agent."""
@@ -836,6 +904,11 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
     "multi_objective_aggregation": _one_of(MULTI_OBJECTIVE_AGGREGATIONS),
     "algorithm": _one_of(ALGORITHMS),
+    "dpo_beta": _number(0.0, None, low_open=True),
+    "pair_selection": _one_of(PAIR_SELECTIONS),
+    "pairs_per_node": _optional(_int_at_least(1)),
+    "preference_loss": _one_of(PREFERENCE_LOSSES),
+    "preference_reference": _one_of(PREFERENCE_REFERENCES),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,
     "value_loss_coef": _number(0.0, None, low_open=True),
