@@ -224,3 +224,42 @@ def test_settings_that_would_break_the_dpo_gradient_are_refused_by_name(override
 def test_preference_fields_without_madpo_are_refused():
     with pytest.raises(ConfigError, match="dpo_beta=0.5.*algorithm='madpo'"):
         MAGRPOConfig(dpo_beta=0.5)
+
+
+def both_open_right(*, completions, **_):
+    # the team's reward, 0 to 2: agent 0 opening with "a", agent 1 with "b"; the graded joint
+    # reward makes pairs at most nodes from the start (chance: about 1/3)
+    return [float(c0.split()[:1] == ["a"]) + float(c1.split()[:1] == ["b"]) for c0, c1 in completions]
+
+
+def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
+    """No advantage, no baseline: only which of two joint actions of a node did better."""
+    args = MAGRPOConfig(
+        algorithm="madpo",
+        num_generations=8,
+        batch_size=4,
+        max_new_tokens=3,
+        learning_rate=3e-3,
+        max_steps=40,
+        seed=0,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=both_open_right,
+        train_dataset=[{"question": "q"}] * 8,
+        eval_dataset=[{"question": "q"}],
+        formatters=[lambda item: item["question"]] * 2,
+        args=args,
+    )
+    history = trainer.train(progress=False)
+    first = sum(h["reward_mean"] for h in history[:3]) / 3
+    last = sum(h["reward_mean"] for h in history[-5:]) / 5
+    print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
+    # the first step's policy is its reference: every margin 0, every loss log 2
+    assert history[0]["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-15)
+    assert history[0]["preference/accuracy"] == 0.0 and history[0]["preference/pairs"] > 0
+    assert first < 0.6
+    assert last >= 1.8
+    assert trainer.evaluate()["reward"] == 2.0
