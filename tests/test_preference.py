@@ -263,3 +263,41 @@ def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
     assert first < 0.6
     assert last >= 1.8
     assert trainer.evaluate()["reward"] == 2.0
+
+
+def test_madpo_trains_the_summarize_task_from_the_command_line(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from magrpo.cli import app
+    from tests.conftest import make_tiny_tokenizer
+
+    # a tiny model whose answers run long enough (EOS about 1 token in 15) for the summary's
+    # length windows to pass in some joint actions and fail in others: pairs at most nodes
+    tok, model = make_tiny_tokenizer(), str(tmp_path / "tiny")
+    network = make_tiny_model(len(tok), seed=1)
+    with torch.no_grad():
+        network.lm_head.weight[0] = 0.0
+        network.lm_head.weight[1:] *= 20.0
+    network.save_pretrained(model)
+    tok.save_pretrained(model)
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"source": f"a b c {'q ' * i}"}) + "\n" for i in range(4)))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--task", "summarize", "--algorithm", "madpo", "--model", model, "--data", str(data),
+         "--eval-fraction", "0.5", "--eval-items", "1", "--steps", "2", "-G", "6", "--max-new-tokens", "32",
+         "--set", "dpo_beta=0.2", "--output-dir", str(run_dir), "--no-progress"],
+        env={"COLUMNS": "400"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "preference/pairs" in row]
+    assert len(steps) == 2
+    assert all(row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"]) for row in steps)
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())["config"]
+    assert (config["algorithm"], config["dpo_beta"]) == ("madpo", 0.2)
