@@ -257,9 +257,11 @@ def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
     first = sum(h["reward_mean"] for h in history[:3]) / 3
     last = sum(h["reward_mean"] for h in history[-5:]) / 5
     print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
-    # the first step's policy is its reference: every margin 0, every loss log 2
-    assert history[0]["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-15)
-    assert history[0]["preference/accuracy"] == 0.0 and history[0]["preference/pairs"] > 0
+    # the first step's policy is its reference (a frozen copy, whose kernels may round apart):
+    # every margin 0 up to float32 rounding, every loss log 2
+    first_step = history[0]
+    assert first_step["preference/pairs"] > 0 and abs(first_step["preference/margin"]) < 1e-6
+    assert first_step["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert first < 0.6
     assert last >= 1.8
     assert trainer.evaluate()["reward"] == 2.0
