@@ -7,9 +7,12 @@ from typing import Sequence
 
 from magrpo.errors import ConfigError
 
-#: how advantages are made: the group baseline (MAGRPO), a critic's (magrpo.critics), or the
-#: DPO weights of the node's preference pairs (MADPO, magrpo.preference)
-ALGORITHMS = ("magrpo", "iac", "maac", "madpo")
+#: how advantages are made: the group baseline (MAGRPO), a critic's (magrpo.critics), the DPO
+#: weights of the node's preference pairs (MADPO, magrpo.preference), or the group baseline over
+#: a reward model learnt from those pairs (MARLHF, magrpo.learned_reward)
+ALGORITHMS = ("magrpo", "iac", "maac", "madpo", "marlhf")
+#: the algorithms that pair a node's joint actions by their returns
+PREFERENCE_ALGORITHMS = ("madpo", "marlhf")
 #: the algorithms whose baseline is a critic
 CRITIC_ALGORITHMS = ("iac", "maac")
 #: MADPO: which of a node's ordered pairs of joint actions are kept (magrpo.preference.preference_pairs)
@@ -94,6 +97,7 @@ __all__ = [
     "LR_SCHEDULERS",
     "MULTI_OBJECTIVE_AGGREGATIONS",
     "PAIR_SELECTIONS",
+    "PREFERENCE_ALGORITHMS",
     "PREFERENCE_LOSSES",
     "PREFERENCE_REFERENCES",
     "ROLLOUT_BACKENDS",

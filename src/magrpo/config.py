@@ -30,6 +30,7 @@ from magrpo.choices import (
     LR_SCHEDULERS,
     MULTI_OBJECTIVE_AGGREGATIONS,
     PAIR_SELECTIONS,
+    PREFERENCE_ALGORITHMS,
     PREFERENCE_LOSSES,
     PREFERENCE_REFERENCES,
     REPORT_TO,
@@ -42,8 +43,15 @@ from magrpo.choices import (
 from magrpo.errors import ConfigError
 from magrpo.plan import RolloutPlan, plan_rollout
 
-#: MADPO's fields (magrpo.preference): set to other than their defaults only with algorithm='madpo'
-PREFERENCE_FIELDS = ("dpo_beta", "pair_selection", "pairs_per_node", "preference_loss", "preference_reference")
+#: the fields each preference algorithm alone reads: set to other than their defaults only with it
+PREFERENCE_FIELDS = {
+    "dpo_beta": ("madpo",),
+    "preference_loss": ("madpo",),
+    "preference_reference": ("madpo",),
+    "pair_selection": PREFERENCE_ALGORITHMS,
+    "pairs_per_node": PREFERENCE_ALGORITHMS,
+    "reward_model_steps": ("marlhf",),
+}
 
 
 @dataclass
@@ -134,6 +142,11 @@ class MAGRPOConfig:
     #: MADPO: the margins' reference: "initial" (the agent's reference policy, as the KL term's:
     #: a LoRA agent's base, a full agent's initial weights) or "none" (the policy's log-ratio alone)
     preference_reference: str = "initial"
+    #: MARLHF: the reward model's AdamW steps (one per training step with pairs, on that step's
+    #: pairs ranked by the task's returns, the agents not learning) before it is frozen and the
+    #: team learns by MAGRPO from its rewards; the reward model is critic_model's (None: a copy of
+    #: the first agent's model) with a value head, at critic_learning_rate
+    reward_model_steps: int = 20
     #: IAC, MAAC: what the critic values. "v": the observation, V(s), and A = R - V(s); "q": the
     #: observation and the action (IAC: the agent's own completion; MAAC: the joint action), Q(s, a),
     #: and A = Q(s, a_j) - the mean Q of the node's J joint actions (needs num_generations >= 2)
@@ -439,9 +452,11 @@ class MAGRPOConfig:
                 f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
                 f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
             )
-        if self.algorithm not in CRITIC_ALGORITHMS and (
-            self.critic_model is not None or self.critic_use_lora or self.critic_type != "v"
-        ):
+        # MARLHF's reward model is a critic model in form: critic_model and critic_use_lora are its
+        critic_setting = self.critic_type != "v" or (
+            self.algorithm != "marlhf" and (self.critic_model is not None or self.critic_use_lora)
+        )
+        if self.algorithm not in CRITIC_ALGORITHMS and critic_setting:
             raise ConfigError(
                 f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r}, critic_type="
                 f"{self.critic_type!r} set up a critic, which algorithm={self.algorithm!r} has none of: use "
@@ -565,22 +580,30 @@ class MAGRPOConfig:
             )
 
     def _check_preference_rules(self) -> None:
-        """MADPO hands the update the weights whose gradient is DPO's (magrpo.preference): the
-        settings under which that holds exactly (docs/preference.md)."""
-        if self.algorithm != "madpo":
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            changed = [f"{n}={getattr(self, n)!r}" for n in PREFERENCE_FIELDS if getattr(self, n) != defaults[n]]
-            if changed:
+        """The preference fields only with their algorithms; MADPO hands the update the weights
+        whose gradient is DPO's (magrpo.preference): the settings under which that holds exactly
+        (docs/preference.md)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, algorithms in PREFERENCE_FIELDS.items():
+            if self.algorithm not in algorithms and getattr(self, name) != defaults[name]:
                 raise ConfigError(
-                    f"{', '.join(changed)} set up preference pairs, which algorithm={self.algorithm!r} has none of: "
-                    "use algorithm='madpo'"
+                    f"{name}={getattr(self, name)!r} is for algorithm={' or '.join(map(repr, algorithms))}, not "
+                    f"algorithm={self.algorithm!r}"
                 )
+        if self.algorithm not in PREFERENCE_ALGORITHMS:
             return
         if self.num_generations < 2:
             raise ConfigError(
-                f"num_generations={self.num_generations} with algorithm='madpo': a node's pairs are two of its joint "
-                "actions; use num_generations >= 2"
+                f"num_generations={self.num_generations} with algorithm={self.algorithm!r}: a node's pairs are two of "
+                "its joint actions; use num_generations >= 2"
             )
+        if self.data_parallel != "replicate":
+            raise ConfigError(
+                f"data_parallel={self.data_parallel!r} with algorithm={self.algorithm!r}: the pairs are scored by "
+                "whole models on every rank; use data_parallel='replicate'"
+            )
+        if self.algorithm == "marlhf":
+            return
         # each rule: a setting that would change the gradient the DPO weights stand for
         rules: list[tuple[str, object, object, str]] = [
             (
@@ -595,7 +618,6 @@ class MAGRPOConfig:
             ("off_policy_mask_threshold", self.off_policy_mask_threshold, None, "both sides of every pair"),
             ("advantage_scaling", self.advantage_scaling, "none", "the DPO weights as they are"),
             ("advantage_baseline", self.advantage_baseline, "mean", "the DPO weights as they are (no group baseline)"),
-            ("data_parallel", self.data_parallel, "replicate", "every agent whole on every rank to score the margins"),
         ]
         for name, value, needed, why in rules:
             if value != needed:
@@ -909,6 +931,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "pairs_per_node": _optional(_int_at_least(1)),
     "preference_loss": _one_of(PREFERENCE_LOSSES),
     "preference_reference": _one_of(PREFERENCE_REFERENCES),
+    "reward_model_steps": _int_at_least(1),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,
     "value_loss_coef": _number(0.0, None, low_open=True),

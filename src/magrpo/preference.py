@@ -148,6 +148,16 @@ class PreferenceSettings:
         )
 
 
+def node_generator(settings: PreferenceSettings, turn: Turn, node: int) -> torch.Generator | None:
+    """The random stream of a node's "random" pairs (else None): keyed by the run's seed and the
+    node's texts, so a resumed run, or another rank, draws what the straight run would have."""
+    if settings.selection != "random":
+        return None
+    g = turn.rollouts[0].num_generations
+    texts = "\x00".join(t for r in turn.rollouts for t in r.texts[node * g : (node + 1) * g])
+    return torch.Generator().manual_seed(mix_seed(settings.seed, zlib.crc32(texts.encode())))
+
+
 class PreferenceBaseline:
     """MADPO's baseline: the step's pairs, every agent's DPO margins on them, and as each agent's
     advantages the weights whose update has the gradient of its mean DPO loss over the step's
@@ -177,14 +187,9 @@ class PreferenceBaseline:
         )
 
     def node_pairs(self, turn: Turn, node: int, returns: torch.Tensor) -> list[tuple[int, int]]:
-        """The pairs of one node; "random" draws from a stream keyed by the run's seed and the
-        node's texts, so a resumed run draws what the first one would have."""
-        generator = None
-        if self.settings.selection == "random":
-            g = turn.rollouts[0].num_generations
-            texts = "\x00".join(t for r in turn.rollouts for t in r.texts[node * g : (node + 1) * g])
-            generator = torch.Generator().manual_seed(mix_seed(self.settings.seed, zlib.crc32(texts.encode())))
-        return preference_pairs(returns, self.settings.selection, self.settings.limit, generator)
+        """The pairs of one node's joint actions."""
+        s = self.settings
+        return preference_pairs(returns, s.selection, s.limit, node_generator(s, turn, node))
 
     def __call__(
         self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
@@ -264,6 +269,7 @@ __all__ = [
     "dpo_gradient_coefficients",
     "dpo_loss",
     "dpo_margins",
+    "node_generator",
     "pair_logits",
     "preference_pairs",
     "sequence_logprobs",

@@ -23,6 +23,7 @@ from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.feedback.base import Feedback
 from magrpo.grouping import distinct_by_identity
+from magrpo.learned_reward import LearnedRewardBaseline, reward_model_body, reward_model_critic
 from magrpo.models import AgentPolicy, attach_reference_models, attach_sampling_copies, build_agents
 from magrpo.preference import PreferenceBaseline
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
@@ -161,6 +162,15 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
         baseline = CriticBaseline(critics, built, args, precision, ranks)
     elif args.algorithm == "madpo":
         baseline = PreferenceBaseline.from_config(built, args, precision, ranks)
+    elif args.algorithm == "marlhf":  # the reward model: a critic model of its own in form
+        body = (
+            _critic_models(built[:1], args)[0]
+            if args.critic_model is not None
+            else _build_models([reward_model_body(built)], args, str(built[0].device), False)[0]
+        )
+        reward_model = reward_model_critic(body)
+        reward_model.optimizer = _adamw(reward_model.parameters(), args, args.critic_learning_rate)
+        baseline = LearnedRewardBaseline(reward_model, built, args, precision, ranks)
     else:
         baseline = GroupBaseline.from_config(args)
     return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), baseline)
@@ -184,7 +194,7 @@ def check_engines_apart(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> No
 def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[AgentPolicy] | None:
     """IAC, MAAC with ``critic_model``: one model per critic (IAC: each on its agent's device;
     LoRA critics share one base), else None (the heads sit on the agents' models)."""
-    if args.algorithm not in CRITIC_ALGORITHMS or args.critic_model is None:
+    if args.algorithm not in CRITIC_ALGORITHMS + ("marlhf",) or args.critic_model is None:
         return None
     hosts = agents if args.algorithm == "iac" else agents[:1]
     devices = sorted({str(agent.device) for agent in hosts})
