@@ -267,7 +267,8 @@ def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
     assert trainer.evaluate()["reward"] == 2.0
 
 
-def test_madpo_trains_the_summarize_task_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("algorithm", ["madpo", "marlhf"])
+def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(tmp_path, algorithm):
     import json
 
     from typer.testing import CliRunner
@@ -289,17 +290,23 @@ def test_madpo_trains_the_summarize_task_from_the_command_line(tmp_path):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(
         app,
-        ["train", "--task", "summarize", "--algorithm", "madpo", "--model", model, "--data", str(data),
+        ["train", "--task", "summarize", "--algorithm", algorithm, "--model", model, "--data", str(data),
          "--eval-fraction", "0.5", "--eval-items", "1", "--steps", "2", "-G", "6", "--max-new-tokens", "32",
-         "--set", "dpo_beta=0.2", "--output-dir", str(run_dir), "--no-progress"],
+         "--set", "dpo_beta=0.2" if algorithm == "madpo" else "reward_model_steps=1",
+         "--output-dir", str(run_dir), "--no-progress"],
         env={"COLUMNS": "400"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [row for row in rows if "preference/pairs" in row]
+    steps = [row for row in rows if "step" in row and "reward_mean" in row]
     assert len(steps) == 2
-    assert all(row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"]) for row in steps)
+    if algorithm == "madpo":
+        assert all(row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"]) for row in steps)
+    else:  # one step of the reward model on the first step's pairs, then MAGRPO on its rewards
+        assert steps[0]["reward_model/pairs"] > 0 and math.isfinite(steps[0]["reward_model/bt_loss"])
+        assert math.isfinite(steps[1]["reward_model/learnt_reward_mean"])
     import yaml
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())["config"]
-    assert (config["algorithm"], config["dpo_beta"]) == ("madpo", 0.2)
+    assert config["algorithm"] == algorithm
+    assert (config["dpo_beta"], config["reward_model_steps"]) == ((0.2, 20) if algorithm == "madpo" else (0.1, 1))
