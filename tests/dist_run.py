@@ -68,6 +68,9 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         **(
             dict(algorithm="madpo", dpo_beta=0.5, pair_selection="random", pairs_per_node=3)
             if variant == "madpo"
+            # MARLHF: the reward model's step on every rank's pairs, then MAGRPO on its rewards
+            else dict(algorithm="marlhf", reward_model_steps=1, critic_learning_rate=1e-2)
+            if variant == "marlhf"
             else {}
         ),
         **(

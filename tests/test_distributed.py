@@ -91,6 +91,8 @@ ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
 ROUNDED += ("/value_loss", "/value_grad_norm", "/value_mean", "/explained_variance")
 #: MADPO's figures: float32 forward passes over other batches (each rank's pairs), summed over ranks
 ROUNDED += ("preference/dpo_loss", "preference/margin")
+#: MARLHF's reward model: float32 forward passes over other batches, its gradients summed over ranks
+ROUNDED += ("reward_model/bt_loss", "reward_model/grad_norm", "reward_model/learnt_reward_mean")
 #: the same float64 values summed in another order (every rank's turns, one rank after the other)
 REORDERED = ("/advantage_mean", "/advantage_std")
 
@@ -101,7 +103,7 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
     for one, two in zip(metrics_rows(single), metrics_rows(parallel), strict=True):
         assert one.keys() == two.keys()
         # a critic's advantages hold its values, MADPO's its margins: float32 forward passes over other batches
-        scored = any("critic/" in key or key.startswith("preference/") for key in one)
+        scored = any("critic/" in key or key.startswith(("preference/", "reward_model/")) for key in one)
         rounded = ROUNDED + (REORDERED if scored else ())
         for key in one.keys() - MACHINE_FIGURES:
             if key.endswith(rounded):
@@ -148,7 +150,7 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model", "madpo"])
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model", "madpo", "marlhf"])
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))
