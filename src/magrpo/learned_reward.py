@@ -140,6 +140,8 @@ class RewardModelTraining:
         figures: dict[str, float],
     ) -> None:
         self.baseline, self.turns, self.pairs, self.figures = baseline, turns, pairs, figures
+        #: the reward model learns from this rank's pairs while the agents wait (no advantage)
+        self.agents_wait = any(pairs)
 
     def extra_loss(self, agent: int) -> ExtraLoss:
         return NO_EXTRA_LOSS
