@@ -11,6 +11,7 @@ import torch
 
 from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
 from magrpo.experience import build_experience, micro_batch_logprobs, scoring
+from magrpo.logprobs import scoring_mode
 from magrpo.models import build_agents
 from magrpo.objective import policy_loss
 from magrpo.preference import (
@@ -105,15 +106,17 @@ def a_count_reward(*, completions, **_):
 
 
 @pytest.mark.parametrize(
-    "preference_loss, preference_reference", [("joint", "initial"), ("own", "initial"), ("joint", "none")]
+    "preference_loss, preference_reference, lora",
+    [("joint", "initial", False), ("own", "initial", False), ("joint", "none", False), ("joint", "initial", True)],
 )
 def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
-    tiny_tokenizer, tmp_path, preference_loss, preference_reference
+    tiny_tokenizer, tmp_path, preference_loss, preference_reference, lora
 ):
     """float64 agents: the step's update (advantages = the DPO weights, the unchanged policy loss)
     against autograd through the DPO loss itself, every agent's, on the same tree."""
     tok = tiny_tokenizer
-    agents = build_agents([(make_tiny_model(len(tok), seed=s).double(), tok) for s in (1, 2)], device="cpu")
+    models = [(make_tiny_model(len(tok), seed=s).double(), tok) for s in (1, 2)]
+    agents = build_agents(models, device="cpu", use_lora=lora, lora_r=4)
     beta = 0.7  # away from the default, so beta's place in the formula shows
     trainer = madpo_trainer(
         agents,
@@ -128,7 +131,7 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
     team = trainer.team
     with torch.no_grad():  # the policy apart from its reference, so the reference's part shows
         for agent in agents:
-            for p in agent.model.parameters():
+            for p in agent.trainable_parameters():  # LoRA: the adapter alone (the base is the reference)
                 p.add_(0.05 * torch.randn_like(p))
     envs = [trainer.env_factory(item) for item in trainer.train_items]
     turns = sample_tree(team, envs, 0).turns
@@ -141,28 +144,26 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
     ]
     assert len(pairs) >= 4 and training.train()["preference"]["pairs"] == len(pairs)
 
-    def summed_logprobs(i, rows, with_grad):
-        agent, rollout = agents[i], turns[0].rollouts[i]
+    def summed(model, i):
+        rollout = turns[0].rollouts[i]
         exp = build_experience(team, i, [rollout], [torch.ones(len(rollout.completion_ids))])
-        with torch.set_grad_enabled(with_grad), scoring(agent, team.precision) as model:
-            out = torch.cat(
-                [
-                    (micro_batch_logprobs(model, mb, team.objective).double() * mb.completion_mask).sum(-1)
-                    for mb in exp.micro_batches
-                ]
-            )
-        return out[rows]
+        return torch.cat(
+            [
+                (micro_batch_logprobs(model, mb, team.objective).double() * mb.completion_mask).sum(-1)
+                for mb in exp.micro_batches
+            ]
+        )
+
+    def summed_logprobs(i, rows, with_grad):
+        with torch.set_grad_enabled(with_grad), scoring(agents[i], team.precision) as model:
+            return summed(model, i)[rows]
 
     def reference_logprobs(i, rows):
         if preference_reference == "none":
             return torch.zeros(len(rows), dtype=torch.float64)
-        with agents[i].as_reference() as ref:
-            saved = agents[i].model
-            agents[i].model = ref
-            try:
-                return summed_logprobs(i, rows, False)
-            finally:
-                agents[i].model = saved
+        agent = agents[i]  # the reference as the KL term takes it: a LoRA agent's base, a full agent's copy
+        with torch.no_grad(), scoring(agent, team.precision), agent.as_reference() as ref, scoring_mode(ref) as model:
+            return summed(model, i)[rows]
 
     winners, losers = torch.tensor([w for w, _ in pairs]), torch.tensor([lo for _, lo in pairs])
     for i in range(2):
