@@ -27,7 +27,7 @@ from magrpo.critics.critic import Critic, chunked_values, critic_observations, v
 from magrpo.critics.value_head import ValueHead
 from magrpo.errors import ConfigError
 from magrpo.logprobs import scoring_mode
-from magrpo.preference import PreferenceSettings, node_generator, preference_pairs
+from magrpo.preference import PreferenceSettings, node_generator, pair_rows, preference_pairs
 from magrpo.tree import turn_returns
 
 if TYPE_CHECKING:
@@ -162,11 +162,9 @@ class RewardModelTraining:
                 if not pairs:
                     continue
                 ids, mask = critic_observations(critic, b.agents, turn)
-                rows = torch.tensor(sorted({r for pair in pairs for r in pair}))
-                where = {int(r): k for k, r in enumerate(rows)}
+                rows, winners, losers = pair_rows(pairs)
                 scores = chunked_values(model, critic.head, ids[rows], mask[rows], args.update_micro_batch_size)
-                winners = torch.tensor([where[w] for w, _ in pairs], device=scores.device)
-                losers = torch.tensor([where[lo] for _, lo in pairs], device=scores.device)
+                winners, losers = winners.to(scores.device), losers.to(scores.device)
                 losses = bradley_terry_loss(scores[winners].float(), scores[losers].float())
                 (losses.sum() / count).backward()
                 loss_sum += float(losses.detach().sum())

@@ -110,6 +110,14 @@ def completion_weights(
     return weights.index_add(0, winners, c).index_add(0, losers, -c)
 
 
+def pair_rows(pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct rows the pairs name, sorted (each scored once), and where each pair's winner
+    and loser stand among them."""
+    rows = torch.tensor(sorted({r for pair in pairs for r in pair}))
+    where = {int(r): k for k, r in enumerate(rows)}
+    return rows, torch.tensor([where[w] for w, _ in pairs]), torch.tensor([where[lo] for _, lo in pairs])
+
+
 @torch.no_grad()
 def sequence_logprobs(
     model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, objective: Objective, chunk: int
@@ -235,10 +243,7 @@ class PreferenceBaseline:
         if not pairs:
             return torch.zeros(0, dtype=torch.float64)
         agent = self.agents[index]
-        rows = torch.tensor(sorted({r for pair in pairs for r in pair}))
-        where = {int(r): k for k, r in enumerate(rows)}
-        winners = torch.tensor([where[w] for w, _ in pairs])
-        losers = torch.tensor([where[lo] for _, lo in pairs])
+        rows, winners, losers = pair_rows(pairs)
         with scoring(agent, self.precision) as model:
             policy = sequence_logprobs(model, rollout, rows, self.objective, self.chunk)
         if not self.settings.with_reference:
@@ -270,6 +275,7 @@ __all__ = [
     "dpo_loss",
     "dpo_margins",
     "node_generator",
+    "pair_rows",
     "pair_logits",
     "preference_pairs",
     "sequence_logprobs",
