@@ -10,8 +10,9 @@ import warnings
 import pytest
 import torch
 
-from magrpo import ConfigError, MAGRPOConfig, MAGRPOTrainer
+from magrpo import ConfigError, MAGRPOConfig
 from magrpo.learned_reward import bradley_terry_loss
+from tests.test_preference import SAME_QUESTION, team_trainer
 
 
 def team_a_count(*, completions, **_):
@@ -32,7 +33,11 @@ def test_the_bradley_terry_loss_is_the_hand_formula():
 
 def test_a_team_learns_from_a_reward_model_it_taught_on_preferences(tiny_agents, tmp_path):
     steps = 30
-    args = MAGRPOConfig(
+    trainer = team_trainer(
+        tiny_agents,
+        tmp_path,
+        team_a_count,
+        SAME_QUESTION,
         algorithm="marlhf",
         reward_model_steps=steps,
         pair_selection="all",  # every pair of a node: the most the reward model can learn from a step
@@ -41,20 +46,7 @@ def test_a_team_learns_from_a_reward_model_it_taught_on_preferences(tiny_agents,
         advantage_scaling="std",  # the learnt reward has a scale of its own: the group std sets it
         num_generations=8,
         batch_size=4,
-        max_new_tokens=3,
-        learning_rate=3e-3,
         max_steps=steps + 50,
-        seed=0,
-        output_dir=str(tmp_path),
-        log_samples_steps=0,
-    )
-    trainer = MAGRPOTrainer(
-        agents=tiny_agents,
-        reward_func=team_a_count,
-        train_dataset=[{"question": "q"}] * 8,
-        eval_dataset=[{"question": "q"}],
-        formatters=[lambda item: item["question"]] * 2,
-        args=args,
     )
     with warnings.catch_warnings():  # the agents wait by design: no "no learning signal" warning
         warnings.simplefilter("error", RuntimeWarning)

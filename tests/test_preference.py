@@ -76,7 +76,9 @@ def test_completion_weights_are_each_rows_signed_sum():
     assert w.tolist() == [2 * (0.125 - 0.5), -2 * (0.25 + 0.125), 0.0, 2 * (0.25 + 0.5), 0.0]
 
 
-def madpo_trainer(agents, tmp_path, reward, **config) -> MAGRPOTrainer:
+def team_trainer(agents, tmp_path, reward, items=({"question": "q"}, {"question": "a b"}), **config) -> MAGRPOTrainer:
+    """A MADPO trainer of ``agents`` (unless ``config`` names another algorithm) on ``items``, the
+    first held out for evaluation too."""
     args = MAGRPOConfig(
         **{
             "algorithm": "madpo",
@@ -94,10 +96,15 @@ def madpo_trainer(agents, tmp_path, reward, **config) -> MAGRPOTrainer:
     return MAGRPOTrainer(
         agents=agents,
         reward_func=reward,
-        train_dataset=[{"question": "q"}, {"question": "a b"}],
+        train_dataset=list(items),
+        eval_dataset=list(items[:1]),
         formatters=[lambda item: item["question"]] * 2,
         args=args,
     )
+
+
+#: the learning tests' items: one question, eight times (batch_size 4 draws four a step)
+SAME_QUESTION = ({"question": "q"},) * 8
 
 
 def a_count_reward(*, completions, **_):
@@ -118,7 +125,7 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
     models = [(make_tiny_model(len(tok), seed=s).double(), tok) for s in (1, 2)]
     agents = build_agents(models, device="cpu", use_lora=lora, lora_r=4)
     beta = 0.7  # away from the default, so beta's place in the formula shows
-    trainer = madpo_trainer(
+    trainer = team_trainer(
         agents,
         tmp_path,
         a_count_reward,
@@ -235,24 +242,8 @@ def both_open_right(*, completions, **_):
 
 def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
     """No advantage, no baseline: only which of two joint actions of a node did better."""
-    args = MAGRPOConfig(
-        algorithm="madpo",
-        num_generations=8,
-        batch_size=4,
-        max_new_tokens=3,
-        learning_rate=3e-3,
-        max_steps=40,
-        seed=0,
-        output_dir=str(tmp_path),
-        log_samples_steps=0,
-    )
-    trainer = MAGRPOTrainer(
-        agents=tiny_agents,
-        reward_func=both_open_right,
-        train_dataset=[{"question": "q"}] * 8,
-        eval_dataset=[{"question": "q"}],
-        formatters=[lambda item: item["question"]] * 2,
-        args=args,
+    trainer = team_trainer(
+        tiny_agents, tmp_path, both_open_right, SAME_QUESTION, num_generations=8, batch_size=4, max_steps=40
     )
     history = trainer.train(progress=False)
     first = sum(h["reward_mean"] for h in history[:3]) / 3
