@@ -302,3 +302,23 @@ def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(
     config = yaml.safe_load((run_dir / "config.yaml").read_text())["config"]
     assert config["algorithm"] == algorithm
     assert (config["dpo_beta"], config["reward_model_steps"]) == ((0.2, 20) if algorithm == "madpo" else (0.1, 1))
+
+
+@pytest.mark.parametrize("algorithm", ["madpo", "magrpo"])
+def test_madpo_takes_no_sampler_correction_where_a_reduced_copy_samples(tiny_tokenizer, tmp_path, algorithm):
+    """DPO's loss does not depend on who sampled the pair: a bf16 sampling copy leaves MADPO's
+    weights as they are, where MAGRPO weights each token by pi / pi_sampler."""
+    tok = tiny_tokenizer
+    agents = build_agents([(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu")
+    trainer = team_trainer(
+        agents, tmp_path, a_count_reward, algorithm=algorithm, rollout_dtype="bfloat16", rollout_backend="fast"
+    )
+    team = trainer.team
+    turns = sample_tree(team, [trainer.env_factory(item) for item in trainer.train_items], 0).turns
+    returns = turn_returns(turns, team.args.discount, team.args.num_turns)
+    advantages, _ = team.baseline(turns, returns)
+    assert agents[0].sampling_copy is not None and turns[0].rollouts[0].token_logprobs is not None
+    exp = build_experience(team, 0, [turns[0].rollouts[0]], advantages[0])
+    assert exp.micro_batches
+    corrected = [mb.sampler_logprobs is not None for mb in exp.micro_batches]
+    assert corrected == [algorithm == "magrpo"] * len(corrected)
