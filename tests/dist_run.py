@@ -63,7 +63,16 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
         **(engines if variant == "vllm" else {}),
-        **(dict(num_turns=2, expand="best-k", expand_k=2) if variant in ("turns", "critic") else {}),
+        **(dict(num_turns=2, expand="best-k", expand_k=2) if variant in ("turns", "critic", "madpo") else {}),
+        # MADPO: the step's pairs, their count and the DPO loss's mean are every rank's
+        **(
+            dict(algorithm="madpo", dpo_beta=0.5, pair_selection="random", pairs_per_node=3)
+            if variant == "madpo"
+            # MARLHF: the reward model's step on every rank's pairs, then MAGRPO on its rewards
+            else dict(algorithm="marlhf", reward_model_steps=1, critic_learning_rate=1e-2)
+            if variant == "marlhf"
+            else {}
+        ),
         **(
             dict(algorithm="iac", critic_lambda=0.5, normalise_critic_advantages=True, critic_learning_rate=1e-2)
             if variant == "critic"
@@ -85,7 +94,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
     )
     feedback = (
         CallableFeedback(lambda request: ("more a", f"turn {request.turn}: more q"))
-        if variant in ("turns", "critic")
+        if variant in ("turns", "critic", "madpo")
         else None
     )
     return MAGRPOTrainer(

@@ -55,7 +55,7 @@ def test_the_algorithm_is_a_flag_and_a_group_of_one_needs_a_critic():
     code, out = run_cli("train", "--help")
     assert "--algorithm" in out and "maac (one centralised critic)" in out
     code, out = run_cli("train", "--algorithm", "ppo")
-    assert code == 2 and "algorithm='ppo' is not valid; choose one of 'magrpo', 'iac', 'maac'" in out
+    assert code == 2 and "algorithm='ppo' is not valid; choose one of 'magrpo', 'iac', 'maac', 'madpo'" in out
     code, out = run_cli("train", "-G", "1")
     assert code == 2 and "num_generations=1 with algorithm='magrpo': a group of one is its own baseline" in out
     code, out = run_cli("train", "--algorithm", "iac", "--joint-mode", "cross")

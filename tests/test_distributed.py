@@ -89,6 +89,10 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 #: a critic's values (float32 forward passes over other batches)
 ROUNDED = ("/loss", "/grad_norm", "/entropy", "/is_weight_mean")
 ROUNDED += ("/value_loss", "/value_grad_norm", "/value_mean", "/explained_variance")
+#: MADPO's figures: float32 forward passes over other batches (each rank's pairs), summed over ranks
+ROUNDED += ("preference/dpo_loss", "preference/margin")
+#: MARLHF's reward model: float32 forward passes over other batches, its gradients summed over ranks
+ROUNDED += ("reward_model/bt_loss", "reward_model/grad_norm", "reward_model/learnt_reward_mean")
 #: the same float64 values summed in another order (every rank's turns, one rank after the other)
 REORDERED = ("/advantage_mean", "/advantage_std")
 
@@ -98,13 +102,18 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
     rewards, the scorer's figures, the advantages' statistics exactly; the update's sums to rounding)."""
     for one, two in zip(metrics_rows(single), metrics_rows(parallel), strict=True):
         assert one.keys() == two.keys()
-        # a critic's advantages hold its values: float32 forward passes over other batches
-        rounded = ROUNDED + (REORDERED if any("critic/" in key for key in one) else ())
+        # a critic's advantages hold its values, MADPO's its margins: float32 forward passes over other batches
+        scored = any("critic/" in key or key.startswith(("preference/", "reward_model/")) for key in one)
+        rounded = ROUNDED + (REORDERED if scored else ())
         for key in one.keys() - MACHINE_FIGURES:
             if key.endswith(rounded):
                 assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
             elif key.endswith(REORDERED):
                 assert two[key] == pytest.approx(one[key], rel=1e-12, abs=1e-15), key
+            elif key == "preference/accuracy" and abs(one["preference/margin"]) < 1e-6:
+                # the first step's policy is its reference: every margin is rounding noise around
+                # 0, and the share of positive ones is the noise's (a copy's kernels round apart)
+                continue
             else:
                 assert two[key] == one[key], key
 
@@ -141,7 +150,7 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model"])
+@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model", "madpo", "marlhf"])
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))

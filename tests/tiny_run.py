@@ -4,7 +4,9 @@
 before it: async_rollouts=1), server (the same on the engines of the rollout server at
 ``$MAGRPO_SERVER_URL``), critic (IAC over two turns: a value head per agent,
 TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
-critic-model (MAAC with a Q critic on a model of its own, fully trained), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
+critic-model (MAAC with a Q critic on a model of its own, fully trained), madpo (MADPO over two
+turns: random pairs of each node's joint actions, DPO against frozen reference copies), marlhf
+(three steps of a reward model copied from the first agent, then MAGRPO on its rewards), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
 clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
 truncated completions masked).
 
@@ -47,7 +49,7 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
     else:  # the vLLM engines sample in bf16 where the CPU computes it in hardware
         shape = BF16_ENGINE_SHAPE if variant in ("vllm", "async", "server") else {}
         agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
-    turns = 2 if variant in ("turns", "critic") else 1
+    turns = 2 if variant in ("turns", "critic", "madpo") else 1
     engines = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128)
     engine = engines if variant == "vllm" else {}
     if variant == "async":  # (two full agents' engines live in processes of their own on CPU anyway)
@@ -83,6 +85,10 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
             critic_learning_rate=1e-2,
         )
         if variant == "critic-model"
+        else dict(algorithm="madpo", learning_rate=1e-2, dpo_beta=0.5, pair_selection="random", pairs_per_node=3)
+        if variant == "madpo"
+        else dict(algorithm="marlhf", learning_rate=1e-2, reward_model_steps=3, critic_learning_rate=1e-2)
+        if variant == "marlhf"
         else dict(learning_rate=1e-2)
     )
     args = MAGRPOConfig(

@@ -4,7 +4,11 @@ what it trains beside the agents. Chosen once when the team is prepared:
 - :class:`GroupBaseline` (MAGRPO, the paper's): A = R - b over the G siblings of each node,
   b the group's mean (or RLOO's leave-one-out mean, the group's best, or 0); nothing to train;
 - :class:`magrpo.critics.baseline.CriticBaseline` (IAC, MAAC): A = R - V (or Q - mean Q), the
-  critics' value losses trained with their hosts' updates or by a critic model's own optimiser.
+  critics' value losses trained with their hosts' updates or by a critic model's own optimiser;
+- :class:`magrpo.preference.PreferenceBaseline` (MADPO): the weights whose update has the
+  gradient of each agent's DPO loss on the pairs of each node's joint actions;
+- :class:`magrpo.learned_reward.LearnedRewardBaseline` (MARLHF): a reward model taught by those
+  pairs, then the group's baseline over its rewards.
 
 ``advantages, training = baseline(turns, returns)``; then each agent's update adds
 ``training.extra_loss(i)`` to its own loss, and ``training.train()`` trains what is left once the

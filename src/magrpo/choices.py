@@ -7,8 +7,20 @@ from typing import Sequence
 
 from magrpo.errors import ConfigError
 
-#: how advantages are made: the group baseline (MAGRPO), or a critic's (magrpo.critics)
-ALGORITHMS = ("magrpo", "iac", "maac")
+#: how advantages are made: the group baseline (MAGRPO), a critic's (magrpo.critics), the DPO
+#: weights of the node's preference pairs (MADPO, magrpo.preference), or the group baseline over
+#: a reward model learnt from those pairs (MARLHF, magrpo.learned_reward)
+ALGORITHMS = ("magrpo", "iac", "maac", "madpo", "marlhf")
+#: the algorithms that pair a node's joint actions by their returns
+PREFERENCE_ALGORITHMS = ("madpo", "marlhf")
+#: the algorithms whose baseline is a critic
+CRITIC_ALGORITHMS = ("iac", "maac")
+#: MADPO: which of a node's ordered pairs of joint actions are kept (magrpo.preference.preference_pairs)
+PAIR_SELECTIONS = ("reward_gap", "all", "random")
+#: MADPO: each agent's DPO logit: the team's summed margins ("joint") or its own ("own")
+PREFERENCE_LOSSES = ("joint", "own")
+#: MADPO: the DPO margins' reference: the agent's initial policy, or none (the policy's alone)
+PREFERENCE_REFERENCES = ("initial", "none")
 #: what a run writes to disk (TRL's save_strategy, by steps or not at all)
 SAVE_STRATEGIES = ("steps", "no")
 #: what a critic values: the observation, V(s), or the observation and the action taken, Q(s, a)
@@ -70,6 +82,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
 __all__ = [
     "ADVANTAGE_BASELINES",
     "ALGORITHMS",
+    "CRITIC_ALGORITHMS",
     "SAVE_STRATEGIES",
     "CLIPPED_LOSS_TYPES",
     "CRITIC_TYPES",
@@ -86,6 +99,10 @@ __all__ = [
     "LOSS_TYPES",
     "LR_SCHEDULERS",
     "MULTI_OBJECTIVE_AGGREGATIONS",
+    "PAIR_SELECTIONS",
+    "PREFERENCE_ALGORITHMS",
+    "PREFERENCE_LOSSES",
+    "PREFERENCE_REFERENCES",
     "ROLLOUT_BACKENDS",
     "SAMPLERS",
     "REPORT_TO",

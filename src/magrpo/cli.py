@@ -240,8 +240,9 @@ TRAIN_OPTIONS = (
     CENTRALISED_OPTION,
     Option(
         ("--algorithm",),
-        help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic) or maac "
-        "(one centralised critic); the critic algorithms take -G 1 and up.",
+        help="magrpo (the group's mean is the baseline; default), iac (each agent's own critic), maac "
+        "(one centralised critic) or madpo (each agent's DPO loss on pairs of a node's joint actions ranked by their "
+        "returns: docs/preference.md); the critic algorithms take -G 1 and up.",
         field="algorithm",
     ),
     Option(

@@ -18,6 +18,7 @@ from magrpo.choices import (
     ALGORITHMS,
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
+    CRITIC_ALGORITHMS,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -30,6 +31,10 @@ from magrpo.choices import (
     LOSS_TYPES,
     LR_SCHEDULERS,
     MULTI_OBJECTIVE_AGGREGATIONS,
+    PAIR_SELECTIONS,
+    PREFERENCE_ALGORITHMS,
+    PREFERENCE_LOSSES,
+    PREFERENCE_REFERENCES,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -40,6 +45,16 @@ from magrpo.choices import (
 )
 from magrpo.errors import ConfigError
 from magrpo.plan import RolloutPlan, plan_rollout
+
+#: the fields each preference algorithm alone reads: set to other than their defaults only with it
+PREFERENCE_FIELDS = {
+    "dpo_beta": ("madpo",),
+    "preference_loss": ("madpo",),
+    "preference_reference": ("madpo",),
+    "pair_selection": PREFERENCE_ALGORITHMS,
+    "pairs_per_node": PREFERENCE_ALGORITHMS,
+    "reward_model_steps": ("marlhf",),
+}
 
 
 @dataclass
@@ -114,8 +129,27 @@ class MAGRPOConfig:
     #: observation) is its baseline, A = R - V; "maac": one centralised critic reading every agent's
     #: observation (MAAC's head sits on the first agent's model) is every agent's baseline. A head
     #: on an agent's model trains with that agent's update, a critic_model after the agents; IAC
-    #: and MAAC take num_generations >= 1 (magrpo.critics)
+    #: and MAAC take num_generations >= 1 (magrpo.critics). "madpo": every agent's DPO loss on
+    #: the pairs of each node's joint actions ranked by their returns (docs/preference.md)
     algorithm: str = "magrpo"
+    #: MADPO: DPO's beta, the inverse temperature of -log sigmoid(beta z)
+    dpo_beta: float = 0.1
+    #: MADPO: which ordered pairs (w, l) of a node's joint actions with return_w > return_l are
+    #: kept: "reward_gap" (the largest gaps first), "all" (every one), "random"
+    pair_selection: str = "reward_gap"
+    #: MADPO: at most this many pairs per node ("reward_gap", "random"; None: every one)
+    pairs_per_node: int | None = 16
+    #: MADPO: each agent's DPO logit z: "joint", the team's summed margins (DPO on the joint
+    #: policy, the others' parts constants); "own", the agent's own margin alone
+    preference_loss: str = "joint"
+    #: MADPO: the margins' reference: "initial" (the agent's reference policy, as the KL term's:
+    #: a LoRA agent's base, a full agent's initial weights) or "none" (the policy's log-ratio alone)
+    preference_reference: str = "initial"
+    #: MARLHF: the reward model's AdamW steps (one per training step with pairs, on that step's
+    #: pairs ranked by the task's returns, the agents not learning) before it is frozen and the
+    #: team learns by MAGRPO from its rewards; the reward model is critic_model's (None: a copy of
+    #: the first agent's model) with a value head, at critic_learning_rate
+    reward_model_steps: int = 20
     #: IAC, MAAC: what the critic values. "v": the observation, V(s), and A = R - V(s); "q": the
     #: observation and the action (IAC: the agent's own completion; MAAC: the joint action), Q(s, a),
     #: and A = Q(s, a_j) - the mean Q of the node's J joint actions (needs num_generations >= 2)
@@ -433,13 +467,15 @@ class MAGRPOConfig:
                 f"algorithm={self.algorithm!r} values each node's joint actions as aligned joint actions; "
                 f"joint_mode={self.joint_mode!r} is for algorithm='magrpo': use joint_mode='aligned'"
             )
-        if self.algorithm == "magrpo" and (
-            self.critic_model is not None or self.critic_use_lora or self.critic_type != "v"
-        ):
+        # MARLHF's reward model is a critic model in form: critic_model and critic_use_lora are its
+        critic_setting = self.critic_type != "v" or (
+            self.algorithm != "marlhf" and (self.critic_model is not None or self.critic_use_lora)
+        )
+        if self.algorithm not in CRITIC_ALGORITHMS and critic_setting:
             raise ConfigError(
                 f"critic_model={self.critic_model!r}, critic_use_lora={self.critic_use_lora!r}, critic_type="
-                f"{self.critic_type!r} set up a critic, which algorithm='magrpo' has none of: use algorithm='iac' "
-                "or 'maac'"
+                f"{self.critic_type!r} set up a critic, which algorithm={self.algorithm!r} has none of: use "
+                "algorithm='iac' or 'maac'"
             )
         if self.critic_type == "q" and self.num_generations < 2:
             raise ConfigError(
@@ -452,7 +488,10 @@ class MAGRPOConfig:
                 "critic_use_lora=True trains an adapter on the critic's own model: give critic_model (a head on an "
                 "agent's model trains with that agent, LoRA or not)"
             )
-        if self.algorithm != "magrpo" and (self.advantage_scaling, self.advantage_baseline) != ("none", "mean"):
+        if self.algorithm in CRITIC_ALGORITHMS and (self.advantage_scaling, self.advantage_baseline) != (
+            "none",
+            "mean",
+        ):
             raise ConfigError(
                 f"advantage_scaling={self.advantage_scaling!r}, advantage_baseline={self.advantage_baseline!r} shape "
                 f"the group baseline, which algorithm={self.algorithm!r} replaces by a critic's value: leave them at "
@@ -463,7 +502,7 @@ class MAGRPOConfig:
                 "normalise_critic_advantages=True with one sample per step (num_generations=1, batch_size=1, one "
                 "turn) centres the step's only advantage to 0: raise batch_size or num_generations"
             )
-        if self.algorithm != "magrpo" and self.data_parallel == "shard":
+        if self.algorithm in CRITIC_ALGORITHMS and self.data_parallel == "shard":
             raise ConfigError(
                 f"algorithm={self.algorithm!r} keeps whole value heads beside the agents; data_parallel='shard' "
                 "is for algorithm='magrpo': use data_parallel='replicate'"
@@ -474,6 +513,7 @@ class MAGRPOConfig:
                 f"{asked} with save_strategy='no': 'no' writes no checkpoint at all; use save_strategy='steps'"
             )
         self._check_objective_rules()
+        self._check_preference_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -559,6 +599,52 @@ class MAGRPOConfig:
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
 
+    def _check_preference_rules(self) -> None:
+        """The preference fields only with their algorithms; MADPO hands the update the weights
+        whose gradient is DPO's (magrpo.preference): the settings under which that holds exactly
+        (docs/preference.md)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, algorithms in PREFERENCE_FIELDS.items():
+            if self.algorithm not in algorithms and getattr(self, name) != defaults[name]:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is for algorithm={' or '.join(map(repr, algorithms))}, not "
+                    f"algorithm={self.algorithm!r}"
+                )
+        if self.algorithm not in PREFERENCE_ALGORITHMS:
+            return
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations={self.num_generations} with algorithm={self.algorithm!r}: a node's pairs are two of "
+                "its joint actions; use num_generations >= 2"
+            )
+        if self.data_parallel != "replicate":
+            raise ConfigError(
+                f"data_parallel={self.data_parallel!r} with algorithm={self.algorithm!r}: the pairs are scored by "
+                "whole models on every rank; use data_parallel='replicate'"
+            )
+        if self.algorithm == "marlhf":
+            return
+        # each rule: a setting that would change the gradient the DPO weights stand for
+        rules: list[tuple[str, object, object, str]] = [
+            (
+                "num_iterations",
+                self.num_iterations,
+                1,
+                "one optimiser step per rollout (the rollout's margins)",
+            ),
+            ("loss_type", self.loss_type, "sequence", "a completion's summed log-probabilities (DPO's)"),
+            ("mask_truncated_completions", self.mask_truncated_completions, False, "both sides of every pair"),
+            ("top_entropy_quantile", self.top_entropy_quantile, 1.0, "every token of both sides"),
+            ("off_policy_mask_threshold", self.off_policy_mask_threshold, None, "both sides of every pair"),
+            ("advantage_scaling", self.advantage_scaling, "none", "the DPO weights as they are"),
+            ("advantage_baseline", self.advantage_baseline, "mean", "the DPO weights as they are (no group baseline)"),
+        ]
+        for name, value, needed, why in rules:
+            if value != needed:
+                raise ConfigError(
+                    f"{name}={value!r} is not valid with algorithm='madpo', which needs {name}={needed!r}: {why}"
+                )
+
     def _check_objective_rules(self) -> None:
         """Rules between the objective's fields (magrpo.loss, docs/objective.md)."""
         if self.delta is not None and self.loss_type not in CLIPPED_LOSS_TYPES:
@@ -595,6 +681,10 @@ class MAGRPOConfig:
                     "LoRA agent's reference is its own base with the adapter off, which has no copy to move: train "
                     "the agents fully (use_lora=False), or leave sync_ref_model off"
                 )
+
+    def preference_reference_used(self) -> bool:
+        """Whether MADPO's margins take each agent's reference policy."""
+        return self.algorithm == "madpo" and self.preference_reference == "initial"
 
     def learning_rate_per_agent(self) -> list[float]:
         """``learning_rate`` as one rate per agent."""
@@ -856,6 +946,12 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "advantage_baseline": _one_of(ADVANTAGE_BASELINES),
     "multi_objective_aggregation": _one_of(MULTI_OBJECTIVE_AGGREGATIONS),
     "algorithm": _one_of(ALGORITHMS),
+    "dpo_beta": _number(0.0, None, low_open=True),
+    "pair_selection": _one_of(PAIR_SELECTIONS),
+    "pairs_per_node": _optional(_int_at_least(1)),
+    "preference_loss": _one_of(PREFERENCE_LOSSES),
+    "preference_reference": _one_of(PREFERENCE_REFERENCES),
+    "reward_model_steps": _int_at_least(1),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,
     "value_loss_coef": _number(0.0, None, low_open=True),

@@ -99,7 +99,9 @@ def build_experience(
     width = max(rollout.completion_mask.shape[1] for rollout in rollouts)
     masks = torch.cat([pad_right(r.completion_mask[rows], width) for r, rows in zip(rollouts, counted)])
     normaliser = ranks.sum(objective.normaliser(masks), agent.device)
-    correct_sampler = samples_elsewhere(agent, team.args.vllm_importance_sampling_correction)
+    correct_sampler = objective.corrects_sampler and samples_elsewhere(
+        agent, team.args.vllm_importance_sampling_correction
+    )
     if correct_sampler and any(r.token_logprobs is None for r in rollouts):
         raise ConfigError(
             f"agent {agent.name!r} samples with a {team.precision.rollout_dtype} copy, but its rollout carries no "

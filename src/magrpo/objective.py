@@ -111,6 +111,9 @@ class Objective:
     logprob_chunk_size: int | None
     #: run each distinct prompt through the model once per micro-batch (same values and gradients)
     share_prompt: bool
+    #: weight the policy term by pi_old / pi_sampler where another policy sampled; MADPO's weights
+    #: are DPO's gradient whoever sampled the pair (DPO's loss is off-policy), so it takes none
+    corrects_sampler: bool = True
 
     @classmethod
     def from_config(cls, args: MAGRPOConfig, *, sharded: bool = False) -> "Objective":
@@ -151,6 +154,7 @@ class Objective:
             temperature=args.temperature,
             logprob_chunk_size=args.logprob_chunk_size,
             share_prompt=args.share_prompt_in_update and not args.gradient_checkpointing and not sharded,
+            corrects_sampler=args.algorithm != "madpo",
         )
 
     @property

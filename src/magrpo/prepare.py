@@ -14,6 +14,7 @@ import torch
 
 from magrpo import distributed, sharding
 from magrpo.baselines import GroupBaseline
+from magrpo.choices import CRITIC_ALGORITHMS
 from magrpo.config import MAGRPOConfig
 from magrpo.critics.baseline import CriticBaseline
 from magrpo.critics.critic import make_critics
@@ -22,7 +23,9 @@ from magrpo.envs.reward_env import reward_env_factory, scorer_from_reward_funcs
 from magrpo.errors import ConfigError, DatasetError
 from magrpo.feedback.base import Feedback
 from magrpo.grouping import distinct_by_identity
+from magrpo.learned_reward import LearnedRewardBaseline, reward_model_body, reward_model_critic
 from magrpo.models import AgentPolicy, attach_reference_models, attach_sampling_copies, build_agents
+from magrpo.preference import PreferenceBaseline
 from magrpo.ranks import OneProcess, ReplicatedRanks, ShardedRanks
 from magrpo.rewards.reward_model import RewardModel
 from magrpo.sampling.vllm_engine import attach_vllm_engines, unservable_reason, vllm_installed
@@ -137,7 +140,9 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             attach_sampling_copies(built, dtype)
     if args.async_rollouts:  # sampled during the update: by engines of their own, never the trainer's process
         check_engines_apart(built, args)
-    if args.beta > 0:  # the KL term's reference: a full agent's frozen copy (LoRA: its base)
+    if (
+        args.beta > 0 or args.preference_reference_used()
+    ):  # the KL term's or DPO's reference: a full agent's frozen copy (LoRA: its base)
         if ranks.sharded and any(agent.adapter is None for agent in built):
             raise ConfigError(
                 f"beta={args.beta} needs a whole frozen reference copy of every fully trained agent, which "
@@ -152,8 +157,22 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     for critic in critics:  # a critic model of its own: its own AdamW over it and its head
         if critic.model is not None:
             critic.optimizer = _adamw(critic.parameters(), args, args.critic_learning_rate)
-    # the baseline: the group's (MAGRPO), or the critics' (IAC, MAAC)
-    baseline = CriticBaseline(critics, built, args, precision, ranks) if critics else GroupBaseline.from_config(args)
+    # the baseline: the group's (MAGRPO), the critics' (IAC, MAAC), or the preference pairs' (MADPO)
+    if critics:
+        baseline = CriticBaseline(critics, built, args, precision, ranks)
+    elif args.algorithm == "madpo":
+        baseline = PreferenceBaseline.from_config(built, args, precision, ranks)
+    elif args.algorithm == "marlhf":  # the reward model: a critic model of its own in form
+        body = (
+            _critic_models(built[:1], args)[0]
+            if args.critic_model is not None
+            else _build_models([reward_model_body(built)], args, str(built[0].device), False)[0]
+        )
+        reward_model = reward_model_critic(body)
+        reward_model.optimizer = _adamw(reward_model.parameters(), args, args.critic_learning_rate)
+        baseline = LearnedRewardBaseline(reward_model, built, args, precision, ranks)
+    else:
+        baseline = GroupBaseline.from_config(args)
     return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), baseline)
 
 
@@ -175,7 +194,7 @@ def check_engines_apart(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> No
 def _critic_models(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> list[AgentPolicy] | None:
     """IAC, MAAC with ``critic_model``: one model per critic (IAC: each on its agent's device;
     LoRA critics share one base), else None (the heads sit on the agents' models)."""
-    if args.algorithm == "magrpo" or args.critic_model is None:
+    if args.algorithm not in CRITIC_ALGORITHMS + ("marlhf",) or args.critic_model is None:
         return None
     hosts = agents if args.algorithm == "iac" else agents[:1]
     devices = sorted({str(agent.device) for agent in hosts})

@@ -34,7 +34,9 @@ class SignalWatch:
     def observe(self, out: StepOutput, step: int) -> None:
         """After step ``step`` (1-based): warn where it had no signal on any rank."""
         mine = any(bool((adv != 0).any()) for per_agent in out.advantages for adv in per_agent)
-        if self.ranks.any(mine):
+        # a step in which the agents wait by design (MARLHF's reward model learns) is no waste
+        waits = bool(getattr(out.baseline_training, "agents_wait", False))
+        if self.ranks.any(mine or waits):  # one collective on every rank
             self.silent_steps = 0
             return
         self.silent_steps += 1

@@ -7,7 +7,10 @@
                                                     observations), up to num_turns
     returns     = turn_returns(turns)            2. reward + discount * mean of the children's returns
     advantages  = team.baseline(turns, returns)  3. per agent, centred over the siblings of each node
-                                                    (MAGRPO; IAC, MAAC: R - V, magrpo.critics)
+                                                    (MAGRPO; IAC, MAAC: R - V, magrpo.critics; MADPO:
+                                                    DPO's weights of each node's pairs,
+                                                    magrpo.preference; MARLHF: a learnt reward's,
+                                                    magrpo.learned_reward)
     experience  = build_experience(...)          4. per agent: its completions with a signal, in
     update_agent(i, experience)                     micro-batches (pi_old, pi_ref made before the
                                                     update); -sum A * log pi_i(c_i | o_i) / N, gradient

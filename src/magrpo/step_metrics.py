@@ -75,8 +75,9 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
         figures.update(merged_completion_figures([part["completions"][i] for part in every]))
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
-    for critic in team.critics:  # IAC, MAAC: under the critic's own name
-        metrics.update({f"{critic.name}/{key}": value for key, value in out.critic_figures[critic.name].items()})
+    for name, figures in out.critic_figures.items():  # IAC, MAAC: each critic's; MADPO: "preference"
+        metrics.update({f"{name}/{key}": value for key, value in figures.items()})
+    for critic in team.critics:
         if critic.optimizer is not None:
             metrics[f"{critic.name}/learning_rate"] = critic.optimizer.param_groups[0]["lr"]
     metrics.update(

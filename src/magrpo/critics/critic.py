@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from magrpo.choices import CRITIC_ALGORITHMS
 from magrpo.critics.targets import critic_advantages, explained_variance, normalise_advantages, q_advantages
 from magrpo.critics.value_head import ValueHead, observation_values
 from magrpo.errors import CheckpointError
@@ -113,7 +114,7 @@ def make_critics(
     """The critics ``algorithm`` trains: none for MAGRPO, one per agent for IAC, one for the team
     for MAAC; on the agents' models (MAAC: the first agent's) or on ``models`` (one per critic);
     V(s) or, with ``critic_type="q"``, Q(s, a) critics. Zero-initialised heads: V = 0 at the start."""
-    if algorithm == "magrpo":
+    if algorithm not in CRITIC_ALGORITHMS:
         return []
     hosts = range(len(agents)) if algorithm == "iac" else [0]
     if models is not None and len(models) != len(hosts):
