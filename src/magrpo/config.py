@@ -16,6 +16,7 @@ from magrpo.choices import (
     ALGORITHMS,
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
+    CREDITS,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -28,6 +29,7 @@ from magrpo.choices import (
     LOSS_TYPES,
     LR_SCHEDULERS,
     MULTI_OBJECTIVE_AGGREGATIONS,
+    PROTOCOLS,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -216,6 +218,20 @@ class MAGRPOConfig:
     joint_mode: str = "aligned"
     #: how a completion's return is taken over the joint actions it is part of (cross mode)
     cross_aggregation: str = "mean"
+    #: how the agents of a turn answer. "simultaneous": each from its own observation, at once (the
+    #: paper's); "sequential": agent k answers after agents 1..k-1 of the same joint action and its
+    #: observation shows their answers (how, is the task's). Sequential joint_mode: "aligned"
+    #: continues each earlier answer once, "cross" num_continuations times (docs/protocols.md)
+    protocol: str = "simultaneous"
+    #: protocol="sequential", joint_mode="cross": the samples of agent k that continue each answer
+    #: of agent k-1 (None: num_generations); each agent after the first has this many alternatives
+    #: per context
+    num_continuations: int | None = None
+    #: how each agent's completions are credited. "group": against the siblings of their node
+    #: (MAGRPO's); "counterfactual": against the alternatives that share their exact context (the
+    #: same earlier answers), each valued by the mean return of its own continuations, with a
+    #: leave-one-out baseline (C3; protocol="sequential", joint_mode="cross")
+    credit: str = "group"
     # multi-turn (num_turns = 1 is the single-turn setting)
     #: turns per episode (> 1: the agents revise after feedback)
     num_turns: int = 1
@@ -469,6 +485,7 @@ class MAGRPOConfig:
                 f"{asked} with save_strategy='no': 'no' writes no checkpoint at all; use save_strategy='steps'"
             )
         self._check_objective_rules()
+        self._check_protocol_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -554,6 +571,42 @@ class MAGRPOConfig:
                 "lower num_generations, num_turns or batch_size, use expand='best-k', or raise the budget"
             )
 
+    def _check_protocol_rules(self) -> None:
+        """Rules of the sequential protocol and the counterfactual credit (docs/protocols.md): the
+        combinations not built are refused by name."""
+        if self.protocol == "sequential":
+            if self.algorithm != "magrpo":
+                raise ConfigError(
+                    f"protocol='sequential' with algorithm={self.algorithm!r}: the critics read simultaneous turns "
+                    "only; use algorithm='magrpo' or protocol='simultaneous'"
+                )
+            if self.rollout_backend == "vllm":
+                raise ConfigError(
+                    "protocol='sequential' with rollout_backend='vllm': the vLLM sampler takes the team's "
+                    "prompts at once, not agent by agent; use rollout_backend='fast' or 'plain' (or 'auto')"
+                )
+        if self.num_continuations is not None and (self.protocol, self.joint_mode) != ("sequential", "cross"):
+            raise ConfigError(
+                f"num_continuations={self.num_continuations} sets how many samples of each agent continue an "
+                f"earlier answer in a sequential cross tree; protocol={self.protocol!r}, joint_mode="
+                f"{self.joint_mode!r} has none: use protocol='sequential' and joint_mode='cross', or leave it unset"
+            )
+        if self.credit == "counterfactual":
+            continuations = self.num_generations if self.num_continuations is None else self.num_continuations
+            if (self.protocol, self.joint_mode) != ("sequential", "cross") or continuations < 2:
+                raise ConfigError(
+                    f"credit='counterfactual' compares each answer with the alternatives that share its earlier "
+                    f"answers, at least 2 of them; protocol={self.protocol!r}, joint_mode={self.joint_mode!r}, "
+                    f"num_continuations={self.num_continuations!r} give none: use protocol='sequential', "
+                    "joint_mode='cross' and num_continuations >= 2 (or unset), or credit='group'"
+                )
+            if self.advantage_baseline not in ("mean", "loo") or self.cross_aggregation != "mean":
+                raise ConfigError(
+                    f"credit='counterfactual' values each alternative by the mean of its continuations and takes the "
+                    f"leave-one-out baseline; advantage_baseline={self.advantage_baseline!r}, cross_aggregation="
+                    f"{self.cross_aggregation!r} say otherwise: leave them at 'mean' (or advantage_baseline='loo')"
+                )
+
     def _check_objective_rules(self) -> None:
         """Rules between the objective's fields (magrpo.loss, docs/objective.md)."""
         if self.delta is not None and self.loss_type not in CLIPPED_LOSS_TYPES:
@@ -614,6 +667,8 @@ class MAGRPOConfig:
             num_generations=self.num_generations,
             num_turns=self.num_turns,
             joint_mode=self.joint_mode,
+            protocol=self.protocol,
+            num_continuations=self.num_continuations,
             expand=self.expand,
             expand_k=self.expand_k,
             batch_size=self.batch_size,
@@ -887,6 +942,9 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "ref_model_sync_steps": _int_at_least(1),
     "joint_mode": _one_of(JOINT_MODES),
     "cross_aggregation": _one_of(CROSS_AGGREGATIONS),
+    "protocol": _one_of(PROTOCOLS),
+    "num_continuations": _optional(_int_at_least(1)),
+    "credit": _one_of(CREDITS),
     "num_turns": _int_at_least(1),
     "discount": _number(0.0, 1.0),
     "expand": _one_of(EXPANSIONS),
