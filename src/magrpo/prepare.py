@@ -47,6 +47,7 @@ def build_env_factory(
     feedback: Feedback | None,
     is_solved: Callable[[Mapping[str, Any]], bool] | None,
     agent_roles: Sequence[str] | None,
+    show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None,
 ) -> EnvFactory:
     """item -> environment: the user's own factory, or formatters + reward (functions or a scorer)."""
     n = args.num_agents
@@ -83,6 +84,8 @@ def build_env_factory(
         is_solved=is_solved,
         agent_roles=agent_roles,
         num_turns=args.num_turns,
+        sequential=args.protocol == "sequential",
+        show_earlier_answers=show_earlier_answers,
     )
 
 
@@ -106,6 +109,11 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     sampling copies and optimisers. Under torchrun, call it after joining the process group."""
     built = list(agents) if all(isinstance(a, AgentPolicy) for a in agents) else _build(agents, args)
     ranks = _ranks_for(built, args)  # sharding happens here, before the optimisers see the weights
+    if args.protocol == "sequential" and ranks.world_size > 1:
+        raise ConfigError(
+            f"protocol='sequential' under torchrun ({ranks.world_size} processes): data parallel is built for "
+            "simultaneous turns only; run one process, or protocol='simultaneous'"
+        )
     warn_if_weights_cannot_learn(built)
     backend = choose_rollout_backend(args, built, ranks)
     if backend != args.rollout_backend:  # "auto" resolved: the run's config names what samples
@@ -235,6 +243,8 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     memory."""
     if args.rollout_backend != "auto":
         return args.rollout_backend
+    if args.protocol == "sequential":  # the vLLM sampler takes the team at once, not agent by agent
+        return "fast"
     if args.vllm_mode == "server":  # a rollout server was named: its engines sample
         return "vllm"
     if ranks.sharded or not vllm_installed() or unservable_reason(agents):

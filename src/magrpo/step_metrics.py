@@ -138,7 +138,7 @@ def step_samples(out: StepOutput) -> list[dict[str, Any]]:
                     {
                         "turn": turn.index + 1,
                         "node": p,
-                        "prompts": [r.prompts[p] for r in turn.rollouts],
+                        "prompts": list(turn.joint_prompts(p, j)),
                         "completions": list(turn.joint_completions(p, j)),
                         "reward": float(turn.rewards[p, j]),
                         "return": float(ret[p, j]),
