@@ -445,6 +445,7 @@ def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
         feedback=feedback_source,
         is_solved=task_obj.is_solved,
         agent_roles=task_obj.agent_roles,
+        show_earlier_answers=task_obj.show_earlier_answers,
         **datasets,
     )
 
