@@ -113,6 +113,7 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
         "objective",
         "critic",
         "critic-model",
+        "sequential",
         pytest.param("vllm", marks=NO_VLLM),
         pytest.param("async", marks=NO_VLLM),
     ],
