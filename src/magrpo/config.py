@@ -585,6 +585,13 @@ class MAGRPOConfig:
                     "protocol='sequential' with rollout_backend='vllm': the vLLM sampler takes the team's "
                     "prompts at once, not agent by agent; use rollout_backend='fast' or 'plain' (or 'auto')"
                 )
+            vllm_only = {"vllm_mode": self.vllm_mode != "colocate", "async_rollouts": bool(self.async_rollouts)}
+            for name, asked in vllm_only.items():
+                if asked:
+                    raise ConfigError(
+                        f"protocol='sequential' with {name}={getattr(self, name)!r}: that samples on vLLM engines, "
+                        "which take the team's prompts at once, not agent by agent; leave it at its default"
+                    )
         if self.num_continuations is not None and (self.protocol, self.joint_mode) != ("sequential", "cross"):
             raise ConfigError(
                 f"num_continuations={self.num_continuations} sets how many samples of each agent continue an "
