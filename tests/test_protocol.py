@@ -293,7 +293,7 @@ def test_a_second_agent_learns_to_repeat_the_answer_it_is_shown(tiny_agents, tmp
 def test_every_updated_row_carries_the_counterfactual_advantage_of_what_it_sampled(tiny_agents, tmp_path):
     """One trainer step of a sequential cross tree (G = 3, M = 2): each agent's advantages, as its
     update received them, recomputed from the decoded texts alone."""
-    from tests.test_trainer import paired_reward
+    from tests.test_trainer import paired_reward, paired_step
 
     G, M = 3, 2
     args = MAGRPOConfig(
@@ -308,15 +308,7 @@ def test_every_updated_row_carries_the_counterfactual_advantage_of_what_it_sampl
         output_dir=str(tmp_path),
         log_samples_steps=0,
     )
-    trainer = MAGRPOTrainer(
-        agents=tiny_agents,
-        reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
-        train_dataset=[{"q": "q a"}, {"q": "b"}],
-        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
-        args=args,
-        show_earlier_answers=shown_after,
-    )
-    trainer.train_step(trainer.next_batch())
+    trainer = paired_step(tiny_agents, args, show_earlier_answers=shown_after)
     (turn,) = trainer.last_step.turns
     first, second = (r.texts for r in turn.rollouts)
 
