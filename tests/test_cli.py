@@ -347,7 +347,8 @@ def test_an_option_without_help_of_its_own_shows_the_help_of_its_config_field():
     code, out = run_cli("train", "--help")
     assert (
         '--joint-mode <str> "aligned": G joint actions, the g-th completion of every agent together; "cross": every '
-        "combination, G ** num_agents joint actions."
+        "combination, G ** num_agents joint actions (sequential: each answer continued once, or num_continuations "
+        'times). None: "aligned", but "cross" with credit="counterfactual"'
     ) in out
     assert "-G <int> G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)." in out
     code, out = run_cli("eval", "--help")  # eval's options show help they had none of before
@@ -527,7 +528,9 @@ def test_the_protocol_is_a_flag_and_the_counterfactual_credit_is_refused_where_n
     assert "--protocol" in out and "sequential (each agent after the earlier ones, seeing their answers" in out
     code, out = run_cli("train", "--protocol", "turns")
     assert code == 2 and "protocol='turns' is not valid; choose one of 'simultaneous', 'sequential'" in out
-    code, out = run_cli("train", "--protocol", "sequential", "--set", "credit=counterfactual")
+    code, out = run_cli(
+        "train", "--protocol", "sequential", "--joint-mode", "aligned", "--set", "credit=counterfactual"
+    )
     assert code == 2 and "credit='counterfactual' compares each answer with the alternatives" in out
     code, out = run_cli("train", "--protocol", "sequential", "--set", "rollout_backend=vllm")
     assert code == 2 and "protocol='sequential' with rollout_backend='vllm'" in out

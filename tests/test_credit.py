@@ -90,8 +90,8 @@ def test_an_aligned_sequential_chain_gets_the_simultaneous_group_advantages():
 @pytest.mark.parametrize(
     "config, message",
     [
-        (dict(credit="counterfactual"), "protocol='simultaneous', joint_mode='aligned'"),
-        (dict(credit="counterfactual", protocol="sequential"), "joint_mode='aligned'"),
+        (dict(credit="counterfactual"), "protocol='simultaneous', joint_mode='cross'"),
+        (dict(credit="counterfactual", protocol="sequential", joint_mode="aligned"), "joint_mode='aligned'"),
         (
             dict(credit="counterfactual", protocol="sequential", joint_mode="cross", num_continuations=1),
             "num_continuations=1 give none",
@@ -115,6 +115,13 @@ def test_an_aligned_sequential_chain_gets_the_simultaneous_group_advantages():
 def test_combinations_not_built_are_refused_by_name(config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         MAGRPOConfig(**config)
+
+
+def test_the_joint_mode_left_unset_is_aligned_but_a_cross_tree_for_counterfactual_credit():
+    assert MAGRPOConfig().joint_mode == "aligned"
+    assert MAGRPOConfig(protocol="sequential").joint_mode == "aligned"
+    assert MAGRPOConfig(protocol="sequential", credit="counterfactual").joint_mode == "cross"
+    assert MAGRPOConfig.defaults()["joint_mode"] == "aligned"  # what a saved config holds: the value resolved
 
 
 def test_the_plan_counts_each_agents_samples_in_a_sequential_tree():

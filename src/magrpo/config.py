@@ -214,8 +214,10 @@ class MAGRPOConfig:
     #: tau of sync_ref_model: training steps between two reference updates
     ref_model_sync_steps: int = 512
     #: "aligned": G joint actions, the g-th completion of every agent together;
-    #: "cross": every combination, G ** num_agents joint actions
-    joint_mode: str = "aligned"
+    #: "cross": every combination, G ** num_agents joint actions (sequential: each answer continued
+    #: once, or num_continuations times). None: "aligned", but "cross" with credit="counterfactual"
+    #: (which needs alternatives after every earlier answer)
+    joint_mode: str | None = None
     #: how a completion's return is taken over the joint actions it is part of (cross mode)
     cross_aggregation: str = "mean"
     #: how the agents of a turn answer. "simultaneous": each from its own observation, at once (the
@@ -412,6 +414,8 @@ class MAGRPOConfig:
         if isinstance(self.learning_rate, tuple):
             self.learning_rate = list(self.learning_rate)
         self._take_loss_aggregation()
+        if self.joint_mode is None:  # counterfactual credit compares alternatives: only a cross tree has them
+            self.joint_mode = "cross" if self.credit == "counterfactual" else "aligned"
         for f in dataclasses.fields(self):
             check = _FIELD_CHECKS.get(f.name)
             if check is not None:
