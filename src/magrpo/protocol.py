@@ -24,7 +24,7 @@ import torch
 
 from magrpo.advantages import cross_joint_indices
 from magrpo.choices import JOINT_MODES, PROTOCOLS, check_choice
-from magrpo.plan import completions_per_node, joint_actions_per_node
+from magrpo.plan import completions_per_node
 from magrpo.sampling.sampler import agent_generators
 from magrpo.seeds import mix_seed
 from magrpo.types import Observation
@@ -71,10 +71,6 @@ class TurnProtocol:
         """C_k: agent k's completions per node (G each, but G * M**k for a sequential tree)."""
         return completions_per_node(num_agents=num_agents, **self._shape())
 
-    def num_joint(self, num_agents: int) -> int:
-        """J: the joint actions of a node."""
-        return joint_actions_per_node(num_agents=num_agents, **self._shape())
-
     def _shape(self) -> dict:
         return dict(
             num_generations=self.num_generations,
@@ -114,20 +110,34 @@ class TurnProtocol:
         if not self.sequential:
             per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
             return sampler.sample_team(agents, per_agent, prompt_keys=prompt_keys, seed_source=seed_source)
-        rollouts: list[Rollout] = []
+        return self._sample_in_turns(sampler, agents, nodes, observations, prompt_keys, seed_source)
+
+    def _sample_in_turns(
+        self,
+        sampler: Sampler,
+        agents: Sequence[AgentPolicy],
+        nodes: Sequence[MultiAgentEnv],
+        observations: Sequence[dict[str, Observation]],
+        prompt_keys: Sequence[int] | None,
+        seed_source: torch.Generator | None,
+    ) -> list[Rollout]:
+        """Agent by agent, each in one batch over the turn's nodes: the first from the nodes'
+        observations (G each), every later one from each answer of the agent before it (M each)."""
+        first = agents[0]
+        generator = agent_generators([first], prompt_keys, seed_source)[0]
+        rollouts = [sampler.sample(first, [obs[first.name] for obs in observations], generator)]
         continued = sampler.with_generations(self.continuations)
-        for k, agent in enumerate(agents):
-            # agent k's prompts: one per answer of agent k-1 (one per node for the first agent)
+        for k, agent in enumerate(agents[1:], start=1):
+            answered = len(rollouts[-1].texts) // len(nodes)  # agent k-1's answers at each node
             prompts, keys = [], []
             for p, (env, obs) in enumerate(zip(nodes, observations)):
-                for c in range(1 if k == 0 else len(rollouts[-1].texts) // len(nodes)):
+                for c in range(answered):
                     earlier = self._earlier_answers(agents, rollouts, len(nodes), p, c)
-                    prompts.append(env.observe_after(agent.name, obs[agent.name], earlier) if k else obs[agent.name])
-                    if prompt_keys is not None:
-                        # a later agent's prompt is keyed by its node, its place and the answer it follows
-                        keys.append(prompt_keys[p] if k == 0 else mix_seed(prompt_keys[p], k, c))
+                    prompts.append(env.observe_after(agent.name, obs[agent.name], earlier))
+                    if prompt_keys is not None:  # keyed by node, agent and the answer it follows
+                        keys.append(mix_seed(prompt_keys[p], k, c))
             generator = agent_generators([agent], keys if prompt_keys is not None else None, seed_source)[0]
-            rollouts.append((sampler if k == 0 else continued).sample(agent, prompts, generator))
+            rollouts.append(continued.sample(agent, prompts, generator))
         return rollouts
 
     def _earlier_answers(
