@@ -10,6 +10,10 @@ In a rollout tree the trainer steps many branches at once (``step_many``) and th
 branches that go on to another turn for their next observations (``observe_many``): an
 environment whose next observation is costly (a reviewer model's feedback) builds it there, so
 branches that end, or that best-k expansion drops, cost nothing.
+
+With ``protocol="sequential"`` the agents of a turn answer one after the other, and the trainer
+asks ``observe_after`` what each agent sees once the earlier ones have answered (by default their
+answers after its observation, each under its agent's name).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ observation, its own answer, then its feedback and a request to revise; the epis
 whole batch of joint actions in ONE call of the scorer, which is what reward functions (and the
 sandbox pool behind the coding reward) are built for; ``observe_many`` asks the feedback source
 once for the branches that continue, and only for them (``step`` does both, for one env).
+Taking turns (``sequential``), an agent is shown the earlier agents' answers of its joint action
+as ``show_earlier_answers`` words them, and its history and the scorer's prompts hold what it saw.
 """
 
 from __future__ import annotations
