@@ -589,6 +589,11 @@ class MAGRPOConfig:
                     "protocol='sequential' with rollout_backend='vllm': the vLLM sampler takes the team's "
                     "prompts at once, not agent by agent; use rollout_backend='fast' or 'plain' (or 'auto')"
                 )
+            if self.data_parallel == "shard":
+                raise ConfigError(
+                    "protocol='sequential' with data_parallel='shard': sharded ranks are built for simultaneous turns "
+                    "only; use data_parallel='replicate' (or protocol='simultaneous')"
+                )
             vllm_only = {"vllm_mode": self.vllm_mode != "colocate", "async_rollouts": bool(self.async_rollouts)}
             for name, asked in vllm_only.items():
                 if asked:

@@ -109,11 +109,6 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
     sampling copies and optimisers. Under torchrun, call it after joining the process group."""
     built = list(agents) if all(isinstance(a, AgentPolicy) for a in agents) else _build(agents, args)
     ranks = _ranks_for(built, args)  # sharding happens here, before the optimisers see the weights
-    if args.protocol == "sequential" and ranks.world_size > 1:
-        raise ConfigError(
-            f"protocol='sequential' under torchrun ({ranks.world_size} processes): data parallel is built for "
-            "simultaneous turns only; run one process, or protocol='simultaneous'"
-        )
     warn_if_weights_cannot_learn(built)
     backend = choose_rollout_backend(args, built, ranks)
     if backend != args.rollout_backend:  # "auto" resolved: the run's config names what samples
