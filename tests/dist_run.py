@@ -3,7 +3,8 @@
 of aligned, cross, lora (two adapters on one base), lora-own (each agent its own base), turns (two
 turns with feedback, best-k), critic (turns with IAC: a value head per agent, TD(lambda) targets,
 advantages normalised over the step), critic-model (MAAC with a Q critic on a LoRA critic model of its own), vllm
-(the aligned team sampling on vLLM engines, each rank its own); --shard:
+(the aligned team sampling on vLLM engines, each rank its own), sequential (the agents taking turns
+in a cross tree, counterfactual credit); --shard:
 data_parallel="shard". Rank 0 writes OUT_DIR/final and OUT_DIR/checkpoints."""
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         rollout_backend="vllm", vllm_kv_cache_gib=0.125, vllm_max_model_len=64, vllm_engine_process="training"
     )
     args = MAGRPOConfig(
-        num_generations=2 if variant == "cross" else 4,
+        num_generations=2 if variant in ("cross", "sequential") else 4,
         batch_size=batch,
         max_new_tokens=4,
         max_steps=steps,
         learning_rate=1e-2,
         seed=5,
-        joint_mode="cross" if variant == "cross" else "aligned",
+        joint_mode="cross" if variant in ("cross", "sequential") else "aligned",
         save_steps=1,
         save_total_limit=None,
         output_dir=out_dir,
@@ -73,6 +74,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
             if variant == "marlhf"
             else {}
         ),
+        **(dict(protocol="sequential", credit="counterfactual") if variant == "sequential" else {}),
         **(
             dict(algorithm="iac", critic_lambda=0.5, normalise_critic_advantages=True, critic_learning_rate=1e-2)
             if variant == "critic"

@@ -115,6 +115,7 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
         "critic-model",
         "madpo",
         "marlhf",
+        "sequential",
         pytest.param("vllm", marks=NO_VLLM),
         pytest.param("async", marks=NO_VLLM),
     ],

@@ -347,7 +347,8 @@ def test_an_option_without_help_of_its_own_shows_the_help_of_its_config_field():
     code, out = run_cli("train", "--help")
     assert (
         '--joint-mode <str> "aligned": G joint actions, the g-th completion of every agent together; "cross": every '
-        "combination, G ** num_agents joint actions."
+        "combination, G ** num_agents joint actions (sequential: each answer continued once, or num_continuations "
+        'times). None: "aligned", but "cross" with credit="counterfactual"'
     ) in out
     assert "-G <int> G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)." in out
     code, out = run_cli("eval", "--help")  # eval's options show help they had none of before
@@ -400,6 +401,7 @@ def test_every_option_that_sets_a_config_field_names_an_existing_field():
         "--max-new-tokens": "max_new_tokens",
         "--lr": "learning_rate",
         "--joint-mode": "joint_mode",
+        "--protocol": "protocol",
         "--algorithm": "algorithm",
         "--critic-type": "critic_type",
         "--lora/--full": "use_lora",
@@ -418,6 +420,7 @@ def test_every_option_that_sets_a_config_field_names_an_existing_field():
     assert {o.flags[0]: o.field for o in EVAL_OPTIONS if o.field} == {
         "--max-new-tokens": "max_new_tokens",
         "--turns": "num_turns",
+        "--protocol": "protocol",
         "--data": "eval_data",
         "--data-split": "eval_split",
         "--columns": "column_map",
@@ -445,8 +448,10 @@ def test_train_flags_set_their_config_fields(monkeypatch):
         monkeypatch,
         *("train", "-G", "3", "--steps", "5", "--lr", "2e-5", "--full", "-o", "runs/x", "--turns", "2"),
         *("--data", "mine.jsonl", "--data-split", "train", "--columns", "source=article", "--eval-fraction", "0.5"),
+        *("--protocol", "sequential"),
     )
     assert seen == {
+        "protocol": "sequential",
         "num_agents": 2,
         "num_generations": 3,
         "max_steps": 5,
@@ -463,9 +468,12 @@ def test_train_flags_set_their_config_fields(monkeypatch):
 
 def test_eval_flags_set_their_config_fields(monkeypatch):
     seen = flags_given_to_the_config(
-        monkeypatch, "eval", "--data", "held.jsonl", "--data-split", "test", "--max-new-tokens", "9", "--turns", "2"
+        monkeypatch,
+        *("eval", "--data", "held.jsonl", "--data-split", "test", "--max-new-tokens", "9", "--turns", "2"),
+        *("--protocol", "sequential"),
     )
     assert seen == {
+        "protocol": "sequential",
         "num_agents": 2,
         "eval_data": "held.jsonl",
         "eval_split": "test",
@@ -500,3 +508,30 @@ def test_eval_checkpoint_takes_a_run_folder_or_a_folder_of_agents(tmp_path):
     assert _agents_folder(run / "final") == run / "final"
     assert _agents_folder(run / "checkpoints" / "step-2") == run / "checkpoints" / "step-2"
     assert _agents_folder(tmp_path) == tmp_path  # neither: refused later, naming the missing agent folders
+
+
+def test_eval_answers_in_the_order_the_checkpoint_trained_with_unless_told(tmp_path):
+    from magrpo import MAGRPOConfig
+    from magrpo.cli import in_trained_order
+    from magrpo.config import dump_yaml
+
+    run = tmp_path / "run"
+    (run / "final" / "agent_0").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml({"config": {"protocol": "sequential"}, "task": "coding"}))
+    assert in_trained_order(MAGRPOConfig(), run / "final", None).protocol == "sequential"
+    assert in_trained_order(MAGRPOConfig(), run / "final", "simultaneous").protocol == "simultaneous"
+    assert in_trained_order(MAGRPOConfig(), tmp_path, None).protocol == "simultaneous"  # no run config
+
+
+def test_the_protocol_is_a_flag_and_the_counterfactual_credit_is_refused_where_no_context_has_alternatives():
+    code, out = run_cli("train", "--help")
+    assert "--protocol" in out and "sequential (each agent after the earlier ones, seeing their answers" in out
+    code, out = run_cli("train", "--protocol", "turns")
+    assert code == 2 and "protocol='turns' is not valid; choose one of 'simultaneous', 'sequential'" in out
+    code, out = run_cli(
+        "train", "--protocol", "sequential", "--joint-mode", "aligned", "--set", "credit=counterfactual"
+    )
+    assert code == 2 and "credit='counterfactual' compares each answer with the alternatives" in out
+    code, out = run_cli("train", "--protocol", "sequential", "--set", "rollout_backend=vllm")
+    assert code == 2 and "protocol='sequential' with rollout_backend='vllm'" in out
+    assert "--protocol" in run_cli("eval", "--help")[1]

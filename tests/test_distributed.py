@@ -150,7 +150,9 @@ def assert_adapters_trained(run_dir: Path) -> None:
         assert moved > 10 * ATOL, (agent, moved)
 
 
-@pytest.mark.parametrize("variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model", "madpo", "marlhf"])
+@pytest.mark.parametrize(
+    "variant", ["aligned", "cross", "lora", "turns", "critic", "critic-model", "madpo", "marlhf", "sequential"]
+)
 def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, variant):
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))

@@ -173,6 +173,18 @@ def test_later_turns_plan_the_longer_prompt_and_the_grown_tree():
     assert term(plan, "sampling KV cache") == 4 * 15 * TINY.kv_bytes_per_token(4)
 
 
+def test_a_sequential_tree_plans_the_busiest_agents_rows_each_after_a_prompt_of_its_own():
+    config = tiny_config(num_agents=2, protocol="sequential", joint_mode="cross", num_continuations=3)
+    plan = plan_memory(config, [TINY, TINY], [CPU], Workload(prompt_tokens=5))
+    # the second agent samples G x M = 6 rows of 5 + 3 tokens
+    assert term(plan, "sampling KV cache (agent_1)") == 6 * 8 * TINY.kv_bytes_per_token(4)
+    # its rows continue 2 earlier answers, 3 each; planned as one prompt per row, the most activations
+    each = activation_bytes(
+        TINY, rows=6, prompts=None, prompt=5, completion=3, weight_bytes=4, compute_bytes=4, autocast=False
+    )
+    assert term(plan, "activations (agent_1)") == each.total
+
+
 def test_the_known_models_have_their_published_sizes():
     published = {
         "SmolLM2-135M-Instruct": 135e6,

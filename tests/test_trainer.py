@@ -549,6 +549,20 @@ def paired_reward(c0: str, c1: str) -> float:
     return len(c0.split()) + 2.5 * c1.count("a") - 0.75 * c0.count("b") + 0.1 * len(c1)
 
 
+def paired_step(agents, args, **options) -> MAGRPOTrainer:
+    """A trainer on :func:`paired_reward` over two items, after one step (``trainer.last_step``)."""
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
+        train_dataset=[{"q": "q a"}, {"q": "b"}],
+        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
+        args=args,
+        **options,
+    )
+    trainer.train_step(trainer.next_batch())
+    return trainer
+
+
 def expected_advantages(texts, G, joint_mode, child_means=None, gamma=0.5):
     """Per agent, the advantage of every row recomputed from the decoded texts alone."""
     P = len(texts[0]) // G
@@ -603,16 +617,9 @@ def test_every_updated_row_carries_the_advantage_of_what_it_sampled(tiny_agents,
         log_samples_steps=0,
     )
     feedback = CallableFeedback(lambda request: ("again", "again")) if num_turns > 1 else None
-    trainer = MAGRPOTrainer(
-        agents=tiny_agents,
-        reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
-        train_dataset=[{"q": "q a"}, {"q": "b"}],
-        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
-        args=args,
-        feedback=feedback,
-    )
-    trainer.train_step(trainer.next_batch())
-    out = trainer.last_step  # each agent's rollouts per turn and the advantages its update ran on
+    out = paired_step(
+        tiny_agents, args, feedback=feedback
+    ).last_step  # each agent's rollouts per turn and the advantages its update ran on
     captured = [(i, [turn.rollouts[i] for turn in out.turns], out.advantages[i]) for i in range(2)]
     assert len(captured[0][1]) == num_turns
     if num_turns > 1:  # full expansion: node k of turn 2 continues row k of turn 1, with that row's answers

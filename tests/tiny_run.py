@@ -8,7 +8,9 @@ critic-model (MAAC with a Q critic on a model of its own, fully trained), madpo 
 turns: random pairs of each node's joint actions, DPO against frozen reference copies), marlhf
 (three steps of a reward model copied from the first agent, then MAGRPO on its rewards), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
 clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
-truncated completions masked).
+truncated completions masked), sequential (LoRA agents on one base taking turns over two turns of
+feedback: a sequential cross tree, two continuations per answer, best-2 expansion, counterfactual
+credit).
 
 With ``MAGRPO_SLOW_REWARD=s`` every reward call sleeps s seconds (time to kill the run mid-way;
 the numbers do not change)."""
@@ -43,13 +45,13 @@ def reward(*, completions, **columns):
 def build(out_dir: str, variant: str) -> MAGRPOTrainer:
     torch.manual_seed(0)
     tok = make_tiny_tokenizer()
-    if variant == "lora":
+    if variant in ("lora", "sequential"):
         base = make_tiny_model(len(tok), seed=3)
         agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
     else:  # the vLLM engines sample in bf16 where the CPU computes it in hardware
         shape = BF16_ENGINE_SHAPE if variant in ("vllm", "async", "server") else {}
         agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
-    turns = 2 if variant in ("turns", "critic", "madpo") else 1
+    turns = 2 if variant in ("turns", "critic", "madpo", "sequential") else 1
     engines = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128)
     engine = engines if variant == "vllm" else {}
     if variant == "async":  # (two full agents' engines live in processes of their own on CPU anyway)
@@ -89,6 +91,16 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         if variant == "madpo"
         else dict(algorithm="marlhf", learning_rate=1e-2, reward_model_steps=3, critic_learning_rate=1e-2)
         if variant == "marlhf"
+        else dict(
+            learning_rate=1e-2,
+            protocol="sequential",
+            joint_mode="cross",
+            num_continuations=2,
+            credit="counterfactual",
+            expand="best-k",
+            expand_k=2,
+        )
+        if variant == "sequential"
         else dict(learning_rate=1e-2)
     )
     args = MAGRPOConfig(

@@ -78,6 +78,38 @@ def cross_completion_returns(
     return grid.amax(dim=other_axes)
 
 
+def contextual_advantages(
+    returns: torch.Tensor,
+    *,
+    completions_per_node: int,
+    context_size: int,
+    scaling: str = "none",
+    baseline: str = "mean",
+    aggregation: str = "mean",
+) -> torch.Tensor:
+    """Advantages of one agent's completions at one turn of a sequential tree, ``[P * C]`` (row
+    p * C + c), from the node's joint returns ``[P, J]``.
+
+    Each of the agent's C completions of a node is valued by the joint actions that continue it
+    (the later agents' answers to it: J / C contiguous joint actions), their mean (or max) return.
+    The values are then centred over groups of ``context_size`` consecutive completions, the
+    alternatives that share one context: ``context_size = C`` is the node's whole group (MAGRPO's
+    group credit); the completions that continue the same earlier answers, with
+    ``baseline="loo"``, are C3's counterfactual credit: A = V(a) - mean of the other K - 1
+    alternatives' V, each V the mean over the alternative's own continuations.
+    """
+    P, J = returns.shape
+    if J % completions_per_node or completions_per_node % context_size:
+        raise ValueError(
+            f"{J} joint actions per node do not continue {completions_per_node} completions in contexts of "
+            f"{context_size}"
+        )
+    continued = returns.to(torch.float64).reshape(P, completions_per_node, J // completions_per_node)
+    values = continued.mean(dim=-1) if aggregation == "mean" else continued.amax(dim=-1)
+    contexts = values.reshape(P, completions_per_node // context_size, context_size)
+    return group_advantages(contexts, scaling, baseline).reshape(-1)
+
+
 def tree_returns(
     rewards: Sequence[torch.Tensor],
     children: Sequence[Mapping[tuple[int, int], int]],

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
-from magrpo.advantages import agent_advantages
+from magrpo.advantages import agent_advantages, contextual_advantages
+from magrpo.protocol import TurnProtocol
 
 if TYPE_CHECKING:
     from magrpo.config import MAGRPOConfig
@@ -101,44 +102,58 @@ NOTHING_TO_TRAIN: BaselineTraining = _NothingToTrain()
 class GroupBaseline:
     """MAGRPO's baseline: every agent's completions centred over the siblings of their node
     (:func:`magrpo.advantages.agent_advantages`; cross mode aggregates each completion's joint
-    actions first)."""
+    actions first). In a sequential tree each completion is valued by the joint actions that
+    continue it, then centred over its node (``credit="group"``) or, with a leave-one-out baseline,
+    over the alternatives that share its exact context (``credit="counterfactual"``, C3:
+    :func:`magrpo.advantages.contextual_advantages`)."""
 
     num_agents: int
-    joint_mode: str = "aligned"
+    protocol: TurnProtocol = TurnProtocol()
     scaling: str = "none"
     cross_aggregation: str = "mean"
     baseline: str = "mean"
+    credit: str = "group"
     critics: tuple = ()
 
     @classmethod
     def from_config(cls, args: MAGRPOConfig) -> "GroupBaseline":
         return cls(
             num_agents=args.num_agents,
-            joint_mode=args.joint_mode,
+            protocol=TurnProtocol.from_config(args),
             scaling=args.advantage_scaling,
             cross_aggregation=args.cross_aggregation,
             baseline=args.advantage_baseline,
+            credit=args.credit,
         )
 
     def __call__(
         self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
     ) -> tuple[list[list[torch.Tensor]], BaselineTraining]:
-        advantages = [
-            [
-                agent_advantages(
-                    ret,
-                    agent=i,
-                    num_agents=self.num_agents,
-                    joint_mode=self.joint_mode,
-                    scaling=self.scaling,
-                    cross_aggregation=self.cross_aggregation,
-                    baseline=self.baseline,
-                )
-                for ret in returns
-            ]
-            for i in range(self.num_agents)
-        ]
+        advantages = [[self.agent_advantages(i, ret) for ret in returns] for i in range(self.num_agents)]
         return advantages, NOTHING_TO_TRAIN
+
+    def agent_advantages(self, agent: int, returns: torch.Tensor) -> torch.Tensor:
+        """Agent ``agent``'s advantages at one turn (``[P * C_agent]``) from its returns ``[P, J]``."""
+        if not self.protocol.sequential:
+            return agent_advantages(
+                returns,
+                agent=agent,
+                num_agents=self.num_agents,
+                joint_mode=self.protocol.joint_mode,
+                scaling=self.scaling,
+                cross_aggregation=self.cross_aggregation,
+                baseline=self.baseline,
+            )
+        per_node = self.protocol.completions_per_node(self.num_agents)[agent]
+        counterfactual = self.credit == "counterfactual"
+        return contextual_advantages(
+            returns,
+            completions_per_node=per_node,
+            context_size=self.protocol.context_size(agent) if counterfactual else per_node,
+            scaling=self.scaling,
+            baseline="loo" if counterfactual else self.baseline,
+            aggregation=self.cross_aggregation,
+        )
 
 
 __all__ = ["NOTHING_TO_TRAIN", "NO_EXTRA_LOSS", "Baseline", "BaselineTraining", "ExtraLoss", "GroupBaseline"]

@@ -54,6 +54,12 @@ LR_SCHEDULERS = (
     "warmup_stable_decay",
 )
 JOINT_MODES = ("aligned", "cross")
+#: how the agents of a turn answer: each from its own observation at once, or one after the other
+#: (each seeing the earlier agents' answers of the same joint action; magrpo.protocol)
+PROTOCOLS = ("simultaneous", "sequential")
+#: how each agent's completions are credited: against their node's group, or against the
+#: alternatives that share their exact context (magrpo.advantages.contextual_advantages)
+CREDITS = ("group", "counterfactual")
 CROSS_AGGREGATIONS = ("mean", "max")
 EXPANSIONS = ("full", "best-k")
 #: the samplers; a run may also ask for "auto" (the trainer picks one: magrpo.prepare)
@@ -95,6 +101,8 @@ __all__ = [
     "IMPORTANCE_SAMPLING_LEVELS",
     "IMPORTANCE_SAMPLING_MODES",
     "JOINT_MODES",
+    "PROTOCOLS",
+    "CREDITS",
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
     "LR_SCHEDULERS",

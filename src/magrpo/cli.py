@@ -200,6 +200,13 @@ VERBOSE = Option(("--verbose",), bool, False, VERBOSE_HELP)
 NUM_GENERATIONS = Option(("--num-generations", "-G"), Optional[int], field="num_generations")
 BATCH_SIZE = Option(("--batch-size",), Optional[int], field="batch_size")
 JOINT_MODE = Option(("--joint-mode",), field="joint_mode")
+PROTOCOL = Option(
+    ("--protocol",),
+    help="simultaneous (every agent answers from its own prompt at once; default) or sequential (each agent after "
+    "the earlier ones, seeing their answers; --joint-mode aligned: each answer continued once, cross: G times). "
+    "docs/protocols.md",
+    field="protocol",
+)
 CENTRALISED_OPTION = Option(
     ("--centralised",),
     bool,
@@ -237,6 +244,7 @@ TRAIN_OPTIONS = (
     MAX_NEW_TOKENS,
     Option(("--lr",), Optional[float], help="AdamW learning rate.", field="learning_rate"),
     JOINT_MODE,
+    PROTOCOL,
     CENTRALISED_OPTION,
     Option(
         ("--algorithm",),
@@ -448,6 +456,7 @@ def _trainer(task_obj, specs, cfg: MAGRPOConfig, feedback_source, **datasets):
         feedback=feedback_source,
         is_solved=task_obj.is_solved,
         agent_roles=task_obj.agent_roles,
+        show_earlier_answers=task_obj.show_earlier_answers,
         **datasets,
     )
 
@@ -470,6 +479,11 @@ EVAL_OPTIONS = (
     ),
     MAX_NEW_TOKENS,
     replace(TURNS, help="Turns per episode; figures are reported per turn."),
+    replace(
+        PROTOCOL,
+        help="simultaneous or sequential (each agent after the earlier ones, seeing their answers); "
+        "default: the checkpoint's run's, else simultaneous.",
+    ),
     FEEDBACK,
     REVIEWER_URL,
     REVIEWER_MODEL,
@@ -529,6 +543,15 @@ def trained_config(checkpoint: Path) -> dict[str, Any] | None:
     return None
 
 
+def in_trained_order(cfg: MAGRPOConfig, checkpoint: Path, protocol: str | None) -> MAGRPOConfig:
+    """``cfg`` with the protocol the checkpoint's run trained with (its agents answer in the order
+    they learnt), unless ``protocol`` (--protocol) was given."""
+    trained = (trained_config(checkpoint) or {}).get("protocol")
+    if protocol is not None or trained in (None, cfg.protocol):
+        return cfg
+    return replace(cfg, protocol=trained)
+
+
 def held_out_part(items: list[dict[str, Any]], data: Path, checkpoint: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The items of ``data`` a checkpoint did not train on: where its run trained on the same file
     with an eval_fraction, only the fraction it held out (the same seeded split), with a note."""
@@ -571,6 +594,7 @@ def _evaluate(given: SimpleNamespace) -> None:
             )
         specs = [str(d) for d in dirs]
         cfg.use_lora = False  # a LoRA checkpoint loads with its adapter merged; no fresh adapter on top
+        cfg = in_trained_order(cfg, checkpoint, given.protocol)
     else:
         specs = _model_specs(given.model, cfg.num_agents)
     items = _load_items(task_obj, cfg.eval_data, cfg.column_map, "eval", cfg.eval_split)
@@ -723,6 +747,7 @@ PLAN_OPTIONS = (
     EXPAND,
     EXPAND_K,
     JOINT_MODE,
+    PROTOCOL,
     CENTRALISED_OPTION,
     LORA,
     CONFIG,

@@ -19,6 +19,7 @@ from magrpo.choices import (
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
     CRITIC_ALGORITHMS,
+    CREDITS,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -35,6 +36,7 @@ from magrpo.choices import (
     PREFERENCE_ALGORITHMS,
     PREFERENCE_LOSSES,
     PREFERENCE_REFERENCES,
+    PROTOCOLS,
     REPORT_TO,
     ROLLOUT_BACKENDS,
     ROLLOUT_DTYPES,
@@ -248,10 +250,26 @@ class MAGRPOConfig:
     #: tau of sync_ref_model: training steps between two reference updates
     ref_model_sync_steps: int = 512
     #: "aligned": G joint actions, the g-th completion of every agent together;
-    #: "cross": every combination, G ** num_agents joint actions
-    joint_mode: str = "aligned"
+    #: "cross": every combination, G ** num_agents joint actions (sequential: each answer continued
+    #: once, or num_continuations times). None: "aligned", but "cross" with credit="counterfactual"
+    #: (which needs alternatives after every earlier answer)
+    joint_mode: str | None = None
     #: how a completion's return is taken over the joint actions it is part of (cross mode)
     cross_aggregation: str = "mean"
+    #: how the agents of a turn answer. "simultaneous": each from its own observation, at once (the
+    #: paper's); "sequential": agent k answers after agents 1..k-1 of the same joint action and its
+    #: observation shows their answers (how, is the task's). Sequential joint_mode: "aligned"
+    #: continues each earlier answer once, "cross" num_continuations times (docs/protocols.md)
+    protocol: str = "simultaneous"
+    #: protocol="sequential", joint_mode="cross": the samples of agent k that continue each answer
+    #: of agent k-1 (None: num_generations); each agent after the first has this many alternatives
+    #: per context
+    num_continuations: int | None = None
+    #: how each agent's completions are credited. "group": against the siblings of their node
+    #: (MAGRPO's); "counterfactual": against the alternatives that share their exact context (the
+    #: same earlier answers), each valued by the mean return of its own continuations, with a
+    #: leave-one-out baseline (C3; protocol="sequential", joint_mode="cross")
+    credit: str = "group"
     # multi-turn (num_turns = 1 is the single-turn setting)
     #: turns per episode (> 1: the agents revise after feedback)
     num_turns: int = 1
@@ -435,6 +453,8 @@ class MAGRPOConfig:
         if isinstance(self.learning_rate, tuple):
             self.learning_rate = list(self.learning_rate)
         self._take_loss_aggregation()
+        if self.joint_mode is None:  # counterfactual credit compares alternatives: only a cross tree has them
+            self.joint_mode = "cross" if self.credit == "counterfactual" else "aligned"
         for f in dataclasses.fields(self):
             check = _FIELD_CHECKS.get(f.name)
             if check is not None:
@@ -514,6 +534,7 @@ class MAGRPOConfig:
             )
         self._check_objective_rules()
         self._check_preference_rules()
+        self._check_protocol_rules()
         # the importance-sampling correction needs sampling-time log-probabilities: "plain" keeps none
         if self.rollout_dtype not in ("same", "auto") and self.rollout_backend == "plain":
             raise ConfigError(
@@ -645,6 +666,54 @@ class MAGRPOConfig:
                     f"{name}={value!r} is not valid with algorithm='madpo', which needs {name}={needed!r}: {why}"
                 )
 
+    def _check_protocol_rules(self) -> None:
+        """Rules of the sequential protocol and the counterfactual credit (docs/protocols.md): the
+        combinations not built are refused by name."""
+        if self.protocol == "sequential":
+            if self.algorithm != "magrpo":
+                raise ConfigError(
+                    f"protocol='sequential' with algorithm={self.algorithm!r}: the critics read simultaneous turns "
+                    "only; use algorithm='magrpo' or protocol='simultaneous'"
+                )
+            if self.rollout_backend == "vllm":
+                raise ConfigError(
+                    "protocol='sequential' with rollout_backend='vllm': the vLLM sampler takes the team's "
+                    "prompts at once, not agent by agent; use rollout_backend='fast' or 'plain' (or 'auto')"
+                )
+            if self.data_parallel == "shard":
+                raise ConfigError(
+                    "protocol='sequential' with data_parallel='shard': sharded ranks are built for simultaneous turns "
+                    "only; use data_parallel='replicate' (or protocol='simultaneous')"
+                )
+            vllm_only = {"vllm_mode": self.vllm_mode != "colocate", "async_rollouts": bool(self.async_rollouts)}
+            for name, asked in vllm_only.items():
+                if asked:
+                    raise ConfigError(
+                        f"protocol='sequential' with {name}={getattr(self, name)!r}: that samples on vLLM engines, "
+                        "which take the team's prompts at once, not agent by agent; leave it at its default"
+                    )
+        if self.num_continuations is not None and (self.protocol, self.joint_mode) != ("sequential", "cross"):
+            raise ConfigError(
+                f"num_continuations={self.num_continuations} sets how many samples of each agent continue an "
+                f"earlier answer in a sequential cross tree; protocol={self.protocol!r}, joint_mode="
+                f"{self.joint_mode!r} has none: use protocol='sequential' and joint_mode='cross', or leave it unset"
+            )
+        if self.credit == "counterfactual":
+            continuations = self.num_generations if self.num_continuations is None else self.num_continuations
+            if (self.protocol, self.joint_mode) != ("sequential", "cross") or continuations < 2:
+                raise ConfigError(
+                    f"credit='counterfactual' compares each answer with the alternatives that share its earlier "
+                    f"answers, at least 2 of them; protocol={self.protocol!r}, joint_mode={self.joint_mode!r}, "
+                    f"num_continuations={self.num_continuations!r} give none: use protocol='sequential', "
+                    "joint_mode='cross' and num_continuations >= 2 (or unset), or credit='group'"
+                )
+            if self.advantage_baseline not in ("mean", "loo") or self.cross_aggregation != "mean":
+                raise ConfigError(
+                    f"credit='counterfactual' values each alternative by the mean of its continuations and takes the "
+                    f"leave-one-out baseline; advantage_baseline={self.advantage_baseline!r}, cross_aggregation="
+                    f"{self.cross_aggregation!r} say otherwise: leave them at 'mean' (or advantage_baseline='loo')"
+                )
+
     def _check_objective_rules(self) -> None:
         """Rules between the objective's fields (magrpo.loss, docs/objective.md)."""
         if self.delta is not None and self.loss_type not in CLIPPED_LOSS_TYPES:
@@ -709,6 +778,8 @@ class MAGRPOConfig:
             num_generations=self.num_generations,
             num_turns=self.num_turns,
             joint_mode=self.joint_mode,
+            protocol=self.protocol,
+            num_continuations=self.num_continuations,
             expand=self.expand,
             expand_k=self.expand_k,
             batch_size=self.batch_size,
@@ -988,6 +1059,9 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "ref_model_sync_steps": _int_at_least(1),
     "joint_mode": _one_of(JOINT_MODES),
     "cross_aggregation": _one_of(CROSS_AGGREGATIONS),
+    "protocol": _one_of(PROTOCOLS),
+    "num_continuations": _optional(_int_at_least(1)),
+    "credit": _one_of(CREDITS),
     "num_turns": _int_at_least(1),
     "discount": _number(0.0, 1.0),
     "expand": _one_of(EXPANSIONS),

@@ -460,6 +460,13 @@ class _Run:
             rollout = "bfloat16" if self.autocast == "bfloat16" and copies else "same"
         self.rollout_dtype = self.weight_dtype if rollout == "same" else rollout
         self.rollout_plan = config.plan()
+        #: the busiest agent's completions per node (G; more for the later agents of a sequential tree)
+        self.rows_per_node = self.rollout_plan.generations_per_agent // (
+            config.batch_size * sum(self.rollout_plan.nodes_per_turn)
+        )
+        #: the completions that continue one prompt: G, but as few as one for a sequential agent after
+        #: the first (M per earlier answer); 1 is planned there, the most prompts
+        self.rows_per_prompt = config.num_generations if config.protocol == "simultaneous" else 1
 
     def _backend(self, on_gpu: bool) -> str:
         backend = self.cfg.rollout_backend
@@ -552,7 +559,7 @@ class _Run:
 
     def _model_terms(self, plan: DevicePlan, group: list[int]) -> None:
         """What one model object costs: its weights, the copy that samples, the engine, the rollout."""
-        model, names, cfg = self.models[group[0]], self._names(group), self.cfg
+        model, names = self.models[group[0]], self._names(group)
         shards = self.shards
         plan.add(
             f"weights ({names}: {model.name})",
@@ -598,7 +605,7 @@ class _Run:
         )
         work = (
             rows * model.vocab * 20
-            + (rows // cfg.num_generations or 1) * length * (2 * model.hidden + 3 * model.intermediate) * sampler_bytes
+            + (rows // self.rows_per_prompt or 1) * length * (2 * model.hidden + 3 * model.intermediate) * sampler_bytes
         )
         plan.add(
             f"sampling workspace ({names})",
@@ -612,7 +619,7 @@ class _Run:
         """The largest turn's KV cache of one model's sampler: (bytes, rows, tokens per row)."""
         best = (0, 0, 0)
         for t, nodes in enumerate(self.rollout_plan.nodes_per_turn, start=1):
-            rows = self.cfg.batch_size * nodes * self.cfg.num_generations  # agents of one model take turns
+            rows = self.cfg.batch_size * nodes * self.rows_per_node  # agents of one model take turns
             length = self._prompt(t) + self.cfg.max_new_tokens
             best = max(best, (rows * length * model.kv_bytes_per_token(nbytes), rows, length))
         return best
@@ -742,7 +749,7 @@ class _Run:
     def _passes(self) -> int:
         """Forward and backward passes of one agent's update: micro-batches of every turn, each iteration."""
         cfg = self.cfg
-        rows = [cfg.batch_size * nodes * cfg.num_generations for nodes in self.rollout_plan.nodes_per_turn]
+        rows = [cfg.batch_size * nodes * self.rows_per_node for nodes in self.rollout_plan.nodes_per_turn]
         return cfg.num_iterations * sum(-(-r // cfg.update_micro_batch_size) for r in rows)
 
     def _micro_batch(self, i: int) -> tuple[int, int, str]:
@@ -751,11 +758,12 @@ class _Run:
         shared_ok = cfg.share_prompt_in_update and not cfg.gradient_checkpointing
         best: tuple[int, int, str] = (0, 0, "")
         for t, nodes in enumerate(self.rollout_plan.nodes_per_turn, start=1):
-            rows_t = cfg.batch_size * nodes * cfg.num_generations
+            rows_t = cfg.batch_size * nodes * self.rows_per_node
             prompt, completion = self._prompt(t), cfg.max_new_tokens
             for start in range(0, rows_t, cfg.update_micro_batch_size):
                 rows = min(cfg.update_micro_batch_size, rows_t - start)
-                prompts = (start + rows - 1) // cfg.num_generations - start // cfg.num_generations + 1
+                group = self.rows_per_prompt
+                prompts = (start + rows - 1) // group - start // group + 1
                 activations = activation_bytes(
                     model,
                     rows=rows,

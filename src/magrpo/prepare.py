@@ -50,6 +50,7 @@ def build_env_factory(
     feedback: Feedback | None,
     is_solved: Callable[[Mapping[str, Any]], bool] | None,
     agent_roles: Sequence[str] | None,
+    show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None,
 ) -> EnvFactory:
     """item -> environment: the user's own factory, or formatters + reward (functions or a scorer)."""
     n = args.num_agents
@@ -86,6 +87,8 @@ def build_env_factory(
         is_solved=is_solved,
         agent_roles=agent_roles,
         num_turns=args.num_turns,
+        sequential=args.protocol == "sequential",
+        show_earlier_answers=show_earlier_answers,
     )
 
 
@@ -254,6 +257,8 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     memory."""
     if args.rollout_backend != "auto":
         return args.rollout_backend
+    if args.protocol == "sequential":  # the vLLM sampler takes the team at once, not agent by agent
+        return "fast"
     if args.vllm_mode == "server":  # a rollout server was named: its engines sample
         return "vllm"
     if ranks.sharded or not vllm_installed() or unservable_reason(agents):

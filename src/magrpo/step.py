@@ -2,9 +2,10 @@
 
     envs        = one environment per dataset item
     turns       = sample_tree(team, envs)        1. rollout: every agent samples G completions per
-                                                    node from its own observation; the joint actions
-                                                    step the environments (joint rewards, next
-                                                    observations), up to num_turns
+                                                    node from its own observation (sequential: after
+                                                    the earlier agents, seeing their answers); the
+                                                    joint actions step the environments (joint
+                                                    rewards, next observations), up to num_turns
     returns     = turn_returns(turns)            2. reward + discount * mean of the children's returns
     advantages  = team.baseline(turns, returns)  3. per agent, centred over the siblings of each node
                                                     (MAGRPO; IAC, MAAC: R - V, magrpo.critics; MADPO:
@@ -88,6 +89,8 @@ def sample_tree(team: Team, envs: Sequence[MultiAgentEnv], step: int, version: i
             envs,
             sampler=team.sampler,
             joint_mode=args.joint_mode,
+            protocol=args.protocol,
+            num_continuations=args.num_continuations,
             num_turns=args.num_turns,
             expand=args.expand,
             expand_k=args.expand_k,

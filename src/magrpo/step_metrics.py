@@ -10,6 +10,7 @@ import torch
 
 from magrpo.eval.figures import mean_figures, numeric_figures
 from magrpo.experience import counted_rows
+from magrpo.protocol import TurnProtocol
 from magrpo.step import StepOutput
 from magrpo.team import Team
 
@@ -69,9 +70,10 @@ def step_metrics(team: Team, out: StepOutput, step: int) -> dict[str, Any]:
     metrics.update({f"figures/{k}": v for k, v in mean_figures(rows).items()})
     # TRL's: the share of nodes (groups) whose joint rewards all tie, every turn
     metrics["frac_reward_zero_std"] = sum(sum(p["zero_std_nodes"]) for p in every) / sum(p["nodes"] for p in every)
+    contexts = TurnProtocol.from_config(team.args)  # an agent's groups: the completions that share a context
     for i, (agent, optimizer, update) in enumerate(zip(team.agents, team.optimizers, out.agent_figures)):
         advantages = [adv for part in every for adv in part["advantages"][i]]
-        figures = {**update, **advantage_figures(advantages, team.args.num_generations)}
+        figures = {**update, **advantage_figures(advantages, contexts.context_size(i))}
         figures.update(merged_completion_figures([part["completions"][i] for part in every]))
         metrics.update({f"{agent.name}/{key}": figures[key] for key in AGENT_FIGURES if key in figures})
         metrics[f"{agent.name}/learning_rate"] = optimizer.param_groups[0]["lr"]
@@ -118,8 +120,9 @@ def merged_completion_figures(parts: Sequence[tuple[float, float, int]]) -> dict
 
 
 def advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> dict[str, float]:
-    """Mean and std of an agent's advantages over the step, and the share of its groups (G
-    completions of one node) without any signal (every advantage 0: nothing to learn from)."""
+    """Mean and std of an agent's advantages over the step, and the share of its groups (the
+    ``group_size`` completions that share one context: G of one node, or in a sequential tree the
+    M that continue one earlier answer) without any signal (every advantage 0: nothing to learn from)."""
     flat = torch.cat([adv.flatten() for adv in advantages]).double()
     groups = torch.cat([adv.reshape(-1, group_size) for adv in advantages])
     return {
@@ -139,7 +142,7 @@ def step_samples(out: StepOutput) -> list[dict[str, Any]]:
                     {
                         "turn": turn.index + 1,
                         "node": p,
-                        "prompts": [r.prompts[p] for r in turn.rollouts],
+                        "prompts": list(turn.joint_prompts(p, j)),
                         "completions": list(turn.joint_completions(p, j)),
                         "reward": float(turn.rewards[p, j]),
                         "return": float(ret[p, j]),

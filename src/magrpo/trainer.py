@@ -68,6 +68,9 @@ class MAGRPOTrainer:
         env_factory: instead of formatters + reward, item -> :class:`MultiAgentEnv` (your own env).
         feedback: with ``num_turns > 1``, what each agent is told between turns
             (:mod:`magrpo.feedback`).
+        show_earlier_answers: with ``protocol="sequential"``, how agent k is shown the answers of
+            agents 0..k-1 of its joint action: ``(their answers in order, item) -> text`` added to its
+            prompt (None: each answer under its agent's name).
         args: a :class:`MAGRPOConfig`.
         reward_funcs: TRL's name for ``reward_func``.
         reward_weights: one weight per reward function.
@@ -93,6 +96,7 @@ class MAGRPOTrainer:
         feedback: Feedback | None = None,
         is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
         agent_roles: Sequence[str] | None = None,
+        show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None,
     ) -> None:
         agents = _agents_given(agents, model)
         reward_func = _reward_given(reward_func, reward_funcs)
@@ -120,6 +124,7 @@ class MAGRPOTrainer:
             feedback=feedback,
             is_solved=is_solved,
             agent_roles=agent_roles,
+            show_earlier_answers=show_earlier_answers,
         )
         check_items(formatters, self.train_items, "train_dataset")
         check_items(formatters, self.eval_items, "eval_dataset")

@@ -2,12 +2,14 @@
 
 Turn 1 starts from one node per dataset item. At every node each agent samples G completions
 from its own observation; the joint actions of a node are either aligned (the g-th completion of
-every agent together, G of them) or cross (every combination, G**N). Each joint action steps its
-own branch of the environment; a branch that is not finished becomes a node of the next turn
-(all of them, or only the best k of each node by reward). All nodes of a turn are sampled
-together in one batch per agent.
+every agent together, G of them) or cross (every combination, G**N). With the sequential protocol
+the agents answer one after the other, each seeing the earlier answers of its joint action
+(:mod:`magrpo.protocol`: the turn's shape). Each joint action steps its own branch of the
+environment; a branch that is not finished becomes a node of the next turn (all of them, or only
+the best k of each node by reward). All nodes of a turn are sampled together in one batch per
+agent (per agent position, sequential).
 
-One turn reads as the data flow: observations -> ``sampler.sample_team`` (one Rollout per agent) ->
+One turn reads as the data flow: observations -> ``protocol.sample`` (one Rollout per agent) ->
 ``step_joint_actions`` (joint actions -> joint rewards and next observations) -> the nodes of the
 next turn.
 """
@@ -19,10 +21,11 @@ from typing import Sequence
 
 import torch
 
-from magrpo.advantages import cross_joint_indices, tree_returns
+from magrpo.advantages import tree_returns
 from magrpo.envs.base import MultiAgentEnv, StepResult, observe_batch, step_batch
 from magrpo.envs.check import check_observations, check_step_result
 from magrpo.models.agent import AgentPolicy
+from magrpo.protocol import TurnProtocol
 from magrpo.sampling import Rollout, Sampler
 from magrpo.seeds import mix_seed
 
@@ -32,8 +35,8 @@ class Turn:
     """One turn of a step: P nodes, each expanded into J joint actions."""
 
     index: int  # 0-based turn number
-    rollouts: list[Rollout]  # per agent; row p * G + g
-    joint_indices: torch.Tensor  # [J, N]: completion index of each agent in each joint action
+    rollouts: list[Rollout]  # per agent; row p * C + c (C: the agent's completions per node, G or more)
+    joint_indices: torch.Tensor  # [J, N]: which of each agent's completions of the node joint action j holds
     rewards: torch.Tensor  # [P, J]
     finished: torch.Tensor  # [P, J] bool: the branch ended (terminated, truncated or last turn)
     #: [P, J] bool: the branch ended by reaching its goal (terminated by the environment, or its
@@ -59,15 +62,22 @@ class Turn:
     def num_joint(self) -> int:
         return self.rewards.shape[1]
 
+    def joint_rows(self, node: int, joint: int) -> list[int]:
+        """Each agent's rollout row in joint action ``joint`` of ``node``."""
+        return joint_rows(self.rollouts, self.num_nodes, node, self.joint_indices[joint])
+
     def joint_completions(self, node: int, joint: int) -> tuple[str, ...]:
-        return tuple(r.completion(node, int(g)) for r, g in zip(self.rollouts, self.joint_indices[joint]))
+        return tuple(r.texts[row] for r, row in zip(self.rollouts, self.joint_rows(node, joint)))
+
+    def joint_prompts(self, node: int, joint: int) -> tuple[str, ...]:
+        """What each agent saw (its rendered prompt) in joint action ``joint`` of ``node``."""
+        return tuple(r.prompts[row // r.num_generations] for r, row in zip(self.rollouts, self.joint_rows(node, joint)))
 
 
-def joint_action_indices(joint_mode: str, num_generations: int, num_agents: int) -> torch.Tensor:
-    """[J, N]: which completion of each agent joint action j takes (J = G aligned, G**N cross)."""
-    if joint_mode == "aligned":
-        return torch.arange(num_generations).unsqueeze(1).expand(num_generations, num_agents).clone()
-    return cross_joint_indices(num_generations, num_agents)
+def joint_rows(rollouts: Sequence[Rollout], num_nodes: int, node: int, indices: torch.Tensor) -> list[int]:
+    """Each agent's rollout row for its completion ``indices[i]`` of ``node`` (agent i's rows of a
+    node are consecutive, as many as it sampled for the node)."""
+    return [node * (len(r.texts) // num_nodes) + int(c) for r, c in zip(rollouts, indices)]
 
 
 def step_joint_actions(
@@ -81,7 +91,8 @@ def step_joint_actions(
     for p, env in enumerate(nodes):
         for row in joint_indices:
             branches.append(env.branch())
-            actions.append({n: r.completion(p, int(g)) for n, r, g in zip(names, rollouts, row)})
+            rows = joint_rows(rollouts, len(nodes), p, row)
+            actions.append({n: r.texts[k] for n, r, k in zip(names, rollouts, rows)})
     flat = [
         check_step_result(r, names, f"{type(b).__name__}.step()")
         for b, r in zip(branches, step_batch(branches, actions))
@@ -98,6 +109,8 @@ def expand_tree(
     *,
     sampler: Sampler,
     joint_mode: str,
+    protocol: str = "simultaneous",
+    num_continuations: int | None = None,
     num_turns: int = 1,
     expand: str = "full",
     expand_k: int = 1,
@@ -108,13 +121,17 @@ def expand_tree(
     """Expand every item's tree up to ``num_turns`` turns; returns the turns in order.
 
     ``sampler`` samples every agent's G completions per observation (G: its settings'
-    ``num_generations``). ``item_keys`` (one per env, e.g. the item's place in the step's global
+    ``num_generations``); ``protocol`` and ``num_continuations`` say whether the agents answer at
+    once or one after the other (:class:`magrpo.protocol.TurnProtocol`).
+
+    ``item_keys`` (one per env, e.g. the item's place in the step's global
     batch) give every node its own random stream, keyed by its item and its place in that item's
     tree, so an item's samples do not depend on the other items beside it (data-parallel ranks
     sample the same). ``seed_source``: where each turn's agent seeds are drawn from (None: torch's
     global RNG)."""
     names = [a.name for a in agents]
-    joint_indices = joint_action_indices(joint_mode, sampler.settings.num_generations, len(agents))
+    shape = TurnProtocol(protocol, joint_mode, sampler.settings.num_generations, num_continuations)
+    joint_indices = shape.joint_indices(len(agents))
     nodes: list[MultiAgentEnv] = list(envs)
     observations = [env.reset()[0] for env in nodes]
     parents: list[tuple[int, int]] | None = None
@@ -123,9 +140,13 @@ def expand_tree(
     for t in range(num_turns):
         # each node's stream: its samples (when keyed by item) and its best-k ties
         keys = _node_keys(range(len(envs)) if item_keys is None else item_keys, roots, t)
-        per_agent = [[obs[agent.name] for obs in observations] for agent in agents]
-        rollouts = sampler.sample_team(
-            agents, per_agent, prompt_keys=None if item_keys is None else keys, seed_source=seed_source
+        rollouts = shape.sample(
+            sampler,
+            agents,
+            nodes,
+            observations,
+            prompt_keys=None if item_keys is None else keys,
+            seed_source=seed_source,
         )
         branches, results = step_joint_actions(nodes, rollouts, names, joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
@@ -213,4 +234,4 @@ def _joint_actions_to_expand(
     return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), place[j]))[:k])
 
 
-__all__ = ["Turn", "expand_tree", "joint_action_indices", "step_joint_actions", "turn_returns"]
+__all__ = ["Turn", "expand_tree", "joint_rows", "step_joint_actions", "turn_returns"]

@@ -55,3 +55,31 @@ def test_the_task_scorer_reports_the_cooperation_scheme_of_each_answer():
         "scheme/fallback",
         "scheme/coordinator",
     ]  # what the code is written to do
+
+
+@pytest.mark.parametrize("name", ["coding", "coding-paper"])
+def test_taking_turns_the_main_agent_is_shown_the_helpers_code(name):
+    from magrpo.envs.reward_env import reward_env_factory
+    from magrpo.tasks import get_task
+
+    task = get_task(name)
+    item = load_humaneval("eval")[0]
+    env = reward_env_factory(
+        task.formatters,
+        task.scorer,
+        ["helper", "main"],
+        sequential=True,
+        show_earlier_answers=task.show_earlier_answers,
+    )(item)
+    observations, _ = env.reset()
+    reply = "Here it is:\n" + HELPER + "\nHope it helps."
+    (shown,) = env.observe_after("main", observations["main"], {"helper": reply})
+    code = "def aux(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total"
+    assert shown["content"] == (
+        observations["main"][0]["content"]
+        + "\n\nYour teammate has already written the helper function `aux` below; call it where it helps:\n"
+        + f"```python\n{code}\n```"
+    )
+    # what the scorer is told each agent saw: the main agent's prompt with the helper's code
+    assert env.seen("main", {"helper": reply, "main": ""})[0]["content"] == shown["content"]
+    assert env.seen("helper", {"helper": reply, "main": ""}) == observations["helper"]

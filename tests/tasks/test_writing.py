@@ -125,3 +125,28 @@ def test_writing_tasks_have_a_single_model_baseline_prompt():
     prompt = task.single_agent_formatter({"source": "Some introduction."})[0]["content"]
     assert prompt.startswith("Write both parts below, in order, separated by a blank line.\nPart 1: Write a TL;DR")
     assert "Part 2: Write a detailed summary" in prompt and "Some introduction." in prompt
+
+
+@pytest.mark.parametrize(
+    "factory, shown",
+    [
+        (summarize_task, "The TL;DR your teammate wrote (do not repeat it; add the detail it leaves out):\n"),
+        (expand_task, "The first half your teammate wrote (continue from it; do not repeat it):\n"),
+    ],
+)
+def test_taking_turns_the_second_writer_is_shown_the_first_ones_answer(factory, shown):
+    from magrpo.envs.reward_env import reward_env_factory
+
+    task = factory(items_loader=lambda split: [])
+    item = {"source": "Our source text."}
+    env = reward_env_factory(
+        task.formatters,
+        task.scorer,
+        list(task.agent_roles),
+        sequential=True,
+        show_earlier_answers=task.show_earlier_answers,
+    )(item)
+    observations, _ = env.reset()
+    first_role, second_role = task.agent_roles
+    (seen,) = env.observe_after(second_role, observations[second_role], {first_role: "  We cut costs by half. "})
+    assert seen["content"] == observations[second_role][0]["content"] + "\n\n" + shown + "We cut costs by half."

@@ -10,13 +10,17 @@ In a rollout tree the trainer steps many branches at once (``step_many``) and th
 branches that go on to another turn for their next observations (``observe_many``): an
 environment whose next observation is costly (a reviewer model's feedback) builds it there, so
 branches that end, or that best-k expansion drops, cost nothing.
+
+With ``protocol="sequential"`` the agents of a turn answer one after the other, and the trainer
+asks ``observe_after`` what each agent sees once the earlier ones have answered (by default their
+answers after its observation, each under its agent's name).
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from magrpo.grouping import group_by_identity
 from magrpo.types import Observation
@@ -55,6 +59,15 @@ class MultiAgentEnv(ABC):
     def step(self, actions: dict[str, str]) -> StepResult:
         """Apply one joint action."""
 
+    def observe_after(self, name: str, observation: Observation, earlier: Mapping[str, str]) -> Observation:
+        """``protocol="sequential"``: what agent ``name`` sees once the agents before it have
+        answered this turn (``earlier``: their names -> answers, in agent order), ``observation``
+        being its own observation of the turn. By default each answer is added after it under its
+        agent's name; an environment (a task) shows them its own way."""
+        return with_text_added(
+            observation, "\n\n".join(f"{agent} answered:\n{answer}" for agent, answer in earlier.items())
+        )
+
     def branch(self) -> "MultiAgentEnv":
         """An independent copy for one sibling of a rollout tree (the G joint actions of a node
         each continue from the same state)."""
@@ -75,6 +88,19 @@ class MultiAgentEnv(ABC):
         ``step_many`` returned. The default takes the results' observations; override to build
         costly observations (feedback) only for the branches that continue."""
         return [dict(r.observations) for r in results]
+
+
+def with_text_added(observation: Observation, text: str) -> Observation:
+    """``observation`` with ``text`` after it: a string's next paragraph, or the next paragraph
+    of its last user message (a new user message after any other last message)."""
+    if isinstance(observation, str):
+        return f"{observation}\n\n{text}"
+    messages = [dict(message) for message in observation]
+    if messages and messages[-1].get("role") == "user":
+        messages[-1]["content"] = f"{messages[-1]['content']}\n\n{text}"
+    else:
+        messages.append({"role": "user", "content": text})
+    return messages
 
 
 def _by_class(envs: Sequence[MultiAgentEnv], others: Sequence[Any], call: Callable[..., list[Any]]) -> list[Any]:

@@ -8,6 +8,8 @@ observation, its own answer, then its feedback and a request to revise; the epis
 whole batch of joint actions in ONE call of the scorer, which is what reward functions (and the
 sandbox pool behind the coding reward) are built for; ``observe_many`` asks the feedback source
 once for the branches that continue, and only for them (``step`` does both, for one env).
+Taking turns (``sequential``), an agent is shown the earlier agents' answers of its joint action
+as ``show_earlier_answers`` words them, and its history and the scorer's prompts hold what it saw.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from magrpo.data import columns_of
-from magrpo.envs.base import MultiAgentEnv, StepResult
+from magrpo.envs.base import MultiAgentEnv, StepResult, with_text_added
 from magrpo.errors import RewardError
 from magrpo.feedback.base import Feedback, FeedbackRequest
 from magrpo.grouping import group_by_identity, run_per_group
@@ -112,6 +114,8 @@ class RewardFunctionEnv(MultiAgentEnv):
         is_solved: Callable[[Mapping[str, Any]], bool] | None = None,
         agent_roles: Sequence[str] | None = None,
         num_turns: int | None = None,
+        sequential: bool = False,
+        show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None,
     ):
         if len(formatters) != len(agent_names):
             raise ValueError(
@@ -125,6 +129,10 @@ class RewardFunctionEnv(MultiAgentEnv):
         self.is_solved = is_solved
         self.agent_roles = tuple(agent_roles or agent_names)
         self.num_turns = num_turns  # no feedback is asked for after the last turn
+        #: the agents answer one after the other, each shown the earlier ones' answers of the turn
+        self.sequential = sequential
+        #: how an agent is shown them: (their answers in order, the item) -> text added to its prompt
+        self.show_earlier_answers = show_earlier_answers
         self.observations: dict[str, Observation] = {}
         self.turn = 0
         #: what the feedback source would be asked about the last joint action (None: nothing)
@@ -147,14 +155,29 @@ class RewardFunctionEnv(MultiAgentEnv):
             is_solved=self.is_solved,
             agent_roles=self.agent_roles,
             num_turns=self.num_turns,
+            sequential=self.sequential,
+            show_earlier_answers=self.show_earlier_answers,
         )
         twin.observations = dict(self.observations)
         twin.turn = self.turn
         twin.pending = self.pending
         return twin
 
-    def _next_observation(self, name: str, answer: str, feedback: str) -> Observation:
-        return as_messages(self.observations[name]) + [
+    def observe_after(self, name: str, observation: Observation, earlier: Mapping[str, str]) -> Observation:
+        if self.show_earlier_answers is None:
+            return super().observe_after(name, observation, earlier)
+        return with_text_added(observation, self.show_earlier_answers(list(earlier.values()), self.item))
+
+    def seen(self, name: str, actions: Mapping[str, str]) -> Observation:
+        """What agent ``name`` saw when it answered ``actions``' part of it: its observation, with
+        the earlier agents' answers where the team answers one after the other."""
+        earlier = self.possible_agents[: self.possible_agents.index(name)]
+        if not self.sequential or not earlier:
+            return self.observations[name]
+        return self.observe_after(name, self.observations[name], {n: actions[n] for n in earlier})
+
+    def _next_observation(self, name: str, answer: str, feedback: str, answers: Mapping[str, str]) -> Observation:
+        return as_messages(self.seen(name, answers)) + [
             {"role": "assistant", "content": answer},
             {"role": "user", "content": REVISE_INSTRUCTION.format(feedback=feedback)},
         ]
@@ -174,7 +197,7 @@ class RewardFunctionEnv(MultiAgentEnv):
             scorer = envs[indices[0]].scorer
             names = envs[indices[0]].possible_agents
             completions = [tuple(actions[i][n] for n in names) for i in indices]
-            prompts = [tuple(envs[i].observations[n] for n in names) for i in indices]
+            prompts = [tuple(envs[i].seen(n, actions[i]) for n in names) for i in indices]
             columns = columns_of([envs[i].item for i in indices])
             shown_completions, shown_prompts = reward_function_view(completions, prompts)
             with naming_failures("scorer", getattr(scorer, "__name__", type(scorer).__name__), columns):
@@ -215,7 +238,8 @@ class RewardFunctionEnv(MultiAgentEnv):
             for env, per_agent in zip(waiting, texts):
                 answers = env.pending[1]
                 env.observations = {
-                    n: env._next_observation(n, answers[n], text) for n, text in zip(env.possible_agents, per_agent)
+                    n: env._next_observation(n, answers[n], text, answers)
+                    for n, text in zip(env.possible_agents, per_agent)
                 }
                 env.pending = None
         return [dict(env.observations) for env in envs]

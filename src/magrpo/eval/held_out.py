@@ -34,6 +34,7 @@ def evaluate_team(
                 envs,
                 sampler=sampler,
                 joint_mode="aligned",
+                protocol=a.protocol,  # one answer per agent, each after the earlier ones' where sequential
                 num_turns=a.num_turns,
                 early_stop_reward=a.early_stop_reward,
             )

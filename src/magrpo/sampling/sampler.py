@@ -13,6 +13,8 @@ matmul may round its last bit differently, which can, rarely, tip a draw to a ne
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -79,6 +81,13 @@ class Sampler:
 
     def __init__(self, settings: SamplingSettings) -> None:
         self.settings = settings
+
+    def with_generations(self, num_generations: int) -> "Sampler":
+        """This sampler, drawing ``num_generations`` completions per observation (a sequential
+        team's later agents continue each earlier answer a number of times of their own)."""
+        twin = copy.copy(self)
+        twin.settings = dataclasses.replace(self.settings, num_generations=num_generations)
+        return twin
 
     def models_to_gather(self, agents: Sequence[AgentPolicy]) -> list[torch.nn.Module]:
         """The models that sample and so must be whole while they do (sharded agents are gathered

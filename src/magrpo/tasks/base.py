@@ -43,6 +43,10 @@ class Task:
     single_agent_formatter: Formatter | None = None
     #: that model's reply, cut into the agents' parts: ``(reply, item) -> joint action``
     split_single_answer: Callable[[str, Mapping[str, Any]], JointAction] | None = None
+    #: protocol="sequential": how agent k is shown the answers of the agents before it in its joint
+    #: action, ``(their answers in order, item) -> text`` added to its prompt (None: each answer
+    #: under its agent's name)
+    show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None
 
     def skipped_figures(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Why figures are left out for ``items``: one line per optional column that some item lacks."""
@@ -99,6 +103,7 @@ class Task:
             execution_feedback=None,
             single_agent_formatter=None,
             split_single_answer=None,
+            show_earlier_answers=None,  # one policy: no earlier agent to see
         )
 
 

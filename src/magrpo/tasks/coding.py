@@ -35,6 +35,18 @@ MAIN_INSTRUCTION = (
 )
 
 
+#: protocol="sequential": the main agent answers after the helper and reads its code
+SHOWN_HELPER = (
+    "Your teammate has already written the helper function `aux` below; call it where it helps:\n```python\n{code}\n```"
+)
+
+
+def show_helper_code(answers: Sequence[str], item: Mapping[str, Any]) -> str:
+    """What the main agent is shown of the helper's answer: its code (the reply's first code
+    block, or the reply itself where it has none)."""
+    return SHOWN_HELPER.format(code=extract_code(answers[0]).strip())
+
+
 def load_humaneval(split: str) -> list[dict[str, Any]]:
     """``"train"`` or ``"eval"`` (the held-out problems): items with task_id, prompt, test, entry_point."""
     try:
@@ -174,4 +186,5 @@ def coding_task(config: CodingRewardConfig = CodingRewardConfig()) -> Task:
         single_agent_formatter=single_prompt,
         split_single_answer=split_single,
         max_reward=config.maximum,
+        show_earlier_answers=show_helper_code,
     )

@@ -38,6 +38,12 @@ SUMMARIZE_INSTRUCTIONS = {
     ),
 }
 
+#: protocol="sequential": how the second writer is shown the first one's answer, by task
+SHOWN_FIRST_PART = {
+    "summarize": "The TL;DR your teammate wrote (do not repeat it; add the detail it leaves out):\n{answer}",
+    "expand": "The first half your teammate wrote (continue from it; do not repeat it):\n{answer}",
+}
+
 EXPAND_INSTRUCTIONS = {
     "background": (
         "Write the first half of the introduction for the paper with this abstract: the "
@@ -131,6 +137,15 @@ def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
     return score
 
 
+def first_part_shown(template: str) -> Callable[[Sequence[str], Mapping[str, Any]], str]:
+    """The second writer's view of the first writer's answer (``template`` has ``{answer}``)."""
+
+    def show(answers: Sequence[str], item: Mapping[str, Any]) -> str:
+        return template.format(answer=answers[0].strip())
+
+    return show
+
+
 def _task(
     name: str,
     description: str,
@@ -154,6 +169,7 @@ def _task(
         single_agent_formatter=_formatter(_whole_answer_instruction(instructions), source_label),
         split_single_answer=split_two_parts,
         max_reward=cfg.max_reward,
+        show_earlier_answers=first_part_shown(SHOWN_FIRST_PART[name]),
     )
 
 
