@@ -318,7 +318,9 @@ class MAGRPOConfig:
     # run directory
     #: the run's folder: config, metrics, samples, checkpoints, final weights
     output_dir: str = "runs/magrpo"
-    #: every n-th step also writes prompts, completions and rewards to samples.jsonl
+    #: every n-th step also writes its samples to samples.jsonl: per joint action the item, each
+    #: agent's chat messages and completion, the joint reward and its levels, the return and each
+    #: agent's advantage (0: none)
     log_samples_steps: int = 1
     #: experiment trackers that also receive every step's metrics: "tensorboard" (event files in
     #: output_dir/tensorboard), "wandb", "mlflow" (each only if its package is installed)

@@ -153,11 +153,12 @@ def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], li
     position = state.item_order.state()
     try:
         if ahead is None:
-            return trainer.train_step(trainer.next_batch())
+            indices = trainer.next_batch_indices()
+            return trainer.train_step([trainer.train_items[i] for i in indices], indices)
         sampled = ahead.next()
         if state.step + 1 < trainer.args.max_steps:
             ahead.start(state.step + 1)
-        return trainer.train_step_on(sampled)
+        return trainer.train_step_on(sampled, ahead.indices.pop(sampled.step, None))
     except RolloutServerError as exc:
         if ahead is not None:
             ahead.forget()

@@ -4,7 +4,8 @@ RUN/config.yaml              the resolved config (and the CLI's task and models)
 RUN/provenance.json          what produced it, per sitting (a resume adds one): the commit, the
                              versions of magrpo, torch, transformers, peft, vLLM, the CPU and GPU
 RUN/metrics.jsonl            one row per step
-RUN/samples.jsonl            prompts, completions, rewards
+RUN/samples.jsonl            per joint action: the item, each agent's chat messages and completion,
+                             the joint reward and its levels, the return, the advantages
 RUN/reward_curve.png
 RUN/checkpoints/step-N/      full, resumable checkpoints (step-N-interrupted: weights only)
 RUN/final/agent_i/           the trained agents

@@ -25,6 +25,7 @@ from magrpo.envs.check import check_observations, check_step_result
 from magrpo.models.agent import AgentPolicy
 from magrpo.sampling import Rollout, Sampler
 from magrpo.seeds import mix_seed
+from magrpo.types import Observation
 
 
 @dataclass
@@ -50,6 +51,9 @@ class Turn:
     #: [P, J] bool: open branches that best-k did not continue (their future is not sampled; their
     #: return takes the continued siblings' mean future, see :func:`magrpo.advantages.tree_returns`)
     dropped: torch.Tensor | None = None
+    #: per agent, per node: the observation it sampled from (a text or chat messages), as the
+    #: environment gave it, before any chat template (None: a turn kept by an older checkpoint)
+    observations: list[list[Observation]] | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -134,7 +138,7 @@ def expand_tree(
         # the env ended the branch: terminated or truncated (StepResult.done)
         ended = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
         finished = solved | ended | last
-        turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents)
+        turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents, observations=per_agent)
         turns.append(turn)
         if last:
             break

@@ -1,0 +1,92 @@
+"""Samples a person can read: one row per joint action of a rollout tree, with the item it
+answers, what each agent was shown (chat messages, not the rendered template), what each wrote,
+the joint reward and the scorer's other figures (each reward level, tests passed, ...), and for
+a training step the return and each agent's advantage.
+
+A row (samples.jsonl adds its ``step``; eval_before_samples.jsonl and eval_after_samples.jsonl
+hold the held-out answers, without return and advantages)::
+
+    {"turn": 1, "node": 0, "joint": 2, "item": 17, "item_id": "HumanEval/3",
+     "prompts": [[{"role": "user", "content": "..."}], ...], "completions": ["...", "..."],
+     "reward": 1.5, "figures": {"level_defined": 1.0, ...}, "return": 1.5, "advantages": [0.4, -0.1]}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from magrpo.eval.figures import numeric_figures
+from magrpo.tree import Turn
+from magrpo.types import Observation
+
+#: columns that name an item for good (the index moves when a data set is filtered or shuffled)
+ID_COLUMNS = ("id", "task_id", "item_id")
+
+
+def as_messages(observation: Observation) -> list[dict[str, str]]:
+    """An observation as the chat messages an agent renders: a text is one user message."""
+    if isinstance(observation, str):
+        return [{"role": "user", "content": observation}]
+    return [dict(message) for message in observation]
+
+
+def item_refs(items: Sequence[Mapping[str, Any]], indices: Sequence[int | None]) -> list[dict[str, Any]]:
+    """For each item of a batch: ``{"item": its index in its data set (None: not known),
+    "item_id": its own id column, where it has one}``."""
+    refs = []
+    for item, index in zip(items, indices):
+        ref: dict[str, Any] = {"item": index}
+        stable = next((item[column] for column in ID_COLUMNS if column in item), None)
+        if isinstance(stable, (str, int)):
+            ref["item_id"] = stable
+        refs.append(ref)
+    return refs
+
+
+def node_roots(turns: Sequence[Turn]) -> list[list[int]]:
+    """Per turn, per node: the batch position of the item the node answers (turn 1's node p is
+    item p; a later node continues its parent's)."""
+    roots: list[list[int]] = []
+    for turn in turns:
+        if not roots:
+            roots.append(list(range(turn.num_nodes)))
+        else:
+            roots.append([roots[-1][parent] for parent, _ in turn.parents or []])
+    return roots
+
+
+def tree_rows(
+    turns: Sequence[Turn],
+    refs: Sequence[Mapping[str, Any]] | None = None,
+    returns: Sequence[torch.Tensor] | None = None,
+    advantages: Sequence[Sequence[torch.Tensor]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per joint action of every node of every turn (see the module's docstring).
+    ``refs``: per batch position, what names its item (:func:`item_refs`; None: the position);
+    ``returns`` (per turn ``[P, J]``) and ``advantages`` (per agent, per turn ``[P * G]``) where
+    the tree was learnt from."""
+    rows = []
+    for t, (turn, roots) in enumerate(zip(turns, node_roots(turns))):
+        G = turn.rollouts[0].num_generations
+        for p in range(turn.num_nodes):
+            ref = dict(refs[roots[p]]) if refs is not None else {"item": roots[p]}
+            prompts = [as_messages(o[p]) for o in turn.observations] if turn.observations else None
+            for j in range(turn.num_joint):
+                row: dict[str, Any] = {"turn": turn.index + 1, "node": p, "joint": j, **ref}
+                row["prompts"] = prompts if prompts is not None else [r.prompts[p] for r in turn.rollouts]
+                row["completions"] = list(turn.joint_completions(p, j))
+                row["reward"] = float(turn.rewards[p, j])
+                row["figures"] = {k: v for k, v in numeric_figures(turn.results[p][j]).items() if k != "reward"}
+                if returns is not None:
+                    row["return"] = float(returns[t][p, j])
+                if advantages is not None:
+                    # agent i's part of joint action j is its completion g of the node: row p * G + g
+                    rows_of = [p * G + int(g) for g in turn.joint_indices[j]]
+                    row["advantages"] = [float(per_agent[t][r]) for per_agent, r in zip(advantages, rows_of)]
+                rows.append(row)
+    return rows
+
+
+__all__ = ["ID_COLUMNS", "as_messages", "item_refs", "node_roots", "tree_rows"]

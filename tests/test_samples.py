@@ -1,0 +1,79 @@
+"""Samples a person can read: samples.jsonl holds, per joint action, the item, each agent's chat
+messages, the completions, the joint reward and its levels, the return and each agent's advantage,
+exactly as the trainer computed them; the held-out answers before and after training too."""
+
+from __future__ import annotations
+
+import json
+
+from magrpo import MAGRPOConfig, MAGRPOTrainer
+
+ITEMS = [{"id": f"item-{k}", "q": q} for k, q in enumerate(["a b", "q c", "b b a", "c"])]
+
+
+def helper_prompt(item):
+    return [{"role": "system", "content": "You help."}, {"role": "user", "content": item["q"]}]
+
+
+def main_prompt(item):
+    return f"answer {item['q']}"
+
+
+def scorer(*, completions, **_):
+    """Two levels and the reward they sum to."""
+    rows = []
+    for c0, c1 in completions:
+        a, b = float(c0.count("a")), float(c1.count("b"))
+        rows.append({"reward": a - b, "level_a": a, "level_b": b})
+    return rows
+
+
+def tiny_trainer(agents, tmp_path, **config):
+    settings = dict(num_generations=2, max_new_tokens=3, max_steps=2, batch_size=2, learning_rate=1e-2)
+    args = MAGRPOConfig(**{**settings, **config}, output_dir=str(tmp_path), save_strategy="no")
+    return MAGRPOTrainer(
+        agents=agents,
+        scorer=scorer,
+        train_dataset=ITEMS,
+        eval_dataset=ITEMS[:3],
+        formatters=[helper_prompt, main_prompt],
+        args=args,
+    )
+
+
+def test_samples_jsonl_holds_what_the_step_computed(cpu_agents, tmp_path):
+    trainer = tiny_trainer(cpu_agents, tmp_path)
+    trainer.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 4 + [2] * 4  # 2 items x G=2 joint actions per step
+    last, G = trainer.last_step, 2
+    turn = last.turns[0]
+    for row in rows[4:]:
+        p, j = row["node"], row["joint"]
+        assert row["turn"] == 1
+        item = ITEMS[row["item"]]
+        assert row["item_id"] == item["id"]
+        assert row["prompts"] == [helper_prompt(item), [{"role": "user", "content": main_prompt(item)}]]
+        completions = [turn.rollouts[i].completion(p, j) for i in range(2)]
+        assert row["completions"] == completions
+        [expected] = scorer(completions=[tuple(completions)])
+        assert row["reward"] == expected["reward"] == float(turn.rewards[p, j])
+        assert row["figures"] == {"level_a": expected["level_a"], "level_b": expected["level_b"]}
+        assert row["return"] == float(last.returns[0][p, j])
+        assert row["advantages"] == [float(last.advantages[i][0][p * G + j]) for i in range(2)]
+    # each step's two items are two of the data set's (the seeded order), each answered G times
+    for step in (1, 2):
+        items = [r["item"] for r in rows if r["step"] == step]
+        assert items[0] == items[1] and items[2] == items[3] and items[0] != items[2]
+
+
+def test_the_advantages_of_a_step_are_centred_per_node_and_agent(cpu_agents, tmp_path):
+    """MAGRPO's advantage of a joint action is its return minus the mean return of its node's G."""
+    trainer = tiny_trainer(cpu_agents, tmp_path, max_steps=1)
+    trainer.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    for node in (0, 1):
+        group = [r for r in rows if r["node"] == node]
+        mean = sum(r["return"] for r in group) / len(group)
+        for r in group:
+            assert r["advantages"] == [r["return"] - mean] * 2
