@@ -77,3 +77,24 @@ def test_the_advantages_of_a_step_are_centred_per_node_and_agent(cpu_agents, tmp
         mean = sum(r["return"] for r in group) / len(group)
         for r in group:
             assert r["advantages"] == [r["return"] - mean] * 2
+
+
+def test_evaluate_keeps_the_held_out_answers_behind_its_figures(cpu_agents, tmp_path):
+    trainer = tiny_trainer(cpu_agents, tmp_path)
+    figures = trainer.evaluate()
+    rows = trainer.eval_samples
+    assert [(r["item"], r["item_id"], r["turn"], r["joint"]) for r in rows] == [
+        (k, f"item-{k}", 1, 0) for k in range(3)
+    ]
+    for row in rows:
+        item = ITEMS[row["item"]]
+        assert row["prompts"] == [helper_prompt(item), [{"role": "user", "content": main_prompt(item)}]]
+        [expected] = scorer(completions=[tuple(row["completions"])])
+        assert row["reward"] == expected["reward"]
+        assert row["figures"] == {"level_a": expected["level_a"], "level_b": expected["level_b"]}
+        assert "advantages" not in row and "return" not in row
+    assert figures["reward"] == sum(r["reward"] for r in rows) / 3
+    assert figures["level_a"] == sum(r["figures"]["level_a"] for r in rows) / 3
+    # greedy answers: the same items answered again give the same rows
+    trainer.evaluate(max_items=2)
+    assert trainer.eval_samples == rows[:2]

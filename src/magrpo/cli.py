@@ -363,16 +363,16 @@ def _train(given: SimpleNamespace) -> None:
         if given.resume is None:
             before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
             if before is not None and main:
-                log.write_json("eval_before.json", before)
+                log.held_out("before", before, trainer.eval_samples)
         else:  # the figures the run started from
-            before_path = run.path / "eval_before.json"
+            before_path = run.held_out("before")
             before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
         trainer.train(log=log, progress="lines" if given.no_progress else True, resume_from_checkpoint=given.resume)
         after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if not main:
             return
         if after is not None:
-            log.write_json("eval_after.json", after)
+            log.held_out("after", after, trainer.eval_samples)
             console.print(_results_table(before, after))
         last = trainer.history[-1] if trainer.history else {}
         files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))

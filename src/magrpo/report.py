@@ -83,6 +83,14 @@ class RunLog:
         if self.writes:
             _append_jsonl(self.samples_path, [{"step": step, **row} for row in rows])
 
+    def held_out(self, when: str, figures: dict[str, float], samples: Sequence[dict[str, Any]]) -> None:
+        """The held-out figures ``when`` ("before" or "after" training) and the answers behind them."""
+        if self.writes:
+            self.folder.held_out(when).write_text(json.dumps(figures, indent=2))
+            path = self.folder.held_out_samples(when)
+            path.unlink(missing_ok=True)
+            _append_jsonl(path, samples)
+
     def write_json(self, name: str, payload: Any) -> Path:
         path = self.dir / name
         if self.writes:

@@ -23,7 +23,7 @@ from magrpo.config import MAGRPOConfig
 from magrpo.critics.critic import save_critics
 from magrpo.data import ItemOrder, as_items
 from magrpo.errors import ConfigError, DatasetError, RewardError
-from magrpo.eval.held_out import evaluate_team
+from magrpo.eval.held_out import answer_held_out
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
 from magrpo.overlap import RolloutsAhead
@@ -135,6 +135,9 @@ class MAGRPOTrainer:
         self.signal_watch = SignalWatch(self.team.ranks)
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
+        #: the answers of the last :meth:`evaluate`: one row per item and turn, each agent's chat
+        #: messages and completion, the joint reward and the scorer's figures (:mod:`magrpo.samples`)
+        self.eval_samples: list[dict[str, Any]] = []
 
     @property
     def team(self) -> Team:
@@ -273,14 +276,16 @@ class MAGRPOTrainer:
 
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
-        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``.
+        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``; the
+        answers themselves are then :attr:`eval_samples`.
         Under torchrun every rank calls it and answers its share of the items."""
         items = as_items(dataset, "dataset") if dataset is not None else self.eval_items
         limit = self.args.eval_max_items if max_items is None else max_items
         items = items if limit is None else items[:limit]
         if not items:
             raise ConfigError(f"no evaluation items: pass eval_dataset or dataset (max_items={limit})")
-        return evaluate_team(self.team, self.env_factory, items, batch_size)
+        figures, self.eval_samples = answer_held_out(self.team, self.env_factory, items, batch_size)
+        return figures
 
     def checkpoint(self, directory: str | Path) -> Path:
         """A full, resumable checkpoint of this run (see :mod:`magrpo.checkpoint`); older ones
