@@ -180,6 +180,25 @@ def tasks() -> None:
         console.print(f"[bold]{name}[/]: {desc}")
 
 
+@app.command()
+def view(
+    runs: list[Path] = typer.Argument(..., help="Run folders (several: their curves overlaid).", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="The page to write (default: RUN/view.html for one run, view.html for several)."
+    ),
+) -> None:
+    """One self-contained HTML page of a run or of several side by side: training curves, the team's
+    samples step by step (each agent's prompt, completion and advantage, the joint reward and its
+    levels), the held-out answers before and after training. No server, nothing loaded from the network."""
+    from magrpo.view import write_view
+
+    try:
+        path = write_view(runs, output)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}", highlight=False)
+
+
 # ---------------------------------------------------------------------- options, each declared once
 # Each command's parameters and the config fields its flags set come from its table of options
 # (magrpo.cli_options); an option with a field and no help of its own shows the field's #: comment
@@ -373,6 +392,7 @@ def _train(given: SimpleNamespace) -> None:
             return
         if after is not None:
             log.held_out("after", after, trainer.eval_samples)
+            log.plot_rewards(trainer.history)  # again, with the held-out points
             console.print(_results_table(before, after))
         last = trainer.history[-1] if trainer.history else {}
         files = ", ".join(p.name for p in (run.config, run.metrics, run.samples, run.reward_curve))
