@@ -98,3 +98,48 @@ def test_evaluate_keeps_the_held_out_answers_behind_its_figures(cpu_agents, tmp_
     # greedy answers: the same items answered again give the same rows
     trainer.evaluate(max_items=2)
     assert trainer.eval_samples == rows[:2]
+
+
+def test_log_completions_prints_each_logged_steps_samples_as_a_table(cpu_agents, tmp_path, capsys):
+    from rich.console import Console
+
+    from magrpo.samples import completions_table
+
+    trainer = tiny_trainer(cpu_agents, tmp_path, log_completions=True, num_completions_to_print=3)
+    trainer.train(progress=False)
+    out = capsys.readouterr().out
+    assert "step 1: 3 of 4 joint actions" in out and "step 2: 3 of 4 joint actions" in out
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()][4:]
+    table = completions_table(rows, 2, limit=3)
+    cells = {column.header: list(column._cells) for column in table.columns}
+    assert cells["item"] == [f"{r['item']} ({r['item_id']})" for r in rows[:3]]
+    assert cells["agent_0"] == [r["completions"][0] for r in rows[:3]]
+    assert cells["agent_1"] == [r["completions"][1] for r in rows[:3]]
+    assert cells["joint reward"] == [f"{r['reward']:+.3f}" for r in rows[:3]]
+    assert cells["advantages"] == [" / ".join(f"{a:+.3f}" for a in r["advantages"]) for r in rows[:3]]
+    wide = Console(width=300, record=True)
+    wide.print(table)
+    assert "step 2: 3 of 4 joint actions" in wide.export_text()
+
+
+def test_log_completions_is_off_by_default(cpu_agents, tmp_path, capsys):
+    assert MAGRPOConfig().log_completions is False
+    tiny_trainer(cpu_agents, tmp_path, max_steps=1).train(progress=False)
+    assert "step 1: 4 of 4 joint actions" not in capsys.readouterr().out
+
+
+def test_tensorboard_gets_each_logged_steps_samples_as_text(cpu_agents, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from magrpo.samples import samples_markdown
+
+    trainer = tiny_trainer(cpu_agents, tmp_path, report_to="tensorboard")
+    trainer.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("samples/text_summary")}
+    assert texts == {step: samples_markdown([r for r in rows if r["step"] == step]) for step in (1, 2)}
+    first = rows[0]
+    assert f"agent_1:\n\n    {first['completions'][1]}" in texts[1]
+    assert f"joint reward {first['reward']:+.3f}, advantages" in texts[1]

@@ -312,6 +312,13 @@ TRAIN_OPTIONS = (
     COLUMNS,
     Option(("--no-progress",), bool, False, "No progress bar: one plain line per step (for logs)."),
     Option(
+        ("--log-completions/--no-log-completions",),
+        Optional[bool],
+        help="Print each logged step's samples as a table: the item, each agent's completion and advantage, "
+        "the joint reward.",
+        field="log_completions",
+    ),
+    Option(
         ("--resume",),
         Optional[Path],
         help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "

@@ -110,6 +110,9 @@ def train_loop(
                 trackers.log(metrics, state.step)
                 if args.log_samples_steps and state.step % args.log_samples_steps == 0:
                     log.samples(state.step, samples)
+                    trackers.log_samples(samples, state.step)
+                    if args.log_completions and main:
+                        print_completions(samples, state.step, args.num_completions_to_print)
                 if ranks.any(stop.signal is not None) and stop.signal is None:
                     stop.signal = signal.SIGTERM  # another rank was asked to stop: stop together
                 # decided together: the minutes since the last save differ a little between ranks
@@ -141,6 +144,16 @@ def train_loop(
         print(f"the run folder {str(log.dir)!r} holds {human(folder_bytes(log.dir))}", flush=True)
     ranks.barrier()  # the other ranks return once the run's files are written
     return state.history
+
+
+def print_completions(samples: Sequence[dict[str, Any]], step: int, limit: int | None) -> None:
+    """log_completions: the step's samples as a table, on the console the progress bar draws on
+    (rich keeps the bar below it)."""
+    from rich import get_console
+
+    from magrpo.samples import completions_table
+
+    get_console().print(completions_table(samples, step, limit))
 
 
 def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], list[dict[str, Any]]]:

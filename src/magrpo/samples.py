@@ -89,4 +89,60 @@ def tree_rows(
     return rows
 
 
-__all__ = ["ID_COLUMNS", "as_messages", "item_refs", "node_roots", "tree_rows"]
+def item_label(row: Mapping[str, Any]) -> str:
+    """``17 (HumanEval/3)``: the item's index, and its own id where it has one."""
+    stable = f" ({row['item_id']})" if row.get("item_id") is not None else ""
+    return f"{row.get('item')}{stable}"
+
+
+def advantages_text(row: Mapping[str, Any]) -> str:
+    return " / ".join(f"{a:+.3f}" for a in row.get("advantages", []))
+
+
+def completions_table(rows: Sequence[Mapping[str, Any]], step: int, limit: int | None = None) -> Any:
+    """A step's samples as a rich table, TRL's log_completions: per joint action its item and
+    turn, each agent's completion, the joint reward and each agent's advantage; the first
+    ``limit`` rows (None: all)."""
+    from rich.table import Table
+
+    shown = list(rows)[:limit] if limit is not None else list(rows)
+    table = Table(title=f"step {step}: {len(shown)} of {len(rows)} joint actions", show_lines=True)
+    table.add_column("item")
+    table.add_column("turn", justify="right")
+    for i in range(len(rows[0]["completions"]) if rows else 0):
+        table.add_column(f"agent_{i}", overflow="fold")
+    table.add_column("joint reward", justify="right")
+    table.add_column("advantages", justify="right")
+    for row in shown:
+        table.add_row(
+            item_label(row), str(row["turn"]), *row["completions"], f"{row['reward']:+.3f}", advantages_text(row)
+        )
+    return table
+
+
+def samples_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A step's samples as Markdown (TensorBoard's text): a heading line per joint action, each
+    agent's completion in a code block (its line breaks and characters kept)."""
+    parts = []
+    for row in rows:
+        head = f"**item {item_label(row)}, turn {row['turn']}, joint action {row['joint']}**: "
+        head += f"joint reward {row['reward']:+.3f}"
+        if "advantages" in row:
+            head += f", advantages {advantages_text(row)}"
+        parts.append(head)
+        for i, completion in enumerate(row["completions"]):
+            block = "\n".join("    " + line for line in (completion.splitlines() or [""]))
+            parts.append(f"agent_{i}:\n\n{block}")
+    return "\n\n".join(parts)
+
+
+__all__ = [
+    "ID_COLUMNS",
+    "as_messages",
+    "completions_table",
+    "item_label",
+    "item_refs",
+    "node_roots",
+    "samples_markdown",
+    "tree_rows",
+]
