@@ -40,12 +40,20 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("view")
     models = [save_tiny_model(root / f"model_{seed}", seed=seed) for seed in (1, 2)]
     run = root / "run"
-    cli(
+    printed = cli(
         "train", "--task", "coding", "--model", models[0], "--model", models[1], "--steps", "2", "-G", "2",
         "--batch-size", "2", "--max-new-tokens", "6", "--eval-items", "2", "-o", str(run), "--no-progress",
-        "--set", "save_strategy='no'", "--set", "learning_rate=0.01",
+        "--set", "save_strategy='no'", "--set", "learning_rate=0.01", "--log-completions",
     )  # fmt: skip
+    (root / "printed.txt").write_text(printed)
     return run
+
+
+def test_log_completions_prints_each_steps_samples_from_the_cli(run_dir):
+    printed = (run_dir.parent / "printed.txt").read_text()
+    assert "step 1: 4 of 4 joint actions" in printed and "step 2: 4 of 4 joint actions" in printed
+    for row in rows(run_dir / "samples.jsonl"):
+        assert row["item_id"] in printed
 
 
 def rows(path: Path) -> list[dict]:
