@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from magrpo.report import read_jsonl_rows
 from magrpo.run_folder import RunFolder
+from magrpo.samples import item_label
 
 #: figures drawn first, in this order (by their name after the agent's or critic's: "agent_0/loss")
 FIRST_PANELS = (
@@ -223,7 +224,9 @@ def steps_section(run: RunRecord, k: int) -> str:
         rewards = [row["reward"] for row in rows if row.get("turn", 1) == 1]
         mean = sum(rewards) / len(rewards) if rewards else float("nan")
         groups = _groups(rows)
-        summary = f"step {step}: mean joint reward {mean:+.3f}, {len(groups)} items x turns, {len(rows)} joint actions"
+        items = sum(1 for group in groups if group[0].get("turn", 1) == 1)  # turn 1: a node per item
+        nodes = f" ({len(groups)} nodes over the turns)" if len(groups) > items else ""
+        summary = f"step {step}: mean joint reward {mean:+.3f}, {items} items{nodes}, {len(rows)} joint actions"
         parts.append(f'<details class="step" id="r{k}-s{step}"{" open" if step == last else ""}>')
         parts.append(f"<summary>{_e(summary)}</summary>")
         for rows_of_item in groups:
@@ -314,8 +317,7 @@ def levels_list(figures: Mapping[str, Any]) -> str:
 
 
 def item_title(row: Mapping[str, Any]) -> str:
-    stable = f" ({row['item_id']})" if row.get("item_id") is not None else ""
-    return f"item {row.get('item')}{stable}, turn {row.get('turn', 1)}, node {row.get('node', 0)}"
+    return f"item {item_label(row)}, turn {row.get('turn', 1)}, node {row.get('node', 0)}"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -373,8 +375,9 @@ th { background: #f4f4f4; }
 figure.plot { margin: 0; } figure.plot svg { max-width: 100%; height: auto; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font-size: 0.85em; }
 pre.completion { background: #f8f8f0; padding: 0.3em; min-width: 12em; max-width: 42em; }
+pre.completion:empty::before { content: "(empty)"; color: #999; }
 .adv { color: #555; font-size: 0.8em; margin-top: 0.2em; }
-ul.levels { margin: 0; padding-left: 1em; font-size: 0.8em; color: #444; columns: 2; min-width: 16em; }
+ul.levels { margin: 0; padding-left: 1em; font-size: 0.8em; color: #444; white-space: nowrap; }
 details.step { margin: 0.4em 0; } details.step > summary { cursor: pointer; font-weight: 600; }
 details.prompt > summary { cursor: pointer; font-weight: normal; color: #555; font-size: 0.85em; }
 .msg { margin: 0.3em 0; } .msg .role { font-weight: 600; font-size: 0.8em; color: #336; }
