@@ -143,3 +143,30 @@ def test_tensorboard_gets_each_logged_steps_samples_as_text(cpu_agents, tmp_path
     first = rows[0]
     assert f"agent_1:\n\n    {first['completions'][1]}" in texts[1]
     assert f"joint reward {first['reward']:+.3f}, advantages" in texts[1]
+
+
+def test_a_later_turns_rows_name_the_item_their_branch_started_from(cpu_agents, tmp_path):
+    from magrpo.feedback import CallableFeedback
+
+    args = MAGRPOConfig(
+        num_generations=2, max_new_tokens=3, batch_size=2, num_turns=2, output_dir=str(tmp_path), save_strategy="no"
+    )
+    trainer = MAGRPOTrainer(
+        agents=cpu_agents,
+        scorer=scorer,
+        train_dataset=ITEMS,
+        formatters=[helper_prompt, main_prompt],
+        feedback=CallableFeedback(lambda request: ("more a", "more b")),
+        args=args,
+    )
+    _, samples = trainer.train_step(ITEMS[1:3], indices=[1, 2])
+    second = trainer.last_step.turns[1]
+    later = [r for r in samples if r["turn"] == 2]
+    assert len(later) == second.num_nodes * second.num_joint > 0
+    first = {(r["node"], r["joint"]): r for r in samples if r["turn"] == 1}
+    for row in later:
+        parent = first[second.parents[row["node"]]]
+        assert (row["item"], row["item_id"]) == (parent["item"], parent["item_id"])
+        helper_saw = " ".join(m["content"] for m in row["prompts"][0])
+        assert "more a" in helper_saw and parent["completions"][0] in helper_saw
+        assert row["return"] == float(trainer.last_step.returns[1][row["node"], row["joint"]])
