@@ -64,14 +64,14 @@ def tree_rows(
     advantages: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per joint action of every node of every turn (see the module's docstring).
-    ``refs``: per batch position, what names its item (:func:`item_refs`; None: the position);
+    ``refs``: per batch position, what names its item (:func:`item_refs`; None: not known);
     ``returns`` (per turn ``[P, J]``) and ``advantages`` (per agent, per turn ``[P * G]``) where
     the tree was learnt from."""
     rows = []
     for t, (turn, roots) in enumerate(zip(turns, node_roots(turns))):
         G = turn.rollouts[0].num_generations
         for p in range(turn.num_nodes):
-            ref = dict(refs[roots[p]]) if refs is not None else {"item": roots[p]}
+            ref = dict(refs[roots[p]]) if refs is not None else {"item": None}
             prompts = [as_messages(o[p]) for o in turn.observations] if turn.observations else None
             for j in range(turn.num_joint):
                 row: dict[str, Any] = {"turn": turn.index + 1, "node": p, "joint": j, **ref}
