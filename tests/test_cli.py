@@ -416,6 +416,7 @@ def test_every_option_that_sets_a_config_field_names_an_existing_field():
         "--eval-split": "eval_split",
         "--eval-fraction": "eval_fraction",
         "--columns": "column_map",
+        "--log-completions/--no-log-completions": "log_completions",
     }
     assert {o.flags[0]: o.field for o in EVAL_OPTIONS if o.field} == {
         "--max-new-tokens": "max_new_tokens",

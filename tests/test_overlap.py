@@ -82,3 +82,31 @@ def test_rollouts_sampled_ahead_need_engines_of_their_own_and_the_correction(tmp
         MAGRPOConfig(async_rollouts=1, rollout_backend="vllm", vllm_importance_sampling_correction=False)
     with pytest.raises(ConfigError, match="the engines must live apart from the training process"):
         engine_config(tmp_path, vllm_engine_process="training")
+
+
+def test_samples_of_rollouts_sampled_ahead_name_the_items_they_answer(tiny_tokenizer, tmp_path):
+    """The tree sampled during the last update keeps the places of its items: each step's samples
+    name the items of that step's batch (the seeded order's), and show those items' prompts."""
+    import json
+
+    from magrpo.data import ItemOrder
+
+    items = [{"question": q} for q in ("q", "a", "b", "c", "a b", "q c")]
+    agents = build_agents([(make_tiny_model(len(tiny_tokenizer), seed=s, hidden=64), tiny_tokenizer) for s in (1, 2)])
+    args = engine_config(tmp_path, max_steps=3, batch_size=2, num_generations=2, log_samples_steps=1)
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=lambda *, completions, **_: [float(len(c0) - len(c1)) for c0, c1 in completions],
+        train_dataset=items,
+        formatters=[lambda item: item["question"]] * 2,
+        args=args,
+    )
+    trainer.train(progress=False)
+    order = ItemOrder(len(items), args.seed)
+    drawn = [[order.next() for _ in range(2)] for _ in range(3)]
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    for step in (1, 2, 3):
+        mine = [r for r in rows if r["step"] == step]
+        assert [r["item"] for r in mine] == [drawn[step - 1][0]] * 2 + [drawn[step - 1][1]] * 2
+        for r in mine:
+            assert r["prompts"] == [[{"role": "user", "content": items[r["item"]]["question"]}]] * 2

@@ -24,7 +24,7 @@ def test_one_agent_trains_with_trls_names_and_its_prompt_column(tiny_agents, tmp
     )
     assert trainer.args.num_agents == 1  # the config's default of 2 follows the one agent given
     metrics, samples = trainer.train_step(trainer.next_batch())
-    assert {s["prompts"][0] for s in samples} <= {"q a", "b"}  # the prompt column is the observation
+    assert {s["prompts"][0][-1]["content"] for s in samples} <= {"q a", "b"}  # the prompt column is the observation
     assert metrics["reward_std"] > 0  # lengths differ between completions: a signal
 
 

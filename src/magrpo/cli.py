@@ -180,6 +180,25 @@ def tasks() -> None:
         console.print(f"[bold]{name}[/]: {desc}")
 
 
+@app.command()
+def view(
+    runs: list[Path] = typer.Argument(..., help="Run folders (several: their curves overlaid).", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="The page to write (default: RUN/view.html for one run, view.html for several)."
+    ),
+) -> None:
+    """One self-contained HTML page of a run or of several side by side: training curves, the team's
+    samples step by step (each agent's prompt, completion and advantage, the joint reward and its
+    levels), the held-out answers before and after training. No server, nothing loaded from the network."""
+    from magrpo.view import write_view
+
+    try:
+        path = write_view(runs, output)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}", highlight=False)
+
+
 # ---------------------------------------------------------------------- options, each declared once
 # Each command's parameters and the config fields its flags set come from its table of options
 # (magrpo.cli_options); an option with a field and no help of its own shows the field's #: comment
@@ -302,6 +321,13 @@ TRAIN_OPTIONS = (
     COLUMNS,
     Option(("--no-progress",), bool, False, "No progress bar: one plain line per step (for logs)."),
     Option(
+        ("--log-completions/--no-log-completions",),
+        Optional[bool],
+        help="Print each logged step's samples as a table: the item, each agent's completion and advantage, "
+        "the joint reward.",
+        field="log_completions",
+    ),
+    Option(
         ("--resume",),
         Optional[Path],
         help="Continue a run exactly where it stopped: its folder (newest complete checkpoint) or "
@@ -372,16 +398,17 @@ def _train(given: SimpleNamespace) -> None:
         if given.resume is None:
             before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
             if before is not None and main:
-                log.write_json("eval_before.json", before)
+                log.held_out("before", before, trainer.eval_samples)
         else:  # the figures the run started from
-            before_path = run.path / "eval_before.json"
+            before_path = run.held_out("before")
             before = json.loads(before_path.read_text()) if held_out and before_path.is_file() else None
         trainer.train(log=log, progress="lines" if given.no_progress else True, resume_from_checkpoint=given.resume)
         after = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
         if not main:
             return
         if after is not None:
-            log.write_json("eval_after.json", after)
+            log.held_out("after", after, trainer.eval_samples)
+            log.plot_rewards(trainer.history)  # again, with the held-out points
             console.print(_results_table(before, after))
         last = trainer.history[-1] if trainer.history else {}
         written = [p.name for p in (run.config, run.metrics, run.samples, run.reward_curve) if p.is_file()]

@@ -18,8 +18,8 @@ from magrpo.choices import (
     ALGORITHMS,
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
-    CRITIC_ALGORITHMS,
     CREDITS,
+    CRITIC_ALGORITHMS,
     CRITIC_TYPES,
     CROSS_AGGREGATIONS,
     DATA_PARALLEL,
@@ -372,10 +372,18 @@ class MAGRPOConfig:
     # run directory
     #: the run's folder: config, metrics, samples, checkpoints, final weights
     output_dir: str = "runs/magrpo"
-    #: every n-th step also writes prompts, completions and rewards to samples.jsonl
+    #: every n-th step also writes its samples to samples.jsonl: per joint action the item, each
+    #: agent's chat messages and completion, the joint reward and its levels, the return and each
+    #: agent's advantage (0: none)
     log_samples_steps: int = 1
+    #: also print those samples as a table in the console, as TRL's log_completions: the item, each
+    #: agent's completion and advantage, the joint reward
+    log_completions: bool = False
+    #: the rows of that table per logged step (None: all of them)
+    num_completions_to_print: int | None = None
     #: experiment trackers that also receive every step's metrics: "tensorboard" (event files in
-    #: output_dir/tensorboard), "wandb", "mlflow" (each only if its package is installed)
+    #: output_dir/tensorboard; the logged samples too, as text), "wandb", "mlflow" (each only if
+    #: its package is installed)
     report_to: list[str] = field(default_factory=list)
     #: a full checkpoint (weights, optimiser, random states; resumable) every n-th step ...
     save_steps: int = 50
@@ -1094,6 +1102,8 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "share_prompt_in_update": _flag,
     "gradient_checkpointing": _flag,
     "log_samples_steps": _int_at_least(0),
+    "log_completions": _flag,
+    "num_completions_to_print": _optional(_int_at_least(1)),
     "report_to": _report_to,
     "save_steps": _int_at_least(0),
     "save_minutes": _number(0.0, None),

@@ -46,6 +46,8 @@ class RolloutsAhead:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="magrpo-rollout")
         self.pending: Future[SampledTree] | None = None
         self.position: dict[str, Any] | None = None  # the data position before the pending batch
+        #: the places in train_dataset of each sampled tree's items, by the step it is for (its samples name them)
+        self.indices: dict[int, list[int]] = {}
 
     def next(self) -> SampledTree:
         """This step's tree: the one sampled during the last update, or, where there is none (the
@@ -55,7 +57,7 @@ class RolloutsAhead:
             return pending.result()
         trainer = self.trainer
         self._push()
-        envs = [trainer.env_factory(item) for item in trainer.next_batch()]
+        envs = self._envs(trainer.state.step)
         return sample_tree(trainer.team, envs, trainer.state.step)
 
     def start(self, step: int) -> None:
@@ -63,8 +65,14 @@ class RolloutsAhead:
         trainer = self.trainer
         self.position = trainer.state.item_order.state()
         self._push()
-        envs = [trainer.env_factory(item) for item in trainer.next_batch()]
+        envs = self._envs(step)
         self.pending = self.pool.submit(sample_tree, trainer.team, envs, step, trainer.state.step)
+
+    def _envs(self, step: int) -> list[Any]:
+        """The environments of the next batch, for ``step``; their items' places are kept."""
+        trainer = self.trainer
+        self.indices[step] = trainer.next_batch_indices()
+        return [trainer.env_factory(trainer.train_items[i]) for i in self.indices[step]]
 
     def _push(self) -> None:
         for engine in self.engines:
@@ -89,7 +97,13 @@ class RolloutsAhead:
         sampled = self.settled()
         if sampled is not None:
             torch.save(
-                {"turns": sampled.turns, "seconds": sampled.seconds, "step": sampled.step, "version": sampled.version},
+                {
+                    "turns": sampled.turns,
+                    "seconds": sampled.seconds,
+                    "step": sampled.step,
+                    "version": sampled.version,
+                    "indices": self.indices.get(sampled.step),
+                },
                 directory / PENDING_FILE,
             )
 
@@ -100,6 +114,8 @@ class RolloutsAhead:
             kept: Mapping[str, Any] = torch.load(path, weights_only=False)  # the run's own file, checksummed
             future: Future[SampledTree] = Future()
             future.set_result(SampledTree(kept["turns"], kept["seconds"], kept["step"], kept["version"]))
+            if kept.get("indices") is not None:  # (not kept by older checkpoints)
+                self.indices[kept["step"]] = list(kept["indices"])
             self.pending = future
 
     def close(self) -> None:

@@ -66,7 +66,7 @@ class RunLog:
         the resumed run logs them again) and return the metrics rows up to it."""
         kept: list[dict[str, Any]] = []
         for path in (self.metrics_path, self.samples_path):
-            rows = [r for r in _read_jsonl_rows(path) if r.get("step", 0) <= step]
+            rows = [r for r in read_jsonl_rows(path) if r.get("step", 0) <= step]
             if self.writes:
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -83,6 +83,14 @@ class RunLog:
         if self.writes:
             _append_jsonl(self.samples_path, [{"step": step, **row} for row in rows])
 
+    def held_out(self, when: str, figures: dict[str, float], samples: Sequence[dict[str, Any]]) -> None:
+        """The held-out figures ``when`` ("before" or "after" training) and the answers behind them."""
+        if self.writes:
+            self.folder.held_out(when).write_text(json.dumps(figures, indent=2))
+            path = self.folder.held_out_samples(when)
+            path.unlink(missing_ok=True)
+            _append_jsonl(path, samples)
+
     def write_json(self, name: str, payload: Any) -> Path:
         path = self.dir / name
         if self.writes:
@@ -96,35 +104,35 @@ class RunLog:
         return self.folder.final
 
     def plot_rewards(self, history: Sequence[dict[str, Any]]) -> Path | None:
-        """reward_curve.png: mean joint reward per step with its min-max band, and each critic's
-        mean value of the nodes (IAC, MAAC), which should follow it (for one turn, the mean return)."""
-        if not history:
+        """reward_curve.png: mean joint reward per step with its min-max band, the held-out mean
+        reward before and after training where the folder has it (eval_before.json,
+        eval_after.json), and each critic's mean value of the nodes (IAC, MAAC), which should
+        follow it (for one turn, the mean return)."""
+        if not history or not self.writes:
             return None
-        import matplotlib
+        from magrpo.plots import draw_reward, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        draw_reward(ax, history, {when: self.read_held_out(when) for when in ("before", "after")})
         steps = [h["step"] for h in history]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.fill_between(
-            steps, [h["reward_min"] for h in history], [h["reward_max"] for h in history], alpha=0.2, label="min-max"
-        )
-        ax.plot(steps, [h["reward_mean"] for h in history], marker="o", label="mean joint reward")
         for key in [k for k in history[0] if k.endswith("/value_mean")]:
             ax.plot(steps, [h.get(key, float("nan")) for h in history], linestyle="--", label=f"{key} (critic)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("joint reward")
-        ax.legend(loc="best")
-        ax.grid(alpha=0.3)
+        ax.set_title(f"joint reward per step: {self.dir.name}", fontsize=10)
+        ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         path = self.folder.reward_curve
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
 
+    def read_held_out(self, when: str) -> dict[str, Any] | None:
+        """The held-out figures ``when`` ("before", "after") in the folder, or None."""
+        path = self.folder.held_out(when)
+        return json.loads(path.read_text()) if path.is_file() else None
 
-def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a JSONL log; a last line torn by a kill mid-write is dropped (its step is
     logged again by the resumed run), any other bad line is an error naming the file."""
     if not path.exists():
@@ -210,4 +218,4 @@ def progress_bar(enabled: bool | str, total: int, completed: int = 0) -> Iterato
         yield advance
 
 
-__all__ = ["RunLog", "progress_bar", "step_line"]
+__all__ = ["RunLog", "progress_bar", "read_jsonl_rows", "step_line"]

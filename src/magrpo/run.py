@@ -110,6 +110,9 @@ def train_loop(
                 trackers.log(metrics, state.step)
                 if args.log_samples_steps and state.step % args.log_samples_steps == 0:
                     log.samples(state.step, samples)
+                    trackers.log_samples(samples, state.step)
+                    if args.log_completions and main:
+                        print_completions(samples, state.step, args.num_completions_to_print)
                 if ranks.any(stop.signal is not None) and stop.signal is None:
                     stop.signal = signal.SIGTERM  # another rank was asked to stop: stop together
                 # decided together: the minutes since the last save differ a little between ranks
@@ -143,6 +146,16 @@ def train_loop(
     return state.history
 
 
+def print_completions(samples: Sequence[dict[str, Any]], step: int, limit: int | None) -> None:
+    """log_completions: the step's samples as a table, on the console the progress bar draws on
+    (rich keeps the bar below it)."""
+    from rich import get_console
+
+    from magrpo.samples import completions_table
+
+    get_console().print(completions_table(samples, step, limit))
+
+
 def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One training step on the next batch (with rollouts sampled ahead: on the tree sampled
     during the last update, the next one started first: magrpo.overlap). A rollout server that
@@ -153,11 +166,12 @@ def take_step(trainer: "MAGRPOTrainer", log: RunLog) -> tuple[dict[str, Any], li
     position = state.item_order.state()
     try:
         if ahead is None:
-            return trainer.train_step(trainer.next_batch())
+            indices = trainer.next_batch_indices()
+            return trainer.train_step([trainer.train_items[i] for i in indices], indices)
         sampled = ahead.next()
         if state.step + 1 < trainer.args.max_steps:
             ahead.start(state.step + 1)
-        return trainer.train_step_on(sampled)
+        return trainer.train_step_on(sampled, ahead.indices.pop(sampled.step, None))
     except RolloutServerError as exc:
         if ahead is not None:
             ahead.forget()

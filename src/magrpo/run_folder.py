@@ -4,7 +4,11 @@ RUN/config.yaml              the resolved config (and the CLI's task and models)
 RUN/provenance.json          what produced it, per sitting (a resume adds one): the commit, the
                              versions of magrpo, torch, transformers, peft, vLLM, the CPU and GPU
 RUN/metrics.jsonl            one row per step
-RUN/samples.jsonl            prompts, completions, rewards
+RUN/samples.jsonl            per joint action: the item, each agent's chat messages and completion,
+                             the joint reward and its levels, the return, the advantages
+RUN/eval_before.json         the held-out figures before and after training (the CLI's), and
+RUN/eval_after.json          the answers behind them: eval_before_samples.jsonl,
+                             eval_after_samples.jsonl
 RUN/reward_curve.png
 RUN/checkpoints/step-N/      full, resumable checkpoints (step-N-interrupted: weights only)
 RUN/final/agent_i/           the trained agents
@@ -50,6 +54,14 @@ class RunFolder:
     @property
     def samples(self) -> Path:
         return self.path / "samples.jsonl"
+
+    def held_out(self, when: str) -> Path:
+        """The held-out figures ``when`` is "before" or "after" training (the CLI's evaluations)."""
+        return self.path / f"eval_{when}.json"
+
+    def held_out_samples(self, when: str) -> Path:
+        """The held-out answers behind :meth:`held_out`'s figures (:mod:`magrpo.samples` rows)."""
+        return self.path / f"eval_{when}_samples.jsonl"
 
     @property
     def reward_curve(self) -> Path:

@@ -1,16 +1,16 @@
 """What a step reports: its metrics row (rewards, the scorer's figures and the advantages over
-every rank's items, each agent's update figures, throughput) and its samples (prompts,
-completions, rewards, returns)."""
+every rank's items, each agent's update figures, throughput) and its samples (:mod:`magrpo.samples`)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from magrpo.eval.figures import mean_figures, numeric_figures
 from magrpo.experience import counted_rows
 from magrpo.protocol import TurnProtocol
+from magrpo.samples import tree_rows
 from magrpo.step import StepOutput
 from magrpo.team import Team
 
@@ -132,23 +132,11 @@ def advantage_figures(advantages: Sequence[torch.Tensor], group_size: int) -> di
     }
 
 
-def step_samples(out: StepOutput) -> list[dict[str, Any]]:
-    """One row per joint action of every node of every turn."""
-    samples = []
-    for turn, ret in zip(out.turns, out.returns):
-        for p in range(turn.num_nodes):
-            for j in range(turn.num_joint):
-                samples.append(
-                    {
-                        "turn": turn.index + 1,
-                        "node": p,
-                        "prompts": list(turn.joint_prompts(p, j)),
-                        "completions": list(turn.joint_completions(p, j)),
-                        "reward": float(turn.rewards[p, j]),
-                        "return": float(ret[p, j]),
-                    }
-                )
-    return samples
+def step_samples(out: StepOutput, refs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per joint action of every node of every turn: the item (``refs``, per batch
+    position: :func:`magrpo.samples.item_refs`), what each agent saw and wrote, the joint reward
+    and the scorer's figures, the return and each agent's advantage (:mod:`magrpo.samples`)."""
+    return tree_rows(out.turns, refs, returns=out.returns, advantages=out.advantages)
 
 
 __all__ = [

@@ -63,6 +63,16 @@ class Trackers:
             else:
                 sink.log_metrics({k.replace("/", "."): v for k, v in figures.items()}, step=step)
 
+    def log_samples(self, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        """A logged step's samples (:mod:`magrpo.samples`) as text, to TensorBoard: each joint
+        action's item, joint reward, advantages and completions."""
+        from magrpo.samples import samples_markdown
+
+        for kind, sink in self._sinks:
+            if kind == "tensorboard" and rows:
+                sink.add_text("samples", samples_markdown(rows), step)
+                sink.flush()
+
     def close(self) -> None:
         for kind, sink in self._sinks:
             if kind == "tensorboard":

@@ -23,13 +23,14 @@ from magrpo.config import MAGRPOConfig
 from magrpo.critics.critic import save_critics
 from magrpo.data import ItemOrder, as_items
 from magrpo.errors import ConfigError, DatasetError, RewardError
-from magrpo.eval.held_out import evaluate_team
+from magrpo.eval.held_out import answer_held_out
 from magrpo.feedback.base import Feedback
 from magrpo.models import AgentPolicy, AgentSpec, agent_name, save_agent
 from magrpo.overlap import RolloutsAhead
 from magrpo.prepare import EnvFactory, RewardFuncs, build_env_factory, check_items, prepare_team
 from magrpo.report import RunLog
 from magrpo.run_folder import RunFolder
+from magrpo.samples import item_refs
 from magrpo.sampling.vllm_engine import check_vllm_installed, engine_process_ids
 from magrpo.schedules import make_schedulers, step_schedulers
 from magrpo.seeds import mix_seed
@@ -145,6 +146,9 @@ class MAGRPOTrainer:
         self.signal_watch = SignalWatch(self.team.ranks)
         #: what the stop message tells the user to run to continue (the CLI sets its own command)
         self.resume_hint: str | None = None
+        #: the answers of the last :meth:`evaluate`: one row per item and turn, each agent's chat
+        #: messages and completion, the joint reward and the scorer's figures (:mod:`magrpo.samples`)
+        self.eval_samples: list[dict[str, Any]] = []
 
     @property
     def team(self) -> Team:
@@ -233,23 +237,39 @@ class MAGRPOTrainer:
     def next_batch(self) -> list[dict[str, Any]]:
         """This rank's batch_size items of the step's global batch: the next batch_size x
         world_size items of a seeded shuffle (the same on every rank), reshuffled at every epoch."""
+        return [self.train_items[i] for i in self.next_batch_indices()]
+
+    def next_batch_indices(self) -> list[int]:
+        """The places in ``train_dataset`` of the items :meth:`next_batch` would give (and takes them)."""
         size, ranks = self.args.batch_size, self.team.ranks
-        batch = [self.train_items[self.state.item_order.next()] for _ in range(size * ranks.world_size)]
-        return batch[ranks.rank * size : (ranks.rank + 1) * size]
+        drawn = [self.state.item_order.next() for _ in range(size * ranks.world_size)]
+        return drawn[ranks.rank * size : (ranks.rank + 1) * size]
 
-    def train_step(self, items: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def train_step(
+        self, items: Sequence[Mapping[str, Any]], indices: Sequence[int] | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One MAGRPO step on ``items``; returns the step's metrics and its samples (the step itself:
-        :attr:`last_step`)."""
-        return self._step(lambda: magrpo_step(self.team, [self.env_factory(item) for item in items], self.state.step))
+        :attr:`last_step`; the samples: :mod:`magrpo.samples`, their ``item`` the items' places in
+        their data set, ``indices``, where given)."""
+        refs = item_refs(items, indices if indices is not None else [None] * len(items))
+        return self._step(
+            lambda: magrpo_step(self.team, [self.env_factory(item) for item in items], self.state.step), refs
+        )
 
-    def train_step_on(self, sampled: SampledTree) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def train_step_on(
+        self, sampled: SampledTree, indices: Sequence[int] | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One step that learns from a tree sampled earlier, with older weights (``async_rollouts``);
-        its metrics say how many policy versions old it was (``rollout_staleness``)."""
-        metrics, samples = self._step(lambda: learn(self.team, sampled))
+        its metrics say how many policy versions old it was (``rollout_staleness``). ``indices``:
+        the places in ``train_dataset`` of the tree's items, for its samples."""
+        refs = None if indices is None else item_refs([self.train_items[i] for i in indices], indices)
+        metrics, samples = self._step(lambda: learn(self.team, sampled), refs)
         metrics["rollout_staleness"] = self.state.step - 1 - sampled.version
         return metrics, samples
 
-    def _step(self, run_step: Callable[[], StepOutput]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _step(
+        self, run_step: Callable[[], StepOutput], refs: Sequence[Mapping[str, Any]] | None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         torch.manual_seed(mix_seed(self.args.seed, self.state.step))
         engines = engine_process_ids(self.team.agents)  # vLLM engines in processes of their own
         run.reset_peak_memory(engines)
@@ -263,18 +283,20 @@ class MAGRPOTrainer:
         self.signal_watch.observe(out, self.state.step)
         metrics = {**step_metrics(self.team, out, self.state.step), **run.peak_memory_figures(engines)}
         step_schedulers(self.team.schedulers)  # after the metrics, which log the rate this step used
-        return metrics, step_samples(out)
+        return metrics, step_samples(out, refs)
 
     def evaluate(self, dataset: Any = None, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Greedy (or ``eval_temperature``) decoding, one joint answer per item, each turn's
-        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``.
+        figures averaged: ``{"reward": ..., <scorer figures>..., "turn_2/reward": ...}``; the
+        answers themselves are then :attr:`eval_samples`.
         Under torchrun every rank calls it and answers its share of the items."""
         items = as_items(dataset, "dataset") if dataset is not None else self.eval_items
         limit = self.args.eval_max_items if max_items is None else max_items
         items = items if limit is None else items[:limit]
         if not items:
             raise ConfigError(f"no evaluation items: pass eval_dataset or dataset (max_items={limit})")
-        return evaluate_team(self.team, self.env_factory, items, batch_size)
+        figures, self.eval_samples = answer_held_out(self.team, self.env_factory, items, batch_size)
+        return figures
 
     def checkpoint(self, directory: str | Path) -> Path:
         """A full, resumable checkpoint of this run (see :mod:`magrpo.checkpoint`); older ones

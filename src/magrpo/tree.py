@@ -28,6 +28,7 @@ from magrpo.models.agent import AgentPolicy
 from magrpo.protocol import TurnProtocol
 from magrpo.sampling import Rollout, Sampler
 from magrpo.seeds import mix_seed
+from magrpo.types import Observation
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Turn:
     #: [P, J] bool: open branches that best-k did not continue (their future is not sampled; their
     #: return takes the continued siblings' mean future, see :func:`magrpo.advantages.tree_returns`)
     dropped: torch.Tensor | None = None
+    #: per agent, per node: the observation it sampled from (a text or chat messages), as the
+    #: environment gave it, before any chat template (None: a turn kept by an older checkpoint)
+    observations: list[list[Observation]] | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -155,7 +159,10 @@ def expand_tree(
         # the env ended the branch: terminated or truncated (StepResult.done)
         ended = torch.tensor([[r.done for r in row] for row in results], dtype=torch.bool)
         finished = solved | ended | last
-        turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents)
+        # what each agent was given per node, before any chat template (an agent that answers after
+        # others saw these with the earlier answers added: its rendered prompts keep that)
+        given = [[obs[name] for obs in observations] for name in names]
+        turn = Turn(t, rollouts, joint_indices, rewards, finished, solved, results, parents, observations=given)
         turns.append(turn)
         if last:
             break

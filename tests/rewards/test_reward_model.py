@@ -75,7 +75,8 @@ def test_a_reward_model_folder_trains_beside_a_weighted_callable(tiny_agents, cl
     expected = [
         j + 0.5 * e
         for j, e in zip(
-            judge(completions=joint, prompts=[tuple(s["prompts"]) for s in samples]), ends_with_a(completions=joint)
+            judge(completions=joint, prompts=[tuple(p[-1]["content"] for p in s["prompts"]) for s in samples]),
+            ends_with_a(completions=joint),
         )
     ]
     assert [s["reward"] for s in samples] == pytest.approx(expected, abs=1e-5)

@@ -54,6 +54,7 @@ def test_two_turn_coding_step_with_execution_feedback(default_agents, tmp_path):
     assert [s["turn"] for s in samples] == [1, 1] + [2] * 4  # 2 joint actions, each expanded into 2
     second = samples[2]
     first_turn_answer = samples[0]["completions"][0]
-    assert "Feedback on your last answer" in second["prompts"][0] and first_turn_answer in second["prompts"][0]
+    seen = second["prompts"][0][-1]["content"]  # the helper's second observation
+    assert "Feedback on your last answer" in seen and first_turn_answer in seen
     figures = trainer.evaluate()
     assert {"turn_1/reward", "turn_2/reward", "turn_1/pass@1", "turn_2/tests_passed", "reward"} <= set(figures)
