@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from magrpo import MAGRPOConfig
@@ -68,8 +70,10 @@ def test_help_and_the_api_reference_show_every_field_with_its_help_and_default()
     from magrpo.config import field_help
 
     doc = MAGRPOConfig.__doc__
+    declared = {f.name: f for f in dataclasses.fields(MAGRPOConfig)}  # as declared (None: resolved later)
     for name, text in field_help().items():
-        default = MAGRPOConfig.defaults()[name]
+        f = declared[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         assert f"        {name} (" in doc and f"): {text} Default: ``{default!r}``." in doc, name
 
 
