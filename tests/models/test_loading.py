@@ -273,6 +273,7 @@ def test_a_team_of_one_full_and_one_lora_agent_on_the_same_model(tiny_tokenizer,
         log_samples_steps=0,
         num_generations=8,
         use_lora=use_lora,
+        save_final_checkpoint=True,  # resumed below
     )
     trainer = MAGRPOTrainer(
         agents=agents,
