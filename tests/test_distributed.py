@@ -277,6 +277,8 @@ def test_the_cli_launches_torchrun_for_nproc(tmp_path):
             "--output-dir",
             str(tmp_path / "run"),
             "--no-progress",
+            "--set",
+            "save_final_checkpoint=true",  # the checkpoint of the last step, checked below
         ],
         capture_output=True,
         text=True,
