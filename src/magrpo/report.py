@@ -156,12 +156,18 @@ def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         f.flush()
 
 
+def critic_figure(metrics: dict[str, Any]) -> str:
+    """IAC, MAAC: how far the critics are from the returns (their mean value loss); "" without critics."""
+    values = [v for k, v in metrics.items() if k.endswith("/value_loss")]
+    return f"value loss {sum(values) / len(values):.3f}" if values else ""
+
+
 def step_line(metrics: dict[str, Any], total: int) -> str:
     """One plain line for a step, for logs: the step, the mean joint reward, each agent's loss,
     the critics' value loss, completion tokens/s and the step's seconds."""
     losses = [f"{v:+.4f}" for k, v in sorted(metrics.items()) if k.startswith("agent_") and k.endswith("/loss")]
-    values = [v for k, v in metrics.items() if k.endswith("/value_loss")]
-    critic = f"  value loss {sum(values) / len(values):.3f}" if values else ""
+    critic = critic_figure(metrics)
+    critic = f"  {critic}" if critic else ""
     return (
         f"step {metrics['step']}/{total}  reward {metrics['reward_mean']:+.3f}  loss {' '.join(losses) or '-'}"
         f"{critic}  {metrics['tokens_per_second']:.0f} tok/s  {metrics['seconds']:.1f} s"
@@ -204,15 +210,12 @@ def progress_bar(enabled: bool | str, total: int, completed: int = 0) -> Iterato
         task = progress.add_task("train", total=total, completed=completed, reward="-", tps="-", critic="")
 
         def advance(metrics: dict[str, Any]) -> None:
-            # IAC, MAAC: how far the critics are from the returns (their mean value loss)
-            losses = [v for k, v in metrics.items() if k.endswith("/value_loss")]
-            critic = f"value loss {sum(losses) / len(losses):.3f}" if losses else ""
             progress.update(
                 task,
                 advance=1,
                 reward=f"{metrics['reward_mean']:+.3f}",
                 tps=f"{metrics['tokens_per_second']:.0f}",
-                critic=critic,
+                critic=critic_figure(metrics),
             )
 
         yield advance
