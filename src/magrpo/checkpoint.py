@@ -164,8 +164,10 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 
 def check_holds_run_state(directory: str | Path) -> None:
-    """Refuse to resume from a checkpoint written with save_only_model: it has weights, no run."""
-    if verify_checkpoint(directory).get("model_only"):
+    """Refuse to resume from a checkpoint written with save_only_model: it has weights, no run.
+    The caller verified it (:func:`resolve_resume`): only its manifest is read, not every file
+    hashed again."""
+    if json.loads((Path(directory) / MANIFEST).read_text()).get("model_only"):
         raise CheckpointError(
             f"checkpoint {str(directory)!r} holds the agents' weights only (written with save_only_model=True): it "
             f"cannot resume a run; start a new run from its weights (magrpo train --model "
