@@ -8,7 +8,9 @@
                                                     rewards, next observations), up to num_turns
     returns     = turn_returns(turns)            2. reward + discount * mean of the children's returns
     advantages  = team.baseline(turns, returns)  3. per agent, centred over the siblings of each node
-                                                    (MAGRPO; IAC, MAAC: R - V, magrpo.critics)
+                                                    (MAGRPO; counterfactual credit: over the
+                                                    alternatives that share its earlier answers;
+                                                    IAC, MAAC: R - V, magrpo.critics)
     experience  = build_experience(...)          4. per agent: its completions with a signal, in
     update_agent(i, experience)                     micro-batches (pi_old, pi_ref made before the
                                                     update); -sum A * log pi_i(c_i | o_i) / N, gradient
@@ -16,7 +18,8 @@
                                                     clipped ones: magrpo.objective)
 
 What each of these is was resolved once, when the team was prepared (:class:`~magrpo.team.Team`):
-the sampler, the baseline, the objective, the precision. Data parallel stays out of sight behind
+the sampler, the baseline, the objective, the precision; the turn's protocol is the tree's
+(:mod:`magrpo.protocol`). Data parallel stays out of sight behind
 ``team.ranks`` (:mod:`magrpo.ranks`): with one process its every call is the identity.
 """
 
