@@ -62,7 +62,7 @@ class StepOutput:
 
     turns: list[Turn]
     returns: list[torch.Tensor]
-    advantages: list[list[torch.Tensor]]  # per agent, per turn: [P_t * G]
+    advantages: list[list[torch.Tensor]]  # per agent, per turn: [P_t * C] (C: its completions per node)
     agent_figures: list[dict[str, float]]
     rollout_seconds: float
     update_seconds: float
