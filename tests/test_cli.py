@@ -533,6 +533,8 @@ def test_the_protocol_is_a_flag_and_the_counterfactual_credit_is_refused_where_n
         "train", "--protocol", "sequential", "--joint-mode", "aligned", "--set", "credit=counterfactual"
     )
     assert code == 2 and "credit='counterfactual' compares each answer with the alternatives" in out
-    code, out = run_cli("train", "--protocol", "sequential", "--set", "rollout_backend=vllm")
-    assert code == 2 and "protocol='sequential' with rollout_backend='vllm'" in out
+    code, out = run_cli(
+        "train", "--protocol", "sequential", "--set", "rollout_backend=vllm", "--set", "async_rollouts=1"
+    )
+    assert code == 2 and "protocol='sequential' with async_rollouts=1" in out
     assert "--protocol" in run_cli("eval", "--help")[1]

@@ -74,6 +74,14 @@ def test_the_continuation_count_sets_the_alternatives_of_the_later_agents():
     assert scaled == pytest.approx([-1.5, 0.0, 1.5, -1.5 / 3**0.5, -1.5 / 3**0.5, 3.0 / 3**0.5])
 
 
+def test_group_credit_in_a_sequential_tree_takes_the_runs_baseline_and_aggregation():
+    returns = [[0.0, 4.0, 1.0, 3.0]]  # the first agent's answers: continued by (0, 4) and by (1, 3)
+    assert credit(returns, credit="group")[0] == [0.0, 0.0]  # the means tie: 2 and 2
+    assert credit(returns, credit="group", cross_aggregation="max")[0] == [0.5, -0.5]  # the best: 4 and 3
+    # the second agent over the node's four, leave-one-out: 4/3 * (R - 2)
+    assert credit(returns, credit="group", advantage_baseline="loo")[1] == [-8 / 3, 8 / 3, -4 / 3, 4 / 3]
+
+
 def test_contextual_advantages_refuses_returns_that_do_not_fit_the_tree():
     with pytest.raises(ValueError, match="do not continue 4 completions in contexts of 3"):
         contextual_advantages(torch.zeros(1, 8), completions_per_node=4, context_size=3)
@@ -101,10 +109,9 @@ def test_an_aligned_sequential_chain_gets_the_simultaneous_group_advantages():
             "advantage_baseline='max'",
         ),
         (dict(num_continuations=2), "num_continuations=2 sets how many"),
-        (dict(protocol="sequential", rollout_backend="vllm"), "rollout_backend='vllm'"),
         (dict(protocol="sequential", algorithm="iac"), "algorithm='iac'"),
         (dict(protocol="sequential", data_parallel="shard"), "data_parallel='shard'"),
-        (dict(protocol="sequential", rollout_backend="auto", async_rollouts=1), "async_rollouts=1"),
+        (dict(protocol="sequential", rollout_backend="vllm", async_rollouts=1), "async_rollouts=1"),
         (
             dict(protocol="sequential", rollout_backend="auto", vllm_mode="server", vllm_server_url="http://x:1"),
             "vllm_mode='server'",

@@ -69,8 +69,8 @@ class Baseline(Protocol):
     def __call__(
         self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
     ) -> tuple[list[list[torch.Tensor]], BaselineTraining]:
-        """Every agent's advantages at every turn (``[P_t * G]``, row p * G + g) and what the
-        baseline trains in this step."""
+        """Every agent's advantages at every turn (``[P_t * C]``, row p * C + c: C = G, or more for a
+        later agent of a sequential tree) and what the baseline trains in this step."""
         ...
 
 

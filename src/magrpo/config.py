@@ -680,13 +680,8 @@ class MAGRPOConfig:
         if self.protocol == "sequential":
             if self.algorithm != "magrpo":
                 raise ConfigError(
-                    f"protocol='sequential' with algorithm={self.algorithm!r}: the critics read simultaneous turns "
-                    "only; use algorithm='magrpo' or protocol='simultaneous'"
-                )
-            if self.rollout_backend == "vllm":
-                raise ConfigError(
-                    "protocol='sequential' with rollout_backend='vllm': the vLLM sampler takes the team's "
-                    "prompts at once, not agent by agent; use rollout_backend='fast' or 'plain' (or 'auto')"
+                    f"protocol='sequential' with algorithm={self.algorithm!r}: the critics and the preference trainers "
+                    "read simultaneous turns only; use algorithm='magrpo' or protocol='simultaneous'"
                 )
             if self.data_parallel == "shard":
                 raise ConfigError(
@@ -697,8 +692,9 @@ class MAGRPOConfig:
             for name, asked in vllm_only.items():
                 if asked:
                     raise ConfigError(
-                        f"protocol='sequential' with {name}={getattr(self, name)!r}: that samples on vLLM engines, "
-                        "which take the team's prompts at once, not agent by agent; leave it at its default"
+                        f"protocol='sequential' with {name}={getattr(self, name)!r}: the sequential team is built on "
+                        "the trainer's own engines sampling in step (vllm_mode='colocate', async_rollouts=0); "
+                        "leave it at its default"
                     )
         if self.num_continuations is not None and (self.protocol, self.joint_mode) != ("sequential", "cross"):
             raise ConfigError(

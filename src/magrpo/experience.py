@@ -78,8 +78,9 @@ class Experience:
 def build_experience(
     team: Team, index: int, rollouts: Sequence[Rollout], advantages: Sequence[torch.Tensor]
 ) -> Experience:
-    """Agent ``index``'s experience of the step: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * G]``,
-    row p * G + g) are its samples and their advantages at turn t.
+    """Agent ``index``'s experience of the step: ``rollouts[t]`` and ``advantages[t]`` (``[P_t * C]``,
+    row p * C + c; C = G, or more for a later agent of a sequential tree) are its samples and their
+    advantages at turn t.
 
     Completions with advantage exactly 0 add exactly 0 policy gradient and are left out (unless
     another term has a gradient for them or counts them: the KL term, ``beta`` > 0; the entropy

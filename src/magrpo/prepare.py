@@ -129,7 +129,10 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             built,
             dtype=None if precision.rollout_dtype == "same" else getattr(torch, precision.rollout_dtype),
             max_model_len=args.vllm_max_model_len,
-            max_new_tokens=args.max_new_tokens * args.num_turns,
+            # a later agent of a sequential team reads the earlier agents' answers of every turn too
+            max_new_tokens=args.max_new_tokens
+            * args.num_turns
+            * (args.num_agents if args.protocol == "sequential" else 1),
             seed=args.seed,
             kv_cache_gib=args.vllm_kv_cache_gib,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
@@ -257,7 +260,7 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     memory."""
     if args.rollout_backend != "auto":
         return args.rollout_backend
-    if args.protocol == "sequential":  # the vLLM sampler takes the team at once, not agent by agent
+    if args.protocol == "sequential":  # vLLM serves a sequential team when asked by name, not by "auto"
         return "fast"
     if args.vllm_mode == "server":  # a rollout server was named: its engines sample
         return "vllm"

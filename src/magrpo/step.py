@@ -8,7 +8,9 @@
                                                     rewards, next observations), up to num_turns
     returns     = turn_returns(turns)            2. reward + discount * mean of the children's returns
     advantages  = team.baseline(turns, returns)  3. per agent, centred over the siblings of each node
-                                                    (MAGRPO; IAC, MAAC: R - V, magrpo.critics; MADPO:
+                                                    (MAGRPO; counterfactual credit: over the
+                                                    alternatives that share its earlier answers;
+                                                    IAC, MAAC: R - V, magrpo.critics; MADPO:
                                                     DPO's weights of each node's pairs,
                                                     magrpo.preference; MARLHF: a learnt reward's,
                                                     magrpo.learned_reward)
@@ -19,7 +21,8 @@
                                                     clipped ones: magrpo.objective)
 
 What each of these is was resolved once, when the team was prepared (:class:`~magrpo.team.Team`):
-the sampler, the baseline, the objective, the precision. Data parallel stays out of sight behind
+the sampler, the baseline, the objective, the precision; the turn's protocol is the tree's
+(:mod:`magrpo.protocol`). Data parallel stays out of sight behind
 ``team.ranks`` (:mod:`magrpo.ranks`): with one process its every call is the identity.
 """
 
@@ -62,7 +65,7 @@ class StepOutput:
 
     turns: list[Turn]
     returns: list[torch.Tensor]
-    advantages: list[list[torch.Tensor]]  # per agent, per turn: [P_t * G]
+    advantages: list[list[torch.Tensor]]  # per agent, per turn: [P_t * C] (C: its completions per node)
     agent_figures: list[dict[str, float]]
     rollout_seconds: float
     update_seconds: float

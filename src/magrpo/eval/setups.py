@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from magrpo.choices import SETUPS, check_choice
 from magrpo.data import columns_of
+from magrpo.envs.base import with_text_added
 from magrpo.envs.reward_env import as_messages
 from magrpo.eval.figures import mean_figures
 from magrpo.models.agent import AgentPolicy
@@ -37,11 +38,9 @@ DISCUSSION_INSTRUCTION = (
 
 
 def with_note(observation: Observation, note: str) -> Observation:
-    """``observation`` with ``note`` added to its last user message (or as a new user message)."""
-    messages = as_messages(observation)
-    if messages and messages[-1]["role"] == "user":
-        return messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + "\n\n" + note}]
-    return messages + [{"role": "user", "content": note}]
+    """``observation`` as chat messages with ``note`` added to its last user message (or as a new
+    user message)."""
+    return with_text_added(as_messages(observation), note)
 
 
 def setup_answers(
