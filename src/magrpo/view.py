@@ -266,7 +266,7 @@ def held_out_section(run: RunRecord, k: int) -> str:
     if not run.held_out_samples:
         return "<p>No held-out answers in this folder (eval_before_samples.jsonl, eval_after_samples.jsonl).</p>"
     keyed = {
-        when: {(row.get("turn", 1), row.get("item"), row.get("node", 0)): row for row in rows}
+        when: {(row.get("turn", 1), row.get("item")): row for row in rows}
         for when, rows in run.held_out_samples.items()
     }
     keys = list(dict.fromkeys(key for rows in keyed.values() for key in rows))
@@ -281,7 +281,7 @@ def held_out_section(run: RunRecord, k: int) -> str:
     for key in keys:
         rows = [keyed[when].get(key) for when in whens]
         present = next(row for row in rows if row is not None)
-        item_cell = _e(item_title(present)) + "".join(
+        item_cell = _e(item_title(present, with_node=False)) + "".join(
             prompt_details(p, name) for name, p in zip(run.agent_names, _prompts(present))
         )
         cells = [item_cell]
@@ -316,8 +316,10 @@ def levels_list(figures: Mapping[str, Any]) -> str:
     return f'<ul class="levels">{items}</ul>'
 
 
-def item_title(row: Mapping[str, Any]) -> str:
-    return f"item {item_label(row)}, turn {row.get('turn', 1)}, node {row.get('node', 0)}"
+def item_title(row: Mapping[str, Any], with_node: bool = True) -> str:
+    """``item 17 (HumanEval/17), turn 1, node 0`` (the node: its place in the step's tree)."""
+    node = f", node {row.get('node', 0)}" if with_node else ""
+    return f"item {item_label(row)}, turn {row.get('turn', 1)}{node}"
 
 
 # ---------------------------------------------------------------------- helpers
