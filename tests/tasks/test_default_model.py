@@ -54,7 +54,8 @@ def test_two_turn_coding_step_with_execution_feedback(default_agents, tmp_path):
     assert [s["turn"] for s in samples] == [1, 1] + [2] * 4  # 2 joint actions, each expanded into 2
     second = samples[2]
     first_turn_answer = samples[0]["completions"][0]
-    seen = second["prompts"][0][-1]["content"]  # the helper's second observation
-    assert "Feedback on your last answer" in seen and first_turn_answer in seen
+    helper = second["prompts"][0]  # the helper's second observation: its chat so far, as messages
+    assert "Feedback on your last answer" in helper[-1]["content"]
+    assert any(first_turn_answer in message["content"] for message in helper[:-1])
     figures = trainer.evaluate()
     assert {"turn_1/reward", "turn_2/reward", "turn_1/pass@1", "turn_2/tests_passed", "reward"} <= set(figures)
