@@ -149,6 +149,10 @@ def test_several_runs_share_the_curves_each_with_its_samples(run_dir, tmp_path):
         assert f"{name}: mean" in text and f"{name}: agent_0" in text  # the legends of overlaid curves
         assert f"{name}: what the team wrote" in text
     assert 'id="r1-s2-t1-n0-j1-a0"' in text  # the second run's samples have ids of their own
+    cli("view", str(run_dir), "-o", str(page), "--last-steps", "1")  # a long run's page: its last steps
+    text = page.read_text()
+    assert "Training samples: the last 1 of 2 logged steps" in text
+    assert 'id="r0-s2-t1-n0-j1-a0"' in text and 'id="r0-s1-' not in text
 
 
 def test_a_folder_without_a_run_is_refused_by_name(tmp_path):
