@@ -250,8 +250,8 @@ def item_table(run: RunRecord, rows: Sequence[Mapping[str, Any]], prefix: str) -
     head += ["joint reward", "levels"] + (["return"] if "return" in first else [])
     lines = [f'<div class="item"><h4>{_e(item_title(first))}</h4><table class="joint">']
     lines.append("<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
-    for row in rows:
-        j = row.get("joint", 0)
+    for place, row in enumerate(rows):
+        j = row.get("joint", place)  # (rows of older runs have no joint index: their order is it)
         cells = [str(j)]
         for i, completion in enumerate(row["completions"]):
             advantage = ""
