@@ -118,6 +118,7 @@ if __name__ == "__main__":
     figures = trainer.evaluate(ITEMS[:5])  # every rank answers its share (3 + 2 items on 2 ranks)
     if distributed.is_main():
         (Path(out) / "eval.json").write_text(json.dumps(figures))
+        (Path(out) / "eval_samples.json").write_text(json.dumps(trainer.eval_samples))  # every rank's answers
     print(f"rank {distributed.rank()} of {distributed.world_size()} finished {trainer.step}", flush=True)
     # a sharded model held until the interpreter's teardown keeps the gloo group alive into it,
     # which can abort a finished rank: the trainer lets go of its models here

@@ -119,6 +119,11 @@ def assert_same_training(single: Path, parallel: Path) -> None:
     # greedy answers of 5 items, 3 + 2 on two ranks: the figures of one process answering all 5
     assert held_out_figures(single) == held_out_figures(parallel)
     assert held_out_figures(single)["items"] == 5.0
+    # and the answers behind them, gathered in the items' order whichever rank gave them
+    answers = [json.loads((run_dir / "eval_samples.json").read_text()) for run_dir in (single, parallel)]
+    assert answers[0] == answers[1] and [(r["item"], r["turn"]) for r in answers[0] if r["turn"] == 1] == [
+        (k, 1) for k in range(5)
+    ]
 
 
 def assert_trained(run_dir: Path, **shape) -> None:

@@ -4,7 +4,7 @@ the joint reward and the scorer's other figures (each reward level, tests passed
 a training step the return and each agent's advantage.
 
 A row (samples.jsonl adds its ``step``; eval_before_samples.jsonl and eval_after_samples.jsonl
-hold the held-out answers, without return and advantages)::
+hold the held-out answers, one per item and turn, without node, joint, return and advantages)::
 
     {"turn": 1, "node": 0, "joint": 2, "item": 17, "item_id": "HumanEval/3",
      "prompts": [[{"role": "user", "content": "..."}], ...], "completions": ["...", "..."],
