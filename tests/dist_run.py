@@ -59,7 +59,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         save_steps=1,
         save_total_limit=None,
         output_dir=out_dir,
-        log_samples_steps=0,
+        log_samples_steps=1,  # every rank's samples gathered every step
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
         **(engines if variant == "vllm" else {}),
