@@ -60,7 +60,7 @@ def build(out_dir: str, variant: str, batch: int, steps: int, data_parallel: str
         save_steps=1,
         save_total_limit=None,
         output_dir=out_dir,
-        log_samples_steps=0,
+        log_samples_steps=1,  # every rank's samples gathered every step
         data_parallel=data_parallel,
         autocast="no",  # ranks against one process agree to float32 rounding, not bf16's
         **(engines if variant == "vllm" else {}),
@@ -129,6 +129,7 @@ if __name__ == "__main__":
     figures = trainer.evaluate(ITEMS[:5])  # every rank answers its share (3 + 2 items on 2 ranks)
     if distributed.is_main():
         (Path(out) / "eval.json").write_text(json.dumps(figures))
+        (Path(out) / "eval_samples.json").write_text(json.dumps(trainer.eval_samples))  # every rank's answers
     print(f"rank {distributed.rank()} of {distributed.world_size()} finished {trainer.step}", flush=True)
     # a sharded model held until the interpreter's teardown keeps the gloo group alive into it,
     # which can abort a finished rank: the trainer lets go of its models here

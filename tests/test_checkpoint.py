@@ -85,11 +85,14 @@ def state_of(run_dir: Path) -> dict:
         "weights": final_weights(run_dir),
         "optim": optim,
         "metrics": [{k: v for k, v in r.items() if k not in MACHINE_FIGURES} for r in rows],
+        "samples": [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()],
     }
 
 
 def assert_same_state(a: dict, b: dict) -> None:
     assert a["metrics"] == b["metrics"] and [r["step"] for r in a["metrics"]] == [1, 2, 3, 4, 5, 6]
+    # the samples too, each naming the same item (a rollout sampled ahead keeps its items' places)
+    assert a["samples"] == b["samples"] and {r["step"] for r in a["samples"]} == {1, 2, 3, 4, 5, 6}
     assert a["weights"].keys() == b["weights"].keys()
     for key, value in a["weights"].items():
         assert torch.equal(value, b["weights"][key]), key

@@ -118,6 +118,10 @@ def assert_same_metrics(single: Path, parallel: Path) -> None:
                 assert two[key] == one[key], key
 
 
+def samples(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
 def assert_same_training(single: Path, parallel: Path) -> None:
     assert rewards(single) == rewards(parallel)  # the same samples: each item drew from its own stream
     assert_same_metrics(single, parallel)
@@ -128,6 +132,11 @@ def assert_same_training(single: Path, parallel: Path) -> None:
     # greedy answers of 5 items, 3 + 2 on two ranks: the figures of one process answering all 5
     assert held_out_figures(single) == held_out_figures(parallel)
     assert held_out_figures(single)["items"] == 5.0
+    # and the answers behind them, gathered in the items' order whichever rank gave them
+    answers = [json.loads((run_dir / "eval_samples.json").read_text()) for run_dir in (single, parallel)]
+    assert answers[0] == answers[1] and [(r["item"], r["turn"]) for r in answers[0] if r["turn"] == 1] == [
+        (k, 1) for k in range(5)
+    ]
 
 
 def assert_trained(run_dir: Path, **shape) -> None:
@@ -157,6 +166,9 @@ def test_two_ranks_with_one_item_each_train_as_one_rank_with_two(tmp_path, varia
     single, parallel = tmp_path / "one", tmp_path / "two"
     finish(one_rank(single, variant), two_ranks(parallel, variant))
     assert_same_training(single, parallel)
+    if not variant.startswith("critic"):  # (a critic's advantages hold values rounded otherwise)
+        # samples.jsonl holds both ranks' items, numbered as the one process numbers them
+        assert samples(single) == samples(parallel)
     assert_adapters_trained(parallel) if variant == "lora" else assert_trained(parallel)
 
 

@@ -83,9 +83,8 @@ def test_evaluate_keeps_the_held_out_answers_behind_its_figures(cpu_agents, tmp_
     trainer = tiny_trainer(cpu_agents, tmp_path)
     figures = trainer.evaluate()
     rows = trainer.eval_samples
-    assert [(r["item"], r["item_id"], r["turn"], r["joint"]) for r in rows] == [
-        (k, f"item-{k}", 1, 0) for k in range(3)
-    ]
+    assert [(r["item"], r["item_id"], r["turn"]) for r in rows] == [(k, f"item-{k}", 1) for k in range(3)]
+    assert all("node" not in r and "joint" not in r for r in rows)  # (places in a batch name nothing)
     for row in rows:
         item = ITEMS[row["item"]]
         assert row["prompts"] == [helper_prompt(item), [{"role": "user", "content": main_prompt(item)}]]

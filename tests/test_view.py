@@ -149,6 +149,10 @@ def test_several_runs_share_the_curves_each_with_its_samples(run_dir, tmp_path):
         assert f"{name}: mean" in text and f"{name}: agent_0" in text  # the legends of overlaid curves
         assert f"{name}: what the team wrote" in text
     assert 'id="r1-s2-t1-n0-j1-a0"' in text  # the second run's samples have ids of their own
+    cli("view", str(run_dir), "-o", str(page), "--last-steps", "1")  # a long run's page: its last steps
+    text = page.read_text()
+    assert "Training samples: the last 1 of 2 logged steps" in text
+    assert 'id="r0-s2-t1-n0-j1-a0"' in text and 'id="r0-s1-' not in text
 
 
 def test_a_folder_without_a_run_is_refused_by_name(tmp_path):
@@ -177,3 +181,22 @@ def test_the_reward_curve_has_the_held_out_points_on_whole_number_steps():
 
 def test_reward_curve_png_is_drawn_again_with_the_held_out_point_after_training(run_dir):
     assert (run_dir / "reward_curve.png").stat().st_mtime >= (run_dir / "eval_after.json").stat().st_mtime
+
+
+def test_a_run_logged_before_samples_named_their_items_still_shows(run_dir, tmp_path):
+    """Older samples.jsonl rows: the rendered prompt text, no item, no joint index, no advantages."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(run_dir / "metrics.jsonl", old)
+    rendered = "<|im_start|>user\nwrite aux<|im_end|>"
+    with (old / "samples.jsonl").open("w") as f:
+        for row in rows(run_dir / "samples.jsonl"):
+            kept = {k: row[k] for k in ("step", "turn", "node", "completions", "reward", "return")}
+            f.write(json.dumps({**kept, "prompts": [rendered, rendered]}) + "\n")
+    page = tmp_path / "old.html"
+    cli("view", str(old), "-o", str(page))
+    text = page.read_text()
+    assert html.escape(rendered) in text and "advantage " not in text
+    last = [r for r in rows(run_dir / "samples.jsonl") if r["step"] == 2]
+    for place, row in enumerate(last[:2]):  # node 0's joint actions, numbered by their order
+        assert f'id="r0-s2-t1-n0-j{place}-a1">{html.escape(row["completions"][1])}</pre>' in text

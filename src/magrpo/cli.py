@@ -186,6 +186,9 @@ def view(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="The page to write (default: RUN/view.html for one run, view.html for several)."
     ),
+    last_steps: Optional[int] = typer.Option(
+        None, "--last-steps", min=1, help="Show the samples of each run's last N logged steps only (default: all)."
+    ),
 ) -> None:
     """One self-contained HTML page of a run or of several side by side: training curves, the team's
     samples step by step (each agent's prompt, completion and advantage, the joint reward and its
@@ -193,7 +196,7 @@ def view(
     from magrpo.view import write_view
 
     try:
-        path = write_view(runs, output)
+        path = write_view(runs, output, last_steps)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     console.print(f"wrote {path}", highlight=False)

@@ -36,6 +36,7 @@ from magrpo.disk import check_free_space, checkpoint_size, folder_bytes, human, 
 from magrpo.envs.check import check_env
 from magrpo.errors import ConfigError, DiskFullError, RolloutServerError
 from magrpo.report import RunLog, progress_bar
+from magrpo.samples import merge_shares
 from magrpo.team import Precision, Team
 from magrpo.trackers import Trackers
 
@@ -109,6 +110,7 @@ def train_loop(
                 log.metrics(metrics)
                 trackers.log(metrics, state.step)
                 if args.log_samples_steps and state.step % args.log_samples_steps == 0:
+                    samples = merge_shares(ranks.gather(samples))  # every rank's items (collective)
                     log.samples(state.step, samples)
                     trackers.log_samples(samples, state.step)
                     if args.log_completions and main:

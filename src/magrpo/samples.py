@@ -4,7 +4,7 @@ the joint reward and the scorer's other figures (each reward level, tests passed
 a training step the return and each agent's advantage.
 
 A row (samples.jsonl adds its ``step``; eval_before_samples.jsonl and eval_after_samples.jsonl
-hold the held-out answers, without return and advantages)::
+hold the held-out answers, one per item and turn, without node, joint, return and advantages)::
 
     {"turn": 1, "node": 0, "joint": 2, "item": 17, "item_id": "HumanEval/3",
      "prompts": [[{"role": "user", "content": "..."}], ...], "completions": ["...", "..."],
@@ -93,6 +93,21 @@ def tree_rows(
     return rows
 
 
+def merge_shares(parts: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of every data-parallel rank's share of a step (in rank order) as one process with
+    the whole batch gives them: each rank's nodes numbered after the earlier ranks' of the same
+    turn, turn by turn."""
+    rows, offset = [], {}
+    for part in parts:
+        counts: dict[int, int] = {}
+        for row in part:
+            rows.append({**row, "node": row["node"] + offset.get(row["turn"], 0)})
+            counts[row["turn"]] = max(counts.get(row["turn"], 0), row["node"] + 1)
+        for turn, count in counts.items():
+            offset[turn] = offset.get(turn, 0) + count
+    return sorted(rows, key=lambda row: (row["turn"], row["node"], row["joint"]))
+
+
 def item_label(row: Mapping[str, Any]) -> str:
     """``17 (HumanEval/3)``: the item's index, and its own id where it has one."""
     stable = f" ({row['item_id']})" if row.get("item_id") is not None else ""
@@ -146,6 +161,7 @@ __all__ = [
     "completions_table",
     "item_label",
     "item_refs",
+    "merge_shares",
     "node_roots",
     "samples_markdown",
     "tree_rows",

@@ -82,21 +82,23 @@ def read_run(path: str | Path) -> RunRecord:
     return record
 
 
-def write_view(runs: Sequence[str | Path], output: str | Path | None = None) -> Path:
+def write_view(runs: Sequence[str | Path], output: str | Path | None = None, last_steps: int | None = None) -> Path:
     """The page of ``runs`` written to ``output`` (default: RUN/view.html for one run, view.html
-    here for several); returns its path."""
+    here for several), with the samples of each run's last ``last_steps`` logged steps (None:
+    all; a long run's samples make a large page); returns its path."""
     records = [read_run(run) for run in runs]
     if not records:
         raise ValueError("name at least one run folder")
     path = Path(output) if output is not None else (records[0].path / "view.html" if len(records) == 1 else None)
     path = path or Path("view.html")
-    path.write_text(render_page(records))
+    path.write_text(render_page(records, last_steps))
     return path
 
 
 # ---------------------------------------------------------------------- the page
-def render_page(runs: Sequence[RunRecord]) -> str:
-    """The whole page of ``runs``, as HTML text."""
+def render_page(runs: Sequence[RunRecord], last_steps: int | None = None) -> str:
+    """The whole page of ``runs``, as HTML text (the samples of the last ``last_steps`` logged
+    steps of each; None: all)."""
     title = " vs ".join(run.name for run in runs)
     parts = [
         "<!DOCTYPE html>",
@@ -110,7 +112,7 @@ def render_page(runs: Sequence[RunRecord]) -> str:
     ]
     for k, run in enumerate(runs):
         parts.append(f'<h2 id="run-{k}">{_e(run.name)}: what the team wrote</h2>')
-        parts.append(steps_section(run, k))
+        parts.append(steps_section(run, k, last_steps))
         parts.append(held_out_section(run, k))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -211,23 +213,26 @@ def metric_panels(runs: Sequence[RunRecord]) -> dict[str, list[tuple[str, str]]]
     return {title: panels[title] for title in sorted(panels, key=order)}  # (a stable sort: first seen next)
 
 
-def steps_section(run: RunRecord, k: int) -> str:
-    """The logged steps of samples.jsonl, each folded, its items' joint actions side by side."""
+def steps_section(run: RunRecord, k: int, last_steps: int | None = None) -> str:
+    """The logged steps of samples.jsonl (the last ``last_steps`` of them), each folded, its
+    items' joint actions side by side."""
     if not run.samples:
         return "<p>No samples were logged (samples.jsonl is empty: log_samples_steps=0?).</p>"
     steps: dict[int, list[dict[str, Any]]] = {}
     for row in run.samples:
         steps.setdefault(int(row.get("step", 0)), []).append(row)
-    parts = [f"<h3>Training samples: {len(steps)} logged steps</h3>"]
-    last = max(steps)
-    for step, rows in sorted(steps.items()):
+    shown = sorted(steps)[-last_steps:] if last_steps else sorted(steps)
+    of = f"the last {len(shown)} of " if len(shown) < len(steps) else ""
+    parts = [f"<h3>Training samples: {of}{len(steps)} logged steps</h3>"]
+    for step in shown:
+        rows = steps[step]
         rewards = [row["reward"] for row in rows if row.get("turn", 1) == 1]
         mean = sum(rewards) / len(rewards) if rewards else float("nan")
         groups = _groups(rows)
         items = sum(1 for group in groups if group[0].get("turn", 1) == 1)  # turn 1: a node per item
         nodes = f" ({len(groups)} nodes over the turns)" if len(groups) > items else ""
         summary = f"step {step}: mean joint reward {mean:+.3f}, {items} items{nodes}, {len(rows)} joint actions"
-        parts.append(f'<details class="step" id="r{k}-s{step}"{" open" if step == last else ""}>')
+        parts.append(f'<details class="step" id="r{k}-s{step}"{" open" if step == shown[-1] else ""}>')
         parts.append(f"<summary>{_e(summary)}</summary>")
         for rows_of_item in groups:
             parts.append(item_table(run, rows_of_item, f"r{k}-s{step}"))
@@ -245,8 +250,8 @@ def item_table(run: RunRecord, rows: Sequence[Mapping[str, Any]], prefix: str) -
     head += ["joint reward", "levels"] + (["return"] if "return" in first else [])
     lines = [f'<div class="item"><h4>{_e(item_title(first))}</h4><table class="joint">']
     lines.append("<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
-    for row in rows:
-        j = row.get("joint", 0)
+    for place, row in enumerate(rows):
+        j = row.get("joint", place)  # (rows of older runs have no joint index: their order is it)
         cells = [str(j)]
         for i, completion in enumerate(row["completions"]):
             advantage = ""
@@ -266,7 +271,7 @@ def held_out_section(run: RunRecord, k: int) -> str:
     if not run.held_out_samples:
         return "<p>No held-out answers in this folder (eval_before_samples.jsonl, eval_after_samples.jsonl).</p>"
     keyed = {
-        when: {(row.get("turn", 1), row.get("item"), row.get("node", 0)): row for row in rows}
+        when: {(row.get("turn", 1), row.get("item")): row for row in rows}
         for when, rows in run.held_out_samples.items()
     }
     keys = list(dict.fromkeys(key for rows in keyed.values() for key in rows))
@@ -281,7 +286,7 @@ def held_out_section(run: RunRecord, k: int) -> str:
     for key in keys:
         rows = [keyed[when].get(key) for when in whens]
         present = next(row for row in rows if row is not None)
-        item_cell = _e(item_title(present)) + "".join(
+        item_cell = _e(item_title(present, with_node=False)) + "".join(
             prompt_details(p, name) for name, p in zip(run.agent_names, _prompts(present))
         )
         cells = [item_cell]
@@ -316,8 +321,10 @@ def levels_list(figures: Mapping[str, Any]) -> str:
     return f'<ul class="levels">{items}</ul>'
 
 
-def item_title(row: Mapping[str, Any]) -> str:
-    return f"item {item_label(row)}, turn {row.get('turn', 1)}, node {row.get('node', 0)}"
+def item_title(row: Mapping[str, Any], with_node: bool = True) -> str:
+    """``item 17 (HumanEval/17), turn 1, node 0`` (the node: its place in the step's tree)."""
+    node = f", node {row.get('node', 0)}" if with_node else ""
+    return f"item {item_label(row)}, turn {row.get('turn', 1)}{node}"
 
 
 # ---------------------------------------------------------------------- helpers

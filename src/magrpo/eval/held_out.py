@@ -32,8 +32,9 @@ def answer_held_out(
     items: Sequence[Mapping[str, Any]],
     batch_size: int = 8,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The figures of :func:`evaluate_team` and the answers behind them: one row per node of every
-    turn (:mod:`magrpo.samples`; ``item`` is the item's index in ``items``), in the items' order."""
+    """The figures of :func:`evaluate_team` and the answers behind them: one row per item and
+    turn (:mod:`magrpo.samples`, without node and joint; ``item`` is the item's index in
+    ``items``), turn by turn in the items' order."""
     a, ranks = team.args, team.ranks
     sampler = sampler_for(a, training=False, agent_names=[agent.name for agent in team.agents])
     mine = ranks.share(list(range(len(items))))  # the places of this rank's items
@@ -54,7 +55,9 @@ def answer_held_out(
             )
             for t, figures in enumerate(final_figures_per_turn(turns, len(batch), a.num_turns)):
                 per_turn[t].extend(figures)
-            rows.extend(tree_rows(turns, item_refs(batch, indices)))
+            # one joint answer per item and turn: its place in a batch (node, joint) names nothing
+            answers = tree_rows(turns, item_refs(batch, indices))
+            rows.extend({k: v for k, v in row.items() if k not in ("node", "joint")} for row in answers)
     shares = ranks.gather((per_turn, rows))  # every item's figures and answers, in the items' order
     per_turn = [[row for share, _ in shares for row in share[t]] for t in range(a.num_turns)]
     rows = [row for _, answers in shares for row in answers]
