@@ -169,3 +169,46 @@ def test_a_later_turns_rows_name_the_item_their_branch_started_from(cpu_agents, 
         helper_saw = " ".join(m["content"] for m in row["prompts"][0])
         assert "more a" in helper_saw and parent["completions"][0] in helper_saw
         assert row["return"] == float(trainer.last_step.returns[1][row["node"], row["joint"]])
+
+
+def test_a_sequential_teams_rows_show_each_agent_the_earlier_answer_it_was_given(tiny_agents, tmp_path):
+    """protocol="sequential", cross (G = 2, M = 2): each row is one joint action; the second agent's
+    prompt is its question with the first agent's completion of that row appended, and the row's
+    advantages are the counterfactual ones the update received."""
+    from tests.test_trainer import paired_reward
+
+    G, M = 2, 2
+    args = MAGRPOConfig(
+        num_generations=G,
+        batch_size=1,
+        max_new_tokens=4,
+        max_steps=1,
+        protocol="sequential",
+        joint_mode="cross",
+        num_continuations=M,
+        credit="counterfactual",
+        output_dir=str(tmp_path),
+        save_strategy="no",
+    )
+    trainer = MAGRPOTrainer(
+        agents=tiny_agents,
+        reward_func=lambda completions, **_: [paired_reward(*c) for c in completions],
+        train_dataset=[{"q": "q a"}],
+        formatters=[lambda x: x["q"], lambda x: x["q"] + " c"],
+        args=args,
+        show_earlier_answers=lambda answers, item: answers[0],
+    )
+    trainer.train(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    (turn,) = trainer.last_step.turns
+    assert len(rows) == G * M == turn.num_joint
+    for row in rows:
+        first, second = row["completions"]
+        assert row["prompts"][0] == [{"role": "user", "content": "q a"}]
+        assert row["prompts"][1] == [{"role": "user", "content": f"q a c\n\n{first}"}]
+        assert row["reward"] == paired_reward(first, second)
+        rows_of = turn.joint_rows(0, row["joint"])
+        assert row["advantages"] == [float(trainer.last_step.advantages[i][0][r]) for i, r in enumerate(rows_of)]
+    # each earlier answer is continued M times: the first agent's G answers each appear in M rows
+    firsts = [row["completions"][0] for row in rows]
+    assert all(firsts.count(f) % M == 0 for f in firsts)

@@ -77,9 +77,11 @@ def tree_rows(
                 row: dict[str, Any] = {"turn": turn.index + 1, "node": p, "joint": j, **ref}
                 rows_of = turn.joint_rows(p, j)  # each agent's rollout row in joint action j
                 row["prompts"] = [
-                    as_messages(turn.observations[i][p])
-                    if turn.observations and own_prompt_per_node[i]
-                    else r.prompts[rows_of[i] // r.num_generations]
+                    as_messages(
+                        turn.observations[i][p]
+                        if turn.observations and own_prompt_per_node[i]
+                        else r.prompts[rows_of[i] // r.num_generations]
+                    )
                     for i, r in enumerate(turn.rollouts)
                 ]
                 row["completions"] = list(turn.joint_completions(p, j))
