@@ -352,7 +352,7 @@ def test_an_option_without_help_of_its_own_shows_the_help_of_its_config_field():
     ) in out
     assert "-G <int> G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)." in out
     code, out = run_cli("eval", "--help")  # eval's options show help they had none of before
-    assert "--max-new-tokens <int> The longest completion, in tokens." in out
+    assert "--max-new-tokens <int> The longest completion, in tokens, one for the team or one per agent" in out
     assert "--reviewer-model <str> Model name sent to the reviewer endpoint." in out
 
 
@@ -538,3 +538,14 @@ def test_the_protocol_is_a_flag_and_the_counterfactual_credit_is_refused_where_n
     )
     assert code == 2 and "protocol='sequential' with async_rollouts=1" in out
     assert "--protocol" in run_cli("eval", "--help")[1]
+
+
+def test_a_pass_is_allowed_only_to_a_role_the_task_scores_a_pass_for():
+    code, out = run_cli("train", "--task", "summarize", "--allow-pass", "tldr", "--steps", "1")
+    assert code == 2 and "task 'summarize' has no rule for scoring a pass by its tldr; roles that may pass: none" in out
+    code, out = run_cli("train", "--task", "coding", "--allow-pass", "poet", "--steps", "1")
+    assert code == 2 and "--allow-pass 'poet': task 'coding' has the roles ['helper', 'main']" in out
+    code, out = run_cli("eval", "--task", "coding", "--allow-pass", "main", "--eval-items", "0")
+    assert (
+        code == 2 and "task 'coding' has no rule for scoring a pass by its main; roles that may pass: ['helper']" in out
+    )

@@ -14,8 +14,37 @@ from magrpo.config import ConfigError
     "field, value, message",
     [
         ("num_generations", 0, "num_generations=0 is not valid; expected an integer >= 1"),
-        ("temperature", 0.0, "temperature=0.0 is not valid; expected a number > 0.0"),
-        ("top_p", 1.5, "top_p=1.5 is not valid; expected a number > 0.0 and <= 1.0"),
+        (
+            "temperature",
+            0.0,
+            "temperature=0.0 is not valid; expected a number > 0, or a list of 2 of them (one per agent)",
+        ),
+        (
+            "temperature",
+            [0.7],
+            "temperature=[0.7] is not valid; expected a number > 0, or a list of 2 of them (one per agent)",
+        ),
+        ("top_p", 1.5, "top_p=1.5 is not valid; expected a number in (0, 1], or a list of 2 of them (one per agent)"),
+        (
+            "max_new_tokens",
+            [16, 0],
+            "max_new_tokens=[16, 0] is not valid; expected an integer >= 1, or a list of 2 of them (one per agent)",
+        ),
+        (
+            "eval_temperature",
+            -1,
+            "eval_temperature=-1 is not valid; expected a number >= 0 (0: greedy), or a list of 2 of them (one per agent)",
+        ),
+        (
+            "stop",
+            "###",
+            'stop=\'###\' is not valid; expected a list of non-empty strings (e.g. ["\\n\\n", "###"]), or a list of 2 such lists (one per agent, None for none)',
+        ),
+        (
+            "stop",
+            [["###"]],
+            'stop=[[\'###\']] is not valid; expected a list of non-empty strings (e.g. ["\\n\\n", "###"]), or a list of 2 such lists (one per agent, None for none)',
+        ),
         ("joint_mode", "diagonal", "joint_mode='diagonal' is not valid; choose one of 'aligned', 'cross'"),
         ("advantage_scaling", "rank", "advantage_scaling='rank' is not valid; choose one of 'none', 'std'"),
         ("loss_aggregation", "mean", "loss_aggregation='mean' is not valid; choose one of 'sequence', 'token'"),

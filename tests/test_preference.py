@@ -156,7 +156,7 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
         exp = build_experience(team, i, [rollout], [torch.ones(len(rollout.completion_ids))])
         return torch.cat(
             [
-                (micro_batch_logprobs(model, mb, team.objective).double() * mb.completion_mask).sum(-1)
+                (micro_batch_logprobs(model, mb, team.objectives[i]).double() * mb.completion_mask).sum(-1)
                 for mb in exp.micro_batches
             ]
         )
@@ -193,8 +193,8 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss(
         (mb,) = exp.micro_batches
         with scoring(agents[i], team.precision) as model:
             total, _ = policy_loss(
-                team.objective,
-                micro_batch_logprobs(model, mb, team.objective),
+                team.objectives[i],
+                micro_batch_logprobs(model, mb, team.objectives[i]),
                 mb.completion_mask,
                 by_hand[by_hand != 0],
                 normaliser=exp.normaliser,

@@ -218,6 +218,13 @@ COLUMNS = Option(
     ("--columns",), help="Column mapping TASK_COLUMN=YOUR_COLUMN,... for --data.", field="column_map", to_field=_columns
 )
 VERBOSE = Option(("--verbose",), bool, False, VERBOSE_HELP)
+ALLOW_PASS = Option(
+    ("--allow-pass",),
+    list[str],
+    [],
+    "A role that may pass (answer with an empty part), scored by the task's rule for a pass, e.g. --allow-pass "
+    "helper on coding (the main function alone: at most 5.0 of 5.5) or coding-paper. docs/protocols.md",
+)
 
 NUM_GENERATIONS = Option(("--num-generations", "-G"), Optional[int], field="num_generations")
 BATCH_SIZE = Option(("--batch-size",), Optional[int], field="batch_size")
@@ -267,6 +274,7 @@ TRAIN_OPTIONS = (
     Option(("--lr",), Optional[float], help="AdamW learning rate.", field="learning_rate"),
     JOINT_MODE,
     PROTOCOL,
+    ALLOW_PASS,
     CENTRALISED_OPTION,
     Option(
         ("--algorithm",),
@@ -363,13 +371,14 @@ def _train(given: SimpleNamespace) -> None:
         resumed = RunFolder.of(given.resume)
         given.task = given.task or saved.get("task")
         given.model = given.model or list(saved.get("models") or [])
+        given.allow_pass = given.allow_pass or list(saved.get("allow_pass") or [])
         given.config = given.config or resumed.config
         # the folder given is the run's, wherever it was started from or moved to
         given.output_dir = given.output_dir or resumed.path
     task = given.task or "coding"
     if given.centralised and not task.endswith(CENTRALISED):
         task += CENTRALISED
-    task_obj = get_task(task)  # an unknown name stops here, naming the choices
+    task_obj = _allowing_pass(get_task(task), given.allow_pass)  # an unknown name stops here, naming the choices
     flags = {"num_agents": task_obj.num_agents, **config_values(TRAIN_OPTIONS, given)}
     cfg = resolve_config(task, given.config, flags, given.set)
     if "output_dir" not in _explicit_fields(given.config, given.set) and given.output_dir is None:
@@ -396,7 +405,8 @@ def _train(given: SimpleNamespace) -> None:
         from magrpo.report import RunLog
 
         main = distributed.is_main()  # data parallel: every rank evaluates its share, rank 0 writes and reports
-        log = RunLog(run.path, cfg, extra={"task": task, "models": specs}, resume=given.resume is not None, writes=main)
+        extra = {"task": task, "models": specs, "allow_pass": given.allow_pass}
+        log = RunLog(run.path, cfg, extra=extra, resume=given.resume is not None, writes=main)
         trainer.resume_hint = f"magrpo train --resume {run.path}"
         if given.resume is None:
             before = task_obj.with_normalised_return(trainer.evaluate()) if held_out else None
@@ -448,6 +458,14 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     ]
     console.print(f"launching: {' '.join(command[1:])}", highlight=False)
     raise typer.Exit(code=subprocess.call(command))
+
+
+def _allowing_pass(task_obj: Any, roles: list[str]) -> Any:
+    """The task with ``roles`` allowed to pass (--allow-pass), or a clear stop."""
+    try:
+        return task_obj.allowing_pass(roles)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _saved_run(resume: Path) -> dict[str, Any]:
@@ -514,6 +532,7 @@ EVAL_OPTIONS = (
         help="simultaneous or sequential (each agent after the earlier ones, seeing their answers); "
         "default: the checkpoint's run's, else simultaneous.",
     ),
+    ALLOW_PASS,
     FEEDBACK,
     REVIEWER_URL,
     REVIEWER_MODEL,
@@ -608,7 +627,7 @@ def _evaluate(given: SimpleNamespace) -> None:
         from magrpo.choices import SETUPS, check_choice
 
         check_choice("--setup", setup, SETUPS)
-    task_obj = get_task(task)
+    task_obj = _allowing_pass(get_task(task), given.allow_pass)
     flags = {"num_agents": task_obj.num_agents, **config_values(EVAL_OPTIONS, given)}
     cfg = resolve_config(task, given.config, flags, given.set)
     feedback_source = _feedback(task_obj, cfg, given.feedback, given.reviewer_url, given.reviewer_model)
@@ -646,7 +665,7 @@ def _evaluate(given: SimpleNamespace) -> None:
             items,
             formatters=task_obj.formatters,
             scorer=task_obj.scorer,
-            max_new_tokens=cfg.max_new_tokens,
+            max_new_tokens=cfg.longest_completion(),
             roles=task_obj.agent_roles,
             single_formatter=task_obj.single_agent_formatter,
             split_single=task_obj.split_single_answer,
@@ -666,7 +685,7 @@ def _evaluate(given: SimpleNamespace) -> None:
                 task_obj.formatters,
                 task_obj.single_agent_formatter,
                 items[: given.latency_items],
-                max_new_tokens=cfg.max_new_tokens,
+                max_new_tokens=cfg.longest_completion(),
             )
         )
     figures = task_obj.with_normalised_return(figures)

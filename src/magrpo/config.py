@@ -75,12 +75,17 @@ class MAGRPOConfig:
     # sampling
     #: G, completions per agent per item (>= 2 for the group baseline; >= 1 with a critic)
     num_generations: int = 4
-    #: the longest completion, in tokens
-    max_new_tokens: int = 128
-    #: sampling: softmax(logits / temperature); the loss scores this tempered softmax, untruncated
-    temperature: float = 1.0
-    #: nucleus sampling (1: off); the loss scores the untruncated softmax, as TRL does
-    top_p: float = 1.0
+    #: the longest completion, in tokens, one for the team or one per agent (a role's own budget)
+    max_new_tokens: int | list[int] = 128
+    #: sampling: softmax(logits / temperature), one or one per agent; the loss scores each agent's
+    #: tempered softmax, untruncated
+    temperature: float | list[float] = 1.0
+    #: nucleus sampling (1: off), one or one per agent; the loss scores the untruncated softmax, as TRL does
+    top_p: float | list[float] = 1.0
+    #: strings that end a completion where they appear: one list for the team, or one list per
+    #: agent (None: none). The text stops before the string; the ids keep the token that completed
+    #: it, so the update scores what the policy chose. A completion so ended is not truncated.
+    stop: list[str] | list[list[str]] | None = None
     #: sample among the k likeliest tokens only (0: off), one for the team or one per agent; the
     #: loss scores the untruncated softmax, as TRL does
     top_k: int | list[int] = 0
@@ -415,8 +420,8 @@ class MAGRPOConfig:
     #: task column -> your column, e.g. {"source": "article"}
     column_map: dict[str, str] | None = None
     # evaluation
-    #: sampling temperature of evaluation (0: greedy)
-    eval_temperature: float = 0.0
+    #: sampling temperature of evaluation (0: greedy), one or one per agent
+    eval_temperature: float | list[float] = 0.0
     #: evaluate at most this many held-out items (None: all)
     eval_max_items: int | None = None
     # hardware
@@ -759,6 +764,22 @@ class MAGRPOConfig:
         """Whether MADPO's margins take each agent's reference policy."""
         return self.algorithm == "madpo" and self.preference_reference == "initial"
 
+    def per_agent(self, name: str) -> list[Any]:
+        """A field that takes one value for the team or one per agent, as one value per agent."""
+        return _per_agent(getattr(self, name), self.num_agents)
+
+    def longest_completion(self) -> int:
+        """The most new tokens any agent writes in one turn: what memory and engine lengths plan for."""
+        return max(self.per_agent("max_new_tokens"))
+
+    def stop_per_agent(self) -> list[tuple[str, ...]]:
+        """``stop`` as one tuple of strings per agent."""
+        if self.stop is None:
+            return [()] * self.num_agents
+        if all(isinstance(s, str) for s in self.stop):
+            return [tuple(self.stop)] * self.num_agents
+        return [tuple(strings or ()) for strings in self.stop]
+
     def learning_rate_per_agent(self) -> list[float]:
         """``learning_rate`` as one rate per agent."""
         return [float(r) for r in _per_agent(self.learning_rate, self.num_agents)]
@@ -944,6 +965,21 @@ def _is_number_at_least_0(value: Any) -> bool:
     return _is_number(value) and value >= 0
 
 
+def _stop_strings(cfg: MAGRPOConfig, name: str) -> None:
+    """One list of non-empty strings for the team, or a list of num_agents such lists (or None)."""
+    value = getattr(cfg, name)
+
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(s, str) and s for s in v)
+
+    per_agent = isinstance(value, list) and len(value) == cfg.num_agents and all(v is None or strings(v) for v in value)
+    if not (strings(value) or per_agent):
+        raise ConfigError(
+            f'{name}={value!r} is not valid; expected a list of non-empty strings (e.g. ["\\n\\n", "###"]), '
+            f"or a list of {cfg.num_agents} such lists (one per agent, None for none)"
+        )
+
+
 def _mapping(cfg: MAGRPOConfig, name: str) -> None:
     if not isinstance(getattr(cfg, name), dict):
         raise ConfigError(f"{name}={getattr(cfg, name)!r} is not valid; expected a mapping of name: value")
@@ -1000,9 +1036,10 @@ def _engine_placements(cfg: MAGRPOConfig, name: str) -> None:
 _FIELD_CHECKS: dict[str, FieldCheck] = {
     "num_agents": _int_at_least(1),
     "num_generations": _int_at_least(1),  # MAGRPO needs 2 (a group baseline): a rule between fields
-    "max_new_tokens": _int_at_least(1),
-    "temperature": _number(0.0, None, low_open=True),
-    "top_p": _number(0.0, 1.0, low_open=True),
+    "max_new_tokens": _one_or_per_agent(lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "temperature": _one_or_per_agent(lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "top_p": _one_or_per_agent(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "stop": _optional(_stop_strings),
     "top_k": _one_or_per_agent(lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: off)"),
     "min_p": _one_or_per_agent(lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "None or a number in [0, 1]"),
     "repetition_penalty": _one_or_per_agent(lambda v: _is_number(v) and v > 0, "a number > 0 (1: off)"),
@@ -1109,7 +1146,7 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "save_final_checkpoint": _flag,
     # all of train_data held out would leave nothing to train on
     "eval_fraction": _optional(_fraction_below_one(low_open=True)),
-    "eval_temperature": _number(0.0, None),
+    "eval_temperature": _one_or_per_agent(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: greedy)"),
     "eval_max_items": _optional(_int_at_least(1)),
     "device": _device,
     "agent_devices": _agent_devices,

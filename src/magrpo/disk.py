@@ -141,7 +141,7 @@ def checkpoint_size(trainer: "MAGRPOTrainer", current: bool = False) -> Checkpoi
     # a rollout sampled ahead: ids, masks and log-probs of every completion
     if trainer.ahead is not None and not args.save_only_model:
         rows = args.batch_size * args.num_generations * len(team.agents) * args.num_turns
-        other += rows * (PROMPT_TOKENS + args.max_new_tokens) * 24
+        other += rows * (PROMPT_TOKENS + args.longest_completion()) * 24
     return CheckpointSize(weights=weights, optimizer=optimizer, other=other + RUN_FILES_BYTES)
 
 

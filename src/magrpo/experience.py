@@ -88,7 +88,7 @@ def build_experience(
     max_new_tokens, from the normaliser too. pi_old, pi_ref and pi_old's entropies (the quantile
     of ``top_entropy_quantile``, taken over the whole step) are scored here, without gradient,
     before any optimiser step."""
-    objective, ranks = team.objective, team.ranks
+    objective, ranks = team.objectives[index], team.ranks
     agent = team.agents[index]
     counted = [counted_rows(agent, rollout, objective.mask_truncated_completions) for rollout in rollouts]
     if objective.mask_truncated_completions and not any(rows.any() for rows in counted):
@@ -125,12 +125,14 @@ def build_experience(
     )
     if objective.needs_old_logprobs or objective.needs_entropy_mask:  # the weights that sampled, before any step
         with scoring(agent, team.precision) as model:
-            entropies = score_all(team, model, experience, "old_logprobs", with_entropy=objective.needs_entropy_mask)
+            entropies = score_all(
+                team, objective, model, experience, "old_logprobs", with_entropy=objective.needs_entropy_mask
+            )
         if not objective.needs_old_logprobs:  # scored for the entropies only: one update is on-policy
             for mb in micro_batches:
                 mb.old_logprobs = None
         if objective.needs_entropy_mask:
-            set_entropy_masks(team, experience, entropies)
+            set_entropy_masks(team, objective, experience, entropies)
     experience.entropy_tokens = (
         ranks.sum(
             sum(
@@ -144,7 +146,7 @@ def build_experience(
     )
     if objective.needs_reference:
         with scoring(agent, team.precision), agent.as_reference() as reference, scoring_mode(reference) as model:
-            score_all(team, model, experience, "ref_logprobs")
+            score_all(team, objective, model, experience, "ref_logprobs")
     return experience
 
 
@@ -177,7 +179,12 @@ def samples_elsewhere(agent: AgentPolicy, engine_correction: bool) -> bool:
 
 @torch.no_grad()
 def score_all(
-    team: Team, model: torch.nn.Module, experience: Experience, field: str, with_entropy: bool = False
+    team: Team,
+    objective: Objective,
+    model: torch.nn.Module,
+    experience: Experience,
+    field: str,
+    with_entropy: bool = False,
 ) -> list[torch.Tensor]:
     """Set ``field`` of every micro-batch to ``model``'s log-probs of its completions (a reference
     on another device scores there), with the idle passes of a sharded rank. ``with_entropy``:
@@ -186,7 +193,7 @@ def score_all(
     entropies = []
     for mb in experience.micro_batches:
         on = None if where == mb.completion_ids.device else where
-        scores = micro_batch_logprobs(model, mb, team.objective, on=on, with_entropy=with_entropy)
+        scores = micro_batch_logprobs(model, mb, objective, on=on, with_entropy=with_entropy)
         if with_entropy:
             scores, entropy = scores
             entropies.append(entropy.to(mb.completion_ids.device))
@@ -196,12 +203,14 @@ def score_all(
     return entropies
 
 
-def set_entropy_masks(team: Team, experience: Experience, entropies: Sequence[torch.Tensor]) -> None:
+def set_entropy_masks(
+    team: Team, objective: Objective, experience: Experience, entropies: Sequence[torch.Tensor]
+) -> None:
     """Mark in every micro-batch the counted tokens whose entropy under pi_old is in the top
     ``top_entropy_quantile`` of the step's counted tokens (every micro-batch, every rank)."""
     mine = [e[mb.completion_mask].float().cpu() for e, mb in zip(entropies, experience.micro_batches)]
     every = [t for part in team.ranks.gather(mine) for t in part]
-    threshold = entropy_threshold(every, team.objective.top_entropy_quantile)
+    threshold = entropy_threshold(every, objective.top_entropy_quantile)
     for e, mb in zip(entropies, experience.micro_batches):
         mb.entropy_mask = mb.completion_mask & (e >= threshold) if threshold is not None else None
 
@@ -247,11 +256,13 @@ def scoring(agent: AgentPolicy, precision: Precision) -> Iterator[torch.nn.Modul
 
 def counted_rows(agent: AgentPolicy, rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
     """[P * G] bool on the CPU: the completions the loss counts. All of them, or with
-    ``mask_truncated`` only those that ended with an end-of-sequence token within max_new_tokens."""
+    ``mask_truncated`` only those that ended within max_new_tokens: with an end-of-sequence token
+    or a stop string."""
     if not mask_truncated:
         return torch.ones(rollout.completion_ids.shape[0], dtype=torch.bool)
     ended = torch.isin(rollout.completion_ids, eos_tensor(agent.eos_token_ids, rollout.completion_ids))
-    return (ended & rollout.completion_mask).any(dim=-1).cpu()
+    ended = (ended & rollout.completion_mask).any(dim=-1).cpu()
+    return ended if rollout.stopped is None else ended | rollout.stopped
 
 
 __all__ = [

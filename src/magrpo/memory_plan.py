@@ -620,12 +620,12 @@ class _Run:
         best = (0, 0, 0)
         for t, nodes in enumerate(self.rollout_plan.nodes_per_turn, start=1):
             rows = self.cfg.batch_size * nodes * self.rows_per_node  # agents of one model take turns
-            length = self._prompt(t) + self.cfg.max_new_tokens
+            length = self._prompt(t) + self.cfg.longest_completion()
             best = max(best, (rows * length * model.kv_bytes_per_token(nbytes), rows, length))
         return best
 
     def _prompt(self, turn: int) -> int:
-        return self.workload.prompt_at(turn, self.cfg.max_new_tokens)
+        return self.workload.prompt_at(turn, self.cfg.longest_completion())
 
     def _engine_terms(self, plan: DevicePlan, group: list[int], model: ModelShape, nbytes: int) -> None:
         names, cfg, device = self._names(group), self.cfg, plan.device
@@ -759,7 +759,7 @@ class _Run:
         best: tuple[int, int, str] = (0, 0, "")
         for t, nodes in enumerate(self.rollout_plan.nodes_per_turn, start=1):
             rows_t = cfg.batch_size * nodes * self.rows_per_node
-            prompt, completion = self._prompt(t), cfg.max_new_tokens
+            prompt, completion = self._prompt(t), cfg.longest_completion()
             for start in range(0, rows_t, cfg.update_micro_batch_size):
                 rows = min(cfg.update_micro_batch_size, rows_t - start)
                 group = self.rows_per_prompt
@@ -782,7 +782,7 @@ class _Run:
         return best
 
     def _logits(self, model: ModelShape, rows: int) -> tuple[int, str]:
-        completion, c = self.cfg.max_new_tokens, self.c
+        completion, c = self.cfg.longest_completion(), self.c
         chunk = min(self.cfg.logprob_chunk_size or completion, completion)
         full = rows * completion * model.vocab
         part = rows * chunk * model.vocab

@@ -116,9 +116,10 @@ class Objective:
     corrects_sampler: bool = True
 
     @classmethod
-    def from_config(cls, args: MAGRPOConfig, *, sharded: bool = False) -> "Objective":
-        """The config's objective; ``sharded`` ranks score one pass per micro-batch (every rank's
-        micro-batch must make the same collectives), so their prompts are not shared."""
+    def from_config(cls, args: MAGRPOConfig, *, sharded: bool = False, agent: int = 0) -> "Objective":
+        """The config's objective for agent ``agent`` (its own temperature and budget where given
+        per agent); ``sharded`` ranks score one pass per micro-batch (every rank's micro-batch must
+        make the same collectives), so their prompts are not shared."""
         low, high = args.epsilon_bounds()
         adaptive = (
             AdaptiveEntropy(args.entropy_target, args.entropy_coef_delta, args.entropy_coef_min, args.entropy_coef_max)
@@ -127,7 +128,7 @@ class Objective:
         )
         return cls(
             loss_type=args.loss_type,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.per_agent("max_new_tokens")[agent],
             num_iterations=args.num_iterations,
             surrogate=SurrogateSettings(
                 level=args.importance_sampling_level,
@@ -151,7 +152,7 @@ class Objective:
             entropy_coef=args.entropy_coef,
             adaptive_entropy=adaptive,
             mask_truncated_completions=args.mask_truncated_completions,
-            temperature=args.temperature,
+            temperature=float(args.per_agent("temperature")[agent]),
             logprob_chunk_size=args.logprob_chunk_size,
             share_prompt=args.share_prompt_in_update and not args.gradient_checkpointing and not sharded,
             corrects_sampler=args.algorithm != "madpo",

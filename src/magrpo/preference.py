@@ -176,22 +176,22 @@ class PreferenceBaseline:
     def __init__(
         self,
         agents: Sequence[AgentPolicy],
-        objective: Objective,
+        objectives: Sequence[Objective],
         settings: PreferenceSettings,
         precision: Precision,
         ranks: OneProcess,
         chunk: int,
     ) -> None:
-        self.agents, self.objective, self.settings = list(agents), objective, settings
+        self.agents, self.objectives, self.settings = list(agents), list(objectives), settings
         self.precision, self.ranks, self.chunk = precision, ranks, chunk
 
     @classmethod
     def from_config(
         cls, agents: Sequence[AgentPolicy], args: MAGRPOConfig, precision: Precision, ranks: OneProcess
     ) -> "PreferenceBaseline":
-        objective = Objective.from_config(args, sharded=ranks.sharded)
+        objectives = [Objective.from_config(args, sharded=ranks.sharded, agent=i) for i in range(len(agents))]
         return cls(
-            agents, objective, PreferenceSettings.from_config(args), precision, ranks, args.update_micro_batch_size
+            agents, objectives, PreferenceSettings.from_config(args), precision, ranks, args.update_micro_batch_size
         )
 
     def node_pairs(self, turn: Turn, node: int, returns: torch.Tensor) -> list[tuple[int, int]]:
@@ -245,11 +245,11 @@ class PreferenceBaseline:
         agent = self.agents[index]
         rows, winners, losers = pair_rows(pairs)
         with scoring(agent, self.precision) as model:
-            policy = sequence_logprobs(model, rollout, rows, self.objective, self.chunk)
+            policy = sequence_logprobs(model, rollout, rows, self.objectives[index], self.chunk)
         if not self.settings.with_reference:
             return dpo_margins(policy[winners], policy[losers])
         with scoring(agent, self.precision), agent.as_reference() as reference, scoring_mode(reference) as model:
-            ref = sequence_logprobs(model, rollout, rows, self.objective, self.chunk)
+            ref = sequence_logprobs(model, rollout, rows, self.objectives[index], self.chunk)
         return dpo_margins(policy[winners], policy[losers], ref[winners], ref[losers])
 
 

@@ -130,7 +130,7 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             dtype=None if precision.rollout_dtype == "same" else getattr(torch, precision.rollout_dtype),
             max_model_len=args.vllm_max_model_len,
             # a later agent of a sequential team reads the earlier agents' answers of every turn too
-            max_new_tokens=args.max_new_tokens
+            max_new_tokens=args.longest_completion()
             * args.num_turns
             * (args.num_agents if args.protocol == "sequential" else 1),
             seed=args.seed,

@@ -38,7 +38,7 @@ from magrpo.baselines import BaselineTraining, ExtraLoss
 from magrpo.envs.base import MultiAgentEnv
 from magrpo.experience import Experience, build_experience, micro_batch_logprobs, scoring
 from magrpo.loss import UpdateTally
-from magrpo.objective import EntropyBonus, EntropyControl, policy_loss
+from magrpo.objective import EntropyBonus, EntropyControl, Objective, policy_loss
 from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.seeds import mix_seed
 from magrpo.team import Team
@@ -139,7 +139,7 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
     No completion with a signal on any rank and no extra loss: no pass and no optimiser step (no
     momentum or weight-decay move without a learning signal). Gradients are freed after each
     step: between updates an agent holds none. The figures are means over the steps."""
-    agent, optimizer, objective, ranks = team.agents[index], team.optimizers[index], team.objective, team.ranks
+    agent, optimizer, objective, ranks = team.agents[index], team.optimizers[index], team.objectives[index], team.ranks
     if not (experience.has_signal or extra_loss.parameters):
         return {"loss": 0.0, "grad_norm": 0.0}
     params, device = agent.trainable_parameters(), agent.device
@@ -175,7 +175,7 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
         extra_loss.clip(ranks)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        adapt_entropy(team, control, step_tally)
+        adapt_entropy(team, objective, control, step_tally)
         tally.include(step_tally)
     agent.sync_sampling_copy()
     tally = tally.merged(ranks.gather(tally))  # every rank's tokens: the global figures
@@ -183,10 +183,10 @@ def update_agent(team: Team, index: int, experience: Experience, extra_loss: Ext
     return {**figures, "entropy_coef": control.coef} if with_entropy else figures
 
 
-def adapt_entropy(team: Team, control: EntropyControl, step_tally: UpdateTally) -> None:
+def adapt_entropy(team: Team, objective: Objective, control: EntropyControl, step_tally: UpdateTally) -> None:
     """After an optimiser step: with use_adaptive_entropy, move the agent's entropy coefficient by
     the step's mean token entropy over every rank (the others: nothing)."""
-    adaptive = team.objective.adaptive_entropy
+    adaptive = objective.adaptive_entropy
     if adaptive is None:
         return
     figures = step_tally.merged(team.ranks.gather(step_tally)).figures()

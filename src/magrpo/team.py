@@ -41,8 +41,8 @@ class Precision:
 
 @dataclass
 class Team:
-    """The agents and everything their steps need. ``baseline``, ``objective`` and ``sampler``
-    left out are the config's own (MAGRPO's group baseline, the config's loss, its sampler)."""
+    """The agents and everything their steps need. ``baseline``, ``objectives`` and ``sampler``
+    left out are the config's own (MAGRPO's group baseline, each agent's loss, its sampler)."""
 
     agents: list[AgentPolicy]
     optimizers: list[torch.optim.Optimizer]
@@ -52,7 +52,8 @@ class Team:
     #: one learning-rate schedule per optimiser, stepped once per training step (None: constant)
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] | None = None
     baseline: Baseline | None = field(default=None)
-    objective: Objective | None = field(default=None)
+    #: one per agent: an agent's own temperature and budget enter its loss
+    objectives: list[Objective] = field(default_factory=list)
     sampler: Sampler | None = field(default=None)
     #: each agent's entropy coefficient, moved after every optimiser step by use_adaptive_entropy
     #: (in every checkpoint)
@@ -66,11 +67,13 @@ class Team:
         from magrpo.sampling import sampler_for
 
         self.baseline = self.baseline or GroupBaseline.from_config(self.args)
-        self.objective = self.objective or Objective.from_config(self.args, sharded=self.ranks.sharded)
+        self.objectives = self.objectives or [
+            Objective.from_config(self.args, sharded=self.ranks.sharded, agent=i) for i in range(len(self.agents))
+        ]
         self.sampler = self.sampler or sampler_for(
             self.args, training=True, agent_names=[agent.name for agent in self.agents]
         )
-        self.entropy_controls = self.entropy_controls or [self.objective.entropy_control() for _ in self.agents]
+        self.entropy_controls = self.entropy_controls or [objective.entropy_control() for objective in self.objectives]
 
     def learning_rewards(self, turns: Sequence[Turn]) -> list[torch.Tensor] | None:
         """The rewards the returns are made of where they are not the turns' own (the weighted

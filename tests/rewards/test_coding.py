@@ -193,3 +193,17 @@ def test_a_def_inside_a_string_or_comment_defines_nothing():
     assert not defines_function(
         "class A:\n    def aux(self):\n        pass\n", "aux"
     )  # not top-level: not in the program
+
+
+@pytest.mark.parametrize("helper", ["", "   \n", "```python\n```"])
+def test_a_helper_that_passes_is_scored_by_the_pass_rule_only_where_the_task_allows_it(helper):
+    """An empty helper part: nothing (level 1 unmet) by default; with helper_may_pass the main
+    function alone is scored, with no cooperation level: at most 5.0 of 5.5."""
+    assert score(helper, MAIN_ALONE).reward == 0.0
+    passing = CodingRewardConfig(helper_may_pass=True)
+    s = score(helper, MAIN_ALONE, passing)
+    assert (s.defined, s.parses, s.tests_passed, s.helper_usage) == (True, True, 4, "absent")
+    assert s.reward == 1.0 + 1.0 + 3.0
+    assert score(helper, MAIN_USES, passing).reward == 1.0 + 1.0  # it calls a helper nobody wrote: no test passes
+    assert score(HELPER, MAIN_USES, passing).reward == score(HELPER, MAIN_USES).reward == 5.5  # no pass: as before
+    assert score("def helper(x):\n    return x\n", MAIN_ALONE, passing).reward == 0.0  # a wrong helper is no pass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from magrpo import MAGRPOConfig
-from magrpo.sampling import SamplingSettings, TokenFilter, sampler_for, token_filters
+from magrpo.sampling import AgentSampling, SamplingSettings, TokenFilter, agent_sampling, sampler_for
 from magrpo.sampling.fast import sample_fast, sample_next_tokens
 from magrpo.sampling.plain import generation_config, sample_plain
 from magrpo.sampling.vllm_sampler import sampling_requests
@@ -56,7 +56,7 @@ def test_greedy_with_a_repetition_penalty_is_generates_answer_token_for_token(ti
             num_generations=1,
             max_new_tokens=12,
             temperature=0.0,
-            token_filters=((agent.name, TokenFilter(repetition_penalty=1.8)),),
+            agents=((agent.name, AgentSampling(token_filter=TokenFilter(repetition_penalty=1.8))),),
         )
         plain_prompts = [p for p in PROMPTS if len(p) == len(PROMPTS[2])]  # one prompt: no padding (below)
         plain = sample_plain(agent, plain_prompts, settings)
@@ -69,14 +69,12 @@ def test_greedy_with_a_repetition_penalty_is_generates_answer_token_for_token(ti
 
 def test_the_config_gives_each_agent_its_own_filters_and_every_sampler_takes_them():
     args = MAGRPOConfig(top_k=[0, 20], min_p=[None, 0.05], repetition_penalty=1.1)
-    filters = token_filters(args, ["agent_0", "agent_1"])
-    assert filters == {
+    own = agent_sampling(args, ["agent_0", "agent_1"], training=True)
+    assert {name: s.token_filter for name, s in own.items()} == {
         "agent_0": TokenFilter(0, None, 1.1),
         "agent_1": TokenFilter(20, 0.05, 1.1),
     }
-    assert sampler_for(args, training=True, agent_names=["agent_0", "agent_1"]).settings.token_filters == tuple(
-        filters.items()
-    )
+    assert sampler_for(args, training=True, agent_names=["agent_0", "agent_1"]).settings.agents == tuple(own.items())
 
 
 def test_the_plain_and_vllm_samplers_pass_the_filters_on(tiny_tokenizer):
@@ -88,7 +86,7 @@ def test_the_plain_and_vllm_samplers_pass_the_filters_on(tiny_tokenizer):
     assert (config.top_k, config.min_p, config.repetition_penalty) == (20, 0.05, 1.1)
     bare = generation_config(agent, max_new_tokens=4, temperature=0.8, top_p=0.9, num_return_sequences=2)
     assert (bare.top_k, bare.min_p, bare.repetition_penalty) in ((0, None, None), (0, None, 1.0))
-    settings = SamplingSettings(2, 4, 0.8, token_filters=((agent.name, token_filter),))
+    settings = SamplingSettings(2, 4, 0.8, agents=((agent.name, AgentSampling(token_filter=token_filter)),))
     (request,) = sampling_requests(agent, torch.Generator().manual_seed(0), 1, settings)
     params = request.to_vllm()
     assert (params.top_k, params.min_p, params.repetition_penalty) == (20, 0.05, 1.1)

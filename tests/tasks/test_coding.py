@@ -83,3 +83,37 @@ def test_taking_turns_the_main_agent_is_shown_the_helpers_code(name):
     # what the scorer is told each agent saw: the main agent's prompt with the helper's code
     assert env.seen("main", {"helper": reply, "main": ""})[0]["content"] == shown["content"]
     assert env.seen("helper", {"helper": reply, "main": ""}) == observations["helper"]
+
+
+@pytest.mark.parametrize("name", ["coding", "coding-paper"])
+def test_a_helper_may_pass_where_asked_and_the_main_agent_is_told_so(name):
+    """--allow-pass helper: an empty helper part is scored by the task's rule (ours: the main
+    function alone; the paper's: its own levels, without the helper's 0.4), and a main agent
+    answering after it is told there is no helper."""
+    from magrpo.tasks import get_task
+    from magrpo.tasks.coding import SHOWN_PASS, show_helper_code
+
+    task = get_task(name)
+    item = load_humaneval("eval")[0]
+    main = item["prompt"] + item["canonical_solution"]
+    columns = {k: [v] for k, v in item.items()}
+    strict = task.scorer(completions=[("", main)], prompts=[("", "")], **columns)[0]["reward"]
+    passing = task.allowing_pass(["helper"])
+    allowed = passing.scorer(completions=[("", main)], prompts=[("", "")], **columns)[0]["reward"]
+    # ours gives a missing helper nothing unless a pass is allowed; the paper's scores it either way
+    assert (strict, allowed) == ((0.0, 5.0) if name == "coding" else (0.6 + 0.5 + 1.0, 0.6 + 0.5 + 1.0))
+    assert show_helper_code([""], item) == show_helper_code(["```python\n```"], item) == SHOWN_PASS
+    with pytest.raises(ValueError, match="task '.*' has no rule for scoring a pass by its main; roles that may pass"):
+        task.allowing_pass(["main"])
+    with pytest.raises(ValueError, match=r"--allow-pass 'tldr': task '.*' has the roles \['helper', 'main'\]"):
+        task.allowing_pass(["tldr"])
+
+
+def test_a_writing_task_has_no_pass_rule():
+    from magrpo.tasks import get_task
+
+    task = get_task("summarize")
+    with pytest.raises(ValueError, match="task 'summarize' has no rule for scoring a pass by its"):
+        task.allowing_pass([task.agent_roles[0]])
+    shown = task.show_earlier_answers([" "], {})
+    assert shown == "Your teammate passed and wrote nothing: write yours in full."

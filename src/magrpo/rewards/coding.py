@@ -48,6 +48,9 @@ class CodingRewardConfig:
     cooperation_bonus: float = 0.5
     ignored_helper_penalty: float = 0.5
     helper_name: str = "aux"
+    #: agent 1 may pass (an empty part): level 1 then asks only for agent 2's entry point, and
+    #: the cooperation level pays nothing (there is no helper), so a pass is worth at most 5.0
+    helper_may_pass: bool = False
 
     @property
     def maximum(self) -> float:
@@ -307,7 +310,10 @@ def score_coding_batch(
     for k, ((helper_text, main_text), problem) in enumerate(zip(completions, problems)):
         entry = problem["entry_point"]
         helper_code, main_code = extract_code(helper_text), extract_code(main_text)
-        defined = defines_function(helper_code, config.helper_name) and defines_function(main_code, entry)
+        helper_defined = defines_function(helper_code, config.helper_name) or (
+            config.helper_may_pass and not helper_code.strip()
+        )
+        defined = helper_defined and defines_function(main_code, entry)
         program = (
             combine_program(helper_code, main_code, entry, problem.get("prompt", ""), config.helper_name)
             if defined

@@ -9,11 +9,11 @@ three ways. :func:`make_sampler` is the one place a backend's name becomes a sam
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from magrpo.choices import SAMPLERS, check_choice
 from magrpo.sampling.rollout import Rollout
-from magrpo.sampling.sampler import Sampler, SamplingSettings, TokenFilter, agent_generators
+from magrpo.sampling.sampler import AgentSampling, Sampler, SamplingSettings, TokenFilter, agent_generators
 
 
 def make_sampler(
@@ -25,15 +25,16 @@ def make_sampler(
     backend: str = "fast",
     use_sampling_copy: bool = True,
     concurrent_agents: bool = False,
-    token_filters: dict[str, TokenFilter] | None = None,
+    stop: Sequence[str] = (),
+    agents: Mapping[str, AgentSampling] | None = None,
 ) -> Sampler:
     """The ``backend``'s sampler ("fast", "plain" or "vllm") with these settings.
 
     ``use_sampling_copy=False`` samples with the training weights even where agents carry a
     reduced-precision sampling copy (evaluation measures the policy itself);
     ``concurrent_agents`` lets agents with models of their own sample at once where the backend
-    can (the fast sampler); ``token_filters``: each agent's top-k, min-p and repetition penalty,
-    by its name."""
+    can (the fast sampler); ``stop``: strings that end a completion; ``agents``: each named
+    agent's own settings where they are not these (:class:`AgentSampling`)."""
     check_choice("rollout_backend", backend, SAMPLERS)  # for direct callers: a run's config is checked already
     settings = SamplingSettings(
         num_generations=num_generations,
@@ -42,7 +43,8 @@ def make_sampler(
         top_p=top_p,
         use_sampling_copy=use_sampling_copy,
         concurrent_agents=concurrent_agents,
-        token_filters=tuple((token_filters or {}).items()),
+        stop=tuple(stop),
+        agents=tuple((agents or {}).items()),
     )
     if backend == "fast":
         from magrpo.sampling.fast import FastSampler as backend_class
@@ -65,44 +67,55 @@ def greedy_sampler(max_new_tokens: int) -> Sampler:
     )
 
 
-def sampler_for(args: Any, *, training: bool, agent_names: Sequence[str] = ()) -> Sampler:
+def sampler_for(args: Any, *, training: bool, agent_names: Sequence[str]) -> Sampler:
     """A run's sampler (``args``: a :class:`~magrpo.config.MAGRPOConfig` whose backend is resolved).
     Training samples G completions at ``temperature`` (with the sampling copy, if any), the agents
     at once where ``concurrent_agents``; evaluation one answer at ``eval_temperature`` with the
-    training weights. Either way agent i (``agent_names[i]``) samples with its own top_k, min_p
-    and repetition_penalty."""
+    training weights. Either way agent i (``agent_names[i]``) samples with its own values of the
+    fields given per agent (:func:`agent_sampling`)."""
+    own = agent_sampling(args, agent_names, training=training)
+    first = own[agent_names[0]]  # every agent is named: the team's values are only a fallback
     return make_sampler(
         num_generations=args.num_generations if training else 1,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature if training else args.eval_temperature,
-        top_p=args.top_p,
+        max_new_tokens=first.max_new_tokens,
+        temperature=first.temperature,
+        top_p=first.top_p,
+        stop=first.stop,
         backend=args.rollout_backend,
         use_sampling_copy=training,
         concurrent_agents=args.concurrent_agents,
-        token_filters=token_filters(args, agent_names),
+        agents=own,
     )
 
 
-def token_filters(args: Any, agent_names: Sequence[str]) -> dict[str, TokenFilter]:
-    """Each named agent's :class:`TokenFilter` from the config's values (one, or one per agent)."""
-
-    def of(value: Any, i: int) -> Any:
-        return value[i] if isinstance(value, list) else value
-
+def agent_sampling(args: Any, agent_names: Sequence[str], *, training: bool) -> dict[str, AgentSampling]:
+    """Each named agent's :class:`AgentSampling` from the config's values (one for the team, or
+    one per agent): its budget, temperature (``eval_temperature`` where not ``training``), top_p,
+    stop strings, top_k, min_p and repetition penalty."""
+    temperatures = args.per_agent("temperature" if training else "eval_temperature")
+    budgets, top_ps, stops = args.per_agent("max_new_tokens"), args.per_agent("top_p"), args.stop_per_agent()
+    top_ks, min_ps, penalties = args.per_agent("top_k"), args.per_agent("min_p"), args.per_agent("repetition_penalty")
     return {
-        name: TokenFilter(of(args.top_k, i), of(args.min_p, i), of(args.repetition_penalty, i))
+        name: AgentSampling(
+            max_new_tokens=budgets[i],
+            temperature=float(temperatures[i]),
+            top_p=float(top_ps[i]),
+            stop=stops[i],
+            token_filter=TokenFilter(top_ks[i], min_ps[i], penalties[i]),
+        )
         for i, name in enumerate(agent_names)
     }
 
 
 __all__ = [
+    "AgentSampling",
     "Rollout",
     "Sampler",
     "SamplingSettings",
     "TokenFilter",
     "agent_generators",
+    "agent_sampling",
     "greedy_sampler",
     "make_sampler",
     "sampler_for",
-    "token_filters",
 ]

@@ -281,6 +281,7 @@ def sample_fast(
     :func:`magrpo.sampling.plain.sample_plain` (token for token when greedy), done faster.
     Random draws come from ``generator`` (torch's global RNG when None), or from one generator
     per prompt."""
+    settings = settings.for_agent(agent)
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
     with agent.generating(settings.use_sampling_copy) as model:
         completion_ids, logprobs = _decode(
@@ -294,9 +295,11 @@ def sample_fast(
             eos_token_ids=agent.eos_token_ids,
             pad_token_id=agent.pad_token_id,
             generator=generator,
-            token_filter=settings.filter_for(agent),
+            token_filter=settings.token_filter,
         )
-    return rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, logprobs)
+    return rollout_of(
+        agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, logprobs, settings.stop
+    )
 
 
 class FastSampler(Sampler):

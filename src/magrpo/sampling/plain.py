@@ -81,6 +81,7 @@ def sample_plain(
 
     ``generate`` draws from torch's global RNG; given a ``generator``, the global RNG is seeded
     from it for the call and restored after (so never call this from several threads at once)."""
+    settings = settings.for_agent(agent)
     prompts, prompt_ids, prompt_mask = tokenize_prompts(agent, observations)
     greedy = settings.temperature == 0.0
     config = generation_config(
@@ -90,7 +91,7 @@ def sample_plain(
         top_p=settings.top_p,
         # greedy decoding gives G identical rows: decode once, repeat below
         num_return_sequences=1 if greedy else settings.num_generations,
-        token_filter=settings.filter_for(agent),
+        token_filter=settings.token_filter,
     )
     with (
         agent.generating(settings.use_sampling_copy) as model,
@@ -101,7 +102,9 @@ def sample_plain(
     completion_ids = sequences[:, prompt_ids.shape[1] :]
     if greedy:
         completion_ids = completion_ids.repeat_interleave(settings.num_generations, dim=0)
-    return rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations)
+    return rollout_of(
+        agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, stop=settings.stop
+    )
 
 
 class PlainSampler(Sampler):

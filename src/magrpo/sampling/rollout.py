@@ -21,8 +21,8 @@ class Rollout:
     prompt_ids: torch.Tensor  # [P, Lp], left-padded
     prompt_mask: torch.Tensor  # [P, Lp]
     completion_ids: torch.Tensor  # [P * G, Lc], right-padded
-    completion_mask: torch.Tensor  # [P * G, Lc], bool: tokens up to and including the first EOS
-    texts: list[str]  # P * G decoded completions (special tokens removed)
+    completion_mask: torch.Tensor  # [P * G, Lc], bool: tokens up to and including the first EOS (or stop string)
+    texts: list[str]  # P * G decoded completions (special tokens removed, cut before a stop string)
     prompts: list[str]  # P rendered prompts
     num_generations: int
     #: ``log softmax(logits / T)[completion_ids[r, t]]`` under the weights that sampled (T = 1 when
@@ -30,6 +30,8 @@ class Rollout:
     #: free, the plain one cannot (None). It is what :func:`magrpo.logprobs.completion_token_logprobs`
     #: computes in a full forward pass with the same weights, up to float rounding.
     token_logprobs: torch.Tensor | None = None  # [P * G, Lc]
+    #: [P * G] bool: the completions a stop string ended (ended, not cut at max_new_tokens; None: none)
+    stopped: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -71,11 +73,44 @@ def rollout_of(
     completion_ids: torch.Tensor,
     num_generations: int,
     token_logprobs: torch.Tensor | None = None,
+    stop: Sequence[str] = (),
 ) -> Rollout:
-    """The rollout of sampled ``completion_ids``: their mask (up to each row's first EOS) and texts."""
+    """The rollout of sampled ``completion_ids``: their mask (up to each row's first EOS, or the
+    token that completed one of the ``stop`` strings) and texts (cut before the stop string)."""
     mask = completion_mask(completion_ids, agent.eos_token_ids)
     texts = decode_completions(agent, completion_ids, mask)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs)
+    stopped = None
+    if stop:
+        stopped = torch.zeros(len(texts), dtype=torch.bool)
+        for row, text in enumerate(texts):
+            if any(s in text for s in stop):
+                length, texts[row] = stop_point(agent, completion_ids[row][mask[row]], stop)
+                mask[row, length:] = False
+                stopped[row] = True
+        if token_logprobs is not None:  # nothing past a completion's end
+            token_logprobs = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, prompts, num_generations, token_logprobs)
+    rollout.stopped = stopped
+    return rollout
 
 
-__all__ = ["Rollout", "decode_completions", "rollout_of", "tokenize_prompts"]
+def stop_point(agent: AgentPolicy, ids: torch.Tensor, stop: Sequence[str]) -> tuple[int, str]:
+    """Where a stop string ends a completion whose text holds one: the fewest tokens whose text
+    holds one (a longer prefix's text holds it too, so a bisection finds them), and that text up to
+    the earliest stop string."""
+
+    def text(n: int) -> str:
+        return agent.tokenizer.decode(ids[:n], skip_special_tokens=True)
+
+    low, high = 1, len(ids)  # text(high) holds a stop string
+    while low < high:
+        middle = (low + high) // 2
+        if any(s in text(middle) for s in stop):
+            high = middle
+        else:
+            low = middle + 1
+    kept = text(high)
+    return high, kept[: min(kept.index(s) for s in stop if s in kept)]
+
+
+__all__ = ["Rollout", "decode_completions", "rollout_of", "stop_point", "tokenize_prompts"]

@@ -51,10 +51,23 @@ class TokenFilter:
 
 
 @dataclass(frozen=True)
+class AgentSampling:
+    """One agent's own sampling settings where they are not the team's (None: the team's)."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    #: strings that end a completion where they appear (None: the team's)
+    stop: tuple[str, ...] | None = None
+    token_filter: TokenFilter | None = None
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """How a sampler samples: G completions of at most ``max_new_tokens`` per observation, at
-    ``temperature`` (0: greedy) with nucleus ``top_p``, each agent with its own
-    :class:`TokenFilter` (by its name; an agent not named: none)."""
+    ``temperature`` (0: greedy) with nucleus ``top_p``, ended by an end-of-sequence token or one
+    of the ``stop`` strings; an agent named in ``agents`` with its own values
+    (:meth:`for_agent`)."""
 
     num_generations: int
     max_new_tokens: int
@@ -66,12 +79,24 @@ class SamplingSettings:
     #: agents with models of their own sample at the same time, each in a thread with its share
     #: of the CPU threads (only a sampler whose draws come from its own generators may)
     concurrent_agents: bool = False
-    #: (agent name, its filters) pairs
-    token_filters: tuple[tuple[str, TokenFilter], ...] = ()
+    #: a completion ends where one of these strings appears (the text stops before it; the ids
+    #: keep the token that completed it, the last one the policy chose)
+    stop: tuple[str, ...] = ()
+    token_filter: TokenFilter = TokenFilter()
+    #: (agent name, its own settings) pairs
+    agents: tuple[tuple[str, AgentSampling], ...] = ()
+
+    def for_agent(self, agent: AgentPolicy) -> "SamplingSettings":
+        """These settings as ``agent`` samples with them: its own values where it has them."""
+        own = dict(self.agents).get(getattr(agent, "name", None))
+        if own is None:
+            return self
+        changed = {f.name: getattr(own, f.name) for f in dataclasses.fields(own) if getattr(own, f.name) is not None}
+        return dataclasses.replace(self, agents=(), **changed)
 
     def filter_for(self, agent: AgentPolicy) -> TokenFilter:
-        """The agent's own filters (none where it is not named)."""
-        return dict(self.token_filters).get(getattr(agent, "name", None), TokenFilter())
+        """The agent's own filters."""
+        return self.for_agent(agent).token_filter
 
 
 class Sampler:

@@ -153,8 +153,9 @@ def sampling_requests(
     agent: AgentPolicy, generator: Generators, count: int, settings: SamplingSettings
 ) -> list[SamplingRequest]:
     """One request per prompt; greedy decoding samples one answer, the same for every generation."""
+    settings = settings.for_agent(agent)
     greedy = settings.temperature == 0.0
-    token_filter = settings.filter_for(agent)
+    token_filter = settings.token_filter
     return [
         SamplingRequest(
             n=1 if greedy else settings.num_generations,
@@ -207,6 +208,7 @@ def completions_rollout(
     settings: SamplingSettings,
 ) -> Rollout:
     """One agent's completions as its :class:`Rollout` (ids padded, sampled-token log-probs)."""
+    settings = settings.for_agent(agent)
     greedy = settings.temperature == 0.0
     copies = settings.num_generations if greedy else 1
     rows = [completion for output in outputs for completion in output for _ in range(copies)]
@@ -218,7 +220,9 @@ def completions_rollout(
         if sampled:
             logprobs[r, : len(ids)] = torch.tensor(sampled, dtype=torch.float32)
     completion_ids, logprobs = completion_ids.to(agent.device), logprobs.to(agent.device)
-    rollout = rollout_of(agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations)
+    rollout = rollout_of(
+        agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, stop=settings.stop
+    )
     if not greedy:  # the sampled tokens' log-probs, 0.0 past each completion's end
         rollout.token_logprobs = torch.where(rollout.completion_mask, logprobs, torch.zeros_like(logprobs))
     return rollout

@@ -47,6 +47,25 @@ class Task:
     #: action, ``(their answers in order, item) -> text`` added to its prompt (None: each answer
     #: under its agent's name)
     show_earlier_answers: Callable[[Sequence[str], Mapping[str, Any]], str] | None = None
+    #: the roles that may pass (answer with an empty part), each with the task that scores a pass
+    #: by the task's rule (:meth:`allowing_pass`); a role not named may not pass
+    pass_rules: dict[str, Callable[[], "Task"]] = field(default_factory=dict)
+
+    def allowing_pass(self, roles: Sequence[str]) -> "Task":
+        """This task with the agents of ``roles`` allowed to pass, each scored by the task's rule
+        for a pass. A role the task has no rule for is refused by name."""
+        task = self
+        for role in roles:
+            if role not in self.agent_roles:
+                raise ValueError(f"--allow-pass {role!r}: task {self.name!r} has the roles {list(self.agent_roles)}")
+            if role not in self.pass_rules:
+                allowed = sorted(self.pass_rules) or "none"
+                raise ValueError(
+                    f"--allow-pass {role!r}: task {self.name!r} has no rule for scoring a pass by its {role}; "
+                    f"roles that may pass: {allowed}"
+                )
+            task = task.pass_rules[role]()
+        return task
 
     def skipped_figures(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Why figures are left out for ``items``: one line per optional column that some item lacks."""
@@ -84,13 +103,14 @@ class Task:
     def centralised(self) -> "Task":
         """Centralised MAGRPO's task: one policy writes the whole joint answer (the ``single``
         set-up's prompt), its reply is cut into the agents' parts and scored as the team's, with
-        the team's new tokens per joint answer (the agents' budget times their number)."""
+        the team's new tokens per joint answer (the agents' budgets summed)."""
         if self.single_agent_formatter is None or self.split_single_answer is None:
             raise ValueError(f"task {self.name!r} has no single-model prompt to train one policy on")
         from magrpo.config import MAGRPOConfig
 
         default = MAGRPOConfig.__dataclass_fields__["max_new_tokens"].default
-        per_agent = self.config_overrides.get("max_new_tokens", default)
+        budget = self.config_overrides.get("max_new_tokens", default)
+        whole = sum(budget) if isinstance(budget, list) else budget * self.num_agents
         return dataclasses.replace(
             self,
             name=self.name + CENTRALISED,
@@ -98,12 +118,13 @@ class Task:
             agent_roles=("the whole answer",),
             formatters=[self.single_agent_formatter],
             scorer=whole_answer_scorer(self),
-            config_overrides={**self.config_overrides, "max_new_tokens": per_agent * self.num_agents},
+            config_overrides={**self.config_overrides, "max_new_tokens": whole},
             # the task's own feedback reads the agents' parts: a centralised run revises after a reviewer
             execution_feedback=None,
             single_agent_formatter=None,
             split_single_answer=None,
             show_earlier_answers=None,  # one policy: no earlier agent to see
+            pass_rules={},
         )
 
 

@@ -41,10 +41,15 @@ SHOWN_HELPER = (
 )
 
 
+#: protocol="sequential": the main agent after a helper that passed (wrote nothing)
+SHOWN_PASS = "Your teammate passed: there is no helper `aux`. Write the whole function yourself, without `aux`."
+
+
 def show_helper_code(answers: Sequence[str], item: Mapping[str, Any]) -> str:
     """What the main agent is shown of the helper's answer: its code (the reply's first code
-    block, or the reply itself where it has none)."""
-    return SHOWN_HELPER.format(code=extract_code(answers[0]).strip())
+    block, or the reply itself where it has none), or that it passed."""
+    code = extract_code(answers[0]).strip()
+    return SHOWN_HELPER.format(code=code) if code else SHOWN_PASS
 
 
 def load_humaneval(split: str) -> list[dict[str, Any]]:
@@ -168,6 +173,8 @@ def paper_coding_task() -> Task:
         scorer=paper_coding_scorer(),
         execution_feedback=None,
         max_reward=MAXIMUM,
+        # the paper's reward scores an empty helper already: its 0.4 and the helper's use are lost
+        pass_rules={"helper": lambda: paper_coding_task()},
     )
 
 
@@ -187,4 +194,5 @@ def coding_task(config: CodingRewardConfig = CodingRewardConfig()) -> Task:
         split_single_answer=split_single,
         max_reward=config.maximum,
         show_earlier_answers=show_helper_code,
+        pass_rules={"helper": lambda: coding_task(dataclasses.replace(config, helper_may_pass=True))},
     )

@@ -138,10 +138,14 @@ def writing_scorer(cfg: WritingRewardConfig) -> Scorer:
 
 
 def first_part_shown(template: str) -> Callable[[Sequence[str], Mapping[str, Any]], str]:
-    """The second writer's view of the first writer's answer (``template`` has ``{answer}``)."""
+    """The second writer's view of the first writer's answer (``template`` has ``{answer}``), or
+    that it passed (wrote nothing)."""
 
     def show(answers: Sequence[str], item: Mapping[str, Any]) -> str:
-        return template.format(answer=answers[0].strip())
+        answer = answers[0].strip()
+        return (
+            template.format(answer=answer) if answer else "Your teammate passed and wrote nothing: write yours in full."
+        )
 
     return show
 
