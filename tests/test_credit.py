@@ -109,7 +109,7 @@ def test_an_aligned_sequential_chain_gets_the_simultaneous_group_advantages():
             "advantage_baseline='max'",
         ),
         (dict(num_continuations=2), "num_continuations=2 sets how many"),
-        (dict(protocol="sequential", algorithm="iac"), "algorithm='iac'"),
+        (dict(protocol="sequential", algorithm="madpo"), "algorithm='madpo': the preference trainers pair"),
         (dict(protocol="sequential", data_parallel="shard"), "data_parallel='shard'"),
         (dict(protocol="sequential", rollout_backend="vllm", async_rollouts=1), "async_rollouts=1"),
         (

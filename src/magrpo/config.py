@@ -683,10 +683,11 @@ class MAGRPOConfig:
         """Rules of the sequential protocol and the counterfactual credit (docs/protocols.md): the
         combinations not built are refused by name."""
         if self.protocol == "sequential":
-            if self.algorithm != "magrpo":
+            if self.algorithm not in ("magrpo", *CRITIC_ALGORITHMS):
                 raise ConfigError(
-                    f"protocol='sequential' with algorithm={self.algorithm!r}: the critics and the preference trainers "
-                    "read simultaneous turns only; use algorithm='magrpo' or protocol='simultaneous'"
+                    f"protocol='sequential' with algorithm={self.algorithm!r}: the preference trainers pair the joint "
+                    "actions of simultaneous turns only; use algorithm='magrpo', 'iac' or 'maac', or "
+                    "protocol='simultaneous'"
                 )
             if self.data_parallel == "shard":
                 raise ConfigError(

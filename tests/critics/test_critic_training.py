@@ -382,3 +382,70 @@ def test_an_optimiser_that_leaves_out_a_hosted_head_is_refused(tiny_agents, tmp_
     plain[0].add_param_group({"params": list(critic.head.parameters()), "lr": 1e-3})
     trainer.optimizers = plain
     assert trainer.optimizers[0] is plain[0]
+
+
+def sequential_critic_trainer(agents, tmp_path, algorithm, **config):
+    """critic_trainer's settings, the second agent answering after the first and shown its answer."""
+    trainer = critic_trainer(agents, tmp_path, algorithm=algorithm, protocol="sequential", **config)
+    return MAGRPOTrainer(
+        agents=agents,
+        reward_func=letter_count_reward,
+        train_dataset=ITEMS,
+        formatters=[lambda x: x["q"]] * 2,
+        args=trainer.args,
+        show_earlier_answers=lambda answers, item: "shown: " + answers[0],
+    )
+
+
+def test_iac_in_turns_values_each_agent_where_it_answered_the_later_one_after_each_earlier_answer(
+    tiny_agents, tmp_path
+):
+    """protocol="sequential" (aligned, G = 2, 2 items): the first agent's critic values each node's
+    prompt, the second agent's each prompt it answered, which holds the first agent's answer of
+    that joint action; each agent's advantages are R - its own V, exactly."""
+    trainer = sequential_critic_trainer(tiny_agents, tmp_path, "iac")
+    random_heads(trainer)
+    models, heads = [copy.deepcopy(a.model) for a in tiny_agents], [copy.deepcopy(c.head) for c in trainer.team.critics]
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    (turn,) = trainer.last_step.turns
+    first, second = turn.rollouts
+    assert (first.num_prompts, second.num_prompts, turn.num_nodes, turn.num_joint) == (2, 4, 2, 2)
+    for p in range(2):
+        for j in range(2):
+            row0, row1 = turn.joint_rows(p, j)
+            assert second.prompts[row1].count("shown: " + first.texts[row0].strip()) == 1  # what it answered after
+    rewards = torch.tensor(
+        [letter_count_reward(completions=[turn.joint_completions(p, j)])[0] for p in range(2) for j in range(2)],
+        dtype=torch.float64,
+    )
+    assert rewards.abs().sum() > 0
+    node_values = values_by_hand(models[0], heads[0], first.prompt_ids, first.prompt_mask)
+    context_values = values_by_hand(models[1], heads[1], second.prompt_ids, second.prompt_mask)
+    torch.testing.assert_close(seen[0]["advantages"][0], rewards - node_values.repeat_interleave(2), rtol=0, atol=1e-5)
+    torch.testing.assert_close(seen[1]["advantages"][0], rewards - context_values, rtol=0, atol=1e-5)
+    assert seen[1]["critic"].targets[0].tolist() == [[r] for r in rewards.tolist()]  # each context's own return
+    # the later agent's values differ between the contexts of one node: a baseline per earlier answer
+    assert not torch.allclose(context_values[0], context_values[1])
+
+
+def test_maac_in_turns_reads_every_agents_observation_before_anyone_answered(tiny_agents, tmp_path):
+    trainer = sequential_critic_trainer(tiny_agents, tmp_path, "maac")
+    random_heads(trainer)
+    model, head = copy.deepcopy(tiny_agents[0].model), copy.deepcopy(trainer.team.critics[0].head)
+    seen = spy_on_updates(trainer)
+    trainer.train(progress=False)
+    (turn,) = trainer.last_step.turns
+    batch, tok = seen[0]["critic"], tiny_agents[0].tokenizer
+    for p, ids in enumerate(batch.prompt_ids[0]):
+        own = [agent.render(turn.observations[i][p])[0] for i, agent in enumerate(tiny_agents)]
+        assert "shown: " not in own[1]  # the second agent's observation without the first's answer
+        text = joint_observation(["agent_0", "agent_1"], own)
+        assert ids[batch.prompt_mask[0][p].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    values = values_by_hand(model, head, batch.prompt_ids[0], batch.prompt_mask[0])
+    rewards = torch.tensor(
+        [letter_count_reward(completions=[turn.joint_completions(p, j)])[0] for p in range(2) for j in range(2)],
+        dtype=torch.float64,
+    )
+    for i in range(2):
+        torch.testing.assert_close(seen[i]["advantages"][0], rewards - values.repeat_interleave(2), rtol=0, atol=1e-5)

@@ -93,3 +93,13 @@ def test_explained_variance_and_normalised_advantages():
 def test_values_that_do_not_match_the_nodes_are_refused():
     with pytest.raises(ValueError, match=r"values of shape \(3,\) for returns of shape \(2, 4\)"):
         critic_advantages(torch.zeros(2, 4), torch.zeros(3))
+
+
+def test_values_of_each_joint_actions_context_baseline_each_return_on_its_own():
+    """An agent that answered after others has one value per joint action (its context)."""
+    returns = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    values = torch.tensor([[0.25, 1.5], [1.0, 0.0]])
+    assert critic_advantages(returns, values).tolist() == [0.75, 0.5, -0.5, -1.0]
+    assert critic_advantages(returns, torch.tensor([0.5, 1.0])).tolist() == [0.5, 1.5, -0.5, -2.0]
+    with pytest.raises(ValueError, match=r"values of shape \(2, 3\) for returns of shape \(2, 2\)"):
+        critic_advantages(returns, torch.zeros(2, 3))

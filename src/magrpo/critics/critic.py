@@ -145,35 +145,62 @@ def joint_observation(names: Sequence[str], prompts: Sequence[str], actions: Seq
 
 
 def critic_observations(critic: Critic, agents: Sequence[AgentPolicy], turn: Turn) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observations ``critic`` values at ``turn``, left-padded ``[P, L]`` (one per node; a Q
-    critic's ``[P * J, L]``, one per joint action, row p * J + j). A head on its host's model reads
-    the host's own ids as it sampled them (its prompt; a Q critic's, the prompt then the
-    completion); a joint observation, or a critic model of its own, the text through its own
-    tokenizer (a Q critic of its own: the prompt's tokens, then the completion's)."""
-    if not critic.joint and critic.model is None:
+    """The observations ``critic`` values at ``turn``, left-padded: one per node ``[P, L]``, or one
+    per joint action ``[P * J, L]`` (row p * J + j) where :func:`values_joint_actions`. A head on
+    its host's model reads the host's own ids as it sampled them (its prompt; a Q critic's, the
+    prompt then the completion); a joint observation, or a critic model of its own, the text
+    through its own tokenizer (a Q critic of its own: the prompt's tokens, then the completion's).
+    A joint observation is every agent's observation at the node, before any of them answered."""
+    per_joint = values_joint_actions(critic, turn)
+    if not critic.joint:
         rollout = turn.rollouts[critic.host]
-        if not critic.action:
-            return rollout.prompt_ids, rollout.prompt_mask
-        nodes, completions = _joint_action_rows(turn, critic.host)
-        return packed_left(
-            rollout.prompt_ids[nodes],
-            rollout.prompt_mask[nodes],
-            rollout.completion_ids[completions],
-            rollout.completion_mask[completions],
-        )
-    names = [a.name for a in agents]
-    nodes = range(turn.num_nodes)
-    prompts = [[r.prompts[p] for r in turn.rollouts] for p in nodes]
-    if critic.action:  # one observation per joint action
-        acts = [(p, turn.joint_completions(p, j)) for p in nodes for j in range(turn.num_joint)]
-        if critic.joint:
-            pieces = [[joint_observation(names, prompts[p], done)] for p, done in acts]
+        prompt_rows, completion_rows = _joint_action_rows(turn, critic.host)
+        if critic.model is None:
+            if not per_joint:
+                return rollout.prompt_ids, rollout.prompt_mask
+            ids, mask = rollout.prompt_ids[prompt_rows], rollout.prompt_mask[prompt_rows]
+            if not critic.action:
+                return ids, mask
+            return packed_left(
+                ids, mask, rollout.completion_ids[completion_rows], rollout.completion_mask[completion_rows]
+            )
+        if critic.action:
+            pieces = [
+                [rollout.prompts[p], rollout.texts[c]] for p, c in zip(prompt_rows.tolist(), completion_rows.tolist())
+            ]
         else:
-            pieces = [[prompts[p][critic.host], done[critic.host]] for p, done in acts]
+            pieces = [[rollout.prompts[p]] for p in (prompt_rows.tolist() if per_joint else range(turn.num_nodes))]
     else:
-        pieces = [[joint_observation(names, prompts[p]) if critic.joint else prompts[p][critic.host]] for p in nodes]
+        names = [a.name for a in agents]
+        nodes = range(turn.num_nodes)
+        prompts = [node_prompts(turn, agents, p) for p in nodes]
+        if critic.action:  # one observation per joint action
+            pieces = [
+                [joint_observation(names, prompts[p], turn.joint_completions(p, j))]
+                for p in nodes
+                for j in range(turn.num_joint)
+            ]
+        else:
+            pieces = [[joint_observation(names, prompts[p])] for p in nodes]
     body = critic.body(agents)
     return tokenized_left(body.tokenizer, pieces, body.device)
+
+
+def values_joint_actions(critic: Critic, turn: Turn) -> bool:
+    """Whether ``critic`` values each joint action of ``turn`` rather than each node: a Q critic,
+    or an agent's own V critic where the agent answered after others (protocol="sequential"): its
+    observation holds their answers, one observation per joint action of an aligned chain."""
+    return critic.action or (not critic.joint and turn.rollouts[critic.host].num_prompts != turn.num_nodes)
+
+
+def node_prompts(turn: Turn, agents: Sequence[AgentPolicy], node: int) -> list[str]:
+    """Every agent's rendered observation at ``node`` before any agent of the turn answered (an
+    agent that answered after others is given its observation without their answers)."""
+    prompts = []
+    for i, (agent, rollout) in enumerate(zip(agents, turn.rollouts)):
+        own_per_node = rollout.num_prompts == turn.num_nodes
+        prompts.append(rollout.prompts[node] if own_per_node else agent.render(turn.observations[i][node])[0])
+    return prompts
 
 
 def tokenized_left(tokenizer, rows: Sequence[Sequence[str]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,12 +218,11 @@ def tokenized_left(tokenizer, rows: Sequence[Sequence[str]], device: torch.devic
 
 
 def _joint_action_rows(turn: Turn, agent: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every joint action of ``turn`` (row p * J + j): its node p and the row of ``agent``'s
-    completion in it (p * G + g)."""
-    G = turn.rollouts[agent].num_generations
-    nodes = torch.arange(turn.num_nodes).repeat_interleave(turn.num_joint)
-    mine = turn.joint_indices[:, agent].to(torch.long).repeat(turn.num_nodes)
-    return nodes, nodes * G + mine
+    """For every joint action of ``turn`` (row p * J + j): the row of ``agent``'s prompt (its node
+    p; after other agents, the prompt holding their answers) and of its completion in it."""
+    rows = [turn.joint_rows(p, j)[agent] for p in range(turn.num_nodes) for j in range(turn.num_joint)]
+    completions = torch.tensor(rows, dtype=torch.long)
+    return completions // turn.rollouts[agent].num_generations, completions
 
 
 def packed_left(
@@ -261,11 +287,12 @@ def critic_step(
     batches = []
     for critic in critics:
         ids, mask, values = value_the_tree(critic, agents, turns, chunk, autocast)
-        # a Q critic's V(node), where TD(lambda) bootstraps from one: the mean Q of its joint actions
-        nodes = [v.view(t.num_nodes, t.num_joint).mean(1) for v, t in zip(values, turns)] if critic.action else values
+        per_joint = [values_joint_actions(critic, t) for t in turns]
+        # V(node), where TD(lambda) bootstraps from one: for values per joint action, their node's mean
+        nodes = [v.view(t.num_nodes, t.num_joint).mean(1) if pj else v for v, t, pj in zip(values, turns, per_joint)]
         targets = list(returns) if lam == 1.0 else turn_returns(turns, gamma, num_turns, values=nodes, lam=lam)
-        if critic.action:  # each joint action is an observation of its own, with its own return
-            targets = [t.reshape(-1, 1) for t in targets]
+        # a joint action valued on its own is an observation of its own, with its own return
+        targets = [t.reshape(-1, 1) if pj else t for t, pj in zip(targets, per_joint)]
         batches.append(CriticBatch(critic, ids, mask, values, targets))
     advantages = []
     by_critic = {id(batch.critic): batch for batch in batches}
@@ -273,8 +300,11 @@ def critic_step(
         batch = by_critic[id(critic_of(critics, i))]
         if batch.critic.action:
             mine = [q_advantages(q.view(t.num_nodes, t.num_joint)) for q, t in zip(batch.old_values, turns)]
-        else:
-            mine = [critic_advantages(ret, v) for ret, v in zip(batch.targets, batch.old_values)]
+        else:  # R - V, where V is the node's or (an agent after others) the joint action's context's
+            mine = [
+                critic_advantages(ret.view(t.num_nodes, t.num_joint), v.view(t.num_nodes, -1))
+                for ret, v, t in zip(batch.targets, batch.old_values, turns)
+            ]
         if normalise:  # by the mean and std of this agent's whole step (every rank's), then back into turns
             flat = torch.cat(mine)
             flat = normalise_advantages(flat, reference=torch.cat(ranks.gather(flat.cpu())).to(flat.device))
@@ -320,8 +350,10 @@ __all__ = [
     "joint_observation",
     "load_heads",
     "make_critics",
+    "node_prompts",
     "packed_left",
     "tokenized_left",
     "save_critics",
     "value_the_tree",
+    "values_joint_actions",
 ]

@@ -22,12 +22,14 @@ NORMALISE_EPS = 1e-8
 
 
 def critic_advantages(returns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A = R - V(node) for every joint action of one turn, flattened to ``[P * J]`` (row p * J + j,
-    the order of the turn's completions). ``returns``: ``[P, J]``; ``values``: ``[P]``, taken as
-    constants (the actor's loss does not train the critic)."""
-    if values.shape != returns.shape[:1]:
+    """A = R - V for every joint action of one turn, flattened to ``[P * J]`` (row p * J + j, the
+    order of the turn's completions). ``returns``: ``[P, J]``; ``values``: ``[P]`` or ``[P, 1]``
+    (one per node) or ``[P, J]`` (one per joint action's context: an agent that answered after
+    others), taken as constants (the actor's loss does not train the critic)."""
+    shaped = values[:, None] if values.dim() == 1 else values
+    if shaped.dim() != 2 or shaped.shape[0] != returns.shape[0] or shaped.shape[1] not in (1, returns.shape[1]):
         raise ValueError(f"values of shape {tuple(values.shape)} for returns of shape {tuple(returns.shape)}")
-    return (returns.to(torch.float64) - values.detach().to(torch.float64)[:, None]).reshape(-1)
+    return (returns.to(torch.float64) - shaped.detach().to(torch.float64)).reshape(-1)
 
 
 def q_advantages(q_values: torch.Tensor) -> torch.Tensor:
