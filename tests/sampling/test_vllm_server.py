@@ -240,3 +240,48 @@ def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_mod
     assert sorted(v for m in models for v in m["versions"].values()) == sorted(updated)
     weights = [r[f"agent_{i}/is_weight_mean"] for r in rows for i in (0, 1) if f"agent_{i}/is_weight_mean" in r]
     assert weights and all(abs(w - 1.0) < 1e-3 for w in weights)  # float32 engines: the trainer's own policy
+
+
+def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill(tmp_path):
+    """The process that started a ServerProcess is killed with SIGKILL: the server and every
+    engine process below it end too (none is left holding memory or the port)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    models = [save_tiny_model(tmp_path / f"model-{s}", seed=s, **SHAPE) for s in (5, 6)]  # an engine process each
+    script = (
+        "import json, sys, time\n"
+        "from magrpo.sampling.vllm_server import ServerProcess\n"
+        f"server = ServerProcess({models!r}, '--kv-cache-gib', '0.25', '--max-model-len', '128').start()\n"
+        "print(json.dumps(server.process_ids()), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        pids = json.loads(parent.stdout.readline())
+        assert len(pids) >= 3  # the server and its engines' processes
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+            time.sleep(0.5)
+        assert not any(alive(pid) for pid in pids), [pid for pid in pids if alive(pid)]
+    finally:
+        parent.kill()
+        for pid in pids if "pids" in locals() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False

@@ -354,7 +354,9 @@ def serve(models: Sequence[ServedModel], *, host: str, port: int, seed: int, kv_
 
 class ServerProcess:
     """``magrpo vllm-serve`` in a process of its own (its own process group, so its engine
-    processes end with it), on ``host:port`` (port 0: a free one), ready once ``/health`` answers::
+    processes end with it), on ``host:port`` (port 0: a free one), ready once ``/health`` answers.
+    It never outlives the process that started it, however that one ends (``kill -9`` too): an
+    :class:`~magrpo.sampling.engine_watch.EngineWatch` ends the server and its engines then::
 
         with ServerProcess(["default", "default"], "--kv-cache-gib", "0.5") as server:
             config = MAGRPOConfig(rollout_backend="vllm", vllm_mode="server", vllm_server_url=server.url, ...)
@@ -368,6 +370,7 @@ class ServerProcess:
         self.url = f"http://{host}:{self.port}"
         self.log = log
         self.proc: Any = None
+        self.watch: Any = None
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
         import subprocess
@@ -376,12 +379,19 @@ class ServerProcess:
 
         import requests
 
+        from magrpo.sampling.engine_watch import EngineWatch
+
         command = [sys.executable, "-m", "magrpo.cli", "vllm-serve", "--host", self.host, "--port", str(self.port)]
         for model in self.models:
             command += ["--model", model]
         out = self.log.open("a") if self.log is not None else subprocess.DEVNULL
+        self.watch = EngineWatch()  # the server and its engines carry its marker: they end with this process
         self.proc = subprocess.Popen(
-            [*command, *self.options], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [*command, *self.options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **self.watch.environment},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -412,6 +422,7 @@ class ServerProcess:
         import subprocess
 
         if self.proc is None or self.proc.poll() is not None:
+            self._release_watch()
             return
         os.killpg(self.proc.pid, sig or signal.SIGTERM)
         try:
@@ -419,6 +430,13 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        self._release_watch()
+
+    def _release_watch(self) -> None:
+        """Let the watcher go: it ends whatever of the server is left (after a grace) and exits."""
+        if self.watch is not None:
+            self.watch.release()
+            self.watch = None
 
     def __enter__(self) -> "ServerProcess":
         return self.start()
