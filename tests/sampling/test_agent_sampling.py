@@ -24,45 +24,48 @@ def decoded(agent, ids) -> str:
     return agent.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def assert_cut_at_the_stop_string(agent, free, stopped, stop=STOP):
-    """``stopped`` is ``free`` (the same draws without stop strings) cut where a stop string first
-    shows: the fewest tokens whose text holds one, its text up to the string."""
-    assert torch.equal(stopped.completion_ids, free.completion_ids)  # the same draws
-    for row, text in enumerate(free.texts):
-        kept = free.completion_ids[row][free.completion_mask[row]]
-        if not any(s in text for s in stop):
-            assert stopped.texts[row] == text and not stopped.stopped[row]
-            assert torch.equal(stopped.completion_mask[row], free.completion_mask[row])
+def assert_cut_at_the_stop_string(agent, rollout, stop=STOP):
+    """Every completion of ``rollout`` that holds a stop string ends at the token that completed
+    its first one (the fewest tokens whose text holds one), its text up to the string."""
+    for row in range(len(rollout.texts)):
+        kept = rollout.completion_ids[row][rollout.completion_mask[row]]
+        whole = decoded(agent, kept)
+        if not rollout.stopped[row]:
+            assert not any(s in whole for s in stop) and rollout.texts[row] == whole
             continue
-        length = int(stopped.completion_mask[row].sum())
-        assert stopped.stopped[row] and stopped.completion_mask[row, :length].all()
-        assert any(s in decoded(agent, kept[:length]) for s in stop)
-        assert not any(s in decoded(agent, kept[: length - 1]) for s in stop)
-        whole = decoded(agent, kept[:length])
-        assert stopped.texts[row] == whole[: whole.index("q")]
-        assert not any(s in stopped.texts[row] for s in stop)
+        assert any(s in whole for s in stop) and not any(s in decoded(agent, kept[:-1]) for s in stop)
+        assert rollout.texts[row] == whole[: whole.index("q")]
+        assert not any(s in rollout.texts[row] for s in stop)
 
 
 @pytest.mark.parametrize("sample", [sample_fast, sample_plain])
 def test_a_stop_string_ends_a_completion_at_the_token_that_completed_it(tiny_tokenizer, sample):
     agent = agent_for(tiny_tokenizer, 0, scale=3.0)
-    free = sample(agent, PROMPTS, SamplingSettings(3, 10, 1.0), torch.Generator().manual_seed(0))
     stopped = sample(agent, PROMPTS, SamplingSettings(3, 10, 1.0, stop=STOP), torch.Generator().manual_seed(0))
-    assert_cut_at_the_stop_string(agent, free, stopped)
-    assert 2 <= int(stopped.stopped.sum()) < len(free.texts)  # the check has teeth: some rows stop, some do not
-    if stopped.token_logprobs is not None:  # the fast sampler's log-probs: nothing past the end
+    assert_cut_at_the_stop_string(agent, stopped)
+    assert 2 <= int(stopped.stopped.sum()) < len(stopped.texts)  # the check has teeth: some rows stop, some do not
+    if sample is sample_plain:  # generate decodes on: the same draws as without stop strings, cut after
+        free = sample(agent, PROMPTS, SamplingSettings(3, 10, 1.0), torch.Generator().manual_seed(0))
+        assert torch.equal(stopped.completion_ids, free.completion_ids)
+        for row in range(len(free.texts)):
+            length = int(stopped.completion_mask[row].sum())
+            assert torch.equal(stopped.completion_mask[row, :length], free.completion_mask[row, :length])
+    else:  # the fast sampler stops decoding a row there: nothing sampled after it, and the loss's log-probs
+        after = torch.arange(stopped.completion_ids.shape[1]) >= stopped.completion_mask.sum(-1, keepdim=True)
+        assert (stopped.completion_ids[after & stopped.stopped[:, None]] == agent.pad_token_id).all()
         assert (stopped.token_logprobs[~stopped.completion_mask] == 0).all()
-        assert torch.equal(
-            stopped.token_logprobs[stopped.completion_mask], free.token_logprobs[stopped.completion_mask]
+        full = completion_token_logprobs(
+            agent.model, *repeat_prompts(stopped, 3), stopped.completion_ids, stopped.completion_mask, 1.0
         )
+        m = stopped.completion_mask
+        assert torch.allclose(full[m], stopped.token_logprobs[m], atol=1e-5)
 
 
 def test_a_vllm_engines_completions_are_cut_the_same_way(tiny_tokenizer):
-    """An engine's ids and log-probs (here the fast sampler's draws, as an engine would return
-    them) become the same rollout as the fast sampler's."""
+    """An engine's ids and log-probs (here the fast sampler's draws without stop strings, as an
+    engine that decodes on would return them) are cut as every sampler cuts them."""
     agent = agent_for(tiny_tokenizer, 0, scale=3.0)
     settings = SamplingSettings(3, 10, 1.0, stop=STOP)
-    fast = sample_fast(agent, PROMPTS, settings, torch.Generator().manual_seed(0))
     free = sample_fast(agent, PROMPTS, SamplingSettings(3, 10, 1.0), torch.Generator().manual_seed(0))
     outputs = [
         [
@@ -74,18 +77,20 @@ def test_a_vllm_engines_completions_are_cut_the_same_way(tiny_tokenizer):
         ]
         for p in range(len(PROMPTS))
     ]
-    engine = completions_rollout(agent, outputs, fast.prompts, fast.prompt_ids, fast.prompt_mask, settings)
+    engine = completions_rollout(agent, outputs, free.prompts, free.prompt_ids, free.prompt_mask, settings)
+    assert_cut_at_the_stop_string(agent, engine)
+    assert 2 <= int(engine.stopped.sum()) < len(engine.texts)
     width = engine.completion_ids.shape[1]
-    assert engine.texts == fast.texts
-    assert torch.equal(engine.completion_mask, fast.completion_mask[:, :width])
-    assert torch.equal(engine.stopped, fast.stopped)
-    assert torch.allclose(engine.token_logprobs, fast.token_logprobs[:, :width])
+    kept = engine.completion_mask
+    assert torch.equal(engine.completion_ids[kept], free.completion_ids[:, :width][kept])  # a prefix of each
+    assert torch.allclose(engine.token_logprobs[kept], free.token_logprobs[:, :width][kept])
+    assert (engine.token_logprobs[~kept] == 0).all()
 
 
 def test_a_completion_a_stop_string_ended_is_not_truncated(tiny_tokenizer):
     agent = agent_for(tiny_tokenizer, 0, scale=3.0)
-    free = sample_fast(agent, PROMPTS, SamplingSettings(3, 10, 1.0), torch.Generator().manual_seed(0))
-    stopped = sample_fast(agent, PROMPTS, SamplingSettings(3, 10, 1.0, stop=STOP), torch.Generator().manual_seed(0))
+    stopped = sample_plain(agent, PROMPTS, SamplingSettings(3, 6, 1.0, stop=STOP), torch.Generator().manual_seed(2))
+    free = sample_plain(agent, PROMPTS, SamplingSettings(3, 6, 1.0), torch.Generator().manual_seed(2))
     ended_by_eos = counted_rows(agent, free, mask_truncated=True)
     assert torch.equal(counted_rows(agent, stopped, mask_truncated=True), ended_by_eos | stopped.stopped)
     assert (stopped.stopped & ~ended_by_eos).any()  # some were cut at max_new_tokens without the stop string

@@ -19,7 +19,7 @@ update scores (``log_softmax(logits / temperature)``, no top-p renormalisation),
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types_and_kwargs
@@ -214,9 +214,11 @@ def _decode(
     pad_token_id: int,
     generator: Generators = None,
     token_filter: TokenFilter | None = None,
+    stopped_by: Callable[[torch.Tensor], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion ids [P * G, Lc] (pad after the first EOS) and their log-probs [P * G, Lc]: those
-    of the tempered softmax the loss scores, whatever ``token_filter`` keeps of it."""
+    of the tempered softmax the loss scores, whatever ``token_filter`` keeps of it. A row for
+    which ``stopped_by(its ids so far)`` holds (a stop string completed) ends there too."""
     device = prompt_ids.device
     prompt_mask = prompt_mask.long()
     cache = new_cache(model, prompt_ids.shape[1] + max_new_tokens)
@@ -252,6 +254,9 @@ def _decode(
             break
         # one host sync per step: which rows go on
         going = ~torch.isin(chosen, eos)
+        if stopped_by is not None:
+            ids = tokens[active, : step + 1].cpu()
+            going &= torch.tensor([not stopped_by(row) for row in ids], device=device)
         if not bool(going.all()):
             if not bool(going.any()):
                 break
@@ -296,10 +301,19 @@ def sample_fast(
             pad_token_id=agent.pad_token_id,
             generator=generator,
             token_filter=settings.token_filter,
+            stopped_by=stop_string_check(agent, settings.stop),
         )
     return rollout_of(
         agent, prompts, prompt_ids, prompt_mask, completion_ids, settings.num_generations, logprobs, settings.stop
     )
+
+
+def stop_string_check(agent: AgentPolicy, stop: Sequence[str]) -> Callable[[torch.Tensor], bool] | None:
+    """Whether a completion's ids so far hold one of the ``stop`` strings (None: no stop strings),
+    as :func:`magrpo.sampling.rollout.rollout_of` reads them when it cuts the completion there."""
+    if not stop:
+        return None
+    return lambda ids: any(s in agent.tokenizer.decode(ids, skip_special_tokens=True) for s in stop)
 
 
 class FastSampler(Sampler):
