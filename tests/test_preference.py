@@ -240,20 +240,25 @@ def both_open_right(*, completions, **_):
     return [float(c0.split()[:1] == ["a"]) + float(c1.split()[:1] == ["b"]) for c0, c1 in completions]
 
 
-def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
-    """No advantage, no baseline: only which of two joint actions of a node did better."""
+def learn_both_open_right(agents, tmp_path, max_steps: int, **config) -> tuple[MAGRPOTrainer, float, float]:
+    """A MADPO team trained on :func:`both_open_right`: the trainer, and the mean reward of its
+    first 3 steps and of its last 5 (printed). The first step's policy is its reference (a frozen
+    copy, whose kernels may round apart): every margin 0 up to float32 rounding, every loss log 2."""
     trainer = team_trainer(
-        tiny_agents, tmp_path, both_open_right, SAME_QUESTION, num_generations=8, batch_size=4, max_steps=40
+        agents, tmp_path, both_open_right, SAME_QUESTION, num_generations=8, batch_size=4, max_steps=max_steps, **config
     )
     history = trainer.train(progress=False)
     first = sum(h["reward_mean"] for h in history[:3]) / 3
     last = sum(h["reward_mean"] for h in history[-5:]) / 5
     print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
-    # the first step's policy is its reference (a frozen copy, whose kernels may round apart):
-    # every margin 0 up to float32 rounding, every loss log 2
-    first_step = history[0]
-    assert first_step["preference/pairs"] > 0 and abs(first_step["preference/margin"]) < 1e-6
-    assert first_step["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert history[0]["preference/pairs"] > 0 and abs(history[0]["preference/margin"]) < 1e-6
+    assert history[0]["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    return trainer, first, last
+
+
+def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
+    """No advantage, no baseline: only which of two joint actions of a node did better."""
+    trainer, first, last = learn_both_open_right(tiny_agents, tmp_path, max_steps=40)
     assert first < 0.6
     assert last >= 1.8
     assert trainer.evaluate()["reward"] == 2.0
