@@ -5,6 +5,8 @@ rules, and a team that learns to beat its frozen self."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -12,10 +14,10 @@ from magrpo import ConfigError, MAGRPOConfig
 from magrpo.comparator import comparator_pairs
 from magrpo.experience import build_experience, micro_batch_logprobs, scoring
 from magrpo.logprobs import scoring_mode
-from magrpo.models import build_agents
+from magrpo.models import build_agents, save_agent
 from magrpo.objective import policy_loss
 from magrpo.preference import completion_weights
-from magrpo.step import sample_tree
+from magrpo.step import learn, sample_tree
 from magrpo.tree import trained_rollouts, turn_returns
 from tests.conftest import make_tiny_model
 from tests.test_preference import a_count_reward, learn_both_open_right, team_trainer
@@ -45,7 +47,7 @@ def test_comparator_pairs_are_the_kth_against_the_kth():
 
 
 def frozen_trainer(agents, tmp_path, reward=a_count_reward, items=({"question": "q"}, {"question": "a b"}), **config):
-    return team_trainer(agents, tmp_path, reward, items, preference_comparator="frozen", **config)
+    return team_trainer(agents, tmp_path, reward, items, **{"preference_comparator": "frozen", **config})
 
 
 def nudge(agents) -> None:
@@ -147,45 +149,85 @@ def test_the_update_has_exactly_the_gradient_of_the_mean_dpo_loss_against_the_fr
             torch.testing.assert_close(g, e, rtol=0, atol=2**-20 * float(e.abs().max()))
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_the_comparator_samples_with_the_frozen_initial_policy(tiny_tokenizer, tmp_path, lora):
-    """The comparator's sampling-time log-probs are its reference's (the initial weights), not the
-    moved policy's; the team's own are the policy's."""
-    tok = tiny_tokenizer
-    models = [(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)]
-    agents = build_agents(models, device="cpu", use_lora=lora, lora_r=4)
-    trainer = frozen_trainer(agents, tmp_path, rollout_backend="fast")
-    team = trainer.team
-    torch.manual_seed(0)
-    with torch.no_grad():  # far apart, so the two policies' log-probs cannot be confused
+def far_apart(agents, seed: int) -> None:
+    """Move every policy far off its weights, so two policies' log-probs cannot be confused."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
         for agent in agents:
             for p in agent.trainable_parameters():
                 p.add_(0.5 * torch.randn_like(p))
+
+
+@contextlib.contextmanager
+def comparator_model(kind: str, agent, saved, precision):
+    """The weights the comparator should sample with: the agent's reference, or the saved agent's."""
+    if kind == "frozen":
+        with scoring(agent, precision), agent.as_reference() as ref, scoring_mode(ref) as model:
+            yield model
+    else:
+        with scoring(saved, precision) as model:
+            yield model
+
+
+@pytest.mark.parametrize("kind", ["frozen", "model"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_comparator_samples_with_its_own_weights(tiny_tokenizer, tmp_path, kind, lora):
+    """The comparator's sampling-time log-probs are its weights' (the frozen initial policy, or a
+    team saved in a folder), not the moved policy's; the team's own are the policy's."""
+    tok = tiny_tokenizer
+
+    def team():
+        return build_agents(
+            [(make_tiny_model(len(tok), seed=s), tok) for s in (1, 2)], device="cpu", use_lora=lora, lora_r=4
+        )
+
+    saved = team()
+    far_apart(saved, seed=1)
+    for agent in saved:
+        save_agent(agent, tmp_path / "saved" / agent.name)
+    agents = team()
+    setting = "frozen" if kind == "frozen" else f"model:{tmp_path / 'saved'}"
+    trainer = frozen_trainer(agents, tmp_path / "run", preference_comparator=setting)
+    team_ = trainer.team
+    far_apart(agents, seed=2)
     envs = [trainer.env_factory(item) for item in trainer.train_items]
-    (turn,) = sample_tree(team, envs, 0).turns
+    sampled_tree = sample_tree(team_, envs, 0)
+    (turn,) = sampled_tree.turns
     for i, agent in enumerate(agents):
         rollout, theirs = turn.rollouts[i], turn.comparator.rollouts[i]
-        ones = [torch.ones(len(rollout.completion_ids))] * 2
-        exp = build_experience(team, i, [rollout, theirs], ones)
+        exp = build_experience(team_, i, [rollout, theirs], [torch.ones(len(rollout.completion_ids))] * 2)
         own_mb, their_mb = exp.micro_batches  # each side in one micro-batch
-        with torch.no_grad(), scoring(agent, team.precision) as model:
-            policy = [micro_batch_logprobs(model, mb, team.objectives[i]) for mb in (own_mb, their_mb)]
-        with torch.no_grad(), scoring(agent, team.precision), agent.as_reference() as ref, scoring_mode(ref) as model:
-            reference = [micro_batch_logprobs(model, mb, team.objectives[i]) for mb in (own_mb, their_mb)]
+        objective = team_.objectives[i]
+        with torch.no_grad():
+            with scoring(agent, team_.precision) as model:
+                policy = [micro_batch_logprobs(model, mb, objective) for mb in (own_mb, their_mb)]
+            with comparator_model(kind, agent, saved[i], team_.precision) as model:
+                expected = micro_batch_logprobs(model, their_mb, objective)
 
         def sampled(r, mb):
             return r.token_logprobs[:, : mb.completion_mask.shape[1]] * mb.completion_mask
 
-        for got, mb, scored in [(rollout, own_mb, policy[0]), (theirs, their_mb, reference[1])]:
+        for got, mb, scored in [(rollout, own_mb, policy[0]), (theirs, their_mb, expected)]:
             torch.testing.assert_close(sampled(got, mb), scored * mb.completion_mask, rtol=0, atol=1e-4)
         # the comparator's log-probs are not the moved policy's
         assert (sampled(theirs, their_mb) - policy[1] * their_mb.completion_mask).abs().max() > 1e-2
+    if kind == "model":  # read-only copies: the step's update leaves the saved team's weights as they were
+        before = [{k: v.clone() for k, v in a.model.state_dict().items()} for a in team_.comparator.agents]
+        learn(team_, sampled_tree)
+        for a, weights in zip(team_.comparator.agents, before):
+            assert all(torch.equal(v, weights[k]) for k, v in a.model.state_dict().items())
+
+
+def test_a_saved_team_without_its_agents_folders_is_refused(tiny_agents, tmp_path):
+    with pytest.raises(ConfigError, match="has no folder 'agent_0'"):
+        frozen_trainer(tiny_agents, tmp_path, preference_comparator=f"model:{tmp_path / 'nowhere'}")
 
 
 @pytest.mark.parametrize(
     "override, named",
     [
-        ({"preference_comparator": "model:/runs/a"}, "preference_comparator='model:/runs/a' is not built yet"),
+        ({"preference_comparator": "model"}, "preference_comparator='model' is not built yet"),
+        ({"preference_comparator": "model: "}, "preference_comparator='model: ' names no folder"),
         ({"preference_comparator": "history"}, "preference_comparator='history' is not built yet"),
         ({"preference_comparator": "current_copy"}, "preference_comparator='current_copy' is not built yet"),
         ({"preference_comparator": "best"}, "preference_comparator='best'"),
@@ -194,6 +236,10 @@ def test_the_comparator_samples_with_the_frozen_initial_policy(tiny_tokenizer, t
             "pair_selection='comparator_reward'.*preference_comparator='current'",
         ),
         ({"preference_comparator": "frozen", "num_turns": 2}, "num_turns=2.*preference_comparator='frozen'"),
+        (
+            {"preference_comparator": "model:/runs/a", "num_turns": 2},
+            "num_turns=2.*preference_comparator='model:/runs/a'",
+        ),
         ({"preference_comparator": "frozen", "beta": 0.1}, "beta=0.1.*preference_comparator='frozen'"),
         ({"preference_comparator": "frozen", "entropy_coef": 0.01}, "entropy_coef=0.01"),
         ({"preference_comparator": "frozen", "rollout_backend": "vllm"}, "rollout_backend='vllm'"),
@@ -207,6 +253,7 @@ def test_comparator_settings_not_built_are_refused_by_name(override, named):
     with pytest.raises(ConfigError, match=named):
         MAGRPOConfig(algorithm="madpo", **override)
     MAGRPOConfig(algorithm="madpo", preference_comparator="frozen", pair_selection="comparator_reward")
+    MAGRPOConfig(algorithm="madpo", preference_comparator="model:/runs/a")  # the folder is read when the team is
 
 
 def test_a_comparator_without_madpo_is_refused():

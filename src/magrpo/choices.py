@@ -20,11 +20,13 @@ PAIR_SELECTIONS = ("reward_gap", "all", "random")
 #: MADPO with a comparator: the same, and CoMLRL's "comparator_reward" (the pairs whose comparator
 #: reward is highest first; magrpo.comparator.comparator_pairs)
 COMPARATOR_PAIR_SELECTIONS = (*PAIR_SELECTIONS, "comparator_reward")
-#: MADPO: whose joint actions the team's are paired with: its own ("current") or those its frozen
-#: initial policy samples on the same observations ("frozen"; magrpo.comparator)
+#: MADPO: whose joint actions the team's are paired with: its own ("current"), those its frozen
+#: initial policy samples on the same observations ("frozen"), or those of a team saved in a
+#: folder (MODEL_COMPARATOR followed by the folder; magrpo.comparator)
 PREFERENCE_COMPARATORS = ("current", "frozen")
+MODEL_COMPARATOR = "model:"
 #: CoMLRL's other comparators, refused by name until built (docs/preference.md, "Not yet here")
-COMPARATORS_NOT_BUILT = ("current_copy", "model", "history", "api")
+COMPARATORS_NOT_BUILT = ("current_copy", "history", "api")
 #: MADPO: each agent's DPO logit: the team's summed margins ("joint") or its own ("own")
 PREFERENCE_LOSSES = ("joint", "own")
 #: MADPO: the DPO margins' reference: the agent's initial policy, or none (the policy's alone)
@@ -116,6 +118,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
     "LR_SCHEDULERS",
+    "MODEL_COMPARATOR",
     "MULTI_OBJECTIVE_AGGREGATIONS",
     "PAIR_SELECTIONS",
     "PREFERENCE_COMPARATORS",

@@ -2,7 +2,8 @@
 same observations, whose k-th the team's k-th is paired with by joint reward (docs/preference.md;
 CoMLRL 1.4.3's iterative MADPO, ``_select_policy_comparison_pairs``).
 
-    comparator  = Comparator.frozen(agents)            each agent's frozen initial policy
+    comparator  = Comparator.from_config(agents, args)  "frozen": each agent's frozen initial policy;
+                                                        "model:<folder>": a team saved there
     samples     = comparator.sample(turn, envs, ...)    G per node, the same observations, the env's rewards
     pairs       = comparator_pairs(team's, comparator's returns of a node)     (own k, comparator k)
 
@@ -15,12 +16,17 @@ completions join the agents' update (:func:`magrpo.tree.trained_rollouts`).
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
-from magrpo.choices import COMPARATOR_PAIR_SELECTIONS, check_choice
+from magrpo.checkpoint import load_agent_weights
+from magrpo.choices import COMPARATOR_PAIR_SELECTIONS, MODEL_COMPARATOR, check_choice
+from magrpo.errors import ConfigError
+from magrpo.grouping import group_by_identity
 from magrpo.logprobs import scoring_mode
 from magrpo.models.agent import AgentPolicy
 from magrpo.seeds import mix_seed
@@ -66,10 +72,12 @@ class Comparator:
     @classmethod
     def from_config(cls, agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> "Comparator | None":
         """The config's comparator (None: "current", the team's own joint actions among themselves)."""
-        if args.preference_comparator == "current":
+        name = args.preference_comparator
+        if name == "current":
             return None
-        # "frozen", the only other one the config lets through: each agent's reference policy
-        return cls("frozen", [ReferenceAgent.of(agent) for agent in agents])
+        if name.startswith(MODEL_COMPARATOR):
+            return cls(name, saved_team(agents, Path(name[len(MODEL_COMPARATOR) :]).expanduser(), name))
+        return cls(name, [ReferenceAgent.of(agent) for agent in agents])  # "frozen": each agent's reference
 
     def sample(
         self,
@@ -90,6 +98,27 @@ class Comparator:
         _, results = step_joint_actions(envs, rollouts, names, turn.joint_indices)
         rewards = torch.tensor([[r.joint_reward for r in row] for row in results], dtype=torch.float64)
         return ComparatorSamples(rollouts, rewards)
+
+
+def saved_team(agents: Sequence[AgentPolicy], folder: Path, setting: str) -> list[AgentPolicy]:
+    """The team saved in ``folder`` (``folder/agent_i`` as :func:`magrpo.models.save_agent` wrote
+    it), as frozen stand-ins of ``agents``: a copy of each agent's model (one per shared base, its
+    LoRA agents' adapters on it) with the saved weights, never trained, in eval mode. The agents'
+    tokenizers stay theirs: the saved team must be the same models (a run's own checkpoint)."""
+    missing = [agent.name for agent in agents if not (folder / agent.name).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"preference_comparator={setting!r}: {str(folder)!r} has no folder {missing[0]!r}; name a folder "
+            "holding agent_0, agent_1, ... as magrpo saves a team (a run's final folder or one of its checkpoints)"
+        )
+    stand_ins: list[AgentPolicy | None] = [None] * len(agents)
+    for indices in group_by_identity(agents, lambda agent: agent.model):
+        clone = copy.deepcopy(agents[indices[0]].model).requires_grad_(False).eval()
+        for i in indices:
+            agent = agents[i]
+            stand_ins[i] = AgentPolicy(name=agent.name, model=clone, tokenizer=agent.tokenizer, adapter=agent.adapter)
+            load_agent_weights(stand_ins[i], folder / agent.name)
+    return stand_ins
 
 
 def comparator_pairs(
@@ -124,4 +153,4 @@ def comparator_pairs(
     return pairs if limit is None else pairs[:limit]
 
 
-__all__ = ["COMPARATOR_STREAM", "Comparator", "ReferenceAgent", "comparator_pairs"]
+__all__ = ["COMPARATOR_STREAM", "Comparator", "ReferenceAgent", "comparator_pairs", "saved_team"]

@@ -33,6 +33,7 @@ from magrpo.choices import (
     LOSS_AGGREGATIONS,
     LOSS_TYPES,
     LR_SCHEDULERS,
+    MODEL_COMPARATOR,
     MULTI_OBJECTIVE_AGGREGATIONS,
     PREFERENCE_ALGORITHMS,
     PREFERENCE_COMPARATORS,
@@ -159,7 +160,9 @@ class MAGRPOConfig:
     #: MADPO: whose joint actions the team's are paired with. "current": the team's own, each
     #: node's G among themselves; "frozen": G more per node sampled on the same observations by
     #: each agent's frozen initial policy (its reference: a LoRA agent's base), the team's k-th
-    #: against the frozen k-th by joint reward (one turn only; docs/preference.md)
+    #: against the frozen k-th by joint reward; "model:<folder>": the same, sampled by the team
+    #: saved in the folder (agent_0, agent_1, ...: a run's final or checkpoint folder), read-only
+    #: (one turn only; docs/preference.md)
     preference_comparator: str = "current"
     #: MARLHF: the reward model's AdamW steps (one per training step with pairs, on that step's
     #: pairs ranked by the task's returns, the agents not learning) before it is frozen and the
@@ -977,14 +980,22 @@ def _one_of(choices: tuple[str, ...]) -> FieldCheck:
 
 
 def _comparator(cfg: MAGRPOConfig, name: str) -> None:
-    """One of PREFERENCE_COMPARATORS; CoMLRL's others (and "model:<path>") refused by name until built."""
+    """One of PREFERENCE_COMPARATORS or "model:<folder>"; CoMLRL's others refused by name until built."""
     value = getattr(cfg, name)
-    if isinstance(value, str) and (value in COMPARATORS_NOT_BUILT or value.startswith(("model:", "history:"))):
+    accepted = f"{', '.join(map(repr, PREFERENCE_COMPARATORS))} or '{MODEL_COMPARATOR}<folder>'"
+    if isinstance(value, str) and value.startswith(MODEL_COMPARATOR):
+        if not value[len(MODEL_COMPARATOR) :].strip():
+            raise ConfigError(
+                f"{name}={value!r} names no folder; use '{MODEL_COMPARATOR}<folder holding agent_0, ...>'"
+            )
+        return
+    if value in COMPARATORS_NOT_BUILT or value == "model":
         raise ConfigError(
-            f"{name}={value!r} is not built yet (a comparator sampled by another model, a past checkpoint or an "
-            f'endpoint: docs/preference.md, "Not yet here"); use one of {", ".join(map(repr, PREFERENCE_COMPARATORS))}'
+            f"{name}={value!r} is not built yet (CoMLRL's past checkpoint of the run, copy of the current weights "
+            f'or endpoint: docs/preference.md, "Not yet here"); use {accepted}'
         )
-    _choice(cfg, name, PREFERENCE_COMPARATORS)
+    if value not in PREFERENCE_COMPARATORS:
+        raise ConfigError(f"{name}={value!r} is not valid; use {accepted}")
 
 
 def _optional(check: FieldCheck) -> FieldCheck:
