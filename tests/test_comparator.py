@@ -6,6 +6,7 @@ rules, and a team that learns to beat its frozen self."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from magrpo.preference import completion_weights
 from magrpo.step import learn, sample_tree
 from magrpo.tree import trained_rollouts, turn_returns
 from tests.conftest import make_tiny_model
-from tests.test_preference import a_count_reward, learn_both_open_right, team_trainer
+from tests.test_preference import a_count_reward, learn_both_open_right, summarize_from_the_command_line, team_trainer
 
 # one node, G = 4: the team's returns and the comparator's, index by index
 #   k = 0: the team's wins, gap 1, comparator 0    -> (0, 4)
@@ -268,3 +269,16 @@ def test_a_team_learns_to_beat_its_frozen_self(tiny_agents, tmp_path):
     _, first, last = learn_both_open_right(tiny_agents, tmp_path, max_steps=30, preference_comparator="frozen")
     assert first < 0.6
     assert last >= 1.5
+
+
+def test_a_team_trains_against_its_frozen_self_then_against_that_run_from_the_command_line(tmp_path):
+    """summarize from the CLI: a run against the frozen initial team, then one against the first
+    run's saved team (its final folder), with CoMLRL's comparator_reward selection."""
+    flags = ["--set", "preference_comparator=frozen", "--set", "pair_selection=comparator_reward"]
+    steps, first_run = summarize_from_the_command_line(tmp_path, "frozen", "madpo", *flags)
+    for row in steps:
+        assert row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"])
+        assert math.isfinite(row["preference/comparator_reward"])
+    saved = f"preference_comparator=model:{first_run / 'final'}"
+    steps, _ = summarize_from_the_command_line(tmp_path, "against_saved", "madpo", "--set", saved)
+    assert all(math.isfinite(row["preference/comparator_reward"]) for row in steps)

@@ -4,7 +4,9 @@ config's rules, and a team that learns from preferences alone."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,10 +266,9 @@ def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
     assert trainer.evaluate()["reward"] == 2.0
 
 
-@pytest.mark.parametrize("algorithm", ["madpo", "marlhf"])
-def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(tmp_path, algorithm):
-    import json
-
+def summarize_from_the_command_line(tmp_path, run: str, algorithm: str, *flags: str) -> tuple[list[dict], Path]:
+    """``magrpo train --task summarize`` for 2 steps on a tiny model saved under ``tmp_path`` (once),
+    with ``flags``; the steps' metrics rows, and the run folder ``tmp_path / run``."""
     from typer.testing import CliRunner
 
     from magrpo.cli import app
@@ -275,28 +276,35 @@ def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(
 
     # a tiny model whose answers run long enough (EOS about 1 token in 15) for the summary's
     # length windows to pass in some joint actions and fail in others: pairs at most nodes
-    tok, model = make_tiny_tokenizer(), str(tmp_path / "tiny")
-    network = make_tiny_model(len(tok), seed=1)
-    with torch.no_grad():
-        network.lm_head.weight[0] = 0.0
-        network.lm_head.weight[1:] *= 20.0
-    network.save_pretrained(model)
-    tok.save_pretrained(model)
-    data = tmp_path / "items.jsonl"
-    data.write_text("".join(json.dumps({"source": f"a b c {'q ' * i}"}) + "\n" for i in range(4)))
-    run_dir = tmp_path / "run"
+    model, data = tmp_path / "tiny", tmp_path / "items.jsonl"
+    if not model.is_dir():
+        tok = make_tiny_tokenizer()
+        network = make_tiny_model(len(tok), seed=1)
+        with torch.no_grad():
+            network.lm_head.weight[0] = 0.0
+            network.lm_head.weight[1:] *= 20.0
+        network.save_pretrained(model)
+        tok.save_pretrained(model)
+        data.write_text("".join(json.dumps({"source": f"a b c {'q ' * i}"}) + "\n" for i in range(4)))
+    run_dir = tmp_path / run
     result = CliRunner().invoke(
         app,
-        ["train", "--task", "summarize", "--algorithm", algorithm, "--model", model, "--data", str(data),
+        ["train", "--task", "summarize", "--algorithm", algorithm, "--model", str(model), "--data", str(data),
          "--eval-fraction", "0.5", "--eval-items", "1", "--steps", "2", "-G", "6", "--max-new-tokens", "32",
-         "--set", "dpo_beta=0.2" if algorithm == "madpo" else "reward_model_steps=1",
-         "--output-dir", str(run_dir), "--no-progress"],
+         *flags, "--output-dir", str(run_dir), "--no-progress"],
         env={"COLUMNS": "400"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "step" in row and "reward_mean" in row]
     assert len(steps) == 2
+    return steps, run_dir
+
+
+@pytest.mark.parametrize("algorithm", ["madpo", "marlhf"])
+def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(tmp_path, algorithm):
+    flag = "dpo_beta=0.2" if algorithm == "madpo" else "reward_model_steps=1"
+    steps, run_dir = summarize_from_the_command_line(tmp_path, "run", algorithm, "--set", flag)
     if algorithm == "madpo":
         assert all(row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"]) for row in steps)
     else:  # one step of the reward model on the first step's pairs, then MAGRPO on its rewards
