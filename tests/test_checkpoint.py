@@ -117,6 +117,7 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
         "critic",
         "critic-model",
         "madpo",
+        "madpo-frozen",
         "marlhf",
         "sequential",
         pytest.param("vllm", marks=NO_VLLM),

@@ -4,7 +4,9 @@ config's rules, and a team that learns from preferences alone."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,29 +242,33 @@ def both_open_right(*, completions, **_):
     return [float(c0.split()[:1] == ["a"]) + float(c1.split()[:1] == ["b"]) for c0, c1 in completions]
 
 
-def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
-    """No advantage, no baseline: only which of two joint actions of a node did better."""
+def learn_both_open_right(agents, tmp_path, max_steps: int, **config) -> tuple[MAGRPOTrainer, float, float]:
+    """A MADPO team trained on :func:`both_open_right`: the trainer, and the mean reward of its
+    first 3 steps and of its last 5 (printed). The first step's policy is its reference (a frozen
+    copy, whose kernels may round apart): every margin 0 up to float32 rounding, every loss log 2."""
     trainer = team_trainer(
-        tiny_agents, tmp_path, both_open_right, SAME_QUESTION, num_generations=8, batch_size=4, max_steps=40
+        agents, tmp_path, both_open_right, SAME_QUESTION, num_generations=8, batch_size=4, max_steps=max_steps, **config
     )
     history = trainer.train(progress=False)
     first = sum(h["reward_mean"] for h in history[:3]) / 3
     last = sum(h["reward_mean"] for h in history[-5:]) / 5
     print(f"reward first 3 steps {first:.3f}, last 5 steps {last:.3f}")
-    # the first step's policy is its reference (a frozen copy, whose kernels may round apart):
-    # every margin 0 up to float32 rounding, every loss log 2
-    first_step = history[0]
-    assert first_step["preference/pairs"] > 0 and abs(first_step["preference/margin"]) < 1e-6
-    assert first_step["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert history[0]["preference/pairs"] > 0 and abs(history[0]["preference/margin"]) < 1e-6
+    assert history[0]["preference/dpo_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    return trainer, first, last
+
+
+def test_a_team_learns_from_preferences_alone(tiny_agents, tmp_path):
+    """No advantage, no baseline: only which of two joint actions of a node did better."""
+    trainer, first, last = learn_both_open_right(tiny_agents, tmp_path, max_steps=40)
     assert first < 0.6
     assert last >= 1.8
     assert trainer.evaluate()["reward"] == 2.0
 
 
-@pytest.mark.parametrize("algorithm", ["madpo", "marlhf"])
-def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(tmp_path, algorithm):
-    import json
-
+def summarize_from_the_command_line(tmp_path, run: str, algorithm: str, *flags: str) -> tuple[list[dict], Path]:
+    """``magrpo train --task summarize`` for 2 steps on a tiny model saved under ``tmp_path`` (once),
+    with ``flags``; the steps' metrics rows, and the run folder ``tmp_path / run``."""
     from typer.testing import CliRunner
 
     from magrpo.cli import app
@@ -270,28 +276,35 @@ def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(
 
     # a tiny model whose answers run long enough (EOS about 1 token in 15) for the summary's
     # length windows to pass in some joint actions and fail in others: pairs at most nodes
-    tok, model = make_tiny_tokenizer(), str(tmp_path / "tiny")
-    network = make_tiny_model(len(tok), seed=1)
-    with torch.no_grad():
-        network.lm_head.weight[0] = 0.0
-        network.lm_head.weight[1:] *= 20.0
-    network.save_pretrained(model)
-    tok.save_pretrained(model)
-    data = tmp_path / "items.jsonl"
-    data.write_text("".join(json.dumps({"source": f"a b c {'q ' * i}"}) + "\n" for i in range(4)))
-    run_dir = tmp_path / "run"
+    model, data = tmp_path / "tiny", tmp_path / "items.jsonl"
+    if not model.is_dir():
+        tok = make_tiny_tokenizer()
+        network = make_tiny_model(len(tok), seed=1)
+        with torch.no_grad():
+            network.lm_head.weight[0] = 0.0
+            network.lm_head.weight[1:] *= 20.0
+        network.save_pretrained(model)
+        tok.save_pretrained(model)
+        data.write_text("".join(json.dumps({"source": f"a b c {'q ' * i}"}) + "\n" for i in range(4)))
+    run_dir = tmp_path / run
     result = CliRunner().invoke(
         app,
-        ["train", "--task", "summarize", "--algorithm", algorithm, "--model", model, "--data", str(data),
+        ["train", "--task", "summarize", "--algorithm", algorithm, "--model", str(model), "--data", str(data),
          "--eval-fraction", "0.5", "--eval-items", "1", "--steps", "2", "-G", "6", "--max-new-tokens", "32",
-         "--set", "dpo_beta=0.2" if algorithm == "madpo" else "reward_model_steps=1",
-         "--output-dir", str(run_dir), "--no-progress"],
+         *flags, "--output-dir", str(run_dir), "--no-progress"],
         env={"COLUMNS": "400"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "step" in row and "reward_mean" in row]
     assert len(steps) == 2
+    return steps, run_dir
+
+
+@pytest.mark.parametrize("algorithm", ["madpo", "marlhf"])
+def test_a_preference_algorithm_trains_the_summarize_task_from_the_command_line(tmp_path, algorithm):
+    flag = "dpo_beta=0.2" if algorithm == "madpo" else "reward_model_steps=1"
+    steps, run_dir = summarize_from_the_command_line(tmp_path, "run", algorithm, "--set", flag)
     if algorithm == "madpo":
         assert all(row["preference/pairs"] > 0 and math.isfinite(row["preference/dpo_loss"]) for row in steps)
     else:  # one step of the reward model on the first step's pairs, then MAGRPO on its rewards

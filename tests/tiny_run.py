@@ -5,7 +5,8 @@ before it: async_rollouts=1), server (the same on the engines of the rollout ser
 ``$MAGRPO_SERVER_URL``), critic (IAC over two turns: a value head per agent,
 TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
 critic-model (MAAC with a Q critic on a model of its own, fully trained), madpo (MADPO over two
-turns: random pairs of each node's joint actions, DPO against frozen reference copies), marlhf
+turns: random pairs of each node's joint actions, DPO against frozen reference copies), madpo-frozen
+(MADPO's team against its frozen initial self, CoMLRL's comparator_reward pairs), marlhf
 (three steps of a reward model copied from the first agent, then MAGRPO on its rewards), objective (the full team with a learning-rate schedule and warm-up, a rate per agent, two
 clipped updates per rollout, a KL term to frozen reference copies, TRL's grpo loss type and
 truncated completions masked), sequential (LoRA agents on one base taking turns over two turns of
@@ -89,6 +90,14 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         if variant == "critic-model"
         else dict(algorithm="madpo", learning_rate=1e-2, dpo_beta=0.5, pair_selection="random", pairs_per_node=3)
         if variant == "madpo"
+        else dict(
+            algorithm="madpo",
+            learning_rate=1e-2,
+            preference_comparator="frozen",
+            pair_selection="comparator_reward",
+            pairs_per_node=3,
+        )
+        if variant == "madpo-frozen"
         else dict(algorithm="marlhf", learning_rate=1e-2, reward_model_steps=3, critic_learning_rate=1e-2)
         if variant == "marlhf"
         else dict(

@@ -245,7 +245,7 @@ def load_checkpoint(
         folder = directory / name
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint {str(directory)!r} has no folder for {kind} {name!r}")
-        _load_weights(policy, folder)
+        load_agent_weights(policy, folder)
         if kind == "agent" and (folder / REFERENCE_FILE).is_file() and policy.reference_model is not None:
             from safetensors.torch import load_model
 
@@ -284,7 +284,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int | None) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- internals
-def _load_weights(agent: AgentPolicy, folder: Path) -> None:
+def load_agent_weights(agent: AgentPolicy, folder: Path) -> None:
+    """Load into ``agent``'s model the weights :func:`magrpo.models.save_agent` wrote to ``folder``
+    (a LoRA agent: its adapter's alone); weights that do not fit are a CheckpointError."""
     from safetensors.torch import load_file
 
     if agent.adapter is not None:
@@ -364,6 +366,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "check_resumable_config",
     "checkpoints_of",
+    "load_agent_weights",
     "load_checkpoint",
     "prune_checkpoints",
     "resolve_resume",

@@ -17,6 +17,16 @@ PREFERENCE_ALGORITHMS = ("madpo", "marlhf")
 CRITIC_ALGORITHMS = ("iac", "maac")
 #: MADPO: which of a node's ordered pairs of joint actions are kept (magrpo.preference.preference_pairs)
 PAIR_SELECTIONS = ("reward_gap", "all", "random")
+#: MADPO with a comparator: the same, and CoMLRL's "comparator_reward" (the pairs whose comparator
+#: reward is highest first; magrpo.comparator.comparator_pairs)
+COMPARATOR_PAIR_SELECTIONS = (*PAIR_SELECTIONS, "comparator_reward")
+#: MADPO: whose joint actions the team's are paired with: its own ("current"), those its frozen
+#: initial policy samples on the same observations ("frozen"), or those of a team saved in a
+#: folder (MODEL_COMPARATOR followed by the folder; magrpo.comparator)
+PREFERENCE_COMPARATORS = ("current", "frozen")
+MODEL_COMPARATOR = "model:"
+#: CoMLRL's other comparators, refused by name until built (docs/preference.md, "Not yet here")
+COMPARATORS_NOT_BUILT = ("current_copy", "history", "api")
 #: MADPO: each agent's DPO logit: the team's summed margins ("joint") or its own ("own")
 PREFERENCE_LOSSES = ("joint", "own")
 #: MADPO: the DPO margins' reference: the agent's initial policy, or none (the policy's alone)
@@ -91,6 +101,8 @@ __all__ = [
     "CRITIC_ALGORITHMS",
     "SAVE_STRATEGIES",
     "CLIPPED_LOSS_TYPES",
+    "COMPARATORS_NOT_BUILT",
+    "COMPARATOR_PAIR_SELECTIONS",
     "CRITIC_TYPES",
     "ADVANTAGE_SCALINGS",
     "AUTOCASTS",
@@ -106,8 +118,10 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "LOSS_TYPES",
     "LR_SCHEDULERS",
+    "MODEL_COMPARATOR",
     "MULTI_OBJECTIVE_AGGREGATIONS",
     "PAIR_SELECTIONS",
+    "PREFERENCE_COMPARATORS",
     "PREFERENCE_ALGORITHMS",
     "PREFERENCE_LOSSES",
     "PREFERENCE_REFERENCES",

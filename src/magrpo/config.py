@@ -18,6 +18,8 @@ from magrpo.choices import (
     ALGORITHMS,
     AUTOCASTS,
     CLIPPED_LOSS_TYPES,
+    COMPARATOR_PAIR_SELECTIONS,
+    COMPARATORS_NOT_BUILT,
     CREDITS,
     CRITIC_ALGORITHMS,
     CRITIC_TYPES,
@@ -31,9 +33,10 @@ from magrpo.choices import (
     LOSS_AGGREGATIONS,
     LOSS_TYPES,
     LR_SCHEDULERS,
+    MODEL_COMPARATOR,
     MULTI_OBJECTIVE_AGGREGATIONS,
-    PAIR_SELECTIONS,
     PREFERENCE_ALGORITHMS,
+    PREFERENCE_COMPARATORS,
     PREFERENCE_LOSSES,
     PREFERENCE_REFERENCES,
     PROTOCOLS,
@@ -53,6 +56,7 @@ PREFERENCE_FIELDS = {
     "dpo_beta": ("madpo",),
     "preference_loss": ("madpo",),
     "preference_reference": ("madpo",),
+    "preference_comparator": ("madpo",),
     "pair_selection": PREFERENCE_ALGORITHMS,
     "pairs_per_node": PREFERENCE_ALGORITHMS,
     "reward_model_steps": ("marlhf",),
@@ -142,7 +146,8 @@ class MAGRPOConfig:
     #: MADPO: DPO's beta, the inverse temperature of -log sigmoid(beta z)
     dpo_beta: float = 0.1
     #: MADPO: which ordered pairs (w, l) of a node's joint actions with return_w > return_l are
-    #: kept: "reward_gap" (the largest gaps first), "all" (every one), "random"
+    #: kept: "reward_gap" (the largest gaps first), "all" (every one), "random"; with a comparator
+    #: also "comparator_reward" (the pairs whose comparator reward is highest first, CoMLRL's)
     pair_selection: str = "reward_gap"
     #: MADPO: at most this many pairs per node ("reward_gap", "random"; None: every one)
     pairs_per_node: int | None = 16
@@ -152,6 +157,13 @@ class MAGRPOConfig:
     #: MADPO: the margins' reference: "initial" (the agent's reference policy, as the KL term's:
     #: a LoRA agent's base, a full agent's initial weights) or "none" (the policy's log-ratio alone)
     preference_reference: str = "initial"
+    #: MADPO: whose joint actions the team's are paired with. "current": the team's own, each
+    #: node's G among themselves; "frozen": G more per node sampled on the same observations by
+    #: each agent's frozen initial policy (its reference: a LoRA agent's base), the team's k-th
+    #: against the frozen k-th by joint reward; "model:<folder>": the same, sampled by the team
+    #: saved in the folder (agent_0, agent_1, ...: a run's final or checkpoint folder), read-only
+    #: (one turn only; docs/preference.md)
+    preference_comparator: str = "current"
     #: MARLHF: the reward model's AdamW steps (one per training step with pairs, on that step's
     #: pairs ranked by the task's returns, the agents not learning) before it is frozen and the
     #: team learns by MAGRPO from its rewards; the reward model is critic_model's (None: a copy of
@@ -646,6 +658,12 @@ class MAGRPOConfig:
                 )
         if self.algorithm not in PREFERENCE_ALGORITHMS:
             return
+        if self.pair_selection == "comparator_reward" and self.preference_comparator == "current":
+            raise ConfigError(
+                "pair_selection='comparator_reward' ranks the pairs by the comparator's reward; "
+                f"algorithm={self.algorithm!r} with preference_comparator='current' pairs the team's own joint "
+                "actions: use preference_comparator='frozen' (algorithm='madpo'), or another pair_selection"
+            )
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations={self.num_generations} with algorithm={self.algorithm!r}: a node's pairs are two of "
@@ -678,6 +696,45 @@ class MAGRPOConfig:
                 raise ConfigError(
                     f"{name}={value!r} is not valid with algorithm='madpo', which needs {name}={needed!r}: {why}"
                 )
+        if self.preference_comparator != "current":
+            self._check_comparator_rules()
+
+    def _check_comparator_rules(self) -> None:
+        """MADPO with a comparator (magrpo.comparator): what it is built for, the rest refused by name."""
+        comparator = f"preference_comparator={self.preference_comparator!r}"
+        # each rule: a setting the comparator's pairs are not built for, and why
+        rules: list[tuple[str, object, object, str]] = [
+            ("num_turns", self.num_turns, 1, "the comparator answers the first turn's observations only"),
+            (
+                "beta",
+                self.beta,
+                0.0,
+                "the KL term's estimate needs the policy's own samples, and the comparator's join the update",
+            ),
+            ("entropy_coef", self.entropy_coef, 0.0, "the entropy bonus would act on the comparator's samples too"),
+            (
+                "use_adaptive_entropy",
+                self.use_adaptive_entropy,
+                False,
+                "the entropy bonus would act on the comparator's samples too",
+            ),
+            (
+                "multi_objective_aggregation",
+                self.multi_objective_aggregation,
+                "sum_then_normalize",
+                "both sides are ranked by the logged joint reward",
+            ),
+        ]
+        for name, value, needed, why in rules:
+            if value != needed:
+                raise ConfigError(
+                    f"{name}={value!r} is not valid with {comparator}, which needs {name}={needed!r}: {why}"
+                )
+        if self.rollout_backend == "vllm":  # "auto" is resolved, and checked again, when the team is prepared
+            raise ConfigError(
+                f"rollout_backend='vllm' is not valid with {comparator}: the comparator samples with the trainer's own "
+                "weights (its engines hold the policy's); use rollout_backend='fast' or 'plain'"
+            )
 
     def _check_protocol_rules(self) -> None:
         """Rules of the sequential protocol and the counterfactual credit (docs/protocols.md): the
@@ -923,6 +980,25 @@ def _one_of(choices: tuple[str, ...]) -> FieldCheck:
     return lambda cfg, name: _choice(cfg, name, choices)
 
 
+def _comparator(cfg: MAGRPOConfig, name: str) -> None:
+    """One of PREFERENCE_COMPARATORS or "model:<folder>"; CoMLRL's others refused by name until built."""
+    value = getattr(cfg, name)
+    accepted = f"{', '.join(map(repr, PREFERENCE_COMPARATORS))} or '{MODEL_COMPARATOR}<folder>'"
+    if isinstance(value, str) and value.startswith(MODEL_COMPARATOR):
+        if not value[len(MODEL_COMPARATOR) :].strip():
+            raise ConfigError(
+                f"{name}={value!r} names no folder; use '{MODEL_COMPARATOR}<folder holding agent_0, ...>'"
+            )
+        return
+    if value in COMPARATORS_NOT_BUILT or value == "model":
+        raise ConfigError(
+            f"{name}={value!r} is not built yet (CoMLRL's past checkpoint of the run, copy of the current weights "
+            f'or endpoint: docs/preference.md, "Not yet here"); use {accepted}'
+        )
+    if value not in PREFERENCE_COMPARATORS:
+        raise ConfigError(f"{name}={value!r} is not valid; use {accepted}")
+
+
 def _optional(check: FieldCheck) -> FieldCheck:
     """``check``, except that None (the field's "not set") passes."""
     return lambda cfg, name: None if getattr(cfg, name) is None else check(cfg, name)
@@ -1060,10 +1136,11 @@ _FIELD_CHECKS: dict[str, FieldCheck] = {
     "multi_objective_aggregation": _one_of(MULTI_OBJECTIVE_AGGREGATIONS),
     "algorithm": _one_of(ALGORITHMS),
     "dpo_beta": _number(0.0, None, low_open=True),
-    "pair_selection": _one_of(PAIR_SELECTIONS),
+    "pair_selection": _one_of(COMPARATOR_PAIR_SELECTIONS),
     "pairs_per_node": _optional(_int_at_least(1)),
     "preference_loss": _one_of(PREFERENCE_LOSSES),
     "preference_reference": _one_of(PREFERENCE_REFERENCES),
+    "preference_comparator": _comparator,
     "reward_model_steps": _int_at_least(1),
     "critic_type": _one_of(CRITIC_TYPES),
     "critic_use_lora": _flag,

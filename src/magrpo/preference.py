@@ -1,6 +1,7 @@
 """MADPO: a team trained from preferences between the joint actions of each node (docs/preference.md).
 
     pairs      = preference_pairs(returns of a node's G joint actions)   ordered (winner, loser)
+                 (a comparator: the team's k-th against its k-th, magrpo.comparator.comparator_pairs)
     margins    = dpo_margins(pi_i, pi_ref_i of winner and loser)         per agent, per pair
     z          = pair_logits(margins, preference_loss)                   joint: the sum over agents
     loss       = -log sigmoid(beta z)                                    each agent's DPO loss
@@ -23,10 +24,12 @@ import torch.nn.functional as F
 
 from magrpo.baselines import NO_EXTRA_LOSS, ExtraLoss
 from magrpo.choices import PAIR_SELECTIONS, PREFERENCE_LOSSES, check_choice
+from magrpo.comparator import comparator_pairs
 from magrpo.experience import micro_batch, micro_batch_logprobs, scoring
 from magrpo.logprobs import scoring_mode
 from magrpo.objective import Objective
 from magrpo.seeds import mix_seed
+from magrpo.tree import trained_rollouts
 
 if TYPE_CHECKING:
     from magrpo.config import MAGRPOConfig
@@ -120,16 +123,20 @@ def pair_rows(pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def sequence_logprobs(
-    model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, objective: Objective, chunk: int
+    model: torch.nn.Module, rollouts: Sequence[Rollout], rows: torch.Tensor, objective: Objective, chunk: int
 ) -> torch.Tensor:
-    """[len(rows)] float64 on the CPU: the summed log-probs of ``rows`` of ``rollout`` under
-    ``model`` (as the update scores them: the sampling temperature, the counted tokens)."""
+    """[len(rows)] float64 on the CPU: the summed log-probs of ``rows`` (sorted) of ``rollouts``
+    laid end to end (the team's, then a comparator's) under ``model``, as the update scores them
+    (the sampling temperature, the counted tokens)."""
     where = next(model.parameters()).device
-    out = []
-    for part in rows.split(chunk):
-        mb = micro_batch(rollout, torch.zeros(len(rollout.completion_ids)), part, where, False)
-        logprobs = micro_batch_logprobs(model, mb, objective)
-        out.append((logprobs.double() * mb.completion_mask).sum(dim=-1).cpu())
+    out, start = [], 0
+    for rollout in rollouts:
+        end = start + len(rollout.completion_ids)
+        for part in (rows[(rows >= start) & (rows < end)] - start).split(chunk):
+            mb = micro_batch(rollout, torch.zeros(len(rollout.completion_ids)), part, where, False)
+            logprobs = micro_batch_logprobs(model, mb, objective)
+            out.append((logprobs.double() * mb.completion_mask).sum(dim=-1).cpu())
+        start = end
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -194,62 +201,89 @@ class PreferenceBaseline:
             agents, objectives, PreferenceSettings.from_config(args), precision, ranks, args.update_micro_batch_size
         )
 
-    def node_pairs(self, turn: Turn, node: int, returns: torch.Tensor) -> list[tuple[int, int]]:
-        """The pairs of one node's joint actions."""
-        s = self.settings
-        return preference_pairs(returns, s.selection, s.limit, node_generator(s, turn, node))
+    def turn_pairs(self, turn: Turn, returns: torch.Tensor) -> list[tuple[int, int]]:
+        """The pairs of every node of ``turn``, as rows of its sides laid end to end: the team's
+        rows p * G + k, then a comparator's P * G + p * G + k (magrpo.comparator)."""
+        s, g, num_nodes = self.settings, turn.rollouts[0].num_generations, turn.num_nodes
+        if turn.comparator is None:  # "current": the node's own joint actions among themselves
+            return [
+                (p * g + w, p * g + lo)
+                for p in range(num_nodes)
+                for w, lo in preference_pairs(returns[p], s.selection, s.limit, node_generator(s, turn, p))
+            ]
+
+        def row(node: int, k: int) -> int:  # the node's index k < G: the team's; G + k: the comparator's
+            return node * g + k if k < g else num_nodes * g + node * g + (k - g)
+
+        theirs = turn.comparator.rewards
+        return [
+            (row(p, w), row(p, lo))
+            for p in range(num_nodes)
+            for w, lo in comparator_pairs(returns[p], theirs[p], s.selection, s.limit, node_generator(s, turn, p))
+        ]
 
     def __call__(
         self, turns: Sequence[Turn], returns: Sequence[torch.Tensor]
     ) -> tuple[list[list[torch.Tensor]], "PreferenceTraining"]:
         s, n = self.settings, len(self.agents)
-        # every turn's pairs as rows p * G + g of its rollouts
-        turn_pairs = []
-        for turn, ret in zip(turns, returns):
-            g = turn.rollouts[0].num_generations
-            turn_pairs.append(
-                [(p * g + w, p * g + lo) for p in range(turn.num_nodes) for w, lo in self.node_pairs(turn, p, ret[p])]
-            )
+        turn_pairs = [self.turn_pairs(turn, ret) for turn, ret in zip(turns, returns)]
         device = self.agents[0].device
         num_pairs = self.ranks.sum(sum(len(pairs) for pairs in turn_pairs), device)
-        num_rows = self.ranks.sum(sum(len(turn.rollouts[0].completion_ids) for turn in turns), device)
+        # S: every completion the update counts, a comparator's too (they are trained on)
+        num_rows = self.ranks.sum(sum(len(r.completion_ids) for r in trained_rollouts(turns, 0)), device)
         advantages: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        comparator_weights: list[list[torch.Tensor]] = [[] for _ in range(n)]
         loss_sum = correct = margin_sum = 0.0
         for turn, pairs in zip(turns, turn_pairs):
-            margins = torch.stack([self.agent_margins(i, turn.rollouts[i], pairs) for i in range(n)])
+            sides = [turn.rollouts] + ([turn.comparator.rollouts] if turn.comparator is not None else [])
+            margins = torch.stack([self.agent_margins(i, [side[i] for side in sides], pairs) for i in range(n)])
             logits = pair_logits(margins, s.loss)
             if not torch.isfinite(logits).all():
                 raise FloatingPointError(f"a DPO margin at turn {turn.index} is not finite: {margins.tolist()}")
             coefficients = dpo_gradient_coefficients(logits, s.beta)
             scale = num_rows / num_pairs if num_pairs else 0.0
-            rows = len(turn.rollouts[0].completion_ids)
             for i in range(n):
-                advantages[i].append(completion_weights(pairs, coefficients[i], rows, scale).float())
+                sizes = [len(side[i].completion_ids) for side in sides]
+                own, *theirs = completion_weights(pairs, coefficients[i], sum(sizes), scale).float().split(sizes)
+                advantages[i].append(own)
+                comparator_weights[i].extend(theirs)
             loss_sum += float(dpo_loss(logits, s.beta).sum())
             correct += float((logits > 0).double().sum())
             margin_sum += float(margins.sum())
         totals = [self.ranks.sum(v, device) for v in (loss_sum, correct, margin_sum)]
-        figures = {"pairs": float(num_pairs)}
+        figures = {"pairs": float(num_pairs), **self.comparator_figures(turns)}
         if num_pairs:
             figures.update(
                 dpo_loss=totals[0] / (num_pairs * n),
                 accuracy=totals[1] / (num_pairs * n),
                 margin=totals[2] / (num_pairs * n),
             )
-        return advantages, PreferenceTraining(figures)
+        # in trained_rollouts' order: every turn's own rows, then the comparator's
+        return [own + theirs for own, theirs in zip(advantages, comparator_weights)], PreferenceTraining(figures)
 
-    def agent_margins(self, index: int, rollout: Rollout, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """[P] float64: agent ``index``'s DPO margin on each pair, scored before any update."""
+    def comparator_figures(self, turns: Sequence[Turn]) -> dict[str, float]:
+        """With a comparator: the mean joint reward of its joint actions over every rank's nodes
+        (the team's own is the step's reward_mean), so the log shows the team pulling ahead."""
+        sampled = [turn.comparator.rewards for turn in turns if turn.comparator is not None]
+        if not sampled:
+            return {}
+        device = self.agents[0].device
+        total = self.ranks.sum(sum(float(r.sum()) for r in sampled), device)
+        return {"comparator_reward": total / self.ranks.sum(sum(r.numel() for r in sampled), device)}
+
+    def agent_margins(self, index: int, rollouts: Sequence[Rollout], pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """[P] float64: agent ``index``'s DPO margin on each pair (rows of ``rollouts`` laid end to
+        end), both sides scored under its current policy, before any update."""
         if not pairs:
             return torch.zeros(0, dtype=torch.float64)
         agent = self.agents[index]
         rows, winners, losers = pair_rows(pairs)
         with scoring(agent, self.precision) as model:
-            policy = sequence_logprobs(model, rollout, rows, self.objectives[index], self.chunk)
+            policy = sequence_logprobs(model, rollouts, rows, self.objectives[index], self.chunk)
         if not self.settings.with_reference:
             return dpo_margins(policy[winners], policy[losers])
         with scoring(agent, self.precision), agent.as_reference() as reference, scoring_mode(reference) as model:
-            ref = sequence_logprobs(model, rollout, rows, self.objectives[index], self.chunk)
+            ref = sequence_logprobs(model, rollouts, rows, self.objectives[index], self.chunk)
         return dpo_margins(policy[winners], policy[losers], ref[winners], ref[losers])
 
 

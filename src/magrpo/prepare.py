@@ -15,6 +15,7 @@ import torch
 from magrpo import distributed, sharding
 from magrpo.baselines import GroupBaseline
 from magrpo.choices import CRITIC_ALGORITHMS
+from magrpo.comparator import Comparator
 from magrpo.config import MAGRPOConfig
 from magrpo.critics.baseline import CriticBaseline
 from magrpo.critics.critic import make_critics
@@ -146,9 +147,8 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
             attach_sampling_copies(built, dtype)
     if args.async_rollouts:  # sampled during the update: by engines of their own, never the trainer's process
         check_engines_apart(built, args)
-    if (
-        args.beta > 0 or args.preference_reference_used()
-    ):  # the KL term's or DPO's reference: a full agent's frozen copy (LoRA: its base)
+    # the KL term's, DPO's or the frozen comparator's reference: a full agent's frozen copy (LoRA: its base)
+    if args.beta > 0 or args.preference_reference_used() or args.preference_comparator == "frozen":
         if ranks.sharded and any(agent.adapter is None for agent in built):
             raise ConfigError(
                 f"beta={args.beta} needs a whole frozen reference copy of every fully trained agent, which "
@@ -179,7 +179,9 @@ def prepare_team(agents: Sequence[Any], args: MAGRPOConfig) -> Team:
         baseline = LearnedRewardBaseline(reward_model, built, args, precision, ranks)
     else:
         baseline = GroupBaseline.from_config(args)
-    return Team(built, optimizers, args, ranks, precision, make_schedulers(optimizers, args), baseline)
+    schedulers = make_schedulers(optimizers, args)
+    comparator = Comparator.from_config(built, args)
+    return Team(built, optimizers, args, ranks, precision, schedulers, baseline, comparator=comparator)
 
 
 def check_engines_apart(agents: Sequence[AgentPolicy], args: MAGRPOConfig) -> None:
@@ -261,6 +263,8 @@ def choose_rollout_backend(args: MAGRPOConfig, agents: Sequence[AgentPolicy], ra
     if args.rollout_backend != "auto":
         return args.rollout_backend
     if args.protocol == "sequential":  # vLLM serves a sequential team when asked by name, not by "auto"
+        return "fast"
+    if args.preference_comparator != "current":  # the comparator samples with the trainer's own weights
         return "fast"
     if args.vllm_mode == "server":  # a rollout server was named: its engines sample
         return "vllm"

@@ -5,7 +5,9 @@
                                                     node from its own observation (sequential: after
                                                     the earlier agents, seeing their answers); the
                                                     joint actions step the environments (joint
-                                                    rewards, next observations), up to num_turns
+                                                    rewards, next observations), up to num_turns;
+                                                    MADPO with a comparator: its G joint actions per
+                                                    node beside the team's (magrpo.comparator)
     returns     = turn_returns(turns)            2. reward + discount * mean of the children's returns
     advantages  = team.baseline(turns, returns)  3. per agent, centred over the siblings of each node
                                                     (MAGRPO; counterfactual credit: over the
@@ -43,7 +45,7 @@ from magrpo.sampling.vllm_engine import engines_asleep
 from magrpo.seeds import mix_seed
 from magrpo.team import Team
 from magrpo.threads import in_split_threads
-from magrpo.tree import Turn, expand_tree, turn_returns
+from magrpo.tree import Turn, expand_tree, trained_rollouts, turn_returns
 
 
 @dataclass
@@ -65,7 +67,9 @@ class StepOutput:
 
     turns: list[Turn]
     returns: list[torch.Tensor]
-    advantages: list[list[torch.Tensor]]  # per agent, per turn: [P_t * C] (C: its completions per node)
+    #: per agent, per turn: [P_t * C] (C: its completions per node); then, MADPO with a comparator,
+    #: the comparator's completions' weights, per turn that has them (magrpo.tree.trained_rollouts)
+    advantages: list[list[torch.Tensor]]
     agent_figures: list[dict[str, float]]
     rollout_seconds: float
     update_seconds: float
@@ -85,6 +89,9 @@ def sample_tree(team: Team, envs: Sequence[MultiAgentEnv], step: int, version: i
     random draws come from the step's own seed, whatever else draws from torch's RNG meanwhile."""
     args, ranks = team.args, team.ranks
     started = time.perf_counter()
+    # each item's place in the step's global batch keys its random stream: the same
+    # samples whichever rank, and whichever other items, it is sampled with
+    item_keys = [(step * ranks.world_size + ranks.rank) * len(envs) + k for k in range(len(envs))]
     # with whole weights: sharded agents are gathered for a sampler that runs them
     with ranks.whole_weights(team.sampler.models_to_gather(team.agents)):
         turns = expand_tree(
@@ -98,11 +105,13 @@ def sample_tree(team: Team, envs: Sequence[MultiAgentEnv], step: int, version: i
             expand=args.expand,
             expand_k=args.expand_k,
             early_stop_reward=args.early_stop_reward,
-            # each item's place in the step's global batch keys its random stream: the same
-            # samples whichever rank, and whichever other items, it is sampled with
-            item_keys=[(step * ranks.world_size + ranks.rank) * len(envs) + k for k in range(len(envs))],
+            item_keys=item_keys,
             seed_source=torch.Generator().manual_seed(mix_seed(args.seed, step)),
         )
+        if team.comparator is not None:  # MADPO's comparator: G joint actions of its own per node (one turn)
+            turns[0].comparator = team.comparator.sample(
+                turns[0], envs, team.sampler, item_keys, mix_seed(args.seed, step)
+            )
     return SampledTree(turns, time.perf_counter() - started, step, step if version is None else version)
 
 
@@ -118,7 +127,7 @@ def learn(team: Team, sampled: SampledTree) -> StepOutput:
 
         # 4. per agent: its experience, then its update (at once where they can: Team.updates_at_once)
         def update(i: int) -> dict[str, float]:
-            experience = build_experience(team, i, [turn.rollouts[i] for turn in turns], advantages[i])
+            experience = build_experience(team, i, trained_rollouts(turns, i), advantages[i])
             return update_agent(team, i, experience, training.extra_loss(i))
 
         jobs = [lambda i=i: update(i) for i in range(len(team.agents))]

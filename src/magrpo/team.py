@@ -14,6 +14,7 @@ from magrpo.grouping import distinct_by_identity
 
 if TYPE_CHECKING:
     from magrpo.baselines import Baseline
+    from magrpo.comparator import Comparator
     from magrpo.config import MAGRPOConfig
     from magrpo.critics.critic import Critic
     from magrpo.models import AgentPolicy
@@ -60,6 +61,8 @@ class Team:
     entropy_controls: list[EntropyControl] = field(default_factory=list)
     #: multi_objective_aggregation="normalize_then_sum": the reward functions' (name, weight) pairs
     reward_parts: list[tuple[str, float]] | None = None
+    #: MADPO's comparator (magrpo.comparator): G joint actions of its own per node (None: none)
+    comparator: Comparator | None = None
 
     def __post_init__(self) -> None:
         from magrpo.baselines import GroupBaseline

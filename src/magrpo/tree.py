@@ -32,6 +32,15 @@ from magrpo.types import Observation
 
 
 @dataclass
+class ComparatorSamples:
+    """MADPO's comparator at one turn (magrpo.comparator): its G joint actions per node, sampled on
+    the turn's observations, aligned as the team's are."""
+
+    rollouts: list[Rollout]  # per agent; row p * G + k
+    rewards: torch.Tensor  # [P, G] joint rewards (one turn: the returns)
+
+
+@dataclass
 class Turn:
     """One turn of a step: P nodes, each expanded into J joint actions."""
 
@@ -57,6 +66,8 @@ class Turn:
     #: per agent, per node: the observation it sampled from (a text or chat messages), as the
     #: environment gave it, before any chat template (None: a turn kept by an older checkpoint)
     observations: list[list[Observation]] | None = None
+    #: MADPO with a comparator: the comparator's joint actions on the same observations
+    comparator: ComparatorSamples | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -76,6 +87,14 @@ class Turn:
     def joint_prompts(self, node: int, joint: int) -> tuple[str, ...]:
         """What each agent saw (its rendered prompt) in joint action ``joint`` of ``node``."""
         return tuple(r.prompts[row // r.num_generations] for r, row in zip(self.rollouts, self.joint_rows(node, joint)))
+
+
+def trained_rollouts(turns: Sequence[Turn], agent: int) -> list[Rollout]:
+    """The rollouts agent ``agent``'s update trains on, in the order of a baseline's advantages:
+    its own of every turn, then the comparator's of every turn that has one (MADPO: both sides of
+    a pair carry the DPO weights)."""
+    own = [turn.rollouts[agent] for turn in turns]
+    return own + [turn.comparator.rollouts[agent] for turn in turns if turn.comparator is not None]
 
 
 def joint_rows(rollouts: Sequence[Rollout], num_nodes: int, node: int, indices: torch.Tensor) -> list[int]:
@@ -241,4 +260,12 @@ def _joint_actions_to_expand(
     return sorted(sorted(open_, key=lambda j: (-float(rewards[j]), place[j]))[:k])
 
 
-__all__ = ["Turn", "expand_tree", "joint_rows", "step_joint_actions", "turn_returns"]
+__all__ = [
+    "ComparatorSamples",
+    "Turn",
+    "expand_tree",
+    "joint_rows",
+    "step_joint_actions",
+    "trained_rollouts",
+    "turn_returns",
+]
