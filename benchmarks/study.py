@@ -299,7 +299,7 @@ def evaluated_items(runs: Mapping[str, list[dict[str, Any]]], args) -> int:
     return args.eval_items
 
 
-def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
+def write_markdown(path: Path, table, runs, args, seconds: float, note: str = "") -> None:
     # per turn (a multi-turn team) only the headline figures: the table stays readable
     keys = [
         k
@@ -316,7 +316,8 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
         + ", "
         f"learning rate {args.lr:g}, "
         f"{evaluated_items(runs, args)} held-out items, greedy. Mean and 95% t-interval over seeds "
-        f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.",
+        f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min."
+        + (f" {note}" if note else ""),
         "",
         f"Produced by {produced_by(runs)}. Precision as resolved: {precisions_run(runs)}.",
         "",
@@ -373,7 +374,8 @@ def plot(out: Path, runs, table, trained: Sequence[str] = TRAINED, figures: Sequ
         ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.25)
     ax.set_xlabel("step")
     ax.set_ylabel("mean joint reward (training samples)")
-    ax.legend()
+    if ax.lines:  # no trained run yet: nothing to name
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward_curves.png", dpi=120)
     plt.close(fig)
@@ -530,9 +532,20 @@ def finished_runs(
     return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
 
 
-def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
-    """results.json, results.md and the plots of the runs finished so far."""
-    rank = {name: i for i, name in enumerate((*TRAINED, *UNTRAINED))}
+def write_outputs(
+    args,
+    task,
+    runs: Mapping[str, list[dict[str, Any]]],
+    started: float,
+    systems: Sequence[str] = (*TRAINED, *UNTRAINED),
+    trained: Sequence[str] = TRAINED,
+    figures: Sequence[str] = PLOTTED,
+    note: str = "",
+) -> None:
+    """results.json, results.md and the plots of the runs finished so far: ``systems`` in the order
+    shown, the ``trained`` ones with a curve, ``figures`` the plotted held-out figures, ``note``
+    said after results.md's first paragraph."""
+    rank = {name: i for i, name in enumerate(systems)}
     order = sorted(runs, key=lambda name: (rank[base_system(name)], name))
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
@@ -549,8 +562,8 @@ def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started:
             default=float,
         )
     )
-    write_markdown(args.output / "results.md", table, runs, args, seconds)
-    plot(args.output, runs, table)
+    write_markdown(args.output / "results.md", table, runs, args, seconds, note)
+    plot(args.output, runs, table, trained, figures)
 
 
 if __name__ == "__main__":
