@@ -99,7 +99,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--write-doc", action="store_true", help="rewrite docs/results.md after each seed (benchmarks/results_doc.py)"
     )
     # study.py's settings that stay fixed here: one turn, full fine-tuning, no critic
-    parser.set_defaults(turns=1, expand_k=1, lora=False, critic_lr=1e-3, resume=True)
+    parser.set_defaults(turns=1, expand_k=1, lora=False, critic_lr=1e-3)
     args = parser.parse_args(argv)
     for option, given, known in (("--arms", args.arms, ARMS), ("--setups", args.setups, UNTRAINED)):
         unknown = sorted(set(filter(None, given.split(","))) - set(known))

@@ -320,12 +320,12 @@ def protocols_study():
 
 
 def test_the_protocols_study_records_every_arm_and_resumes_without_training_again(
-    protocols_study, tmp_path, monkeypatch
+    protocols_study, results_doc, tmp_path, monkeypatch
 ):
     from tests.conftest import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny", seed=1)
-    out = tmp_path / "study"
+    out = tmp_path / "protocols"
     given = ["--model", model, "--seeds", "1", "--steps", "1", "-G", "2", "--max-new-tokens", "3"]
     given += ["--train-items", "2", "--eval-items", "2", "--setups", "parallel", "--output", str(out)]
     trained = []
@@ -375,6 +375,15 @@ def test_the_protocols_study_records_every_arm_and_resumes_without_training_agai
     assert trained == [(1, "simultaneous", None)]
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [r["seed"] for r in runs["simultaneous"]] == [0, 1] and runs["sequential"] == study["runs"]["sequential"]
+    # the page's section says how many seeds and items are in, and that so few make a pilot
+    monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
+    section = results_doc.protocols_section()
+    assert (
+        "Seeds finished: simultaneous 2, sequential 1, sequential-counterfactual 1 of the 8 per arm the study "
+        "asks for; 2 held-out items per run. **Partial: a pilot" in "\n".join(section)
+    )
+    assert "| sequential-counterfactual | 0 | 0.000 | 0.000 | 0.000 |" in "\n".join(section)
+    assert section[-2] == "- an arm with one seed has no spread to test, so no verdict on it"
     # settings that shape the figures are refused on the same output
     with pytest.raises(SystemExit, match="other settings"):
         protocols_study.main([*given, "--steps", "2"])
