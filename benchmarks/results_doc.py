@@ -19,6 +19,7 @@ from magrpo.tasks import get_task
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from difference import Difference, difference, verdict  # noqa: E402
 from protocols_study import ARMS, POWERED_SEEDS, before  # noqa: E402
+from study import UNTRAINED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -410,10 +411,11 @@ def protocols_command(args: dict | None) -> str:
         "num_continuations": None,
     }
     continuations = "" if a["num_continuations"] is None else f" --num-continuations {a['num_continuations']}"
+    setups = "" if a.get("setups", ",".join(UNTRAINED)) == ",".join(UNTRAINED) else f' --setups "{a["setups"]}"'
     return (
         f".venv/bin/python benchmarks/protocols_study.py --seeds {a['seeds']} --steps {a['steps']} "
         f"-G {a['num_generations']}{continuations} \\\n    --max-new-tokens {a['max_new_tokens']} --lr {a['lr']:g} "
-        f"--eval-items {a['eval_items']} --output docs/results/protocols --write-doc"
+        f"--eval-items {a['eval_items']}{setups} --output docs/results/protocols --write-doc"
     )
 
 
@@ -450,6 +452,8 @@ def protocols_section() -> list[str]:
             "Its verdicts test the difference at this count of seeds; an arm not separated here is not "
             "shown equal."
         )
+    if not any(name.startswith("setup:") for name in runs):
+        status = status.rstrip() + " The prompt-only set-ups were left out of these runs (`--setups`), for time."
     out += [status, "", *embed("protocols", study, protocols_command(study["args"]))]
     task = get_task(study["args"]["task"])
 
