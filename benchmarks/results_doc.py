@@ -18,6 +18,8 @@ from magrpo.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from difference import Difference, difference, verdict  # noqa: E402
+from protocols_study import ARMS, POWERED_SEEDS, before  # noqa: E402
+from study import UNTRAINED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -35,9 +37,9 @@ METHOD = (
     "seeds are tested against its figure as a constant (one-sample t-test). The two-turn team's answers "
     "after feedback against its first answers, both from the same runs: a paired t-test of the per-seed "
     "differences. Whether two 95% intervals overlap is no test of the difference: they can overlap while "
-    "the difference's own interval excludes 0. Why a t-test over seeds rather than a bootstrap: each "
-    "`results.json` holds each run's mean over the held-out items, not per-item figures, so no bootstrap "
-    "paired by item can be computed from it (and one over items would leave out how training varies from "
+    "the difference's own interval excludes 0. Why a t-test over seeds rather than a bootstrap: the "
+    "`results.json` of sections 1 to 5 hold each run's mean over the held-out items, not per-item figures (section "
+    "6's holds them too), so no bootstrap paired by item can be computed from them (and one over items would leave out how training varies from "
     "seed to seed); three seeds give a bootstrap ten distinct resamples, too few for an interval, where the "
     "t distribution allows for having few seeds. Each verdict is a test of its own at the 5% level, not "
     "corrected for the number of verdicts on the page."
@@ -389,6 +391,117 @@ def critics_section() -> list[str]:
     return out + [""]
 
 
+#: how the protocols section names an arm
+ARM_NAMES = {
+    "simultaneous": "the simultaneous team",
+    "sequential": "the sequential team",
+    "sequential-counterfactual": "the sequential team with counterfactual credit",
+}
+
+
+def protocols_command(args: dict | None) -> str:
+    """The protocols study's command, at the settings it ran with (``args``: its results.json's)."""
+    a = args or {
+        "seeds": POWERED_SEEDS,
+        "steps": 8,
+        "num_generations": 4,
+        "max_new_tokens": 64,
+        "lr": 2e-5,
+        "eval_items": 32,
+        "num_continuations": None,
+    }
+    continuations = "" if a["num_continuations"] is None else f" --num-continuations {a['num_continuations']}"
+    setups = "" if a.get("setups", ",".join(UNTRAINED)) == ",".join(UNTRAINED) else f' --setups "{a["setups"]}"'
+    return (
+        f".venv/bin/python benchmarks/protocols_study.py --seeds {a['seeds']} --steps {a['steps']} "
+        f"-G {a['num_generations']}{continuations} \\\n    --max-new-tokens {a['max_new_tokens']} --lr {a['lr']:g} "
+        f"--eval-items {a['eval_items']}{setups} --output docs/results/protocols --write-doc"
+    )
+
+
+def protocols_section() -> list[str]:
+    out = ["## 6. Training protocols (`coding-paper`): simultaneous vs sequential vs counterfactual credit", ""]
+    study = load("protocols")
+    out += [
+        "The same team (the bundled model as helper and main agent), reward (the paper's, maximum 4), "
+        "training items, steps, G, tokens and learning rate in each arm; only how a step's turn is played and "
+        "credited differs (docs/protocols.md): `simultaneous` (the default MAGRPO team: both agents answer at "
+        "once), `sequential` (`protocol=sequential`, `joint_mode=cross`: the main agent answers after the "
+        "helper and sees its code, several answers per helper answer), `sequential-counterfactual` (the same "
+        "tree, `credit=counterfactual`: each answer compared only with the alternatives that share its "
+        "context). Held out: HumanEval's problems 132-163, one greedy answer each under the arm's own "
+        "protocol. Before training stands the untrained team of the arm's protocol (`untrained:...`, "
+        "greedy, so one run for every seed); the prompt-only set-ups (`setup:...`) are section 1's.",
+        "",
+    ]
+    if study is None:
+        return out + not_measured(protocols_command(None))
+    s, runs = study["summary"], study["runs"]
+    arms = [arm for arm in ARMS if arm in runs]
+    counts = {arm: seeds(study, arm) for arm in arms}
+    items = int(next(iter(runs.values()))[0]["held_out"]["items"])
+    finished = min(counts.values(), default=0)
+    status = (
+        "Seeds finished: "
+        + ", ".join(f"{arm} {counts[arm]}" for arm in arms)
+        + f" of the {POWERED_SEEDS} per arm the study asks for; {items} held-out items per run. "
+    )
+    if finished < POWERED_SEEDS:
+        status += (
+            f"**Partial: a pilot with fewer than {POWERED_SEEDS} seeds per arm, not the powered result.** "
+            "Its verdicts test the difference at this count of seeds; an arm not separated here is not "
+            "shown equal."
+        )
+    if not any(name.startswith("setup:") for name in runs):
+        status = status.rstrip() + " The prompt-only set-ups were left out of these runs (`--setups`), for time."
+    out += [status, "", *embed("protocols", study, protocols_command(study["args"]))]
+    task = get_task(study["args"]["task"])
+
+    def normalised(run: dict) -> dict:
+        return task.with_normalised_return(run["held_out"])
+
+    out += [
+        "Before and after training (held out; after: mean ± 95% interval over seeds):",
+        "",
+        "| arm | seeds | minutes per run | normalised return: untrained → trained | helper used: untrained → trained |",
+        "|---|---:|---:|---|---|",
+    ]
+    for arm in arms:
+        untrained = normalised(runs[before(arm)][0])
+        minutes = sum(r["seconds"] for r in runs[arm]) / len(runs[arm]) / 60
+        out.append(
+            f"| {arm} | {counts[arm]} | {minutes:.1f} | {untrained['reward_normalised']:.3f} → "
+            f"{fig(s, arm, 'reward_normalised')} | {untrained['helper_used']:.3f} → {fig(s, arm, 'helper_used')} |"
+        )
+    out += [
+        "",
+        "Each run (held out):",
+        "",
+        "| arm | seed | normalised return | tests passed | helper used | minutes |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        for run in sorted(runs[arm], key=lambda r: r["seed"]):
+            f = normalised(run)
+            out.append(
+                f"| {arm} | {run['seed']} | {f['reward_normalised']:.3f} | {f['tests_passed']:.3f} | "
+                f"{f['helper_used']:.3f} | {run['seconds'] / 60:.1f} |"
+            )
+    judged = [arm for arm in arms if counts[arm] >= 2]
+    verdicts = []
+    for key, label in (("reward_normalised", "normalised return"), ("helper_used", "helper use")):
+        pairs = [(a, b) for i, b in enumerate(judged) for a in judged[i + 1 :]]
+        verdicts += [f"{label}: {verdict(ARM_NAMES[a], ARM_NAMES[b], between(study, a, b, key))}" for a, b in pairs]
+        verdicts += [
+            f"{label}: {verdict(ARM_NAMES[arm], 'its untrained team', between(study, arm, before(arm), key))}"
+            for arm in judged
+        ]
+    if len(judged) < len(arms):
+        verdicts.append("an arm with one seed has no spread to test, so no verdict on it")
+    out += ["", "Held out (difference of means [95% interval], test):", "", *bullets(verdicts)]
+    return out + [""]
+
+
 def main() -> None:
     lines = [
         "# Results: does MAGRPO beat the alternatives at this scale?",
@@ -402,7 +515,7 @@ def main() -> None:
     ]
     lines += writing_section("summarize", "1", "summary")
     lines += writing_section("expand", "1b", "introduction")
-    for section in (coding_section, turns_section, latency_section, critics_section):
+    for section in (coding_section, turns_section, latency_section, critics_section, protocols_section):
         lines += section()
     (ROOT / "docs" / "results.md").write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {ROOT / 'docs' / 'results.md'}")

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from magrpo.tasks import TASKS
 from magrpo.tasks.base import whole_answer_scorer
@@ -161,7 +161,10 @@ def train_team(
     algorithm: str = "magrpo",
     critic_type: str = "v",
     precision: str = "default",
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Train the team and evaluate it on ``held_out``; ``overrides``: further MAGRPOConfig fields
+    (a protocol, a credit; ``max_steps=0``: the untrained team under them)."""
     from magrpo import MAGRPOTrainer
 
     feedback = task.execution_feedback() if args.turns > 1 else None
@@ -174,6 +177,7 @@ def train_team(
         feedback=feedback,
         is_solved=task.is_solved,
         agent_roles=task.agent_roles,
+        show_earlier_answers=task.show_earlier_answers,  # protocol="sequential": how the task shows them
         args=config(
             args,
             seed,
@@ -188,14 +192,20 @@ def train_team(
             critic_type=critic_type,
             critic_learning_rate=args.critic_lr,
             **PRECISIONS[precision],
+            **(overrides or {}),
         ),
     ) as trainer:
         history = trainer.train(progress=False)
         figures = trainer.evaluate()
         resolved = resolved_precision(trainer)
+        per_item = [
+            {k: row[k] for k in ("item", "item_id", "turn") if k in row} | {"reward": row["reward"], **row["figures"]}
+            for row in trainer.eval_samples
+        ]
     result = {
         "curve": [h["reward_mean"] for h in history],
         "held_out": figures,
+        "per_item": per_item,  # each held-out item's figures (and each turn's), in the items' order
         "tokens_generated": sum(h["tokens_generated"] for h in history),
         "precision": resolved,
     }
@@ -245,13 +255,18 @@ def setup_tokens(setup: str, args) -> int:
     return args.max_new_tokens * args.turns if setup == "single" else args.max_new_tokens
 
 
-def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    from magrpo.eval.setups import evaluate_setup
+def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each prompt-only set-up of ``names``, untrained: ``{"held_out": its figures, "per_item":
+    each item's}``."""
+    from magrpo.eval.setups import setup_figures, setup_rows
     from magrpo.models import build_agents
+    from magrpo.samples import item_refs
 
     agents = build_agents([args.model] * task.num_agents, device=args.device)
-    return {
-        name: evaluate_setup(
+    refs = item_refs(held_out, range(len(held_out)))
+    out = {}
+    for name in names:
+        rows = setup_rows(
             name,
             agents,
             held_out,
@@ -262,8 +277,8 @@ def untrained(task, args, held_out, names: Sequence[str]) -> dict[str, dict[str,
             single_formatter=task.single_agent_formatter,
             split_single=task.split_single_answer,
         )
-        for name in names
-    }
+        out[name] = {"held_out": setup_figures(rows), "per_item": [ref | row for ref, row in zip(refs, rows)]}
+    return out
 
 
 def summarise(runs: Mapping[str, list[dict[str, Any]]], task) -> dict[str, dict[str, tuple[float, float]]]:
@@ -284,7 +299,7 @@ def evaluated_items(runs: Mapping[str, list[dict[str, Any]]], args) -> int:
     return args.eval_items
 
 
-def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
+def write_markdown(path: Path, table, runs, args, seconds: float, note: str = "") -> None:
     # per turn (a multi-turn team) only the headline figures: the table stays readable
     keys = [
         k
@@ -301,7 +316,8 @@ def write_markdown(path: Path, table, runs, args, seconds: float) -> None:
         + ", "
         f"learning rate {args.lr:g}, "
         f"{evaluated_items(runs, args)} held-out items, greedy. Mean and 95% t-interval over seeds "
-        f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min.",
+        f"(untrained baselines decode greedily: one run stands for every seed). Study time {seconds / 60:.1f} min."
+        + (f" {note}" if note else ""),
         "",
         f"Produced by {produced_by(runs)}. Precision as resolved: {precisions_run(runs)}.",
         "",
@@ -335,14 +351,19 @@ def precisions_run(runs) -> str:
     return ", ".join(f"{name}: {text}" for name, text in seen.items()) or "not recorded"
 
 
-def plot(out: Path, runs, table) -> None:
+#: the held-out figures plot() draws, those that every system has
+PLOTTED = ("reward_normalised", "tests_passed", "pass@1", "rougeL")
+
+
+def plot(out: Path, runs, table, trained: Sequence[str] = TRAINED, figures: Sequence[str] = PLOTTED) -> None:
+    """reward_curves.png (the ``trained`` systems' training reward per step) and held_out.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for system in [name for name in runs if base_system(name) in TRAINED]:
+    for system in [name for name in runs if base_system(name) in trained]:
         curves = [s["curve"] for s in runs[system] if s["curve"]]
         if not curves:
             continue
@@ -353,14 +374,13 @@ def plot(out: Path, runs, table) -> None:
         ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.25)
     ax.set_xlabel("step")
     ax.set_ylabel("mean joint reward (training samples)")
-    ax.legend()
+    if ax.lines:  # no trained run yet: nothing to name
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward_curves.png", dpi=120)
     plt.close(fig)
 
-    keys = [
-        k for k in ("reward_normalised", "tests_passed", "pass@1", "rougeL") if all(k in row for row in table.values())
-    ]
+    keys = [k for k in figures if all(k in row for row in table.values())]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(table))
     for i, (system, row) in enumerate(table.items()):
@@ -440,8 +460,8 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
     if missing:
-        for name, figures in untrained(task, args, held_out, missing).items():
-            runs[name] = [{"seed": None, "held_out": figures, "curve": [], "produced_by": sitting}]
+        for name, result in untrained(task, args, held_out, missing).items():
+            runs[name] = [{"seed": None, **result, "curve": [], "produced_by": sitting}]
         gc.collect()
         write_outputs(args, task, runs, started)
     # seed by seed, every system and precision within a seed: a study cut short stays balanced
@@ -479,8 +499,11 @@ def recorded_args(args) -> dict[str, Any]:
 RESUMABLE_CHANGES = {"seeds", "systems", "precisions", "device", "output", "resume", "rerun"}
 
 
-def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
-    """The runs, and the seconds spent, of --output's results.json, refused if its settings differ."""
+def finished_runs(
+    args, resumable: Collection[str] = RESUMABLE_CHANGES
+) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """The runs, and the seconds spent, of --output's results.json, refused if its settings differ
+    (``resumable``: the arguments that may)."""
     path = args.output / "results.json"
     if not path.exists():
         return {}, 0.0
@@ -490,7 +513,7 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
     changed = {
         k: (earlier["args"][k], now[k])
         for k in now
-        if k not in RESUMABLE_CHANGES and k in earlier["args"] and earlier["args"][k] != now[k]
+        if k not in resumable and k in earlier["args"] and earlier["args"][k] != now[k]
     }
     if changed:
         raise SystemExit(
@@ -509,9 +532,20 @@ def finished_runs(args) -> tuple[dict[str, list[dict[str, Any]]], float]:
     return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
 
 
-def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started: float) -> None:
-    """results.json, results.md and the plots of the runs finished so far."""
-    rank = {name: i for i, name in enumerate((*TRAINED, *UNTRAINED))}
+def write_outputs(
+    args,
+    task,
+    runs: Mapping[str, list[dict[str, Any]]],
+    started: float,
+    systems: Sequence[str] = (*TRAINED, *UNTRAINED),
+    trained: Sequence[str] = TRAINED,
+    figures: Sequence[str] = PLOTTED,
+    note: str = "",
+) -> None:
+    """results.json, results.md and the plots of the runs finished so far: ``systems`` in the order
+    shown, the ``trained`` ones with a curve, ``figures`` the plotted held-out figures, ``note``
+    said after results.md's first paragraph."""
+    rank = {name: i for i, name in enumerate(systems)}
     order = sorted(runs, key=lambda name: (rank[base_system(name)], name))
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
@@ -528,8 +562,8 @@ def write_outputs(args, task, runs: Mapping[str, list[dict[str, Any]]], started:
             default=float,
         )
     )
-    write_markdown(args.output / "results.md", table, runs, args, seconds)
-    plot(args.output, runs, table)
+    write_markdown(args.output / "results.md", table, runs, args, seconds, note)
+    plot(args.output, runs, table, trained, figures)
 
 
 if __name__ == "__main__":

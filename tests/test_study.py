@@ -312,3 +312,78 @@ def test_the_learning_check_compares_each_precision_with_the_last_entry_of_its_m
     assert "paired t = -3.46, df 2, p = 0.074" in line
     first = learning_check.compare([], now)
     assert first == ["float32: the first entry of this machine kind and settings (nothing to compare)"]
+
+
+@pytest.fixture(scope="module")
+def protocols_study():
+    return load("protocols_study")
+
+
+def test_the_protocols_study_records_every_arm_and_resumes_without_training_again(
+    protocols_study, results_doc, tmp_path, monkeypatch
+):
+    from tests.conftest import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", seed=1)
+    out = tmp_path / "protocols"
+    given = ["--model", model, "--seeds", "1", "--steps", "1", "-G", "2", "--max-new-tokens", "3"]
+    given += ["--train-items", "2", "--eval-items", "2", "--setups", "parallel", "--output", str(out)]
+    trained = []
+    train_team = protocols_study.train_team
+
+    def counted(task, args, seed, *rest, overrides):
+        trained.append((seed, overrides.get("protocol", "simultaneous"), overrides.get("max_steps")))
+        return train_team(task, args, seed, *rest, overrides=overrides)
+
+    monkeypatch.setattr(protocols_study, "train_team", counted)
+    protocols_study.main(given)
+    # the untrained team of each protocol (no step), then seed 0 of every arm
+    assert trained == [(0, "simultaneous", 0), (0, "sequential", 0)] + [
+        (0, "simultaneous", None),
+        (0, "sequential", None),
+        (0, "sequential", None),
+    ]
+    study = json.loads((out / "results.json").read_text())
+    assert list(study["runs"]) == [
+        "simultaneous",
+        "sequential",
+        "sequential-counterfactual",
+        "untrained:simultaneous",
+        "untrained:sequential",
+        "setup:parallel",
+    ]
+    for name, runs in study["runs"].items():
+        (run,) = runs
+        assert run["seed"] == (0 if name in protocols_study.ARMS else None)
+        assert run["held_out"]["items"] == 2.0
+        assert {"reward", "helper_used", "scheme/none"} <= set(run["held_out"])
+        # each held-out item's figures: the two first held-out problems, in order
+        assert [row["item_id"] for row in run["per_item"]] == ["HumanEval/132", "HumanEval/133"]
+        assert {"reward", "helper_used", "scheme/delegation"} <= set(run["per_item"][0])
+        assert run["produced_by"]["commit"]
+    counterfactual = study["runs"]["sequential-counterfactual"][0]
+    assert counterfactual["config"] == {"protocol": "sequential", "joint_mode": "cross", "credit": "counterfactual"}
+    assert len(counterfactual["curve"]) == 1 and counterfactual["seconds"] > 0
+    assert {"results.md", "reward_curves.png", "held_out.png"} <= {p.name for p in out.iterdir()}
+    assert "| sequential-counterfactual | 1 |" in (out / "results.md").read_text()
+
+    # the same call again trains nothing; a second seed of one arm trains that run alone
+    trained.clear()
+    protocols_study.main(given)
+    assert trained == []
+    protocols_study.main([*given, "--seeds", "2", "--arms", "simultaneous"])
+    assert trained == [(1, "simultaneous", None)]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["seed"] for r in runs["simultaneous"]] == [0, 1] and runs["sequential"] == study["runs"]["sequential"]
+    # the page's section says how many seeds and items are in, and that so few make a pilot
+    monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
+    section = results_doc.protocols_section()
+    assert (
+        "Seeds finished: simultaneous 2, sequential 1, sequential-counterfactual 1 of the 8 per arm the study "
+        "asks for; 2 held-out items per run. **Partial: a pilot" in "\n".join(section)
+    )
+    assert "| sequential-counterfactual | 0 | 0.000 | 0.000 | 0.000 |" in "\n".join(section)
+    assert section[-2] == "- an arm with one seed has no spread to test, so no verdict on it"
+    # settings that shape the figures are refused on the same output
+    with pytest.raises(SystemExit, match="other settings"):
+        protocols_study.main([*given, "--steps", "2"])

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from magrpo.eval.setups import DISCUSSION_INSTRUCTION, evaluate_setup, setup_answers, with_note
+from magrpo.eval.setups import (
+    DISCUSSION_INSTRUCTION,
+    evaluate_setup,
+    setup_answers,
+    setup_figures,
+    setup_rows,
+    with_note,
+)
 from magrpo.rewards.coding import combine_program, score_coding_batch, split_whole_program
 from magrpo.sampling import make_sampler
 from magrpo.tasks.writing import split_two_parts
@@ -102,6 +109,12 @@ def test_a_setup_is_scored_by_the_task_scorer_over_every_item(peaked_team):
     joint, _ = setup_answers("parallel", peaked_team, ITEMS, formatters=FORMATTERS, max_new_tokens=4)
     assert seen_columns == [x["q"] for x in ITEMS]
     assert figures == {"items": 3.0, "reward": pytest.approx(sum(len(a) - len(b) for a, b in joint) / 3)}
+    # each item's own figures, in the items' order (what a study keeps per item)
+    rows = setup_rows(
+        "parallel", peaked_team, ITEMS, formatters=FORMATTERS, scorer=scorer, max_new_tokens=4, batch_size=2
+    )
+    assert rows == [{"reward": float(len(a) - len(b))} for a, b in joint]
+    assert setup_figures(rows) == figures
 
 
 def test_with_note_appends_to_the_last_user_message():

@@ -51,3 +51,22 @@ def test_the_paper_task_normalises_by_its_maximum_of_4_and_tells_main_it_may_cal
         **{k: [v] for k, v in PROBLEM.items()},
     )
     assert rows[0]["reward"] == 4.0 and rows[0]["helper_used"] == 1.0 and rows[0]["thin_wrapper"] == 0.0
+
+
+def test_the_paper_task_reports_the_cooperation_scheme_of_each_answer():
+    task = get_task("coding-paper")
+    mains = [
+        "def add_all(xs):\n    total = aux(xs)\n    return total\n",  # its inputs handed to aux
+        "def add_all(xs):\n    return sum(aux(x) for x in xs)\n",  # aux once per item
+        "def add_all(xs):\n    return sum(xs)\n",  # no call
+        "def add_all(xs):\n    return (aux(xs)\n",  # does not parse
+    ]
+    rows = task.scorer(
+        completions=[(HELPER, m) for m in mains], prompts=[("", "")] * 4, **{k: [v] * 4 for k, v in PROBLEM.items()}
+    )
+    assert [[k for k, v in r.items() if k.startswith("scheme/") and v == 1.0] for r in rows] == [
+        ["scheme/delegation"],
+        ["scheme/coordinator"],
+        ["scheme/none"],
+        ["scheme/none"],
+    ]

@@ -110,7 +110,7 @@ def setup_answers(
     return list(zip(*texts)), list(zip(*revise))
 
 
-def evaluate_setup(
+def setup_rows(
     name: str,
     agents: Sequence[AgentPolicy],
     items: Sequence[Mapping[str, Any]],
@@ -122,9 +122,10 @@ def evaluate_setup(
     single_formatter: Formatter | None = None,
     split_single: SplitSingle | None = None,
     batch_size: int = 8,
-) -> dict[str, float]:
-    """The mean figures of set-up ``name`` over ``items``: ``{"items": n, "reward": ..., ...}``."""
-    rows: list[dict[str, Any]] = []
+) -> list[dict[str, float]]:
+    """Each item's figures under set-up ``name``, in the items' order: ``{"reward": ..., ...}``
+    (every numeric value the scorer returns)."""
+    rows: list[dict[str, float]] = []
     for start in range(0, len(items), batch_size):
         batch = list(items[start : start + batch_size])
         joint, observations = setup_answers(
@@ -142,7 +143,20 @@ def evaluate_setup(
             {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             for row in scored
         )
-    return {"items": float(len(items)), **mean_figures(rows)}
+    return rows
 
 
-__all__ = ["SETUPS", "evaluate_setup", "setup_answers", "with_note"]
+def evaluate_setup(
+    name: str, agents: Sequence[AgentPolicy], items: Sequence[Mapping[str, Any]], **options: Any
+) -> dict[str, float]:
+    """The mean figures of set-up ``name`` over ``items``: ``{"items": n, "reward": ..., ...}``
+    (``options``: those of :func:`setup_rows`)."""
+    return setup_figures(setup_rows(name, agents, items, **options))
+
+
+def setup_figures(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """:func:`evaluate_setup`'s figures from :func:`setup_rows`' rows."""
+    return {"items": float(len(rows)), **mean_figures(list(rows))}
+
+
+__all__ = ["SETUPS", "evaluate_setup", "setup_answers", "setup_figures", "setup_rows", "with_note"]

@@ -104,6 +104,12 @@ def problems_of(prompt: Sequence[str], test: Sequence[str], entry_point: Sequenc
     return [{"prompt": p, "test": t, "entry_point": e} for p, t, e in zip(prompt, test, entry_point)]
 
 
+def scheme_of(main: str, entry_point: str, parses: bool, helper_name: str = "aux") -> dict[str, float]:
+    """The ``scheme/...`` figures of a main agent's reply: what its code is written to do (syntax
+    tree), whether or not the tests reach the helper; ``none`` where the program does not parse."""
+    return scheme_figures(cooperation_scheme(extract_code(main), entry_point, helper_name) if parses else "none")
+
+
 def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
     def score(
         *,
@@ -116,13 +122,11 @@ def coding_scorer(config: CodingRewardConfig = CodingRewardConfig()):
     ) -> list[dict[str, float]]:
         pairs = [(c[0], c[1]) for c in completions]
         scores = score_coding_batch(pairs, problems_of(prompt, test, entry_point), config)
-        # the scheme is what the code is written to do (syntax tree), whether or not the tests reach the helper
-        schemes = [
-            cooperation_scheme(extract_code(main), e, config.helper_name) if s.parses else "none"
+        # "details" (not a figure) carries the sandbox results to the execution feedback
+        return [
+            {**s.figures(), **scheme_of(main, e, s.parses, config.helper_name), "details": s}
             for (_, main), e, s in zip(pairs, entry_point, scores)
         ]
-        # "details" (not a figure) carries the sandbox results to the execution feedback
-        return [{**s.figures(), **scheme_figures(scheme), "details": s} for s, scheme in zip(scores, schemes)]
 
     score.__name__ = "coding_reward"
     return score
@@ -153,7 +157,9 @@ def paper_coding_scorer():
 
     def score(*, completions, prompts, prompt, test, entry_point, **_: Any) -> list[dict[str, float]]:
         pairs = [(c[0], c[1]) for c in completions]
-        return [s.figures() for s in score_paper_coding_batch(pairs, problems_of(prompt, test, entry_point))]
+        scores = score_paper_coding_batch(pairs, problems_of(prompt, test, entry_point))
+        # the schemes as the coding task reads them: the paper reports them emerging with training
+        return [{**s.figures(), **scheme_of(main, e, s.parses)} for (_, main), e, s in zip(pairs, entry_point, scores)]
 
     score.__name__ = "paper_coding_reward"
     return score
