@@ -57,6 +57,7 @@ TEAM_ALGORITHMS = {
     "iac": ("iac", "v"),
     "maac-q": ("maac", "q"),
     "iac-q": ("iac", "q"),
+    "madpo": ("madpo", "v"),  # preferences: each agent's DPO loss on pairs of a node's joint actions
 }
 TRAINED = (*TEAM_ALGORITHMS, "single-grpo")
 #: the precisions a trained system can run at: name -> MAGRPOConfig fields ("default": the config's own)
@@ -151,6 +152,14 @@ def resolved_precision(trainer) -> dict[str, str]:
     return precision_policy(trainer.team.precision)
 
 
+def whole_run(history: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
+    """A run's per-step history, refused where it stopped early (a clean stop on SIGTERM ends
+    ``train`` normally): a shortened run recorded as a whole one would skew the study."""
+    if len(history) != steps:
+        raise RuntimeError(f"the run stopped after {len(history)} of {steps} steps: not recorded")
+    return history
+
+
 def train_team(
     task,
     args,
@@ -195,7 +204,7 @@ def train_team(
             **(overrides or {}),
         ),
     ) as trainer:
-        history = trainer.train(progress=False)
+        history = whole_run(trainer.train(progress=False), trainer.args.max_steps)
         figures = trainer.evaluate()
         resolved = resolved_precision(trainer)
         per_item = [
@@ -209,7 +218,7 @@ def train_team(
         "tokens_generated": sum(h["tokens_generated"] for h in history),
         "precision": resolved,
     }
-    if algorithm != "magrpo":  # the (first agent's) critic per step: its mean value, the returns it explained
+    if algorithm in ("maac", "iac"):  # the (first agent's) critic per step: its mean value, the returns it explained
         critic = "team_critic" if algorithm == "maac" else "agent_0_critic"
         result["value_mean"] = [h[f"{critic}/value_mean"] for h in history]
         result["explained_variance"] = [h[f"{critic}/explained_variance"] for h in history]
@@ -228,7 +237,7 @@ def train_single(task, args, seed: int, train_items, held_out, out: Path, precis
         train_dataset=train_items,
         args=config(args, seed, out, num_agents=1, max_new_tokens=budget, **PRECISIONS[precision]),
     )
-    history = trainer.train(progress=False)
+    history = whole_run(trainer.train(progress=False), trainer.args.max_steps)
     resolved = resolved_precision(trainer)
     figures = evaluate_setup(
         "single",

@@ -387,3 +387,10 @@ def test_the_protocols_study_records_every_arm_and_resumes_without_training_agai
     # settings that shape the figures are refused on the same output
     with pytest.raises(SystemExit, match="other settings"):
         protocols_study.main([*given, "--steps", "2"])
+
+
+def test_a_run_that_stopped_early_is_not_recorded_as_a_whole_one(study):
+    """A clean stop (SIGTERM) ends train() normally, with fewer steps than asked: refused."""
+    assert study.whole_run([{}] * 3, 3) == [{}] * 3
+    with pytest.raises(RuntimeError, match="the run stopped after 2 of 3 steps: not recorded"):
+        study.whole_run([{}] * 2, 3)
