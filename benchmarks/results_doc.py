@@ -502,6 +502,74 @@ def protocols_section() -> list[str]:
     return out + [""]
 
 
+#: the learning ledger: the summarize team's per-seed held-out reward by commit (benchmarks/learning_check.py)
+LEDGER = RESULTS / "learning.jsonl"
+#: the study arguments a ledger entry's settings name (the same runs: study.py's train_team)
+LEDGER_KEYS = ("task", "model", "steps", "batch_size", "num_generations", "max_new_tokens", "lr", "eval_items", "turns")
+
+
+def ledger_team(study: dict) -> tuple[dict, list[float]] | None:
+    """The latest float32 ledger entry run with ``study``'s settings on the same machine kind, and
+    its team's per-seed held-out reward on the seeds the study ran (None: no such entry)."""
+    if not LEDGER.is_file():
+        return None
+    args = study["args"]
+    made = [run["produced_by"] for runs in study["runs"].values() for run in runs if run.get("produced_by")]
+    kind = made[0]["cpu"]["model"] if made else None
+    seeds = sorted({run["seed"] for runs in study["runs"].values() for run in runs if run.get("seed") is not None})
+    found = None
+    for line in LEDGER.read_text().splitlines():
+        entry = json.loads(line)
+        per_seed = entry["held_out_reward"].get("float32", {})
+        same = all(entry["settings"].get(k) == args.get(k) for k in LEDGER_KEYS)
+        if same and entry["produced_by"]["cpu"]["model"] == kind and all(str(k) in per_seed for k in seeds):
+            found = (entry, [per_seed[str(k)] for k in seeds])
+    return found
+
+
+def preference_section() -> list[str]:
+    out = ["## 7. Preferences (`summarize`): MADPO beside the MAGRPO team", ""]
+    command = (
+        ".venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 15 --max-new-tokens 64 \\\n"
+        "    --lr 2e-5 --eval-items 8 --systems madpo --output docs/results/madpo"
+    )
+    out += [
+        "The team of sections 1 and 5 (the same task, items, G = 4 joint actions per item, tokens, steps, "
+        "learning rate and seeds) trained with MADPO (`algorithm='madpo'`, docs/preference.md): each agent's "
+        "DPO loss on the ordered pairs of a node's joint actions ranked by their joint reward, against its "
+        "initial policy as the reference, instead of MAGRPO's group-relative policy gradient.",
+        "",
+    ]
+    study = load("madpo")
+    if study is None:
+        return out + not_measured(command)
+    out += embed("madpo", study, command)
+    madpo = held_out(study, "madpo", "reward")
+    team = ledger_team(study)
+    if team is None:
+        return out + ["No learning-ledger entry of the MAGRPO team with these settings on this machine kind.", ""]
+    entry, rewards = team
+    maximum = get_task("summarize").max_reward
+    commit = entry["produced_by"]["commit"]
+    out += [
+        f"Beside it, the MAGRPO team of the learning ledger (`docs/results/learning.jsonl`, commit `{commit}`, "
+        f"float32, the same settings, seeds and machine kind, study.py's own `train_team`): held-out reward "
+        f"{', '.join(f'{r:.3f}' for r in rewards)} per seed, MADPO's {', '.join(f'{r:.3f}' for r in madpo)}. "
+        "The two come from different sittings and commits (a ledger entry is checked seed by seed against "
+        "the next: on this machine a seed's run repeats to the last digit while the maths stays the same).",
+        "",
+        *bullets(
+            [
+                verdict("MADPO", "the MAGRPO team", difference(madpo, rewards)) + " (held-out reward)",
+                f"normalised (reward / {maximum:g}): MADPO {sum(madpo) / len(madpo) / maximum:.3f}, the MAGRPO team "
+                f"{sum(rewards) / len(rewards) / maximum:.3f}",
+            ]
+        ),
+        "",
+    ]
+    return out
+
+
 def main() -> None:
     lines = [
         "# Results: does MAGRPO beat the alternatives at this scale?",
@@ -515,7 +583,14 @@ def main() -> None:
     ]
     lines += writing_section("summarize", "1", "summary")
     lines += writing_section("expand", "1b", "introduction")
-    for section in (coding_section, turns_section, latency_section, critics_section, protocols_section):
+    for section in (
+        coding_section,
+        turns_section,
+        latency_section,
+        critics_section,
+        protocols_section,
+        preference_section,
+    ):
         lines += section()
     (ROOT / "docs" / "results.md").write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {ROOT / 'docs' / 'results.md'}")

@@ -394,3 +394,25 @@ def test_a_run_that_stopped_early_is_not_recorded_as_a_whole_one(study):
     assert study.whole_run([{}] * 3, 3) == [{}] * 3
     with pytest.raises(RuntimeError, match="the run stopped after 2 of 3 steps: not recorded"):
         study.whole_run([{}] * 2, 3)
+
+
+def test_madpo_is_set_beside_the_ledgers_team_of_the_same_settings_machine_and_seeds(
+    results_doc, tmp_path, monkeypatch
+):
+    ledger = tmp_path / "learning.jsonl"
+    settings = dict(task="summarize", model="default", steps=15, batch_size=1, num_generations=4, max_new_tokens=64)
+    settings |= dict(lr=2e-5, eval_items=8, turns=1)
+    made = {"commit": "abc", "cpu": {"model": "AMD EPYC"}}
+    entries = [
+        {"settings": settings, "produced_by": made, "held_out_reward": {"float32": {"0": 1.0, "1": 1.5, "2": 2.0}}},
+        {"settings": {**settings, "steps": 10}, "produced_by": made, "held_out_reward": {"float32": {"0": 9.0}}},
+        {"settings": settings, "produced_by": {**made, "cpu": {"model": "Intel Xeon"}}, "held_out_reward": {}},
+    ]
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    monkeypatch.setattr(results_doc, "LEDGER", ledger)
+    runs = [{"seed": k, "produced_by": made, "held_out": {"reward": 0.5}} for k in (0, 1)]
+    study = {"args": settings, "runs": {"madpo": runs}}
+    entry, rewards = results_doc.ledger_team(study)
+    assert entry == entries[0]
+    assert rewards == [1.0, 1.5]  # the seeds the study ran, in order
+    assert results_doc.ledger_team({**study, "args": {**settings, "lr": 1e-5}}) is None
