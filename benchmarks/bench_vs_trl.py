@@ -53,8 +53,8 @@ ROLLOUTS = ("fast", "plain", "vllm", "vllm-server")
 
 
 # ---------------------------------------------------------------------------- shared pieces
-def length_reward(text: str) -> float:
-    return -abs(len(text) - TARGET_CHARS) / TARGET_CHARS
+def length_reward(text: str, target: int = TARGET_CHARS) -> float:
+    return -abs(len(text) - target) / target
 
 
 def humaneval_items(count: int) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ from magrpo.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from difference import Difference, difference, verdict  # noqa: E402
+from learning_check import LEDGER  # noqa: E402  (the learning ledger: the summarize team's runs by commit)
 from protocols_study import ARMS, POWERED_SEEDS, before  # noqa: E402
+from provenance import machine_kind  # noqa: E402
 from study import UNTRAINED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -502,8 +504,6 @@ def protocols_section() -> list[str]:
     return out + [""]
 
 
-#: the learning ledger: the summarize team's per-seed held-out reward by commit (benchmarks/learning_check.py)
-LEDGER = RESULTS / "learning.jsonl"
 #: the study arguments a ledger entry's settings name (the same runs: study.py's train_team)
 LEDGER_KEYS = ("task", "model", "steps", "batch_size", "num_generations", "max_new_tokens", "lr", "eval_items", "turns")
 
@@ -515,14 +515,14 @@ def ledger_team(study: dict) -> tuple[dict, list[float]] | None:
         return None
     args = study["args"]
     made = [run["produced_by"] for runs in study["runs"].values() for run in runs if run.get("produced_by")]
-    kind = made[0]["cpu"]["model"] if made else None
+    kind = machine_kind(made[0]) if made else None
     seeds = sorted({run["seed"] for runs in study["runs"].values() for run in runs if run.get("seed") is not None})
     found = None
     for line in LEDGER.read_text().splitlines():
         entry = json.loads(line)
         per_seed = entry["held_out_reward"].get("float32", {})
         same = all(entry["settings"].get(k) == args.get(k) for k in LEDGER_KEYS)
-        if same and entry["produced_by"]["cpu"]["model"] == kind and all(str(k) in per_seed for k in seeds):
+        if same and machine_kind(entry["produced_by"]) == kind and all(str(k) in per_seed for k in seeds):
             found = (entry, [per_seed[str(k)] for k in seeds])
     return found
 

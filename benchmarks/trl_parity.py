@@ -31,9 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
+from bench_vs_trl import completion_text, length_reward  # noqa: E402
 from difference import difference  # noqa: E402
 from provenance import describe, provenance  # noqa: E402
 
@@ -42,13 +43,13 @@ OUT = ROOT / "docs" / "results" / "trl_parity"
 SYSTEMS = ("magrpo", "trl")
 
 
-def length_reward(text: str, target: int) -> float:
-    return -abs(len(text) - target) / target
+def reward_of(args: argparse.Namespace) -> Callable[..., list[float]]:
+    """The one reward both trainers call (TRL and magrpo pass the completions by keyword)."""
 
+    def reward(completions: list[Any], **_: Any) -> list[float]:
+        return [length_reward(completion_text(c), args.target_chars) for c in completions]
 
-def completion_text(completion: Any) -> str:
-    """A completion's text: a string, or the assistant message after a chat prompt (TRL's shape)."""
-    return completion[-1]["content"] if isinstance(completion, list) else completion
+    return reward
 
 
 def prompts(split: str, count: int | None) -> list[list[dict[str, str]]]:
@@ -87,9 +88,6 @@ def train_trl(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
 
     from magrpo.models import bundled_model_dir
 
-    def reward(completions: list[Any], **_: Any) -> list[float]:
-        return [length_reward(completion_text(c), args.target_chars) for c in completions]
-
     source = str(bundled_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
@@ -122,7 +120,7 @@ def train_trl(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward,
+        reward_funcs=reward_of(args),
         args=config,
         train_dataset=Dataset.from_list(train),
         processing_class=tokenizer,
@@ -134,9 +132,6 @@ def train_trl(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
 def train_magrpo(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
     from magrpo.config import MAGRPOConfig
     from magrpo.trainer import MAGRPOTrainer
-
-    def reward(*, completions: list[Any], **_: Any) -> list[float]:
-        return [length_reward(completion_text(c), args.target_chars) for c in completions]
 
     config = MAGRPOConfig(
         num_agents=1,
@@ -160,7 +155,9 @@ def train_magrpo(args: argparse.Namespace, seed: int) -> tuple[Any, Any]:
         save_strategy="no",
     )
     train = [{"chat": chat} for chat in prompts("train", args.train_items)]
-    trainer = MAGRPOTrainer(["default"], reward, train_dataset=train, formatters=[lambda x: x["chat"]], args=config)
+    trainer = MAGRPOTrainer(
+        ["default"], reward_of(args), train_dataset=train, formatters=[lambda x: x["chat"]], args=config
+    )
     trainer.train(progress=False)
     agent = trainer.agents[0]
     return agent.model, agent.tokenizer

@@ -407,6 +407,12 @@ def test_madpo_is_set_beside_the_ledgers_team_of_the_same_settings_machine_and_s
         {"settings": settings, "produced_by": made, "held_out_reward": {"float32": {"0": 1.0, "1": 1.5, "2": 2.0}}},
         {"settings": {**settings, "steps": 10}, "produced_by": made, "held_out_reward": {"float32": {"0": 9.0}}},
         {"settings": settings, "produced_by": {**made, "cpu": {"model": "Intel Xeon"}}, "held_out_reward": {}},
+        # the same CPU model with other bf16-relevant flags is another machine kind (provenance.machine_kind)
+        {
+            "settings": settings,
+            "produced_by": {**made, "cpu": {"model": "AMD EPYC", "flags": ["avx512_bf16"]}},
+            "held_out_reward": {"float32": {"0": 7.0, "1": 7.0}},
+        },
     ]
     ledger.write_text("".join(json.dumps(e) + "\n" for e in entries))
     monkeypatch.setattr(results_doc, "LEDGER", ledger)

@@ -94,10 +94,6 @@ class SamplingSettings:
         changed = {f.name: getattr(own, f.name) for f in dataclasses.fields(own) if getattr(own, f.name) is not None}
         return dataclasses.replace(self, agents=(), **changed)
 
-    def filter_for(self, agent: AgentPolicy) -> TokenFilter:
-        """The agent's own filters."""
-        return self.for_agent(agent).token_filter
-
 
 class Sampler:
     """Samples one agent (:meth:`sample`, each backend's own) or the team (:meth:`sample_team`:
