@@ -27,7 +27,9 @@ every seed whose arms all finished).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
+import json
 import sys
 import tempfile
 import time
@@ -98,6 +100,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("runs/protocols"))
     parser.add_argument("--rerun", default="", help="systems whose earlier runs are run again (comma-separated)")
     parser.add_argument(
+        "--only-seeds",
+        default="",
+        help="comma-separated seeds (of range(--seeds)) this sitting runs: sittings on the same --output with "
+        "other seeds run beside it, each keeping the others' finished runs",
+    )
+    parser.add_argument(
         "--write-doc", action="store_true", help="rewrite docs/results.md after each seed (benchmarks/results_doc.py)"
     )
     # study.py's settings that stay fixed here: one turn, full fine-tuning, no critic
@@ -107,7 +115,32 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(filter(None, given.split(","))) - set(known))
         if unknown:
             parser.error(f"{option}: {unknown} unknown; choose among {', '.join(known)}")
+    try:
+        args.only_seeds = sorted({int(seed) for seed in args.only_seeds.split(",") if seed.strip()})
+    except ValueError:
+        parser.error(f"--only-seeds: {args.only_seeds!r} is not a comma-separated list of whole numbers")
+    outside = [seed for seed in args.only_seeds if not 0 <= seed < args.seeds]
+    if outside:
+        parser.error(f"--only-seeds: {outside} outside the study's seeds 0..{args.seeds - 1} (--seeds {args.seeds})")
     return args
+
+
+def add_other_sittings_runs(path: Path, runs: dict[str, list[dict[str, Any]]], args) -> float:
+    """Adds to ``runs`` the runs another sitting on the same results.json finished meanwhile (a
+    system and seed ``runs`` lacks; not the systems being rerun), and returns that file's seconds."""
+    if not path.exists():
+        return 0.0
+    on_disk = json.loads(path.read_text())
+    rerun = set(filter(None, args.rerun.split(",")))
+    for system, seeds in on_disk["runs"].items():
+        if system in rerun:
+            continue
+        ours = {r["seed"] for r in runs.get(system, [])}
+        theirs = [r for r in seeds if r["seed"] not in ours and (r["seed"] is None or r["seed"] < args.seeds)]
+        if theirs:
+            runs.setdefault(system, []).extend(theirs)
+            runs[system].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
+    return float(on_disk["seconds"])
 
 
 def settings_note(args) -> str:
@@ -127,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     arms = [a for a in args.arms.split(",") if a]
     setups = [s for s in args.setups.split(",") if s]
     # refused settings are told before any data or model loads
-    runs, earlier_seconds = finished_runs(args, RESUMABLE_CHANGES | {"arms", "setups", "write_doc"})
+    runs, earlier_seconds = finished_runs(args, RESUMABLE_CHANGES | {"arms", "setups", "write_doc", "only_seeds"})
     sitting = provenance()
     started = time.perf_counter() - earlier_seconds  # the study time counts the earlier sittings too
     task = get_task(args.task)
@@ -138,7 +171,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     order = systems(list(ARMS), UNTRAINED)
 
     def write() -> None:
-        write_outputs(args, task, runs, started, order, list(ARMS), FIGURES, settings_note(args))
+        nonlocal started
+        # sittings of other seeds (--only-seeds) may write the same files: one writes at a time, and
+        # each keeps what the others finished; the study's seconds are its longest sitting's
+        with open(args.output / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            their_seconds = add_other_sittings_runs(args.output / "results.json", runs, args)
+            started = min(started, time.perf_counter() - their_seconds)
+            write_outputs(args, task, runs, started, order, list(ARMS), FIGURES, settings_note(args))
 
     missing = [s for s in setups if f"setup:{s}" not in runs]
     if missing:
@@ -153,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     gc.collect()
     write()
     # seed by seed, every arm within a seed: a study cut short stays balanced
-    for seed in range(args.seeds):
+    for seed in args.only_seeds or range(args.seeds):
         for arm in arms:
             if any(r["seed"] == seed for r in runs.get(arm, [])):
                 continue

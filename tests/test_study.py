@@ -320,7 +320,7 @@ def protocols_study():
 
 
 def test_the_protocols_study_records_every_arm_and_resumes_without_training_again(
-    protocols_study, results_doc, tmp_path, monkeypatch
+    protocols_study, results_doc, tmp_path, monkeypatch, capsys
 ):
     from tests.conftest import save_tiny_model
 
@@ -387,6 +387,29 @@ def test_the_protocols_study_records_every_arm_and_resumes_without_training_agai
     # settings that shape the figures are refused on the same output
     with pytest.raises(SystemExit, match="other settings"):
         protocols_study.main([*given, "--steps", "2"])
+
+    # sittings of other seeds run beside each other on one output: this one trains seed 2 alone, and
+    # keeps seed 3, which another sitting finished while seed 2 trained
+    trained.clear()
+
+    def beside_another_sitting(task, args, seed, *rest, overrides):
+        result = counted(task, args, seed, *rest, overrides=overrides)
+        on_disk = json.loads((out / "results.json").read_text())
+        on_disk["runs"]["simultaneous"].append({**on_disk["runs"]["simultaneous"][0], "seed": 3})
+        on_disk["seconds"] = 1e6  # the other sitting's study time: longer than this one's
+        (out / "results.json").write_text(json.dumps(on_disk))
+        return result
+
+    monkeypatch.setattr(protocols_study, "train_team", beside_another_sitting)
+    protocols_study.main([*given, "--seeds", "4", "--arms", "simultaneous", "--only-seeds", "2"])
+    assert trained == [(2, "simultaneous", None)]
+    after = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in after["runs"]["simultaneous"]] == [0, 1, 2, 3]
+    assert after["runs"]["sequential"] == study["runs"]["sequential"]
+    assert after["seconds"] >= 1e6
+    with pytest.raises(SystemExit):
+        protocols_study.parse([*given, "--seeds", "4", "--only-seeds", "2,4"])
+    assert "--only-seeds: [4] outside the study's seeds 0..3 (--seeds 4)" in capsys.readouterr().err
 
 
 def test_a_run_that_stopped_early_is_not_recorded_as_a_whole_one(study):
