@@ -27,9 +27,7 @@ every seed whose arms all finished).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from provenance import provenance  # noqa: E402
+from sittings import one_writer  # noqa: E402
 from study import RESUMABLE_CHANGES, UNTRAINED, finished_runs, train_team, untrained, write_outputs  # noqa: E402
 
 #: arm -> the MAGRPOConfig fields that set it apart (everything else is the same for every arm)
@@ -125,12 +124,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def add_other_sittings_runs(path: Path, runs: dict[str, list[dict[str, Any]]], args) -> float:
+def add_other_sittings_runs(on_disk: dict[str, Any] | None, runs: dict[str, list[dict[str, Any]]], args) -> float:
     """Adds to ``runs`` the runs another sitting on the same results.json finished meanwhile (a
     system and seed ``runs`` lacks; not the systems being rerun), and returns that file's seconds."""
-    if not path.exists():
+    if on_disk is None:
         return 0.0
-    on_disk = json.loads(path.read_text())
     rerun = set(filter(None, args.rerun.split(",")))
     for system, seeds in on_disk["runs"].items():
         if system in rerun:
@@ -174,9 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         nonlocal started
         # sittings of other seeds (--only-seeds) may write the same files: one writes at a time, and
         # each keeps what the others finished; the study's seconds are its longest sitting's
-        with open(args.output / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            their_seconds = add_other_sittings_runs(args.output / "results.json", runs, args)
+        with one_writer(args.output) as on_disk:
+            their_seconds = add_other_sittings_runs(on_disk, runs, args)
             started = min(started, time.perf_counter() - their_seconds)
             write_outputs(args, task, runs, started, order, list(ARMS), FIGURES, settings_note(args))
 

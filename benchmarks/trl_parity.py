@@ -19,7 +19,8 @@ one greedy reply each by the trained weights, through one evaluation function fo
 The verdict is Welch's t on the per-seed held-out rewards (benchmarks/difference.py): the two
 libraries draw different random numbers, so their runs are not paired. Resumable: each finished
 (system, seed) is written to ``docs/results/trl_parity/results.json`` at once; a rerun with the
-same settings trains only what is missing. Writes ``docs/results/trl_parity/README.md``.
+same settings trains only what is missing, and sittings of other ``--systems`` may run beside each
+other (one per core: each keeps the runs the others finished). Writes ``docs/results/trl_parity/README.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shar
 from bench_vs_trl import completion_text, length_reward  # noqa: E402
 from difference import difference  # noqa: E402
 from provenance import describe, provenance  # noqa: E402
+from sittings import one_writer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "trl_parity"
@@ -177,6 +179,18 @@ def load_results(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"settings": settings(args), "runs": {}, "untrained": None}
 
 
+def save(results: dict[str, Any], out: Path) -> None:
+    """results.json and the page; a sitting of other --systems may run beside this one, and the
+    runs it finished (with the same settings) are kept."""
+    with one_writer(out) as on_disk:
+        if on_disk is not None and on_disk.get("settings") == results["settings"]:
+            results["runs"] = {**on_disk["runs"], **results["runs"]}
+            if results.get("untrained") is None:
+                results["untrained"] = on_disk.get("untrained")
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_page(results, out)
+
+
 def write_page(results: dict[str, Any], out: Path) -> None:
     runs = results["runs"]
     per = {s: [runs[k]["held_out"] for k in sorted(runs) if k.startswith(s + "/")] for s in SYSTEMS}
@@ -245,15 +259,11 @@ def main() -> None:
     results["produced_by"] = provenance()
     held_out = prompts("eval", args.eval_items)
 
-    def save() -> None:
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        write_page(results, args.output)
-
     if results.get("untrained") is None:
         source = str(bundled_model_dir())
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         results["untrained"] = held_out_reward(model, AutoTokenizer.from_pretrained(source), held_out, args)
-        save()
+        save(results, args.output)
         print(f"untrained: held-out reward {results['untrained']:.4f}", flush=True)
     for seed in range(args.seeds):
         for system in args.systems.split(","):
@@ -265,7 +275,7 @@ def main() -> None:
             reward = held_out_reward(model, tokenizer, held_out, args)
             minutes = (time.perf_counter() - started) / 60
             results["runs"][key] = {"held_out": reward, "minutes": minutes}
-            save()
+            save(results, args.output)
             print(f"{key}: held-out reward {reward:.4f} ({minutes:.1f} min)", flush=True)
             del model
 

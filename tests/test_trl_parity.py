@@ -36,3 +36,19 @@ def test_the_page_tests_the_difference_of_the_seeds(tmp_path):
     assert f"**magrpo is above TRL** on held-out reward: {d}." in page and d.p < 0.05
     assert "| magrpo | 3 | -0.9000, -0.8000, -1.0000 | -0.9000 |" in page
     assert "magrpo 2.0, trl 8.0" in page
+
+
+def test_sittings_of_other_systems_keep_each_others_runs(tmp_path):
+    parity = load("trl_parity")
+    settings = parity.settings(args_of())
+    mine = {"settings": settings, "runs": {"magrpo/0": {"held_out": -1.0, "minutes": 2.0}}, "untrained": None}
+    theirs = {"settings": settings, "runs": {"trl/0": {"held_out": -1.5, "minutes": 8.0}}, "untrained": -1.7}
+    (tmp_path / "results.json").write_text(json.dumps(theirs))
+    parity.save({**mine, "produced_by": {}}, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] == {**theirs["runs"], **mine["runs"]} and saved["untrained"] == -1.7
+    # a file of other settings is not merged: the sitting that reads it starts over (load_results)
+    other = {**theirs, "settings": parity.settings(args_of(steps=30))}
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    parity.save({**mine, "produced_by": {}}, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == mine["runs"]
