@@ -33,13 +33,15 @@ def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subpro
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+# the timeouts guard against a hang, nothing more: a loaded machine (two runs side by side, each with
+# vLLM engine processes) may take minutes to reach a step
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -126,7 +128,7 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
 )
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    finish(run(straight, variant))
+    straight_run = run(straight, variant)  # beside the killed one: the two share nothing
     proc = run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})
     wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
     children = descendants(proc.pid)
@@ -142,12 +144,13 @@ def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path
     assert 3 <= int(resumed_from.name.split("-")[1]) < 6
     out = finish(run(killed, variant, "--resume"))
     assert f"resumed from {resumed_from}" in out and "finished 6" in out
+    finish(straight_run)
     assert_same_state(state_of(straight), state_of(killed))
 
 
 def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    finish(run(straight, "full"))
+    straight_run = run(straight, "full")  # beside the stopped one: the two share nothing
     proc = run(stopped, "full", env={"MAGRPO_SLOW_REWARD": "0.3"})
     wait_for(stopped / "metrics.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
@@ -160,6 +163,7 @@ def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_
     verify_checkpoint(stopped / "checkpoints" / f"step-{step}")
     assert not any(p.name.endswith("-interrupted") for p in (stopped / "checkpoints").iterdir())
     finish(run(stopped, "full", "--resume"))
+    finish(straight_run)
     assert_same_state(state_of(straight), state_of(stopped))
 
 
