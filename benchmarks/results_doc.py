@@ -570,6 +570,25 @@ def preference_section() -> list[str]:
     return out
 
 
+def parity_section() -> list[str]:
+    out = ["## 8. Learning parity with TRL's GRPOTrainer (one agent)", ""]
+    out += [
+        "One agent, no team: the bundled model trained by magrpo and by TRL's `GRPOTrainer` with the same "
+        "reward (a reply of a target length), prompts, settings (`loss_type='grpo'`, advantages centred and "
+        "not scaled, no KL term, float32, the same learning rate, G and tokens) and seeds, held out through one "
+        "evaluation function; `benchmarks/trl_parity.py` says how each setting maps. The two libraries draw "
+        "different random numbers, so the verdict is Welch's t over seeds, not a paired test.",
+        "",
+    ]
+    study = load("trl_parity")
+    if study is None:
+        return out + not_measured(".venv/bin/python benchmarks/trl_parity.py --seeds 4 --steps 20")
+    seeds_run = {int(key.split("/")[1]) for key in study["runs"]}
+    command = f".venv/bin/python benchmarks/trl_parity.py --seeds {len(seeds_run)} --steps {study['settings']['steps']}"
+    page = (RESULTS / "trl_parity" / "README.md").read_text().split("\n", 1)[1].strip()  # without its title
+    return out + [*command_block(command), "From `docs/results/trl_parity/README.md`:", "", page, ""]
+
+
 def main() -> None:
     lines = [
         "# Results: does MAGRPO beat the alternatives at this scale?",
@@ -590,6 +609,7 @@ def main() -> None:
         critics_section,
         protocols_section,
         preference_section,
+        parity_section,
     ):
         lines += section()
     (ROOT / "docs" / "results.md").write_text("\n".join(lines).rstrip() + "\n")

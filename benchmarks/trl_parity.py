@@ -227,7 +227,7 @@ def write_page(results: dict[str, Any], out: Path) -> None:
     minutes = {s: [runs[k]["minutes"] for k in runs if k.startswith(s + "/")] for s in SYSTEMS}
     lines += [
         "",
-        "Minutes per run (training and evaluation, this machine, one core): "
+        "Minutes per run (training and evaluation, this machine; sittings may have shared its cores): "
         + ", ".join(f"{s} {statistics.fmean(m):.1f}" for s, m in minutes.items() if m)
         + ".",
     ]

@@ -52,3 +52,21 @@ def test_sittings_of_other_systems_keep_each_others_runs(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(other))
     parity.save({**mine, "produced_by": {}}, tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == mine["runs"]
+
+
+def test_the_results_page_shows_the_parity_study_with_the_command_that_made_it(tmp_path, monkeypatch):
+    parity, results_doc = load("trl_parity"), load("results_doc")
+    monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
+    assert "Not measured yet:" in results_doc.parity_section()
+    runs = {
+        f"{system}/{seed}": {"held_out": -1.0 - seed / 10, "minutes": 1.0}
+        for system in ("magrpo", "trl")
+        for seed in (0, 1)
+    }
+    results = {"settings": parity.settings(args_of(steps=6)), "runs": runs, "untrained": -1.9, "produced_by": {}}
+    (tmp_path / "trl_parity").mkdir()
+    parity.save(results, tmp_path / "trl_parity")
+    section = "\n".join(results_doc.parity_section())
+    assert ".venv/bin/python benchmarks/trl_parity.py --seeds 2 --steps 6" in section
+    assert "| magrpo | 2 | -1.0000, -1.1000 | -1.0500 |" in section
+    assert "# Learning parity" not in section  # the page's own title gives way to the section's
