@@ -498,6 +498,13 @@ def protocols_section() -> list[str]:
             f"{label}: {verdict(ARM_NAMES[arm], 'its untrained team', between(study, arm, before(arm), key))}"
             for arm in judged
         ]
+    setups = [name for name in runs if name.startswith("setup:")]
+    if setups:  # the strongest prompt-only set-up on the page's main figure
+        best = max(setups, key=lambda name: held_out(study, name))
+        verdicts += [
+            f"normalised return: {verdict(ARM_NAMES[arm], f'the best prompt-only set-up (`{best}`)', between(study, arm, best))}"
+            for arm in judged
+        ]
     if len(judged) < len(arms):
         verdicts.append("an arm with one seed has no spread to test, so no verdict on it")
     out += ["", "Held out (difference of means [95% interval], test):", "", *bullets(verdicts)]

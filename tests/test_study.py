@@ -384,6 +384,9 @@ def test_the_protocols_study_records_every_arm_and_resumes_without_training_agai
     )
     assert "| sequential-counterfactual | 0 | 0.000 | 0.000 | 0.000 |" in "\n".join(section)
     assert section[-2] == "- an arm with one seed has no spread to test, so no verdict on it"
+    (beside_setup,) = [line for line in section if "prompt-only set-up (" in line]
+    assert beside_setup.startswith("- normalised return: the simultaneous team is ")
+    assert "the best prompt-only set-up (`setup:parallel`): " in beside_setup
     # settings that shape the figures are refused on the same output
     with pytest.raises(SystemExit, match="other settings"):
         protocols_study.main([*given, "--steps", "2"])
