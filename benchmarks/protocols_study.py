@@ -37,7 +37,15 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from provenance import provenance  # noqa: E402
 from sittings import one_writer  # noqa: E402
-from study import RESUMABLE_CHANGES, UNTRAINED, finished_runs, train_team, untrained, write_outputs  # noqa: E402
+from study import (  # noqa: E402
+    RESUMABLE_CHANGES,
+    UNTRAINED,
+    finished_runs,
+    kept_runs,
+    train_team,
+    untrained,
+    write_outputs,
+)
 
 #: arm -> the MAGRPOConfig fields that set it apart (everything else is the same for every arm)
 ARMS: dict[str, dict[str, Any]] = {
@@ -129,12 +137,9 @@ def add_other_sittings_runs(on_disk: dict[str, Any] | None, runs: dict[str, list
     system and seed ``runs`` lacks; not the systems being rerun), and returns that file's seconds."""
     if on_disk is None:
         return 0.0
-    rerun = set(filter(None, args.rerun.split(",")))
-    for system, seeds in on_disk["runs"].items():
-        if system in rerun:
-            continue
+    for system, seeds in kept_runs(on_disk["runs"], args).items():
         ours = {r["seed"] for r in runs.get(system, [])}
-        theirs = [r for r in seeds if r["seed"] not in ours and (r["seed"] is None or r["seed"] < args.seeds)]
+        theirs = [r for r in seeds if r["seed"] not in ours]
         if theirs:
             runs.setdefault(system, []).extend(theirs)
             runs[system].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])

@@ -529,16 +529,26 @@ def finished_runs(
             f"--resume: {path} was written with other settings (earlier, now): {changed}; "
             "resume it with the same settings, or give another --output"
         )
-    rerun = set(filter(None, args.rerun.split(",")))
-    unknown = rerun - set(earlier["runs"])
+    unknown = rerun_systems(args) - set(earlier["runs"])
     if unknown:
         raise SystemExit(f"--rerun: {sorted(unknown)} not among the runs of {path}: {sorted(earlier['runs'])}")
+    return kept_runs(earlier["runs"], args), float(earlier["seconds"])
+
+
+def rerun_systems(args) -> set[str]:
+    return set(filter(None, args.rerun.split(",")))
+
+
+def kept_runs(written: Mapping[str, list[dict[str, Any]]], args) -> dict[str, list[dict[str, Any]]]:
+    """The runs of a results.json that this sitting keeps: not the systems of --rerun, no seed
+    beyond --seeds."""
+    rerun = rerun_systems(args)
     kept = {
         system: [r for r in seeds if r["seed"] is None or r["seed"] < args.seeds]
-        for system, seeds in earlier["runs"].items()
+        for system, seeds in written.items()
         if system not in rerun
     }
-    return {s: r for s, r in kept.items() if r}, float(earlier["seconds"])
+    return {s: r for s, r in kept.items() if r}
 
 
 def write_outputs(
