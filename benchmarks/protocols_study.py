@@ -40,8 +40,10 @@ from sittings import one_writer  # noqa: E402
 from study import (  # noqa: E402
     RESUMABLE_CHANGES,
     UNTRAINED,
+    add_only_seeds,
+    add_other_sittings_runs,
+    check_only_seeds,
     finished_runs,
-    kept_runs,
     train_team,
     untrained,
     write_outputs,
@@ -106,12 +108,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path("runs/protocols"))
     parser.add_argument("--rerun", default="", help="systems whose earlier runs are run again (comma-separated)")
-    parser.add_argument(
-        "--only-seeds",
-        default="",
-        help="comma-separated seeds (of range(--seeds)) this sitting runs: sittings on the same --output with "
-        "other seeds run beside it, each keeping the others' finished runs",
-    )
+    add_only_seeds(parser)
     parser.add_argument(
         "--write-doc", action="store_true", help="rewrite docs/results.md after each seed (benchmarks/results_doc.py)"
     )
@@ -122,28 +119,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         unknown = sorted(set(filter(None, given.split(","))) - set(known))
         if unknown:
             parser.error(f"{option}: {unknown} unknown; choose among {', '.join(known)}")
-    try:
-        args.only_seeds = sorted({int(seed) for seed in args.only_seeds.split(",") if seed.strip()})
-    except ValueError:
-        parser.error(f"--only-seeds: {args.only_seeds!r} is not a comma-separated list of whole numbers")
-    outside = [seed for seed in args.only_seeds if not 0 <= seed < args.seeds]
-    if outside:
-        parser.error(f"--only-seeds: {outside} outside the study's seeds 0..{args.seeds - 1} (--seeds {args.seeds})")
+    check_only_seeds(parser, args)
     return args
-
-
-def add_other_sittings_runs(on_disk: dict[str, Any] | None, runs: dict[str, list[dict[str, Any]]], args) -> float:
-    """Adds to ``runs`` the runs another sitting on the same results.json finished meanwhile (a
-    system and seed ``runs`` lacks; not the systems being rerun), and returns that file's seconds."""
-    if on_disk is None:
-        return 0.0
-    for system, seeds in kept_runs(on_disk["runs"], args).items():
-        ours = {r["seed"] for r in runs.get(system, [])}
-        theirs = [r for r in seeds if r["seed"] not in ours]
-        if theirs:
-            runs.setdefault(system, []).extend(theirs)
-            runs[system].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
-    return float(on_disk["seconds"])
 
 
 def settings_note(args) -> str:
@@ -163,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     arms = [a for a in args.arms.split(",") if a]
     setups = [s for s in args.setups.split(",") if s]
     # refused settings are told before any data or model loads
-    runs, earlier_seconds = finished_runs(args, RESUMABLE_CHANGES | {"arms", "setups", "write_doc", "only_seeds"})
+    runs, earlier_seconds = finished_runs(args, RESUMABLE_CHANGES | {"arms", "setups", "write_doc"})
     sitting = provenance()
     started = time.perf_counter() - earlier_seconds  # the study time counts the earlier sittings too
     task = get_task(args.task)

@@ -22,6 +22,7 @@ seeds) and ``held_out.png`` (a bar chart of the held-out figures).
     .venv/bin/python benchmarks/study.py --task summarize --seeds 3 --steps 15 --lr 2e-5 \
         --systems team,maac,iac,parallel --output docs/results/critics   # MAGRPO vs MAAC vs IAC
     .venv/bin/python benchmarks/study.py ... --resume   # a study cut short: only the runs it lacks
+    .venv/bin/python benchmarks/study.py ... --resume --only-seeds 0,2,4   # beside a sitting of the other seeds
     .venv/bin/python benchmarks/study.py --systems team --seeds 8 \
         --precisions float32,bf16,bf16-autocast,bf16-sampling ...   # each trained system at each precision
 
@@ -48,6 +49,7 @@ from magrpo.tasks.base import whole_answer_scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from provenance import describe, provenance  # noqa: E402
+from sittings import one_writer  # noqa: E402
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 #: the team trained with each algorithm: system -> (MAGRPOConfig.algorithm, critic_type)
@@ -445,12 +447,16 @@ def main() -> None:
         help="with --resume: systems whose earlier runs are run again "
         "(comma-separated, e.g. after a change to a set-up's prompt)",
     )
+    add_only_seeds(parser)
     args = parser.parse_args()
+    check_only_seeds(parser, args)
 
     from magrpo.tasks import get_task
 
     if args.rerun and not args.resume:
         parser.error(f"--rerun {args.rerun} needs --resume (without it every system runs anyway)")
+    if args.only_seeds and not args.resume:
+        parser.error("--only-seeds needs --resume: sittings of one study keep each other's runs")
     # refused settings are told before any data or model loads
     runs, earlier_seconds = finished_runs(args) if args.resume else ({}, 0.0)
     sitting = provenance()  # what produces this sitting's runs: each records it
@@ -467,14 +473,26 @@ def main() -> None:
     if unknown:
         parser.error(f"--precisions: {unknown} unknown; choose among {', '.join(PRECISIONS)}")
     args.output.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        nonlocal started
+        if not args.resume:
+            write_outputs(args, task, runs, started)
+            return
+        # sittings of other seeds (--only-seeds) may write the same files: one writes at a time, and
+        # each keeps what the others finished; the study's seconds are its longest sitting's
+        with one_writer(args.output) as on_disk:
+            started = min(started, time.perf_counter() - add_other_sittings_runs(on_disk, runs, args))
+            write_outputs(args, task, runs, started)
+
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
     if missing:
         for name, result in untrained(task, args, held_out, missing).items():
             runs[name] = [{"seed": None, **result, "curve": [], "produced_by": sitting}]
         gc.collect()
-        write_outputs(args, task, runs, started)
+        write()
     # seed by seed, every system and precision within a seed: a study cut short stays balanced
-    for seed in range(args.seeds):
+    for seed in args.only_seeds or range(args.seeds):
         for system, precision in [(s, p) for s in TRAINED for p in precisions]:
             name = system_name(system, precision)
             if system not in systems or any(r["seed"] == seed for r in runs.get(name, [])):
@@ -495,7 +513,7 @@ def main() -> None:
                 flush=True,
             )
             gc.collect()
-            write_outputs(args, task, runs, started)  # a study cut short keeps every finished run
+            write()  # a study cut short keeps every finished run
     print((args.output / "results.md").read_text())
 
 
@@ -505,7 +523,41 @@ def recorded_args(args) -> dict[str, Any]:
 
 
 #: arguments that may differ between the sittings of one study: they do not change any run's figures
-RESUMABLE_CHANGES = {"seeds", "systems", "precisions", "device", "output", "resume", "rerun"}
+RESUMABLE_CHANGES = {"seeds", "systems", "precisions", "device", "output", "resume", "rerun", "only_seeds"}
+
+
+def add_only_seeds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only-seeds",
+        default="",
+        help="comma-separated seeds (of range(--seeds)) this sitting runs: sittings on the same --output with "
+        "other seeds run beside it, each keeping the others' finished runs",
+    )
+
+
+def check_only_seeds(parser: argparse.ArgumentParser, args) -> None:
+    """Turns --only-seeds into a sorted list of seeds, refused by name where not in range(--seeds)."""
+    try:
+        args.only_seeds = sorted({int(seed) for seed in args.only_seeds.split(",") if seed.strip()})
+    except ValueError:
+        parser.error(f"--only-seeds: {args.only_seeds!r} is not a comma-separated list of whole numbers")
+    outside = [seed for seed in args.only_seeds if not 0 <= seed < args.seeds]
+    if outside:
+        parser.error(f"--only-seeds: {outside} outside the study's seeds 0..{args.seeds - 1} (--seeds {args.seeds})")
+
+
+def add_other_sittings_runs(on_disk: dict[str, Any] | None, runs: dict[str, list[dict[str, Any]]], args) -> float:
+    """Adds to ``runs`` the runs another sitting on the same results.json finished meanwhile (a
+    system and seed ``runs`` lacks; not the systems being rerun), and returns that file's seconds."""
+    if on_disk is None:
+        return 0.0
+    for system, seeds in kept_runs(on_disk["runs"], args).items():
+        ours = {r["seed"] for r in runs.get(system, [])}
+        theirs = [r for r in seeds if r["seed"] not in ours]
+        if theirs:
+            runs.setdefault(system, []).extend(theirs)
+            runs[system].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
+    return float(on_disk["seconds"])
 
 
 def finished_runs(
