@@ -405,7 +405,7 @@ def plot(out: Path, runs, table, trained: Sequence[str] = TRAINED, figures: Sequ
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="summarize", choices=list(TASKS))
     parser.add_argument("--model", default="default")
@@ -448,7 +448,7 @@ def main() -> None:
         "(comma-separated, e.g. after a change to a set-up's prompt)",
     )
     add_only_seeds(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_only_seeds(parser, args)
 
     from magrpo.tasks import get_task

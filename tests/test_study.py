@@ -415,6 +415,43 @@ def test_the_protocols_study_records_every_arm_and_resumes_without_training_agai
     assert "--only-seeds: [4] outside the study's seeds 0..3 (--seeds 4)" in capsys.readouterr().err
 
 
+def test_sittings_of_other_seeds_keep_each_others_runs(study, tmp_path, monkeypatch, capsys):
+    from tests.conftest import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", seed=1)
+    out = tmp_path / "study"
+    given = ["--task", "summarize", "--model", model, "--seeds", "2", "--steps", "1", "-G", "2"]
+    given += ["--max-new-tokens", "3", "--train-items", "2", "--eval-items", "2", "--systems", "team"]
+    given += ["--output", str(out)]
+    with pytest.raises(SystemExit):
+        study.main([*given, "--only-seeds", "1"])
+    assert "--only-seeds needs --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main([*given, "--resume", "--only-seeds", "0,2"])
+    assert "--only-seeds: [2] outside the study's seeds 0..1 (--seeds 2)" in capsys.readouterr().err
+
+    trained = []
+    train_team = study.train_team
+
+    def beside_another_sitting(task, args, seed, *rest):
+        """Trains this sitting's seed while the other sitting writes its finished seed 0."""
+        trained.append(seed)
+        result = train_team(task, args, seed, *rest)
+        theirs = {**result, "seed": 0, "seconds": 1.0, "produced_by": study.provenance()}
+        (out / "results.json").write_text(
+            json.dumps({"args": study.recorded_args(args), "seconds": 1e6, "runs": {"team": [theirs]}})
+        )
+        return result
+
+    monkeypatch.setattr(study, "train_team", beside_another_sitting)
+    study.main([*given, "--resume", "--only-seeds", "1"])
+    assert trained == [1]
+    after = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in after["runs"]["team"]] == [0, 1]
+    assert after["seconds"] >= 1e6  # the study's time is its longest sitting's
+    assert "| team | 2 |" in (out / "results.md").read_text()
+
+
 def test_a_run_that_stopped_early_is_not_recorded_as_a_whole_one(study):
     """A clean stop (SIGTERM) ends train() normally, with fewer steps than asked: refused."""
     assert study.whole_run([{}] * 3, 3) == [{}] * 3
