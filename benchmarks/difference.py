@@ -92,3 +92,43 @@ def _interval(diff: float, se: float, df: float, test, name: str) -> Difference:
 def verdict(subject: str, other: str, d: Difference) -> str:
     """``the team is above single-agent GRPO: +0.388 [0.190, 0.586], Welch t = 5.47, df 4.0, p = 0.006``."""
     return f"{subject} is {d.relation} {other}: {d}"
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
+    """The spread of one seed's figure about its system's mean, pooled over ``groups`` (each a
+    system's per-seed figures): the square root of the summed squares over the summed degrees of freedom."""
+    squares = sum(sum((x - statistics.fmean(g)) ** 2 for x in g) for g in groups if len(g) > 1)
+    df = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if not df:
+        raise ValueError(f"no group of {[len(g) for g in groups]} seeds has two seeds to measure a spread")
+    return math.sqrt(squares / df)
+
+
+def power(sd: float, effect: float, seeds: int) -> float:
+    """The chance that two systems of ``seeds`` seeds each, whose means differ by ``effect`` with each
+    seed's figure spread by ``sd``, are separated at ALPHA (two-sided): the two-sample t-test's power
+    from the noncentral t distribution (Welch's test, used on the page, has this power at equal spreads)."""
+    if seeds < 2:
+        raise ValueError(f"seeds={seeds}: a test over seeds needs at least 2 per system")
+    df = 2 * seeds - 2
+    shift = effect / sd * math.sqrt(seeds / 2)  # the noncentrality
+    critical = stats.t.ppf(1 - ALPHA / 2, df)
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+
+
+def seeds_for(sd: float, effect: float, target: float = 0.8) -> int:
+    """The fewest seeds per system at which :func:`power` reaches ``target``."""
+    seeds = 2
+    while power(sd, effect, seeds) < target:
+        seeds += 1
+    return seeds
+
+
+def detectable(sd: float, seeds: int, target: float = 0.8) -> float:
+    """The smallest difference of means that ``seeds`` seeds per system separate with ``target`` power."""
+    from scipy.optimize import brentq
+
+    high = sd
+    while power(sd, high, seeds) < target:  # doubled up to a bracket (far beyond it the noncentral t loses precision)
+        high *= 2
+    return float(brentq(lambda effect: power(sd, effect, seeds) - target, 0.0, high, xtol=1e-12))

@@ -11,13 +11,14 @@ A study not run yet is named as not measured, with its command.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
 from magrpo.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
-from difference import Difference, difference, verdict  # noqa: E402
+from difference import Difference, detectable, difference, pooled_sd, power, seeds_for, verdict  # noqa: E402
 from learning_check import LEDGER  # noqa: E402  (the learning ledger: the summarize team's runs by commit)
 from protocols_study import ARMS, POWERED_SEEDS, before  # noqa: E402
 from provenance import machine_kind  # noqa: E402
@@ -185,6 +186,123 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
         else ""
     )
     out.append(f"What holds here: held-out normalised return {figures}. {headroom}{rouge}".rstrip())
+    return out + trained_verdicts(study, "") + [""]
+
+
+#: the powered summarize study: the difference in held-out normalised return it is sized to separate,
+#: with this power at 5% (two-sided), and the seeds and held-out items it runs
+POWERED_EFFECT, POWERED_POWER = 0.2, 0.8
+POWERED_COMMAND = (
+    ".venv/bin/python benchmarks/study.py --task summarize --seeds 10 --steps 15 --max-new-tokens 64 \\\n"
+    "    --lr 2e-5 --eval-items 32 --output docs/results/summarize_powered --resume"
+)
+
+
+def planning_spread() -> tuple[float, list[str]] | None:
+    """The spread of a seed's held-out normalised return measured before the powered study, pooled
+    over section 1's trained systems and the learning ledger's latest float32 team with the same
+    settings, and what it was pooled over (None: section 1 not run)."""
+    pilot = load("summarize")
+    if pilot is None:
+        return None
+    groups = [held_out(pilot, system) for system in TRAINED if seeds(pilot, system) >= 2]
+    names = [f"section 1's {NAMES[system].removeprefix('the ')}" for system in TRAINED if seeds(pilot, system) >= 2]
+    maximum = get_task("summarize").max_reward
+    entries = [json.loads(line) for line in LEDGER.read_text().splitlines()] if LEDGER.is_file() else []
+    same = [
+        e
+        for e in entries
+        if all(e["settings"].get(k) == pilot["args"].get(k) for k in LEDGER_KEYS)
+        and len(e["held_out_reward"].get("float32", {})) >= 2
+    ]
+    if same:
+        entry = same[-1]
+        groups.append([r / maximum for r in entry["held_out_reward"]["float32"].values()])
+        names.append(f"the learning ledger's float32 team (`{entry['produced_by']['commit']}`)")
+    return pooled_sd(groups), names
+
+
+def wider_spread() -> str:
+    """The spread of section 1's team and section 5's taken as one system: the same settings in two
+    sittings, at two precisions, so a shift between them counts as spread."""
+    pilot, critics = load("summarize"), load("critics")
+    if pilot is None or critics is None or "team" not in critics["runs"]:
+        return ""
+    sd = statistics.stdev(held_out(pilot, "team") + held_out(critics, "team"))
+    return (
+        f" Taken as one system, section 1's team and section 5's (the same settings in two sittings, one of "
+        f"them at bf16, so the shift between them counts as spread) spread wider, sd = {sd:.3f}: that asks "
+        f"for {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} seeds, and gives 10 seeds "
+        f"{power(sd, POWERED_EFFECT, 10):.0%} power. The study runs 10."
+    )
+
+
+def powered_section() -> list[str]:
+    out = ["## 1a. Writing (`summarize`), powered: team vs one model vs prompt-only set-ups", ""]
+    out += [
+        f"Section 1's comparison again, sized to separate a difference of {POWERED_EFFECT:g} in held-out "
+        f"normalised return with {POWERED_POWER:.0%} power: more seeds, and 32 held-out items (the same for "
+        "every system) where section 1 had 8. The settings are otherwise section 1's. Float32, the CPU default.",
+        "",
+    ]
+    plan = planning_spread()
+    if plan is not None:
+        sd, names = plan
+        out += [
+            f"**Power calculation.** The spread of one seed's held-out normalised return about its system's "
+            f"mean, pooled over the runs measured before ({', '.join(names)}; 3 seeds each, 8 held-out "
+            f"items): sd = {sd:.3f}. At that spread a difference of {POWERED_EFFECT:g} is separated at 5% "
+            f"(two-sided) with {POWERED_POWER:.0%} power by {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} "
+            "seeds per system (the two-sample t-test's power from the noncentral t distribution, "
+            "`benchmarks/difference.py`: `power`, `seeds_for`)."
+            + wider_spread()
+            + " Held-out items: each run's figure is its mean over them, so more items shrink the part of the "
+            "spread that comes from which few items were drawn.",
+            "",
+        ]
+    study = load("summarize_powered")
+    if study is None:
+        return out + not_measured(POWERED_COMMAND)
+    s = study["summary"]
+    out += embed("summarize_powered", study, POWERED_COMMAND)
+    judged = [system for system in TRAINED if seeds(study, system) >= 2]
+    if judged:
+        realised = pooled_sd([held_out(study, system) for system in judged])
+        n = min(seeds(study, system) for system in judged)
+        out += [
+            f"The spread this study measured, pooled over {' and '.join(NAMES[x] for x in judged)}: sd = "
+            f"{realised:.3f}; at it, {n} seeds per system separate {POWERED_EFFECT:g} with "
+            f"{power(realised, POWERED_EFFECT, n):.0%} power, and a difference of "
+            f"{detectable(realised, n, POWERED_POWER):.3f} with {POWERED_POWER:.0%}.",
+            "",
+        ]
+    setups = [name for name in UNTRAINED if name in s]
+    if setups:
+        best = max(setups, key=lambda name: s[name]["reward_normalised"][0])
+        start = s["parallel"]["reward_normalised"][0] if "parallel" in s else None
+        lines = [
+            verdict(NAMES[system], f"the best prompt-only set-up (`{best}`)", between(study, system, best))
+            for system in judged
+            if best != "parallel"
+        ]
+        if "rougeL" in s.get("team", {}) and "parallel" in s and "team" in judged:
+            lines.append(
+                verdict(NAMES["team"], NAMES["parallel"], between(study, "team", "parallel", "rougeL"))
+                + " (ROUGE-L against the reference summary)"
+            )
+        out += [
+            "Held-out normalised return of the prompt-only set-ups: "
+            + ", ".join(f"{name} {s[name]['reward_normalised'][0]:.3f}" for name in setups)
+            + (
+                f". The untrained team starts at {start:.2f} of the maximum reward, so this reward leaves room "
+                "to learn; `expand` (section 1b) does not, its untrained team starting at 0.88, and is not "
+                "powered here: a 0.2 gain above its untrained team cannot exist, and a reward with headroom "
+                "for introductions would be a new task's definition, not a larger study."
+                if start is not None
+                else "."
+            ),
+            *([""] + bullets(lines) if lines else []),
+        ]
     return out + trained_verdicts(study, "") + [""]
 
 
@@ -608,6 +726,7 @@ def main() -> None:
         "",
     ]
     lines += writing_section("summarize", "1", "summary")
+    lines += powered_section()
     lines += writing_section("expand", "1b", "introduction")
     for section in (
         coding_section,

@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -223,6 +224,35 @@ def test_one_seed_or_no_spread_leaves_the_difference_untested(difference):
     assert str(difference.difference([0.5, 0.5], 0.4)) == "+0.100, untested: no spread over seeds"
 
 
+def test_the_power_is_the_two_sample_t_tests_and_welchs_test_reaches_it(difference):
+    # Cohen's tables (two-sided, 5%): 64 per group for d = 0.5, 26 for d = 0.8, 17 for d = 1 (power 0.807)
+    assert [difference.seeds_for(1.0, d) for d in (0.5, 0.8, 1.0)] == [64, 26, 17]
+    assert difference.seeds_for(0.2, 0.2) == 17 and round(difference.power(1.0, 1.0, 17), 3) == 0.807
+    assert difference.power(1.0, 1.0, 16) < 0.8 < difference.power(1.0, 1.0, 17)
+    # the difference 64 seeds separate with 80% power: just under d = 0.5, where the power is 0.8015
+    assert difference.detectable(1.0, 64) == pytest.approx(0.4991, abs=1e-4)
+    assert difference.power(0.3, difference.detectable(0.3, 10), 10) == pytest.approx(0.8, abs=1e-9)
+    # the page's test is Welch's: drawn 20000 times at equal spreads, it separates as often as computed
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    sd, effect, seeds = 0.15, 0.2, 10
+    a = rng.normal(effect, sd, size=(20_000, seeds))
+    b = rng.normal(0.0, sd, size=(20_000, seeds))
+    separated = (stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < 0.05).mean()
+    assert separated == pytest.approx(difference.power(sd, effect, seeds), abs=0.01)
+    with pytest.raises(ValueError, match="seeds=1: a test over seeds needs at least 2"):
+        difference.power(sd, effect, 1)
+
+
+def test_the_spread_is_pooled_over_the_systems_seeds(difference):
+    # squares about each mean: 2 (1, 2, 3) and 2 (4, 6); degrees of freedom 2 + 1
+    assert difference.pooled_sd([[1.0, 2.0, 3.0], [4.0, 6.0], [9.0]]) == pytest.approx(math.sqrt(4 / 3), rel=1e-12)
+    with pytest.raises(ValueError, match=r"no group of \[1, 1\] seeds"):
+        difference.pooled_sd([[1.0], [2.0]])
+
+
 def test_the_verdicts_test_the_held_out_figures_of_the_seeds_and_name_the_missing_ones(results_doc):
     # summarize's maximum reward is 3: normalised team 0.6, 0.5, 0.5 against 0.3 untrained;
     # mean difference 0.2333, se 0.0577 / sqrt(3) = 0.0333, t = 7, p = 1 - 7 / sqrt(51) = 0.0198 at df 2
@@ -245,6 +275,65 @@ def test_the_verdicts_test_the_held_out_figures_of_the_seeds_and_name_the_missin
         "- the team is above the untrained team: +0.233 [0.090, 0.377], one-sample t = 7.00, df 2, p = 0.020",
         "- a system with one seed has no spread to test, so no verdict",
     ]
+
+
+def test_the_powered_section_sizes_the_study_from_the_spread_measured_before(
+    results_doc, difference, tmp_path, monkeypatch
+):
+    def written(folder, runs, seeds):
+        (tmp_path / folder).mkdir()
+        study = {"args": {"seeds": seeds, "task": "summarize", "resume": False}, "runs": runs, "summary": {}}
+        for system, system_runs in runs.items():
+            study["summary"][system] = {
+                "reward_normalised": [mean([r["held_out"]["reward"] / 3 for r in system_runs]), 0]
+            }
+        (tmp_path / folder / "results.json").write_text(json.dumps(study))
+        (tmp_path / folder / "results.md").write_text("the study's table")
+
+    def trained(*rewards):
+        return [{"seed": seed, "held_out": {"reward": r}} for seed, r in enumerate(rewards)]
+
+    def untrained(reward):
+        return [{"seed": None, "held_out": {"reward": reward}}]
+
+    monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
+    monkeypatch.setattr(results_doc, "LEDGER", tmp_path / "no-ledger.jsonl")
+    # section 1: normalised team 0.6, 0.5, 0.5 (squares 0.00667), single-agent GRPO 0.2, 0.1, 0.3 (0.02): sd 0.0816
+    written("summarize", {"team": trained(1.8, 1.5, 1.5), "single-grpo": trained(0.6, 0.3, 0.9)}, 3)
+    written("critics", {"team": trained(0.9, 0.6, 0.6)}, 3)
+    assert results_doc.planning_spread() == (
+        pytest.approx(math.sqrt((0.02 / 3 + 0.02) / 4), rel=1e-9),
+        ["section 1's team", "section 1's single-agent GRPO"],
+    )
+    page = "\n".join(results_doc.powered_section())
+    assert f"by {difference.seeds_for(math.sqrt((0.02 / 3 + 0.02) / 4), 0.2)} seeds per system" in page
+    wide = statistics.stdev([0.6, 0.5, 0.5, 0.3, 0.2, 0.2])  # section 1's and section 5's teams as one system
+    assert f"spread wider, sd = {wide:.3f}: that asks for {difference.seeds_for(wide, 0.2)} seeds" in page
+    assert page.endswith("--eval-items 32 --output docs/results/summarize_powered --resume\n```\n")  # not run yet
+
+    team, single = trained(1.5, 1.8, 1.5, 1.2), trained(0.3, 0.6, 0.3, 0.6)
+    written(
+        "summarize_powered",
+        {"team": team, "single-grpo": single, "parallel": untrained(0.6), "sequential": untrained(0.9)},
+        4,
+    )
+    page = results_doc.powered_section()
+    realised = difference.pooled_sd([[0.5, 0.6, 0.5, 0.4], [0.1, 0.2, 0.1, 0.2]])
+    assert (
+        f"The spread this study measured, pooled over the team and single-agent GRPO: sd = {realised:.3f}; at it, "
+        f"4 seeds per system separate 0.2 with {difference.power(realised, 0.2, 4):.0%} power" in "\n".join(page)
+    )
+    assert "Held-out normalised return of the prompt-only set-ups: parallel 0.200, sequential 0.300." in "\n".join(page)
+    # each trained system against the best prompt-only set-up, a constant: team 0.5 mean vs 0.3
+    beside_best = [line for line in page if "the best prompt-only set-up (`sequential`)" in line]
+    assert beside_best[0] == "- the team is above the best prompt-only set-up (`sequential`): " + str(
+        difference.difference([0.5, 0.6, 0.5, 0.4], 0.3)
+    )
+    assert (
+        "- the team is above single-agent GRPO: "
+        + str(difference.difference([0.5, 0.6, 0.5, 0.4], [0.1, 0.2, 0.1, 0.2]))
+        in page
+    )
 
 
 def test_each_precision_names_its_own_system_and_sets_the_config_fields(study, tmp_path):
