@@ -1,0 +1,56 @@
+"""benchmarks/helper_reach.py: what the untrained team's sampled answers reach of the paper's helper bonus."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def helper_reach():
+    spec = importlib.util.spec_from_file_location("helper_reach", BENCHMARKS / "helper_reach.py")
+    module = sys.modules["helper_reach"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(reward, helper_used, tests_passed):
+    return {"reward": reward, "figures": {"helper_used": helper_used, "tests_passed": tests_passed}}
+
+
+def test_the_bonus_is_counted_only_where_the_helper_is_called_and_a_test_passes(helper_reach):
+    rows = [row(3.0, 1.0, 0.5), row(1.5, 1.0, 0.0), row(2.0, 0.0, 0.5), row(0.0, 0.0, 0.0)]
+    counts = helper_reach.tally(rows)
+    assert counts["answers"] == 4 and counts["reward_mean"] == pytest.approx(6.5 / 4)
+    assert [counts[name]["count"] for name in ("helper_called", "a_test_passed", "bonus_paid")] == [2, 2, 1]
+    assert counts["bonus_paid"]["share"] == 0.25
+
+
+def test_a_share_of_none_still_has_an_upper_bound(helper_reach):
+    # Clopper-Pearson at 0 hits: the upper bound solves (1 - p)^n = 0.025; at n hits it mirrors
+    low, high = helper_reach.share_interval(0, 128)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 128), rel=1e-9)
+    low, high = helper_reach.share_interval(128, 128)
+    assert (low, high) == (pytest.approx(0.025 ** (1 / 128), rel=1e-9), 1.0)
+
+
+def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_reach, tmp_path):
+    from tests.conftest import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", seed=1)
+    out = tmp_path / "reach"
+    result = helper_reach.main(
+        ["--model", model, "--items", "2", "-G", "2", "--max-new-tokens", "4", "--output", str(out)]
+    )
+    # 2 items x G = 2 joint answers each, every one scored by the paper's reward
+    assert result["untrained"]["answers"] == 4
+    assert json.loads((out / "results.json").read_text())["untrained"] == json.loads(json.dumps(result["untrained"]))
+    assert result["settings"]["items"] == 2 and result["produced_by"]["commit"]
+    with pytest.raises(SystemExit):
+        helper_reach.main(["--items", "3", "--batch-size", "2"])
