@@ -191,9 +191,9 @@ def writing_section(task: str, number: str, reference: str) -> list[str]:
 
 #: the powered summarize study: the difference in held-out normalised return it is sized to separate,
 #: with this power at 5% (two-sided), and the seeds and held-out items it runs
-POWERED_EFFECT, POWERED_POWER = 0.2, 0.8
+POWERED_EFFECT, POWERED_POWER, POWERED_SUMMARIZE_SEEDS = 0.2, 0.8, 10
 POWERED_COMMAND = (
-    ".venv/bin/python benchmarks/study.py --task summarize --seeds 10 --steps 15 --max-new-tokens 64 \\\n"
+    f".venv/bin/python benchmarks/study.py --task summarize --seeds {POWERED_SUMMARIZE_SEEDS} --steps 15 --max-new-tokens 64 \\\n"
     "    --lr 2e-5 --eval-items 32 --output docs/results/summarize_powered --resume"
 )
 
@@ -232,8 +232,8 @@ def wider_spread() -> str:
     return (
         f" Taken as one system, section 1's team and section 5's (the same settings in two sittings, one of "
         f"them at bf16, so the shift between them counts as spread) spread wider, sd = {sd:.3f}: that asks "
-        f"for {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} seeds, and gives 10 seeds "
-        f"{power(sd, POWERED_EFFECT, 10):.0%} power. The study runs 10."
+        f"for {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} seeds, and gives {POWERED_SUMMARIZE_SEEDS} seeds "
+        f"{power(sd, POWERED_EFFECT, POWERED_SUMMARIZE_SEEDS):.0%} power. The study runs {POWERED_SUMMARIZE_SEEDS}."
     )
 
 
