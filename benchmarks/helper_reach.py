@@ -4,8 +4,8 @@ The paper's coding reward pays for calling the helper (+0.5, +1.0 more when the 
 not a thin wrapper) only where at least one unit test passes (src/magrpo/rewards/paper_coding.py).
 A group-relative update raises what its samples were paid for: where no sampled joint answer both
 calls the helper and passes a test, the bonus gives no signal, whatever the number of steps. This
-samples the untrained team as training does (temperature 1, G answers per item, the training
-split), without updating it (learning rate 0), and counts per joint answer: the main function
+samples the untrained team as a training step does (temperature 1, G answers per item, the
+training split), without an update, and counts per joint answer: the main function
 calls ``aux``, at least one test passes, both (the bonus paid), and the reward.
 
     .venv/bin/python benchmarks/helper_reach.py --items 16 -G 8 --output docs/results/helper_reach
@@ -53,24 +53,25 @@ def tally(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sample_untrained(args) -> list[dict[str, Any]]:
-    """The untrained team's sampled joint answers on the first --items training items."""
+    """The untrained team's sampled joint answers on the first --items training items, drawn as a
+    training step draws them (its seeded streams), with no update: each ``{"reward", "figures"}``."""
     from magrpo import MAGRPOConfig, MAGRPOTrainer
+    from magrpo.eval.figures import numeric_figures
+    from magrpo.step import sample_tree
     from magrpo.tasks import get_task
 
     task = get_task(args.task)
     items = task.load_split("train")[: args.items]
+    rows = []
     with tempfile.TemporaryDirectory(prefix="helper-reach-") as out:
         config = MAGRPOConfig(
             num_agents=task.num_agents,
             num_generations=args.num_generations,
             batch_size=args.batch_size,
-            max_steps=len(items) // args.batch_size,
             max_new_tokens=args.max_new_tokens,
-            learning_rate=0.0,  # sampled as training samples; nothing learnt between the steps
             seed=args.seed,
             output_dir=out,
             save_strategy="no",
-            log_samples_steps=1,
         )
         with MAGRPOTrainer(
             agents=[args.model] * task.num_agents,
@@ -80,8 +81,16 @@ def sample_untrained(args) -> list[dict[str, Any]]:
             agent_roles=task.agent_roles,
             args=config,
         ) as trainer:
-            trainer.train(progress=False)
-        return [json.loads(line) for line in (Path(out) / "samples.jsonl").read_text().splitlines()]
+            for step in range(len(items) // args.batch_size):
+                batch = items[step * args.batch_size : (step + 1) * args.batch_size]
+                sampled = sample_tree(trainer.team, [trainer.env_factory(item) for item in batch], step)
+                first = sampled.turns[0]
+                rows += [
+                    {"reward": float(result.joint_reward), "figures": numeric_figures(result)}
+                    for node in first.results
+                    for result in node
+                ]
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
