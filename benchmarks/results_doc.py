@@ -626,7 +626,49 @@ def protocols_section() -> list[str]:
     if len(judged) < len(arms):
         verdicts.append("an arm with one seed has no spread to test, so no verdict on it")
     out += ["", "Held out (difference of means [95% interval], test):", "", *bullets(verdicts)]
-    return out + [""]
+    return out + helper_reach_lines(study["args"]) + [""]
+
+
+def helper_reach_lines(args: dict) -> list[str]:
+    """Why the helper-use figure can or cannot move: how often the untrained team's training samples
+    reach the paper's helper bonus (benchmarks/helper_reach.py), and the steps of ``args``' runs
+    that take to meet it once."""
+    path = RESULTS / "helper_reach" / "results.json"
+    if not path.is_file():
+        return []
+    reach = json.loads(path.read_text())
+    counted, settings = reach["untrained"], reach["settings"]
+    n = counted["answers"]
+
+    def share(name: str) -> str:
+        c = counted[name]
+        low, high = c["interval"]
+        return f"{c['count']} ({c['share']:.3f}, 95% interval [{low:.3f}, {high:.3f}])"
+
+    per_step = args["num_generations"] * args.get("batch_size", 1)  # joint answers a step of the study samples
+    paid = counted["bonus_paid"]
+    rate = paid["share"] if paid["count"] else paid["interval"][1]
+    steps = 1 / (per_step * rate)
+    expected = (
+        f"At that share a step of this study ({per_step} joint answers) meets the bonus once in about {steps:.0f} steps"
+        if paid["count"]
+        else f"None did: at the interval's upper end a step of this study ({per_step} joint answers) would "
+        f"meet the bonus once in {steps:.0f} steps or more"
+    )
+    return [
+        "",
+        "Why the helper-use figure does not move: the paper's reward pays for calling the helper only where at "
+        "least one unit test passes (src/magrpo/rewards/paper_coding.py), and a group-relative update raises "
+        "only what its samples were paid for. The untrained team's training samples "
+        f"(`benchmarks/helper_reach.py --items {settings['items']} -G {settings['num_generations']}`: the first "
+        f"{settings['items']} training problems, G = {settings['num_generations']} joint answers each at "
+        f"temperature 1, {settings['max_new_tokens']} new tokens, no update; {n} joint answers): the main "
+        f"function calls `aux` in {share('helper_called')}, a test passes in {share('a_test_passed')}, both "
+        f"(the bonus paid) in {share('bonus_paid')}. {expected}, against the {args['steps']} steps run here. "
+        "More steps of the bundled 135M model would mostly train what it already reaches (defining and "
+        "parsing functions); cooperation needs a model that passes tests: the `qwen2.5-coder-0.5b` preset "
+        "(section 2) passes a third of the held-out tests before training.",
+    ]
 
 
 #: the study arguments a ledger entry's settings name (the same runs: study.py's train_team)

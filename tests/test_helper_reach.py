@@ -54,3 +54,29 @@ def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_rea
     assert result["settings"]["items"] == 2 and result["produced_by"]["commit"]
     with pytest.raises(SystemExit):
         helper_reach.main(["--items", "3", "--batch-size", "2"])
+
+
+def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("results_doc", BENCHMARKS / "results_doc.py")
+    results_doc = sys.modules["results_doc"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_doc)
+    monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
+    study_args = {"num_generations": 4, "batch_size": 1, "steps": 6}
+    assert results_doc.helper_reach_lines(study_args) == []  # not measured: nothing said
+
+    def written(rows):
+        (tmp_path / "helper_reach").mkdir(exist_ok=True)
+        settings = {"items": 16, "num_generations": 8, "max_new_tokens": 64}
+        counted = {"settings": settings, "untrained": helper_reach.tally(rows)}
+        (tmp_path / "helper_reach" / "results.json").write_text(json.dumps(counted))
+
+    # 2 of 128 joint answers call aux and pass a test: 4 joint answers a step meet it once in 16 steps
+    written([row(3.0, 1.0, 0.5)] * 2 + [row(0.0, 0.0, 0.0)] * 126)
+    (line,) = results_doc.helper_reach_lines(study_args)[1:]
+    assert "both (the bonus paid) in 2 (0.016, 95% interval [0.002, 0.055])" in line
+    assert "meets the bonus once in about 16 steps, against the 6 steps run here" in line
+    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 9
+    written([row(0.0, 0.0, 0.0)] * 128)
+    (line,) = results_doc.helper_reach_lines(study_args)[1:]
+    assert "the main function calls `aux` in 0 (0.000, 95% interval [0.000, 0.028])" in line
+    assert "would meet the bonus once in 9 steps or more, against the 6 steps run here" in line
