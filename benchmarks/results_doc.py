@@ -665,9 +665,11 @@ def helper_reach_lines(args: dict) -> list[str]:
         f"temperature 1, {settings['max_new_tokens']} new tokens, no update; {n} joint answers): the main "
         f"function calls `aux` in {share('helper_called')}, a test passes in {share('a_test_passed')}, both "
         f"(the bonus paid) in {share('bonus_paid')}. {expected}, against the {args['steps']} steps run here. "
-        "More steps of the bundled 135M model would mostly train what it already reaches (defining and "
-        "parsing functions); cooperation needs a model that passes tests: the `qwen2.5-coder-0.5b` preset "
-        "(section 2) passes a third of the held-out tests before training.",
+        "An update can only favour a call to `aux` that some sample made: where the main agent's samples "
+        "(almost) never call it, more steps of this model do not make helper use emerge. That needs a team "
+        "whose samples pass tests and call the helper; the `qwen2.5-coder-0.5b` preset passes a third of the "
+        "held-out tests before training (section 2), though in section 2's 3 steps its main function did not "
+        "call `aux` either.",
     ]
 
 
