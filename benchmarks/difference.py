@@ -107,9 +107,12 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
 def power(sd: float, effect: float, seeds: int) -> float:
     """The chance that two systems of ``seeds`` seeds each, whose means differ by ``effect`` with each
     seed's figure spread by ``sd``, are separated at ALPHA (two-sided): the two-sample t-test's power
-    from the noncentral t distribution (Welch's test, used on the page, has this power at equal spreads)."""
+    from the noncentral t distribution. Welch's test, the page's, comes close at equal spreads and
+    ten seeds (within 0.01) and falls short of it at very few seeds (3 seeds, d = 1: about 0.12 against 0.16)."""
     if seeds < 2:
         raise ValueError(f"seeds={seeds}: a test over seeds needs at least 2 per system")
+    if not sd > 0:
+        raise ValueError(f"sd={sd}: the spread over seeds must be above 0 for a power")
     df = 2 * seeds - 2
     shift = effect / sd * math.sqrt(seeds / 2)  # the noncentrality
     critical = stats.t.ppf(1 - ALPHA / 2, df)
@@ -118,6 +121,8 @@ def power(sd: float, effect: float, seeds: int) -> float:
 
 def seeds_for(sd: float, effect: float, target: float = 0.8) -> int:
     """The fewest seeds per system at which :func:`power` reaches ``target``."""
+    if not effect > 0:
+        raise ValueError(f"effect={effect}: no count of seeds separates a difference that is not above 0")
     seeds = 2
     while power(sd, effect, seeds) < target:
         seeds += 1

@@ -6,7 +6,7 @@ A group-relative update raises what its samples were paid for: where no sampled 
 calls the helper and passes a test, the bonus gives no signal, whatever the number of steps. This
 samples the untrained team as a training step does (temperature 1, G answers per item, the
 training split), without an update, and counts per joint answer: the main function
-calls ``aux``, at least one test passes, both (the bonus paid), and the reward.
+calls ``aux``, at least one test passes, both with ``aux`` defined (the bonus paid), and the reward.
 
     .venv/bin/python benchmarks/helper_reach.py --items 16 -G 8 --output docs/results/helper_reach
 
@@ -30,7 +30,8 @@ from provenance import provenance  # noqa: E402
 COUNTED = {
     "helper_called": lambda f: f["helper_used"] > 0,
     "a_test_passed": lambda f: f["tests_passed"] > 0,
-    "bonus_paid": lambda f: f["helper_used"] > 0 and f["tests_passed"] > 0,
+    # the reward's own condition: aux defined with a return, called from the main function, a test passed
+    "bonus_paid": lambda f: f["level_defined"] > 0 and f["helper_used"] > 0 and f["tests_passed"] > 0,
 }
 
 

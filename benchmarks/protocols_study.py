@@ -36,16 +36,15 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from provenance import provenance  # noqa: E402
-from sittings import one_writer  # noqa: E402
 from study import (  # noqa: E402
     RESUMABLE_CHANGES,
     UNTRAINED,
     add_only_seeds,
-    add_other_sittings_runs,
     check_only_seeds,
     finished_runs,
     train_team,
     untrained,
+    write_beside_other_sittings,
     write_outputs,
 )
 
@@ -152,12 +151,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
 
     def write() -> None:
         nonlocal started
-        # sittings of other seeds (--only-seeds) may write the same files: one writes at a time, and
-        # each keeps what the others finished; the study's seconds are its longest sitting's
-        with one_writer(args.output) as on_disk:
-            their_seconds = add_other_sittings_runs(on_disk, runs, args)
-            started = min(started, time.perf_counter() - their_seconds)
-            write_outputs(args, task, runs, started, order, list(ARMS), FIGURES, settings_note(args))
+        started = write_beside_other_sittings(
+            args,
+            runs,
+            started,
+            lambda t: write_outputs(args, task, runs, t, order, list(ARMS), FIGURES, settings_note(args)),
+        )
 
     missing = [s for s in setups if f"setup:{s}" not in runs]
     if missing:

@@ -198,7 +198,7 @@ POWERED_COMMAND = (
 )
 
 
-def planning_spread() -> tuple[float, list[str]] | None:
+def planning_spread() -> tuple[float, str] | None:
     """The spread of a seed's held-out normalised return measured before the powered study, pooled
     over section 1's trained systems and the learning ledger's latest float32 team with the same
     settings, and what it was pooled over (None: section 1 not run)."""
@@ -208,33 +208,59 @@ def planning_spread() -> tuple[float, list[str]] | None:
     groups = [held_out(pilot, system) for system in TRAINED if seeds(pilot, system) >= 2]
     names = [f"section 1's {NAMES[system].removeprefix('the ')}" for system in TRAINED if seeds(pilot, system) >= 2]
     maximum = get_task("summarize").max_reward
-    entries = [json.loads(line) for line in LEDGER.read_text().splitlines()] if LEDGER.is_file() else []
-    same = [
-        e
-        for e in entries
-        if all(e["settings"].get(k) == pilot["args"].get(k) for k in LEDGER_KEYS)
-        and len(e["held_out_reward"].get("float32", {})) >= 2
-    ]
+    same = [e for e in ledger_entries(pilot["args"]) if len(e["held_out_reward"].get("float32", {})) >= 2]
     if same:
         entry = same[-1]
         groups.append([r / maximum for r in entry["held_out_reward"]["float32"].values()])
         names.append(f"the learning ledger's float32 team (`{entry['produced_by']['commit']}`)")
-    return pooled_sd(groups), names
+    sizes = sorted({len(g) for g in groups})
+    pooled_over = (
+        f"{', '.join(names)}; {' or '.join(map(str, sizes))} seeds each, {pilot['args']['eval_items']} held-out items"
+    )
+    return pooled_sd(groups), pooled_over
 
 
 def wider_spread() -> str:
     """The spread of section 1's team and section 5's taken as one system: the same settings in two
-    sittings, at two precisions, so a shift between them counts as spread."""
+    sittings, so a shift between them counts as spread."""
     pilot, critics = load("summarize"), load("critics")
     if pilot is None or critics is None or "team" not in critics["runs"]:
         return ""
     sd = statistics.stdev(held_out(pilot, "team") + held_out(critics, "team"))
     return (
-        f" Taken as one system, section 1's team and section 5's (the same settings in two sittings, one of "
-        f"them at bf16, so the shift between them counts as spread) spread wider, sd = {sd:.3f}: that asks "
-        f"for {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} seeds, and gives {POWERED_SUMMARIZE_SEEDS} seeds "
-        f"{power(sd, POWERED_EFFECT, POWERED_SUMMARIZE_SEEDS):.0%} power. The study runs {POWERED_SUMMARIZE_SEEDS}."
+        f" Section 1's team and section 5's taken as one system (the same settings in two sittings, so a "
+        f"shift between the sittings counts as spread): sd = {sd:.3f}, which asks for "
+        f"{seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} seeds and gives {POWERED_SUMMARIZE_SEEDS} seeds "
+        f"{power(sd, POWERED_EFFECT, POWERED_SUMMARIZE_SEEDS):.0%} power."
     )
+
+
+def headroom_note(start: float | None) -> str:
+    """Whether the untrained team of the powered study, and of section 1b's `expand`, leave a reward
+    room to learn (``start``: the untrained team's normalised return here)."""
+    if start is None:
+        return ""
+    said = f"The untrained team starts at {start:.2f} of the maximum reward" + (
+        ", so this reward leaves room to learn." if start < 0.75 else ", near the ceiling."
+    )
+    expand = load("expand")
+    if expand is not None and "parallel" in expand["runs"]:
+        ceiling = held_out(expand, "parallel")
+        said += (
+            f" `expand` (section 1b) starts at {ceiling:.2f} and is not powered here: a gain of "
+            f"{POWERED_EFFECT:g} above its untrained team "
+            + ("cannot exist" if ceiling > 1 - POWERED_EFFECT else "has little room")
+            + ", and a reward with headroom for introductions would be a new task's definition, not a larger study."
+        )
+    return said
+
+
+def ledger_entries(args: dict) -> list[dict]:
+    """The learning ledger's entries run with the settings of a study's ``args``, oldest first."""
+    if not LEDGER.is_file():
+        return []
+    entries = [json.loads(line) for line in LEDGER.read_text().splitlines()]
+    return [e for e in entries if all(e["settings"].get(k) == args.get(k) for k in LEDGER_KEYS)]
 
 
 def powered_section() -> list[str]:
@@ -247,16 +273,15 @@ def powered_section() -> list[str]:
     ]
     plan = planning_spread()
     if plan is not None:
-        sd, names = plan
+        sd, pooled_over = plan
         out += [
             f"**Power calculation.** The spread of one seed's held-out normalised return about its system's "
-            f"mean, pooled over the runs measured before ({', '.join(names)}; 3 seeds each, 8 held-out "
-            f"items): sd = {sd:.3f}. At that spread a difference of {POWERED_EFFECT:g} is separated at 5% "
+            f"mean, pooled over the runs measured before ({pooled_over}): sd = {sd:.3f}. At that spread a difference of {POWERED_EFFECT:g} is separated at 5% "
             f"(two-sided) with {POWERED_POWER:.0%} power by {seeds_for(sd, POWERED_EFFECT, POWERED_POWER)} "
             "seeds per system (the two-sample t-test's power from the noncentral t distribution, "
             "`benchmarks/difference.py`: `power`, `seeds_for`)."
             + wider_spread()
-            + " Held-out items: each run's figure is its mean over them, so more items shrink the part of the "
+            + f" The study runs {POWERED_SUMMARIZE_SEEDS} seeds per trained system. Held-out items: each run's figure is its mean over them, so more items shrink the part of the "
             "spread that comes from which few items were drawn.",
             "",
         ]
@@ -293,14 +318,7 @@ def powered_section() -> list[str]:
         out += [
             "Held-out normalised return of the prompt-only set-ups: "
             + ", ".join(f"{name} {s[name]['reward_normalised'][0]:.3f}" for name in setups)
-            + (
-                f". The untrained team starts at {start:.2f} of the maximum reward, so this reward leaves room "
-                "to learn; `expand` (section 1b) does not, its untrained team starting at 0.88, and is not "
-                "powered here: a 0.2 gain above its untrained team cannot exist, and a reward with headroom "
-                "for introductions would be a new task's definition, not a larger study."
-                if start is not None
-                else "."
-            ),
+            + f". {headroom_note(start)}",
             *([""] + bullets(lines) if lines else []),
         ]
     return out + trained_verdicts(study, "") + [""]
@@ -630,9 +648,9 @@ def protocols_section() -> list[str]:
 
 
 def helper_reach_lines(args: dict) -> list[str]:
-    """Why the helper-use figure can or cannot move: how often the untrained team's training samples
-    reach the paper's helper bonus (benchmarks/helper_reach.py), and the steps of ``args``' runs
-    that take to meet it once."""
+    """What training had to work with for the helper-use figure to move: how often the untrained
+    team's training samples reach the paper's helper bonus (benchmarks/helper_reach.py), and the
+    steps of ``args``' arms that take to meet it once."""
     path = RESULTS / "helper_reach" / "results.json"
     if not path.is_file():
         return []
@@ -645,31 +663,37 @@ def helper_reach_lines(args: dict) -> list[str]:
         low, high = c["interval"]
         return f"{c['count']} ({c['share']:.3f}, 95% interval [{low:.3f}, {high:.3f}])"
 
-    per_step = args["num_generations"] * args.get("batch_size", 1)  # joint answers a step of the study samples
+    # joint answers a step samples: G per item simultaneously, G x M in a sequential tree
+    g, items = args["num_generations"], args.get("batch_size", 1)
+    per_step = {"simultaneous": g * items, "sequential": g * (args.get("num_continuations") or g) * items}
     paid = counted["bonus_paid"]
     rate = paid["share"] if paid["count"] else paid["interval"][1]
-    steps = 1 / (per_step * rate)
-    expected = (
-        f"At that share a step of this study ({per_step} joint answers) meets the bonus once in about {steps:.0f} steps"
-        if paid["count"]
-        else f"None did: at the interval's upper end a step of this study ({per_step} joint answers) would "
-        f"meet the bonus once in {steps:.0f} steps or more"
-    )
+    steps = {arm: max(1.0, 1 / (k * rate)) for arm, k in per_step.items()}
+    each = " and ".join(f"{steps[arm]:.0f} of the {arm} team ({k} joint answers a step)" for arm, k in per_step.items())
+    if paid["count"]:
+        when = f"At that share a first paid sample comes about once in {each}"
+    else:
+        when = f"None was: at the interval's upper end a first paid sample comes once in {each} or more"
+    beyond = all(k > args["steps"] for k in steps.values())
     return [
         "",
-        "Why the helper-use figure does not move: the paper's reward pays for calling the helper only where at "
-        "least one unit test passes (src/magrpo/rewards/paper_coding.py), and a group-relative update raises "
-        "only what its samples were paid for. The untrained team's training samples "
+        "What training had to work with: the paper's reward pays for calling the helper only where at least one "
+        "unit test passes and `aux` is defined (src/magrpo/rewards/paper_coding.py), and an update can only "
+        "favour what some sample was paid for. The untrained team's training samples "
         f"(`benchmarks/helper_reach.py --items {settings['items']} -G {settings['num_generations']}`: the first "
         f"{settings['items']} training problems, G = {settings['num_generations']} joint answers each at "
         f"temperature 1, {settings['max_new_tokens']} new tokens, no update; {n} joint answers): the main "
-        f"function calls `aux` in {share('helper_called')}, a test passes in {share('a_test_passed')}, both "
-        f"(the bonus paid) in {share('bonus_paid')}. {expected}, against the {args['steps']} steps run here. "
-        "An update can only favour a call to `aux` that some sample made: where the main agent's samples "
-        "(almost) never call it, more steps of this model do not make helper use emerge. That needs a team "
-        "whose samples pass tests and call the helper; the `qwen2.5-coder-0.5b` preset passes a third of the "
-        "held-out tests before training (section 2), though in section 2's 3 steps its main function did not "
-        "call `aux` either.",
+        f"function calls `aux` in {share('helper_called')}, a test passes in {share('a_test_passed')}, and "
+        f"the bonus is paid in {share('bonus_paid')}. {when}, against the {args['steps']} steps run here"
+        + (
+            ": in runs this short the bonus most likely never paid, so helper use had nothing to move it."
+            if beyond
+            else "; a larger sample of the untrained team would tighten the bound."
+        )
+        + " Helper use needs a team whose samples pass tests and call the helper; the `qwen2.5-coder-0.5b` "
+        "preset passes a third of the held-out tests before training (section 2, task `coding`, whose reward "
+        "scores helper use differently), though in section 2's 3 steps its main function did not call `aux` "
+        "either.",
     ]
 
 
@@ -680,18 +704,13 @@ LEDGER_KEYS = ("task", "model", "steps", "batch_size", "num_generations", "max_n
 def ledger_team(study: dict) -> tuple[dict, list[float]] | None:
     """The latest float32 ledger entry run with ``study``'s settings on the same machine kind, and
     its team's per-seed held-out reward on the seeds the study ran (None: no such entry)."""
-    if not LEDGER.is_file():
-        return None
-    args = study["args"]
     made = [run["produced_by"] for runs in study["runs"].values() for run in runs if run.get("produced_by")]
     kind = machine_kind(made[0]) if made else None
     seeds = sorted({run["seed"] for runs in study["runs"].values() for run in runs if run.get("seed") is not None})
     found = None
-    for line in LEDGER.read_text().splitlines():
-        entry = json.loads(line)
+    for entry in ledger_entries(study["args"]):
         per_seed = entry["held_out_reward"].get("float32", {})
-        same = all(entry["settings"].get(k) == args.get(k) for k in LEDGER_KEYS)
-        if same and machine_kind(entry["produced_by"]) == kind and all(str(k) in per_seed for k in seeds):
+        if machine_kind(entry["produced_by"]) == kind and all(str(k) in per_seed for k in seeds):
             found = (entry, [per_seed[str(k)] for k in seeds])
     return found
 

@@ -37,12 +37,13 @@ import argparse
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from magrpo.tasks import TASKS
 from magrpo.tasks.base import whole_answer_scorer
@@ -476,13 +477,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def write() -> None:
         nonlocal started
-        if not args.resume:
-            write_outputs(args, task, runs, started)
-            return
-        # sittings of other seeds (--only-seeds) may write the same files: one writes at a time, and
-        # each keeps what the others finished; the study's seconds are its longest sitting's
-        with one_writer(args.output) as on_disk:
-            started = min(started, time.perf_counter() - add_other_sittings_runs(on_disk, runs, args))
+        if args.resume:  # sittings of other seeds (--only-seeds) may write the same files
+            started = write_beside_other_sittings(args, runs, started, lambda t: write_outputs(args, task, runs, t))
+        else:
             write_outputs(args, task, runs, started)
 
     missing = [s for s in UNTRAINED if s in systems and s not in runs]
@@ -541,9 +538,22 @@ def check_only_seeds(parser: argparse.ArgumentParser, args) -> None:
         args.only_seeds = sorted({int(seed) for seed in args.only_seeds.split(",") if seed.strip()})
     except ValueError:
         parser.error(f"--only-seeds: {args.only_seeds!r} is not a comma-separated list of whole numbers")
+    if args.only_seeds and args.rerun:  # each sitting would drop the reruns the other wrote
+        parser.error(f"--only-seeds with --rerun {args.rerun}: rerun those systems in one sitting of every seed")
     outside = [seed for seed in args.only_seeds if not 0 <= seed < args.seeds]
     if outside:
         parser.error(f"--only-seeds: {outside} outside the study's seeds 0..{args.seeds - 1} (--seeds {args.seeds})")
+
+
+def write_beside_other_sittings(
+    args, runs: dict[str, list[dict[str, Any]]], started: float, write: Callable[[float], None]
+) -> float:
+    """Calls ``write(started)`` holding --output's lock, after adding to ``runs`` what other sittings
+    of the study (--only-seeds) finished meanwhile; returns the study's start: its longest sitting's."""
+    with one_writer(args.output) as on_disk:
+        started = min(started, time.perf_counter() - add_other_sittings_runs(on_disk, runs, args))
+        write(started)
+    return started
 
 
 def add_other_sittings_runs(on_disk: dict[str, Any] | None, runs: dict[str, list[dict[str, Any]]], args) -> float:
@@ -621,7 +631,9 @@ def write_outputs(
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
     seconds = time.perf_counter() - started
-    (args.output / "results.json").write_text(
+    # whole or not at all: a sitting starting beside this one may read it meanwhile
+    partial = args.output / "results.json.partial"
+    partial.write_text(
         json.dumps(
             {
                 "args": recorded_args(args),
@@ -633,6 +645,7 @@ def write_outputs(
             default=float,
         )
     )
+    os.replace(partial, args.output / "results.json")
     write_markdown(args.output / "results.md", table, runs, args, seconds, note)
     plot(args.output, runs, table, trained, figures)
 

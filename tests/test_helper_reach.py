@@ -20,16 +20,18 @@ def helper_reach():
     return module
 
 
-def row(reward, helper_used, tests_passed):
-    return {"reward": reward, "figures": {"helper_used": helper_used, "tests_passed": tests_passed}}
+def row(reward, helper_used, tests_passed, defined=1.0):
+    figures = {"helper_used": helper_used, "tests_passed": tests_passed, "level_defined": defined}
+    return {"reward": reward, "figures": figures}
 
 
 def test_the_bonus_is_counted_only_where_the_helper_is_called_and_a_test_passes(helper_reach):
-    rows = [row(3.0, 1.0, 0.5), row(1.5, 1.0, 0.0), row(2.0, 0.0, 0.5), row(0.0, 0.0, 0.0)]
+    # the last calls an aux that is not defined with a return: the reward pays it no bonus
+    rows = [row(3.0, 1.0, 0.5), row(1.5, 1.0, 0.0), row(2.0, 0.0, 0.5), row(0.0, 0.0, 0.0), row(1.5, 1.0, 0.5, 0.0)]
     counts = helper_reach.tally(rows)
-    assert counts["answers"] == 4 and counts["reward_mean"] == pytest.approx(6.5 / 4)
-    assert [counts[name]["count"] for name in ("helper_called", "a_test_passed", "bonus_paid")] == [2, 2, 1]
-    assert counts["bonus_paid"]["share"] == 0.25
+    assert counts["answers"] == 5 and counts["reward_mean"] == pytest.approx(8.0 / 5)
+    assert [counts[name]["count"] for name in ("helper_called", "a_test_passed", "bonus_paid")] == [3, 3, 1]
+    assert counts["bonus_paid"]["share"] == 0.2
 
 
 def test_a_share_of_none_still_has_an_upper_bound(helper_reach):
@@ -58,10 +60,11 @@ def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_rea
 
 def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("results_doc", BENCHMARKS / "results_doc.py")
-    results_doc = sys.modules["results_doc"] = importlib.util.module_from_spec(spec)
+    results_doc = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "results_doc", results_doc)
     spec.loader.exec_module(results_doc)
     monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
-    study_args = {"num_generations": 4, "batch_size": 1, "steps": 6}
+    study_args = {"num_generations": 4, "batch_size": 1, "steps": 6, "num_continuations": 2}
     assert results_doc.helper_reach_lines(study_args) == []  # not measured: nothing said
 
     def written(rows):
@@ -70,13 +73,19 @@ def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach
         counted = {"settings": settings, "untrained": helper_reach.tally(rows)}
         (tmp_path / "helper_reach" / "results.json").write_text(json.dumps(counted))
 
-    # 2 of 128 joint answers call aux and pass a test: 4 joint answers a step meet it once in 16 steps
+    # 2 of 128 joint answers are paid: once in 16 steps of 4 joint answers, 8 of 4 x 2 (sequential)
     written([row(3.0, 1.0, 0.5)] * 2 + [row(0.0, 0.0, 0.0)] * 126)
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
-    assert "both (the bonus paid) in 2 (0.016, 95% interval [0.002, 0.055])" in line
-    assert "meets the bonus once in about 16 steps, against the 6 steps run here" in line
-    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 9
+    assert "the bonus is paid in 2 (0.016, 95% interval [0.002, 0.055])" in line
+    assert (
+        "comes about once in 16 of the simultaneous team (4 joint answers a step) and 8 of the sequential team "
+        "(8 joint answers a step), against the 6 steps run here: in runs this short the bonus most likely never "
+        "paid" in line
+    )
+    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8,
+    # 1 / (8 x 0.0284) = 4.4, under the 6 steps: no conclusion but a wider sample
     written([row(0.0, 0.0, 0.0)] * 128)
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
     assert "the main function calls `aux` in 0 (0.000, 95% interval [0.000, 0.028])" in line
-    assert "would meet the bonus once in 9 steps or more, against the 6 steps run here" in line
+    assert "once in 9 of the simultaneous team (4 joint answers a step) and 4 of the sequential team" in line
+    assert "or more, against the 6 steps run here; a larger sample of the untrained team would tighten" in line

@@ -282,7 +282,8 @@ def test_the_powered_section_sizes_the_study_from_the_spread_measured_before(
 ):
     def written(folder, runs, seeds):
         (tmp_path / folder).mkdir()
-        study = {"args": {"seeds": seeds, "task": "summarize", "resume": False}, "runs": runs, "summary": {}}
+        study = {"args": {"seeds": seeds, "task": "summarize", "resume": False, "eval_items": 8}}
+        study |= {"runs": runs, "summary": {}}
         for system, system_runs in runs.items():
             study["summary"][system] = {
                 "reward_normalised": [mean([r["held_out"]["reward"] / 3 for r in system_runs]), 0]
@@ -301,14 +302,15 @@ def test_the_powered_section_sizes_the_study_from_the_spread_measured_before(
     # section 1: normalised team 0.6, 0.5, 0.5 (squares 0.00667), single-agent GRPO 0.2, 0.1, 0.3 (0.02): sd 0.0816
     written("summarize", {"team": trained(1.8, 1.5, 1.5), "single-grpo": trained(0.6, 0.3, 0.9)}, 3)
     written("critics", {"team": trained(0.9, 0.6, 0.6)}, 3)
+    written("expand", {"parallel": untrained(2.64)}, 3)  # the untrained team at 0.88 of the maximum 3
     assert results_doc.planning_spread() == (
         pytest.approx(math.sqrt((0.02 / 3 + 0.02) / 4), rel=1e-9),
-        ["section 1's team", "section 1's single-agent GRPO"],
+        "section 1's team, section 1's single-agent GRPO; 3 seeds each, 8 held-out items",
     )
     page = "\n".join(results_doc.powered_section())
     assert f"by {difference.seeds_for(math.sqrt((0.02 / 3 + 0.02) / 4), 0.2)} seeds per system" in page
     wide = statistics.stdev([0.6, 0.5, 0.5, 0.3, 0.2, 0.2])  # section 1's and section 5's teams as one system
-    assert f"spread wider, sd = {wide:.3f}: that asks for {difference.seeds_for(wide, 0.2)} seeds" in page
+    assert f"counts as spread): sd = {wide:.3f}, which asks for {difference.seeds_for(wide, 0.2)} seeds" in page
     assert page.endswith("--eval-items 32 --output docs/results/summarize_powered --resume\n```\n")  # not run yet
 
     team, single = trained(1.5, 1.8, 1.5, 1.2), trained(0.3, 0.6, 0.3, 0.6)
@@ -323,7 +325,11 @@ def test_the_powered_section_sizes_the_study_from_the_spread_measured_before(
         f"The spread this study measured, pooled over the team and single-agent GRPO: sd = {realised:.3f}; at it, "
         f"4 seeds per system separate 0.2 with {difference.power(realised, 0.2, 4):.0%} power" in "\n".join(page)
     )
-    assert "Held-out normalised return of the prompt-only set-ups: parallel 0.200, sequential 0.300." in "\n".join(page)
+    assert (
+        "Held-out normalised return of the prompt-only set-ups: parallel 0.200, sequential 0.300. The untrained "
+        "team starts at 0.20 of the maximum reward, so this reward leaves room to learn. `expand` (section 1b) "
+        "starts at 0.88 and is not powered here: a gain of 0.2 above its untrained team cannot exist"
+    ) in "\n".join(page)
     # each trained system against the best prompt-only set-up, a constant: team 0.5 mean vs 0.3
     beside_best = [line for line in page if "the best prompt-only set-up (`sequential`)" in line]
     assert beside_best[0] == "- the team is above the best prompt-only set-up (`sequential`): " + str(
