@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -20,6 +22,18 @@ from magrpo.checkpoint import checkpoints_of, prune_checkpoints, resolve_resume,
 from tests.conftest import MACHINE_FIGURES, final_weights
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def ended_with_the_test(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``proc``, killed if the test ends (passes or fails) while it still runs: a run started beside
+    the one under test does not outlive a failure."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -128,43 +142,50 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
 )
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    straight_run = run(straight, variant)  # beside the killed one: the two share nothing
-    proc = run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})
-    wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
-    children = descendants(proc.pid)
-    assert children or variant not in ("vllm", "async")  # the vLLM variants' engines live in processes of their own
-    proc.send_signal(signal.SIGKILL)  # a real kill -9: nothing of the run gets to react
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 60
-    while (left := [pid for pid, start in children.items() if running(pid, start)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"processes of the killed run still running: {left}"
-    resumed_from = resolve_resume(killed)
-    assert 3 <= int(resumed_from.name.split("-")[1]) < 6
-    out = finish(run(killed, variant, "--resume"))
-    assert f"resumed from {resumed_from}" in out and "finished 6" in out
-    finish(straight_run)
-    assert_same_state(state_of(straight), state_of(killed))
+    # beside the killed one: the two share nothing
+    with (
+        ended_with_the_test(run(straight, variant)) as straight_run,
+        ended_with_the_test(run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})) as proc,
+    ):
+        wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
+        children = descendants(proc.pid)
+        assert children or variant not in ("vllm", "async")  # the vLLM variants' engines live in processes of their own
+        proc.send_signal(signal.SIGKILL)  # a real kill -9: nothing of the run gets to react
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        deadline = time.monotonic() + 60
+        while (left := [pid for pid, start in children.items() if running(pid, start)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"processes of the killed run still running: {left}"
+        resumed_from = resolve_resume(killed)
+        assert 3 <= int(resumed_from.name.split("-")[1]) < 6
+        out = finish(run(killed, variant, "--resume"))
+        assert f"resumed from {resumed_from}" in out and "finished 6" in out
+        finish(straight_run)
+        assert_same_state(state_of(straight), state_of(killed))
 
 
 def test_sigterm_finishes_the_step_saves_and_names_the_command_that_resumes(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    straight_run = run(straight, "full")  # beside the stopped one: the two share nothing
-    proc = run(stopped, "full", env={"MAGRPO_SLOW_REWARD": "0.3"})
-    wait_for(stopped / "metrics.jsonl", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out
-    step = len((stopped / "metrics.jsonl").read_text().splitlines())
-    assert (
-        f"stopped after step {step}" in out and f"resume with: python -m tests.tiny_run {stopped} full --resume" in out
-    )
-    verify_checkpoint(stopped / "checkpoints" / f"step-{step}")
-    assert not any(p.name.endswith("-interrupted") for p in (stopped / "checkpoints").iterdir())
-    finish(run(stopped, "full", "--resume"))
-    finish(straight_run)
-    assert_same_state(state_of(straight), state_of(stopped))
+    # beside the stopped one: the two share nothing
+    with (
+        ended_with_the_test(run(straight, "full")) as straight_run,
+        ended_with_the_test(run(stopped, "full", env={"MAGRPO_SLOW_REWARD": "0.3"})) as proc,
+    ):
+        wait_for(stopped / "metrics.jsonl", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        step = len((stopped / "metrics.jsonl").read_text().splitlines())
+        assert (
+            f"stopped after step {step}" in out
+            and f"resume with: python -m tests.tiny_run {stopped} full --resume" in out
+        )
+        verify_checkpoint(stopped / "checkpoints" / f"step-{step}")
+        assert not any(p.name.endswith("-interrupted") for p in (stopped / "checkpoints").iterdir())
+        finish(run(stopped, "full", "--resume"))
+        finish(straight_run)
+        assert_same_state(state_of(straight), state_of(stopped))
 
 
 def test_a_first_ctrl_c_stops_cleanly_and_a_second_aborts_at_once(tmp_path):
