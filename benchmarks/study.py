@@ -23,6 +23,7 @@ seeds) and ``held_out.png`` (a bar chart of the held-out figures).
         --systems team,maac,iac,parallel --output docs/results/critics   # MAGRPO vs MAAC vs IAC
     .venv/bin/python benchmarks/study.py ... --resume   # a study cut short: only the runs it lacks
     .venv/bin/python benchmarks/study.py ... --resume --only-seeds 0,2,4   # beside a sitting of the other seeds
+        # (give the untrained set-ups to one sitting: the other's --systems names only the trained ones)
     .venv/bin/python benchmarks/study.py --systems team --seeds 8 \
         --precisions float32,bf16,bf16-autocast,bf16-sampling ...   # each trained system at each precision
 
