@@ -281,7 +281,7 @@ def powered_section() -> list[str]:
             "seeds per system (the two-sample t-test's power from the noncentral t distribution, "
             "`benchmarks/difference.py`: `power`, `seeds_for`)."
             + wider_spread()
-            + f" The study runs {POWERED_SUMMARIZE_SEEDS} seeds per trained system. Held-out items: each run's figure is its mean over them, so more items shrink the part of the "
+            + f" The study asks for {POWERED_SUMMARIZE_SEEDS} seeds per trained system. Held-out items: each run's figure is its mean over them, so more items shrink the part of the "
             "spread that comes from which few items were drawn.",
             "",
         ]
