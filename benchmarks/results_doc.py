@@ -669,11 +669,14 @@ def helper_reach_lines(args: dict) -> list[str]:
     paid = counted["bonus_paid"]
     rate = paid["share"] if paid["count"] else paid["interval"][1]
     steps = {arm: max(1.0, 1 / (k * rate)) for arm, k in per_step.items()}
-    each = " and ".join(f"{steps[arm]:.0f} of the {arm} team ({k} joint answers a step)" for arm, k in per_step.items())
+    bound = "" if paid["count"] else " or more"
+    each = " and ".join(
+        f"{steps[arm]:.0f} steps{bound} of the {arm} team ({k} joint answers a step)" for arm, k in per_step.items()
+    )
     if paid["count"]:
         when = f"At that share a first paid sample comes about once in {each}"
     else:
-        when = f"None was: at the interval's upper end a first paid sample comes once in {each} or more"
+        when = f"None was: at the interval's upper end a first paid sample comes once in {each}"
     beyond = all(k > args["steps"] for k in steps.values())
     return [
         "",

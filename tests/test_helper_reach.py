@@ -78,14 +78,17 @@ def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
     assert "the bonus is paid in 2 (0.016, 95% interval [0.002, 0.055])" in line
     assert (
-        "comes about once in 16 of the simultaneous team (4 joint answers a step) and 8 of the sequential team "
-        "(8 joint answers a step), against the 6 steps run here: in runs this short the bonus most likely never "
-        "paid" in line
+        "comes about once in 16 steps of the simultaneous team (4 joint answers a step) and 8 steps of the "
+        "sequential team (8 joint answers a step), against the 6 steps run here: in runs this short the bonus "
+        "most likely never paid" in line
     )
     # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8,
     # 1 / (8 x 0.0284) = 4.4, under the 6 steps: no conclusion but a wider sample
     written([row(0.0, 0.0, 0.0)] * 128)
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
     assert "the main function calls `aux` in 0 (0.000, 95% interval [0.000, 0.028])" in line
-    assert "once in 9 of the simultaneous team (4 joint answers a step) and 4 of the sequential team" in line
-    assert "or more, against the 6 steps run here; a larger sample of the untrained team would tighten" in line
+    assert (
+        "once in 9 steps or more of the simultaneous team (4 joint answers a step) and 4 steps or more of the "
+        "sequential team (8 joint answers a step), against the 6 steps run here; a larger sample of the untrained "
+        "team would tighten" in line
+    )
