@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,3 +19,11 @@ def one_writer(folder: Path) -> Iterator[dict[str, Any] | None]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         path = folder / "results.json"
         yield json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Writes ``path`` whole or not at all (a sibling file, then a rename): a sitting starting beside
+    the writer may read it meanwhile."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

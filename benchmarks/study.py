@@ -38,7 +38,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from magrpo.tasks.base import whole_answer_scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared modules
 from provenance import describe, provenance  # noqa: E402
-from sittings import one_writer  # noqa: E402
+from sittings import one_writer, write_whole  # noqa: E402
 
 UNTRAINED = ("parallel", "sequential", "discussion", "single")
 #: the team trained with each algorithm: system -> (MAGRPOConfig.algorithm, critic_type)
@@ -632,9 +631,8 @@ def write_outputs(
     runs = {s: runs[s] for s in order}
     table = summarise(runs, task)
     seconds = time.perf_counter() - started
-    # whole or not at all: a sitting starting beside this one may read it meanwhile
-    partial = args.output / "results.json.partial"
-    partial.write_text(
+    write_whole(
+        args.output / "results.json",
         json.dumps(
             {
                 "args": recorded_args(args),
@@ -644,9 +642,8 @@ def write_outputs(
             },
             indent=1,
             default=float,
-        )
+        ),
     )
-    os.replace(partial, args.output / "results.json")
     write_markdown(args.output / "results.md", table, runs, args, seconds, note)
     plot(args.output, runs, table, trained, figures)
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shar
 from bench_vs_trl import completion_text, length_reward  # noqa: E402
 from difference import difference  # noqa: E402
 from provenance import describe, provenance  # noqa: E402
-from sittings import one_writer  # noqa: E402
+from sittings import one_writer, write_whole  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "trl_parity"
@@ -187,7 +187,7 @@ def save(results: dict[str, Any], out: Path) -> None:
             results["runs"] = {**on_disk["runs"], **results["runs"]}
             if results.get("untrained") is None:
                 results["untrained"] = on_disk.get("untrained")
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_whole(out / "results.json", json.dumps(results, indent=1) + "\n")
         write_page(results, out)
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.test_study import load
 
 
 @pytest.fixture(scope="module")
 def helper_reach():
-    spec = importlib.util.spec_from_file_location("helper_reach", BENCHMARKS / "helper_reach.py")
-    module = sys.modules["helper_reach"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("helper_reach")
 
 
 def row(reward, helper_used, tests_passed, defined=1.0):
@@ -59,10 +53,7 @@ def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_rea
 
 
 def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("results_doc", BENCHMARKS / "results_doc.py")
-    results_doc = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "results_doc", results_doc)
-    spec.loader.exec_module(results_doc)
+    results_doc = load("results_doc")
     monkeypatch.setattr(results_doc, "RESULTS", tmp_path)
     study_args = {"num_generations": 4, "batch_size": 1, "steps": 6, "num_continuations": 2}
     assert results_doc.helper_reach_lines(study_args) == []  # not measured: nothing said
