@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,14 @@ def ended_with_the_test(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=60)
+
+
+@contextmanager
+def removed_with_the_test(folder: Path) -> Iterator[Path]:
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(out: Path, variant: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -142,14 +152,18 @@ NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="v
 )
 def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path, variant):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # beside the killed one: the two share nothing
+    # the straight run beside the killed one: the two share nothing; the killed run's temporary
+    # folder its own, to see that its engine's copy of the weights does not outlive it (a short
+    # path: vLLM's sockets go there too)
     with (
+        removed_with_the_test(Path(tempfile.mkdtemp(prefix="kill-", dir="/tmp"))) as scratch,
         ended_with_the_test(run(straight, variant)) as straight_run,
-        ended_with_the_test(run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3"})) as proc,
+        ended_with_the_test(run(killed, variant, env={"MAGRPO_SLOW_REWARD": "0.3", "TMPDIR": str(scratch)})) as proc,
     ):
         wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
         children = descendants(proc.pid)
         assert children or variant not in ("vllm", "async")  # the vLLM variants' engines live in processes of their own
+        assert list(scratch.glob("magrpo-vllm-*")) or variant not in ("vllm", "async")  # its copy of the weights
         proc.send_signal(signal.SIGKILL)  # a real kill -9: nothing of the run gets to react
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
@@ -157,6 +171,9 @@ def test_a_run_killed_with_sigkill_then_resumed_equals_the_straight_run(tmp_path
         while (left := [pid for pid, start in children.items() if running(pid, start)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"processes of the killed run still running: {left}"
+        while list(scratch.glob("magrpo-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not list(scratch.glob("magrpo-*")), "the killed run's engine folders were left behind"
         resumed_from = resolve_resume(killed)
         assert 3 <= int(resumed_from.name.split("-")[1]) < 6
         out = finish(run(killed, variant, "--resume"))

@@ -728,6 +728,12 @@ SERVE_OPTIONS = (
         help="On a GPU: the share of its memory each engine takes (default 0.9 over the engines on it).",
     ),
     Option(("--seed",), int, 0, "The engines' seed (each request carries its own as well)."),
+    Option(
+        ("--scratch-dir",),
+        Optional[Path],
+        help="Where the engines keep their copies of the weights while serving, a model's size each, in a folder "
+        "of their own removed when the server stops. Default: the system's temporary folder.",
+    ),
     VERBOSE,
 )
 
@@ -747,6 +753,8 @@ def vllm_serve(given: SimpleNamespace) -> None:
         devices = given.devices or [_default_engine_device()] * len(models)
         if len(devices) != len(models):
             raise UsageError(f"{len(devices)} --devices for {len(models)} --model; give one per model, or none")
+        if given.scratch_dir is not None and not given.scratch_dir.is_dir():
+            raise UsageError(f"--scratch-dir {str(given.scratch_dir)!r} is not a folder; give an existing folder")
         served = [
             ServedModel(
                 spec,
@@ -765,6 +773,7 @@ def vllm_serve(given: SimpleNamespace) -> None:
             seed=given.seed,
             kv_cache_gib=given.kv_cache_gib,
             gpu_memory_utilization=given.gpu_memory_utilization,
+            scratch_dir=given.scratch_dir,
         )
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))

@@ -89,28 +89,52 @@ def kill_and_check_nothing_is_left(proc: subprocess.Popen, seen: dict[int, bytes
     assert not left, f"processes of the killed trainer still running: {[cmdline(p)[:120] for p in left]}"
 
 
-def test_the_watcher_ends_every_process_that_carries_its_marker_when_the_trainer_is_killed():
+def test_the_watcher_ends_every_process_that_carries_its_marker_when_the_trainer_is_killed(tmp_path):
     """No vLLM needed: a 'trainer' starts the watcher, then two processes with its marker that
-    ignore SIGTERM (the watcher's grace passes, then it kills them), and is killed with SIGKILL."""
+    ignore SIGTERM (the watcher's grace passes, then it kills them), and is killed with SIGKILL;
+    the engine's folder goes once they have ended."""
+    folder = tmp_path / "engine-folder"
+    (folder / "base").mkdir(parents=True)
+    (folder / "base" / "model.safetensors").write_bytes(b"weights")
     proc = start(
         """
         import os, subprocess, sys, time
         from magrpo.sampling.engine_watch import EngineWatch
-        watch = EngineWatch(grace_s=1.0)
+        watch = EngineWatch(grace_s=1.0, remove=[FOLDER])
         stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
         for _ in range(2):  # in sessions of their own: a kill of the trainer's group does not reach them
             subprocess.Popen([sys.executable, "-c", stubborn], env={**os.environ, **watch.environment},
                              start_new_session=True)
         print("started", flush=True)
         time.sleep(600)
-        """
+        """.replace("FOLDER", repr(str(folder)))
     )
     assert proc.stdout.readline() == b"started\n"
     deadline = time.monotonic() + 30
     while len(seen := descendants(proc.pid)) < 3 and time.monotonic() < deadline:  # the watcher and the two
         time.sleep(0.05)
     assert len(seen) == 3, seen
+    assert folder.is_dir()
     kill_and_check_nothing_is_left(proc, seen, timeout=20)
+    deadline = time.monotonic() + 20
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not folder.exists()
+
+
+def test_an_engine_let_go_has_its_folders_removed_once_its_processes_have_ended(tmp_path):
+    from magrpo.sampling.engine_watch import EngineWatch
+
+    folders = [tmp_path / "workdir", tmp_path / "shared"]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "weights.safetensors").write_bytes(b"weights")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    watch = EngineWatch(grace_s=0.5, remove=folders)
+    watch.release()
+    assert watch.process.wait(timeout=30) == 0
+    assert not any(folder.exists() for folder in folders) and kept.is_dir()  # its own folders, no other
 
 
 NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")

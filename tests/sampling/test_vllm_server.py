@@ -243,6 +243,27 @@ def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_mod
     assert weights and all(abs(w - 1.0) < 1e-3 for w in weights)  # float32 engines: the trainer's own policy
 
 
+def test_a_server_stopped_with_sigterm_removes_its_copies_of_the_weights(tmp_path):
+    """``magrpo vllm-serve`` keeps a copy of each model it serves under --scratch-dir; SIGTERM (what
+    a scheduler sends) ends it through its own clean-up, which removes them, whoever started it."""
+    import os
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    model = save_tiny_model(tmp_path / "model", seed=5, **SHAPE)
+    server = ServerProcess([model], "--kv-cache-gib", "0.25", "--max-model-len", "128", scratch_dir=scratch,
+                           log=tmp_path / "server.log").start()  # fmt: skip
+    try:
+        copies = list(server.scratch.glob("magrpo-serve-*/model-0/base/*.safetensors"))
+        assert copies, list(server.scratch.rglob("*"))  # the engine's copy, while it serves
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(timeout=120) == 128 + signal.SIGTERM  # an exit of its own, not the signal's
+        assert not any(server.scratch.iterdir()), list(server.scratch.rglob("*"))[:5]
+    finally:
+        server.stop()
+    assert not any(scratch.iterdir())  # and the ServerProcess's own folder is gone with it
+
+
 def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill(tmp_path):
     """The process that started a ServerProcess is killed with SIGKILL: the server and every
     engine process below it end too (none is left holding memory or the port)."""
@@ -253,10 +274,14 @@ def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill
     import time
 
     models = [save_tiny_model(tmp_path / f"model-{s}", seed=s, **SHAPE) for s in (5, 6)]  # an engine process each
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     script = (
         "import json, sys, time\n"
+        "from pathlib import Path\n"
         "from magrpo.sampling.vllm_server import ServerProcess\n"
-        f"server = ServerProcess({models!r}, '--kv-cache-gib', '0.25', '--max-model-len', '128').start()\n"
+        f"server = ServerProcess({models!r}, '--kv-cache-gib', '0.25', '--max-model-len', '128',\n"
+        f"                       scratch_dir=Path({str(scratch)!r})).start()\n"
         "print(json.dumps(server.process_ids()), flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -270,6 +295,9 @@ def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill
         while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             time.sleep(0.5)
         assert not any(alive(pid) for pid in pids), [pid for pid in pids if alive(pid)]
+        while time.monotonic() < deadline and any(scratch.iterdir()):
+            time.sleep(0.5)
+        assert not any(scratch.iterdir()), list(scratch.rglob("*"))[:5]  # no copy of the weights left behind
     finally:
         parent.kill()
         for pid in pids if "pids" in locals() else []:

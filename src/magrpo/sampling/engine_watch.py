@@ -10,19 +10,23 @@ watcher waits on the trainer's pidfd; when the trainer has ended it asks each pr
 environment carries the token to shut down (SIGTERM: vLLM's handler stops its executor and
 workers), kills what is left after ``SHUTDOWN_GRACE_S``, and looks again until none is left. An
 engine let go by the trainer stops its watcher (a line on the watcher's stdin), which then gives
-the engine's processes the same grace to end and kills what is left.
+the engine's processes the same grace to end and kills what is left. Either way it then removes
+the folders it was given (the engine's copy of the weights, its adapters): a trainer killed with
+SIGKILL leaves nothing behind in the temporary folder or in shared memory.
 
-Run as ``python -I -S engine_watch.py TRAINER_PID TOKEN GRACE_S``.
+Run as ``python -I -S engine_watch.py TRAINER_PID TOKEN GRACE_S [FOLDER ...]``.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 #: the environment variable that marks an engine's processes
 MARKER = "MAGRPO_ENGINE_OF"
@@ -33,13 +37,16 @@ SHUTDOWN_GRACE_S = 10.0
 class EngineWatch:
     """The trainer's side: a watcher process started now, the marker the engine must be built with."""
 
-    def __init__(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    def __init__(self, grace_s: float = SHUTDOWN_GRACE_S, remove: Sequence[os.PathLike | str] = ()) -> None:
+        """``remove``: folders the engine writes, removed once its processes have ended."""
         import secrets
 
         self.token = secrets.token_hex(8)
         env = {k: v for k, v in os.environ.items() if k != MARKER}  # the watcher is no engine process
+        folders = [os.path.abspath(folder) for folder in remove]
+        command = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), self.token, str(grace_s)]
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), self.token, str(grace_s)],
+            [*command, *folders],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -110,25 +117,32 @@ def end_engine(token: str, grace_s: float, ask: bool) -> None:
         time.sleep(0.1)
 
 
+def end_and_remove(token: str, grace_s: float, ask: bool, folders: list[str]) -> None:
+    """End the engine (:func:`end_engine`), then remove the folders it wrote in."""
+    end_engine(token, grace_s, ask)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str]) -> None:
-    trainer, token, grace_s = int(argv[1]), argv[2], float(argv[3])
+    trainer, token, grace_s, folders = int(argv[1]), argv[2], float(argv[3]), argv[4:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the terminal is the trainer's to take
     try:
         pidfd = os.pidfd_open(trainer)
     except (OSError, AttributeError):
         pidfd = None
     if pidfd is None or os.getppid() != trainer:  # it ended before we looked (our parent is then another)
-        end_engine(token, grace_s, ask=True)
+        end_and_remove(token, grace_s, True, folders)
         return
     watching = [pidfd, 0]
     while True:
         ready, _, _ = select.select(watching, [], [])
         if pidfd in ready:  # the trainer has ended: its engine goes too
-            end_engine(token, grace_s, ask=True)
+            end_and_remove(token, grace_s, True, folders)
             return
         line = os.read(0, 64)
         if line.startswith(b"stop"):  # let go: vLLM shuts the engine down; what hangs is killed
-            end_engine(token, grace_s, ask=False)
+            end_and_remove(token, grace_s, False, folders)
             return
         if not line:  # stdin closed without a word: keep watching the trainer
             watching = [pidfd]

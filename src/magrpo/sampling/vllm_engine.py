@@ -139,6 +139,7 @@ class VLLMEngine:
             kv_cache_gib=kv_cache_gib,
             gpu_memory_utilization=gpu_memory_utilization,
             sleep_mode=self.sleep_mode,
+            scratch=(self.workdir, self.shared_dir),
         )
         self.stale = {agent.name for agent in self.agents if agent.adapter is not None}  # no adapter loaded yet
         self.adapters: dict[str, Any] = {}  # agent name -> its current LoRARequest
@@ -384,11 +385,13 @@ def build_llm(
     kv_cache_gib: float,
     gpu_memory_utilization: float | None,
     sleep_mode: bool,
+    scratch: Sequence[Path] = (),
 ) -> Any:
     """A vLLM ``LLM`` on the checkpoint folder ``model_dir`` as magrpo's engines run: token ids in
     and out, prefix caching, the log-probs of the distribution that sampled, magrpo's worker
     extension, LoRA up to ``lora_rank`` (None: no LoRA), on ``placement``'s devices (in a process
-    of its own where ``own_process``, which sees only those devices)."""
+    of its own where ``own_process``, which sees only those devices). ``scratch``: folders the
+    engine works in, removed once it has ended, however the process that built it ends."""
     from vllm import LLM
 
     cuda = placement.device_type == "cuda"
@@ -416,11 +419,11 @@ def build_llm(
     # in this process the weights need no transfer; in a process of its own the engine decodes
     # while the others do, on the cores or GPUs it is given
     environment = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if own_process else "0"}
-    watch = None
+    # its processes and its folders must not outlive this one, even killed with SIGKILL while the
+    # engine is built (an engine in this process ends with it; its folders are left to the watcher)
+    watch = EngineWatch(remove=scratch) if own_process or scratch else None
     if own_process:
         environment.update(placement.environment())
-        # its processes must not outlive this one, even killed with SIGKILL while the engine is built
-        watch = EngineWatch()
         environment.update(watch.environment)
     import vllm.envs
 

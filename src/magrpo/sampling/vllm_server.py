@@ -276,10 +276,16 @@ class ServedModel:
 
 
 def start_engines(
-    models: Sequence[ServedModel], *, seed: int, kv_cache_gib: float, gpu_memory_utilization: float | None
+    models: Sequence[ServedModel],
+    *,
+    seed: int,
+    kv_cache_gib: float,
+    gpu_memory_utilization: float | None,
+    scratch: Path,
 ) -> dict[str, HostedEngine]:
     """One engine per model, each in a process of its own where there are several (two engines in
-    one process cannot decode at the same time), named by its place: ``model-0``, ``model-1``, ..."""
+    one process cannot decode at the same time), named by its place: ``model-0``, ``model-1``, ...
+    Each writes its copy of the weights and its adapters under ``scratch``."""
     from magrpo.sampling.vllm_engine import build_llm, own_engine_processes, share_of_cores, usable_cores
 
     own = own_engine_processes("auto", [m.placement for m in models])
@@ -288,7 +294,7 @@ def start_engines(
         placement = served.placement
         if own and placement.device_type == "cpu" and not placement.indices:
             placement = EnginePlacement("cpu", tuple(share_of_cores(index, len(models), usable_cores())))
-        workdir = Path(tempfile.mkdtemp(prefix=f"magrpo-serve-{index}-"))
+        workdir = scratch / f"model-{index}"
         folder, config, dtype = served_model_folder(served, workdir / "base")
         limit = getattr(config, "max_position_embeddings", None) or served.max_model_len
         max_model_len = min(served.max_model_len, limit)  # at most the model's own limit
@@ -304,6 +310,7 @@ def start_engines(
             kv_cache_gib=kv_cache_gib,
             gpu_memory_utilization=gpu_memory_utilization or 0.9 / len(models),
             sleep_mode=placement.device_type == "cuda",
+            scratch=(workdir,),
         )
         name = f"model-{index}"
         engines[name] = HostedEngine(
@@ -340,32 +347,60 @@ def served_model_folder(served: ServedModel, destination: Path) -> tuple[Path, A
 
 
 def serve(models: Sequence[ServedModel], *, host: str, port: int, seed: int, kv_cache_gib: float,
-          gpu_memory_utilization: float | None, log_level: str = "warning") -> None:  # fmt: skip
-    """Start the engines, then answer on ``host:port`` until stopped."""
+          gpu_memory_utilization: float | None, log_level: str = "warning",
+          scratch_dir: Path | None = None) -> None:  # fmt: skip
+    """Start the engines, then answer on ``host:port`` until stopped (Ctrl-C or SIGTERM). The
+    engines' copies of the weights, a model's size each, are written to a folder of their own
+    under ``scratch_dir`` (default: the system's temporary folder), removed when the server stops."""
+    import signal
+
     import uvicorn
 
-    engines = start_engines(models, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
-    print(
-        json.dumps({"serving": [e.describe() for e in engines.values()], "url": f"http://{host}:{port}"}),
-        flush=True,
-    )
-    uvicorn.run(create_app(engines), host=host, port=port, log_level=log_level)
+    scratch = Path(tempfile.mkdtemp(prefix="magrpo-serve-", dir=scratch_dir))
+    # SIGTERM's default would end the process before the folder is removed; uvicorn re-raises the
+    # signal it stopped on once it has shut down, which this handler turns into an exit
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        engines = start_engines(
+            models, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization, scratch=scratch
+        )
+        print(
+            json.dumps({"serving": [e.describe() for e in engines.values()], "url": f"http://{host}:{port}"}),
+            flush=True,
+        )
+        uvicorn.run(create_app(engines), host=host, port=port, log_level=log_level)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class ServerProcess:
     """``magrpo vllm-serve`` in a process of its own (its own process group, so its engine
     processes end with it), on ``host:port`` (port 0: a free one), ready once ``/health`` answers.
     It never outlives the process that started it, however that one ends (``kill -9`` too): an
-    :class:`~magrpo.sampling.engine_watch.EngineWatch` ends the server and its engines then::
+    :class:`~magrpo.sampling.engine_watch.EngineWatch` ends the server and its engines then, and
+    removes the folder (under ``scratch_dir``, default the system's temporary folder) where the
+    engines keep their copies of the weights::
 
         with ServerProcess(["default", "default"], "--kv-cache-gib", "0.5") as server:
             config = MAGRPOConfig(rollout_backend="vllm", vllm_mode="server", vllm_server_url=server.url, ...)
     """
 
     def __init__(
-        self, models: Sequence[str], *options: str, host: str = "127.0.0.1", port: int = 0, log: Path | None = None
+        self,
+        models: Sequence[str],
+        *options: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log: Path | None = None,
+        scratch_dir: Path | None = None,
     ) -> None:
         self.models, self.options, self.host = list(models), options, host
+        self.scratch_dir = scratch_dir
+        self.scratch: Path | None = None
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.log = log
@@ -384,8 +419,11 @@ class ServerProcess:
         command = [sys.executable, "-m", "magrpo.cli", "vllm-serve", "--host", self.host, "--port", str(self.port)]
         for model in self.models:
             command += ["--model", model]
+        self.scratch = Path(tempfile.mkdtemp(prefix="magrpo-serve-", dir=self.scratch_dir))
+        command += ["--scratch-dir", str(self.scratch)]
         out = self.log.open("a") if self.log is not None else subprocess.DEVNULL
-        self.watch = EngineWatch()  # the server and its engines carry its marker: they end with this process
+        # the server and its engines carry its marker: they end with this process, and their folder goes
+        self.watch = EngineWatch(remove=[self.scratch])
         self.proc = subprocess.Popen(
             [*command, *self.options],
             stdout=out,
@@ -421,16 +459,16 @@ class ServerProcess:
         import signal
         import subprocess
 
-        if self.proc is None or self.proc.poll() is not None:
-            self._release_watch()
-            return
-        os.killpg(self.proc.pid, sig or signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig or signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
         self._release_watch()
+        if self.scratch is not None:  # the server removes its own when it stops cleanly; not when killed
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _release_watch(self) -> None:
         """Let the watcher go: it ends whatever of the server is left (after a grace) and exits."""
