@@ -1,7 +1,7 @@
 """A small real training run in its own process, for the checkpoint tests (which kill it):
-``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, vllm
-(the full team sampling on vLLM engines), async (the same, each rollout sampled during the update
-before it: async_rollouts=1), server (the same on the engines of the rollout server at
+``python -m tests.tiny_run OUT_DIR VARIANT [--resume]``, VARIANT one of full, lora, turns, async
+(the full team sampling on vLLM engines of their own, each rollout sampled during the update
+before it: async_rollouts=1), server (the full team on the engines of the rollout server at
 ``$MAGRPO_SERVER_URL``), critic (IAC over two turns: a value head per agent,
 TD(lambda) targets, a clipped value loss over two updates per rollout, normalised advantages),
 critic-model (MAAC with a Q critic on a model of its own, fully trained), madpo (MADPO over two
@@ -50,13 +50,18 @@ def build(out_dir: str, variant: str) -> MAGRPOTrainer:
         base = make_tiny_model(len(tok), seed=3)
         agents = build_agents([(base, tok)] * 2, device="cpu", use_lora=True, lora_r=4)
     else:  # the vLLM engines sample in bf16 where the CPU computes it in hardware
-        shape = BF16_ENGINE_SHAPE if variant in ("vllm", "async", "server") else {}
+        shape = BF16_ENGINE_SHAPE if variant in ("async", "server") else {}
         agents = build_agents([(make_tiny_model(len(tok), seed=s, **shape), tok) for s in (1, 2)], device="cpu")
     turns = 2 if variant in ("turns", "critic", "madpo", "sequential") else 1
-    engines = dict(rollout_backend="vllm", vllm_kv_cache_gib=0.25, vllm_max_model_len=128)
-    engine = engines if variant == "vllm" else {}
-    if variant == "async":  # (two full agents' engines live in processes of their own on CPU anyway)
-        engine = dict(engines, vllm_engine_process="own", async_rollouts=1)
+    engine = {}
+    if variant == "async":
+        engine = dict(
+            rollout_backend="vllm",
+            vllm_kv_cache_gib=0.25,
+            vllm_max_model_len=128,
+            vllm_engine_process="own",
+            async_rollouts=1,
+        )
     if variant == "server":
         engine = dict(rollout_backend="vllm", vllm_mode="server", vllm_server_url=os.environ["MAGRPO_SERVER_URL"])
     objective = (

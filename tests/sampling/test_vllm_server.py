@@ -1,9 +1,10 @@
 """A rollout server (``magrpo vllm-serve`` on 127.0.0.1, started here) samples the trainer's policy:
 after every push its samples' log-probabilities are the trainer's (a skipped push shows), a LoRA
 agent's new adapter is served behind a full prefix-cache block, a generation naming another policy
-version is refused, a server that stops answering ends the run with a checkpoint and the resume
-command, and a trainer killed with SIGKILL resumes to the straight run's state. Real engines on
-tiny random models (the bundled model: the CLI test)."""
+version is refused, a trainer killed with SIGKILL and then a server that stops answering each end
+the run with a checkpoint (the second naming the resume command), and resumed it reaches the
+straight run's state; a server leaves no copy of the weights behind. Real engines on tiny random
+models (the bundled model: the CLI test)."""
 
 from __future__ import annotations
 
@@ -150,15 +151,25 @@ def tiny_server(folder: Path) -> ServerProcess:
     return ServerProcess(models, "--kv-cache-gib", "0.25", "--max-model-len", "128", log=folder / "server.log")
 
 
-def test_a_server_that_stops_answering_ends_the_run_after_a_checkpoint_naming_it(tmp_path):
-    from tests.test_checkpoint import finish, run, wait_for
+def test_a_trainer_killed_then_its_server_killed_resumes_each_time_to_the_straight_runs_state(tmp_path):
+    """A trainer on a rollout server is killed with SIGKILL and resumed; then its server is killed
+    mid-run: the run ends after a checkpoint of its last complete step, naming the server and the
+    command that resumes. Resumed on a server restarted on the same port (which holds no policy:
+    the trainer pushes before its first rollout), it ends in the straight run's state, bit for bit."""
+    from tests.test_checkpoint import assert_same_state, finish, run, state_of, wait_for
 
     server = tiny_server(tmp_path).start()
-    out = tmp_path / "run"
-    env = {"MAGRPO_SERVER_URL": server.url, "MAGRPO_SLOW_REWARD": "0.3"}
-    proc = run(out, "server", env=env)
+    env = {"MAGRPO_SERVER_URL": server.url}
+    slow = {**env, "MAGRPO_SLOW_REWARD": "0.3"}
+    straight, out = tmp_path / "straight", tmp_path / "run"
     try:
+        finish(run(straight, "server", env=env))  # alone: two trainers would push the same agents' weights
+        proc = run(out, "server", env=slow)
         wait_for(out / "checkpoints" / "step-2" / "manifest.json", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc = run(out, "server", "--resume", env=slow)
+        wait_for(out / "checkpoints" / "step-4" / "manifest.json", proc)
         server.stop(signal.SIGKILL)
         log, _ = proc.communicate(timeout=300)
     finally:
@@ -167,35 +178,17 @@ def test_a_server_that_stops_answering_ends_the_run_after_a_checkpoint_naming_it
     steps = len((out / "metrics.jsonl").read_text().splitlines())
     assert f"rollout server {server.url}" in log and f"the run stopped after step {steps}" in log, log[-3000:]
     assert f"resume with: python -m tests.tiny_run {out} server --resume" in log
-    assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file()
+    assert (out / "checkpoints" / f"step-{steps}" / "manifest.json").is_file() and steps < 6
     again = tmp_path / "again"
     again.mkdir()
     spec = tiny_server(again)  # the same models, on the same port
     restarted = ServerProcess(spec.models, *spec.options, port=server.port, log=spec.log).start()
     try:
-        resumed = finish(run(out, "server", "--resume", env={"MAGRPO_SERVER_URL": server.url}))
+        resumed = finish(run(out, "server", "--resume", env=env))
     finally:
         restarted.stop()
     assert "finished 6" in resumed
-
-
-def test_a_trainer_killed_with_sigkill_resumes_on_the_server_to_the_straight_runs_state(tmp_path):
-    from tests.test_checkpoint import assert_same_state, finish, run, state_of, wait_for
-
-    server = tiny_server(tmp_path).start()
-    try:
-        env = {"MAGRPO_SERVER_URL": server.url}
-        straight, killed = tmp_path / "straight", tmp_path / "killed"
-        finish(run(straight, "server", env=env))
-        proc = run(killed, "server", env={**env, "MAGRPO_SLOW_REWARD": "0.3"})
-        wait_for(killed / "checkpoints" / "step-3" / "manifest.json", proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        out = finish(run(killed, "server", "--resume", env=env))  # pushes its weights before its first rollout
-    finally:
-        server.stop()
-    assert "finished 6" in out
-    assert_same_state(state_of(straight), state_of(killed))
+    assert_same_state(state_of(straight), state_of(out))
 
 
 def test_the_config_names_what_server_mode_needs():
@@ -217,13 +210,18 @@ def test_the_config_names_what_server_mode_needs():
 def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_model(tmp_path):
     """Two coding steps of the bundled team from `magrpo train`, sampled by `magrpo vllm-serve`:
     every step's samples come from the server's float32 engines, on the trainer's own policy (the
-    tiny models' server tests check the rest: this one is the bundled pair end to end)."""
+    tiny models' server tests check the rest: this one is the bundled pair end to end). Stopped
+    with SIGTERM (what a scheduler sends), the server removes its copies of the weights itself."""
     import json
+    import os
     import subprocess
     import sys
 
-    with ServerProcess(["default", "default"], "--kv-cache-gib", "0.5", "--max-model-len", "1024",
-                       log=tmp_path / "server.log") as server:  # fmt: skip
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    server = ServerProcess(["default", "default"], "--kv-cache-gib", "0.5", "--max-model-len", "1024",
+                           log=tmp_path / "server.log", scratch_dir=scratch).start()  # fmt: skip
+    try:
         out = subprocess.run(
             [sys.executable, "-m", "magrpo.cli", "train", "--task", "coding", "--steps", "2", "--batch-size", "1",
              "-G", "4", "--max-new-tokens", "32", "--eval-items", "0", "--no-progress", "--output-dir",
@@ -232,6 +230,12 @@ def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_mod
             capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         models = __import__("requests").get(server.url + "/models", timeout=10).json()["models"]
+        copies = list(server.scratch.glob("magrpo-serve-*/model-*/base/*.safetensors"))
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        exit_code = server.proc.wait(timeout=120)
+        left = list(server.scratch.rglob("*"))
+    finally:
+        server.stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -241,27 +245,9 @@ def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_mod
     assert sorted(v for m in models for v in m["versions"].values()) == sorted(updated)
     weights = [r[f"agent_{i}/is_weight_mean"] for r in rows for i in (0, 1) if f"agent_{i}/is_weight_mean" in r]
     assert weights and all(abs(w - 1.0) < 1e-3 for w in weights)  # float32 engines: the trainer's own policy
-
-
-def test_a_server_stopped_with_sigterm_removes_its_copies_of_the_weights(tmp_path):
-    """``magrpo vllm-serve`` keeps a copy of each model it serves under --scratch-dir; SIGTERM (what
-    a scheduler sends) ends it through its own clean-up, which removes them, whoever started it."""
-    import os
-
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    model = save_tiny_model(tmp_path / "model", seed=5, **SHAPE)
-    server = ServerProcess([model], "--kv-cache-gib", "0.25", "--max-model-len", "128", scratch_dir=scratch,
-                           log=tmp_path / "server.log").start()  # fmt: skip
-    try:
-        copies = list(server.scratch.glob("magrpo-serve-*/model-0/base/*.safetensors"))
-        assert copies, list(server.scratch.rglob("*"))  # the engine's copy, while it serves
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        assert server.proc.wait(timeout=120) == 128 + signal.SIGTERM  # an exit of its own, not the signal's
-        assert not any(server.scratch.iterdir()), list(server.scratch.rglob("*"))[:5]
-    finally:
-        server.stop()
-    assert not any(scratch.iterdir())  # and the ServerProcess's own folder is gone with it
+    assert len({c.parent.parent.name for c in copies}) == 2  # a copy per engine while it served
+    assert exit_code == 128 + signal.SIGTERM and not left, left[:5]  # its own exit, its own clean-up
+    assert not any(scratch.iterdir())
 
 
 def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill(tmp_path):
