@@ -10,6 +10,11 @@ calls ``aux``, at least one test passes, both with ``aux`` defined (the bonus pa
 
     .venv/bin/python benchmarks/helper_reach.py --items 16 -G 8 --output docs/results/helper_reach
 
+``--protocol sequential`` samples the sequential team as the protocols study's sequential arm
+trains it (benchmarks/protocols_study.py: the main agent answers after the helper and sees its
+code, ``--num-continuations`` answers after each helper answer), whose main agent may call ``aux``
+more often than one that never sees it.
+
 Writes ``results.json`` into --output: the counts, their shares with a 95% Clopper-Pearson
 interval, the settings and what produced them.
 """
@@ -56,6 +61,8 @@ def tally(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def sample_untrained(args) -> list[dict[str, Any]]:
     """The untrained team's sampled joint answers on the first --items training items, drawn as a
     training step draws them (its seeded streams), with no update: each ``{"reward", "figures"}``."""
+    from protocols_study import ARMS
+
     from magrpo import MAGRPOConfig, MAGRPOTrainer
     from magrpo.eval.figures import numeric_figures
     from magrpo.step import sample_tree
@@ -63,6 +70,9 @@ def sample_untrained(args) -> list[dict[str, Any]]:
 
     task = get_task(args.task)
     items = task.load_split("train")[: args.items]
+    protocol = dict(ARMS[args.protocol])
+    if args.protocol == "sequential" and args.num_continuations is not None:
+        protocol["num_continuations"] = args.num_continuations
     rows = []
     with tempfile.TemporaryDirectory(prefix="helper-reach-") as out:
         config = MAGRPOConfig(
@@ -73,6 +83,7 @@ def sample_untrained(args) -> list[dict[str, Any]]:
             seed=args.seed,
             output_dir=out,
             save_strategy="no",
+            **protocol,
         )
         with MAGRPOTrainer(
             agents=[args.model] * task.num_agents,
@@ -102,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-generations", "-G", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the protocols study's")
+    parser.add_argument(
+        "--protocol", default="simultaneous", choices=["simultaneous", "sequential"], help="the team's protocol"
+    )
+    parser.add_argument(
+        "--num-continuations", type=int, default=None, help="sequential: main answers per helper answer (None: G)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("runs/helper_reach"))
     args = parser.parse_args(argv)

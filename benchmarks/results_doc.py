@@ -647,18 +647,24 @@ def protocols_section() -> list[str]:
     return out + helper_reach_lines(study["args"]) + [""]
 
 
+#: the sample of each protocol's untrained team (benchmarks/helper_reach.py --protocol), by arm
+HELPER_REACH = {"simultaneous": "helper_reach", "sequential": "helper_reach_sequential"}
+
+
 def helper_reach_lines(args: dict) -> list[str]:
     """What training had to work with for the helper-use figure to move: how often the untrained
-    team's training samples reach the paper's helper bonus (benchmarks/helper_reach.py), and the
-    steps of ``args``' arms that take to meet it once."""
-    path = RESULTS / "helper_reach" / "results.json"
-    if not path.is_file():
+    team's training samples reach the paper's helper bonus (benchmarks/helper_reach.py, a sample
+    per protocol), and the steps of ``args``' arms that take to meet it once; an arm whose
+    protocol was not sampled is not extrapolated to."""
+    samples = {
+        arm: json.loads(path.read_text())
+        for arm, folder in HELPER_REACH.items()
+        if (path := RESULTS / folder / "results.json").is_file()
+    }
+    if not samples:
         return []
-    reach = json.loads(path.read_text())
-    counted, settings = reach["untrained"], reach["settings"]
-    n = counted["answers"]
 
-    def share(name: str) -> str:
+    def share(counted: dict, name: str) -> str:
         c = counted[name]
         low, high = c["interval"]
         return f"{c['count']} ({c['share']:.3f}, 95% interval [{low:.3f}, {high:.3f}])"
@@ -666,33 +672,45 @@ def helper_reach_lines(args: dict) -> list[str]:
     # joint answers a step samples: G per item simultaneously, G x M in a sequential tree
     g, items = args["num_generations"], args.get("batch_size", 1)
     per_step = {"simultaneous": g * items, "sequential": g * (args.get("num_continuations") or g) * items}
-    paid = counted["bonus_paid"]
-    rate = paid["share"] if paid["count"] else paid["interval"][1]
-    steps = {arm: max(1.0, 1 / (k * rate)) for arm, k in per_step.items()}
-    bound = "" if paid["count"] else " or more"
-    each = " and ".join(
-        f"{steps[arm]:.0f} steps{bound} of the {arm} team ({k} joint answers a step)" for arm, k in per_step.items()
-    )
-    if paid["count"]:
-        when = f"At that share a first paid sample comes about once in {each}"
-    else:
-        when = f"None was: at the interval's upper end a first paid sample comes once in {each}"
+    said, steps, each = [], {}, []
+    for arm, reach in samples.items():
+        counted, settings = reach["untrained"], reach["settings"]
+        paid = counted["bonus_paid"]
+        # none paid: the interval's upper end bounds the share, so the steps from below
+        rate = paid["share"] if paid["count"] else paid["interval"][1]
+        steps[arm] = max(1.0, 1 / (per_step[arm] * rate))
+        each.append(
+            f"{'about ' if paid['count'] else ''}once in {steps[arm]:.0f} steps{'' if paid['count'] else ' or more'} "
+            f"of the {arm} team ({per_step[arm]} joint answers a step)"
+        )
+        command = f"--items {settings['items']} -G {settings['num_generations']}"
+        if arm == "sequential":
+            command += f" --protocol sequential --num-continuations {settings['num_continuations']}"
+        said.append(
+            f"the {arm} team's (`benchmarks/helper_reach.py {command}`: {counted['answers']} joint answers "
+            f"on the first {settings['items']} training problems, {settings['max_new_tokens']} new tokens): the "
+            f"main function calls `aux` in {share(counted, 'helper_called')}, a test passes in "
+            f"{share(counted, 'a_test_passed')}, and the bonus is paid in {share(counted, 'bonus_paid')}"
+        )
+    never_paid = not any(reach["untrained"]["bonus_paid"]["count"] for reach in samples.values())
+    lead = "None was paid: at the intervals' upper ends" if never_paid else "At these shares"
+    when = f"{lead} a first paid sample comes {' and '.join(each)}"
     beyond = all(k > args["steps"] for k in steps.values())
+    unsampled = [arm for arm in per_step if arm not in samples]
     return [
         "",
         "What training had to work with: the paper's reward pays for calling the helper only where at least one "
         "unit test passes and `aux` is defined (src/magrpo/rewards/paper_coding.py), and an update can only "
-        "favour what some sample was paid for. The untrained team's training samples "
-        f"(`benchmarks/helper_reach.py --items {settings['items']} -G {settings['num_generations']}`: the first "
-        f"{settings['items']} training problems, G = {settings['num_generations']} joint answers each at "
-        f"temperature 1, {settings['max_new_tokens']} new tokens, no update; {n} joint answers): the main "
-        f"function calls `aux` in {share('helper_called')}, a test passes in {share('a_test_passed')}, and "
-        f"the bonus is paid in {share('bonus_paid')}. {when}, against the {args['steps']} steps run here"
+        "favour what some sample was paid for. The untrained team's training samples, drawn as a training step "
+        "draws them (temperature 1, the training split, no update): "
+        + "; ".join(said)
+        + f". {when}, against the {args['steps']} steps run here"
         + (
             ": in runs this short the bonus most likely never paid, so helper use had nothing to move it."
             if beyond
             else "; a larger sample of the untrained team would tighten the bound."
         )
+        + "".join(f" The {arm} team was not sampled: nothing is said of it." for arm in unsampled)
         + " Helper use needs a team whose samples pass tests and call the helper; the `qwen2.5-coder-0.5b` "
         "preset passes a third of the held-out tests before training (section 2, task `coding`, whose reward "
         "scores helper use differently), though in section 2's 3 steps its main function did not call `aux` "

@@ -48,6 +48,12 @@ def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_rea
     assert result["untrained"]["answers"] == 4
     assert json.loads((out / "results.json").read_text())["untrained"] == json.loads(json.dumps(result["untrained"]))
     assert result["settings"]["items"] == 2 and result["produced_by"]["commit"]
+    # the sequential team as the protocols study trains it: M = 3 main answers after each helper answer
+    sequential = helper_reach.main(
+        ["--model", model, "--items", "2", "-G", "2", "--max-new-tokens", "4", "--output", str(out),
+         "--protocol", "sequential", "--num-continuations", "3"]
+    )  # fmt: skip
+    assert sequential["untrained"]["answers"] == 2 * 2 * 3 and sequential["settings"]["protocol"] == "sequential"
     with pytest.raises(SystemExit):
         helper_reach.main(["--items", "3", "--batch-size", "2"])
 
@@ -58,28 +64,45 @@ def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach
     study_args = {"num_generations": 4, "batch_size": 1, "steps": 6, "num_continuations": 2}
     assert results_doc.helper_reach_lines(study_args) == []  # not measured: nothing said
 
-    def written(rows):
-        (tmp_path / "helper_reach").mkdir(exist_ok=True)
-        settings = {"items": 16, "num_generations": 8, "max_new_tokens": 64}
+    def written(rows, folder="helper_reach", **protocol):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        settings = {"items": 16, "num_generations": 8, "max_new_tokens": 64, **protocol}
         counted = {"settings": settings, "untrained": helper_reach.tally(rows)}
-        (tmp_path / "helper_reach" / "results.json").write_text(json.dumps(counted))
+        (tmp_path / folder / "results.json").write_text(json.dumps(counted))
 
-    # 2 of 128 joint answers are paid: once in 16 steps of 4 joint answers, 8 of 4 x 2 (sequential)
+    # 2 of 128 joint answers are paid: once in 16 steps of 4 joint answers; the sequential team, not
+    # sampled, is not extrapolated to (its main agent sees the helper's code)
     written([row(3.0, 1.0, 0.5)] * 2 + [row(0.0, 0.0, 0.0)] * 126)
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
+    assert (
+        "the simultaneous team's (`benchmarks/helper_reach.py --items 16 -G 8`: 128 joint answers on the first 16 "
+        "training problems, 64 new tokens)" in line
+    )
     assert "the bonus is paid in 2 (0.016, 95% interval [0.002, 0.055])" in line
     assert (
-        "comes about once in 16 steps of the simultaneous team (4 joint answers a step) and 8 steps of the "
-        "sequential team (8 joint answers a step), against the 6 steps run here: in runs this short the bonus "
-        "most likely never paid" in line
+        "At these shares a first paid sample comes about once in 16 steps of the simultaneous team (4 joint "
+        "answers a step), against the 6 steps run here: in runs this short the bonus most likely never paid" in line
     )
-    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8,
-    # 1 / (8 x 0.0284) = 4.4, under the 6 steps: no conclusion but a wider sample
+    assert "The sequential team was not sampled: nothing is said of it." in line
+    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8;
+    # the sequential team's own sample, 1 paid of 128: 1 / (8 x 1/128) = 16
     written([row(0.0, 0.0, 0.0)] * 128)
+    written([row(3.0, 1.0, 0.5)] + [row(0.0, 0.0, 0.0)] * 127, "helper_reach_sequential", protocol="sequential",
+            num_continuations=2)  # fmt: skip
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
     assert "the main function calls `aux` in 0 (0.000, 95% interval [0.000, 0.028])" in line
+    assert "--protocol sequential --num-continuations 2`: 128 joint answers" in line
     assert (
-        "once in 9 steps or more of the simultaneous team (4 joint answers a step) and 4 steps or more of the "
-        "sequential team (8 joint answers a step), against the 6 steps run here; a larger sample of the untrained "
-        "team would tighten" in line
+        "At these shares a first paid sample comes once in 9 steps or more of the simultaneous team (4 joint answers "
+        "a step) and about once in 16 steps of the sequential team (8 joint answers a step), against the 6 steps "
+        "run here: in runs this short" in line
+    )
+    assert "not sampled" not in line
+    # none paid in either, the simultaneous bound under the 6 steps: no conclusion but a wider sample
+    written([row(0.0, 0.0, 0.0)] * 128, "helper_reach_sequential", protocol="sequential", num_continuations=2)
+    (line,) = results_doc.helper_reach_lines(study_args)[1:]
+    assert (
+        "None was paid: at the intervals' upper ends a first paid sample comes once in 9 steps or more of the "
+        "simultaneous team (4 joint answers a step) and once in 4 steps or more of the sequential team (8 joint "
+        "answers a step), against the 6 steps run here; a larger sample of the untrained team would tighten" in line
     )
