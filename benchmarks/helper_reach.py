@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("runs/helper_reach"))
     args = parser.parse_args(argv)
+    if args.protocol == "simultaneous" and args.num_continuations is not None:
+        parser.error("--num-continuations is the sequential team's: give it with --protocol sequential")
+    if args.protocol == "sequential" and args.num_continuations is None:
+        args.num_continuations = args.num_generations  # as the sequential arm: M = G (recorded as such)
     if args.items < args.batch_size or args.items % args.batch_size:
         parser.error(f"--items {args.items}: a whole number of batches of --batch-size {args.batch_size} is needed")
     rows = sample_untrained(args)

@@ -11,6 +11,7 @@ A study not run yet is named as not measured, with its command.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -672,16 +673,20 @@ def helper_reach_lines(args: dict) -> list[str]:
     # joint answers a step samples: G per item simultaneously, G x M in a sequential tree
     g, items = args["num_generations"], args.get("batch_size", 1)
     per_step = {"simultaneous": g * items, "sequential": g * (args.get("num_continuations") or g) * items}
-    said, steps, each = [], {}, []
+    said, each, unpaid_chance = [], [], {}
     for arm, reach in samples.items():
         counted, settings = reach["untrained"], reach["settings"]
+        if settings.get("protocol", "simultaneous") != arm:
+            raise ValueError(f"{HELPER_REACH[arm]}/results.json samples the {settings['protocol']} team, not the {arm}")
         paid = counted["bonus_paid"]
-        # none paid: the interval's upper end bounds the share, so the steps from below
+        # none paid: the interval's upper end bounds the share, so the steps (rounded down) from below
         rate = paid["share"] if paid["count"] else paid["interval"][1]
-        steps[arm] = max(1.0, 1 / (per_step[arm] * rate))
+        steps = max(1.0, 1 / (per_step[arm] * rate))
+        # the chance that the steps run sampled no paid answer at all (at least this, where none was paid)
+        unpaid_chance[arm] = (1 - rate) ** (per_step[arm] * args["steps"])
         each.append(
-            f"{'about ' if paid['count'] else ''}once in {steps[arm]:.0f} steps{'' if paid['count'] else ' or more'} "
-            f"of the {arm} team ({per_step[arm]} joint answers a step)"
+            (f"about once in {steps:.0f} steps" if paid["count"] else f"once in {math.floor(steps)} steps or more")
+            + f" of the {arm} team ({per_step[arm]} joint answers a step)"
         )
         command = f"--items {settings['items']} -G {settings['num_generations']}"
         if arm == "sequential":
@@ -695,7 +700,11 @@ def helper_reach_lines(args: dict) -> list[str]:
     never_paid = not any(reach["untrained"]["bonus_paid"]["count"] for reach in samples.values())
     lead = "None was paid: at the intervals' upper ends" if never_paid else "At these shares"
     when = f"{lead} a first paid sample comes {' and '.join(each)}"
-    beyond = all(k > args["steps"] for k in steps.values())
+    beyond = all(chance > 0.5 for chance in unpaid_chance.values())
+    chances = ", ".join(
+        f"{'' if samples[arm]['untrained']['bonus_paid']['count'] else 'at least '}{chance:.2f} for the {arm} team"
+        for arm, chance in unpaid_chance.items()
+    )
     unsampled = [arm for arm in per_step if arm not in samples]
     return [
         "",
@@ -704,11 +713,14 @@ def helper_reach_lines(args: dict) -> list[str]:
         "favour what some sample was paid for. The untrained team's training samples, drawn as a training step "
         "draws them (temperature 1, the training split, no update): "
         + "; ".join(said)
-        + f". {when}, against the {args['steps']} steps run here"
+        + f". {when}, against the {args['steps']} steps run here (the chance that they sampled no paid answer at "
+        f"all: {chances})"
         + (
-            ": in runs this short the bonus most likely never paid, so helper use had nothing to move it."
+            ": in runs this short the bonus more likely than not never paid, so helper use had little or nothing "
+            "to move it."
             if beyond
-            else "; a larger sample of the untrained team would tighten the bound."
+            else "; these samples do not show that the bonus never paid in runs this short (a larger sample of the "
+            "untrained team would narrow the upper end of a share where none was paid)."
         )
         + "".join(f" The {arm} team was not sampled: nothing is said of it." for arm in unsampled)
         + " Helper use needs a team whose samples pass tests and call the helper; the `qwen2.5-coder-0.5b` "

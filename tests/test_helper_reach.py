@@ -56,6 +56,8 @@ def test_the_untrained_teams_training_samples_are_tallied_and_written(helper_rea
     assert sequential["untrained"]["answers"] == 2 * 2 * 3 and sequential["settings"]["protocol"] == "sequential"
     with pytest.raises(SystemExit):
         helper_reach.main(["--items", "3", "--batch-size", "2"])
+    with pytest.raises(SystemExit):  # M belongs to the sequential team
+        helper_reach.main(["--items", "2", "--num-continuations", "2"])
 
 
 def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach, tmp_path, monkeypatch):
@@ -79,13 +81,16 @@ def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach
         "training problems, 64 new tokens)" in line
     )
     assert "the bonus is paid in 2 (0.016, 95% interval [0.002, 0.055])" in line
+    # (1 - 2/128) ** (4 x 6) = 0.685 that 6 steps sample no paid answer
     assert (
         "At these shares a first paid sample comes about once in 16 steps of the simultaneous team (4 joint "
-        "answers a step), against the 6 steps run here: in runs this short the bonus most likely never paid" in line
+        "answers a step), against the 6 steps run here (the chance that they sampled no paid answer at all: 0.69 "
+        "for the simultaneous team): in runs this short the bonus more likely than not never paid" in line
     )
     assert "The sequential team was not sampled: nothing is said of it." in line
-    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8;
-    # the sequential team's own sample, 1 paid of 128: 1 / (8 x 1/128) = 16
+    # none of 128: the interval's upper end, 1 - 0.025 ** (1 / 128) = 0.0284, bounds it: 1 / (4 x 0.0284) = 8.8
+    # steps, 8 or more, and a chance of at least 0.025 ** (24 / 128) = 0.5007 of no paid answer in 6 steps; the
+    # sequential team's own sample, 1 paid of 128: 1 / (8 x 1/128) = 16 steps, (127/128) ** 48 = 0.686
     written([row(0.0, 0.0, 0.0)] * 128)
     written([row(3.0, 1.0, 0.5)] + [row(0.0, 0.0, 0.0)] * 127, "helper_reach_sequential", protocol="sequential",
             num_continuations=2)  # fmt: skip
@@ -93,16 +98,24 @@ def test_the_protocols_page_says_how_many_steps_meet_the_bonus_once(helper_reach
     assert "the main function calls `aux` in 0 (0.000, 95% interval [0.000, 0.028])" in line
     assert "--protocol sequential --num-continuations 2`: 128 joint answers" in line
     assert (
-        "At these shares a first paid sample comes once in 9 steps or more of the simultaneous team (4 joint answers "
+        "At these shares a first paid sample comes once in 8 steps or more of the simultaneous team (4 joint answers "
         "a step) and about once in 16 steps of the sequential team (8 joint answers a step), against the 6 steps "
-        "run here: in runs this short" in line
+        "run here (the chance that they sampled no paid answer at all: at least 0.50 for the simultaneous team, "
+        "0.69 for the sequential team): in runs this short the bonus more likely than not" in line
     )
     assert "not sampled" not in line
-    # none paid in either, the simultaneous bound under the 6 steps: no conclusion but a wider sample
+    # none paid in either: the sequential team's chance of no paid answer in 6 steps is only bounded below by
+    # 0.025 ** (48 / 128) = 0.25: no conclusion, but a wider sample
     written([row(0.0, 0.0, 0.0)] * 128, "helper_reach_sequential", protocol="sequential", num_continuations=2)
     (line,) = results_doc.helper_reach_lines(study_args)[1:]
+    # a sample filed under the other protocol's folder is refused, naming it
+    written([row(0.0, 0.0, 0.0)] * 8, "helper_reach_sequential", protocol="simultaneous")
+    with pytest.raises(ValueError, match="helper_reach_sequential/results.json samples the simultaneous team"):
+        results_doc.helper_reach_lines(study_args)
     assert (
-        "None was paid: at the intervals' upper ends a first paid sample comes once in 9 steps or more of the "
+        "None was paid: at the intervals' upper ends a first paid sample comes once in 8 steps or more of the "
         "simultaneous team (4 joint answers a step) and once in 4 steps or more of the sequential team (8 joint "
-        "answers a step), against the 6 steps run here; a larger sample of the untrained team would tighten" in line
+        "answers a step), against the 6 steps run here (the chance that they sampled no paid answer at all: at "
+        "least 0.50 for the simultaneous team, at least 0.25 for the sequential team); these samples do not show "
+        "that the bonus never paid" in line
     )

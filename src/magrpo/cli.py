@@ -753,8 +753,9 @@ def vllm_serve(given: SimpleNamespace) -> None:
         devices = given.devices or [_default_engine_device()] * len(models)
         if len(devices) != len(models):
             raise UsageError(f"{len(devices)} --devices for {len(models)} --model; give one per model, or none")
-        if given.scratch_dir is not None and not given.scratch_dir.is_dir():
-            raise UsageError(f"--scratch-dir {str(given.scratch_dir)!r} is not a folder; give an existing folder")
+        scratch_dir = given.scratch_dir.expanduser() if given.scratch_dir is not None else None
+        if scratch_dir is not None and not (scratch_dir.is_dir() and os.access(scratch_dir, os.W_OK)):
+            raise UsageError(f"--scratch-dir {str(scratch_dir)!r} is not a folder this user can write to; give one")
         served = [
             ServedModel(
                 spec,
@@ -773,7 +774,7 @@ def vllm_serve(given: SimpleNamespace) -> None:
             seed=given.seed,
             kv_cache_gib=given.kv_cache_gib,
             gpu_memory_utilization=given.gpu_memory_utilization,
-            scratch_dir=given.scratch_dir,
+            scratch_dir=scratch_dir,
         )
     except (UsageError, ValueError, ImportError) as exc:
         _fail(str(exc))

@@ -174,3 +174,37 @@ def test_a_trainer_killed_with_sigkill_leaves_no_engine_process_behind(when):
     kill_and_check_nothing_is_left(proc, seen)
     if when == "while vLLM builds its engine":
         assert b"built" not in proc.stdout.read()  # it was killed before LLM() returned
+
+
+def test_without_pidfd_the_watcher_waits_for_the_trainer_and_then_removes_its_folders(tmp_path):
+    """Where the kernel or a sandbox refuses pidfd_open, the watcher sees the trainer end as its
+    parent changing: the folders stay while the trainer lives and go once it is killed."""
+    folder = tmp_path / "engine-folder"
+    folder.mkdir()
+    proc = start(
+        """
+        import os, time
+        from magrpo.sampling import engine_watch
+
+        def refused(pid):
+            raise OSError(38, "Function not implemented")
+
+        engine_watch.os.pidfd_open = refused
+        if os.fork() == 0:  # the watcher, a child of this 'trainer' as EngineWatch starts it
+            engine_watch.main(["engine_watch.py", str(os.getppid()), "token", "0.2", FOLDER])
+            os._exit(0)
+        print("started", flush=True)
+        time.sleep(600)
+        """.replace("FOLDER", repr(str(folder)))
+    )
+    assert proc.stdout.readline() == b"started\n"
+    time.sleep(3)  # three of its looks
+    assert folder.is_dir()  # the trainer lives: nothing removed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not folder.exists()
+    with pytest.raises(TypeError, match="not one path"):
+        __import__("magrpo.sampling.engine_watch", fromlist=["EngineWatch"]).EngineWatch(remove=str(folder))

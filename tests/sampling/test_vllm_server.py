@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from magrpo import MAGRPOConfig, RolloutServerError
+from magrpo.checkpoint import resolve_resume
 from magrpo.models import build_agents
 from magrpo.sampling import make_sampler
 from magrpo.sampling.vllm_server import ServerProcess, free_port
@@ -156,22 +157,23 @@ def test_a_trainer_killed_then_its_server_killed_resumes_each_time_to_the_straig
     mid-run: the run ends after a checkpoint of its last complete step, naming the server and the
     command that resumes. Resumed on a server restarted on the same port (which holds no policy:
     the trainer pushes before its first rollout), it ends in the straight run's state, bit for bit."""
-    from tests.test_checkpoint import assert_same_state, finish, run, state_of, wait_for
+    from tests.test_checkpoint import assert_same_state, ended_with_the_test, finish, run, state_of, wait_for
 
     server = tiny_server(tmp_path).start()
     env = {"MAGRPO_SERVER_URL": server.url}
-    slow = {**env, "MAGRPO_SLOW_REWARD": "0.3"}
     straight, out = tmp_path / "straight", tmp_path / "run"
     try:
         finish(run(straight, "server", env=env))  # alone: two trainers would push the same agents' weights
-        proc = run(out, "server", env=slow)
-        wait_for(out / "checkpoints" / "step-2" / "manifest.json", proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc = run(out, "server", "--resume", env=slow)
-        wait_for(out / "checkpoints" / "step-4" / "manifest.json", proc)
-        server.stop(signal.SIGKILL)
-        log, _ = proc.communicate(timeout=300)
+        with ended_with_the_test(run(out, "server", env={**env, "MAGRPO_SLOW_REWARD": "0.3"})) as proc:
+            wait_for(out / "checkpoints" / "step-2" / "manifest.json", proc)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        resumed_from = resolve_resume(out)
+        # slower still: the server is killed at the resumed run's first new step, steps before its end
+        with ended_with_the_test(run(out, "server", "--resume", env={**env, "MAGRPO_SLOW_REWARD": "1"})) as proc:
+            wait_for(out / "checkpoints" / f"step-{int(resumed_from.name.split('-')[1]) + 1}" / "manifest.json", proc)
+            server.stop(signal.SIGKILL)
+            log, _ = proc.communicate(timeout=300)
     finally:
         server.stop(signal.SIGKILL)
     assert proc.returncode != 0
@@ -189,6 +191,21 @@ def test_a_trainer_killed_then_its_server_killed_resumes_each_time_to_the_straig
         restarted.stop()
     assert "finished 6" in resumed
     assert_same_state(state_of(straight), state_of(out))
+
+
+def test_a_scratch_dir_that_cannot_take_the_copies_is_refused_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing"
+    out = subprocess.run([sys.executable, "-m", "magrpo.cli", "vllm-serve", "--scratch-dir", str(missing)],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="300"))  # fmt: skip
+    assert out.returncode != 0
+    said = " ".join((out.stdout + out.stderr).split())  # as the console wrapped it
+    assert f"--scratch-dir '{missing}' is not a folder this user can write to" in said
+    with pytest.raises(ValueError, match="give ServerProcess\\(scratch_dir=...\\)"):
+        ServerProcess(["default"], "--scratch-dir", str(tmp_path))
 
 
 def test_the_config_names_what_server_mode_needs():
@@ -247,7 +264,6 @@ def test_the_cli_trains_the_coding_team_on_a_rollout_server_with_the_bundled_mod
     assert weights and all(abs(w - 1.0) < 1e-3 for w in weights)  # float32 engines: the trainer's own policy
     assert len({c.parent.parent.name for c in copies}) == 2  # a copy per engine while it served
     assert exit_code == 128 + signal.SIGTERM and not left, left[:5]  # its own exit, its own clean-up
-    assert not any(scratch.iterdir())
 
 
 def test_a_server_ends_with_the_process_that_started_it_even_killed_with_sigkill(tmp_path):

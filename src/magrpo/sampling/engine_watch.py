@@ -41,6 +41,9 @@ class EngineWatch:
         """``remove``: folders the engine writes, removed once its processes have ended."""
         import secrets
 
+        if isinstance(remove, (str, os.PathLike)):  # a path is no list of paths: its characters would be removed
+            raise TypeError(f"remove takes a list of folders, not one path: {remove!r}")
+
         self.token = secrets.token_hex(8)
         env = {k: v for k, v in os.environ.items() if k != MARKER}  # the watcher is no engine process
         folders = [os.path.abspath(folder) for folder in remove]
@@ -129,23 +132,26 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the terminal is the trainer's to take
     try:
         pidfd = os.pidfd_open(trainer)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # an older kernel, or a sandbox that refuses the call
         pidfd = None
-    if pidfd is None or os.getppid() != trainer:  # it ended before we looked (our parent is then another)
+    if os.getppid() != trainer:  # it ended before we looked (our parent is then another)
         end_and_remove(token, grace_s, True, folders)
         return
-    watching = [pidfd, 0]
+    # without a pidfd, the trainer's end shows as our parent changing: looked at every second
+    watching, poll_s = ([pidfd, 0], None) if pidfd is not None else ([0], 1.0)
     while True:
-        ready, _, _ = select.select(watching, [], [])
-        if pidfd in ready:  # the trainer has ended: its engine goes too
-            end_and_remove(token, grace_s, True, folders)
+        ready, _, _ = select.select(watching, [], [], poll_s)
+        if (pidfd is not None and pidfd in ready) or (pidfd is None and os.getppid() != trainer):
+            end_and_remove(token, grace_s, True, folders)  # the trainer has ended: its engine goes too
             return
+        if 0 not in ready:
+            continue
         line = os.read(0, 64)
         if line.startswith(b"stop"):  # let go: vLLM shuts the engine down; what hangs is killed
             end_and_remove(token, grace_s, False, folders)
             return
         if not line:  # stdin closed without a word: keep watching the trainer
-            watching = [pidfd]
+            watching = [w for w in watching if w != 0]
 
 
 if __name__ == "__main__":

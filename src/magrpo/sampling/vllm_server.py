@@ -353,13 +353,17 @@ def serve(models: Sequence[ServedModel], *, host: str, port: int, seed: int, kv_
     engines' copies of the weights, a model's size each, are written to a folder of their own
     under ``scratch_dir`` (default: the system's temporary folder), removed when the server stops."""
     import signal
+    import threading
 
     import uvicorn
 
     scratch = Path(tempfile.mkdtemp(prefix="magrpo-serve-", dir=scratch_dir))
     # SIGTERM's default would end the process before the folder is removed; uvicorn re-raises the
-    # signal it stopped on once it has shut down, which this handler turns into an exit
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # signal it stopped on once it has shut down, which this handler turns into an exit (signals
+    # reach the main thread only: a server in another thread is stopped by its caller)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         engines = start_engines(
             models, seed=seed, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization, scratch=scratch
@@ -370,7 +374,11 @@ def serve(models: Sequence[ServedModel], *, host: str, port: int, seed: int, kv_
         )
         uvicorn.run(create_app(engines), host=host, port=port, log_level=log_level)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
         shutil.rmtree(scratch, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -398,6 +406,8 @@ class ServerProcess:
         log: Path | None = None,
         scratch_dir: Path | None = None,
     ) -> None:
+        if "--scratch-dir" in options:
+            raise ValueError("give ServerProcess(scratch_dir=...), not --scratch-dir: it removes its folder itself")
         self.models, self.options, self.host = list(models), options, host
         self.scratch_dir = scratch_dir
         self.scratch: Path | None = None
@@ -435,6 +445,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text()[-3000:] if self.log is not None else "(no log kept)"
+                self.stop()  # its folder and watcher go too
                 raise RuntimeError(f"magrpo vllm-serve exited with {self.proc.returncode} before answering:\n{tail}")
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
