@@ -673,12 +673,13 @@ def helper_reach_lines(args: dict) -> list[str]:
     # joint answers a step samples: G per item simultaneously, G x M in a sequential tree
     g, items = args["num_generations"], args.get("batch_size", 1)
     per_step = {"simultaneous": g * items, "sequential": g * (args.get("num_continuations") or g) * items}
-    said, each, unpaid_chance = [], [], {}
+    said, each, unpaid_chance, paid_any = [], [], {}, {}
     for arm, reach in samples.items():
         counted, settings = reach["untrained"], reach["settings"]
         if settings.get("protocol", "simultaneous") != arm:
             raise ValueError(f"{HELPER_REACH[arm]}/results.json samples the {settings['protocol']} team, not the {arm}")
         paid = counted["bonus_paid"]
+        paid_any[arm] = paid["count"] > 0
         # none paid: the interval's upper end bounds the share, so the steps (rounded down) from below
         rate = paid["share"] if paid["count"] else paid["interval"][1]
         steps = max(1.0, 1 / (per_step[arm] * rate))
@@ -697,12 +698,12 @@ def helper_reach_lines(args: dict) -> list[str]:
             f"main function calls `aux` in {share(counted, 'helper_called')}, a test passes in "
             f"{share(counted, 'a_test_passed')}, and the bonus is paid in {share(counted, 'bonus_paid')}"
         )
-    never_paid = not any(reach["untrained"]["bonus_paid"]["count"] for reach in samples.values())
+    never_paid = not any(paid_any.values())
     lead = "None was paid: at the intervals' upper ends" if never_paid else "At these shares"
     when = f"{lead} a first paid sample comes {' and '.join(each)}"
     beyond = all(chance > 0.5 for chance in unpaid_chance.values())
     chances = ", ".join(
-        f"{'' if samples[arm]['untrained']['bonus_paid']['count'] else 'at least '}{chance:.2f} for the {arm} team"
+        f"{'' if paid_any[arm] else 'at least '}{chance:.2f} for the {arm} team"
         for arm, chance in unpaid_chance.items()
     )
     unsampled = [arm for arm in per_step if arm not in samples]

@@ -104,9 +104,10 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
-def end_engine(token: str, grace_s: float, ask: bool) -> None:
+def end_engine(token: str, grace_s: float, ask: bool, folders: Sequence[str] = ()) -> None:
     """End every process of the engine: asked with SIGTERM (where ``ask``) and given ``grace_s``
-    seconds, then killed; looked for again until none is left."""
+    seconds, then killed; looked for again until none is left. Then remove ``folders``, those the
+    engine wrote in."""
     me, deadline = os.getpid(), time.monotonic() + grace_s
     if ask:
         _signal(marked(token, me), signal.SIGTERM)
@@ -118,11 +119,6 @@ def end_engine(token: str, grace_s: float, ask: bool) -> None:
         _signal(left, signal.SIGKILL)
         quiet = 0 if left else quiet + 1
         time.sleep(0.1)
-
-
-def end_and_remove(token: str, grace_s: float, ask: bool, folders: list[str]) -> None:
-    """End the engine (:func:`end_engine`), then remove the folders it wrote in."""
-    end_engine(token, grace_s, ask)
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -135,20 +131,20 @@ def main(argv: list[str]) -> None:
     except (OSError, AttributeError):  # an older kernel, or a sandbox that refuses the call
         pidfd = None
     if os.getppid() != trainer:  # it ended before we looked (our parent is then another)
-        end_and_remove(token, grace_s, True, folders)
+        end_engine(token, grace_s, True, folders)
         return
     # without a pidfd, the trainer's end shows as our parent changing: looked at every second
     watching, poll_s = ([pidfd, 0], None) if pidfd is not None else ([0], 1.0)
     while True:
         ready, _, _ = select.select(watching, [], [], poll_s)
         if (pidfd is not None and pidfd in ready) or (pidfd is None and os.getppid() != trainer):
-            end_and_remove(token, grace_s, True, folders)  # the trainer has ended: its engine goes too
+            end_engine(token, grace_s, True, folders)  # the trainer has ended: its engine goes too
             return
         if 0 not in ready:
             continue
         line = os.read(0, 64)
         if line.startswith(b"stop"):  # let go: vLLM shuts the engine down; what hangs is killed
-            end_and_remove(token, grace_s, False, folders)
+            end_engine(token, grace_s, False, folders)
             return
         if not line:  # stdin closed without a word: keep watching the trainer
             watching = [w for w in watching if w != 0]
